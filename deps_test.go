@@ -1,0 +1,325 @@
+package lpmos_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// This file enforces the dependency direction of DESIGN.md §2: imports point
+// from the edges of the system (binaries, control plane, region) towards its
+// core (task, store, hardware, lpmos), never back. A new package fails the
+// test until it has a rule here, so its place in the layering is a decision
+// someone made rather than an accident.
+
+const modulePath = "github.com/lpmos/lpmos"
+
+// A pattern names module packages by their path relative to the module root:
+// "." is the root package lpmos, "task" is exactly task, "agent/..." is agent
+// and every package below it, and "*" (only in allow) is any module package.
+type depRule struct {
+	pkgs  []string // the packages this rule governs; the first matching rule wins
+	allow []string // the module packages their non-test code may import
+	why   string   // added to a violation message, to point at the fix
+}
+
+var depRules = []depRule{
+	{pkgs: []string{"."}, allow: nil,
+		why: "lpmos is the shared vocabulary: everyone imports it, it imports nothing of ours"},
+	{pkgs: []string{"hardware"}, allow: []string{"."},
+		why: "hardware describes machines; it must not reach the network or the store"},
+	{pkgs: []string{"store"}, allow: []string{"."},
+		why: "store is domain-agnostic key-value; it knows nothing of tasks"},
+	{pkgs: []string{"store/etcd", "store/memory", "store/storetest"}, allow: []string{".", "store"}},
+	{pkgs: []string{"task"}, allow: []string{".", "store", "hardware"},
+		why: "task works over the store.Store interface; only binaries and tests pick an implementation"},
+	{pkgs: []string{"ipxe", "dhcp", "pxe"}, allow: []string{"."},
+		why: "boot protocol packages ask small consumer-side interfaces instead of importing tasks or the store"},
+	{pkgs: []string{"agent/..."}, allow: []string{".", "hardware", "agent/..."},
+		why: "the agent runs on the machine and talks to its region only over HTTP"},
+	{pkgs: []string{"region/..."},
+		allow: []string{".", "task", "dhcp", "pxe", "ipxe", "agent", "store", "hardware", "region/..."},
+		why:   "region talks to the control plane only through the store, through the store.Store interface"},
+	{pkgs: []string{"controlplane/..."},
+		allow: []string{".", "task", "store", "hardware", "controlplane/..."},
+		why:   "the control plane talks to regions only through the store, through the store.Store interface"},
+	{pkgs: []string{"internal/..."}, allow: []string{"*"}},
+	{pkgs: []string{"examples/..."}, allow: []string{"*"}},
+}
+
+// testOnlyAllow is what any package's tests may import on top of its rule:
+// a store to run against, the conformance suite, and the test lab.
+var testOnlyAllow = []string{"store/memory", "store/etcd", "store/storetest", "internal/..."}
+
+// listedPackage is the part of `go list -json` output this test reads.
+type listedPackage struct {
+	ImportPath   string
+	Imports      []string
+	TestImports  []string
+	XTestImports []string
+}
+
+func TestDependencyDirection(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("go command not found:", err)
+	}
+	root, err := os.Getwd() // go test runs a package's tests in its directory: the module root
+	require.NoError(t, err)
+
+	cmd := exec.Command("go", "list", "-json", "./...")
+	cmd.Dir = root
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "go list -json ./... failed:\n%s", stderr.String())
+
+	pkgs, err := decodeGoList(out)
+	require.NoError(t, err)
+
+	// Guard against the check passing vacuously, e.g. because go list
+	// printed nothing or the module path changed.
+	var rels []string
+	for _, p := range pkgs {
+		if rel, ok := moduleRel(p.ImportPath); ok {
+			rels = append(rels, rel)
+		}
+	}
+	require.Contains(t, rels, ".", "go list did not report the root package")
+	require.Contains(t, rels, "hardware", "go list did not report the hardware package")
+
+	for _, v := range dependencyViolations(pkgs) {
+		t.Error(v)
+	}
+}
+
+// TestDependencyRules checks the checker itself on made-up packages, so a
+// mistake in the matching cannot hide real violations.
+func TestDependencyRules(t *testing.T) {
+	mod := func(rel string) string {
+		if rel == "." {
+			return modulePath
+		}
+		return modulePath + "/" + rel
+	}
+	pkg := func(rel string, imports ...string) listedPackage {
+		p := listedPackage{ImportPath: mod(rel)}
+		for _, i := range imports {
+			if strings.Contains(strings.SplitN(i, "/", 2)[0], ".") {
+				p.Imports = append(p.Imports, i) // already a full non-module path
+			} else if i == "fmt" || i == "net" || i == "testing" {
+				p.Imports = append(p.Imports, i)
+			} else {
+				p.Imports = append(p.Imports, mod(i))
+			}
+		}
+		return p
+	}
+	withTests := func(p listedPackage, test, xtest []string) listedPackage {
+		for _, i := range test {
+			p.TestImports = append(p.TestImports, mod(i))
+		}
+		for _, i := range xtest {
+			p.XTestImports = append(p.XTestImports, mod(i))
+		}
+		return p
+	}
+
+	tests := []struct {
+		name string
+		pkg  listedPackage
+		want []string // substrings, one per expected violation; none means clean
+	}{
+		{"root stdlib only", pkg(".", "fmt", "net"), nil},
+		{"root imports a module package", pkg(".", "hardware"), []string{"lpmos imports " + mod("hardware")}},
+		{"root imports a third-party package", pkg(".", "github.com/google/uuid"), []string{"only the standard library", "github.com/google/uuid"}},
+		{"hardware imports root", pkg("hardware", ".", "fmt", "github.com/jaypipes/ghw"), nil},
+		{"hardware imports store", pkg("hardware", "store"), []string{"hardware imports " + mod("store")}},
+		{"task imports store and hardware", pkg("task", ".", "store", "hardware"), nil},
+		{"task imports store/etcd", pkg("task", "store/etcd"), []string{"task imports " + mod("store/etcd"), "store.Store interface"}},
+		{"task imports store/memory", pkg("task", "store/memory"), []string{"task imports " + mod("store/memory")}},
+		{"task imports region", pkg("task", "region"), []string{"task imports " + mod("region")}},
+		{"region imports its parts", pkg("region", "task", "dhcp", "pxe", "ipxe", "agent", "store", "hardware", "region/templates"), nil},
+		{"region subpackage imports region", pkg("region/templates", "region", "."), nil},
+		{"region imports store/etcd", pkg("region", "store/etcd"), []string{"region imports " + mod("store/etcd")}},
+		{"region imports controlplane", pkg("region", "controlplane"), []string{"region imports " + mod("controlplane")}},
+		{"region imports agent/initramfs", pkg("region", "agent/initramfs"), []string{"region imports " + mod("agent/initramfs")}},
+		{"controlplane imports region", pkg("controlplane/api", "region"), []string{"controlplane/api imports " + mod("region")}},
+		{"controlplane subpackages", pkg("controlplane/api", "controlplane", "controlplane/auth", "task", "store", "hardware"), nil},
+		{"controlplane imports store/memory", pkg("controlplane", "store/memory"), []string{"controlplane imports " + mod("store/memory")}},
+		{"agent subpackage imports agent", pkg("agent/initramfs", "agent", "hardware"), nil},
+		{"agent imports task", pkg("agent", "task"), []string{"agent imports " + mod("task")}},
+		{"dhcp imports task", pkg("dhcp", "task"), []string{"dhcp imports " + mod("task")}},
+		{"pxe imports ipxe", pkg("pxe", "ipxe"), []string{"pxe imports " + mod("ipxe")}},
+		{"store imports task", pkg("store", "task"), []string{"store imports " + mod("task")}},
+		{"store/etcd imports store", pkg("store/etcd", "store", "go.etcd.io/etcd/client/v3"), nil},
+		{"store/memory imports store/etcd", pkg("store/memory", "store/etcd"), []string{"store/memory imports " + mod("store/etcd")}},
+		{"internal imports anything", pkg("internal/testlab", "region", "controlplane", "store/etcd"), nil},
+		{"internal imports examples", pkg("internal/testlab", "examples/allinone"), []string{"internal/testlab imports " + mod("examples/allinone"), "nothing may import examples"}},
+		{"examples import everything", pkg("examples/allinone", "region", "controlplane", "store/etcd", "internal/httpx"), nil},
+		{"examples import examples", pkg("examples/allinone", "examples/shared"), []string{"nothing may import examples"}},
+		{"unknown package", pkg("frobnicator", "."), []string{"frobnicator is not in the dependency table"}},
+		{"unknown store subpackage", pkg("store/sql", "store"), []string{"store/sql is not in the dependency table"}},
+		{"prefix is not a parent", pkg("regionx", "."), []string{"regionx is not in the dependency table"}},
+		{"tests may use stores and the lab",
+			withTests(pkg("task", "store"), []string{"store/memory", "store/storetest"}, []string{"task", "store/etcd", "internal/testlab"}), nil},
+		{"xtest may import its own package", withTests(pkg("hardware", "."), nil, []string{"hardware", "."}), nil},
+		{"tests still obey the direction",
+			withTests(pkg("task"), []string{"region"}, []string{"controlplane"}),
+			[]string{"task (test) imports " + mod("region"), "task (test) imports " + mod("controlplane")}},
+		{"tests may not import examples", withTests(pkg("region"), nil, []string{"examples/allinone"}), []string{"nothing may import examples"}},
+		{"other modules are ignored", pkg("dhcp", ".", "github.com/insomniacslk/dhcp/dhcpv4", "github.com/lpmos/lpmosx"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := dependencyViolations([]listedPackage{tt.pkg})
+			if len(tt.want) == 0 {
+				assert.Empty(t, got)
+				return
+			}
+			all := strings.Join(got, "\n")
+			for _, w := range tt.want {
+				assert.Contains(t, all, w)
+			}
+		})
+	}
+}
+
+// dependencyViolations returns one readable message per forbidden import.
+func dependencyViolations(pkgs []listedPackage) []string {
+	var violations []string
+	for _, p := range pkgs {
+		rel, ok := moduleRel(p.ImportPath)
+		if !ok {
+			continue
+		}
+		rule := ruleFor(rel)
+		if rule == nil {
+			violations = append(violations, fmt.Sprintf(
+				"package %s is not in the dependency table in deps_test.go: add a rule saying which of our packages it may import (see DESIGN.md §2)",
+				displayName(rel)))
+			continue
+		}
+		if rel == "." {
+			for _, imp := range p.Imports {
+				if first, _, _ := strings.Cut(imp, "/"); strings.Contains(first, ".") {
+					violations = append(violations, fmt.Sprintf(
+						"lpmos imports %s: the root package may import only the standard library", imp))
+				}
+			}
+		}
+		check := func(imports []string, test bool) {
+			for _, imp := range imports {
+				if msg := checkImport(rel, rule, imp, test); msg != "" {
+					violations = append(violations, msg)
+				}
+			}
+		}
+		check(p.Imports, false)
+		check(p.TestImports, true)
+		check(p.XTestImports, true)
+	}
+	return violations
+}
+
+// checkImport returns why pkg (module-relative) may not import imp, or "".
+func checkImport(pkg string, rule *depRule, imp string, test bool) string {
+	target, ok := moduleRel(imp)
+	if !ok {
+		return "" // not ours; only the root's outside imports are checked, above
+	}
+	who := displayName(pkg)
+	if test {
+		who += " (test)"
+		if target == pkg { // an external test package importing the package it tests
+			return ""
+		}
+	}
+	if matches("examples/...", target) {
+		return fmt.Sprintf("%s imports %s: nothing may import examples, they are binaries", who, imp)
+	}
+	if slices.ContainsFunc(rule.allow, func(pat string) bool { return matches(pat, target) }) {
+		return ""
+	}
+	if test && slices.ContainsFunc(testOnlyAllow, func(pat string) bool { return matches(pat, target) }) {
+		return ""
+	}
+	msg := fmt.Sprintf("%s imports %s, but %s may import only %s", who, imp, displayName(pkg), describe(rule.allow))
+	if rule.why != "" {
+		msg += ": " + rule.why
+	}
+	return msg
+}
+
+func ruleFor(rel string) *depRule {
+	for i := range depRules {
+		if slices.ContainsFunc(depRules[i].pkgs, func(pat string) bool { return matches(pat, rel) }) {
+			return &depRules[i]
+		}
+	}
+	return nil
+}
+
+func matches(pattern, rel string) bool {
+	if pattern == "*" {
+		return true
+	}
+	if base, ok := strings.CutSuffix(pattern, "/..."); ok {
+		return rel == base || strings.HasPrefix(rel, base+"/")
+	}
+	return rel == pattern
+}
+
+// moduleRel returns the module-relative form of an import path, "." for the
+// root, and false for anything outside this module.
+func moduleRel(importPath string) (string, bool) {
+	if importPath == modulePath {
+		return ".", true
+	}
+	rel, ok := strings.CutPrefix(importPath, modulePath+"/")
+	return rel, ok
+}
+
+func displayName(rel string) string {
+	if rel == "." {
+		return "lpmos"
+	}
+	return rel
+}
+
+func describe(allow []string) string {
+	if len(allow) == 0 {
+		return "the standard library and other modules (nothing of ours)"
+	}
+	names := make([]string, len(allow))
+	for i, a := range allow {
+		names[i] = displayName(a)
+	}
+	return strings.Join(names, ", ")
+}
+
+// decodeGoList reads the concatenated JSON objects `go list -json` prints.
+func decodeGoList(out []byte) ([]listedPackage, error) {
+	var pkgs []listedPackage
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p listedPackage
+		err := dec.Decode(&p)
+		if errors.Is(err, io.EOF) {
+			return pkgs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("decoding go list output: %w", err)
+		}
+		pkgs = append(pkgs, p)
+	}
+}

@@ -1,0 +1,252 @@
+// Package hardware owns the model of a machine's hardware that the agent
+// reports and operators approve: CPU, memory and DIMMs, disks, NICs, BIOS,
+// system and board identity. The collectors that fill Info in on the machine
+// itself will live here too.
+//
+// The JSON form of Info is a wire and storage format: it is stored verbatim
+// under /lpmos/tasks/{id}/hardware and shown by the dashboard, so field names
+// only ever grow. This package describes and inspects hardware; it must not
+// talk to the network or the store. Shipping a report is the agent's job,
+// storing it the task package's.
+package hardware
+
+import (
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/lpmos/lpmos"
+)
+
+// ErrInvalid is wrapped by Validate's errors, so a server can answer 400 to a
+// broken report instead of storing it.
+var ErrInvalid = errors.New("invalid hardware report")
+
+// Limits Validate enforces. They are far above any real server (the largest
+// have a few dozen disks and NICs and 96 DIMM slots) and are there to bound
+// what a buggy or hostile agent can make the store and the dashboard hold.
+const (
+	MaxDisks     = 256
+	MaxNICs      = 256
+	MaxDIMMs     = 1024
+	MaxStringLen = 256 // bytes, per string field
+)
+
+// Info is one hardware report of one machine, as the agent collected it.
+// Fields the machine does not expose (many VMs have no DMI data) are left
+// empty rather than failing the collection.
+type Info struct {
+	// MACAddress is the NIC the machine booted from, the one its task is
+	// keyed by, in lpmos.MAC's canonical form.
+	MACAddress  string    `json:"mac_address,omitempty"`
+	CPU         CPU       `json:"cpu"`
+	Memory      Memory    `json:"memory"`
+	Disks       []Disk    `json:"disks"`
+	Network     []NIC     `json:"network"`
+	BIOS        BIOS      `json:"bios"`
+	System      System    `json:"system,omitzero"`
+	Board       Board     `json:"board,omitzero"`
+	CollectedAt time.Time `json:"collected_at"`
+}
+
+// CPU summarises the processors. Cores and Threads are totals over all
+// sockets, which is what sizing decisions need.
+type CPU struct {
+	Model   string `json:"model"`
+	Cores   int    `json:"cores"`
+	Threads int    `json:"threads"`
+	Sockets int    `json:"sockets,omitempty"`
+	Vendor  string `json:"vendor,omitempty"`
+}
+
+// Memory is the installed memory. TotalGB is what people read and filter on;
+// TotalBytes keeps the exact figure, since rounding to GB hides a missing
+// DIMM on small machines.
+type Memory struct {
+	TotalGB    int    `json:"total_gb"`
+	TotalBytes uint64 `json:"total_bytes,omitempty"`
+	DIMMs      []DIMM `json:"dimms,omitempty"`
+}
+
+// DIMM is one populated memory module, from SMBIOS type 17.
+type DIMM struct {
+	Slot         string `json:"slot"`
+	SizeGB       int    `json:"size_gb"`
+	Type         string `json:"type"` // e.g. "DDR4"
+	SpeedMHz     int    `json:"speed_mhz"`
+	Manufacturer string `json:"manufacturer,omitempty"`
+	Serial       string `json:"serial,omitempty"`
+}
+
+// DiskType classifies a disk by the medium that matters for placing an OS.
+// The set is open: Validate accepts values it does not know, so a newer
+// agent can report a new kind to an older server.
+type DiskType string
+
+// The disk types collectors report.
+const (
+	DiskUnknown DiskType = ""
+	DiskSSD     DiskType = "SSD"
+	DiskHDD     DiskType = "HDD"
+	DiskNVMe    DiskType = "NVMe"
+)
+
+// Disk is one block device an OS could be installed on.
+type Disk struct {
+	// Device is the kernel's path, such as /dev/sda or /dev/nvme0n1; it is
+	// what an install plan names as the target.
+	Device    string   `json:"device"`
+	SizeGB    int      `json:"size_gb"`
+	SizeBytes uint64   `json:"size_bytes,omitempty"`
+	Type      DiskType `json:"type"`
+	Model     string   `json:"model"`
+	Serial    string   `json:"serial,omitempty"`
+	Removable bool     `json:"removable,omitempty"`
+}
+
+// NIC is one network interface.
+type NIC struct {
+	Interface string `json:"interface"`
+	// MAC is kept as reported, not as lpmos.MAC, because some interfaces
+	// (InfiniBand, tunnels) have addresses that are not 48-bit Ethernet and
+	// the report should still list them.
+	MAC string `json:"mac"`
+	// Speed is the negotiated link speed such as "10Gbps", empty when
+	// unknown (no link, or a virtual NIC that does not say).
+	Speed  string `json:"speed"`
+	Driver string `json:"driver,omitempty"`
+}
+
+// BIOS is the firmware identity. Serial is here, not only in System, because
+// the seed's report format put the chassis serial under bios and stored
+// reports depend on it.
+type BIOS struct {
+	Vendor  string `json:"vendor"`
+	Version string `json:"version"`
+	Serial  string `json:"serial,omitempty"`
+	Date    string `json:"date,omitempty"` // as the firmware states it, e.g. "03/14/2024"
+}
+
+// System is the product identity from SMBIOS type 1, what an operator checks
+// against the asset register.
+type System struct {
+	Vendor  string `json:"vendor,omitempty"`
+	Product string `json:"product,omitempty"`
+	Serial  string `json:"serial,omitempty"`
+	UUID    string `json:"uuid,omitempty"`
+}
+
+// Board is the mainboard identity from SMBIOS type 2.
+type Board struct {
+	Vendor  string `json:"vendor,omitempty"`
+	Product string `json:"product,omitempty"`
+	Serial  string `json:"serial,omitempty"`
+}
+
+// Validate rejects reports that no real machine produces: negative sizes or
+// counts, more than MaxDisks disks, MaxNICs NICs or MaxDIMMs DIMMs, strings
+// longer than MaxStringLen bytes or not valid UTF-8, and a MACAddress that is
+// not a unicast Ethernet address. It does not judge plausibility beyond that
+// (zero cores, no disks): a report that is odd but honest is for the
+// operator to see. The error wraps ErrInvalid and names the first offending
+// field, e.g. "disks[3].model".
+func (i *Info) Validate() error {
+	var v validator
+	if i.MACAddress != "" {
+		if _, err := lpmos.ParseMAC(i.MACAddress); err != nil {
+			// Wrap both, so callers can also test for lpmos.ErrInvalidMAC.
+			v.err = fmt.Errorf("%w: mac_address: %w", ErrInvalid, err)
+		}
+	}
+
+	v.str("cpu.model", i.CPU.Model)
+	v.str("cpu.vendor", i.CPU.Vendor)
+	v.nonNeg("cpu.cores", i.CPU.Cores)
+	v.nonNeg("cpu.threads", i.CPU.Threads)
+	v.nonNeg("cpu.sockets", i.CPU.Sockets)
+
+	v.nonNeg("memory.total_gb", i.Memory.TotalGB)
+	v.count("memory.dimms", len(i.Memory.DIMMs), MaxDIMMs)
+	for n, d := range i.Memory.DIMMs {
+		if v.err != nil {
+			break
+		}
+		p := fmt.Sprintf("memory.dimms[%d]", n)
+		v.str(p+".slot", d.Slot)
+		v.nonNeg(p+".size_gb", d.SizeGB)
+		v.str(p+".type", d.Type)
+		v.nonNeg(p+".speed_mhz", d.SpeedMHz)
+		v.str(p+".manufacturer", d.Manufacturer)
+		v.str(p+".serial", d.Serial)
+	}
+
+	v.count("disks", len(i.Disks), MaxDisks)
+	for n, d := range i.Disks {
+		if v.err != nil {
+			break
+		}
+		p := fmt.Sprintf("disks[%d]", n)
+		v.str(p+".device", d.Device)
+		v.nonNeg(p+".size_gb", d.SizeGB)
+		v.str(p+".type", string(d.Type))
+		v.str(p+".model", d.Model)
+		v.str(p+".serial", d.Serial)
+	}
+
+	v.count("network", len(i.Network), MaxNICs)
+	for n, nic := range i.Network {
+		if v.err != nil {
+			break
+		}
+		p := fmt.Sprintf("network[%d]", n)
+		v.str(p+".interface", nic.Interface)
+		v.str(p+".mac", nic.MAC)
+		v.str(p+".speed", nic.Speed)
+		v.str(p+".driver", nic.Driver)
+	}
+
+	v.str("bios.vendor", i.BIOS.Vendor)
+	v.str("bios.version", i.BIOS.Version)
+	v.str("bios.serial", i.BIOS.Serial)
+	v.str("bios.date", i.BIOS.Date)
+	v.str("system.vendor", i.System.Vendor)
+	v.str("system.product", i.System.Product)
+	v.str("system.serial", i.System.Serial)
+	v.str("system.uuid", i.System.UUID)
+	v.str("board.vendor", i.Board.Vendor)
+	v.str("board.product", i.Board.Product)
+	v.str("board.serial", i.Board.Serial)
+	return v.err
+}
+
+// validator keeps the first failure so Validate reads as a flat list of
+// checks rather than a ladder of ifs.
+type validator struct{ err error }
+
+func (v *validator) fail(field, reason string) {
+	if v.err == nil {
+		v.err = fmt.Errorf("%w: %s: %s", ErrInvalid, field, reason)
+	}
+}
+
+func (v *validator) str(field, s string) {
+	switch {
+	case len(s) > MaxStringLen:
+		v.fail(field, fmt.Sprintf("%d bytes, at most %d allowed", len(s), MaxStringLen))
+	case !utf8.ValidString(s):
+		v.fail(field, "not valid UTF-8")
+	}
+}
+
+func (v *validator) nonNeg(field string, n int) {
+	if n < 0 {
+		v.fail(field, fmt.Sprintf("negative (%d)", n))
+	}
+}
+
+func (v *validator) count(field string, n, limit int) {
+	if n > limit {
+		v.fail(field, fmt.Sprintf("%d entries, at most %d allowed", n, limit))
+	}
+}

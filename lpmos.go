@@ -1,0 +1,102 @@
+// Package lpmos is the shared vocabulary of LPMOS, a bare-metal provisioning
+// system: a machine PXE-boots from its data center's region, a small agent in
+// RAM reports the hardware, an operator approves it, and the agent installs an
+// operating system. This package holds the few types every other package
+// speaks (MAC addresses, firmware and processor architectures, region and
+// task IDs) and this map of the system. It imports only the standard library
+// so that anything may import it without dragging in dependencies.
+//
+// # Map of the packages
+//
+// Each package owns one thing; the names below are relative to the module
+// path github.com/lpmos/lpmos.
+//
+//	lpmos (this package)  shared vocabulary: MAC, Arch, Firmware, ID validation
+//	hardware              the hardware Info model (CPU, memory and DIMMs, disks,
+//	                      NICs, BIOS, system, board) and the collectors that
+//	                      fill it in on the machine itself
+//	store                 the Store interface: a revisioned key-value store with
+//	                      Get, List by prefix, compare-and-swap transactions,
+//	                      prefix watches that resume from a revision, and leases
+//	store/etcd            Store over etcd, optionally starting an embedded etcd
+//	store/memory          Store in memory that behaves like etcd (revisions,
+//	                      watch replay, lease expiry), for tests and demos
+//	store/storetest       the conformance suite both implementations must pass
+//	task                  the task model, its closed set of states and events,
+//	                      the pure transition table, the /lpmos/ key schema and
+//	                      task.Service, which runs transitions over a Store
+//	ipxe                  rendering per-machine iPXE scripts; finding the iPXE
+//	                      binaries (undionly.kpxe, snponly.efi, ipxe.efi)
+//	dhcp                  DHCPv4 server, full or ProxyDHCP, with the PXE details
+//	                      (option 93 arch, vendor class, iPXE loop break, relays)
+//	pxe                   TFTP and HTTP servers for boot files
+//	agent                 the agent's wire protocol and client, and the runner
+//	                      that collects, reports, waits for approval and
+//	                      installs; agent/... holds installers and the
+//	                      initramfs builder
+//	region                one per data center: composes dhcp, pxe and ipxe,
+//	                      serves the agent API, watches its own tasks in the
+//	                      store and heartbeats on a lease
+//	controlplane          the operators' side: REST API, auth, WebSocket hub,
+//	                      embedded dashboard, notifications, metrics
+//	internal/...          helpers shared by several packages that are not API
+//	                      (network-namespace and QEMU test lab, HTTP helpers)
+//	examples/...          thin binaries (allinone, control-plane, region, agent,
+//	                      mkinitramfs) that wire the packages together
+//
+// # Dependency direction
+//
+// Each line says what a package may import from this module:
+//
+//	examples/...             anything (and nothing imports examples)
+//	internal/...             anything but examples
+//	controlplane/...         task, store, hardware
+//	region/...               task, dhcp, pxe, ipxe, agent, store, hardware
+//	agent/...                hardware
+//	task                     store, hardware
+//	store/etcd, store/memory,
+//	store/storetest          store
+//	hardware, store, dhcp,   only lpmos
+//	pxe, ipxe
+//	lpmos                    the standard library only
+//
+// Every package may import lpmos; lpmos imports nothing of ours. task, region
+// and controlplane depend on the store interface, never on store/etcd or
+// store/memory; only binaries and tests pick an implementation. Tests may
+// also use store/memory, store/etcd and internal/... freely. deps_test.go in
+// this directory enforces the table, so adding a package is a conscious
+// decision.
+//
+// # The only channel: the store
+//
+// The control plane and the regions never talk to each other directly. They
+// share etcd, under the /lpmos/ key prefix (tasks/{id}/..., regions/{r}/...,
+// agents/{mac}/..., config/...), and learn of each other's writes through
+// watches. That keeps the control plane stateless: any number of replicas can
+// serve operators, and a region needs no route to them. Every state change is a
+// compare-and-swap transaction that also appends to the task's timeline, so
+// two racing writers cannot both win.
+//
+// # How a machine flows through
+//
+//  1. An operator creates a task (MAC, region, OS) through the control plane;
+//     it is stored as pending.
+//  2. The region that owns the task sees it through its watch, prepares what
+//     the machine will need and marks it ready.
+//  3. The machine PXE-boots: its firmware asks DHCP, which answers with a boot
+//     file chosen by the client's Arch (Firmware says which iPXE binary); the
+//     firmware fetches iPXE over TFTP (or HTTP for UEFI HTTP boot); iPXE asks
+//     DHCP again and gets the URL of its own script, which the region renders
+//     over HTTP. The task is now booting.
+//  4. The script boots a kernel and an initramfs holding the agent. The agent
+//     collects hardware.Info and reports it; the task waits in
+//     pending_approval.
+//  5. An operator looks at the hardware and approves the task (approved) or
+//     rejects it.
+//  6. The agent receives the install plan, writes the image while reporting
+//     progress (installing), reports the result and reboots: completed.
+//
+// Any step can end the task instead: failed (something broke, with an error
+// and logs), rejected (the operator said no) or cancelled (withdrawn before
+// it finished).
+package lpmos

@@ -1,0 +1,100 @@
+package task
+
+import (
+	"strings"
+
+	"github.com/lpmos/lpmos"
+)
+
+// The etcd key schema of the seeds. It is a contract: other tools (etcdctl,
+// dashboards, other LPMOS versions) read these keys, so they do not change.
+// One key per field lets each writer touch only what it owns.
+//
+//	/lpmos/tasks/{id}/metadata|status|hardware|approval|progress|logs|error|timeline
+//	/lpmos/regions/{r}/client/heartbeat|status|capabilities
+//	/lpmos/regions/{r}/tasks/{id}      (empty value while the task is active)
+//	/lpmos/agents/{mac}/info|last_seen|task_id
+//	/lpmos/config/global, /lpmos/config/templates/...
+const (
+	Root          = "/lpmos/"
+	TasksPrefix   = Root + "tasks/"
+	RegionsPrefix = Root + "regions/"
+	AgentsPrefix  = Root + "agents/"
+	ConfigGlobal  = Root + "config/global"
+	// TemplatesPrefix holds install template overrides, one key per name.
+	TemplatesPrefix = Root + "config/templates/"
+)
+
+// Field is one key of a task.
+type Field string
+
+// The task fields.
+const (
+	FieldMetadata Field = "metadata"
+	FieldStatus   Field = "status"
+	FieldHardware Field = "hardware"
+	FieldApproval Field = "approval"
+	FieldProgress Field = "progress"
+	FieldLogs     Field = "logs"
+	FieldError    Field = "error"
+	FieldTimeline Field = "timeline"
+)
+
+var fields = []Field{FieldMetadata, FieldStatus, FieldHardware, FieldApproval, FieldProgress, FieldLogs, FieldError, FieldTimeline}
+
+// TaskPrefix is the prefix of all keys of one task.
+func TaskPrefix(id string) string { return TasksPrefix + id + "/" }
+
+// TaskKey is the key of one field of a task.
+func TaskKey(id string, f Field) string { return TasksPrefix + id + "/" + string(f) }
+
+// ParseTaskKey splits a key under TasksPrefix into task ID and field.
+func ParseTaskKey(key string) (id string, f Field, ok bool) {
+	rest, found := strings.CutPrefix(key, TasksPrefix)
+	if !found {
+		return "", "", false
+	}
+	id, field, found := strings.Cut(rest, "/")
+	if !found || id == "" || strings.Contains(field, "/") {
+		return "", "", false
+	}
+	for _, known := range fields {
+		if Field(field) == known {
+			return id, known, true
+		}
+	}
+	return "", "", false
+}
+
+// RegionTasksPrefix holds one key per active task of a region: the region
+// watches it to learn of new and ended tasks.
+func RegionTasksPrefix(region string) string { return RegionsPrefix + region + "/tasks/" }
+
+// RegionTaskKey marks a task as assigned to a region while it is active.
+func RegionTaskKey(region, id string) string { return RegionTasksPrefix(region) + id }
+
+// Region client keys (written by the region, read by the control plane).
+func RegionHeartbeatKey(region string) string { return RegionsPrefix + region + "/client/heartbeat" }
+
+// RegionStatusKey holds "online" or "offline".
+func RegionStatusKey(region string) string { return RegionsPrefix + region + "/client/status" }
+
+// RegionCapabilitiesKey holds the region's capabilities (JSON).
+func RegionCapabilitiesKey(region string) string {
+	return RegionsPrefix + region + "/client/capabilities"
+}
+
+// Agent keys, per machine.
+const (
+	AgentFieldInfo     = "info"
+	AgentFieldLastSeen = "last_seen"
+	AgentFieldTaskID   = "task_id"
+)
+
+// AgentKey is the key of one field of a machine's agent record.
+// agents/{mac}/task_id names the machine's active task and exists only
+// while that task is active: it is what makes "one active task per MAC" a
+// single compare in the create transaction.
+func AgentKey(mac lpmos.MAC, field string) string {
+	return AgentsPrefix + mac.String() + "/" + field
+}

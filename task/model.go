@@ -1,0 +1,325 @@
+package task
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/hardware"
+)
+
+// Sentinel errors of the task service. The HTTP layers map them to status
+// codes in one place: ErrInvalid → 400, ErrNotFound → 404, ErrConflict and
+// ErrInvalidTransition → 409.
+var (
+	// ErrInvalid: the request is malformed; a *ValidationError names the
+	// field. Nothing was written.
+	ErrInvalid = errors.New("invalid request")
+	// ErrNotFound: no such task.
+	ErrNotFound = errors.New("task not found")
+	// ErrConflict: the task changed under the caller (another writer won),
+	// or the MAC already has an active task (*ActiveTaskError). Re-read and
+	// decide again.
+	ErrConflict = errors.New("conflict")
+)
+
+// ValidationError names the field that failed validation.
+type ValidationError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("%v: %s: %s", ErrInvalid, e.Field, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) hold.
+func (e *ValidationError) Unwrap() error { return ErrInvalid }
+
+func invalid(field, format string, args ...any) error {
+	return &ValidationError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// ActiveTaskError: the machine already has an active task.
+type ActiveTaskError struct {
+	MAC    lpmos.MAC
+	TaskID string
+}
+
+func (e *ActiveTaskError) Error() string {
+	return fmt.Sprintf("%v: machine %s already has active task %s", ErrConflict, e.MAC, e.TaskID)
+}
+
+// Unwrap makes errors.Is(err, ErrConflict) hold.
+func (e *ActiveTaskError) Unwrap() error { return ErrConflict }
+
+// Metadata is what the operator asked for; written once at creation.
+type Metadata struct {
+	ID            string            `json:"id"`
+	RegionID      string            `json:"region_id"`
+	TargetMAC     lpmos.MAC         `json:"target_mac"`
+	OSType        string            `json:"os_type"`
+	OSVersion     string            `json:"os_version"`
+	DiskLayout    string            `json:"disk_layout"`
+	NetworkConfig string            `json:"network_config"`
+	CreatedAt     time.Time         `json:"created_at"`
+	CreatedBy     string            `json:"created_by"`
+	Tags          map[string]string `json:"tags,omitempty"`
+}
+
+// Approval is the operator's decision, seed v1 §3 "Approval Status".
+type Approval struct {
+	Status     string    `json:"status"` // "approved" or "rejected"
+	ApprovedBy string    `json:"approved_by,omitempty"`
+	ApprovedAt time.Time `json:"approved_at,omitzero"`
+	RejectedBy string    `json:"rejected_by,omitempty"`
+	RejectedAt time.Time `json:"rejected_at,omitzero"`
+	Notes      string    `json:"notes,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+}
+
+// Stage is a step of the install; the set is closed (seed v2 §2.3).
+type Stage string
+
+// The install stages, in order.
+const (
+	StagePartitioning Stage = "partitioning"
+	StageDownloading  Stage = "downloading"
+	StageWriting      Stage = "writing"
+	StageInstalling   Stage = "installing"
+	StageConfiguring  Stage = "configuring"
+	StageCompleted    Stage = "completed"
+)
+
+// Stages lists the install stages in order.
+var Stages = []Stage{StagePartitioning, StageDownloading, StageWriting, StageInstalling, StageConfiguring, StageCompleted}
+
+// Valid reports whether s is one of the stages.
+func (s Stage) Valid() bool {
+	for _, v := range Stages {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Progress is the install's latest progress report, seed v2 §3.
+type Progress struct {
+	Stage      Stage          `json:"stage"`
+	Percentage int            `json:"percentage"`
+	Message    string         `json:"message,omitempty"`
+	Details    map[string]any `json:"details,omitempty"`
+	UpdatedAt  time.Time      `json:"updated_at"`
+}
+
+// ErrorInfo says why a task failed.
+type ErrorInfo struct {
+	// Code is a short machine-readable reason, e.g. "checksum_mismatch",
+	// "timeout", "agent_error".
+	Code string `json:"code"`
+	// Stage is the status or install stage the task failed in.
+	Stage      string    `json:"stage,omitempty"`
+	Message    string    `json:"message"`
+	OccurredAt time.Time `json:"occurred_at"`
+}
+
+// TimelineEntry is one line of a task's history.
+type TimelineEntry struct {
+	Timestamp time.Time `json:"timestamp"`
+	Event     string    `json:"event"`            // an Event, TimelineCreated or TimelineStageChanged
+	Status    Status    `json:"status,omitempty"` // the status after the event
+	Stage     Stage     `json:"stage,omitempty"`  // for stage changes
+	Actor     string    `json:"actor,omitempty"`  // who caused it
+	Message   string    `json:"message,omitempty"`
+}
+
+// Task is the assembled view of a task's keys.
+type Task struct {
+	ID     string `json:"task_id"`
+	Status Status `json:"status"`
+	// Revision is the store revision of the last status change: pass it
+	// back with ExpectRevision to act only if nothing moved meanwhile.
+	Revision int64           `json:"revision"`
+	Metadata Metadata        `json:"metadata"`
+	Hardware *hardware.Info  `json:"hardware,omitempty"`
+	Approval *Approval       `json:"approval,omitempty"`
+	Progress *Progress       `json:"progress,omitempty"`
+	Error    *ErrorInfo      `json:"error,omitempty"`
+	Logs     string          `json:"logs,omitempty"`
+	Timeline []TimelineEntry `json:"timeline"`
+}
+
+// CreateRequest is what an operator asks for. Strings are validated by the
+// service, so that bad input yields a *ValidationError naming the field.
+type CreateRequest struct {
+	RegionID      string            `json:"region_id"`
+	TargetMAC     string            `json:"target_mac"`
+	OSType        string            `json:"os_type"`
+	OSVersion     string            `json:"os_version"`
+	DiskLayout    string            `json:"disk_layout,omitempty"`
+	NetworkConfig string            `json:"network_config,omitempty"`
+	Tags          map[string]string `json:"tags,omitempty"`
+	// CreatedBy is the authenticated caller, set by the API layer, never
+	// taken from the request body.
+	CreatedBy string `json:"-"`
+}
+
+// Limits on operator input.
+const (
+	MaxTags        = 32
+	MaxTagKeyLen   = 63
+	MaxTagValueLen = 256
+	MaxTextLen     = 1024 // notes, reasons, messages
+	MaxActorLen    = 256
+	MaxDetails     = 32
+)
+
+var (
+	osTypeRe     = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+	osVersionRe  = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]{0,31}$`)
+	tagKeyRe     = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$`)
+	diskDeviceRe = regexp.MustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9/_.-]{0,62}$`)
+)
+
+// Disk layouts: "auto" (the installer picks the smallest suitable disk), or
+// a device path to install onto.
+const DiskLayoutAuto = "auto"
+
+// Network configurations understood by installers.
+const (
+	NetworkDHCP   = "dhcp"
+	NetworkStatic = "static"
+)
+
+// OSFamilies are the operating systems LPMOS knows how to install by
+// default; a region's capabilities may narrow or extend this at creation
+// through Config.ValidateOS.
+var OSFamilies = []string{"debian", "ubuntu", "rocky", "almalinux", "centos", "rhel", "fedora", "flatcar", "custom"}
+
+func checkText(field, s string, max int) error {
+	if len(s) > max {
+		return invalid(field, "longer than %d bytes", max)
+	}
+	if !utf8.ValidString(s) {
+		return invalid(field, "not valid UTF-8")
+	}
+	for _, r := range s {
+		if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f {
+			return invalid(field, "contains control characters")
+		}
+	}
+	return nil
+}
+
+func checkActor(by string) error {
+	if strings.TrimSpace(by) == "" {
+		return invalid("actor", "is required")
+	}
+	return checkText("actor", by, MaxActorLen)
+}
+
+// normalize validates a create request and fills its defaults.
+func (r *CreateRequest) normalize() (lpmos.MAC, error) {
+	if r.RegionID == "" {
+		return lpmos.MAC{}, invalid("region_id", "is required")
+	}
+	if err := lpmos.ValidateRegionID(r.RegionID); err != nil {
+		return lpmos.MAC{}, invalid("region_id", "%v", err)
+	}
+	if r.TargetMAC == "" {
+		return lpmos.MAC{}, invalid("target_mac", "is required")
+	}
+	mac, err := lpmos.ParseMAC(r.TargetMAC)
+	if err != nil {
+		return lpmos.MAC{}, invalid("target_mac", "%v", err)
+	}
+	if !osTypeRe.MatchString(r.OSType) {
+		return mac, invalid("os_type", "%q is not an OS type (lowercase letters, digits, '-')", truncate(r.OSType))
+	}
+	if !osVersionRe.MatchString(r.OSVersion) {
+		return mac, invalid("os_version", "%q is not a version", truncate(r.OSVersion))
+	}
+	if r.DiskLayout == "" {
+		r.DiskLayout = DiskLayoutAuto
+	}
+	if r.DiskLayout != DiskLayoutAuto && (!diskDeviceRe.MatchString(r.DiskLayout) || strings.Contains(r.DiskLayout, "..")) {
+		return mac, invalid("disk_layout", "%q is neither %q nor a /dev/ path", truncate(r.DiskLayout), DiskLayoutAuto)
+	}
+	if r.NetworkConfig == "" {
+		r.NetworkConfig = NetworkDHCP
+	}
+	if r.NetworkConfig != NetworkDHCP && r.NetworkConfig != NetworkStatic {
+		return mac, invalid("network_config", "%q is neither %q nor %q", truncate(r.NetworkConfig), NetworkDHCP, NetworkStatic)
+	}
+	if len(r.Tags) > MaxTags {
+		return mac, invalid("tags", "%d tags, at most %d allowed", len(r.Tags), MaxTags)
+	}
+	for k, v := range r.Tags {
+		if !tagKeyRe.MatchString(k) {
+			return mac, invalid("tags", "key %q is not a valid tag name", truncate(k))
+		}
+		if err := checkText("tags."+k, v, MaxTagValueLen); err != nil {
+			return mac, err
+		}
+	}
+	if err := checkActor(r.CreatedBy); err != nil {
+		return mac, err
+	}
+	return mac, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// validate checks a progress report from an agent.
+func (p *Progress) validate() error {
+	if !p.Stage.Valid() {
+		return invalid("stage", "unknown stage %q", truncate(string(p.Stage)))
+	}
+	if p.Percentage < 0 || p.Percentage > 100 {
+		return invalid("percentage", "%d is not within 0..100", p.Percentage)
+	}
+	if err := checkText("message", p.Message, MaxTextLen); err != nil {
+		return err
+	}
+	if len(p.Details) > MaxDetails {
+		return invalid("details", "%d entries, at most %d allowed", len(p.Details), MaxDetails)
+	}
+	for k, v := range p.Details {
+		if err := checkText("details key", k, MaxTagKeyLen); err != nil {
+			return err
+		}
+		switch v := v.(type) {
+		case string:
+			if err := checkText("details."+k, v, MaxTagValueLen); err != nil {
+				return err
+			}
+		case float64, int, int64, bool, nil:
+		default:
+			return invalid("details."+k, "must be a string, number or boolean")
+		}
+	}
+	return nil
+}
+
+func (e *ErrorInfo) validate() error {
+	if e.Code == "" {
+		return invalid("error.code", "is required")
+	}
+	if err := checkText("error.code", e.Code, 64); err != nil {
+		return err
+	}
+	if err := checkText("error.stage", e.Stage, 64); err != nil {
+		return err
+	}
+	return checkText("error.message", e.Message, MaxTextLen)
+}

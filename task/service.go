@@ -1,0 +1,525 @@
+// Package task owns LPMOS's install tasks: the model, the closed set of
+// statuses and events with its pure transition table (Apply), the etcd key
+// schema of the seeds, and Service, which creates, reads, lists and moves
+// tasks over any store.Store.
+//
+// Every move is one compare-and-swap transaction that checks the status has
+// not changed since it was read, writes the new status, the field the move
+// owns (approval, hardware, progress, error) and the timeline entry
+// together. Two writers racing on a task cannot both win; the loser gets
+// ErrConflict and nothing half-written is left behind. Both the control
+// plane (operator moves) and the regions (machine moves) use Service; they
+// never talk to each other, only through the store.
+//
+// The package does not know about HTTP, DHCP or agents' wire formats.
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/store"
+)
+
+// Config configures a Service. The zero value is usable.
+type Config struct {
+	// Now is the clock (default time.Now, in UTC).
+	Now func() time.Time
+	// NewID makes task IDs (default random UUIDs).
+	NewID func() string
+	// ValidateOS decides at creation whether a region can install an OS;
+	// it returns an error (ideally a *ValidationError) to refuse. The
+	// default accepts the OSFamilies. Regions plug their capabilities in
+	// here.
+	ValidateOS func(ctx context.Context, regionID, osType, osVersion string) error
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Service runs the task lifecycle over a store. It holds no state of its
+// own: any number of Services may share one store.
+type Service struct {
+	st  store.Store
+	cfg Config
+}
+
+// NewService returns a Service over st.
+func NewService(st store.Store, cfg Config) *Service {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.NewID == nil {
+		cfg.NewID = func() string { return uuid.NewString() }
+	}
+	if cfg.ValidateOS == nil {
+		cfg.ValidateOS = DefaultValidateOS
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{st: st, cfg: cfg}
+}
+
+// DefaultValidateOS accepts the OSFamilies, any version.
+func DefaultValidateOS(_ context.Context, _, osType, _ string) error {
+	if slices.Contains(OSFamilies, osType) {
+		return nil
+	}
+	return invalid("os_type", "unknown OS type %q (known: %s)", truncate(osType), strings.Join(OSFamilies, ", "))
+}
+
+func (s *Service) now() time.Time { return s.cfg.Now().UTC().Truncate(time.Millisecond) }
+
+// MoveOption refines a move.
+type MoveOption func(*moveOptions)
+
+type moveOptions struct {
+	expectRev int64
+}
+
+// ExpectRevision makes a move succeed only if the task's status has not
+// changed since the read that returned Task.Revision == rev (HTTP's
+// If-Match); otherwise it fails with ErrConflict.
+func ExpectRevision(rev int64) MoveOption {
+	return func(o *moveOptions) { o.expectRev = rev }
+}
+
+// Create validates the request and creates the task in status pending, in
+// one transaction that also assigns it to its region and claims its MAC. A
+// MAC with an active task yields an *ActiveTaskError (ErrConflict).
+func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) {
+	mac, err := req.normalize()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cfg.ValidateOS(ctx, req.RegionID, req.OSType, req.OSVersion); err != nil {
+		return nil, err
+	}
+	now := s.now()
+	t := &Task{
+		ID:     s.cfg.NewID(),
+		Status: StatusPending,
+		Metadata: Metadata{
+			RegionID:      req.RegionID,
+			TargetMAC:     mac,
+			OSType:        req.OSType,
+			OSVersion:     req.OSVersion,
+			DiskLayout:    req.DiskLayout,
+			NetworkConfig: req.NetworkConfig,
+			CreatedAt:     now,
+			CreatedBy:     req.CreatedBy,
+			Tags:          req.Tags,
+		},
+		Timeline: []TimelineEntry{{Timestamp: now, Event: TimelineCreated, Status: StatusPending, Actor: req.CreatedBy}},
+	}
+	t.Metadata.ID = t.ID
+	if err := lpmos.ValidateTaskID(t.ID); err != nil {
+		return nil, fmt.Errorf("task ID generator: %w", err)
+	}
+	macKey := AgentKey(mac, AgentFieldTaskID)
+	res, err := s.st.Txn(ctx, store.Txn{
+		If: []store.Compare{store.Missing(macKey), store.Missing(TaskKey(t.ID, FieldMetadata))},
+		Then: []store.Op{
+			store.OpPut(TaskKey(t.ID, FieldMetadata), mustJSON(t.Metadata)),
+			store.OpPut(TaskKey(t.ID, FieldStatus), []byte(t.Status)),
+			store.OpPut(TaskKey(t.ID, FieldTimeline), mustJSON(t.Timeline)),
+			store.OpPut(RegionTaskKey(req.RegionID, t.ID), nil),
+			store.OpPut(macKey, []byte(t.ID)),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create task: %w", err)
+	}
+	if !res.Succeeded {
+		active, gerr := s.st.Get(ctx, macKey)
+		if gerr != nil {
+			// The claim went away between the two reads: report a plain
+			// conflict and let the caller retry.
+			return nil, fmt.Errorf("create task for %s: %w", mac, ErrConflict)
+		}
+		return nil, &ActiveTaskError{MAC: mac, TaskID: string(active.Value)}
+	}
+	t.Revision = res.Revision
+	return t, nil
+}
+
+// snapshot is a task as read, with the revisions the next move compares.
+type snapshot struct {
+	task        *Task
+	statusRev   int64
+	timelineRev int64
+	progressRev int64
+}
+
+func checkID(id string) error {
+	if err := lpmos.ValidateTaskID(id); err != nil {
+		return invalid("task_id", "%v", err)
+	}
+	return nil
+}
+
+// load reads all keys of a task in one range.
+func (s *Service) load(ctx context.Context, id string) (*snapshot, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	res, err := s.st.List(ctx, TaskPrefix(id), store.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("read task %s: %w", id, err)
+	}
+	snap, err := decodeSnapshot(id, res.KVs)
+	if err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+func decodeSnapshot(id string, kvs []store.KV) (*snapshot, error) {
+	snap := &snapshot{task: &Task{ID: id}}
+	haveMeta := false
+	for _, kv := range kvs {
+		_, f, ok := ParseTaskKey(kv.Key)
+		if !ok {
+			continue
+		}
+		if err := snap.task.decodeField(f, kv.Value); err != nil {
+			return nil, fmt.Errorf("task %s: corrupt %s: %w", id, f, err)
+		}
+		switch f {
+		case FieldMetadata:
+			haveMeta = true
+		case FieldStatus:
+			snap.statusRev = kv.ModRevision
+			snap.task.Revision = kv.ModRevision
+		case FieldTimeline:
+			snap.timelineRev = kv.ModRevision
+		case FieldProgress:
+			snap.progressRev = kv.ModRevision
+		}
+	}
+	if !haveMeta || snap.statusRev == 0 {
+		return nil, fmt.Errorf("task %s: %w", id, ErrNotFound)
+	}
+	return snap, nil
+}
+
+// decodeField fills one field of t from its stored value.
+func (t *Task) decodeField(f Field, v []byte) error {
+	switch f {
+	case FieldMetadata:
+		return json.Unmarshal(v, &t.Metadata)
+	case FieldStatus:
+		t.Status = Status(v)
+		if !t.Status.Valid() {
+			return fmt.Errorf("unknown status %q", v)
+		}
+	case FieldHardware:
+		t.Hardware = new(hardware.Info)
+		return json.Unmarshal(v, t.Hardware)
+	case FieldApproval:
+		t.Approval = new(Approval)
+		return json.Unmarshal(v, t.Approval)
+	case FieldProgress:
+		t.Progress = new(Progress)
+		return json.Unmarshal(v, t.Progress)
+	case FieldError:
+		t.Error = new(ErrorInfo)
+		return json.Unmarshal(v, t.Error)
+	case FieldLogs:
+		t.Logs = string(v)
+	case FieldTimeline:
+		return json.Unmarshal(v, &t.Timeline)
+	}
+	return nil
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only our own types are marshalled; failing here is a bug.
+		panic(fmt.Sprintf("task: marshal %T: %v", v, err))
+	}
+	return b
+}
+
+// Get returns the assembled task.
+func (s *Service) Get(ctx context.Context, id string) (*Task, error) {
+	snap, err := s.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return snap.task, nil
+}
+
+// ActiveTask returns the active task of a machine, or ErrNotFound.
+func (s *Service) ActiveTask(ctx context.Context, mac lpmos.MAC) (*Task, error) {
+	kv, err := s.st.Get(ctx, AgentKey(mac, AgentFieldTaskID))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("active task of %s: %w", mac, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("active task of %s: %w", mac, err)
+	}
+	return s.Get(ctx, string(kv.Value))
+}
+
+// change is what a move writes besides status and timeline.
+type change struct {
+	ops   []store.Op
+	apply func(t *Task) // mirrors ops onto the returned view
+	note  string        // timeline message
+	extra []TimelineEntry
+}
+
+// maxRetries bounds the retries of a move whose transaction lost only to a
+// write that left the status alone (a progress or timeline update).
+const maxRetries = 5
+
+// move runs one transition as a single compare-and-swap. It fails with
+// ErrConflict when the status changed between read and write (or since the
+// revision the caller expects), so of several racing moves exactly one wins.
+func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts []MoveOption, build func(t *Task, now time.Time) (change, error)) (*Task, error) {
+	if err := checkActor(by); err != nil {
+		return nil, err
+	}
+	var o moveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var firstStatusRev int64
+	for attempt := 0; ; attempt++ {
+		snap, err := s.load(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if o.expectRev != 0 && snap.statusRev != o.expectRev {
+			return nil, fmt.Errorf("%s task %s: status changed since revision %d: %w", ev, id, o.expectRev, ErrConflict)
+		}
+		if attempt == 0 {
+			firstStatusRev = snap.statusRev
+		} else if snap.statusRev != firstStatusRev {
+			return nil, fmt.Errorf("%s task %s: status changed concurrently: %w", ev, id, ErrConflict)
+		}
+		t := snap.task
+		next, err := Apply(t.Status, ev)
+		if err != nil {
+			return nil, fmt.Errorf("task %s: %w", id, err)
+		}
+		now := s.now()
+		ch, err := build(t, now)
+		if err != nil {
+			return nil, err
+		}
+		entry := TimelineEntry{Timestamp: now, Event: string(ev), Status: next, Actor: by, Message: ch.note}
+		timeline := append(append(slices.Clone(t.Timeline), entry), ch.extra...)
+		ops := append([]store.Op{
+			store.OpPut(TaskKey(id, FieldStatus), []byte(next)),
+			store.OpPut(TaskKey(id, FieldTimeline), mustJSON(timeline)),
+		}, ch.ops...)
+		if next.Terminal() {
+			// The machine is free for a new task; the region forgets it.
+			ops = append(ops,
+				store.OpDelete(AgentKey(t.Metadata.TargetMAC, AgentFieldTaskID)),
+				store.OpDelete(RegionTaskKey(t.Metadata.RegionID, id)))
+		}
+		res, err := s.st.Txn(ctx, store.Txn{
+			If: []store.Compare{
+				store.ModRevisionIs(TaskKey(id, FieldStatus), snap.statusRev),
+				store.ModRevisionIs(TaskKey(id, FieldTimeline), snap.timelineRev),
+			},
+			Then: ops,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s task %s: %w", ev, id, err)
+		}
+		if res.Succeeded {
+			t.Status, t.Revision, t.Timeline = next, res.Revision, timeline
+			if ch.apply != nil {
+				ch.apply(t)
+			}
+			return t, nil
+		}
+		if attempt == maxRetries {
+			return nil, fmt.Errorf("%s task %s: too much contention: %w", ev, id, ErrConflict)
+		}
+	}
+}
+
+// Approve approves a task waiting in pending_approval.
+func (s *Service) Approve(ctx context.Context, id, by, notes string, opts ...MoveOption) (*Task, error) {
+	if err := checkText("notes", notes, MaxTextLen); err != nil {
+		return nil, err
+	}
+	return s.move(ctx, id, EventApproved, by, opts, func(t *Task, now time.Time) (change, error) {
+		a := &Approval{Status: "approved", ApprovedBy: by, ApprovedAt: now, Notes: notes}
+		return change{
+			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldApproval), mustJSON(a))},
+			apply: func(t *Task) { t.Approval = a },
+			note:  notes,
+		}, nil
+	})
+}
+
+// Reject rejects a task waiting in pending_approval; the machine is told to
+// stop.
+func (s *Service) Reject(ctx context.Context, id, by, reason string, opts ...MoveOption) (*Task, error) {
+	if strings.TrimSpace(reason) == "" {
+		return nil, invalid("reason", "is required")
+	}
+	if err := checkText("reason", reason, MaxTextLen); err != nil {
+		return nil, err
+	}
+	return s.move(ctx, id, EventRejected, by, opts, func(t *Task, now time.Time) (change, error) {
+		a := &Approval{Status: "rejected", RejectedBy: by, RejectedAt: now, Reason: reason}
+		return change{
+			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldApproval), mustJSON(a))},
+			apply: func(t *Task) { t.Approval = a },
+			note:  reason,
+		}, nil
+	})
+}
+
+// Cancel ends a task that is not over yet.
+func (s *Service) Cancel(ctx context.Context, id, by, reason string, opts ...MoveOption) (*Task, error) {
+	if err := checkText("reason", reason, MaxTextLen); err != nil {
+		return nil, err
+	}
+	return s.move(ctx, id, EventCancelled, by, opts, func(*Task, time.Time) (change, error) {
+		return change{note: reason}, nil
+	})
+}
+
+// MarkReady records that the region prepared the task's boot (pending →
+// ready).
+func (s *Service) MarkReady(ctx context.Context, id, by string, opts ...MoveOption) (*Task, error) {
+	return s.move(ctx, id, EventPrepared, by, opts, noChange)
+}
+
+// MarkBooting records that the machine fetched its boot script (ready →
+// booting).
+func (s *Service) MarkBooting(ctx context.Context, id, by string, opts ...MoveOption) (*Task, error) {
+	return s.move(ctx, id, EventBootStarted, by, opts, noChange)
+}
+
+func noChange(*Task, time.Time) (change, error) { return change{}, nil }
+
+// ReportHardware stores the agent's hardware report and moves the task to
+// pending_approval.
+func (s *Service) ReportHardware(ctx context.Context, id, by string, hw hardware.Info, opts ...MoveOption) (*Task, error) {
+	if err := hw.Validate(); err != nil {
+		return nil, invalid("hardware", "%v", err)
+	}
+	return s.move(ctx, id, EventHardwareReported, by, opts, func(t *Task, _ time.Time) (change, error) {
+		if hw.MACAddress != "" {
+			if mac, err := lpmos.ParseMAC(hw.MACAddress); err != nil || mac != t.Metadata.TargetMAC {
+				return change{}, invalid("hardware.mac_address", "%q is not the task's machine %s", truncate(hw.MACAddress), t.Metadata.TargetMAC)
+			}
+		}
+		return change{
+			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldHardware), mustJSON(hw))},
+			apply: func(t *Task) { t.Hardware = &hw },
+		}, nil
+	})
+}
+
+// Complete records that the install finished (installing → completed).
+func (s *Service) Complete(ctx context.Context, id, by, message string, opts ...MoveOption) (*Task, error) {
+	if err := checkText("message", message, MaxTextLen); err != nil {
+		return nil, err
+	}
+	return s.move(ctx, id, EventCompleted, by, opts, func(t *Task, now time.Time) (change, error) {
+		p := &Progress{Stage: StageCompleted, Percentage: 100, Message: message, UpdatedAt: now}
+		return change{
+			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldProgress), mustJSON(p))},
+			apply: func(t *Task) { t.Progress = p },
+			note:  message,
+		}, nil
+	})
+}
+
+// Fail ends a task with error information, from any non-terminal status.
+func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts ...MoveOption) (*Task, error) {
+	if err := info.validate(); err != nil {
+		return nil, err
+	}
+	return s.move(ctx, id, EventFailed, by, opts, func(t *Task, now time.Time) (change, error) {
+		if info.Stage == "" {
+			info.Stage = string(t.Status)
+			if t.Progress != nil && t.Status == StatusInstalling {
+				info.Stage = string(t.Progress.Stage)
+			}
+		}
+		info.OccurredAt = now
+		return change{
+			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldError), mustJSON(info))},
+			apply: func(t *Task) { t.Error = &info },
+			note:  info.Code + ": " + info.Message,
+		}, nil
+	})
+}
+
+// ReportProgress records the install's progress. The first report after
+// approval also moves the task to installing; a new stage adds a timeline
+// entry; a report within the same stage writes only the progress key. It is
+// refused (ErrInvalidTransition) unless the task is approved or installing.
+func (s *Service) ReportProgress(ctx context.Context, id, by string, p Progress) (*Task, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	if err := checkActor(by); err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		snap, err := s.load(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		t := snap.task
+		p.UpdatedAt = s.now()
+		if t.Status == StatusApproved {
+			// One transaction: installing, the stage entry, the progress.
+			moved, err := s.move(ctx, id, EventInstallStarted, by, []MoveOption{ExpectRevision(snap.statusRev)}, func(t *Task, now time.Time) (change, error) {
+				return change{
+					ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldProgress), mustJSON(p))},
+					apply: func(t *Task) { t.Progress = &p },
+					extra: []TimelineEntry{{Timestamp: now, Event: TimelineStageChanged, Status: StatusInstalling, Stage: p.Stage, Actor: by, Message: p.Message}},
+				}, nil
+			})
+			if errors.Is(err, ErrConflict) && attempt < maxRetries {
+				continue // e.g. a concurrent report started the install: re-read
+			}
+			return moved, err
+		}
+		if t.Status != StatusInstalling {
+			return nil, fmt.Errorf("progress for task %s: %w", id, &TransitionError{From: t.Status, Event: EventInstallStarted})
+		}
+		cmps := []store.Compare{store.ModRevisionIs(TaskKey(id, FieldStatus), snap.statusRev)}
+		ops := []store.Op{store.OpPut(TaskKey(id, FieldProgress), mustJSON(p))}
+		if t.Progress == nil || t.Progress.Stage != p.Stage {
+			t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: p.UpdatedAt, Event: TimelineStageChanged, Status: t.Status, Stage: p.Stage, Actor: by, Message: p.Message})
+			cmps = append(cmps, store.ModRevisionIs(TaskKey(id, FieldTimeline), snap.timelineRev))
+			ops = append(ops, store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline)))
+		}
+		res, err := s.st.Txn(ctx, store.Txn{If: cmps, Then: ops})
+		if err != nil {
+			return nil, fmt.Errorf("progress for task %s: %w", id, err)
+		}
+		if res.Succeeded {
+			t.Progress = &p
+			return t, nil
+		}
+		if attempt == maxRetries {
+			return nil, fmt.Errorf("progress for task %s: too much contention: %w", id, ErrConflict)
+		}
+	}
+}
