@@ -220,7 +220,9 @@ func TestCreateRejectsBadInputAndWritesNothing(t *testing.T) {
 		{"traversing disk layout", func(r *task.CreateRequest) { r.DiskLayout = "/dev/../etc" }, "disk_layout"},
 		{"bad network config", func(r *task.CreateRequest) { r.NetworkConfig = "bonded" }, "network_config"},
 		{"too many tags", func(r *task.CreateRequest) { r.Tags = manyTags }, "tags"},
-		{"oversize tag value", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": strings.Repeat("v", task.MaxTagValueLen+1)} }, "tags.k"},
+		{"oversize tag value", func(r *task.CreateRequest) {
+			r.Tags = map[string]string{"k": strings.Repeat("v", task.MaxTagValueLen+1)}
+		}, "tags.k"},
 		{"bad tag key", func(r *task.CreateRequest) { r.Tags = map[string]string{"a b": "v"} }, "tags"},
 		{"control chars in tag", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": "a\x00b"} }, "tags.k"},
 		{"no creator", func(r *task.CreateRequest) { r.CreatedBy = " " }, "actor"},
@@ -314,12 +316,18 @@ func TestIllegalMovesWriteNothing(t *testing.T) {
 			{"malformed ID", func() error { _, err := svc.Cancel(ctx, "../../etc", "ops", ""); return err }, task.ErrInvalid},
 			{"no actor", func() error { _, err := svc.Cancel(ctx, tk.ID, "", ""); return err }, task.ErrInvalid},
 			{"reject without reason", func() error { _, err := svc.Reject(ctx, tk.ID, "ops", " "); return err }, task.ErrInvalid},
-			{"oversize notes", func() error { _, err := svc.Approve(ctx, tk.ID, "ops", strings.Repeat("n", task.MaxTextLen+1)); return err }, task.ErrInvalid},
+			{"oversize notes", func() error {
+				_, err := svc.Approve(ctx, tk.ID, "ops", strings.Repeat("n", task.MaxTextLen+1))
+				return err
+			}, task.ErrInvalid},
 			{"bad progress", func() error {
 				_, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: task.StageDownloading, Percentage: 101})
 				return err
 			}, task.ErrInvalid},
-			{"unknown stage", func() error { _, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: "dancing"}); return err }, task.ErrInvalid},
+			{"unknown stage", func() error {
+				_, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: "dancing"})
+				return err
+			}, task.ErrInvalid},
 			{"nested details", func() error {
 				_, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: task.StageDownloading, Details: map[string]any{"x": []any{1}}})
 				return err
@@ -329,7 +337,10 @@ func TestIllegalMovesWriteNothing(t *testing.T) {
 				_, err := svc.ReportHardware(ctx, tk.ID, "r", hardware.Info{CPU: hardware.CPU{Cores: -1}})
 				return err
 			}, task.ErrInvalid},
-			{"stale revision", func() error { _, err := svc.Cancel(ctx, tk.ID, "ops", "", task.ExpectRevision(tk.Revision-1)); return err }, task.ErrConflict},
+			{"stale revision", func() error {
+				_, err := svc.Cancel(ctx, tk.ID, "ops", "", task.ExpectRevision(tk.Revision-1))
+				return err
+			}, task.ErrConflict},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
