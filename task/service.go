@@ -85,6 +85,7 @@ type MoveOption func(*moveOptions)
 
 type moveOptions struct {
 	expectRev int64
+	snap      *snapshot // a fresh read to use for the first attempt
 }
 
 // ExpectRevision makes a move succeed only if the task's status has not
@@ -298,9 +299,12 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 	}
 	var firstStatusRev int64
 	for attempt := 0; ; attempt++ {
-		snap, err := s.load(ctx, id)
-		if err != nil {
-			return nil, err
+		snap := o.snap
+		if attempt > 0 || snap == nil {
+			var err error
+			if snap, err = s.load(ctx, id); err != nil {
+				return nil, err
+			}
 		}
 		if o.expectRev != 0 && snap.statusRev != o.expectRev {
 			return nil, fmt.Errorf("%s task %s: status changed since revision %d: %w", ev, id, o.expectRev, ErrConflict)
@@ -488,7 +492,8 @@ func (s *Service) ReportProgress(ctx context.Context, id, by string, p Progress)
 		p.UpdatedAt = s.now()
 		if t.Status == StatusApproved {
 			// One transaction: installing, the stage entry, the progress.
-			moved, err := s.move(ctx, id, EventInstallStarted, by, []MoveOption{ExpectRevision(snap.statusRev)}, func(t *Task, now time.Time) (change, error) {
+			reuse := func(o *moveOptions) { o.snap = snap }
+			moved, err := s.move(ctx, id, EventInstallStarted, by, []MoveOption{ExpectRevision(snap.statusRev), reuse}, func(t *Task, now time.Time) (change, error) {
 				return change{
 					ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldProgress), mustJSON(p))},
 					apply: func(t *Task) { t.Progress = &p },

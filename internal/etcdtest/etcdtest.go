@@ -41,10 +41,17 @@ func memberConfig(t testing.TB, name string) etcd.EmbeddedConfig {
 	}
 }
 
+// Option adjusts a test member.
+type Option func(*etcd.EmbeddedConfig)
+
+// Durable makes the member fsync like a production etcd (tests skip fsync
+// by default; benchmarks that report write rates should not).
+func Durable() Option { return func(c *etcd.EmbeddedConfig) { c.UnsafeNoFsync = false } }
+
 // NewStore starts a single-member etcd and returns a store connected to it.
-func NewStore(t testing.TB) *etcd.Store {
+func NewStore(t testing.TB, opts ...Option) *etcd.Store {
 	t.Helper()
-	m := StartMember(t)
+	m := StartMember(t, opts...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := m.Store(ctx)
@@ -54,11 +61,15 @@ func NewStore(t testing.TB) *etcd.Store {
 }
 
 // StartMember starts a single-member etcd.
-func StartMember(t testing.TB) *etcd.Embedded {
+func StartMember(t testing.TB, opts ...Option) *etcd.Embedded {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m, err := etcd.StartEmbedded(ctx, memberConfig(t, "solo"))
+	cfg := memberConfig(t, "solo")
+	for _, o := range opts {
+		o(&cfg)
+	}
+	m, err := etcd.StartEmbedded(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(m.Close)
 	return m

@@ -66,7 +66,7 @@ type Store struct {
 	rev        int64
 	compactRev int64
 	kvs        map[string]*store.KV
-	keys       []string // sorted keys of kvs, for prefix listing
+	keys       keyIndex // sorted keys of kvs, for prefix listing
 	history    []logEntry
 	leases     map[store.LeaseID]*lease
 	nextLease  store.LeaseID
@@ -164,13 +164,17 @@ func (s *Store) List(ctx context.Context, prefix string, opts store.ListOptions)
 		return store.ListResult{}, err
 	}
 	res := store.ListResult{Revision: s.rev}
-	for i := sort.SearchStrings(s.keys, start); i < len(s.keys) && strings.HasPrefix(s.keys[i], prefix); i++ {
+	s.keys.ascend(start, func(k string) bool {
+		if !strings.HasPrefix(k, prefix) {
+			return false
+		}
 		if opts.Limit > 0 && int64(len(res.KVs)) == opts.Limit {
 			res.More = true
-			break
+			return false
 		}
-		res.KVs = append(res.KVs, cloneKV(s.kvs[s.keys[i]]))
-	}
+		res.KVs = append(res.KVs, cloneKV(s.kvs[k]))
+		return true
+	})
 	return res, nil
 }
 
@@ -288,9 +292,13 @@ func (s *Store) commit(ops []store.Op) {
 			}
 		case store.OpKindDeletePrefix:
 			var victims []string
-			for i := sort.SearchStrings(s.keys, op.Key); i < len(s.keys) && strings.HasPrefix(s.keys[i], op.Key); i++ {
-				victims = append(victims, s.keys[i])
-			}
+			s.keys.ascend(op.Key, func(k string) bool {
+				if !strings.HasPrefix(k, op.Key) {
+					return false
+				}
+				victims = append(victims, k)
+				return true
+			})
 			for _, k := range victims {
 				if ev, ok := s.del(rev, k); ok {
 					events = append(events, ev)
@@ -317,10 +325,7 @@ func (s *Store) put(rev int64, op store.Op) store.Event {
 	if !ok {
 		kv = &store.KV{Key: op.Key, CreateRevision: rev}
 		s.kvs[op.Key] = kv
-		i := sort.SearchStrings(s.keys, op.Key)
-		s.keys = append(s.keys, "")
-		copy(s.keys[i+1:], s.keys[i:])
-		s.keys[i] = op.Key
+		s.keys.insert(op.Key)
 	}
 	if kv.Lease != op.Lease {
 		if l, found := s.leases[kv.Lease]; found {
@@ -346,8 +351,7 @@ func (s *Store) del(rev int64, key string) (store.Event, bool) {
 		delete(l.keys, key)
 	}
 	delete(s.kvs, key)
-	i := sort.SearchStrings(s.keys, key)
-	s.keys = append(s.keys[:i], s.keys[i+1:]...)
+	s.keys.remove(key)
 	return store.Event{Type: store.EventDelete, KV: store.KV{Key: key, ModRevision: rev}}, true
 }
 
