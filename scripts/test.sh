@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every LPMOS test on a fresh Debian machine: installs what the tests
+# need, checks formatting and vet, runs all tests (race detector on) and a
+# one-iteration pass over every benchmark so they cannot rot.
+# Needs root for apt-get (and, in later suites, network namespaces and QEMU).
+# Nothing is skipped: a test that cannot run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# Debian packages the tests use (one per line in scripts/test-packages.txt).
+mapfile -t pkgs < <(grep -v '^\s*#' scripts/test-packages.txt | grep -v '^\s*$' || true)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	log "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
+log "$(go version)"
+
+log "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [[ -n $unformatted ]]; then
+	echo "gofmt needed:"; echo "$unformatted"; exit 1
+fi
+
+log "go vet"
+go vet ./...
+
+log "go test (race)"
+go test -race -count=1 -timeout 25m ./...
+
+log "benchmarks (one iteration each, as a smoke test)"
+go test -run '^$' -bench . -benchtime 1x -timeout 10m ./... >/dev/null
+
+log "all tests passed"
