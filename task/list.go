@@ -118,6 +118,12 @@ func (s *Service) List(ctx context.Context, f Filter) (*Page, error) {
 	return page, nil
 }
 
+// All returns every task and the store revision the read started at: the
+// initial fill of a watch-fed cache, which then watches from Revision+1.
+func (s *Service) All(ctx context.Context) ([]*Task, int64, error) {
+	return s.readAll(ctx)
+}
+
 // readAll reads every task. A listing larger than one range is read in
 // chunks, each at its own revision: a task whose keys straddle two chunks
 // may show fields of two adjacent revisions, which a listing tolerates (Get
