@@ -36,7 +36,8 @@ type Page struct {
 	Revision int64 `json:"-"`
 }
 
-func (f *Filter) normalize() error {
+// Normalize validates the filter and fills the default limit.
+func (f *Filter) Normalize() error {
 	if f.RegionID != "" {
 		if err := lpmos.ValidateRegionID(f.RegionID); err != nil {
 			return invalid("region_id", "%v", err)
@@ -97,7 +98,7 @@ const listChunk = 5000
 // in the store at one revision; a reader serving many lists (the control
 // plane) keeps a watch-fed cache instead.
 func (s *Service) List(ctx context.Context, f Filter) (*Page, error) {
-	if err := f.normalize(); err != nil {
+	if err := f.Normalize(); err != nil {
 		return nil, err
 	}
 	all, rev, err := s.readAll(ctx)

@@ -1,0 +1,126 @@
+// Package agent is the LPMOS agent: the small program a machine runs from
+// RAM after PXE-booting, which collects the hardware, reports it to its
+// region, waits for an operator's approval and installs the operating
+// system with progress. This file is the agent API's wire protocol, shared
+// by the agent and the region's handlers (seed v1 §4.2, v2 §4.4); the region
+// imports these types and nothing else of the agent.
+//
+// The agent authenticates every call with "Authorization: Bearer <token>",
+// the per-task token the region put on its kernel command line
+// (lpmos.token=...).
+package agent
+
+import (
+	"time"
+
+	"github.com/lpmos/lpmos/hardware"
+)
+
+// API paths on the region's HTTP server.
+const (
+	PathReport   = "/api/v1/agent/report"
+	PathProgress = "/api/v1/agent/progress"
+	PathStatus   = "/api/v1/agent/status"
+	// PathApproval is followed by the MAC: GET /api/v1/agent/approval/{mac}.
+	PathApproval = "/api/v1/agent/approval/"
+	PathHealth   = "/health"
+)
+
+// MaxBodyBytes bounds an agent request body (hardware reports of large
+// servers included).
+const MaxBodyBytes = 1 << 20
+
+// ReportRequest is the hardware report (POST PathReport).
+type ReportRequest struct {
+	MACAddress string        `json:"mac_address"`
+	TaskID     string        `json:"task_id,omitempty"`
+	Hardware   hardware.Info `json:"hardware"`
+}
+
+// Next actions a region tells an agent.
+const (
+	ActionWaitForApproval = "wait_for_approval"
+	ActionInstall         = "install"
+	ActionPowerOff        = "poweroff"
+)
+
+// ReportResponse answers a hardware report.
+type ReportResponse struct {
+	Status     string `json:"status"` // "received"
+	TaskID     string `json:"task_id"`
+	NextAction string `json:"next_action"`
+}
+
+// ProgressRequest reports install progress (POST PathProgress). Stage is
+// one of partitioning, downloading, writing, installing, configuring,
+// completed; a "completed" stage at 100% completes the task.
+type ProgressRequest struct {
+	MACAddress string         `json:"mac_address"`
+	TaskID     string         `json:"task_id"`
+	Stage      string         `json:"stage"`
+	Percentage int            `json:"percentage"`
+	Message    string         `json:"message,omitempty"`
+	Details    map[string]any `json:"details,omitempty"`
+}
+
+// StatusRequest reports an outcome that is not progress (POST PathStatus):
+// "failed" with an error code, stage and message, or "completed".
+type StatusRequest struct {
+	MACAddress string `json:"mac_address"`
+	TaskID     string `json:"task_id"`
+	Status     string `json:"status"`
+	Stage      string `json:"stage,omitempty"`
+	Code       string `json:"code,omitempty"`
+	Message    string `json:"message,omitempty"`
+}
+
+// ApprovalResponse answers the approval long-poll. Until a decision,
+// Approved is false and Status is "pending_approval"; on approval Plan says
+// what to install; on rejection or cancellation NextAction is "poweroff".
+type ApprovalResponse struct {
+	Approved   bool   `json:"approved"`
+	TaskID     string `json:"task_id"`
+	Status     string `json:"status"`
+	NextAction string `json:"next_action"`
+	Reason     string `json:"reason,omitempty"`
+	Plan       *Plan  `json:"plan,omitempty"`
+}
+
+// Plan is the install plan of an approved task.
+type Plan struct {
+	TaskID    string `json:"task_id"`
+	OSType    string `json:"os_type"`
+	OSVersion string `json:"os_version"`
+	// Method is "image" (write ImageURL to Disk) or "installer" (reboot
+	// into the distribution installer the region's script provides).
+	Method string `json:"method"`
+	// ImageURL is the disk image, possibly compressed (.gz, .xz, .zst);
+	// SHA256 is the hex digest of the bytes as served.
+	ImageURL string `json:"image_url,omitempty"`
+	SHA256   string `json:"sha256,omitempty"`
+	// ImageSize is the size as served, if known (for progress).
+	ImageSize int64 `json:"image_size,omitempty"`
+	// Disk is "auto" or a device path.
+	Disk string `json:"disk"`
+	// Hostname and SSHAuthorizedKeys seed cloud-init (NoCloud), if set.
+	Hostname          string   `json:"hostname,omitempty"`
+	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
+	Network           string   `json:"network_config,omitempty"`
+}
+
+// Health is the region's GET /health answer (seed v1 §4.2).
+type Health struct {
+	Status        string            `json:"status"` // "healthy" or "degraded"
+	RegionID      string            `json:"region_id"`
+	Services      map[string]string `json:"services"`
+	EtcdConnected bool              `json:"etcd_connected"`
+	LastHeartbeat time.Time         `json:"last_heartbeat,omitzero"`
+}
+
+// Error is the body of a refused agent request.
+type Error struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}

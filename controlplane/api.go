@@ -1,0 +1,232 @@
+package controlplane
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lpmos/lpmos/task"
+)
+
+// readYourWrites bounds how long a mutation waits for this replica's cache
+// to catch up, so that the caller's next list shows its change.
+const readYourWrites = 2 * time.Second
+
+func (s *Server) caughtUp(ctx context.Context, rev int64) {
+	ctx, cancel := context.WithTimeout(ctx, readYourWrites)
+	defer cancel()
+	s.cache.waitRevision(ctx, rev)
+}
+
+func principal(r *http.Request) Principal {
+	p, _ := PrincipalFrom(r.Context())
+	return p
+}
+
+type links struct {
+	Self    string `json:"self"`
+	Approve string `json:"approve"`
+}
+
+type createResponse struct {
+	TaskID    string      `json:"task_id"`
+	Status    task.Status `json:"status"`
+	CreatedAt time.Time   `json:"created_at"`
+	Revision  int64       `json:"revision"`
+	Links     links       `json:"links"`
+}
+
+func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
+	var req task.CreateRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+		return err
+	}
+	req.CreatedBy = principal(r).Subject
+	t, err := s.svc.Create(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	s.caughtUp(r.Context(), t.Revision)
+	self := "/api/v1/tasks/" + t.ID
+	w.Header().Set("Location", self)
+	writeJSON(w, http.StatusCreated, createResponse{
+		TaskID: t.ID, Status: t.Status, CreatedAt: t.Metadata.CreatedAt, Revision: t.Revision,
+		Links: links{Self: self, Approve: self + "/approve"},
+	})
+	return nil
+}
+
+func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.svc.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(t.Revision, 10)))
+	writeJSON(w, http.StatusOK, t)
+	return nil
+}
+
+// taskSummary is a list entry: what a table row needs, not the hardware
+// report or the timeline.
+type taskSummary struct {
+	TaskID    string            `json:"task_id"`
+	Status    task.Status       `json:"status"`
+	Revision  int64             `json:"revision"`
+	RegionID  string            `json:"region_id"`
+	TargetMAC string            `json:"target_mac"`
+	OSType    string            `json:"os_type"`
+	OSVersion string            `json:"os_version"`
+	CreatedAt time.Time         `json:"created_at"`
+	CreatedBy string            `json:"created_by"`
+	Tags      map[string]string `json:"tags,omitempty"`
+	Progress  *task.Progress    `json:"progress,omitempty"`
+	Error     *task.ErrorInfo   `json:"error,omitempty"`
+}
+
+type listResponse struct {
+	Tasks  []taskSummary `json:"tasks"`
+	Total  int           `json:"total"`
+	Limit  int           `json:"limit"`
+	Offset int           `json:"offset"`
+}
+
+func queryInt(r *http.Request, name string) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, &task.ValidationError{Field: name, Reason: "not an integer"}
+	}
+	return n, nil
+}
+
+func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
+	f := task.Filter{RegionID: r.URL.Query().Get("region_id")}
+	for _, v := range r.URL.Query()["status"] {
+		for _, st := range strings.Split(v, ",") {
+			if st = strings.TrimSpace(st); st != "" {
+				f.Statuses = append(f.Statuses, task.Status(st))
+			}
+		}
+	}
+	var err error
+	if f.Limit, err = queryInt(r, "limit"); err != nil {
+		return err
+	}
+	if f.Offset, err = queryInt(r, "offset"); err != nil {
+		return err
+	}
+	if err := f.Normalize(); err != nil {
+		return err
+	}
+	if !s.cache.isSynced() {
+		w.Header().Set("Retry-After", "1")
+		return newAPIError(http.StatusServiceUnavailable, "unavailable", "task cache is loading")
+	}
+	page := s.cache.list(f)
+	resp := listResponse{Tasks: make([]taskSummary, 0, len(page.Tasks)), Total: page.Total, Limit: page.Limit, Offset: page.Offset}
+	for _, t := range page.Tasks {
+		resp.Tasks = append(resp.Tasks, taskSummary{
+			TaskID: t.ID, Status: t.Status, Revision: t.Revision, RegionID: t.Metadata.RegionID,
+			TargetMAC: t.Metadata.TargetMAC.String(), OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion,
+			CreatedAt: t.Metadata.CreatedAt, CreatedBy: t.Metadata.CreatedBy, Tags: t.Metadata.Tags,
+			Progress: t.Progress, Error: t.Error,
+		})
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+type approveRequest struct {
+	Approved *bool  `json:"approved"`
+	Notes    string `json:"notes"`
+}
+
+type decisionResponse struct {
+	TaskID     string         `json:"task_id"`
+	Status     task.Status    `json:"status"`
+	Revision   int64          `json:"revision"`
+	Approval   *task.Approval `json:"approval"`
+	NextStatus task.Status    `json:"next_status,omitempty"`
+}
+
+func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
+	var req approveRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+		return err
+	}
+	if req.Approved == nil {
+		return &task.ValidationError{Field: "approved", Reason: "is required (true to approve; false rejects with notes as the reason)"}
+	}
+	opts, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	var t *task.Task
+	if *req.Approved {
+		t, err = s.svc.Approve(r.Context(), r.PathValue("id"), principal(r).Subject, req.Notes, opts...)
+	} else {
+		t, err = s.svc.Reject(r.Context(), r.PathValue("id"), principal(r).Subject, req.Notes, opts...)
+	}
+	if err != nil {
+		return err
+	}
+	s.caughtUp(r.Context(), t.Revision)
+	resp := decisionResponse{TaskID: t.ID, Status: t.Status, Revision: t.Revision, Approval: t.Approval}
+	if t.Status == task.StatusApproved {
+		resp.NextStatus = task.StatusInstalling
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+type rejectRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (s *Server) rejectTask(w http.ResponseWriter, r *http.Request) error {
+	var req rejectRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+		return err
+	}
+	opts, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	t, err := s.svc.Reject(r.Context(), r.PathValue("id"), principal(r).Subject, req.Reason, opts...)
+	if err != nil {
+		return err
+	}
+	s.caughtUp(r.Context(), t.Revision)
+	writeJSON(w, http.StatusOK, decisionResponse{TaskID: t.ID, Status: t.Status, Revision: t.Revision, Approval: t.Approval})
+	return nil
+}
+
+func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
+	opts, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	t, err := s.svc.Cancel(r.Context(), r.PathValue("id"), principal(r).Subject, r.URL.Query().Get("reason"), opts...)
+	if err != nil {
+		return err
+	}
+	s.caughtUp(r.Context(), t.Revision)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, map[string][]Region{"regions": s.regions.list()})
+	return nil
+}
+
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request) error {
+	p := principal(r)
+	writeJSON(w, http.StatusOK, map[string]string{"subject": p.Subject, "role": p.Role.String()})
+	return nil
+}

@@ -1,0 +1,579 @@
+package controlplane_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/internal/etcdtest"
+	"github.com/lpmos/lpmos/store"
+	"github.com/lpmos/lpmos/task"
+)
+
+const (
+	viewerToken   = "viewer-token-0123456789"
+	operatorToken = "operator-token-0123456789"
+	adminToken    = "admin-token-0123456789abc"
+)
+
+var hsSecret = []byte("0123456789abcdef0123456789abcdef-hs256")
+
+// syncBuffer collects log output from concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type testCP struct {
+	t     *testing.T
+	st    store.Store
+	srv   *controlplane.Server
+	ts    *httptest.Server
+	audit *syncBuffer
+	svc   *task.Service // the region's side
+}
+
+type cpOption func(*controlplane.Config)
+
+var rsaKey = func() *rsa.PrivateKey {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// startCP runs a control plane on st over real HTTP.
+func startCP(t *testing.T, st store.Store, opts ...cpOption) *testCP {
+	t.Helper()
+	audit := &syncBuffer{}
+	cfg := controlplane.Config{
+		Store: st,
+		Tokens: []controlplane.StaticToken{
+			{Token: viewerToken, Subject: "vera", Role: controlplane.RoleViewer},
+			{Token: operatorToken, Subject: "otto", Role: controlplane.RoleOperator},
+			{Token: adminToken, Subject: "ada", Role: controlplane.RoleAdmin},
+		},
+		JWT:         &controlplane.JWTConfig{HS256Secret: hsSecret, RS256Keys: []*rsa.PublicKey{&rsaKey.PublicKey}},
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		AuditLogger: slog.New(slog.NewJSONHandler(audit, nil)),
+		RateLimit:   10000, RateBurst: 10000,
+		SignInFailureLimit: 10000, SignInFailureBurst: 10000,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := controlplane.New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		ts.Close()
+		cancel()
+		<-done
+	})
+	cp := &testCP{t: t, st: st, srv: srv, ts: ts, audit: audit, svc: task.NewService(st, task.Config{})}
+	require.Eventually(t, func() bool {
+		code, _ := cp.do("GET", "/readyz", "", nil)
+		return code == http.StatusOK
+	}, 30*time.Second, 20*time.Millisecond)
+	return cp
+}
+
+// do sends a request with a JSON body (any; a string is sent as is) and
+// returns the status and decoded JSON body.
+func (cp *testCP) do(method, path, token string, body any, headers ...string) (int, map[string]any) {
+	cp.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		data, err := json.Marshal(b)
+		require.NoError(cp.t, err)
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, cp.ts.URL+path, rd)
+	require.NoError(cp.t, err)
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(cp.t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(cp.t, err)
+	var out map[string]any
+	if len(data) > 0 && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		require.NoError(cp.t, json.Unmarshal(data, &out), "body: %s", data)
+	}
+	return resp.StatusCode, out
+}
+
+func createBody(mac string) map[string]any {
+	return map[string]any{"region_id": "dc1", "target_mac": mac, "os_type": "ubuntu", "os_version": "22.04",
+		"disk_layout": "auto", "network_config": "dhcp", "tags": map[string]string{"environment": "production"}}
+}
+
+func (cp *testCP) create(mac string) string {
+	cp.t.Helper()
+	code, body := cp.do("POST", "/api/v1/tasks", operatorToken, createBody(mac))
+	require.Equal(cp.t, http.StatusCreated, code, "%v", body)
+	return body["task_id"].(string)
+}
+
+// toPendingApproval plays the region's part up to the approval.
+func (cp *testCP) toPendingApproval(id string) {
+	cp.t.Helper()
+	ctx := context.Background()
+	_, err := cp.svc.MarkReady(ctx, id, "region:dc1")
+	require.NoError(cp.t, err)
+	_, err = cp.svc.MarkBooting(ctx, id, "region:dc1")
+	require.NoError(cp.t, err)
+	_, err = cp.svc.ReportHardware(ctx, id, "region:dc1", hardware.Info{CPU: hardware.CPU{Model: "Xeon", Cores: 28, Threads: 56}, Memory: hardware.Memory{TotalGB: 256}})
+	require.NoError(cp.t, err)
+}
+
+func storeRevision(t *testing.T, st store.Store) int64 {
+	res, err := st.List(context.Background(), task.Root, store.ListOptions{Limit: 1})
+	require.NoError(t, err)
+	return res.Revision
+}
+
+func errCode(body map[string]any) string {
+	e, _ := body["error"].(map[string]any)
+	c, _ := e["code"].(string)
+	return c
+}
+
+func TestAPIHappyPath(t *testing.T) {
+	cp := startCP(t, etcdtest.NewStore(t))
+
+	code, body := cp.do("POST", "/api/v1/tasks", operatorToken, createBody("00:1A:2B:3C:4D:5E"))
+	require.Equal(t, http.StatusCreated, code)
+	id := body["task_id"].(string)
+	assert.Equal(t, "pending", body["status"])
+	assert.NotEmpty(t, body["created_at"])
+	assert.Equal(t, map[string]any{"self": "/api/v1/tasks/" + id, "approve": "/api/v1/tasks/" + id + "/approve"}, body["links"])
+
+	code, body = cp.do("GET", "/api/v1/tasks/"+id, viewerToken, nil)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, id, body["task_id"])
+	meta := body["metadata"].(map[string]any)
+	assert.Equal(t, "00:1a:2b:3c:4d:5e", meta["target_mac"])
+	assert.Equal(t, "otto", meta["created_by"], "created_by is the authenticated caller")
+	assert.Len(t, body["timeline"], 1)
+
+	// Read your own write: the list (served from the cache) has it at once.
+	code, body = cp.do("GET", "/api/v1/tasks?region_id=dc1&status=pending", viewerToken, nil)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, float64(1), body["total"])
+	assert.Equal(t, float64(50), body["limit"])
+	assert.Equal(t, float64(0), body["offset"])
+	assert.Equal(t, id, body["tasks"].([]any)[0].(map[string]any)["task_id"])
+
+	cp.toPendingApproval(id)
+	code, body = cp.do("GET", "/api/v1/tasks/"+id, viewerToken, nil)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "pending_approval", body["status"])
+	assert.Equal(t, "Xeon", body["hardware"].(map[string]any)["cpu"].(map[string]any)["model"])
+	rev := fmt.Sprint(int64(body["revision"].(float64)))
+
+	code, body = cp.do("PUT", "/api/v1/tasks/"+id+"/approve", operatorToken, map[string]any{"approved": true, "notes": "Hardware verified"}, "If-Match", `"`+rev+`"`)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Equal(t, "approved", body["status"])
+	assert.Equal(t, "installing", body["next_status"])
+	approval := body["approval"].(map[string]any)
+	assert.Equal(t, "approved", approval["status"])
+	assert.Equal(t, "otto", approval["approved_by"])
+	assert.NotEmpty(t, approval["approved_at"])
+
+	code, _ = cp.do("DELETE", "/api/v1/tasks/"+id+"?reason=changed+my+mind", operatorToken, nil)
+	require.Equal(t, http.StatusNoContent, code)
+	code, body = cp.do("GET", "/api/v1/tasks/"+id, viewerToken, nil)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "cancelled", body["status"])
+
+	// Reject, on another task.
+	id2 := cp.create("00:1a:2b:3c:4d:5f")
+	cp.toPendingApproval(id2)
+	code, body = cp.do("PUT", "/api/v1/tasks/"+id2+"/reject", operatorToken, map[string]any{"reason": "Insufficient disk space"})
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Equal(t, "rejected", body["status"])
+	assert.Equal(t, "Insufficient disk space", body["approval"].(map[string]any)["reason"])
+	assert.Equal(t, "otto", body["approval"].(map[string]any)["rejected_by"])
+
+	// approved=false is a rejection with the notes as reason.
+	id3 := cp.create("00:1a:2b:3c:4d:60")
+	cp.toPendingApproval(id3)
+	code, body = cp.do("PUT", "/api/v1/tasks/"+id3+"/approve", operatorToken, map[string]any{"approved": false, "notes": "wrong rack"})
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Equal(t, "rejected", body["status"])
+
+	code, body = cp.do("GET", "/api/v1/whoami", viewerToken, nil)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, map[string]any{"subject": "vera", "role": "viewer"}, body)
+}
+
+func TestAPIRegions(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	cp := startCP(t, st)
+	ctx := context.Background()
+	caps, _ := json.Marshal(task.Capabilities{OS: []task.OSOffering{{Type: "ubuntu", Version: "24.04", Kind: "image"}}})
+	_, err := st.Put(ctx, task.RegionCapabilitiesKey("dc1"), caps)
+	require.NoError(t, err)
+	_, err = st.Put(ctx, task.RegionStatusKey("dc1"), []byte("online"))
+	require.NoError(t, err)
+	_, err = st.Put(ctx, task.RegionHeartbeatKey("dc1"), []byte("2026-01-29T10:00:00Z"))
+	require.NoError(t, err)
+	_, err = st.Put(ctx, task.RegionStatusKey("dc2"), []byte("online")) // no heartbeat: offline
+
+	require.NoError(t, err)
+	var regions []any
+	require.Eventually(t, func() bool {
+		code, body := cp.do("GET", "/api/v1/regions", viewerToken, nil)
+		require.Equal(t, http.StatusOK, code)
+		regions, _ = body["regions"].([]any)
+		return len(regions) == 2
+	}, 10*time.Second, 20*time.Millisecond)
+	dc1 := regions[0].(map[string]any)
+	assert.Equal(t, "dc1", dc1["region_id"])
+	assert.Equal(t, "online", dc1["status"])
+	assert.Equal(t, "2026-01-29T10:00:00Z", dc1["last_heartbeat"])
+	assert.Equal(t, "offline", regions[1].(map[string]any)["status"])
+
+	// The capabilities are enforced at creation.
+	req := createBody("00:1a:2b:3c:4d:61")
+	code, body := cp.do("POST", "/api/v1/tasks", operatorToken, req)
+	require.Equal(t, http.StatusBadRequest, code)
+	assert.Contains(t, body["error"].(map[string]any)["message"], "cannot install ubuntu 22.04")
+	req["os_version"] = "24.04"
+	code, _ = cp.do("POST", "/api/v1/tasks", operatorToken, req)
+	require.Equal(t, http.StatusCreated, code)
+}
+
+func TestAPIErrorsWriteNothing(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	cp := startCP(t, st)
+	pending := cp.create("00:1a:2b:3c:4d:01")
+	decided := cp.create("00:1a:2b:3c:4d:02")
+	cp.toPendingApproval(decided)
+	_, body := cp.do("GET", "/api/v1/tasks/"+decided, viewerToken, nil)
+	staleRev := fmt.Sprint(int64(body["revision"].(float64)) - 1)
+
+	big := createBody("00:1a:2b:3c:4d:03")
+	big["tags"] = map[string]string{"k": strings.Repeat("x", 70<<10)}
+	withCreator := createBody("00:1a:2b:3c:4d:04")
+	withCreator["created_by"] = "someone-else"
+	unknownField := createBody("00:1a:2b:3c:4d:05")
+	unknownField["colour"] = "blue"
+
+	tests := []struct {
+		name    string
+		method  string
+		path    string
+		body    any
+		headers []string
+		status  int
+		code    string
+		field   string
+	}{
+		{"malformed JSON", "POST", "/api/v1/tasks", `{"region_id": "dc1",`, nil, 400, "invalid_request", ""},
+		{"trailing data", "POST", "/api/v1/tasks", `{"region_id":"dc1"} {}`, nil, 400, "invalid_request", ""},
+		{"not an object", "POST", "/api/v1/tasks", `[1,2]`, nil, 400, "invalid_request", ""},
+		{"unknown field", "POST", "/api/v1/tasks", unknownField, nil, 400, "invalid_request", ""},
+		{"created_by cannot be set", "POST", "/api/v1/tasks", withCreator, nil, 400, "invalid_request", ""},
+		{"invalid MAC", "POST", "/api/v1/tasks", createBody("00:1a:2b:3c:4d"), nil, 400, "invalid_request", "target_mac"},
+		{"invalid region", "POST", "/api/v1/tasks", func() any { b := createBody("00:1a:2b:3c:4d:06"); b["region_id"] = "DC_1"; return b }(), nil, 400, "invalid_request", "region_id"},
+		{"unknown OS", "POST", "/api/v1/tasks", func() any { b := createBody("00:1a:2b:3c:4d:07"); b["os_type"] = "windows"; return b }(), nil, 400, "invalid_request", "os_type"},
+		{"wrong content type", "POST", "/api/v1/tasks", createBody("00:1a:2b:3c:4d:08"), []string{"Content-Type", "text/plain"}, 415, "unsupported_media_type", ""},
+		{"oversize body", "POST", "/api/v1/tasks", big, nil, 413, "too_large", ""},
+		{"second task for a MAC", "POST", "/api/v1/tasks", createBody("00-1A-2B-3C-4D-01"), nil, 409, "conflict", ""},
+		{"unknown task", "GET", "/api/v1/tasks/00000000-0000-4000-8000-000000000001", nil, nil, 404, "not_found", ""},
+		{"malformed task ID", "GET", "/api/v1/tasks/not-a-uuid", nil, nil, 400, "invalid_request", "task_id"},
+		{"approve a pending task", "PUT", "/api/v1/tasks/" + pending + "/approve", map[string]any{"approved": true}, nil, 409, "invalid_transition", ""},
+		{"approve without decision", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"notes": "x"}, nil, 400, "invalid_request", "approved"},
+		{"reject without reason", "PUT", "/api/v1/tasks/" + decided + "/reject", map[string]any{"reason": ""}, nil, 400, "invalid_request", "reason"},
+		{"stale If-Match", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", staleRev}, 409, "conflict", ""},
+		{"garbage If-Match", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "abc"}, 400, "invalid_request", ""},
+		{"cancel unknown task", "DELETE", "/api/v1/tasks/00000000-0000-4000-8000-000000000001", nil, nil, 404, "not_found", ""},
+		{"bad list limit", "GET", "/api/v1/tasks?limit=abc", nil, nil, 400, "invalid_request", "limit"},
+		{"bad list status", "GET", "/api/v1/tasks?status=done", nil, nil, 400, "invalid_request", "status"},
+		{"huge list limit", "GET", "/api/v1/tasks?limit=100000", nil, nil, 400, "invalid_request", "limit"},
+		{"unknown endpoint", "GET", "/api/v1/nothing", nil, nil, 404, "not_found", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := storeRevision(t, st)
+			code, body := cp.do(tt.method, tt.path, adminToken, tt.body, tt.headers...)
+			assert.Equal(t, tt.status, code, "%v", body)
+			assert.Equal(t, tt.code, errCode(body), "%v", body)
+			if tt.field != "" {
+				assert.Equal(t, tt.field, body["error"].(map[string]any)["field"])
+			}
+			assert.NotEmpty(t, body["error"].(map[string]any)["message"])
+			assert.Equal(t, before, storeRevision(t, st), "an error writes nothing")
+		})
+	}
+}
+
+func signJWT(t *testing.T, method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
+	tok, err := jwt.NewWithClaims(method, claims).SignedString(key)
+	require.NoError(t, err)
+	return tok
+}
+
+func TestAuthMatrix(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	cp := startCP(t, st)
+	exp := time.Now().Add(time.Hour).Unix()
+	hsOperator := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "jwt-hs@example.com", "role": "operator", "exp": exp})
+	rsViewer := signJWT(t, jwt.SigningMethodRS256, rsaKey, jwt.MapClaims{"sub": "jwt-rs@example.com", "role": "viewer", "exp": exp})
+	expired := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "x", "role": "admin", "exp": time.Now().Add(-time.Hour).Unix()})
+	noExp := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "x", "role": "admin"})
+	wrongKey := signJWT(t, jwt.SigningMethodHS256, []byte("another-secret-another-secret-123"), jwt.MapClaims{"sub": "x", "role": "admin", "exp": exp})
+	noRole := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "x", "exp": exp})
+	unsigned := signJWT(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, jwt.MapClaims{"sub": "x", "role": "admin", "exp": exp})
+
+	// Each endpoint with the role it needs; mutations use a fresh task so
+	// that an allowed call succeeds for real.
+	type endpoint struct {
+		name   string
+		needs  controlplane.Role
+		call   func(token string) int
+		wantOK int
+	}
+	mac := 0
+	fresh := func() string {
+		mac++
+		return cp.create(fmt.Sprintf("00:1a:2b:3c:5d:%02x", mac))
+	}
+	endpoints := []endpoint{
+		{"list", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks", tok, nil); return c }, 200},
+		{"get", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 200},
+		{"regions", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/regions", tok, nil); return c }, 200},
+		{"metrics", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/metrics", tok, nil); return c }, 200},
+		{"create", controlplane.RoleOperator, func(tok string) int {
+			mac++
+			c, _ := cp.do("POST", "/api/v1/tasks", tok, createBody(fmt.Sprintf("00:1a:2b:3c:5d:%02x", mac)))
+			return c
+		}, 201},
+		{"approve", controlplane.RoleOperator, func(tok string) int {
+			id := fresh()
+			cp.toPendingApproval(id)
+			c, _ := cp.do("PUT", "/api/v1/tasks/"+id+"/approve", tok, map[string]any{"approved": true})
+			return c
+		}, 200},
+		{"reject", controlplane.RoleOperator, func(tok string) int {
+			id := fresh()
+			cp.toPendingApproval(id)
+			c, _ := cp.do("PUT", "/api/v1/tasks/"+id+"/reject", tok, map[string]any{"reason": "no"})
+			return c
+		}, 200},
+		{"cancel", controlplane.RoleOperator, func(tok string) int { c, _ := cp.do("DELETE", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 204},
+	}
+	callers := []struct {
+		name  string
+		token string
+		role  controlplane.Role
+	}{
+		{"anonymous", "", controlplane.RoleNone},
+		{"garbage token", "not-a-token", controlplane.RoleNone},
+		{"expired JWT", expired, controlplane.RoleNone},
+		{"JWT without exp", noExp, controlplane.RoleNone},
+		{"JWT with wrong key", wrongKey, controlplane.RoleNone},
+		{"JWT without role", noRole, controlplane.RoleNone},
+		{"unsigned JWT", unsigned, controlplane.RoleNone},
+		{"viewer", viewerToken, controlplane.RoleViewer},
+		{"RS256 viewer", rsViewer, controlplane.RoleViewer},
+		{"operator", operatorToken, controlplane.RoleOperator},
+		{"HS256 operator", hsOperator, controlplane.RoleOperator},
+		{"admin", adminToken, controlplane.RoleAdmin},
+	}
+	for _, c := range callers {
+		for _, e := range endpoints {
+			t.Run(c.name+"/"+e.name, func(t *testing.T) {
+				got := e.call(c.token)
+				switch {
+				case c.role == controlplane.RoleNone:
+					assert.Equal(t, http.StatusUnauthorized, got)
+				case c.role < e.needs:
+					assert.Equal(t, http.StatusForbidden, got)
+				default:
+					assert.Equal(t, e.wantOK, got)
+				}
+			})
+		}
+	}
+
+	// The JWT's subject becomes created_by.
+	code, body := cp.do("POST", "/api/v1/tasks", hsOperator, createBody("00:1a:2b:3c:5e:01"))
+	require.Equal(t, http.StatusCreated, code)
+	_, body = cp.do("GET", "/api/v1/tasks/"+body["task_id"].(string), viewerToken, nil)
+	assert.Equal(t, "jwt-hs@example.com", body["metadata"].(map[string]any)["created_by"])
+
+	// Health endpoints are open; the dashboard shell too (it asks for a token itself).
+	for _, p := range []string{"/healthz", "/readyz", "/"} {
+		code, _ := cp.do("GET", p, "", nil)
+		assert.Equal(t, http.StatusOK, code, p)
+	}
+}
+
+func TestAuditLog(t *testing.T) {
+	cp := startCP(t, etcdtest.NewStore(t))
+	id := cp.create("00:1a:2b:3c:6d:01")
+	code, _ := cp.do("DELETE", "/api/v1/tasks/"+id, viewerToken, nil) // forbidden
+	require.Equal(t, http.StatusForbidden, code)
+	code, _ = cp.do("DELETE", "/api/v1/tasks/"+id, adminToken, nil)
+	require.Equal(t, http.StatusNoContent, code)
+	cp.do("GET", "/api/v1/tasks/"+id, viewerToken, nil) // reads are not audited
+
+	var entries []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(cp.audit.String()), "\n") {
+		var e map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &e))
+		entries = append(entries, e)
+	}
+	require.Len(t, entries, 3)
+	want := []struct {
+		actor, action string
+		status        float64
+	}{{"otto", "task.create", 201}, {"vera", "task.cancel", 403}, {"ada", "task.cancel", 204}}
+	for i, w := range want {
+		assert.Equal(t, w.actor, entries[i]["actor"])
+		assert.Equal(t, w.action, entries[i]["action"])
+		assert.Equal(t, w.status, entries[i]["status"])
+		assert.NotEmpty(t, entries[i]["at"])
+	}
+	assert.Equal(t, id, entries[2]["task_id"])
+}
+
+func TestRateLimitFailedSignIns(t *testing.T) {
+	cp := startCP(t, etcdtest.NewStore(t), func(c *controlplane.Config) { c.SignInFailureLimit, c.SignInFailureBurst = 1, 3 })
+	codes := map[int]int{}
+	for range 10 {
+		code, _ := cp.do("GET", "/api/v1/tasks", "guessed-token-123456", nil)
+		codes[code]++
+	}
+	assert.Positive(t, codes[http.StatusTooManyRequests])
+	assert.GreaterOrEqual(t, codes[http.StatusUnauthorized], 3)
+	code, _ := cp.do("GET", "/api/v1/tasks", viewerToken, nil)
+	assert.Equal(t, http.StatusOK, code, "a valid token still gets in")
+}
+
+func TestRateLimit(t *testing.T) {
+	cp := startCP(t, etcdtest.NewStore(t), func(c *controlplane.Config) { c.RateLimit, c.RateBurst = 1, 3 })
+	codes := map[int]int{}
+	for range 10 {
+		code, _ := cp.do("GET", "/api/v1/tasks", viewerToken, nil)
+		codes[code]++
+	}
+	assert.Positive(t, codes[http.StatusTooManyRequests])
+	assert.GreaterOrEqual(t, codes[http.StatusOK], 3)
+}
+
+func wsDial(t *testing.T, cp *testCP, token string) *websocket.Conn {
+	t.Helper()
+	url := "ws" + strings.TrimPrefix(cp.ts.URL, "http") + "/ws"
+	d := websocket.Dialer{Subprotocols: []string{"lpmos.v1", "bearer." + token}, HandshakeTimeout: 10 * time.Second}
+	conn, resp, err := d.Dial(url, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "lpmos.v1", resp.Header.Get("Sec-WebSocket-Protocol"))
+	t.Cleanup(func() { conn.Close() })
+	require.NoError(t, conn.WriteJSON(map[string]string{"type": "subscribe", "task_id": "*"}))
+	return conn
+}
+
+// Two control planes on one etcd: a change made through one is in the
+// other's list and on its WebSocket.
+func TestTwoReplicas(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	a := startCP(t, st)
+	b := startCP(t, st)
+	ws := wsDial(t, b, viewerToken)
+	time.Sleep(200 * time.Millisecond) // let the subscription land before the change
+
+	start := time.Now()
+	id := a.create("00:1a:2b:3c:7d:01")
+	require.Eventually(t, func() bool {
+		_, body := b.do("GET", "/api/v1/tasks?status=pending", viewerToken, nil)
+		return body["total"] == float64(1) && body["tasks"].([]any)[0].(map[string]any)["task_id"] == id
+	}, 10*time.Second, 10*time.Millisecond)
+	t.Logf("replica B listed the task %v after A created it", time.Since(start))
+
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		var msg map[string]any
+		require.NoError(t, ws.ReadJSON(&msg))
+		if msg["type"] == "status" && msg["task_id"] == id {
+			assert.Equal(t, "pending", msg["status"])
+			break
+		}
+	}
+	t.Logf("replica B pushed the status over WebSocket %v after A created it", time.Since(start))
+
+	// And the other way round, for a decision.
+	a.toPendingApproval(id)
+	code, _ := b.do("PUT", "/api/v1/tasks/"+id+"/approve", operatorToken, map[string]any{"approved": true})
+	require.Equal(t, http.StatusOK, code)
+	require.Eventually(t, func() bool {
+		_, body := a.do("GET", "/api/v1/tasks?status=approved", viewerToken, nil)
+		return body["total"] == float64(1)
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	cp := startCP(t, etcdtest.NewStore(t))
+	cp.create("00:1a:2b:3c:8d:01")
+	req, _ := http.NewRequest("GET", cp.ts.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+viewerToken)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	text := string(data)
+	assert.Contains(t, text, `lpmos_http_requests_total{code="201",route="POST /api/v1/tasks"} 1`)
+	assert.Contains(t, text, `lpmos_tasks{status="pending"} 1`)
+	assert.Contains(t, text, "lpmos_ws_clients")
+	assert.Contains(t, text, "lpmos_watch_lag_seconds")
+	assert.Contains(t, text, "lpmos_webhook_failures_total")
+}

@@ -1,0 +1,235 @@
+package controlplane
+
+import (
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// StaticToken is a bearer token given in clear text (e.g. the admin token
+// from LPMOS_ADMIN_TOKEN); only its hash is kept in memory.
+type StaticToken struct {
+	Token   string
+	Subject string
+	Role    Role
+}
+
+// HashedToken is a static token known only by its SHA-256, as read from a
+// token file, so the file does not hold secrets.
+type HashedToken struct {
+	SHA256  string // lowercase hex of sha256(token)
+	Subject string
+	Role    Role
+}
+
+// HashToken returns the hex SHA-256 of a token, as token files hold it.
+func HashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// LoadTokenFile reads hashed tokens, one per line:
+//
+//	<sha256-hex> <role> <subject>
+//
+// Blank lines and lines starting with # are ignored.
+func LoadTokenFile(path string) ([]HashedToken, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read token file: %w", err)
+	}
+	var out []HashedToken
+	for n, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("%s:%d: want \"<sha256-hex> <role> <subject>\"", path, n+1)
+		}
+		if b, err := hex.DecodeString(f[0]); err != nil || len(b) != sha256.Size {
+			return nil, fmt.Errorf("%s:%d: %q is not a hex SHA-256", path, n+1, f[0])
+		}
+		role, err := ParseRole(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, n+1, err)
+		}
+		out = append(out, HashedToken{SHA256: strings.ToLower(f[0]), Role: role, Subject: f[2]})
+	}
+	return out, nil
+}
+
+// JWTConfig accepts signed JWTs as bearer tokens. The "sub" claim names the
+// caller and the "role" claim (viewer, operator, admin) says what it may
+// do; "exp" is required.
+type JWTConfig struct {
+	// HS256Secret verifies HS256 tokens (at least 32 bytes).
+	HS256Secret []byte
+	// RS256Keys verify RS256 tokens.
+	RS256Keys []*rsa.PublicKey
+	// Issuer and Audience, when set, must match the token's.
+	Issuer, Audience string
+}
+
+// LoadRSAPublicKey reads a PEM RSA public key (PKIX or PKCS#1).
+func LoadRSAPublicKey(path string) (*rsa.PublicKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read JWT public key: %w", err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("%s: no PEM block", path)
+	}
+	if pub, err := x509.ParsePKIXPublicKey(block.Bytes); err == nil {
+		if k, ok := pub.(*rsa.PublicKey); ok {
+			return k, nil
+		}
+		return nil, fmt.Errorf("%s: not an RSA key", path)
+	}
+	return x509.ParsePKCS1PublicKey(block.Bytes)
+}
+
+type jwtClaims struct {
+	Role string `json:"role"`
+	jwt.RegisteredClaims
+}
+
+// authenticator turns a request's bearer token into a Principal.
+type authenticator struct {
+	static map[string]Principal // by token hash
+	jwt    *JWTConfig
+	parser *jwt.Parser
+}
+
+var errUnauthenticated = errors.New("missing or invalid bearer token")
+
+func newAuthenticator(cfg Config) (*authenticator, error) {
+	a := &authenticator{static: map[string]Principal{}, jwt: cfg.JWT}
+	add := func(hash, subject string, role Role) error {
+		if subject == "" || role == RoleNone {
+			return fmt.Errorf("token for %q: subject and role are required", subject)
+		}
+		a.static[hash] = Principal{Subject: subject, Role: role, Method: "token"}
+		return nil
+	}
+	for _, t := range cfg.Tokens {
+		if len(t.Token) < 16 {
+			return nil, fmt.Errorf("token for %q: at least 16 characters", t.Subject)
+		}
+		if err := add(HashToken(t.Token), t.Subject, t.Role); err != nil {
+			return nil, err
+		}
+	}
+	for _, t := range cfg.HashedTokens {
+		if err := add(strings.ToLower(t.SHA256), t.Subject, t.Role); err != nil {
+			return nil, err
+		}
+	}
+	if j := cfg.JWT; j != nil {
+		if len(j.HS256Secret) > 0 && len(j.HS256Secret) < 32 {
+			return nil, errors.New("JWT HS256 secret: at least 32 bytes")
+		}
+		var methods []string
+		if len(j.HS256Secret) > 0 {
+			methods = append(methods, "HS256")
+		}
+		if len(j.RS256Keys) > 0 {
+			methods = append(methods, "RS256")
+		}
+		if len(methods) == 0 {
+			return nil, errors.New("JWT: no HS256 secret and no RS256 key")
+		}
+		opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithExpirationRequired(), jwt.WithLeeway(30e9)}
+		if j.Issuer != "" {
+			opts = append(opts, jwt.WithIssuer(j.Issuer))
+		}
+		if j.Audience != "" {
+			opts = append(opts, jwt.WithAudience(j.Audience))
+		}
+		a.parser = jwt.NewParser(opts...)
+	}
+	if len(a.static) == 0 && a.parser == nil {
+		return nil, errors.New("no tokens and no JWT configuration: nobody could sign in (anonymous access is not supported)")
+	}
+	return a, nil
+}
+
+// bearer extracts the token: the Authorization header, or for WebSocket
+// handshakes (browsers cannot set headers) a "bearer.<token>" subprotocol.
+func bearer(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok)
+		}
+		return ""
+	}
+	for _, p := range websocketProtocols(r) {
+		if tok, ok := strings.CutPrefix(p, "bearer."); ok {
+			return tok
+		}
+	}
+	return ""
+}
+
+func websocketProtocols(r *http.Request) []string {
+	var out []string
+	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(h, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func (a *authenticator) authenticate(r *http.Request) (Principal, error) {
+	tok := bearer(r)
+	if tok == "" || len(tok) > 8192 {
+		return Principal{}, errUnauthenticated
+	}
+	if p, ok := a.static[HashToken(tok)]; ok {
+		return p, nil
+	}
+	if a.parser == nil || strings.Count(tok, ".") != 2 {
+		return Principal{}, errUnauthenticated
+	}
+	var claims jwtClaims
+	_, err := a.parser.ParseWithClaims(tok, &claims, func(t *jwt.Token) (any, error) {
+		switch t.Method.Alg() {
+		case "HS256":
+			return a.jwt.HS256Secret, nil
+		case "RS256":
+			return jwt.VerificationKeySet{Keys: toVerificationKeys(a.jwt.RS256Keys)}, nil
+		}
+		return nil, fmt.Errorf("unexpected signing method %s", t.Method.Alg())
+	})
+	if err != nil {
+		return Principal{}, fmt.Errorf("%w: %v", errUnauthenticated, err)
+	}
+	role, err := ParseRole(claims.Role)
+	if err != nil || claims.Subject == "" {
+		return Principal{}, fmt.Errorf("%w: token needs a sub and a role claim", errUnauthenticated)
+	}
+	return Principal{Subject: claims.Subject, Role: role, Method: "jwt"}, nil
+}
+
+func toVerificationKeys(keys []*rsa.PublicKey) []jwt.VerificationKey {
+	out := make([]jwt.VerificationKey, len(keys))
+	for i, k := range keys {
+		out[i] = k
+	}
+	return out
+}

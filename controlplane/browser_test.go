@@ -1,0 +1,475 @@
+package controlplane_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/internal/etcdtest"
+	"github.com/lpmos/lpmos/task"
+)
+
+// The dashboard test drives the real dashboard in headless Chromium against
+// a real control plane on an embedded etcd, and plays the region itself
+// through task.Service: an operator signs in, creates a task through the
+// form, watches the machine boot and report its hardware, approves it and
+// watches the install progress, all without reloading the page (a marker on
+// window must survive every step). It also checks that hostile strings in
+// tags and hardware reports stay text, and that the strict CSP of the
+// dashboard lets its own script and WebSocket work and nothing else.
+
+const (
+	browserChromium   = "/usr/bin/chromium"
+	browserAdminToken = "s3cret-admin-token"
+	browserMAC        = "52:54:00:12:34:56"
+	browserXSSTag     = "<img src=x onerror=window.__xss=1>"
+	browserXSSBoard   = "<img src=x onerror=window.__xss=2>"
+	browserStepWait   = 30 * time.Second
+)
+
+// browserWatch is injected into every document before its own scripts run
+// (DevTools scripts are not subject to the page's CSP). It records CSP
+// violations, so the test can tell that the policy allowed everything the
+// dashboard does.
+const browserWatch = `
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', function (e) {
+  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI);
+});`
+
+// browserPage drives one Chromium tab and collects what it logs.
+type browserPage struct {
+	t         *testing.T
+	ctx       context.Context // the tab; steps derive timeouts from it
+	artifacts string
+	shots     int
+
+	mu      sync.Mutex
+	console []chromedp.ConsoleMessage
+}
+
+func newBrowserPage(t *testing.T, parent context.Context) *browserPage {
+	t.Helper()
+	if _, err := os.Stat(browserChromium); err != nil {
+		t.Fatalf("the dashboard test needs headless Chromium at %s (%v). Run the README test command, "+
+			"./scripts/test.sh, which installs the Debian package chromium (or: apt-get install -y chromium)", browserChromium, err)
+	}
+	artifacts := os.Getenv("LPMOS_ARTIFACTS")
+	if artifacts == "" {
+		artifacts = filepath.Join(os.TempDir(), "lpmos-artifacts")
+	}
+	artifacts = filepath.Join(artifacts, t.Name())
+	require.NoError(t, os.RemoveAll(artifacts)) // only this test's own screenshots of an earlier run
+	require.NoError(t, os.MkdirAll(artifacts, 0o755))
+	t.Logf("screenshots go to %s", artifacts)
+
+	// DESIGN.md §5: a sandbox-less (CI runs as root), GPU-less headless
+	// Chromium with its own profile that phones nowhere.
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browserChromium),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-domain-reliability", true),
+		chromedp.Flag("no-pings", true),
+		chromedp.Flag("disable-features", "Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,CertificateTransparencyComponentUpdater"),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(parent, opts...)
+	ctx, cancelTab := chromedp.NewContext(allocCtx)
+	p := &browserPage{t: t, ctx: ctx, artifacts: artifacts}
+
+	// The first action starts the browser; it must run on the tab's own
+	// context, without a step timeout, or the timeout would end the browser.
+	messages := chromedp.Console(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.console = append(p.console, m)
+			p.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		cancelTab()
+		cancelAlloc()
+		<-done
+	})
+	err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: browserWatch})
+		return err
+	}))
+	require.NoError(t, err, "starting Chromium")
+	return p
+}
+
+// consoleText is everything the page logged, for failure messages.
+func (p *browserPage) consoleText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var b strings.Builder
+	for _, m := range p.console {
+		fmt.Fprintf(&b, "  %s (%s:%d)\n", m, m.URL, m.Line)
+	}
+	return b.String()
+}
+
+// step runs actions with a timeout; on failure it saves a screenshot and
+// reports what the page shows and logged.
+func (p *browserPage) step(name string, actions ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, browserStepWait+10*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		p.fail(name, err)
+	}
+}
+
+func (p *browserPage) fail(name string, err error) {
+	p.t.Helper()
+	p.screenshot("FAILED-" + name)
+	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+	defer cancel()
+	text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + document.body.innerText`))
+	p.t.Fatalf("%s: %v\n--- page ---\n%s\n--- console ---\n%s", name, err, text, p.consoleText())
+}
+
+// waitJS waits until the JavaScript expression is truthy.
+func (p *browserPage) waitJS(name, expr string) {
+	p.t.Helper()
+	p.step(name, func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+		_, err := chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(browserStepWait), chromedp.WithPollingInterval(50*time.Millisecond))(ctx, tg)
+		if errors.Is(err, chromedp.ErrPollingTimeout) {
+			err = fmt.Errorf("still false after %s: %s", browserStepWait, expr)
+		}
+		return chromedp.Void{}, err
+	})
+}
+
+func browserEval[T any](p *browserPage, expr string) T {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, browserStepWait)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		p.fail("evaluate "+expr, err)
+	}
+	return v
+}
+
+// screenshot saves a full-page PNG.
+func (p *browserPage) screenshot(name string) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		p.t.Logf("screenshot %s: %v", name, err)
+		return
+	}
+	p.shots++
+	file := filepath.Join(p.artifacts, fmt.Sprintf("%02d-%s.png", p.shots, name))
+	if err := os.WriteFile(file, png, 0o644); err != nil {
+		p.t.Logf("screenshot %s: %v", name, err)
+	}
+}
+
+// jsString quotes s as a JavaScript string literal.
+func jsString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// The checks the page must pass after every change.
+const (
+	browserNoReload = `window.__lpmosMarker === 'still-here'`
+	browserInert    = `window.__xss === undefined && document.querySelector('img[src="x"]') === null`
+)
+
+func TestBrowserDashboard(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	st := etcdtest.NewStore(t)
+	srv, err := controlplane.New(controlplane.Config{
+		Store:  st,
+		Tokens: []controlplane.StaticToken{{Token: browserAdminToken, Subject: "alice@example.com", Role: controlplane.RoleAdmin}},
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	runCtx, stopRun := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- srv.Run(runCtx) }()
+	t.Cleanup(func() {
+		stopRun()
+		<-ran
+	})
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+	svc := task.NewService(st, task.Config{}) // the region's side
+
+	// Two regions: dc1 online with an OS catalogue, dc2 offline without.
+	caps, err := json.Marshal(task.Capabilities{OS: []task.OSOffering{
+		{Type: "ubuntu", Version: "24.04", Kind: "image"},
+		{Type: "debian", Version: "12", Kind: "installer"},
+	}})
+	require.NoError(t, err)
+	for key, value := range map[string]string{
+		task.RegionCapabilitiesKey("dc1"): string(caps),
+		task.RegionStatusKey("dc1"):       task.RegionOnline,
+		task.RegionHeartbeatKey("dc1"):    time.Now().UTC().Format(time.RFC3339),
+		task.RegionStatusKey("dc2"):       task.RegionOffline,
+	} {
+		_, err := st.Put(ctx, key, []byte(value))
+		require.NoError(t, err)
+	}
+	// The form reads the regions from the control plane's watch-fed cache;
+	// wait until it has them so the page does not race the watch.
+	require.Eventually(t, func() bool {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+"/api/v1/regions", nil)
+		req.Header.Set("Authorization", "Bearer "+browserAdminToken)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode == http.StatusOK && strings.Contains(string(b), `"24.04"`) && strings.Contains(string(b), `"dc2"`)
+	}, browserStepWait, 20*time.Millisecond, "the control plane never listed region dc1")
+
+	p := newBrowserPage(t, ctx)
+
+	// --- Sign in.
+	p.step("open the dashboard", chromedp.Navigate(ts.URL+"/"), chromedp.WaitVisible(chromedp.ID("token")))
+	p.screenshot("signin")
+	p.step("sign in",
+		chromedp.SendKeys(chromedp.ID("token"), browserAdminToken),
+		chromedp.Click(chromedp.ID("signin-submit")),
+		chromedp.WaitVisible(chromedp.ID("tasks")))
+	assert.Equal(t, "alice@example.com", browserEval[string](p, `document.getElementById('user-subject').textContent`))
+	assert.Equal(t, "admin", browserEval[string](p, `document.getElementById('user-role').textContent`))
+	// The WebSocket opens under connect-src 'self'.
+	p.waitJS("live updates connect", `document.getElementById('conn').dataset.state === 'live'`)
+	browserEval[chromedp.Void](p, `window.__lpmosMarker = 'still-here'`)
+
+	// --- Create a task through the form, with a hostile tag.
+	p.step("open the create form",
+		chromedp.Click(chromedp.ID("nav-create")),
+		chromedp.WaitVisible(chromedp.ID("create-form")))
+	p.waitJS("the OS catalogue of dc1 is offered",
+		`document.getElementById('f-region') && document.getElementById('f-region').value === 'dc1' &&
+		 document.getElementById('f-os') && document.getElementById('f-os').selectedOptions[0].textContent.startsWith('ubuntu 24.04')`)
+	assert.Contains(t, browserEval[string](p, `document.getElementById('f-region').textContent`), "dc2 (offline)")
+	// A field the API refuses is named and highlighted.
+	p.step("submit a bad MAC", chromedp.SendKeys(chromedp.ID("f-mac"), "52:54:00:12:34"), chromedp.Click(chromedp.ID("f-submit")))
+	p.waitJS("the bad MAC is highlighted", `document.getElementById('f-mac').classList.contains('invalid') &&
+		document.querySelector('#create-form .alert-error') !== null && location.pathname === '/tasks/create'`)
+	p.screenshot("create-form-error")
+	p.step("fill in the form",
+		chromedp.SetValue(chromedp.ID("f-mac"), browserMAC),
+		chromedp.SetValue(chromedp.ID("f-tags"), "rack=r12\nnote="+browserXSSTag))
+	p.screenshot("create-form")
+	p.step("submit the form", chromedp.Click(chromedp.ID("f-submit")))
+	p.waitJS("the new task's page opens", `/^\/tasks\/[0-9a-f-]{36}$/.test(location.pathname) && document.getElementById('task-status') && !document.getElementById('task-status').hidden`)
+	path := browserEval[string](p, `location.pathname`)
+	id := strings.TrimPrefix(path, "/tasks/")
+	require.Regexp(t, regexp.MustCompile(`^[0-9a-f-]{36}$`), id)
+	tk, err := svc.Get(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, "alice@example.com", tk.Metadata.CreatedBy)
+	assert.Equal(t, browserXSSTag, tk.Metadata.Tags["note"])
+	assert.Equal(t, "ubuntu", tk.Metadata.OSType)
+	assert.Equal(t, "24.04", tk.Metadata.OSVersion)
+
+	p.waitJS("the task page shows the task", `document.getElementById('task-status').textContent === 'pending' &&
+		[...document.querySelectorAll('.tag')].some(e => e.textContent === 'note=' + `+jsString(browserXSSTag)+`)`)
+	p.waitJS("the hostile tag is inert on the task page", browserInert+" && "+browserNoReload)
+	p.screenshot("task-created")
+
+	// --- The list, updated live.
+	row := `document.querySelector('tr[data-task-id="` + id + `"]')`
+	rowStatus := row + `.querySelector('.badge').textContent`
+	p.step("go to the list", chromedp.Click(chromedp.CSS(`#mainnav a[href="/tasks"]`)), chromedp.WaitVisible(chromedp.ID("tasks")))
+	p.waitJS("the task is listed", row+` !== null && `+rowStatus+` === 'pending' && `+browserInert+` && (() => {
+		const text = `+row+`.textContent;
+		return ['dc1', '`+browserMAC+`', 'ubuntu 24.04', 'rack=r12', 'note=' + `+jsString(browserXSSTag)+`].every(s => text.includes(s));
+	})()`)
+	_, err = svc.MarkReady(ctx, id, "region:dc1")
+	require.NoError(t, err)
+	p.waitJS("the list shows ready", rowStatus+` === 'ready'`)
+	_, err = svc.MarkBooting(ctx, id, "region:dc1")
+	require.NoError(t, err)
+	p.waitJS("the list shows booting", rowStatus+` === 'booting'`)
+	// A task created elsewhere appears without a reload.
+	other, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: "52:54:00:aa:bb:cc", OSType: "debian", OSVersion: "12", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	p.waitJS("a task created elsewhere is listed", `document.querySelector('tr[data-task-id="`+other.ID+`"]') !== null && `+browserNoReload)
+	p.screenshot("list")
+
+	// --- The hardware report arrives while the task page is open.
+	p.step("open the task", chromedp.Click(chromedp.CSS(`tr[data-task-id="`+id+`"] a[href="/tasks/`+id+`"]`)))
+	p.waitJS("the task page waits for hardware", `document.getElementById('task-status').textContent === 'booting' &&
+		document.getElementById('hardware').textContent.includes('No hardware reported yet')`)
+	_, err = svc.ReportHardware(ctx, id, "agent:"+browserMAC, browserHardware())
+	require.NoError(t, err)
+	p.waitJS("the hardware review appears without a reload", `(() => {
+		const hw = document.getElementById('hardware').textContent;
+		return ['Intel(R) Xeon(R) Gold 6338', '64 cores / 128 threads', '256 GB', 'DIMM_A1', 'DIMM_B2', '3200 MHz',
+			'/dev/nvme0n1', 'SAMSUNG MZQL2960HCJR', '/dev/sda', 'ST4000NM000A', 'eno1', 'eno2', '25Gbps', 'boot NIC',
+			'Dell Inc. 1.10.2', 'PowerEdge R650', `+jsString(browserXSSBoard)+`].every(s => hw.includes(s));
+	})()`)
+	p.waitJS("the approval panel shows", `document.getElementById('task-status').textContent === 'pending approval' &&
+		!document.getElementById('approval').hidden && `+browserNoReload+` && `+browserInert)
+	p.screenshot("hardware-review")
+
+	// --- Approve through the approval page (a fresh load: the token is
+	// kept for the tab, and the notes field has the focus).
+	p.step("open the approval page", chromedp.Navigate(ts.URL+"/tasks/"+id+"/approve"))
+	p.waitJS("the approval panel has the focus", `document.activeElement && document.activeElement.id === 'approve-notes' &&
+		document.getElementById('approval').classList.contains('focus')`)
+	browserEval[chromedp.Void](p, `window.__lpmosMarker = 'still-here'`)
+	p.step("approve",
+		chromedp.SendKeys(chromedp.ID("approve-notes"), "Hardware verified by the browser test"),
+		chromedp.Click(chromedp.ID("approve-btn")))
+	p.waitJS("the task is approved", `document.getElementById('task-status').textContent === 'approved' &&
+		document.getElementById('approval').hidden &&
+		document.getElementById('approval-info').textContent.includes('Hardware verified by the browser test')`)
+	tk, err = svc.Get(ctx, id)
+	require.NoError(t, err)
+	require.NotNil(t, tk.Approval)
+	assert.Equal(t, task.StatusApproved, tk.Status)
+	assert.Equal(t, "alice@example.com", tk.Approval.ApprovedBy)
+	assert.Equal(t, "Hardware verified by the browser test", tk.Approval.Notes)
+	p.screenshot("approved")
+
+	// --- Progress moves the bar in place.
+	fillWidth := `(() => { const f = document.querySelector('#progress .progress-fill');
+		return f.getBoundingClientRect().width / f.parentElement.getBoundingClientRect().width; })()`
+	_, err = svc.ReportProgress(ctx, id, "agent:"+browserMAC, task.Progress{Stage: task.StageDownloading, Percentage: 30, Message: "Downloading ubuntu-24.04.img"})
+	require.NoError(t, err)
+	p.waitJS("progress 30%", `document.getElementById('task-status').textContent === 'installing' &&
+		document.querySelector('#progress .progress-text').textContent.includes('downloading · 30% — Downloading ubuntu-24.04.img') &&
+		document.querySelector('#progress .progress-fill').style.width === '30%' && Math.abs(`+fillWidth+` - 0.3) < 0.02`)
+	p.screenshot("progress-30")
+	_, err = svc.ReportProgress(ctx, id, "agent:"+browserMAC, task.Progress{Stage: task.StageDownloading, Percentage: 70, Message: "Downloading ubuntu-24.04.img"})
+	require.NoError(t, err)
+	p.waitJS("progress 70% without a reload", `document.querySelector('#progress .progress-text').textContent.includes('70%') &&
+		Math.abs(`+fillWidth+` - 0.7) < 0.02 && `+browserNoReload)
+	p.screenshot("progress-70")
+
+	// --- Completion.
+	_, err = svc.Complete(ctx, id, "agent:"+browserMAC, "Installed; rebooting from disk")
+	require.NoError(t, err)
+	p.waitJS("the task is completed", `document.getElementById('task-status').textContent === 'completed' &&
+		document.querySelector('#progress .progress-text').textContent.includes('100%') &&
+		document.getElementById('timeline').textContent.includes('Installed; rebooting from disk') &&
+		document.getElementById('cancel-btn').hidden && `+browserNoReload+` && `+browserInert)
+	p.screenshot("completed")
+	p.step("back to the list", chromedp.Click(chromedp.CSS(`#mainnav a[href="/tasks"]`)))
+	p.waitJS("the list shows completed", row+` !== null && `+rowStatus+` === 'completed' && `+browserNoReload)
+	p.screenshot("list-completed")
+
+	// --- Rejecting needs a reason.
+	_, err = svc.MarkReady(ctx, other.ID, "region:dc1")
+	require.NoError(t, err)
+	_, err = svc.MarkBooting(ctx, other.ID, "region:dc1")
+	require.NoError(t, err)
+	_, err = svc.ReportHardware(ctx, other.ID, "agent", hardware.Info{CPU: hardware.CPU{Model: "QEMU Virtual CPU", Cores: 2, Threads: 2}, Memory: hardware.Memory{TotalGB: 4}})
+	require.NoError(t, err)
+	otherRow := `document.querySelector('tr[data-task-id="` + other.ID + `"]')`
+	p.waitJS("the other task waits for approval", otherRow+`.querySelector('.badge').textContent === 'pending approval'`)
+	p.step("review it", chromedp.Click(chromedp.CSS(`tr[data-task-id="`+other.ID+`"] a[href$="/approve"]`)))
+	p.waitJS("its approval page opens", `location.pathname.endsWith('/approve') && document.activeElement && document.activeElement.id === 'approve-notes'`)
+	p.step("reject without a reason", chromedp.Click(chromedp.ID("reject-btn")))
+	p.waitJS("a reason is asked for", `document.getElementById('reject-reason').classList.contains('invalid') &&
+		document.getElementById('task-status').textContent === 'pending approval'`)
+	p.step("reject with a reason",
+		chromedp.SendKeys(chromedp.ID("reject-reason"), "Only 4 GB of memory"),
+		chromedp.Click(chromedp.ID("reject-btn")))
+	p.waitJS("the task is rejected", `document.getElementById('task-status').textContent === 'rejected' &&
+		document.getElementById('approval-info').textContent.includes('Only 4 GB of memory') && `+browserNoReload)
+	p.screenshot("rejected")
+	tk, err = svc.Get(ctx, other.ID)
+	require.NoError(t, err)
+	assert.Equal(t, task.StatusRejected, tk.Status)
+
+	// --- Sign out forgets the token.
+	p.step("sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("token")))
+	assert.True(t, browserEval[bool](p, `sessionStorage.getItem('lpmos.token') === null && document.getElementById('conn').hidden`))
+
+	// Nothing was blocked by the CSP, nothing threw, nothing ran.
+	assert.Empty(t, browserEval[[]string](p, `window.__cspViolations`), "CSP violations")
+	assert.True(t, browserEval[bool](p, browserInert), "window.__xss is set: a hostile string ran")
+	p.mu.Lock()
+	for _, m := range p.console {
+		if m.IsException() || strings.Contains(m.Text, "Content Security Policy") {
+			t.Errorf("console: %s (%s:%d)", m, m.URL, m.Line)
+		}
+	}
+	p.mu.Unlock()
+
+	// ...and that is because the policy held, not because none was sent:
+	// an inline script is refused.
+	browserEval[chromedp.Void](p, `(() => { const s = document.createElement('script');
+		s.textContent = 'window.__inline = 1'; document.head.appendChild(s); })()`)
+	p.waitJS("the CSP refuses inline scripts", `window.__inline === undefined && window.__cspViolations.some(v => v.startsWith('script-src'))`)
+}
+
+// browserHardware is a two-socket server as an agent reports it, with one
+// hostile string an attacker at the machine could plant in its DMI data.
+func browserHardware() hardware.Info {
+	const gb = 1 << 30
+	return hardware.Info{
+		MACAddress: browserMAC,
+		CPU:        hardware.CPU{Model: "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz", Vendor: "GenuineIntel", Cores: 64, Threads: 128, Sockets: 2},
+		Memory: hardware.Memory{TotalGB: 256, TotalBytes: 256 * gb, DIMMs: []hardware.DIMM{
+			{Slot: "DIMM_A1", SizeGB: 64, Type: "DDR4", SpeedMHz: 3200, Manufacturer: "Samsung", Serial: "S1A2B3C4"},
+			{Slot: "DIMM_A2", SizeGB: 64, Type: "DDR4", SpeedMHz: 3200, Manufacturer: "Samsung", Serial: "S1A2B3C5"},
+			{Slot: "DIMM_B1", SizeGB: 64, Type: "DDR4", SpeedMHz: 3200, Manufacturer: "Samsung", Serial: "S1A2B3C6"},
+			{Slot: "DIMM_B2", SizeGB: 64, Type: "DDR4", SpeedMHz: 3200, Manufacturer: "Samsung", Serial: "S1A2B3C7"},
+		}},
+		Disks: []hardware.Disk{
+			{Device: "/dev/nvme0n1", SizeGB: 960, SizeBytes: 960197124096, Type: hardware.DiskNVMe, Model: "SAMSUNG MZQL2960HCJR", Serial: "S64FNE0R123456"},
+			{Device: "/dev/sda", SizeGB: 4000, SizeBytes: 4000787030016, Type: hardware.DiskHDD, Model: "ST4000NM000A", Serial: "ZC1234AB"},
+		},
+		Network: []hardware.NIC{
+			{Interface: "eno1", MAC: browserMAC, Speed: "25Gbps", Driver: "mlx5_core"},
+			{Interface: "eno2", MAC: "52:54:00:12:34:57", Speed: "25Gbps", Driver: "mlx5_core"},
+		},
+		BIOS:        hardware.BIOS{Vendor: "Dell Inc.", Version: "1.10.2", Date: "03/14/2024", Serial: "7XK2Q93"},
+		System:      hardware.System{Vendor: "Dell Inc.", Product: "PowerEdge R650", Serial: "7XK2Q93", UUID: "4c4c4544-0058-4b10-8032-b7c04f513933"},
+		Board:       hardware.Board{Vendor: "Dell Inc.", Product: browserXSSBoard, Serial: "/7XK2Q93/CNFCP0012300AB/"},
+		CollectedAt: time.Now().UTC(),
+	}
+}

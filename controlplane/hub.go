@@ -1,0 +1,892 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/task"
+)
+
+// HubConfig configures a Hub. The zero value is usable.
+type HubConfig struct {
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the hub's metrics; nil means no metrics.
+	Registerer prometheus.Registerer
+	// QueueSize is how many messages may wait for one client before it is
+	// too slow to keep (default 256).
+	QueueSize int
+	// ProgressInterval is the coalescing window of progress messages per
+	// client (default 1s).
+	ProgressInterval time.Duration
+	// PingInterval is how often each client is pinged (default 20s); a
+	// client that sends nothing, not even a pong, for twice as long is
+	// disconnected.
+	PingInterval time.Duration
+	// WriteTimeout bounds every write to a client (default 10s).
+	WriteTimeout time.Duration
+	// CheckOrigin accepts or refuses a handshake by its Origin header. The
+	// default accepts requests without Origin (not from a browser) and those
+	// whose Origin host is the request's Host, so that another site open in
+	// the operator's browser cannot ride on its credentials.
+	CheckOrigin func(*http.Request) bool
+}
+
+const (
+	hubSubprotocol = "lpmos.v1"
+	// hubReadLimit bounds a client message; subscribe messages are tiny.
+	hubReadLimit = 4 << 10
+	// hubMaxSubscriptions bounds the task IDs one client follows; a client
+	// that wants more subscribes to "*".
+	hubMaxSubscriptions = 1000
+	// A client may send hubClientRate messages per second, in bursts of
+	// hubClientBurst (a page subscribing to each task it lists); one that
+	// keeps sending faster is disconnected.
+	hubClientRate  = 20
+	hubClientBurst = 100
+	// hubCloseTimeout bounds the close frame, and how long Run waits for
+	// clients to close cleanly before it closes their sockets.
+	hubCloseTimeout = time.Second
+	// hubMaxRegions bounds the task → region memory (see Hub.regions).
+	hubMaxRegions = 100_000
+)
+
+// hubKind is the type of a server message.
+type hubKind uint8
+
+const (
+	hubStatus hubKind = iota
+	hubProgress
+	hubHardware
+	hubError
+	hubKinds
+)
+
+var hubKindNames = [hubKinds]string{"status", "progress", "hardware", "error"}
+
+// Reasons for lpmos_ws_clients_dropped_total: the hub closed a client.
+const (
+	hubDropSlow        = "slow"         // its queue had no room for a status or hardware message
+	hubDropWriteFailed = "write_failed" // a write failed or timed out
+	hubDropPongTimeout = "pong_timeout" // it stopped answering pings
+	hubDropRateLimited = "rate_limited" // it sent too many messages
+	hubDropTooLarge    = "too_large"    // it sent a message over hubReadLimit
+)
+
+// hubMsg is one server message; data is shared by every client it goes to
+// and never modified.
+type hubMsg struct {
+	kind   hubKind
+	taskID string
+	data   []byte
+}
+
+// Hub is the /ws endpoint: it streams the control plane's task watch to
+// subscribed browsers. Run must be running for it to be stopped cleanly
+// (http.Server.Shutdown does not wait for hijacked connections); ServeHTTP
+// refuses new clients once Run has returned.
+//
+// The delivery rules follow from one constraint: Publish is called by the
+// watch loop, which also feeds the list cache and the notifier, so nothing a
+// browser does may slow it down. Publish therefore never touches the
+// network: it marshals each message once and appends the shared bytes to
+// the bounded queue of every interested client, under that client's lock
+// only. One writer goroutine per client drains its queue onto the socket
+// (gorilla allows one concurrent writer); the ServeHTTP goroutine stays on
+// as the client's reader. What happens when a client cannot keep up depends
+// on what would be lost:
+//
+//   - Status and hardware messages (and error replies) are never dropped. A
+//     client whose queue has no room for one is disconnected with close
+//     code 1013 ("try again later"): the dashboard reloads over REST and
+//     reconnects, which is cheaper and more honest than a gap it cannot
+//     see. If its writer is stuck on a full socket, the connection closes
+//     when that write times out (WriteTimeout); Publish never waits for it.
+//   - Progress is a level, not an event: only the latest value matters. It
+//     is coalesced per client and task: a progress message waits in the
+//     client's pending map, a newer one for the same task replaces it, and
+//     the pending ones are queued when the client's window ends. A window
+//     opens with the first progress pending after a quiet spell and lasts
+//     ProgressInterval, so progress is at most that late, comes at most
+//     once per task per window (but see the next rule), and the last of a
+//     burst is never lost. A pending progress that finds the queue full
+//     waits for the next window rather than costing the connection.
+//   - Order per task is kept: before a status or hardware message of a task
+//     is queued, that task's pending progress is queued first (even
+//     mid-window), so the 100% of an install arrives before its
+//     "completed". Within one change, hardware and progress precede the
+//     status.
+//
+// A client receives nothing until it subscribes, and nothing that happened
+// before: a dashboard subscribes first and then loads over REST, so that no
+// change falls between the two.
+type Hub struct {
+	cfg      HubConfig
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+	metrics  *hubMetrics
+
+	// Limits on a client, fields so that tests can lower them.
+	maxSubs  int
+	msgRate  rate.Limit
+	msgBurst int
+
+	mu      sync.RWMutex
+	clients map[*hubClient]struct{} // receiving messages
+	live    map[*hubClient]struct{} // whose writer has not yet closed the socket
+	running bool
+	stopped bool
+	// wg counts the ServeHTTP calls past the authentication check (each
+	// becomes a client's reader) and the clients' writers.
+	wg sync.WaitGroup
+
+	// regions remembers each live task's region from its creation, since a
+	// status change does not carry it. Tasks created before this control
+	// plane started are unknown here and their messages omit region_id.
+	regionMu sync.Mutex
+	regions  map[string]string
+}
+
+// NewHub returns a hub; start it with Run.
+func NewHub(cfg HubConfig) *Hub {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 256
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 20 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.CheckOrigin == nil {
+		cfg.CheckOrigin = hubSameOrigin
+	}
+	h := &Hub{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		metrics:  newHubMetrics(cfg.Registerer),
+		maxSubs:  hubMaxSubscriptions,
+		msgRate:  hubClientRate,
+		msgBurst: hubClientBurst,
+		clients:  map[*hubClient]struct{}{},
+		live:     map[*hubClient]struct{}{},
+		regions:  map[string]string{},
+	}
+	h.upgrader = websocket.Upgrader{
+		HandshakeTimeout: cfg.WriteTimeout,
+		// Client messages are small: a small read buffer. Writes borrow a
+		// buffer from the pool only while writing, so idle clients, the
+		// common case, hold none.
+		ReadBufferSize:  1024,
+		WriteBufferSize: 4096,
+		WriteBufferPool: &sync.Pool{},
+		// Only "lpmos.v1" can be selected: the "bearer.<token>" the client
+		// also offers is never echoed back.
+		Subprotocols: []string{hubSubprotocol},
+		CheckOrigin:  cfg.CheckOrigin,
+		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+			code := "invalid_request"
+			if status == http.StatusForbidden {
+				code = "forbidden"
+			}
+			writeError(w, newAPIError(status, code, "%v", reason))
+		},
+	}
+	return h
+}
+
+// hubSameOrigin is the default CheckOrigin.
+func hubSameOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// Run serves until ctx ends, then closes every client connection (close
+// code 1001) and returns once all the hub's goroutines have exited. It
+// returns an error only if it is called twice.
+func (h *Hub) Run(ctx context.Context) error {
+	h.mu.Lock()
+	if h.running || h.stopped {
+		h.mu.Unlock()
+		return errors.New("websocket hub: Run called twice")
+	}
+	h.running = true
+	h.mu.Unlock()
+
+	<-ctx.Done()
+
+	h.mu.Lock()
+	h.stopped = true
+	clients := make([]*hubClient, 0, len(h.clients))
+	for c := range h.clients {
+		clients = append(clients, c)
+	}
+	h.mu.Unlock()
+	for _, c := range clients {
+		if c.markClosing(websocket.CloseGoingAway, "server shutting down") {
+			h.remove(c, "")
+		}
+	}
+
+	// Writers send their close frame and close their socket; one stuck
+	// writing to a client that does not read would hold on for up to
+	// WriteTimeout, so after a grace period the sockets are closed under
+	// them.
+	done := make(chan struct{})
+	go func() {
+		h.wg.Wait()
+		close(done)
+	}()
+	grace := time.NewTimer(2 * hubCloseTimeout)
+	defer grace.Stop()
+	select {
+	case <-done:
+	case <-grace.C:
+		h.mu.RLock()
+		for c := range h.live {
+			c.conn.Close()
+		}
+		h.mu.RUnlock()
+		<-done
+	}
+	return nil
+}
+
+// Clients returns the number of connected clients.
+func (h *Hub) Clients() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.clients)
+}
+
+// Publish sends a task change to the clients subscribed to its task. It is
+// called from the watch loop and never waits for a client: it only appends
+// to queues, dropping the clients whose queue is full (the delivery rules
+// are on Hub). A change carrying Err is ignored. It is safe for concurrent
+// use, though one caller keeps the order of changes.
+func (h *Hub) Publish(ch task.Change) {
+	if ch.Err != nil || ch.TaskID == "" {
+		return
+	}
+	var buf [3]hubMsg
+	msgs := h.translate(ch, buf[:0])
+	if len(msgs) == 0 {
+		return
+	}
+	var slow []*hubClient
+	h.mu.RLock()
+	for c := range h.clients {
+		if !c.deliver(msgs) {
+			slow = append(slow, c)
+		}
+	}
+	h.mu.RUnlock()
+	for _, c := range slow {
+		h.remove(c, hubDropSlow)
+	}
+}
+
+// The server messages, doc.go and seed v2 §4.2.
+type (
+	hubStatusMsg struct {
+		Type     string      `json:"type"`
+		TaskID   string      `json:"task_id"`
+		Status   task.Status `json:"status"`
+		RegionID string      `json:"region_id,omitempty"`
+		Revision int64       `json:"revision"`
+	}
+	hubProgressMsg struct {
+		Type       string     `json:"type"`
+		TaskID     string     `json:"task_id"`
+		Stage      task.Stage `json:"stage"`
+		Percentage int        `json:"percentage"`
+		Message    string     `json:"message"`
+	}
+	hubHardwareMsg struct {
+		Type     string         `json:"type"`
+		TaskID   string         `json:"task_id"`
+		Hardware *hardware.Info `json:"hardware"`
+	}
+	hubErrorMsg struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	}
+)
+
+// translate appends ch's messages to msgs, each marshalled once. Within a
+// change, hardware and progress come before the status, so that a final
+// progress or a hardware report reaches the client before the status it led
+// to.
+func (h *Hub) translate(ch task.Change, msgs []hubMsg) []hubMsg {
+	add := func(kind hubKind, v any) {
+		data, err := json.Marshal(v)
+		if err != nil { // cannot happen with these types; never send half a change
+			h.log.Error("cannot marshal websocket message", "task_id", ch.TaskID, "type", hubKindNames[kind], "err", err)
+			return
+		}
+		msgs = append(msgs, hubMsg{kind: kind, taskID: ch.TaskID, data: data})
+	}
+	if ch.Hardware != nil {
+		add(hubHardware, hubHardwareMsg{Type: "hardware", TaskID: ch.TaskID, Hardware: ch.Hardware})
+	}
+	if p := ch.Progress; p != nil {
+		add(hubProgress, hubProgressMsg{Type: "progress", TaskID: ch.TaskID, Stage: p.Stage, Percentage: p.Percentage, Message: p.Message})
+	}
+	region := h.region(ch)
+	if ch.Status != "" {
+		add(hubStatus, hubStatusMsg{Type: "status", TaskID: ch.TaskID, Status: ch.Status, RegionID: region, Revision: ch.Revision})
+	}
+	return msgs
+}
+
+// region returns the task's region, learning it from a creation and
+// forgetting it when the task ends.
+func (h *Hub) region(ch task.Change) string {
+	h.regionMu.Lock()
+	defer h.regionMu.Unlock()
+	if md := ch.Metadata; md != nil && md.RegionID != "" && len(h.regions) < hubMaxRegions {
+		h.regions[ch.TaskID] = md.RegionID
+	}
+	r := h.regions[ch.TaskID]
+	if ch.Deleted || ch.Status.Terminal() {
+		delete(h.regions, ch.TaskID)
+	}
+	return r
+}
+
+// ServeHTTP is the /ws endpoint. The caller must be authenticated by the
+// middleware before it (a Principal in the request context) and be at least
+// a viewer.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p, ok := PrincipalFrom(r.Context())
+	if !ok {
+		writeError(w, newAPIError(http.StatusUnauthorized, "unauthorized",
+			"authentication required: offer the subprotocols %q and \"bearer.<token>\"", hubSubprotocol))
+		return
+	}
+	if p.Role < RoleViewer {
+		writeError(w, newAPIError(http.StatusForbidden, "forbidden", "live updates need the viewer role"))
+		return
+	}
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		writeError(w, newAPIError(http.StatusServiceUnavailable, "unavailable", "the server is shutting down"))
+		return
+	}
+	h.wg.Add(1) // this goroutine, which becomes the client's reader
+	h.mu.Unlock()
+	defer h.wg.Done()
+
+	conn, err := h.upgrader.Upgrade(w, r, nil) // on error, the upgrader has answered
+	if err != nil {
+		h.log.Debug("websocket handshake failed", "subject", p.Subject, "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	c := &hubClient{
+		hub:     h,
+		conn:    conn,
+		subject: p.Subject,
+		limiter: rate.NewLimiter(h.msgRate, h.msgBurst),
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+	}
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		_ = conn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(hubCloseTimeout))
+		conn.Close()
+		return
+	}
+	h.clients[c] = struct{}{}
+	h.live[c] = struct{}{}
+	h.metrics.connected() // under mu, so that the gauge agrees with Clients
+	h.wg.Add(1)
+	h.mu.Unlock()
+	h.log.Debug("websocket client connected", "subject", p.Subject, "remote", r.RemoteAddr)
+
+	go c.writeLoop()
+	c.readLoop()
+}
+
+// remove takes c, already marked closing, out of the hub and wakes its
+// writer to close the connection. reason is empty unless the hub dropped c.
+func (h *Hub) remove(c *hubClient, reason string) {
+	h.mu.Lock()
+	delete(h.clients, c)
+	h.metrics.disconnected(reason)
+	h.mu.Unlock()
+	close(c.done)
+	if reason != "" {
+		h.log.Warn("websocket client dropped", "subject", c.subject, "remote", c.conn.RemoteAddr().String(), "reason", reason)
+	} else {
+		h.log.Debug("websocket client disconnected", "subject", c.subject, "remote", c.conn.RemoteAddr().String())
+	}
+}
+
+// hubClient is one connection. Publish and the reader fill its queue under
+// mu; only its writer goroutine writes to conn.
+type hubClient struct {
+	hub     *Hub
+	conn    *websocket.Conn
+	subject string
+	limiter *rate.Limiter // used by the reader only
+	wake    chan struct{} // capacity 1: the queue or pending map changed
+	done    chan struct{} // closed by Hub.remove
+
+	mu   sync.Mutex
+	all  bool                // subscribed to "*"
+	subs map[string]struct{} // task IDs subscribed to
+	// queue[head:] are the messages waiting for the writer.
+	queue []hubMsg
+	head  int
+	// pending holds the latest progress of each task, waiting for the end
+	// of the client's window.
+	pending   map[string][]byte
+	closing   bool
+	closeCode int // 0: close the socket without a close frame
+	closeText string
+}
+
+func (c *hubClient) wantsLocked(taskID string) bool {
+	if c.all {
+		return true
+	}
+	_, ok := c.subs[taskID]
+	return ok
+}
+
+func (c *hubClient) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// markClosing makes c refuse further messages and records how its writer
+// should close the connection. Only the caller that gets true may remove c.
+func (c *hubClient) markClosing(code int, text string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.markClosingLocked(code, text)
+}
+
+func (c *hubClient) markClosingLocked(code int, text string) bool {
+	if c.closing {
+		return false
+	}
+	c.closing, c.closeCode, c.closeText = true, code, text
+	c.queue, c.head, c.pending = nil, 0, nil // nothing more will be written
+	return true
+}
+
+// deliver queues the messages of one change that c subscribed to. It
+// returns false if a message that must not be lost found the queue full:
+// c is then marked closing and the caller must remove it.
+func (c *hubClient) deliver(msgs []hubMsg) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return true
+	}
+	wake := false
+	for _, m := range msgs {
+		if !c.wantsLocked(m.taskID) {
+			continue
+		}
+		if m.kind == hubProgress {
+			if len(c.pending) == 0 {
+				wake = true // the writer opens a window
+				if c.pending == nil {
+					c.pending = map[string][]byte{}
+				}
+			}
+			c.pending[m.taskID] = m.data
+			continue
+		}
+		if !c.pushLocked(m) {
+			return false
+		}
+		wake = true
+	}
+	if wake {
+		c.signal()
+	}
+	return true
+}
+
+// pushLocked queues m, preceded by its task's pending progress so that the
+// task's messages keep their order. It returns false, having marked c
+// closing, if they do not fit.
+func (c *hubClient) pushLocked(m hubMsg) bool {
+	p, hasProgress := c.pending[m.taskID]
+	need := 1
+	if hasProgress {
+		need = 2
+	}
+	if len(c.queue)-c.head+need > c.hub.cfg.QueueSize {
+		c.markClosingLocked(websocket.CloseTryAgainLater, "too slow: reload over REST and reconnect")
+		return false
+	}
+	if hasProgress {
+		delete(c.pending, m.taskID)
+		c.appendLocked(hubMsg{kind: hubProgress, taskID: m.taskID, data: p})
+	}
+	c.appendLocked(m)
+	return true
+}
+
+func (c *hubClient) appendLocked(m hubMsg) {
+	if len(c.queue) == cap(c.queue) && c.head > 0 {
+		n := copy(c.queue, c.queue[c.head:])
+		clear(c.queue[n:])
+		c.queue, c.head = c.queue[:n], 0
+	}
+	c.queue = append(c.queue, m)
+}
+
+// flushProgress ends the client's progress window: the pending progress
+// of the tasks it still follows is queued. What does not fit stays pending
+// for the next window: progress may wait, it is not worth a disconnection.
+func (c *hubClient) flushProgress() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, data := range c.pending {
+		if !c.wantsLocked(id) {
+			delete(c.pending, id)
+			continue
+		}
+		if len(c.queue)-c.head >= c.hub.cfg.QueueSize {
+			break
+		}
+		c.appendLocked(hubMsg{kind: hubProgress, taskID: id, data: data})
+		delete(c.pending, id)
+	}
+}
+
+// next pops the next queued message, if any, and says whether progress is
+// pending and whether the client is closing.
+func (c *hubClient) next() (m hubMsg, ok, pending, closing bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return hubMsg{}, false, false, true
+	}
+	pending = len(c.pending) > 0
+	if c.head == len(c.queue) {
+		return hubMsg{}, false, pending, false
+	}
+	m = c.queue[c.head]
+	c.queue[c.head] = hubMsg{}
+	c.head++
+	if c.head == len(c.queue) {
+		c.queue, c.head = c.queue[:0], 0
+		if cap(c.queue) > 64 {
+			c.queue = nil // give back what a burst grew: most clients are idle most of the time
+		}
+	}
+	return m, true, pending, false
+}
+
+// writeLoop is the client's only writer: queued messages, pings, the end
+// of progress windows and finally the close frame.
+func (c *hubClient) writeLoop() {
+	h := c.hub
+	defer func() {
+		c.conn.Close() // ends the reader too
+		h.mu.Lock()
+		delete(h.live, c)
+		h.mu.Unlock()
+		h.wg.Done()
+	}()
+	ping := time.NewTicker(h.cfg.PingInterval)
+	defer ping.Stop()
+	window := time.NewTimer(h.cfg.ProgressInterval)
+	window.Stop()
+	defer window.Stop()
+	windowOpen := false
+
+	fail := func(err error) {
+		h.log.Debug("websocket write failed", "subject", c.subject, "err", err)
+		if c.markClosing(0, "") {
+			h.remove(c, hubDropWriteFailed)
+		}
+	}
+	for {
+		m, ok, pending, closing := c.next()
+		if closing {
+			c.mu.Lock()
+			code, text := c.closeCode, c.closeText
+			c.mu.Unlock()
+			if code != 0 {
+				deadline := time.Now().Add(min(hubCloseTimeout, h.cfg.WriteTimeout))
+				_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), deadline)
+			}
+			return
+		}
+		if pending && !windowOpen {
+			window.Reset(h.cfg.ProgressInterval)
+			windowOpen = true
+		}
+		if ok {
+			if err := c.write(m); err != nil {
+				fail(err)
+				return
+			}
+			// A client that is always busy still gets its pings and its
+			// progress windows.
+			select {
+			case <-ping.C:
+				if err := c.ping(); err != nil {
+					fail(err)
+					return
+				}
+			case <-window.C:
+				windowOpen = false
+				c.flushProgress()
+			default:
+			}
+			continue
+		}
+		select {
+		case <-c.wake:
+		case <-c.done:
+		case <-window.C:
+			windowOpen = false
+			c.flushProgress()
+		case <-ping.C:
+			if err := c.ping(); err != nil {
+				fail(err)
+				return
+			}
+		}
+	}
+}
+
+func (c *hubClient) write(m hubMsg) error {
+	if err := c.conn.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
+		return err
+	}
+	if err := c.conn.WriteMessage(websocket.TextMessage, m.data); err != nil {
+		return err
+	}
+	c.hub.metrics.sent(m.kind)
+	return nil
+}
+
+func (c *hubClient) ping() error {
+	return c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout))
+}
+
+// hubClientMsg is what a client sends.
+type hubClientMsg struct {
+	Type   string `json:"type"`
+	TaskID string `json:"task_id"`
+}
+
+// readLoop runs in the ServeHTTP goroutine until the connection ends.
+func (c *hubClient) readLoop() {
+	h := c.hub
+	pongWait := 2 * h.cfg.PingInterval
+	c.conn.SetReadLimit(hubReadLimit)
+	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	c.conn.SetPongHandler(func(string) error {
+		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
+	})
+	for {
+		typ, data, err := c.conn.ReadMessage()
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
+		if !c.limiter.Allow() {
+			if c.markClosing(websocket.ClosePolicyViolation, "too many messages") {
+				h.remove(c, hubDropRateLimited)
+			}
+			return
+		}
+		msg := "binary messages are not supported"
+		if typ == websocket.TextMessage {
+			msg = c.handle(data)
+		}
+		if msg != "" && !c.reply(msg) {
+			return
+		}
+	}
+}
+
+// readFailed ends a client whose read failed: a close or reset by the
+// client, a read deadline passed without pong, or an oversized message.
+func (c *hubClient) readFailed(err error) {
+	reason := ""
+	var ne net.Error
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		reason = hubDropTooLarge // gorilla has sent the close frame
+	case errors.As(err, &ne) && ne.Timeout():
+		reason = hubDropPongTimeout
+	}
+	if c.markClosing(0, "") { // false: the hub closed it first
+		c.hub.remove(c, reason)
+	}
+}
+
+// handle applies a client message and returns the error to report, if any.
+func (c *hubClient) handle(data []byte) string {
+	var m hubClientMsg
+	if err := json.Unmarshal(data, &m); err != nil {
+		return `malformed message: want {"type": "subscribe" or "unsubscribe", "task_id": a task ID or "*"}`
+	}
+	if m.Type != "subscribe" && m.Type != "unsubscribe" {
+		return fmt.Sprintf("unknown message type %q: want subscribe or unsubscribe", hubTruncate(m.Type))
+	}
+	if m.TaskID != "*" {
+		if err := lpmos.ValidateTaskID(m.TaskID); err != nil {
+			return fmt.Sprintf(`task_id: %v; want a task ID or "*"`, err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case m.TaskID == "*":
+		c.all = m.Type == "subscribe"
+	case m.Type == "unsubscribe":
+		delete(c.subs, m.TaskID)
+	default:
+		if _, ok := c.subs[m.TaskID]; !ok && len(c.subs) >= c.hub.maxSubs {
+			return fmt.Sprintf(`too many subscriptions (at most %d): subscribe to "*" instead`, c.hub.maxSubs)
+		}
+		if c.subs == nil {
+			c.subs = map[string]struct{}{}
+		}
+		c.subs[m.TaskID] = struct{}{}
+	}
+	return ""
+}
+
+// reply queues an error message for the client. Like a status it must not
+// be lost, so a full queue drops the client; reply then returns false.
+func (c *hubClient) reply(message string) bool {
+	data, err := json.Marshal(hubErrorMsg{Type: "error", Message: message})
+	if err != nil {
+		return true
+	}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	ok := c.pushLocked(hubMsg{kind: hubError, data: data})
+	c.mu.Unlock()
+	if !ok {
+		c.hub.remove(c, hubDropSlow)
+		return false
+	}
+	c.signal()
+	return true
+}
+
+func hubTruncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// hubMetrics are the hub's metrics; a nil *hubMetrics records nothing.
+type hubMetrics struct {
+	clients prometheus.Gauge
+	sentBy  [hubKinds]prometheus.Counter
+	dropped *prometheus.CounterVec
+}
+
+func newHubMetrics(reg prometheus.Registerer) *hubMetrics {
+	if reg == nil {
+		return nil
+	}
+	m := &hubMetrics{
+		clients: hubRegister(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lpmos_ws_clients",
+			Help: "WebSocket clients connected to the hub.",
+		})),
+		dropped: hubRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lpmos_ws_clients_dropped_total",
+			Help: "WebSocket clients the hub disconnected, by reason (slow, write_failed, pong_timeout, rate_limited, too_large).",
+		}, []string{"reason"})),
+	}
+	sent := hubRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "lpmos_ws_messages_sent_total",
+		Help: "Messages written to WebSocket clients, by type.",
+	}, []string{"type"}))
+	for k, name := range hubKindNames {
+		m.sentBy[k] = sent.WithLabelValues(name)
+	}
+	for _, r := range []string{hubDropSlow, hubDropWriteFailed, hubDropPongTimeout, hubDropRateLimited, hubDropTooLarge} {
+		m.dropped.WithLabelValues(r) // present at zero, so that rates work from the start
+	}
+	return m
+}
+
+// hubRegister registers c, or returns the collector already registered
+// under its name (a second hub on the same registry shares the metrics).
+func hubRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic(fmt.Sprintf("register websocket hub metrics: %v", err))
+	}
+	return c
+}
+
+func (m *hubMetrics) connected() {
+	if m != nil {
+		m.clients.Inc()
+	}
+}
+
+func (m *hubMetrics) disconnected(reason string) {
+	if m == nil {
+		return
+	}
+	m.clients.Dec()
+	if reason != "" {
+		m.dropped.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *hubMetrics) sent(k hubKind) {
+	if m != nil {
+		m.sentBy[k].Inc()
+	}
+}

@@ -1,0 +1,84 @@
+package controlplane
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lpmos/lpmos/task"
+)
+
+// metrics are the control plane's Prometheus metrics, registered on the
+// registry the embedder passes in (never the global one).
+type metrics struct {
+	requests        *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	webhookFailures *prometheus.CounterVec
+	webhookSent     prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry, cache *taskCache) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lpmos_http_requests_total", Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "lpmos_http_request_duration_seconds", Help: "HTTP request latency by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
+		}, []string{"route"}),
+		webhookFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lpmos_webhook_failures_total", Help: "Webhook delivery failures (attempts that failed, and deliveries given up or dropped).",
+		}, []string{"reason"}),
+		webhookSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lpmos_webhook_deliveries_total", Help: "Webhook deliveries accepted by their endpoint.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.webhookFailures, m.webhookSent,
+		&taskCollector{cache: cache, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "lpmos_watch_lag_seconds", Help: "Delay between a task change being made and this replica processing it (last change).",
+		}, func() float64 { return cache.watchLag().Seconds() }),
+	)
+	for _, reason := range []string{"attempt", "gave_up", "queue_full", "claim"} {
+		m.webhookFailures.WithLabelValues(reason) // export zeros, not absence
+	}
+	return m
+}
+
+// taskCollector counts tasks by status at scrape time.
+type taskCollector struct {
+	cache *taskCache
+	desc  *prometheus.Desc
+}
+
+func (c *taskCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *taskCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.cache.countByStatus()
+	for _, st := range task.Statuses {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[st]), string(st))
+	}
+}
+
+func (m *metrics) handler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// instrument counts requests by the mux pattern that served them (bounded
+// cardinality: never the raw path).
+func (m *metrics) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		m.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
+		m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}

@@ -1,0 +1,136 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/lpmos/lpmos/store"
+	"github.com/lpmos/lpmos/task"
+)
+
+// Region is a region as the control plane sees it.
+type Region struct {
+	ID string `json:"region_id"`
+	// Status is "online" while the region's heartbeat key lives (it is on
+	// a lease with a 30 s TTL) and the region has not said "offline".
+	Status        string             `json:"status"`
+	LastHeartbeat string             `json:"last_heartbeat,omitempty"`
+	Capabilities  *task.Capabilities `json:"capabilities,omitempty"`
+}
+
+type regionState struct {
+	heartbeat    string
+	status       string
+	capabilities *task.Capabilities
+}
+
+// regionCache follows /lpmos/regions/*/client/ keys.
+type regionCache struct {
+	log     *slog.Logger
+	mu      sync.RWMutex
+	regions map[string]*regionState
+}
+
+func newRegionCache(log *slog.Logger) *regionCache {
+	return &regionCache{log: log, regions: map[string]*regionState{}}
+}
+
+func (c *regionCache) run(ctx context.Context, st store.Store) {
+	storeWatchLoop(ctx, st, c.log, task.RegionsPrefix, func(kvs []store.KV) {
+		c.mu.Lock()
+		c.regions = map[string]*regionState{}
+		for _, kv := range kvs {
+			c.putLocked(kv.Key, kv.Value)
+		}
+		c.mu.Unlock()
+	}, func(ev store.Event) {
+		c.mu.Lock()
+		if ev.Type == store.EventDelete {
+			c.putLocked(ev.KV.Key, nil)
+		} else {
+			c.putLocked(ev.KV.Key, ev.KV.Value)
+		}
+		c.mu.Unlock()
+	})
+}
+
+// putLocked records one key; a nil value is a delete.
+func (c *regionCache) putLocked(key string, value []byte) {
+	rest, _ := strings.CutPrefix(key, task.RegionsPrefix)
+	region, field, ok := strings.Cut(rest, "/client/")
+	if !ok || region == "" || strings.Contains(region, "/") {
+		return // a task assignment or something else
+	}
+	r := c.regions[region]
+	if r == nil {
+		if value == nil {
+			return
+		}
+		r = &regionState{}
+		c.regions[region] = r
+	}
+	switch field {
+	case "heartbeat":
+		r.heartbeat = string(value)
+	case "status":
+		r.status = string(value)
+	case "capabilities":
+		r.capabilities = nil
+		if value != nil {
+			var caps task.Capabilities
+			if err := json.Unmarshal(value, &caps); err != nil {
+				c.log.Warn("ignoring unreadable region capabilities", "region", region, "err", err)
+			} else {
+				r.capabilities = &caps
+			}
+		}
+	}
+	if r.heartbeat == "" && r.status == "" && r.capabilities == nil {
+		delete(c.regions, region)
+	}
+}
+
+func (c *regionCache) list() []Region {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]Region, 0, len(c.regions))
+	for id, r := range c.regions {
+		status := task.RegionOffline
+		if r.heartbeat != "" && r.status != task.RegionOffline {
+			status = task.RegionOnline
+		}
+		out = append(out, Region{ID: id, Status: status, LastHeartbeat: r.heartbeat, Capabilities: r.capabilities})
+	}
+	slices.SortFunc(out, func(a, b Region) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// validateOS refuses, at creation, an OS that the task's region has said it
+// cannot install. A region that has published no capabilities (not started
+// yet, or an older region) gets the default check of known OS families, so
+// tasks can be queued before their region comes up.
+func (c *regionCache) validateOS(ctx context.Context, region, osType, osVersion string) error {
+	c.mu.RLock()
+	var caps *task.Capabilities
+	if r := c.regions[region]; r != nil {
+		caps = r.capabilities
+	}
+	c.mu.RUnlock()
+	if caps == nil || len(caps.OS) == 0 {
+		return task.DefaultValidateOS(ctx, region, osType, osVersion)
+	}
+	if caps.Supports(osType, osVersion) {
+		return nil
+	}
+	offered := make([]string, 0, len(caps.OS))
+	for _, o := range caps.OS {
+		offered = append(offered, o.Type+" "+o.Version)
+	}
+	return &task.ValidationError{Field: "os_version", Reason: fmt.Sprintf("region %s cannot install %s %s (it offers: %s)",
+		region, osType, osVersion, strings.Join(offered, ", "))}
+}

@@ -1,0 +1,1268 @@
+// LPMOS dashboard: a single-page app over the control plane's REST API
+// (/api/v1) and its WebSocket (/ws). No framework and no build step.
+//
+// Security rules this file keeps (and web_test.go checks):
+//   - Every string that comes from the API (tags, messages, hardware
+//     strings reported by an agent on a machine nobody trusts yet) is put
+//     into the page as text: elements are built with createElement and
+//     filled with textContent. Nothing is ever parsed as markup, and
+//     attribute names are fixed in the code.
+//   - No inline script, style or event-handler attributes: the page is
+//     served with a CSP that forbids them, so listeners are attached with
+//     addEventListener and styling goes through classes (the progress bar
+//     width is set through the CSSOM, which CSP does not restrict).
+//   - Authentication is a bearer token the operator pastes in. It lives in
+//     sessionStorage (gone when the tab closes) and is sent explicitly as
+//     "Authorization: Bearer" on every request. No cookies are used at all
+//     (fetch runs with credentials: 'omit'), so a cross-site page cannot
+//     make the browser send an authenticated request: CSRF does not apply.
+'use strict';
+
+(function () {
+  const TOKEN_KEY = 'lpmos.token';
+  const PAGE_SIZE = 25;
+  const STATUSES = ['pending', 'ready', 'booting', 'pending_approval', 'approved',
+    'installing', 'completed', 'failed', 'rejected', 'cancelled'];
+  const TERMINAL = new Set(['completed', 'failed', 'rejected', 'cancelled']);
+  const ACTIVE = STATUSES.filter((s) => !TERMINAL.has(s));
+  const STAGES = ['partitioning', 'downloading', 'writing', 'installing', 'configuring', 'completed'];
+  const ROLE_RANK = { viewer: 1, operator: 2, admin: 3 };
+  const TASK_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+  const app = document.getElementById('app');
+  const session = { token: null, me: null };
+  let view = null; // the current view: { sub, onMessage(msg), resync(), destroy() }
+
+  // ------------------------------------------------------------------
+  // DOM helpers. el() is the only way this file creates elements.
+
+  const PROPS = new Set(['value', 'checked', 'selected', 'disabled', 'hidden', 'required', 'id', 'type', 'name', 'placeholder', 'rows']);
+
+  function el(tag, props, ...children) {
+    const e = document.createElement(tag);
+    if (props) {
+      for (const [k, v] of Object.entries(props)) {
+        if (v === null || v === undefined || v === false) continue;
+        if (k === 'class') e.className = v;
+        else if (k === 'text') e.textContent = String(v);
+        else if (k === 'dataset') Object.assign(e.dataset, v);
+        else if (k === 'on') for (const [ev, fn] of Object.entries(v)) e.addEventListener(ev, fn);
+        else if (PROPS.has(k)) e[k] = v;
+        else if (/^on/i.test(k) || k.toLowerCase() === 'style') throw new Error('el: attribute ' + k + ' is not allowed');
+        else e.setAttribute(k, v === true ? '' : String(v));
+      }
+    }
+    append(e, children);
+    return e;
+  }
+
+  function append(parent, children) {
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      if (Array.isArray(c)) append(parent, c);
+      else if (c instanceof Node) parent.appendChild(c);
+      else parent.appendChild(document.createTextNode(String(c)));
+    }
+    return parent;
+  }
+
+  function fill(parent, ...children) {
+    parent.replaceChildren();
+    return append(parent, children);
+  }
+
+  // link makes an in-app link; only paths built here from encoded IDs are
+  // ever used as href.
+  function link(path, text, cls) {
+    return el('a', { href: path, 'data-nav': true, class: cls }, text);
+  }
+
+  function taskPath(id, suffix) {
+    return '/tasks/' + encodeURIComponent(id) + (suffix || '');
+  }
+
+  function badge(status, large) {
+    const b = el('span', { class: 'badge' + (large ? ' badge-large' : '') });
+    setBadge(b, status);
+    return b;
+  }
+
+  function setBadge(b, status) {
+    for (const s of STATUSES) b.classList.remove('status-' + s);
+    if (STATUSES.includes(status)) b.classList.add('status-' + status);
+    b.textContent = String(status || 'unknown').replace(/_/g, ' ');
+  }
+
+  function alertBox(kind, title, message) {
+    return el('div', { class: 'alert alert-' + kind, role: kind === 'error' ? 'alert' : 'status' },
+      title ? el('div', { class: 'alert-title', text: title }) : null,
+      message ? el('div', { text: message }) : null);
+  }
+
+  function fmtTime(s) {
+    if (!s || String(s).startsWith('0001-')) return '—';
+    const d = new Date(s);
+    if (isNaN(d.getTime())) return String(s);
+    return d.toLocaleString(undefined, { year: 'numeric', month: 'short', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  }
+
+  function timeEl(s) {
+    return el('time', { datetime: s || '', title: s || '' }, fmtTime(s));
+  }
+
+  function fmtGB(n) {
+    n = Number(n) || 0;
+    if (n >= 1000) return (n / 1000).toFixed(n % 1000 === 0 ? 0 : 1) + ' TB';
+    return n + ' GB';
+  }
+
+  function dash(v) {
+    return v === null || v === undefined || v === '' ? '—' : String(v);
+  }
+
+  function shortID(id) {
+    return String(id).slice(0, 8);
+  }
+
+  function canOperate() {
+    return session.me && (ROLE_RANK[session.me.role] || 0) >= ROLE_RANK.operator;
+  }
+
+  function kv(pairs) {
+    const dl = el('dl', { class: 'kv' });
+    for (const [k, v] of pairs) {
+      if (v === undefined) continue;
+      append(dl, [el('dt', { text: k }), el('dd', null, v)]);
+    }
+    return dl;
+  }
+
+  function table(cls, headers, rows) {
+    return el('div', { class: 'table-wrap' },
+      el('table', { class: cls },
+        el('thead', null, el('tr', null, headers.map((h) => el('th', { text: h })))),
+        el('tbody', null, rows)));
+  }
+
+  function tagChips(tags) {
+    const keys = Object.keys(tags || {}).sort();
+    if (!keys.length) return null;
+    return el('div', { class: 'tags' }, keys.map((k) =>
+      el('span', { class: 'tag', title: k + '=' + tags[k] }, k + '=' + tags[k])));
+  }
+
+  // ------------------------------------------------------------------
+  // REST client.
+
+  class ApiError extends Error {
+    constructor(status, code, message, field) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.field = field || '';
+      this.signedOut = false;
+    }
+  }
+
+  async function api(method, path, opts) {
+    opts = opts || {};
+    const headers = { Accept: 'application/json' };
+    if (session.token) headers.Authorization = 'Bearer ' + session.token;
+    let body;
+    if (opts.body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(opts.body);
+    }
+    Object.assign(headers, opts.headers || {});
+    let res;
+    try {
+      res = await fetch(path, { method, headers, body, cache: 'no-store', credentials: 'omit', redirect: 'error' });
+    } catch (e) {
+      throw new ApiError(0, 'network', 'Cannot reach the control plane (' + e.message + ').');
+    }
+    let data = null;
+    const text = await res.text();
+    if (text) {
+      try { data = JSON.parse(text); } catch (e) { data = null; }
+    }
+    if (!res.ok) {
+      const e = (data && typeof data === 'object' && data.error) || {};
+      const err = new ApiError(res.status, e.code || 'http_' + res.status,
+        e.message || ('The control plane answered ' + res.status + ' ' + res.statusText + '.'), e.field);
+      if (res.status === 401 && !opts.noSignOut) {
+        err.signedOut = true;
+        signOut('Your token was not accepted any more. Sign in again.');
+      }
+      throw err;
+    }
+    return { data, headers: res.headers, status: res.status };
+  }
+
+  // refresher runs fn with at most one call in flight; calls made meanwhile
+  // collapse into one more run after it, so a burst of events costs two
+  // requests, not one per event.
+  function refresher(fn) {
+    let running = false;
+    let again = false;
+    let timer = null;
+    async function run() {
+      if (running) { again = true; return; }
+      running = true;
+      try {
+        do {
+          again = false;
+          await fn();
+        } while (again);
+      } finally {
+        running = false;
+      }
+    }
+    run.soon = function () {
+      if (timer) return;
+      timer = setTimeout(() => { timer = null; run(); }, 250);
+    };
+    run.cancel = function () { clearTimeout(timer); timer = null; };
+    return run;
+  }
+
+  // ------------------------------------------------------------------
+  // Live updates: one WebSocket per tab.
+  //
+  // Subscriptions follow the view: the task list subscribes to "*", a task
+  // page to its own task only, the create form and sign-in to nothing. A
+  // task page thus never pays for the rest of a busy fleet (thousands of
+  // installs each sending progress), and the list, which shows every task,
+  // gets everything. On a view change the new subscription is sent before
+  // the old one is dropped, and every view refetches over REST when it
+  // starts, so nothing falls between the two.
+  //
+  // After every (re)connect the current view is resynced over REST: the hub
+  // does not replay what happened while we were away, and it drops clients
+  // that fall behind, so REST is the source of truth and the socket only
+  // says "something changed, here is the news".
+
+  const live = {
+    ws: null,
+    want: null,    // the subscription the current view wants
+    active: null,  // the subscription the server has
+    attempt: 0,
+    timer: null,     // the pending reconnect
+    countdown: null, // ticks the indicator while waiting to reconnect
+    openedAt: 0,
+  };
+
+  const conn = document.getElementById('conn');
+  const connText = document.getElementById('conn-text');
+
+  function setConn(state, text) {
+    conn.hidden = false;
+    conn.classList.remove('conn-live', 'conn-connecting', 'conn-off');
+    conn.classList.add('conn-' + state);
+    conn.dataset.state = state;
+    connText.textContent = text;
+  }
+
+  function liveStart() {
+    if (live.ws || live.timer || !session.token) return;
+    connect();
+  }
+
+  function liveStop() {
+    clearTimeout(live.timer);
+    clearInterval(live.countdown);
+    live.timer = null;
+    const ws = live.ws;
+    live.ws = null;
+    live.active = null;
+    live.attempt = 0;
+    if (ws) ws.close(1000, 'signed out');
+    conn.hidden = true;
+  }
+
+  function connect() {
+    live.timer = null;
+    clearInterval(live.countdown);
+    const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+    let ws;
+    try {
+      // Browsers cannot set headers on a WebSocket, so the token travels as
+      // a subprotocol; the server answers with "lpmos.v1".
+      ws = new WebSocket(url, ['lpmos.v1', 'bearer.' + session.token]);
+    } catch (e) {
+      setConn('off', 'no live updates (token not usable as a subprotocol)');
+      return;
+    }
+    live.ws = ws;
+    live.openedAt = 0;
+    setConn('connecting', 'connecting…');
+    ws.addEventListener('open', () => {
+      if (live.ws !== ws) return;
+      live.openedAt = Date.now();
+      live.active = null;
+      setConn('live', 'live');
+      applySubscription();
+      if (view) view.resync();
+    });
+    ws.addEventListener('message', (ev) => {
+      if (live.ws !== ws || typeof ev.data !== 'string') return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      if (msg && msg.type === 'error') {
+        console.warn('live updates:', String(msg.message)); // e.g. a refused subscription
+        return;
+      }
+      if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string' || typeof msg.task_id !== 'string') return;
+      if (view && view.onMessage) view.onMessage(msg);
+    });
+    ws.addEventListener('close', () => {
+      if (live.ws !== ws) return;
+      live.ws = null;
+      live.active = null;
+      // A connection that lasted resets the backoff; one that keeps being
+      // dropped right away (say the server kicks a slow client) does not.
+      if (live.openedAt && Date.now() - live.openedAt > 5000) live.attempt = 0;
+      // 1 s, 2 s, 4 s ... 30 s, with jitter so that a restarted control
+      // plane is not hit by every dashboard in the same instant.
+      const delay = Math.min(30000, 1000 * Math.pow(2, live.attempt) * (0.8 + Math.random() * 0.4));
+      live.attempt = Math.min(live.attempt + 1, 10);
+      const at = Date.now() + delay;
+      const tick = () => setConn('off', 'offline · retrying in ' + Math.max(1, Math.round((at - Date.now()) / 1000)) + ' s');
+      tick();
+      live.countdown = setInterval(tick, 1000);
+      live.timer = setTimeout(connect, delay);
+      // A handshake that never opened may mean the token was revoked; the
+      // browser does not tell us the status, so ask the API (a 401 signs out).
+      if (!live.openedAt) api('GET', '/api/v1/whoami').catch(() => {});
+    });
+  }
+
+  function subscribe(target) {
+    live.want = target;
+    applySubscription();
+  }
+
+  function applySubscription() {
+    const ws = live.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || live.want === live.active) return;
+    if (live.want) ws.send(JSON.stringify({ type: 'subscribe', task_id: live.want }));
+    if (live.active) ws.send(JSON.stringify({ type: 'unsubscribe', task_id: live.active }));
+    live.active = live.want;
+  }
+
+  // ------------------------------------------------------------------
+  // Session and header.
+
+  const mainnav = document.getElementById('mainnav');
+  const navCreate = document.getElementById('nav-create');
+  const userBox = document.getElementById('user');
+
+  function showUser() {
+    const me = session.me;
+    userBox.hidden = !me;
+    mainnav.hidden = !me;
+    if (!me) return;
+    document.getElementById('user-subject').textContent = me.subject || '';
+    document.getElementById('user-role').textContent = me.role || '';
+    navCreate.hidden = !canOperate();
+  }
+
+  function signOut(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    const wasSignedIn = session.token !== null;
+    session.token = null;
+    session.me = null;
+    liveStop();
+    showUser();
+    if (wasSignedIn || message) render(message);
+  }
+
+  document.getElementById('signout').addEventListener('click', () => signOut());
+
+  // ------------------------------------------------------------------
+  // Router. Every page route returns the same HTML; the view comes from
+  // location.pathname, and in-app links use history.pushState.
+
+  function parseRoute(path) {
+    if (path === '/' || path === '/dashboard' || path === '/tasks') return { name: 'list' };
+    if (path === '/tasks/create') return { name: 'create' };
+    const m = /^\/tasks\/([^/]+)(\/approve)?$/.exec(path);
+    if (m && TASK_ID_RE.test(m[1])) return { name: 'detail', id: m[1], approve: Boolean(m[2]) };
+    return { name: 'notfound' };
+  }
+
+  function navigate(url, replace) {
+    history[replace ? 'replaceState' : 'pushState'](null, '', url);
+    render();
+  }
+
+  document.addEventListener('click', (e) => {
+    const a = e.target.closest && e.target.closest('a[data-nav]');
+    if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+    if (a.origin !== location.origin) return;
+    e.preventDefault();
+    navigate(a.pathname + a.search);
+  });
+
+  window.addEventListener('popstate', () => render());
+
+  function render(signInMessage) {
+    if (view && view.destroy) view.destroy();
+    view = null;
+    if (!session.me) {
+      subscribe(null);
+      renderSignIn(signInMessage);
+      return;
+    }
+    const r = parseRoute(location.pathname);
+    for (const a of mainnav.querySelectorAll('a')) {
+      const target = a.getAttribute('href');
+      a.classList.toggle('active', (r.name === 'list' && target === '/tasks') || (r.name === 'create' && target === '/tasks/create'));
+    }
+    switch (r.name) {
+      case 'list': view = listView(); break;
+      case 'create': view = createView(); break;
+      case 'detail': view = detailView(r.id, r.approve); break;
+      default: view = notFoundView();
+    }
+    subscribe(view.sub);
+    view.resync();
+    window.scrollTo(0, 0);
+  }
+
+  function notFoundView() {
+    document.title = 'Not found · LPMOS';
+    fill(app, el('div', { class: 'panel empty' },
+      el('h1', { text: 'Page not found' }),
+      el('p', null, link('/tasks', 'Back to the task list'))));
+    return { sub: null, resync() {}, onMessage() {} };
+  }
+
+  // ------------------------------------------------------------------
+  // Sign-in.
+
+  function renderSignIn(message) {
+    document.title = 'Sign in · LPMOS';
+    const alerts = el('div');
+    if (message) append(alerts, [alertBox('warn', null, message)]);
+    const input = el('input', { type: 'password', id: 'token', name: 'token', autocomplete: 'off', spellcheck: 'false', required: true, placeholder: 'API token' });
+    const button = el('button', { type: 'submit', class: 'btn', id: 'signin-submit', text: 'Sign in' });
+    const form = el('form', { class: 'panel', id: 'signin-form', novalidate: true },
+      el('h1', { text: 'Sign in' }),
+      el('p', { class: 'muted', text: 'Paste an LPMOS API token (an operator token, or the admin token the control plane printed at start-up). It is kept only in this tab.' }),
+      alerts,
+      el('div', { class: 'field' }, el('label', { for: 'token', text: 'Token' }), input),
+      el('div', { class: 'btn-row' }, button));
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const token = input.value.trim();
+      if (!token) { input.classList.add('invalid'); input.focus(); return; }
+      button.disabled = true;
+      session.token = token;
+      try {
+        const res = await api('GET', '/api/v1/whoami', { noSignOut: true });
+        sessionStorage.setItem(TOKEN_KEY, token);
+        session.me = res.data || {};
+        showUser();
+        liveStart();
+        render();
+      } catch (err) {
+        session.token = null;
+        button.disabled = false;
+        input.classList.add('invalid');
+        fill(alerts, alertBox('error', err.status === 401 ? 'Token rejected' : 'Sign-in failed',
+          err.status === 401 ? 'The control plane does not know this token.' : err.message));
+        input.select();
+      }
+    });
+    fill(app, el('div', { class: 'signin' }, form));
+    input.focus();
+  }
+
+  // ------------------------------------------------------------------
+  // Progress bar, shared by the list and the task page. set() moves the
+  // existing bar (CSS animates the width); it never rebuilds it.
+
+  function progressWidget(large) {
+    const barFill = el('div', { class: 'progress-fill' });
+    const bar = el('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100' }, barFill);
+    const stage = el('span', { class: 'stage' });
+    const pct = el('span', { class: 'pct' });
+    const msg = el('span', { class: 'msg' });
+    const text = el('div', { class: 'progress-text' }, stage, ' · ', pct, msg);
+    const root = el('div', { class: 'progress-block' + (large ? ' progress-large' : '') }, bar, text);
+    return {
+      root,
+      set(p, status) {
+        const v = Math.max(0, Math.min(100, Math.round(Number(p && p.percentage) || 0)));
+        barFill.style.width = v + '%';
+        bar.setAttribute('aria-valuenow', String(v));
+        stage.textContent = (p && p.stage) || 'waiting';
+        pct.textContent = v + '%';
+        msg.textContent = p && p.message ? ' — ' + p.message : '';
+        text.title = (p && p.message) || '';
+        root.classList.toggle('progress-done', status === 'completed');
+        root.classList.toggle('progress-failed', status === 'failed' || status === 'cancelled');
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------
+  // Task list: /, /dashboard, /tasks. Filters live in the query string, so
+  // a reload or a shared link shows the same page.
+
+  function listView() {
+    document.title = 'Tasks · LPMOS';
+    const q = new URLSearchParams(location.search);
+    const filter = {
+      region: q.get('region_id') || '',
+      status: q.get('status') || '',
+      offset: Math.max(0, parseInt(q.get('offset') || '0', 10) || 0),
+    };
+    const v = { sub: '*', alive: true };
+    const rows = new Map(); // task id → { task, tr, badge, progressCell, widget }
+
+    const regionSel = el('select', { id: 'filter-region', name: 'region_id' }, el('option', { value: '', text: 'All regions' }));
+    if (filter.region) append(regionSel, [el('option', { value: filter.region, text: filter.region })]);
+    regionSel.value = filter.region;
+    const statusSel = el('select', { id: 'filter-status', name: 'status' },
+      el('option', { value: '', text: 'All statuses' }),
+      el('option', { value: ACTIVE.join(','), text: 'Active (not finished)' }),
+      STATUSES.map((s) => el('option', { value: s, text: s.replace(/_/g, ' ') })));
+    statusSel.value = filter.status;
+    if (statusSel.value !== filter.status) {
+      append(statusSel, [el('option', { value: filter.status, text: filter.status })]);
+      statusSel.value = filter.status;
+    }
+
+    const countEl = el('span', { class: 'muted', id: 'task-count' });
+    const alerts = el('div');
+    const tbody = el('tbody');
+    const pager = el('div', { class: 'pager' });
+
+    function applyFilters() {
+      filter.region = regionSel.value;
+      filter.status = statusSel.value;
+      filter.offset = 0;
+      history.replaceState(null, '', listURL());
+      refresh();
+    }
+    regionSel.addEventListener('change', applyFilters);
+    statusSel.addEventListener('change', applyFilters);
+
+    function listURL() {
+      const p = new URLSearchParams();
+      if (filter.region) p.set('region_id', filter.region);
+      if (filter.status) p.set('status', filter.status);
+      if (filter.offset) p.set('offset', String(filter.offset));
+      const s = p.toString();
+      return location.pathname + (s ? '?' + s : '');
+    }
+
+    fill(app,
+      el('div', { class: 'page-head' },
+        el('h1', { text: 'Install tasks' }), countEl,
+        el('div', { class: 'spacer' }),
+        canOperate() ? link('/tasks/create', 'New task', 'btn') : null),
+      alerts,
+      el('div', { class: 'panel' },
+        el('div', { class: 'filters' },
+          el('div', { class: 'field' }, el('label', { for: 'filter-region', text: 'Region' }), regionSel),
+          el('div', { class: 'field' }, el('label', { for: 'filter-status', text: 'Status' }), statusSel))),
+      el('div', { class: 'panel' },
+        el('div', { class: 'table-wrap' },
+          el('table', { class: 'tasks', id: 'tasks' },
+            el('thead', null, el('tr', null,
+              ['Status', 'Task', 'Region', 'MAC', 'OS', 'Created', 'Progress'].map((h) => el('th', { text: h })))),
+            tbody)),
+        pager));
+
+    // The region filter offers the regions the control plane knows.
+    api('GET', '/api/v1/regions').then((res) => {
+      if (!v.alive) return;
+      const regions = (res.data && res.data.regions) || [];
+      for (const r of regions) {
+        if (!r || typeof r.region_id !== 'string' || r.region_id === filter.region) continue;
+        append(regionSel, [el('option', { value: r.region_id, text: r.region_id })]);
+      }
+    }).catch(() => {});
+
+    function progressCell(row) {
+      const t = row.task;
+      const cell = row.progressCell;
+      if (t.status === 'installing' || (t.status === 'approved' && t.progress) || (t.status === 'completed' && t.progress)) {
+        if (!row.widget) {
+          row.widget = progressWidget(false);
+          fill(cell, row.widget.root);
+        }
+        row.widget.set(t.progress || { stage: '', percentage: 0 }, t.status);
+        return;
+      }
+      row.widget = null;
+      if (t.status === 'pending_approval') {
+        fill(cell, link(taskPath(t.task_id, '/approve'), 'Review hardware →'));
+      } else if (t.status === 'approved') {
+        fill(cell, el('span', { class: 'muted', text: 'waiting for the agent' }));
+      } else {
+        fill(cell, el('span', { class: 'muted', text: '—' }));
+      }
+    }
+
+    function renderRow(t) {
+      // List entries are summaries with the request's fields at the top
+      // level; a full task nests them under metadata. Accept both.
+      const md = t.metadata || t;
+      const row = { task: t, badge: badge(t.status), progressCell: el('td', { class: 'progress-cell' }) };
+      row.tr = el('tr', { dataset: { taskId: t.task_id } },
+        el('td', { class: 'status-cell' }, row.badge),
+        el('td', null, link(taskPath(t.task_id), shortID(t.task_id), 'mono'), tagChips(md.tags)),
+        el('td', { text: dash(md.region_id) }),
+        el('td', { class: 'mono nowrap', text: dash(md.target_mac) }),
+        el('td', { class: 'nowrap', text: [md.os_type, md.os_version].filter(Boolean).join(' ') || '—' }),
+        el('td', { class: 'nowrap' }, timeEl(md.created_at)),
+        row.progressCell);
+      progressCell(row);
+      return row;
+    }
+
+    const refresh = refresher(async () => {
+      const p = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(filter.offset) });
+      if (filter.region) p.set('region_id', filter.region);
+      if (filter.status) p.set('status', filter.status);
+      let res;
+      try {
+        res = await api('GET', '/api/v1/tasks?' + p.toString());
+      } catch (err) {
+        if (v.alive && !err.signedOut) fill(alerts, alertBox('error', 'Could not load tasks', err.message));
+        return;
+      }
+      if (!v.alive) return;
+      alerts.replaceChildren();
+      const page = res.data || {};
+      const tasks = Array.isArray(page.tasks) ? page.tasks : [];
+      const total = Number(page.total) || 0;
+      if (!tasks.length && total > 0 && filter.offset > 0) {
+        // The page emptied under us (tasks finished or were filtered away).
+        filter.offset = Math.max(0, filter.offset - PAGE_SIZE);
+        history.replaceState(null, '', listURL());
+        refresh.soon();
+        return;
+      }
+      rows.clear();
+      const trs = [];
+      for (const t of tasks) {
+        if (!t || typeof t.task_id !== 'string') continue;
+        const row = renderRow(t);
+        rows.set(t.task_id, row);
+        trs.push(row.tr);
+      }
+      if (!trs.length) {
+        trs.push(el('tr', null, el('td', { colspan: '7', class: 'empty' },
+          filter.region || filter.status ? 'No tasks match these filters.' : 'No tasks yet. ',
+          !filter.region && !filter.status && canOperate() ? link('/tasks/create', 'Create the first one.') : null)));
+      }
+      fill(tbody, trs);
+      countEl.textContent = total === 1 ? '1 task' : total + ' tasks';
+      renderPager(total, tasks.length);
+    });
+
+    function renderPager(total, shown) {
+      const limit = PAGE_SIZE;
+      const from = total ? filter.offset + 1 : 0;
+      const to = filter.offset + shown;
+      const prev = el('button', { type: 'button', class: 'btn btn-secondary btn-small', text: '← Previous', disabled: filter.offset === 0 });
+      const next = el('button', { type: 'button', class: 'btn btn-secondary btn-small', text: 'Next →', disabled: to >= total });
+      prev.addEventListener('click', () => { filter.offset = Math.max(0, filter.offset - limit); history.replaceState(null, '', listURL()); refresh(); });
+      next.addEventListener('click', () => { filter.offset += limit; history.replaceState(null, '', listURL()); refresh(); });
+      fill(pager, prev, el('span', { class: 'muted', text: from + '–' + to + ' of ' + total }), next);
+    }
+
+    function matches(status, region) {
+      if (filter.region && region && region !== filter.region) return false;
+      if (filter.status && !filter.status.split(',').includes(status)) return false;
+      return true;
+    }
+
+    v.onMessage = function (msg) {
+      const row = rows.get(msg.task_id);
+      switch (msg.type) {
+        case 'status':
+          if (!row) {
+            // A task we do not show: refetch if it belongs on this page.
+            if (matches(msg.status, msg.region_id)) refresh.soon();
+            return;
+          }
+          row.task.status = msg.status;
+          if (typeof msg.revision === 'number') row.task.revision = msg.revision;
+          setBadge(row.badge, msg.status);
+          progressCell(row);
+          if (!matches(msg.status, msg.region_id)) refresh.soon();
+          break;
+        case 'progress':
+          if (!row) return;
+          row.task.progress = { stage: msg.stage, percentage: msg.percentage, message: msg.message };
+          progressCell(row);
+          break;
+      }
+    };
+    v.resync = () => refresh();
+    v.destroy = () => { v.alive = false; refresh.cancel(); };
+    return v;
+  }
+
+  // ------------------------------------------------------------------
+  // Create form: /tasks/create.
+
+  function createView() {
+    document.title = 'New task · LPMOS';
+    const v = { sub: null, alive: true, onMessage() {}, resync() {} };
+    let regions = [];
+
+    const alerts = el('div');
+    const regionSlot = el('div');
+    const regionHint = el('div', { class: 'hint' });
+    const osSlot = el('div');
+    const osHint = el('div', { class: 'hint' });
+    const mac = el('input', { type: 'text', id: 'f-mac', name: 'target_mac', placeholder: '00:1a:2b:3c:4d:5e', autocomplete: 'off', spellcheck: 'false', required: true });
+    const disk = el('input', { type: 'text', id: 'f-disk', name: 'disk_layout', value: 'auto', spellcheck: 'false' });
+    const net = el('select', { id: 'f-network', name: 'network_config' },
+      el('option', { value: 'dhcp', text: 'DHCP' }), el('option', { value: 'static', text: 'Static' }));
+    const tags = el('textarea', { id: 'f-tags', name: 'tags', rows: 4, spellcheck: 'false', placeholder: 'rack=r12\nowner=team-storage' });
+    const submit = el('button', { type: 'submit', class: 'btn', id: 'f-submit', text: 'Create task' });
+
+    // inputs maps API field names to the element that shows them, for
+    // highlighting the field an error names.
+    const inputs = { target_mac: mac, disk_layout: disk, network_config: net, tags };
+    let regionInput = null;
+    let osSelect = null;
+    let osType = null;
+    let osVersion = null;
+
+    function selectedRegion() {
+      const id = regionInput ? regionInput.value : '';
+      return regions.find((r) => r.region_id === id) || null;
+    }
+
+    function renderRegions() {
+      if (regions.length) {
+        regionInput = el('select', { id: 'f-region', name: 'region_id', required: true },
+          regions.map((r) => el('option', { value: r.region_id, text: r.region_id + ' (' + (r.status || 'unknown') + ')' })));
+        const firstOnline = regions.find((r) => r.status === 'online');
+        if (firstOnline) regionInput.value = firstOnline.region_id;
+        regionInput.addEventListener('change', renderOS);
+      } else {
+        regionInput = el('input', { type: 'text', id: 'f-region', name: 'region_id', placeholder: 'dc1', required: true, spellcheck: 'false' });
+        regionHint.textContent = 'No region has registered with the control plane yet; type its ID.';
+      }
+      inputs.region_id = regionInput;
+      fill(regionSlot, regionInput);
+      renderOS();
+    }
+
+    function renderOS() {
+      const r = selectedRegion();
+      const offers = (r && r.capabilities && Array.isArray(r.capabilities.os)) ? r.capabilities.os.filter((o) => o && o.os_type && o.os_version) : [];
+      if (r) {
+        regionHint.textContent = r.status === 'online'
+          ? 'Online; last heartbeat ' + fmtTime(r.last_heartbeat) + '.'
+          : 'This region is ' + (r.status || 'not reporting') + ': the task waits until it comes back.';
+      }
+      osSelect = osType = osVersion = null;
+      if (offers.length) {
+        osSelect = el('select', { id: 'f-os', name: 'os' },
+          offers.map((o, i) => el('option', { value: String(i), text: o.os_type + ' ' + o.os_version + (o.kind ? ' (' + o.kind + ')' : '') })));
+        osSelect.offers = offers;
+        inputs.os_type = inputs.os_version = osSelect;
+        fill(osSlot, osSelect);
+        osHint.textContent = 'What region ' + r.region_id + ' can install.';
+      } else {
+        osType = el('input', { type: 'text', id: 'f-os-type', name: 'os_type', placeholder: 'ubuntu', spellcheck: 'false', required: true });
+        osVersion = el('input', { type: 'text', id: 'f-os-version', name: 'os_version', placeholder: '24.04', spellcheck: 'false', required: true });
+        inputs.os_type = osType;
+        inputs.os_version = osVersion;
+        fill(osSlot, el('div', { class: 'inline-fields' }, osType, osVersion));
+        osHint.textContent = r ? 'Region ' + r.region_id + ' publishes no OS catalogue; type the OS and version.' : 'Type the OS and version.';
+      }
+    }
+
+    function parseTags(text) {
+      const out = {};
+      let n = 0;
+      for (const raw of text.split('\n')) {
+        n++;
+        const line = raw.trim();
+        if (!line || line.startsWith('#')) continue;
+        const i = line.indexOf('=');
+        if (i <= 0) throw new ApiError(0, 'invalid_request', 'Tags: line ' + n + ' is not key=value.', 'tags');
+        const k = line.slice(0, i).trim();
+        if (Object.prototype.hasOwnProperty.call(out, k)) throw new ApiError(0, 'invalid_request', 'Tags: key "' + k + '" appears twice.', 'tags');
+        out[k] = line.slice(i + 1).trim();
+      }
+      return out;
+    }
+
+    function clearInvalid() {
+      for (const e of form.querySelectorAll('.invalid')) {
+        e.classList.remove('invalid');
+        e.removeAttribute('aria-invalid');
+      }
+    }
+
+    function showError(err) {
+      fill(alerts, alertBox('error', 'The task was not created', err.message));
+      const f = String(err.field || '');
+      const target = inputs[f] || inputs[f.split('.')[0]] || (f.startsWith('tags') ? tags : null);
+      if (target) {
+        target.classList.add('invalid');
+        target.setAttribute('aria-invalid', 'true');
+        target.focus();
+      }
+    }
+
+    const form = el('form', { class: 'panel', id: 'create-form', novalidate: true },
+      alerts,
+      el('div', { class: 'form-grid' },
+        el('div', { class: 'field' }, el('label', { for: 'f-region', text: 'Region' }), regionSlot, regionHint),
+        el('div', { class: 'field' }, el('label', { for: 'f-os', text: 'Operating system' }), osSlot, osHint),
+        el('div', { class: 'field' }, el('label', { for: 'f-mac', text: 'Target MAC address' }), mac,
+          el('div', { class: 'hint', text: 'The NIC the machine PXE-boots from.' })),
+        el('div', { class: 'field' }, el('label', { for: 'f-disk', text: 'Disk layout' }), disk,
+          el('div', { class: 'hint', text: '"auto" picks the smallest suitable disk, or give a device such as /dev/nvme0n1.' })),
+        el('div', { class: 'field' }, el('label', { for: 'f-network', text: 'Network configuration' }), net),
+        el('div', { class: 'field wide' }, el('label', { for: 'f-tags', text: 'Tags' }), tags,
+          el('div', { class: 'hint', text: 'One key=value per line.' }))),
+      el('div', { class: 'btn-row' }, submit, link('/tasks', 'Cancel', 'btn btn-secondary')));
+
+    form.addEventListener('input', (e) => {
+      if (e.target.classList) { e.target.classList.remove('invalid'); e.target.removeAttribute('aria-invalid'); }
+    });
+
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      clearInvalid();
+      alerts.replaceChildren();
+      let body;
+      try {
+        body = {
+          region_id: regionInput.value.trim(),
+          target_mac: mac.value.trim(),
+          disk_layout: disk.value.trim() || 'auto',
+          network_config: net.value,
+        };
+        if (osSelect) {
+          const o = osSelect.offers[Number(osSelect.value)];
+          body.os_type = o.os_type;
+          body.os_version = o.os_version;
+        } else {
+          body.os_type = osType.value.trim();
+          body.os_version = osVersion.value.trim();
+        }
+        const t = parseTags(tags.value);
+        if (Object.keys(t).length) body.tags = t;
+      } catch (err) {
+        showError(err);
+        return;
+      }
+      submit.disabled = true;
+      try {
+        const res = await api('POST', '/api/v1/tasks', { body });
+        const id = res.data && res.data.task_id;
+        if (!v.alive) return;
+        if (typeof id === 'string' && TASK_ID_RE.test(id)) navigate(taskPath(id));
+        else navigate('/tasks');
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        submit.disabled = false;
+        showError(err);
+      }
+    });
+
+    fill(app,
+      el('div', { class: 'page-head' }, link('/tasks', '← Tasks'), el('h1', { text: 'New install task' })),
+      canOperate() ? null : alertBox('warn', null, 'Your role (' + session.me.role + ') can view tasks but not create them.'),
+      form);
+
+    api('GET', '/api/v1/regions').then((res) => {
+      if (!v.alive) return;
+      regions = ((res.data && res.data.regions) || []).filter((r) => r && typeof r.region_id === 'string');
+      regions.sort((a, b) => a.region_id.localeCompare(b.region_id));
+      renderRegions();
+    }).catch((err) => {
+      if (!v.alive || err.signedOut) return;
+      regions = [];
+      renderRegions();
+      append(alerts, [alertBox('warn', null, 'Could not load regions: ' + err.message)]);
+    });
+    mac.focus();
+    v.destroy = () => { v.alive = false; };
+    return v;
+  }
+
+  // ------------------------------------------------------------------
+  // Task page: /tasks/{id} and /tasks/{id}/approve.
+
+  function detailView(id, focusApproval) {
+    document.title = 'Task ' + shortID(id) + ' · LPMOS';
+    const v = { sub: id, alive: true };
+    let task = null;
+    let etag = null;      // the revision the operator is looking at
+    let focused = false;
+
+    const statusBadge = badge('', true);
+    statusBadge.id = 'task-status';
+    statusBadge.hidden = true;
+    const alerts = el('div', { id: 'detail-alerts' });
+    const actions = el('div', { class: 'btn-row' });
+    const summaryBox = el('div');
+    const decisionBox = el('div', { id: 'approval-info' });
+    const errorBox = el('div', { id: 'task-error' });
+    const hwBox = el('div', { id: 'hardware' });
+    const timelineBox = el('div', { id: 'timeline' });
+    const progress = progressWidget(true);
+    const stagesBox = el('div', { class: 'stages' });
+    const progressNote = el('div', { class: 'muted' });
+    const progressPanel = el('section', { class: 'panel', id: 'progress' },
+      el('h2', { text: 'Install progress' }), progress.root, stagesBox, progressNote);
+
+    // The approval panel is built once and only shown or hidden, so that
+    // notes being typed survive the refreshes live updates cause.
+    const notes = el('textarea', { id: 'approve-notes', name: 'notes', rows: 2, placeholder: 'e.g. hardware matches the asset record' });
+    const reason = el('input', { type: 'text', id: 'reject-reason', name: 'reason', placeholder: 'Why the install must not go ahead' });
+    const approveBtn = el('button', { type: 'button', class: 'btn btn-ok', id: 'approve-btn', text: 'Approve install' });
+    const rejectBtn = el('button', { type: 'button', class: 'btn btn-danger', id: 'reject-btn', text: 'Reject' });
+    const approvalPanel = el('section', { class: 'panel approval-panel', id: 'approval', hidden: true },
+      el('h2', { text: 'Approval' }),
+      el('p', { class: 'muted', text: 'The machine is waiting in its agent. Check the hardware below, then approve the install or reject it.' }),
+      el('div', { class: 'approval-actions' },
+        el('div', null,
+          el('div', { class: 'field' }, el('label', { for: 'approve-notes', text: 'Notes (optional)' }), notes),
+          approveBtn),
+        el('div', null,
+          el('div', { class: 'field' }, el('label', { for: 'reject-reason', text: 'Reason (required to reject)' }), reason),
+          rejectBtn)));
+
+    const sideColumn = el('div', { class: 'stack' }, progressPanel, decisionBox);
+    const summaryGrid = el('div', { class: 'grid-2', id: 'detail-grid' },
+      el('section', { class: 'panel' }, el('h2', { text: 'Request' }), summaryBox),
+      sideColumn);
+
+    const cancelReason = el('input', { type: 'text', id: 'cancel-reason', name: 'reason', placeholder: 'Reason (optional)' });
+    const cancelConfirm = el('button', { type: 'button', class: 'btn btn-danger', id: 'cancel-confirm', text: 'Cancel the task' });
+    const cancelKeep = el('button', { type: 'button', class: 'btn btn-secondary', text: 'Keep it' });
+    const cancelPanel = el('section', { class: 'panel', id: 'cancel-panel', hidden: true },
+      el('h2', { text: 'Cancel this task?' }),
+      el('p', { class: 'muted', text: 'The machine stops being provisioned; a new task can be created for it afterwards.' }),
+      el('div', { class: 'field' }, cancelReason),
+      el('div', { class: 'btn-row' }, cancelConfirm, cancelKeep));
+    const cancelBtn = el('button', { type: 'button', class: 'btn btn-secondary', id: 'cancel-btn', text: 'Cancel task…', hidden: true });
+    cancelBtn.addEventListener('click', () => { cancelPanel.hidden = false; cancelReason.focus(); });
+    cancelKeep.addEventListener('click', () => { cancelPanel.hidden = true; });
+    append(actions, [cancelBtn]);
+
+    fill(app,
+      el('div', { class: 'page-head' },
+        link('/tasks', '← Tasks'),
+        el('h1', null, 'Task ', el('span', { class: 'mono', text: id })),
+        statusBadge,
+        el('div', { class: 'spacer' }),
+        actions),
+      alerts,
+      cancelPanel,
+      approvalPanel,
+      errorBox,
+      summaryGrid,
+      el('section', { class: 'panel', id: 'hardware-panel' }, el('h2', { text: 'Hardware review' }), hwBox),
+      el('section', { class: 'panel' }, el('h2', { text: 'Timeline' }), timelineBox));
+
+    function say(kind, title, message) {
+      fill(alerts, alertBox(kind, title, message));
+    }
+
+    // mutate sends an approve/reject/cancel with If-Match, so the decision
+    // only applies to the task as the operator saw it. A 409 means it moved
+    // meanwhile: show why and reload it.
+    async function mutate(buttons, method, path, body, done) {
+      for (const b of buttons) b.disabled = true;
+      try {
+        await api(method, path, { body, headers: { 'If-Match': etag || String(task.revision) } });
+        if (!v.alive) return;
+        say('info', null, done);
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        if (err.status === 409) {
+          say('warn', 'The task changed while you were looking at it', err.message + ' It has been reloaded: check it again.');
+        } else {
+          say('error', 'That did not work', err.message);
+        }
+      } finally {
+        for (const b of buttons) b.disabled = false;
+      }
+      refresh();
+    }
+
+    approveBtn.addEventListener('click', () => {
+      mutate([approveBtn, rejectBtn], 'PUT', '/api/v1/tasks/' + encodeURIComponent(id) + '/approve',
+        { approved: true, notes: notes.value.trim() }, 'Approved. The agent starts installing.');
+    });
+    rejectBtn.addEventListener('click', () => {
+      const r = reason.value.trim();
+      if (!r) {
+        reason.classList.add('invalid');
+        reason.focus();
+        say('error', null, 'A reason is required to reject a task.');
+        return;
+      }
+      reason.classList.remove('invalid');
+      mutate([approveBtn, rejectBtn], 'PUT', '/api/v1/tasks/' + encodeURIComponent(id) + '/reject',
+        { reason: r }, 'Rejected.');
+    });
+    cancelConfirm.addEventListener('click', () => {
+      const r = cancelReason.value.trim();
+      const q = r ? '?reason=' + encodeURIComponent(r) : '';
+      mutate([cancelConfirm], 'DELETE', '/api/v1/tasks/' + encodeURIComponent(id) + q, undefined, 'Cancelled.');
+    });
+
+    function renderSummary(t) {
+      const md = t.metadata || {};
+      fill(summaryBox, kv([
+        ['Region', dash(md.region_id)],
+        ['Target MAC', el('span', { class: 'mono', text: dash(md.target_mac) })],
+        ['Operating system', [md.os_type, md.os_version].filter(Boolean).join(' ') || '—'],
+        ['Disk layout', dash(md.disk_layout)],
+        ['Network', dash(md.network_config)],
+        ['Created', [timeEl(md.created_at), md.created_by ? ' by ' + md.created_by : '']],
+        ['Tags', tagChips(md.tags) || '—'],
+        ['Revision', el('span', { class: 'mono', text: dash(t.revision) })],
+      ]));
+    }
+
+    function renderProgress(t) {
+      const p = t.progress;
+      const show = Boolean(p) || t.status === 'approved' || t.status === 'installing';
+      progressPanel.hidden = !show;
+      if (!show) { layout(t); return; }
+      progress.set(p || { stage: '', percentage: 0, message: 'waiting for the agent to start' }, t.status);
+      const cur = p ? STAGES.indexOf(p.stage) : -1;
+      fill(stagesBox, STAGES.map((s, i) => el('span', {
+        class: 'stage-pill' + (i < cur || (t.status === 'completed') ? ' done' : i === cur ? ' current' : ''),
+        text: s,
+      })));
+      progressNote.textContent = p && p.updated_at ? 'Updated ' + fmtTime(p.updated_at) : '';
+      layout(t);
+    }
+
+    // The request takes the whole width until there is progress or a
+    // decision to show beside it.
+    function layout(t) {
+      sideColumn.hidden = progressPanel.hidden && !t.approval;
+      summaryGrid.classList.toggle('single', sideColumn.hidden);
+    }
+
+    function renderDecision(t) {
+      const a = t.approval;
+      layout(t);
+      if (!a) { decisionBox.replaceChildren(); return; }
+      const approved = a.status === 'approved';
+      fill(decisionBox, el('section', { class: 'panel' },
+        el('h2', { text: 'Decision' }),
+        el('div', { class: 'decision decision-' + (approved ? 'approved' : 'rejected') }, kv([
+          ['Decision', badge(approved ? 'approved' : 'rejected')],
+          ['By', dash(approved ? a.approved_by : a.rejected_by)],
+          ['At', timeEl(approved ? a.approved_at : a.rejected_at)],
+          [approved ? 'Notes' : 'Reason', dash(approved ? a.notes : a.reason)],
+        ]))));
+    }
+
+    function renderError(t) {
+      const e = t.error;
+      if (!e && !(t.status === 'failed' && t.logs)) { errorBox.replaceChildren(); return; }
+      fill(errorBox, el('section', { class: 'alert alert-error', role: 'alert' },
+        el('div', { class: 'alert-title', text: 'Installation failed' + (e && e.code ? ' (' + e.code + ')' : '') }),
+        e ? el('div', { text: e.message || '' }) : null,
+        e ? el('div', { class: 'muted', text: (e.stage ? 'In stage ' + e.stage + ', ' : '') + fmtTime(e.occurred_at) }) : null,
+        t.logs ? el('details', null, el('summary', { text: 'Agent log' }), el('pre', { class: 'mono', text: t.logs })) : null));
+    }
+
+    function renderHardware(hw, t) {
+      if (!hw) {
+        fill(hwBox, el('p', { class: 'muted', text: 'No hardware reported yet. The agent reports it after the machine PXE-boots.' }));
+        return;
+      }
+      const cpu = hw.cpu || {};
+      const mem = hw.memory || {};
+      const disks = Array.isArray(hw.disks) ? hw.disks : [];
+      const nics = Array.isArray(hw.network) ? hw.network : [];
+      const dimms = Array.isArray(mem.dimms) ? mem.dimms : [];
+      const bios = hw.bios || {};
+      const sys = hw.system || {};
+      const board = hw.board || {};
+      const bootMAC = String((t && t.metadata && t.metadata.target_mac) || hw.mac_address || '').toLowerCase();
+      const storage = disks.reduce((n, d) => n + (Number(d && d.size_gb) || 0), 0);
+
+      const stat = (label, value, sub) => el('div', { class: 'hw-stat' },
+        el('div', { class: 'label', text: label }), el('div', { class: 'value', text: value }),
+        sub ? el('div', { class: 'sub', text: sub }) : null);
+      const cpuSub = [cpu.model, cpu.vendor && !String(cpu.model || '').includes(cpu.vendor) ? '(' + cpu.vendor + ')' : ''].filter(Boolean).join(' ');
+
+      fill(hwBox,
+        el('div', { class: 'hw-summary' },
+          stat('CPU', (Number(cpu.cores) || 0) + ' cores / ' + (Number(cpu.threads) || 0) + ' threads',
+            (cpuSub || 'unknown model') + (cpu.sockets ? ' · ' + cpu.sockets + ' socket' + (cpu.sockets > 1 ? 's' : '') : '')),
+          stat('Memory', fmtGB(mem.total_gb), mem.total_bytes ? Number(mem.total_bytes).toLocaleString() + ' bytes · ' + dimms.length + ' DIMM' + (dimms.length === 1 ? '' : 's') : dimms.length + ' DIMMs'),
+          stat('Storage', disks.length + ' disk' + (disks.length === 1 ? '' : 's'), fmtGB(storage) + ' total'),
+          stat('Network', nics.length + ' NIC' + (nics.length === 1 ? '' : 's'), hw.mac_address ? 'booted from ' + hw.mac_address : '')),
+        el('h3', { text: 'Memory modules' }),
+        dimms.length ? table('compact', ['Slot', 'Size', 'Type', 'Speed', 'Manufacturer', 'Serial'], dimms.map((d) => el('tr', null,
+          el('td', { text: dash(d.slot) }), el('td', { text: fmtGB(d.size_gb) }), el('td', { text: dash(d.type) }),
+          el('td', { text: d.speed_mhz ? d.speed_mhz + ' MHz' : '—' }), el('td', { text: dash(d.manufacturer) }),
+          el('td', { class: 'mono', text: dash(d.serial) }))))
+          : el('p', { class: 'muted', text: 'No DIMM details (the machine exposes no SMBIOS memory data).' }),
+        el('h3', { text: 'Disks' }),
+        disks.length ? table('compact', ['Device', 'Size', 'Type', 'Model', 'Serial'], disks.map((d) => el('tr', null,
+          el('td', { class: 'mono', text: dash(d.device) }),
+          el('td', { text: fmtGB(d.size_gb) }),
+          el('td', null, dash(d.type), d.removable ? el('span', { class: 'pill-note', text: 'removable' }) : null),
+          el('td', { text: dash(d.model) }), el('td', { class: 'mono', text: dash(d.serial) }))))
+          : el('p', { class: 'muted', text: 'No disks reported: there is nothing to install onto.' }),
+        el('h3', { text: 'Network interfaces' }),
+        nics.length ? table('compact', ['Interface', 'MAC', 'Speed', 'Driver'], nics.map((n) => {
+          const boot = bootMAC && String(n.mac || '').toLowerCase() === bootMAC;
+          return el('tr', { class: boot ? 'boot-nic' : null },
+            el('td', null, dash(n.interface), boot ? el('span', { class: 'pill-note', text: 'boot NIC' }) : null),
+            el('td', { class: 'mono', text: dash(n.mac) }), el('td', { text: dash(n.speed) }), el('td', { text: dash(n.driver) }));
+        }))
+          : el('p', { class: 'muted', text: 'No network interfaces reported.' }),
+        el('h3', { text: 'Firmware and identity' }),
+        el('div', { class: 'grid-2' },
+          el('div', null, kv([
+            ['BIOS', [bios.vendor, bios.version].filter(Boolean).join(' ') || '—'],
+            ['BIOS date', dash(bios.date)],
+            ['Chassis serial', el('span', { class: 'mono', text: dash(bios.serial) })],
+          ])),
+          el('div', null, kv([
+            ['System', [sys.vendor, sys.product].filter(Boolean).join(' ') || '—'],
+            ['System serial', el('span', { class: 'mono', text: dash(sys.serial) })],
+            ['System UUID', el('span', { class: 'mono', text: dash(sys.uuid) })],
+            ['Board', [board.vendor, board.product].filter(Boolean).join(' ') || '—'],
+            ['Board serial', el('span', { class: 'mono', text: dash(board.serial) })],
+          ]))),
+        el('p', { class: 'muted', text: 'Collected ' + fmtTime(hw.collected_at) + '.' }));
+    }
+
+    function renderTimeline(t) {
+      const entries = Array.isArray(t.timeline) ? t.timeline : [];
+      if (!entries.length) { fill(timelineBox, el('p', { class: 'muted', text: 'Nothing yet.' })); return; }
+      fill(timelineBox, table('compact timeline', ['Time', 'Event', 'Status', 'Stage', 'Actor', 'Message'], entries.map((e) => el('tr', null,
+        el('td', { class: 'when' }, timeEl(e.timestamp)),
+        el('td', { text: String(e.event || '').replace(/_/g, ' ') }),
+        el('td', null, e.status ? badge(e.status) : '—'),
+        el('td', { text: dash(e.stage) }),
+        el('td', { text: dash(e.actor) }),
+        el('td', { class: 'msg', text: dash(e.message) })))));
+    }
+
+    function renderAll(t) {
+      statusBadge.hidden = false;
+      setBadge(statusBadge, t.status);
+      const operator = canOperate();
+      const waiting = t.status === 'pending_approval';
+      approvalPanel.hidden = !(waiting && operator);
+      cancelBtn.hidden = !(operator && !TERMINAL.has(t.status));
+      if (TERMINAL.has(t.status)) cancelPanel.hidden = true;
+      renderSummary(t);
+      renderProgress(t);
+      renderDecision(t);
+      renderError(t);
+      renderHardware(t.hardware, t);
+      renderTimeline(t);
+      if (focusApproval && !focused) {
+        focused = true;
+        if (!approvalPanel.hidden) {
+          approvalPanel.classList.add('focus');
+          approvalPanel.scrollIntoView({ block: 'start' });
+          notes.focus();
+        } else if (!waiting) {
+          say('info', null, 'This task is not waiting for approval: it is ' + String(t.status).replace(/_/g, ' ') + '.');
+        } else {
+          say('info', null, 'Your role (' + session.me.role + ') can review tasks but not approve them.');
+        }
+      }
+    }
+
+    const refresh = refresher(async () => {
+      let res;
+      try {
+        res = await api('GET', '/api/v1/tasks/' + encodeURIComponent(id));
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        if (err.status === 404) {
+          fill(app, el('div', { class: 'panel empty' },
+            el('h1', { text: 'Task not found' }),
+            el('p', null, 'There is no task ', el('span', { class: 'mono', text: id }), '. ', link('/tasks', 'Back to the task list.'))));
+          return;
+        }
+        say('error', 'Could not load the task', err.message);
+        return;
+      }
+      if (!v.alive || !res.data) return;
+      task = res.data;
+      etag = res.headers.get('ETag') || (task.revision !== undefined ? String(task.revision) : null);
+      renderAll(task);
+    });
+
+    v.onMessage = function (msg) {
+      if (msg.task_id !== id || !task) return;
+      switch (msg.type) {
+        case 'status':
+          // Show the new status at once, then fetch the rest (timeline,
+          // approval, error, revision) over REST.
+          task.status = msg.status;
+          setBadge(statusBadge, msg.status);
+          refresh();
+          break;
+        case 'progress': {
+          const stageChanged = !task.progress || task.progress.stage !== msg.stage;
+          task.progress = Object.assign({}, task.progress, { stage: msg.stage, percentage: msg.percentage, message: msg.message });
+          renderProgress(task);
+          if (stageChanged) refresh.soon(); // a new stage adds a timeline entry
+          break;
+        }
+        case 'hardware':
+          if (msg.hardware && typeof msg.hardware === 'object') {
+            task.hardware = msg.hardware;
+            renderHardware(task.hardware, task);
+          }
+          break;
+      }
+    };
+    v.resync = () => refresh();
+    v.destroy = () => { v.alive = false; refresh.cancel(); };
+    return v;
+  }
+
+  // ------------------------------------------------------------------
+  // Start.
+
+  async function boot() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) { render(); return; }
+    session.token = token;
+    try {
+      const res = await api('GET', '/api/v1/whoami', { noSignOut: true });
+      session.me = res.data || {};
+    } catch (err) {
+      if (err.status === 401) {
+        signOut('Your token was not accepted any more. Sign in again.');
+        return;
+      }
+      session.token = null;
+      fill(app, el('div', { class: 'panel' }, alertBox('error', 'Cannot reach the control plane', err.message),
+        el('button', { type: 'button', class: 'btn', text: 'Try again', on: { click: boot } })));
+      return;
+    }
+    showUser();
+    liveStart();
+    render();
+  }
+
+  boot();
+})();

@@ -1,0 +1,100 @@
+// Command allinone runs LPMOS in one process: an embedded etcd (or an
+// external cluster, or memory) and the control plane with its REST API,
+// WebSocket hub and dashboard. The region and simulated machines join it as
+// they land. It is the README's main command:
+//
+//	go run ./examples/allinone
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/internal/cmdutil"
+)
+
+func main() {
+	var (
+		storeFlags   cmdutil.StoreFlags
+		authFlags    cmdutil.AuthFlags
+		webhookFlags cmdutil.WebhookFlags
+	)
+	fs := flag.CommandLine
+	listen := fs.String("listen-addr", ":8080", "control plane: REST /api/v1, /ws, dashboard /, /metrics, /healthz")
+	tlsCert := fs.String("tls-cert", "", "serve HTTPS/WSS (TLS 1.3) with this certificate (PEM)")
+	tlsKey := fs.String("tls-key", "", "key of --tls-cert (PEM)")
+	logFormat := fs.String("log-format", "text", "text or json")
+	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	storeFlags.Register(fs, true)
+	authFlags.Register(fs)
+	webhookFlags.Register(fs)
+	flag.Parse()
+
+	log, err := cmdutil.Logger(*logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	st, closeStore, err := storeFlags.Open(ctx, log)
+	if err != nil {
+		log.Error("cannot open the store", "err", err)
+		os.Exit(1)
+	}
+	defer closeStore()
+
+	cfg := controlplane.Config{Store: st, Logger: log}
+	generated, err := authFlags.Apply(&cfg)
+	if err == nil {
+		err = webhookFlags.Apply(&cfg)
+	}
+	if err != nil {
+		log.Error("bad configuration", "err", err)
+		os.Exit(2)
+	}
+	cp, err := controlplane.New(cfg)
+	if err != nil {
+		log.Error("bad configuration", "err", err)
+		os.Exit(2)
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cp.Run(ctx) })
+	g.Go(func() error {
+		return cp.ListenAndServe(ctx, controlplane.ServeOptions{
+			Addr: *listen, CertFile: *tlsCert, KeyFile: *tlsKey,
+			Ready: func(addr net.Addr) { announce(addr, *tlsCert != "", generated) },
+		})
+	})
+	if err := g.Wait(); err != nil && ctx.Err() == nil {
+		log.Error("allinone stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// announce prints where the dashboard is and, once, a generated admin token.
+func announce(addr net.Addr, tls bool, token string) {
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	host := addr.String()
+	if strings.HasPrefix(host, "[::]:") || strings.HasPrefix(host, "0.0.0.0:") {
+		host = "localhost:" + host[strings.LastIndex(host, ":")+1:]
+	}
+	fmt.Printf("LPMOS dashboard: %s://%s/\n", scheme, host)
+	if token != "" {
+		fmt.Printf("admin token (generated; set LPMOS_ADMIN_TOKEN to choose one): %s\n", token)
+	}
+}

@@ -1,0 +1,85 @@
+// Command control-plane runs one stateless control-plane replica against an
+// etcd cluster (seed v2 §9.1); run as many as you like behind a load
+// balancer.
+//
+//	control-plane --etcd-endpoints=etcd1:2379,etcd2:2379 --listen-addr=:8080 \
+//	    --tls-cert=server.crt --tls-key=server.key --token-file=tokens
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/internal/cmdutil"
+)
+
+func main() {
+	var (
+		storeFlags   cmdutil.StoreFlags
+		authFlags    cmdutil.AuthFlags
+		webhookFlags cmdutil.WebhookFlags
+	)
+	fs := flag.CommandLine
+	listen := fs.String("listen-addr", ":8080", "REST /api/v1, /ws, dashboard /, /metrics, /healthz")
+	tlsCert := fs.String("tls-cert", "", "serve HTTPS/WSS (TLS 1.3) with this certificate (PEM)")
+	tlsKey := fs.String("tls-key", "", "key of --tls-cert (PEM)")
+	logFormat := fs.String("log-format", "json", "text or json")
+	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	storeFlags.Register(fs, false)
+	authFlags.Register(fs)
+	webhookFlags.Register(fs)
+	flag.Parse()
+
+	log, err := cmdutil.Logger(*logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	st, closeStore, err := storeFlags.Open(ctx, log)
+	if err != nil {
+		log.Error("cannot open the store", "err", err)
+		os.Exit(1)
+	}
+	defer closeStore()
+
+	cfg := controlplane.Config{Store: st, Logger: log}
+	generated, err := authFlags.Apply(&cfg)
+	if err == nil {
+		err = webhookFlags.Apply(&cfg)
+	}
+	var cp *controlplane.Server
+	if err == nil {
+		cp, err = controlplane.New(cfg)
+	}
+	if err != nil {
+		log.Error("bad configuration", "err", err)
+		os.Exit(2)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cp.Run(ctx) })
+	g.Go(func() error {
+		return cp.ListenAndServe(ctx, controlplane.ServeOptions{
+			Addr: *listen, CertFile: *tlsCert, KeyFile: *tlsKey,
+			Ready: func(addr net.Addr) {
+				log.Info("control plane listening", "addr", addr.String())
+				if generated != "" {
+					fmt.Printf("admin token (generated; set LPMOS_ADMIN_TOKEN to choose one): %s\n", generated)
+				}
+			},
+		})
+	})
+	if err := g.Wait(); err != nil && ctx.Err() == nil {
+		log.Error("control plane stopped", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,202 @@
+// Package cmdutil holds the flag groups and start-up steps the example
+// binaries share: choosing and opening the store (embedded etcd by default,
+// an external cluster, or memory), the control plane's sign-in options, and
+// logging. It keeps each binary's main to flags and composition.
+package cmdutil
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/store"
+	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/store/memory"
+)
+
+// StoreFlags choose the store.
+type StoreFlags struct {
+	Kind          string
+	DataDir       string
+	ClientURL     string
+	PeerURL       string
+	Endpoints     string
+	CA, Cert, Key string
+	EtcdVerbose   bool
+}
+
+// Register adds the store flags of DESIGN.md §8. embedded says whether the
+// binary can run an embedded etcd (allinone) or only connect (others).
+func (f *StoreFlags) Register(fs *flag.FlagSet, embedded bool) {
+	if embedded {
+		fs.StringVar(&f.Kind, "store", "etcd", "etcd (embedded unless --etcd-endpoints is set) or memory (throwaway)")
+		fs.StringVar(&f.DataDir, "data-dir", "./lpmos-data", "embedded etcd data and region state")
+		fs.StringVar(&f.ClientURL, "etcd-client-url", "http://127.0.0.1:2379", "where the embedded etcd serves clients (etcdctl)")
+		fs.StringVar(&f.PeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "where the embedded etcd listens for peers")
+		fs.BoolVar(&f.EtcdVerbose, "etcd-verbose", false, "let the embedded etcd log")
+	} else {
+		f.Kind = "etcd"
+	}
+	fs.StringVar(&f.Endpoints, "etcd-endpoints", "", "comma-separated external etcd endpoints; when set, nothing is embedded")
+	fs.StringVar(&f.CA, "etcd-ca", "", "CA certificate for etcd (PEM)")
+	fs.StringVar(&f.Cert, "etcd-cert", "", "client certificate for etcd mTLS (PEM)")
+	fs.StringVar(&f.Key, "etcd-key", "", "client key for etcd mTLS (PEM)")
+}
+
+// Open opens the chosen store; close releases it (and stops an embedded
+// etcd).
+func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store, closeFn func(), err error) {
+	switch {
+	case f.Kind == "memory":
+		log.Warn("using the in-memory store: everything is lost at exit")
+		m := memory.New()
+		return m, func() { m.Close() }, nil
+	case f.Kind != "etcd":
+		return nil, nil, fmt.Errorf("unknown --store %q (etcd or memory)", f.Kind)
+	case f.Endpoints != "":
+		cfg := etcd.Config{Endpoints: strings.Split(f.Endpoints, ",")}
+		if f.CA != "" || f.Cert != "" {
+			if cfg.TLS, err = etcd.TLSConfig(f.CA, f.Cert, f.Key); err != nil {
+				return nil, nil, err
+			}
+		}
+		s, err := etcd.Dial(ctx, cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		log.Info("connected to etcd", "endpoints", cfg.Endpoints)
+		return s, func() { s.Close() }, nil
+	case f.DataDir == "":
+		return nil, nil, errors.New("--etcd-endpoints is required (this binary does not embed etcd)")
+	}
+	m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
+		Dir: filepath.Join(f.DataDir, "etcd"), ClientURL: f.ClientURL, PeerURL: f.PeerURL, Verbose: f.EtcdVerbose,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := m.Store(ctx)
+	if err != nil {
+		m.Close()
+		return nil, nil, err
+	}
+	log.Info("embedded etcd started", "dir", filepath.Join(f.DataDir, "etcd"), "client_url", f.ClientURL)
+	return s, func() { s.Close(); m.Close() }, nil
+}
+
+// AuthFlags configure how callers sign in to the control plane.
+type AuthFlags struct {
+	TokenFile     string
+	HS256File     string
+	RS256KeyFiles string
+	JWTIssuer     string
+}
+
+// Register adds the sign-in flags.
+func (f *AuthFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.TokenFile, "token-file", "", `file of hashed tokens, lines "<sha256-hex> <role> <subject>"`)
+	fs.StringVar(&f.HS256File, "jwt-hs256-secret-file", "", "accept HS256 JWTs signed with the secret in this file")
+	fs.StringVar(&f.RS256KeyFiles, "jwt-rs256-public-keys", "", "comma-separated PEM RSA public keys: accept RS256 JWTs they verify")
+	fs.StringVar(&f.JWTIssuer, "jwt-issuer", "", "required JWT issuer (iss)")
+}
+
+// Apply fills cfg's sign-in fields. The admin token comes from
+// LPMOS_ADMIN_TOKEN; if that is unset and nothing else is configured (or
+// always, when generate is true) a random one is generated and returned so
+// the caller can print it once.
+func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error) {
+	if f.TokenFile != "" {
+		if cfg.HashedTokens, err = controlplane.LoadTokenFile(f.TokenFile); err != nil {
+			return "", err
+		}
+	}
+	var jc controlplane.JWTConfig
+	if f.HS256File != "" {
+		secret, err := os.ReadFile(f.HS256File)
+		if err != nil {
+			return "", fmt.Errorf("read JWT secret: %w", err)
+		}
+		jc.HS256Secret = []byte(strings.TrimSpace(string(secret)))
+	}
+	for _, p := range strings.Split(f.RS256KeyFiles, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		k, err := controlplane.LoadRSAPublicKey(p)
+		if err != nil {
+			return "", err
+		}
+		jc.RS256Keys = append(jc.RS256Keys, k)
+	}
+	if len(jc.HS256Secret) > 0 || len(jc.RS256Keys) > 0 {
+		jc.Issuer = f.JWTIssuer
+		cfg.JWT = &jc
+	}
+	admin := os.Getenv("LPMOS_ADMIN_TOKEN")
+	if admin == "" && len(cfg.HashedTokens) == 0 && cfg.JWT == nil {
+		var b [24]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		admin, generated = hex.EncodeToString(b[:]), hex.EncodeToString(b[:])
+	}
+	if admin != "" {
+		cfg.Tokens = append(cfg.Tokens, controlplane.StaticToken{Token: admin, Subject: "admin", Role: controlplane.RoleAdmin})
+	}
+	return generated, nil
+}
+
+// Logger builds the process logger: "text" or "json" on stderr.
+func Logger(format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: text or json", format)
+}
+
+// WebhookFlags configure notifications.
+type WebhookFlags struct {
+	URLs       string
+	SecretFile string
+}
+
+// Register adds the webhook flags.
+func (f *WebhookFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.URLs, "webhook-urls", "", "comma-separated URLs notified (signed POST) on pending_approval, completed, failed")
+	fs.StringVar(&f.SecretFile, "webhook-secret-file", "", "file holding the webhook signing secret (or env LPMOS_WEBHOOK_SECRET)")
+}
+
+// Apply fills cfg.Webhooks.
+func (f *WebhookFlags) Apply(cfg *controlplane.Config) error {
+	for _, u := range strings.Split(f.URLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.Webhooks.URLs = append(cfg.Webhooks.URLs, u)
+		}
+	}
+	secret := os.Getenv("LPMOS_WEBHOOK_SECRET")
+	if f.SecretFile != "" {
+		b, err := os.ReadFile(f.SecretFile)
+		if err != nil {
+			return fmt.Errorf("read webhook secret: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	cfg.Webhooks.Secret = []byte(secret)
+	return nil
+}
