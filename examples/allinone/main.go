@@ -1,7 +1,8 @@
 // Command allinone runs LPMOS in one process: an embedded etcd (or an
-// external cluster, or memory) and the control plane with its REST API,
-// WebSocket hub and dashboard. The region and simulated machines join it as
-// they land. It is the README's main command:
+// external cluster, or memory), the control plane with its REST API,
+// WebSocket hub and dashboard, and one region with its boot services
+// (HTTP, TFTP, and DHCP when --dhcp-iface is given). It is the README's
+// main command:
 //
 //	go run ./examples/allinone
 package main
@@ -27,6 +28,7 @@ func main() {
 		storeFlags   cmdutil.StoreFlags
 		authFlags    cmdutil.AuthFlags
 		webhookFlags cmdutil.WebhookFlags
+		regionFlags  cmdutil.RegionFlags
 	)
 	fs := flag.CommandLine
 	listen := fs.String("listen-addr", ":8080", "control plane: REST /api/v1, /ws, dashboard /, /metrics, /healthz")
@@ -37,6 +39,7 @@ func main() {
 	storeFlags.Register(fs, true)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
+	regionFlags.Register(fs)
 	flag.Parse()
 
 	log, err := cmdutil.Logger(*logFormat, *logLevel)
@@ -71,6 +74,13 @@ func main() {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return cp.Run(ctx) })
+	if _, err := regionFlags.StartRegion(ctx, g, st, log, cmdutil.RegionOptions{TFTPOptional: true}); err != nil {
+		log.Error("cannot start the region", "err", err)
+		stop()
+		_ = g.Wait()
+		closeStore()
+		os.Exit(1)
+	}
 	g.Go(func() error {
 		return cp.ListenAndServe(ctx, controlplane.ServeOptions{
 			Addr: *listen, CertFile: *tlsCert, KeyFile: *tlsKey,

@@ -1,0 +1,117 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// The README's main command, run as a real process on the embedded etcd:
+// it prints the dashboard URL and a generated token, serves the API, and
+// its region picks up a task created through it.
+func TestAllInOneRuns(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "allinone")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	data := t.TempDir()
+	cp, rp := freePort(t), freePort(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin,
+		"--data-dir", data, "--boot-dir", filepath.Join(data, "boot"),
+		"--listen-addr", fmt.Sprintf("127.0.0.1:%d", cp),
+		"--region-listen", fmt.Sprintf("127.0.0.1:%d", rp), "--region-url", fmt.Sprintf("http://127.0.0.1:%d", rp),
+		"--tftp-listen", "",
+		"--etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
+	cmd.Env = append(os.Environ(), "LPMOS_ADMIN_TOKEN=")
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 10 * time.Second
+	require.NoError(t, cmd.Start())
+	defer func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("allinone stderr:\n%s", stderr.String())
+		}
+	}()
+
+	// It announces the dashboard and the generated admin token.
+	var dashboard, token string
+	sc := bufio.NewScanner(stdout)
+	for (dashboard == "" || token == "") && sc.Scan() {
+		line := sc.Text()
+		if u, ok := strings.CutPrefix(line, "LPMOS dashboard: "); ok {
+			dashboard = u
+		}
+		if m := regexp.MustCompile(`admin token .*: ([0-9a-f]+)$`).FindStringSubmatch(line); m != nil {
+			token = m[1]
+		}
+	}
+	require.Equal(t, fmt.Sprintf("http://127.0.0.1:%d/", cp), dashboard)
+	require.NotEmpty(t, token)
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+
+	api := func(method, path, body string) (int, map[string]any) {
+		req, _ := http.NewRequest(method, dashboard+strings.TrimPrefix(path, "/"), strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	// The region heartbeats its capabilities; a task for it is prepared.
+	require.Eventually(t, func() bool {
+		code, body := api("GET", "/api/v1/regions", "")
+		regions, _ := body["regions"].([]any)
+		return code == 200 && len(regions) == 1 && regions[0].(map[string]any)["status"] == "online"
+	}, 30*time.Second, 100*time.Millisecond)
+	code, body := api("POST", "/api/v1/tasks", `{"region_id":"dc1","target_mac":"52:54:00:aa:bb:cc","os_type":"debian","os_version":"12"}`)
+	require.Equal(t, http.StatusCreated, code, "%v", body)
+	id := body["task_id"].(string)
+	// No agent boot files in a fresh boot directory: the region says so
+	// on the task instead of leaving it pending.
+	require.Eventually(t, func() bool {
+		_, body := api("GET", "/api/v1/tasks/"+id, "")
+		return body["status"] == "failed"
+	}, 30*time.Second, 100*time.Millisecond)
+	_, body = api("GET", "/api/v1/tasks/"+id, "")
+	assert.Equal(t, "boot_files_missing", body["error"].(map[string]any)["code"])
+
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", rp))
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+}

@@ -1,0 +1,210 @@
+package cmdutil
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lpmos/lpmos/dhcp"
+	"github.com/lpmos/lpmos/pxe"
+	"github.com/lpmos/lpmos/region"
+	"github.com/lpmos/lpmos/store"
+)
+
+// RegionFlags configure a region's services (DESIGN.md §8).
+type RegionFlags struct {
+	Region     string
+	Listen     string
+	TFTPListen string
+	DHCPIface  string
+	DHCPMode   string
+	DHCPRange  string
+	DHCPRouter string
+	DHCPDNS    string
+	RegionURL  string
+	BootDir    string
+	IPXEDir    string
+	Unknown    string
+	LeaseFile  string
+}
+
+// Register adds the region flags.
+func (f *RegionFlags) Register(fs *flag.FlagSet) {
+	def := os.Getenv("REGION_ID")
+	if def == "" {
+		def = "dc1"
+	}
+	fs.StringVar(&f.Region, "region", def, "the region this process serves (env REGION_ID)")
+	fs.StringVar(&f.Listen, "region-listen", ":8081", "region HTTP: boot files, /boot/{mac}.ipxe, agent API, /health")
+	fs.StringVar(&f.TFTPListen, "tftp-listen", ":69", "TFTP for the iPXE binaries; empty disables")
+	fs.StringVar(&f.DHCPIface, "dhcp-iface", "", "interface for DHCP; empty disables DHCP")
+	fs.StringVar(&f.DHCPMode, "dhcp-mode", "proxy", "full (with --dhcp-range) or proxy (beside an existing DHCP server)")
+	fs.StringVar(&f.DHCPRange, "dhcp-range", "", "FIRST-LAST addresses for full mode, e.g. 10.0.0.100-10.0.0.200")
+	fs.StringVar(&f.DHCPRouter, "dhcp-router", "", "default gateway handed out in full mode")
+	fs.StringVar(&f.DHCPDNS, "dhcp-dns", "", "comma-separated DNS servers handed out in full mode")
+	fs.StringVar(&f.RegionURL, "region-url", "", "URL machines use to reach the region (default: from the DHCP interface's address)")
+	fs.StringVar(&f.BootDir, "boot-dir", "./lpmos-data/boot", "kernels, initramfs and OS images served over HTTP")
+	fs.StringVar(&f.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "directory of the iPXE binaries")
+	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "DHCP for machines without a task: ignore or record")
+	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
+}
+
+// ipv4Of returns the first IPv4 address of an interface, or of any
+// non-loopback interface when iface is empty.
+func ipv4Of(iface string) (net.IP, error) {
+	var ifaces []net.Interface
+	if iface != "" {
+		ifi, err := net.InterfaceByName(iface)
+		if err != nil {
+			return nil, err
+		}
+		ifaces = []net.Interface{*ifi}
+	} else {
+		all, err := net.Interfaces()
+		if err != nil {
+			return nil, err
+		}
+		for _, ifi := range all {
+			if ifi.Flags&net.FlagLoopback == 0 && ifi.Flags&net.FlagUp != 0 {
+				ifaces = append(ifaces, ifi)
+			}
+		}
+	}
+	for _, ifi := range ifaces {
+		addrs, _ := ifi.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+				return n.IP.To4(), nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no IPv4 address on %q", iface)
+}
+
+func (f *RegionFlags) publicURL() (string, error) {
+	if f.RegionURL != "" {
+		return strings.TrimSuffix(f.RegionURL, "/"), nil
+	}
+	_, port, err := net.SplitHostPort(f.Listen)
+	if err != nil {
+		return "", fmt.Errorf("--region-listen: %w", err)
+	}
+	ip, err := ipv4Of(f.DHCPIface)
+	if err != nil {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return fmt.Sprintf("http://%s:%s", ip, port), nil
+}
+
+func parseRange(s string) (net.IP, net.IP, error) {
+	a, b, ok := strings.Cut(s, "-")
+	first, last := net.ParseIP(strings.TrimSpace(a)).To4(), net.ParseIP(strings.TrimSpace(b)).To4()
+	if !ok || first == nil || last == nil {
+		return nil, nil, fmt.Errorf("--dhcp-range %q: want FIRST-LAST IPv4 addresses", s)
+	}
+	return first, last, nil
+}
+
+// RegionOptions are what the composing binary adds.
+type RegionOptions struct {
+	// SkipBootFileCheck for simulated machines that never PXE-boot.
+	SkipBootFileCheck bool
+	// TFTPOptional turns a TFTP start-up failure (no iPXE binaries, port
+	// 69 not allowed) into a warning: the all-in-one demo still runs.
+	TFTPOptional bool
+}
+
+// StartRegion builds the region and starts, in g, its task watcher, its
+// HTTP server and, as configured, TFTP and DHCP. It returns the region once
+// everything listens.
+func (f *RegionFlags) StartRegion(ctx context.Context, g *errgroup.Group, st store.Store, log *slog.Logger, opts RegionOptions) (*region.Region, error) {
+	url, err := f.publicURL()
+	if err != nil {
+		return nil, err
+	}
+	services := map[string]string{"http": "running"}
+	cfg := region.Config{
+		RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
+		UnknownMachines: f.Unknown, Logger: log, Services: services, SkipBootFileCheck: opts.SkipBootFileCheck,
+	}
+	var tftp *pxe.TFTPServer
+	if f.TFTPListen != "" {
+		tftp, err = pxe.NewTFTPServer(pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log})
+		switch {
+		case err != nil && opts.TFTPOptional:
+			log.Warn("TFTP disabled: machines cannot PXE-boot from this region", "err", err)
+			tftp = nil
+		case err != nil:
+			return nil, fmt.Errorf("TFTP: %w", err)
+		default:
+			services["tftp"] = "running"
+		}
+	}
+	reg, err := region.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var dsrv *dhcp.Server
+	if f.DHCPIface != "" {
+		mode, err := dhcp.ParseMode(f.DHCPMode)
+		if err != nil {
+			return nil, err
+		}
+		dc := dhcp.Config{Interface: f.DHCPIface, Mode: mode, Policy: reg.DHCPPolicy(), Logger: log}
+		if mode == dhcp.ModeFull {
+			if dc.Pool.Start, dc.Pool.End, err = parseRange(f.DHCPRange); err != nil {
+				return nil, err
+			}
+			dc.Pool.Router = net.ParseIP(f.DHCPRouter)
+			for _, d := range strings.Split(f.DHCPDNS, ",") {
+				if ip := net.ParseIP(strings.TrimSpace(d)); ip != nil {
+					dc.Pool.DNS = append(dc.Pool.DNS, ip)
+				}
+			}
+			dc.LeaseFile = f.LeaseFile
+		}
+		if dsrv, err = dhcp.New(dc); err != nil {
+			return nil, err
+		}
+		services["dhcp"] = string(mode)
+	}
+	ln, err := net.Listen("tcp", f.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("region HTTP: %w", err)
+	}
+	srv := &http.Server{Handler: reg.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error { return reg.Run(ctx) })
+	g.Go(func() error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		err := srv.Shutdown(sctx)
+		if e := <-errc; !errors.Is(e, http.ErrServerClosed) {
+			return e
+		}
+		return err
+	})
+	if tftp != nil {
+		g.Go(func() error { return tftp.Serve(ctx) })
+	}
+	if dsrv != nil {
+		g.Go(func() error { return dsrv.Serve(ctx) })
+	}
+	log.Info("region started", "region", f.Region, "url", url, "http", ln.Addr().String(), "tftp", f.TFTPListen, "dhcp", f.DHCPIface)
+	return reg, nil
+}

@@ -1,0 +1,436 @@
+package region
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/task"
+)
+
+// httpError is a refused agent request.
+type httpError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func fail(status int, code, format string, args ...any) *httpError {
+	return &httpError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+var errUnauthorized = fail(http.StatusUnauthorized, "unauthorized", "missing, wrong or expired agent token")
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// toHTTP maps errors to agent API answers in one place.
+func toHTTP(err error) *httpError {
+	var he *httpError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &he):
+		return he
+	case errors.As(err, &mbe):
+		return fail(http.StatusRequestEntityTooLarge, "too_large", "body larger than %d bytes", mbe.Limit)
+	case errors.Is(err, task.ErrInvalid):
+		return fail(http.StatusBadRequest, "invalid_request", "%v", err)
+	case errors.Is(err, task.ErrNotFound):
+		return fail(http.StatusNotFound, "not_found", "%v", err)
+	case errors.Is(err, task.ErrInvalidTransition), errors.Is(err, task.ErrConflict):
+		return fail(http.StatusConflict, "conflict", "%v", err)
+	}
+	return fail(http.StatusInternalServerError, "internal", "internal error")
+}
+
+func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, req *http.Request) {
+		if err := h(w, req); err != nil {
+			he := toHTTP(err)
+			if he.status >= 500 {
+				r.log.Error("agent API request failed", "path", req.URL.Path, "err", err)
+			}
+			var body agent.Error
+			body.Error.Code, body.Error.Message = he.code, he.msg
+			if he.status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="lpmos-agent"`)
+			}
+			writeJSON(w, he.status, body)
+		}
+	}
+}
+
+func (r *Region) agentRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+agent.PathReport, r.handle(r.report))
+	mux.HandleFunc("POST "+agent.PathProgress, r.handle(r.reportProgress))
+	mux.HandleFunc("POST "+agent.PathStatus, r.handle(r.reportStatus))
+	mux.HandleFunc("GET "+agent.PathApproval+"{mac}", r.handle(r.approval))
+	mux.HandleFunc("GET "+agent.PathHealth, r.health)
+}
+
+// decode reads a JSON body strictly.
+func decode(w http.ResponseWriter, req *http.Request, v any) error {
+	if mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return fail(http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, agent.MaxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return fail(http.StatusBadRequest, "invalid_request", "malformed JSON body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fail(http.StatusBadRequest, "invalid_request", "malformed JSON body: trailing data")
+	}
+	return nil
+}
+
+func bearerToken(req *http.Request) string {
+	scheme, tok, ok := strings.Cut(req.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(tok)
+}
+
+// authAgent checks the machine's token and returns its active task. The
+// MAC comes from the request; taskID, if the agent sent one, must match.
+func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, taskID string) (lpmos.MAC, *task.Task, error) {
+	mac, err := lpmos.ParseMAC(macText)
+	if err != nil {
+		return mac, nil, fail(http.StatusBadRequest, "invalid_request", "mac_address: %v", err)
+	}
+	boundTo, err := r.tokens.check(ctx, mac, bearerToken(req))
+	if errors.Is(err, errBadToken) {
+		return mac, nil, errUnauthorized
+	}
+	if err != nil {
+		return mac, nil, err
+	}
+	if taskID != "" && taskID != boundTo {
+		return mac, nil, errUnauthorized
+	}
+	t, _, ok := r.tasks.lookupMAC(mac)
+	if !ok || t.ID != boundTo {
+		// The task ended (or moved on): its token is dead.
+		return mac, nil, errUnauthorized
+	}
+	return mac, t, nil
+}
+
+// touch records the agent's last contact after a request it made
+// succeeded, at most every 10 s per machine.
+func (r *Region) touch(ctx context.Context, mac lpmos.MAC) {
+	r.lastSeenMu.Lock()
+	now := r.cfg.Now()
+	due := now.Sub(r.lastSeen[mac]) >= 10*time.Second
+	if due {
+		r.lastSeen[mac] = now
+	}
+	r.lastSeenMu.Unlock()
+	if due {
+		r.tokens.seen(ctx, mac)
+	}
+}
+
+func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
+	var body agent.ReportRequest
+	if err := decode(w, req, &body); err != nil {
+		return err
+	}
+	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
+	if err != nil {
+		return err
+	}
+	if body.Hardware.MACAddress == "" {
+		body.Hardware.MACAddress = mac.String()
+	}
+	next := agent.ActionWaitForApproval
+	switch t.Status {
+	case task.StatusBooting:
+		moved, err := r.svc.ReportHardware(req.Context(), t.ID, r.actor, body.Hardware, task.ExpectRevision(t.Revision))
+		if err != nil {
+			return err
+		}
+		r.observe(moved)
+	case task.StatusPendingApproval:
+		// A restarted agent reports again: the first report stands.
+	case task.StatusApproved, task.StatusInstalling:
+		next = agent.ActionInstall
+	default:
+		return fail(http.StatusConflict, "conflict", "task %s is %s: not expecting a hardware report", t.ID, t.Status)
+	}
+	r.touch(req.Context(), mac)
+	writeJSON(w, http.StatusOK, agent.ReportResponse{Status: "received", TaskID: t.ID, NextAction: next})
+	return nil
+}
+
+// progressState throttles one task's progress writes.
+type progressState struct {
+	lastWrite time.Time
+	lastStage task.Stage
+	pending   *task.Progress
+}
+
+func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error {
+	var body agent.ProgressRequest
+	if err := decode(w, req, &body); err != nil {
+		return err
+	}
+	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
+	if err != nil {
+		return err
+	}
+	p := task.Progress{Stage: task.Stage(body.Stage), Percentage: body.Percentage, Message: body.Message, Details: body.Details}
+	if p.Stage == task.StageCompleted && p.Percentage == 100 {
+		r.dropProgress(t.ID)
+		if t.Status == task.StatusApproved {
+			if _, err := r.svc.ReportProgress(req.Context(), t.ID, r.actor, p); err != nil {
+				return err
+			}
+		}
+		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message)
+		if err != nil {
+			return err
+		}
+		r.observe(done)
+		writeJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": t.ID})
+		return nil
+	}
+	if t.Status != task.StatusApproved && t.Status != task.StatusInstalling {
+		return fail(http.StatusConflict, "conflict", "task %s is %s: not installing", t.ID, t.Status)
+	}
+	if write := r.throttle(t.ID, p); write {
+		moved, err := r.svc.ReportProgress(req.Context(), t.ID, r.actor, p)
+		if err != nil {
+			return err
+		}
+		if t.Status == task.StatusApproved {
+			r.observe(moved) // now installing
+		}
+	} else if err := validateProgress(p); err != nil {
+		return err
+	}
+	r.touch(req.Context(), mac)
+	writeJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
+	return nil
+}
+
+// validateProgress checks a report that is held back by the throttle, so
+// the agent learns of a bad one at once.
+func validateProgress(p task.Progress) error {
+	if !p.Stage.Valid() {
+		return fail(http.StatusBadRequest, "invalid_request", "unknown stage %q", p.Stage)
+	}
+	if p.Percentage < 0 || p.Percentage > 100 {
+		return fail(http.StatusBadRequest, "invalid_request", "percentage %d not within 0..100", p.Percentage)
+	}
+	return nil
+}
+
+// throttle decides whether a progress report is written now: the first,
+// every stage change, and otherwise at most one per ProgressInterval; a
+// report held back is kept (the latest wins) and flushed by the loop.
+func (r *Region) throttle(id string, p task.Progress) bool {
+	r.progressMu.Lock()
+	defer r.progressMu.Unlock()
+	st := r.progress[id]
+	now := r.cfg.Now()
+	if st == nil || st.lastStage != p.Stage || now.Sub(st.lastWrite) >= r.cfg.ProgressInterval {
+		r.progress[id] = &progressState{lastWrite: now, lastStage: p.Stage}
+		return true
+	}
+	st.pending = &p
+	return false
+}
+
+func (r *Region) dropProgress(id string) {
+	r.progressMu.Lock()
+	delete(r.progress, id)
+	r.progressMu.Unlock()
+}
+
+// flushProgressLoop writes held-back progress once its interval is over.
+func (r *Region) flushProgressLoop(ctx context.Context) error {
+	tick := time.NewTicker(max(r.cfg.ProgressInterval/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		now := r.cfg.Now()
+		due := map[string]task.Progress{}
+		r.progressMu.Lock()
+		for id, st := range r.progress {
+			if _, active := r.tasks.get(id); !active {
+				delete(r.progress, id)
+				continue
+			}
+			if st.pending != nil && now.Sub(st.lastWrite) >= r.cfg.ProgressInterval {
+				due[id] = *st.pending
+				st.pending, st.lastWrite = nil, now
+			}
+		}
+		r.progressMu.Unlock()
+		for id, p := range due {
+			if _, err := r.svc.ReportProgress(ctx, id, r.actor, p); err != nil && ctx.Err() == nil {
+				r.log.Warn("write held-back progress", "task_id", id, "err", err)
+			}
+		}
+	}
+}
+
+func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
+	var body agent.StatusRequest
+	if err := decode(w, req, &body); err != nil {
+		return err
+	}
+	_, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
+	if err != nil {
+		return err
+	}
+	switch body.Status {
+	case string(task.StatusFailed):
+		r.dropProgress(t.ID)
+		code := body.Code
+		if code == "" {
+			code = "agent_error"
+		}
+		failed, err := r.svc.Fail(req.Context(), t.ID, r.actor, task.ErrorInfo{Code: code, Stage: body.Stage, Message: body.Message})
+		if err != nil {
+			return err
+		}
+		r.observe(failed)
+	case string(task.StatusCompleted):
+		r.dropProgress(t.ID)
+		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message)
+		if err != nil {
+			return err
+		}
+		r.observe(done)
+	default:
+		return fail(http.StatusBadRequest, "invalid_request", "status must be %q or %q", task.StatusFailed, task.StatusCompleted)
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
+	return nil
+}
+
+// approval is the agent's long-poll: it returns as soon as the operator
+// decides (or the task ends), or after ?wait= seconds (at most
+// ApprovalWait) with the task still pending.
+func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
+	mac, t, err := r.authAgent(req.Context(), req, req.PathValue("mac"), "")
+	if err != nil {
+		return err
+	}
+	wait := r.cfg.ApprovalWait
+	if v := req.URL.Query().Get("wait"); v != "" {
+		secs, err := strconv.Atoi(v)
+		if err != nil || secs < 0 {
+			return fail(http.StatusBadRequest, "invalid_request", "wait must be a number of seconds")
+		}
+		wait = min(wait, time.Duration(secs)*time.Second)
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	id := t.ID
+	for {
+		cur, changed, ok := r.tasks.lookupMAC(mac)
+		if !ok || cur.ID != id {
+			// The task ended: tell the agent how.
+			final, err := r.svc.Get(req.Context(), id)
+			if err != nil {
+				return err
+			}
+			writeJSON(w, http.StatusOK, r.decision(final))
+			return nil
+		}
+		if resp := r.decision(cur); resp.Approved || resp.NextAction == agent.ActionPowerOff {
+			writeJSON(w, http.StatusOK, resp)
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			writeJSON(w, http.StatusOK, r.decision(cur))
+			return nil
+		case <-req.Context().Done():
+			return nil
+		}
+	}
+}
+
+// decision is what the agent is told about its task.
+func (r *Region) decision(t *task.Task) agent.ApprovalResponse {
+	resp := agent.ApprovalResponse{TaskID: t.ID, Status: string(t.Status), NextAction: agent.ActionWaitForApproval}
+	switch t.Status {
+	case task.StatusApproved, task.StatusInstalling:
+		resp.Approved, resp.NextAction = true, agent.ActionInstall
+		resp.Plan = r.plan(t)
+	case task.StatusRejected, task.StatusCancelled, task.StatusFailed, task.StatusCompleted:
+		resp.NextAction = agent.ActionPowerOff
+		switch {
+		case t.Approval != nil && t.Approval.Reason != "":
+			resp.Reason = t.Approval.Reason
+		case t.Error != nil:
+			resp.Reason = t.Error.Message
+		default:
+			resp.Reason = "task " + string(t.Status)
+		}
+	}
+	return resp
+}
+
+// plan is the install plan of an approved task.
+func (r *Region) plan(t *task.Task) *agent.Plan {
+	p := &agent.Plan{TaskID: t.ID, OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion,
+		Disk: t.Metadata.DiskLayout, Network: t.Metadata.NetworkConfig, Hostname: t.Metadata.Tags["hostname"]}
+	if k := t.Metadata.Tags["ssh_key"]; k != "" {
+		p.SSHAuthorizedKeys = []string{k}
+	}
+	e, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion)
+	switch {
+	case !ok:
+		p.Method = ""
+	case e.Kind == KindImage:
+		p.Method, p.ImageURL, p.SHA256, p.ImageSize = KindImage, r.cfg.PublicURL+"/boot/files/"+e.ImagePath, e.SHA256, e.Size
+	default:
+		p.Method = KindInstaller
+	}
+	return p
+}
+
+func (r *Region) health(w http.ResponseWriter, req *http.Request) {
+	r.hbMu.RLock()
+	h := agent.Health{Status: "healthy", RegionID: r.cfg.RegionID, Services: map[string]string{"http": "running"},
+		EtcdConnected: r.storeOK, LastHeartbeat: r.lastHeartbeat}
+	r.hbMu.RUnlock()
+	for k, v := range r.cfg.Services {
+		h.Services[k] = v
+	}
+	status := http.StatusOK
+	if !h.EtcdConnected {
+		h.Status, status = "degraded", http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, h)
+}

@@ -1,0 +1,198 @@
+package region
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/ipxe"
+	"github.com/lpmos/lpmos/pxe"
+	"github.com/lpmos/lpmos/region/templates"
+	"github.com/lpmos/lpmos/task"
+)
+
+// bootRoutes serves what a booting machine fetches over HTTP: its iPXE
+// script, the boot files (agent kernel and initramfs, OS images and
+// installer files) and, for UEFI HTTP boot, the iPXE binaries.
+func (r *Region) bootRoutes(mux *http.ServeMux) error {
+	if err := os.MkdirAll(r.cfg.BootDir, 0o755); err != nil {
+		return fmt.Errorf("boot directory: %w", err)
+	}
+	files, err := pxe.NewFileServer(pxe.FileServerConfig{Root: r.cfg.BootDir, Prefix: "/boot/files/", Logger: r.log})
+	if err != nil {
+		return err
+	}
+	mux.Handle("GET /boot/files/", files)
+	if bins, err := pxe.NewFileServer(pxe.FileServerConfig{Root: r.cfg.IPXEDir, Prefix: "/boot/ipxe/", Logger: r.log}); err == nil {
+		mux.Handle("GET /boot/ipxe/", bins)
+	} else {
+		r.log.Warn("iPXE binaries not served over HTTP (UEFI HTTP boot will fail)", "dir", r.cfg.IPXEDir, "err", err)
+	}
+	mux.HandleFunc("GET /boot/{file}", r.script)
+	mux.HandleFunc("GET /boot/templates/{task}/{token}/{name}", r.answerFile)
+	return nil
+}
+
+// answerFiles maps the names installers fetch to template names.
+var answerFiles = map[string]string{
+	"preseed.cfg": "preseed",
+	"ks.cfg":      "kickstart",
+	"user-data":   "autoinstall",
+	"meta-data":   "meta-data",
+}
+
+// answerFile serves an installer's answer file for an approved task. The
+// URL carries the task's agent token (installers fetch it without headers);
+// the file reports progress to the agent API with the same token.
+func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
+	name, ok := answerFiles[req.PathValue("name")]
+	tr, known := r.tasks.get(req.PathValue("task"))
+	if !ok || !known {
+		http.NotFound(w, req)
+		return
+	}
+	t := tr.task
+	token := req.PathValue("token")
+	bound, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, token)
+	if err != nil || bound != t.ID {
+		http.Error(w, "invalid task token", http.StatusUnauthorized)
+		return
+	}
+	if t.Status != task.StatusApproved && t.Status != task.StatusInstalling {
+		http.Error(w, "task is not approved", http.StatusConflict)
+		return
+	}
+	overrides := map[string]string{}
+	if kv, err := r.cfg.Store.Get(req.Context(), task.TemplatesPrefix+name); err == nil {
+		overrides[name] = string(kv.Value)
+	}
+	d := templates.Data{
+		TaskID: t.ID, MAC: t.Metadata.TargetMAC.String(), Hostname: t.Metadata.Tags["hostname"],
+		OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion, Disk: t.Metadata.DiskLayout,
+		Network: t.Metadata.NetworkConfig, RegionURL: r.cfg.PublicURL, Token: token,
+	}
+	if e, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion); ok {
+		d.RepoURL, d.MirrorURL = e.RepoURL, e.RepoURL
+	}
+	if k := t.Metadata.Tags["ssh_key"]; k != "" {
+		d.SSHAuthorizedKeys = []string{k}
+	}
+	body, err := templates.Render(name, d, overrides)
+	if err != nil {
+		r.log.Error("render answer file", "task_id", t.ID, "template", name, "err", err)
+		http.Error(w, "cannot render the answer file: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(body)
+}
+
+// platform maps iPXE's ${platform} (sent as ?platform=) to firmware; an
+// unknown platform is treated as UEFI, whose local boot ("exit") is also
+// safe on BIOS.
+func platform(req *http.Request) lpmos.Firmware {
+	if req.URL.Query().Get("platform") == "pcbios" {
+		return lpmos.FirmwareBIOS
+	}
+	return lpmos.FirmwareUEFI
+}
+
+// script serves GET /boot/{mac}.ipxe: the machine's script for the state of
+// its task. Fetching the agent's script is what moves a ready task to
+// booting, and it carries a fresh per-task token.
+func (r *Region) script(w http.ResponseWriter, req *http.Request) {
+	name := req.PathValue("file")
+	macText, ok := strings.CutSuffix(name, ".ipxe")
+	if !ok {
+		http.NotFound(w, req)
+		return
+	}
+	mac, err := lpmos.ParseMAC(macText)
+	if err != nil {
+		http.Error(w, "bad MAC address in script name", http.StatusBadRequest)
+		return
+	}
+	body, err := r.renderScript(req, mac)
+	if err != nil {
+		var he *httpError
+		if errors.As(err, &he) {
+			http.Error(w, he.msg, he.status)
+			return
+		}
+		r.log.Error("render iPXE script", "mac", mac, "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(body)
+}
+
+func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) {
+	ctx := req.Context()
+	t, _, ok := r.tasks.lookupMAC(mac)
+	if !ok {
+		if ended, ok := r.tasks.ended(mac); ok {
+			switch ended.Status {
+			case task.StatusCompleted:
+				return ipxe.LocalBoot(ipxe.LocalParams{MAC: mac, TaskID: ended.ID, Firmware: platform(req)})
+			case task.StatusRejected, task.StatusCancelled, task.StatusFailed:
+				return ipxe.Stop(ipxe.StopParams{MAC: mac, TaskID: ended.ID, Reason: ipxe.StopReason(ended.Status)})
+			}
+		}
+		return ipxe.Unknown(ipxe.UnknownParams{MAC: mac, Region: r.cfg.RegionID, Sleep: 10})
+	}
+	switch t.Status {
+	case task.StatusPending:
+		return nil, fail(http.StatusServiceUnavailable, "not_ready", "task %s is being prepared; retry", t.ID)
+	case task.StatusApproved, task.StatusInstalling:
+		if e, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion); ok && e.Kind == KindInstaller {
+			return r.installerScript(req, mac, t, e)
+		}
+	}
+	token, err := r.tokens.issue(ctx, mac, t.ID, string(platform(req)), req.RemoteAddr)
+	if err != nil {
+		return nil, err
+	}
+	if t.Status == task.StatusReady {
+		moved, err := r.svc.MarkBooting(ctx, t.ID, r.actor, task.ExpectRevision(t.Revision))
+		if err != nil && !errors.Is(err, task.ErrConflict) {
+			return nil, err
+		}
+		r.observe(moved)
+	}
+	base := r.cfg.PublicURL + "/boot/files/"
+	return ipxe.Agent(ipxe.AgentParams{
+		MAC: mac, TaskID: t.ID, Token: token, RegionURL: r.cfg.PublicURL,
+		KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
+		Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs,
+	})
+}
+
+// installerScript boots a distribution installer for an approved task,
+// with an answer file the region renders for the task.
+func (r *Region) installerScript(req *http.Request, mac lpmos.MAC, t *task.Task, e Entry) ([]byte, error) {
+	token, err := r.tokens.issue(req.Context(), mac, t.ID, string(platform(req)), req.RemoteAddr)
+	if err != nil {
+		return nil, err
+	}
+	method := ipxe.Method(e.Family)
+	// The answer file's URL carries the task's token: installers fetch it
+	// without headers, and it lets their late commands report progress.
+	configURL := fmt.Sprintf("%s/boot/templates/%s/%s/", r.cfg.PublicURL, t.ID, token)
+	switch method {
+	case ipxe.Preseed:
+		configURL += "preseed.cfg"
+	case ipxe.Kickstart:
+		configURL += "ks.cfg"
+	}
+	return ipxe.Installer(ipxe.InstallerParams{
+		MAC: mac, TaskID: t.ID, Method: method, KernelURL: e.KernelURL, InitrdURL: e.InitrdURL,
+		ConfigURL: configURL, RepoURL: e.RepoURL, ISOURL: e.ISOURL, Hostname: t.Metadata.Tags["hostname"],
+		Consoles: r.cfg.AgentConsoles,
+	})
+}

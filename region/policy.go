@@ -1,0 +1,82 @@
+package region
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/dhcp"
+	"github.com/lpmos/lpmos/task"
+)
+
+// Unknown-machine handling in DHCP.
+const (
+	// UnknownIgnore: machines without an active task get no answer, so
+	// they fall through to their next boot device (the default).
+	UnknownIgnore = "ignore"
+	// UnknownRecord: also record them under /lpmos/agents/{mac}/info as
+	// discovered, so an operator can create tasks for them.
+	UnknownRecord = "record"
+)
+
+// discovered is the record of a machine that asked to boot without a task.
+type discovered struct {
+	Discovered bool      `json:"discovered"`
+	Firmware   string    `json:"firmware,omitempty"`
+	RelayAddr  string    `json:"relay_addr,omitempty"`
+	SeenAt     time.Time `json:"seen_at"`
+}
+
+// DHCPPolicy answers only machines with an active task in this region:
+// firmware gets the iPXE binary for its kind (over TFTP, or over HTTP for
+// UEFI HTTP boot), iPXE gets the URL of its machine's script. A machine
+// whose task recently ended is still answered, so that its script can send
+// it to its disk (completed) or power it off (rejected). Everyone else is
+// ignored (and recorded, if configured).
+func (r *Region) DHCPPolicy() dhcp.BootPolicy {
+	static := dhcp.StaticPolicy{
+		HTTPBaseURL: r.cfg.PublicURL + "/boot/ipxe/",
+		// iPXE expands ${platform} (pcbios or efi) in the file name it is
+		// given; the script uses it to pick how to boot the local disk.
+		ScriptURL: r.cfg.PublicURL + "/boot/{mac}.ipxe?platform=${platform}",
+	}
+	return dhcp.BootPolicyFunc(func(ctx context.Context, req dhcp.Request) (dhcp.Decision, error) {
+		_, _, active := r.tasks.lookupMAC(req.MAC)
+		_, ended := r.tasks.ended(req.MAC)
+		if !active && !ended {
+			if r.cfg.UnknownMachines == UnknownRecord {
+				r.recordDiscovered(ctx, req)
+			}
+			return dhcp.Decision{Ignore: true}, nil
+		}
+		return static.Boot(ctx, req)
+	})
+}
+
+// recordDiscovered notes an unknown machine, at most once a minute each,
+// so a DHCP storm costs the store little.
+func (r *Region) recordDiscovered(ctx context.Context, req dhcp.Request) {
+	r.lastSeenMu.Lock()
+	now := r.cfg.Now()
+	key := req.MAC
+	due := now.Sub(r.discoveredAt[key]) >= time.Minute
+	if due {
+		if len(r.discoveredAt) > 100_000 {
+			r.discoveredAt = map[lpmos.MAC]time.Time{}
+		}
+		r.discoveredAt[key] = now
+	}
+	r.lastSeenMu.Unlock()
+	if !due {
+		return
+	}
+	d := discovered{Discovered: true, Firmware: string(req.Firmware), SeenAt: now.UTC()}
+	if req.RelayAddr != nil {
+		d.RelayAddr = req.RelayAddr.String()
+	}
+	b, _ := json.Marshal(d)
+	if _, err := r.cfg.Store.Put(ctx, task.AgentKey(req.MAC, task.AgentFieldInfo), b); err != nil {
+		r.log.Warn("record discovered machine", "mac", req.MAC, "err", err)
+	}
+}

@@ -1,0 +1,281 @@
+// Package region is LPMOS's regional client, one per data center: it
+// watches its region's tasks in the store, answers the machines' boot
+// requests (DHCP/ProxyDHCP, TFTP, HTTP boot files and per-machine iPXE
+// scripts), serves the agent API the booted agents report to, and keeps a
+// heartbeat and its capabilities in the store for the control plane.
+//
+// It composes the dhcp, pxe and ipxe packages and implements their small
+// policy interfaces over its task table. It talks to the control plane only
+// through the store: it never calls it, and it does not need a route to it.
+package region
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/store"
+	"github.com/lpmos/lpmos/task"
+)
+
+// Config configures a region. RegionID, Store and PublicURL are required.
+type Config struct {
+	RegionID string
+	Store    store.Store
+	// PublicURL is how machines reach this region's HTTP server, e.g.
+	// "http://10.0.0.1:8081" (it goes into DHCP answers and iPXE scripts).
+	PublicURL string
+	// BootDir holds the agent's kernel and initramfs and the OS catalogue
+	// (images/<os_type>/<os_version>/); default ./lpmos-data/boot.
+	BootDir string
+	// AgentKernel and AgentInitrd name the agent's boot files in BootDir
+	// (defaults vmlinuz and initramfs.cpio.zst).
+	AgentKernel, AgentInitrd string
+	// AgentConsoles are the agent kernel's console= values (nil: tty0 then
+	// ttyS0); AgentExtraArgs are added to its command line.
+	AgentConsoles, AgentExtraArgs []string
+	// SkipBootFileCheck lets tasks become ready without the agent's boot
+	// files (simulated machines that never PXE-boot).
+	SkipBootFileCheck bool
+
+	// Timeouts fail a task that stays in a status (without progress)
+	// longer than its limit. Defaults: ready 24h, booting 20m,
+	// pending_approval 7 days, approved 30m, installing 2h.
+	Timeouts             map[task.Status]time.Duration
+	TimeoutCheckInterval time.Duration // default 5 s
+
+	// HeartbeatTTL is the lease on the heartbeat (default 30 s), renewed
+	// every HeartbeatInterval (default TTL/3).
+	HeartbeatTTL, HeartbeatInterval time.Duration
+	// ProgressInterval: progress of one task is written to the store at
+	// most this often; stage changes always (default 1 s).
+	ProgressInterval time.Duration
+	// ApprovalWait bounds one approval long-poll (default 30 s).
+	ApprovalWait time.Duration
+	// Services is reported in capabilities and /health (e.g. "dhcp":
+	// "proxy"); the composing binary fills it.
+	Services map[string]string
+	// UnknownMachines says what DHCP does with machines without an active
+	// task: UnknownIgnore (default) or UnknownRecord.
+	UnknownMachines string
+	// IPXEDir holds the iPXE binaries, served over HTTP for UEFI HTTP boot
+	// (default /usr/lib/ipxe).
+	IPXEDir string
+
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Region is a running regional client.
+type Region struct {
+	cfg     Config
+	log     *slog.Logger
+	svc     *task.Service
+	actor   string
+	tasks   *taskTable
+	tokens  *tokens
+	catalog *Catalogue
+
+	progressMu sync.Mutex
+	progress   map[string]*progressState
+
+	lastSeenMu   sync.Mutex
+	lastSeen     map[lpmos.MAC]time.Time
+	discoveredAt map[lpmos.MAC]time.Time
+
+	handler http.Handler
+
+	hbMu          sync.RWMutex
+	lastHeartbeat time.Time
+	storeOK       bool
+}
+
+// New checks the configuration and builds a region; Run starts it.
+func New(cfg Config) (*Region, error) {
+	if err := lpmos.ValidateRegionID(cfg.RegionID); err != nil {
+		return nil, fmt.Errorf("region: %w", err)
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("region: a store is required")
+	}
+	if cfg.PublicURL == "" {
+		return nil, errors.New("region: the public URL machines use to reach it is required")
+	}
+	if cfg.BootDir == "" {
+		cfg.BootDir = filepath.Join("lpmos-data", "boot")
+	}
+	if cfg.AgentKernel == "" {
+		cfg.AgentKernel = "vmlinuz"
+	}
+	if cfg.AgentInitrd == "" {
+		cfg.AgentInitrd = "initramfs.cpio.zst"
+	}
+	defaults := map[task.Status]time.Duration{
+		task.StatusReady: 24 * time.Hour, task.StatusBooting: 20 * time.Minute,
+		task.StatusPendingApproval: 7 * 24 * time.Hour, task.StatusApproved: 30 * time.Minute,
+		task.StatusInstalling: 2 * time.Hour,
+	}
+	if cfg.Timeouts == nil {
+		cfg.Timeouts = defaults
+	}
+	if cfg.TimeoutCheckInterval <= 0 {
+		cfg.TimeoutCheckInterval = 5 * time.Second
+	}
+	if cfg.HeartbeatTTL <= 0 {
+		cfg.HeartbeatTTL = 30 * time.Second
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = cfg.HeartbeatTTL / 3
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
+	}
+	if cfg.ApprovalWait <= 0 {
+		cfg.ApprovalWait = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	switch cfg.UnknownMachines {
+	case "":
+		cfg.UnknownMachines = UnknownIgnore
+	case UnknownIgnore, UnknownRecord:
+	default:
+		return nil, fmt.Errorf("region: unknown machines: %q is neither %q nor %q", cfg.UnknownMachines, UnknownIgnore, UnknownRecord)
+	}
+	if cfg.IPXEDir == "" {
+		cfg.IPXEDir = "/usr/lib/ipxe"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Logger.With("region", cfg.RegionID)
+	cat, problems := ScanCatalogue(cfg.BootDir, cfg.PublicURL)
+	for _, p := range problems {
+		log.Warn("OS catalogue entry skipped", "err", p)
+	}
+	r := &Region{
+		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
+		tasks: newTaskTable(), catalog: cat, progress: map[string]*progressState{},
+		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
+	}
+	r.tokens = &tokens{st: cfg.Store, now: cfg.Now}
+	mux := http.NewServeMux()
+	r.agentRoutes(mux)
+	if err := r.bootRoutes(mux); err != nil {
+		return nil, fmt.Errorf("region: %w", err)
+	}
+	r.handler = mux
+	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now})
+	return r, nil
+}
+
+// Catalogue is what the region can install.
+func (r *Region) Catalogue() *Catalogue { return r.catalog }
+
+// Run watches the region's tasks, heartbeats and enforces timeouts until
+// ctx ends; the caller serves Handler (and DHCP/TFTP) alongside.
+func (r *Region) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.watchTasks(ctx) })
+	g.Go(func() error { return r.heartbeat(ctx) })
+	g.Go(func() error { return r.enforceTimeouts(ctx) })
+	g.Go(func() error { return r.flushProgressLoop(ctx) })
+	return g.Wait()
+}
+
+func (r *Region) checkBootFiles(t *task.Task) error {
+	if r.cfg.SkipBootFileCheck {
+		return nil
+	}
+	for _, name := range []string{r.cfg.AgentKernel, r.cfg.AgentInitrd} {
+		p := filepath.Join(r.cfg.BootDir, name)
+		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("agent boot file %s is missing: build it with `go run ./examples/mkinitramfs --out %s`", p, r.cfg.BootDir)
+		}
+	}
+	if _, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion); !ok {
+		return fmt.Errorf("region %s cannot install %s %s", r.cfg.RegionID, t.Metadata.OSType, t.Metadata.OSVersion)
+	}
+	return nil
+}
+
+// capabilities is what the region publishes.
+func (r *Region) capabilities() task.Capabilities {
+	return task.Capabilities{
+		OS: r.catalog.Offerings(), Services: r.cfg.Services, RegionURL: r.cfg.PublicURL,
+		UpdatedAt: r.cfg.Now().UTC(),
+	}
+}
+
+// heartbeat keeps the region's client keys on a lease: heartbeat (a
+// timestamp), status and capabilities vanish 30 s after the region does, so
+// the control plane sees it offline. On a clean stop it says "offline" at
+// once.
+func (r *Region) heartbeat(ctx context.Context) error {
+	st := r.cfg.Store
+	var lease store.LeaseID
+	write := func() error {
+		if lease == store.NoLease {
+			id, err := st.Grant(ctx, r.cfg.HeartbeatTTL)
+			if err != nil {
+				return err
+			}
+			lease = id
+		} else if err := st.KeepAliveOnce(ctx, lease); err != nil {
+			if errors.Is(err, store.ErrLeaseNotFound) {
+				lease = store.NoLease // expired while we were cut off: start over
+			}
+			return err
+		}
+		caps, _ := json.Marshal(r.capabilities())
+		now := r.cfg.Now().UTC()
+		_, err := st.Txn(ctx, store.Txn{Then: []store.Op{
+			store.OpPut(task.RegionHeartbeatKey(r.cfg.RegionID), []byte(now.Format(time.RFC3339Nano)), store.WithLease(lease)),
+			store.OpPut(task.RegionStatusKey(r.cfg.RegionID), []byte(task.RegionOnline), store.WithLease(lease)),
+			store.OpPut(task.RegionCapabilitiesKey(r.cfg.RegionID), caps, store.WithLease(lease)),
+		}})
+		if err == nil {
+			r.hbMu.Lock()
+			r.lastHeartbeat, r.storeOK = now, true
+			r.hbMu.Unlock()
+		}
+		return err
+	}
+	tick := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		if err := write(); err != nil && ctx.Err() == nil {
+			r.hbMu.Lock()
+			r.storeOK = false
+			r.hbMu.Unlock()
+			r.log.Warn("heartbeat failed", "err", err)
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			// Say goodbye with a fresh deadline: ctx is already done.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+			defer cancel()
+			if lease != store.NoLease {
+				_ = st.Revoke(sctx, lease)
+			}
+			_, _ = st.Put(sctx, task.RegionStatusKey(r.cfg.RegionID), []byte(task.RegionOffline))
+			return nil
+		}
+	}
+}
+
+// Handler serves the agent API, /health, the iPXE scripts and the boot
+// files.
+func (r *Region) Handler() http.Handler { return r.handler }
