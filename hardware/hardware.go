@@ -1,13 +1,46 @@
 // Package hardware owns the model of a machine's hardware that the agent
-// reports and operators approve: CPU, memory and DIMMs, disks, NICs, BIOS,
-// system and board identity. The collectors that fill Info in on the machine
-// itself will live here too.
+// reports and operators approve (CPU, memory and DIMMs, disks, NICs, BIOS,
+// system and board identity) and the collectors that fill it in on the
+// machine itself, usually from the agent's u-root initramfs.
 //
 // The JSON form of Info is a wire and storage format: it is stored verbatim
 // under /lpmos/tasks/{id}/hardware and shown by the dashboard, so field names
 // only ever grow. This package describes and inspects hardware; it must not
 // talk to the network or the store. Shipping a report is the agent's job,
 // storing it the task package's.
+//
+// # Collecting
+//
+// A Collector reads plain procfs and sysfs files under its Root ("/" by
+// default; tests point it at trees in testdata/): /proc/cpuinfo for the CPU,
+// /proc/meminfo for memory, /sys/block for disks, /sys/class/net for NICs,
+// /sys/class/dmi/id for BIOS, system and board identity, and the raw SMBIOS
+// tables in /sys/firmware/dmi/tables, parsed with u-root's pkg/smbios, for
+// the DIMMs (type 17), which the kernel does not decode anywhere else. A
+// source that is missing or holds garbage leaves its fields empty; many VMs
+// have no DMI at all, and a report with gaps is more useful than none.
+//
+// The collectors do not use github.com/jaypipes/ghw. Its Linux backend reads
+// the same files, yet it reports no DIMMs, and linking it grows a stripped
+// agent binary by about 5 MB (2.1 MB → 7.0 MB measured), most of it net/http
+// and TLS linked in for its PCI database's optional pci.ids download (off by
+// default, switched on by an environment variable), plus YAML. A hardware
+// package must not carry a network client, and the agent has a 10 MB budget.
+//
+// What is listed, and why:
+//   - Disks: whole disks from /sys/block, minus loop, ram, zram, dm-*, md*,
+//     sr*, fd* and nbd* (never an install target, or built on disks that are
+//     listed themselves) and disks of size 0 (a card reader with no card).
+//     SizeGB is decimal, as disks are sold (a 2 TB disk says 2000); Type is
+//     NVMe by name, else SSD or HDD by queue/rotational.
+//   - NICs: interfaces with a device behind them; lo, bridges, bonds, VLANs,
+//     veth, tunnels and ifb have none and are left out.
+//   - Memory: TotalGB is the sum of the DIMMs (binary GiB, the figure on the
+//     purchase order) when SMBIOS lists them, else /proc/meminfo's MemTotal
+//     rounded to the nearest GiB; TotalBytes is that figure unrounded.
+//   - Strings are trimmed, made valid UTF-8 and cut to MaxStringLen, and
+//     firmware placeholders ("To Be Filled By O.E.M.", "Not Specified") are
+//     reported as empty, so a collected Info always passes Validate.
 package hardware
 
 import (
