@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,10 +193,17 @@ func TestBuild(t *testing.T) {
 		}
 	}
 	require.FileExists(t, filepath.Join(tree, "lib/modules", res.KernelVersion, "modules.dep"))
-	var probed []string
+	var (
+		probedMu sync.Mutex // kmodule loads independent modules in parallel
+		probed   []string
+	)
 	err = kmodule.ProbeOptions("virtio_net", "", kmodule.ProbeOpts{
 		RootDir: tree, KVer: res.KernelVersion, IgnoreProcMods: true,
-		DryRunCB: func(p string) { probed = append(probed, moduleName(p)) },
+		DryRunCB: func(p string) {
+			probedMu.Lock()
+			defer probedMu.Unlock()
+			probed = append(probed, moduleName(p))
+		},
 	})
 	require.NoError(t, err)
 	require.NotEmpty(t, probed)
