@@ -55,6 +55,8 @@ var depRules = []depRule{
 		why:   "the control plane talks to regions only through the store, through the store.Store interface"},
 	{pkgs: []string{"internal/..."}, allow: []string{"*"}},
 	{pkgs: []string{"examples/..."}, allow: []string{"*"}},
+	{pkgs: []string{"e2e"}, allow: []string{"*"},
+		why: "end-to-end tests drive the binaries; the directory holds tests only"},
 }
 
 // testOnlyAllow is what any package's tests may import on top of its rule:

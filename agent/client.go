@@ -1,0 +1,239 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/lpmos/lpmos/hardware"
+)
+
+// Errors a caller branches on. Other refusals are *APIError.
+var (
+	// ErrUnauthorized: the region refused the token (401). The task ended
+	// or moved on, or the token is wrong; retrying cannot help.
+	ErrUnauthorized = errors.New("agent token refused by the region")
+	// ErrConflict: the task is not in a state that accepts the call (409),
+	// typically because it was cancelled or failed meanwhile.
+	ErrConflict = errors.New("task moved on")
+	// ErrRejected: the operator rejected or cancelled the task; the agent
+	// reports nothing more and the machine should power off.
+	ErrRejected = errors.New("task rejected: power off")
+)
+
+// APIError is a final (4xx) refusal by the region. It unwraps to
+// ErrUnauthorized for 401 and ErrConflict for 409.
+type APIError struct {
+	Method, Path string
+	StatusCode   int
+	Code         string
+	Message      string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s %s: %d %s: %s", e.Method, e.Path, e.StatusCode, e.Code, e.Message)
+}
+
+func (e *APIError) Unwrap() error {
+	switch e.StatusCode {
+	case http.StatusUnauthorized:
+		return ErrUnauthorized
+	case http.StatusConflict:
+		return ErrConflict
+	}
+	return nil
+}
+
+// Client calls the region's agent API. It is safe for concurrent use.
+type Client struct {
+	cfg Config
+}
+
+// NewClient checks cfg and returns a client.
+func NewClient(cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Client{cfg: cfg.withDefaults()}, nil
+}
+
+// Close releases the client's idle connections (and their goroutines).
+func (c *Client) Close() { c.cfg.HTTPClient.CloseIdleConnections() }
+
+// Report sends the hardware report.
+func (c *Client) Report(ctx context.Context, hw hardware.Info) (ReportResponse, error) {
+	var out ReportResponse
+	err := c.do(ctx, http.MethodPost, PathReport, ReportRequest{MACAddress: c.cfg.MAC.String(), TaskID: c.cfg.TaskID, Hardware: hw}, &out, c.cfg.RequestTimeout)
+	return out, err
+}
+
+// Progress reports install progress; stage "completed" at 100 completes
+// the task.
+func (c *Client) Progress(ctx context.Context, stage string, pct int, msg string, details map[string]any) error {
+	return c.do(ctx, http.MethodPost, PathProgress, ProgressRequest{MACAddress: c.cfg.MAC.String(), TaskID: c.cfg.TaskID,
+		Stage: stage, Percentage: pct, Message: msg, Details: details}, nil, c.cfg.RequestTimeout)
+}
+
+// Fail reports the task failed at stage with an error code.
+func (c *Client) Fail(ctx context.Context, stage, code, msg string) error {
+	return c.Status(ctx, StatusRequest{Status: "failed", Stage: stage, Code: code, Message: msg})
+}
+
+// Status posts an outcome; MAC and task ID are filled in.
+func (c *Client) Status(ctx context.Context, s StatusRequest) error {
+	s.MACAddress, s.TaskID = c.cfg.MAC.String(), c.cfg.TaskID
+	return c.do(ctx, http.MethodPost, PathStatus, s, nil, c.cfg.RequestTimeout)
+}
+
+// Approval makes one long-poll of at most wait.
+func (c *Client) Approval(ctx context.Context, wait time.Duration) (ApprovalResponse, error) {
+	var out ApprovalResponse
+	path := PathApproval + c.cfg.MAC.String() + "?wait=" + strconv.Itoa(int(wait/time.Second))
+	err := c.do(ctx, http.MethodGet, path, nil, &out, wait+c.cfg.RequestTimeout)
+	return out, err
+}
+
+// WaitApproval long-polls until the task is decided: it returns the
+// response with a plan when approved, and ErrRejected (with the response,
+// whose Reason says why) when the region says power off.
+func (c *Client) WaitApproval(ctx context.Context) (ApprovalResponse, error) {
+	for {
+		resp, err := c.Approval(ctx, c.cfg.ApprovalWait)
+		if err != nil {
+			return resp, err
+		}
+		switch {
+		case resp.Approved && resp.Plan != nil:
+			return resp, nil
+		case resp.NextAction == ActionPowerOff:
+			return resp, fmt.Errorf("%w: task %s is %s: %s", ErrRejected, resp.TaskID, resp.Status, resp.Reason)
+		}
+		if err := ctx.Err(); err != nil {
+			return resp, err
+		}
+	}
+}
+
+// Health asks the region for /health once (no retries: it is a probe). A
+// degraded region (503) still returns its answer.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.cfg.RegionURL+PathHealth, nil)
+	if err != nil {
+		return Health{}, err
+	}
+	resp, err := c.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return Health{}, fmt.Errorf("region health: %w", err)
+	}
+	defer resp.Body.Close()
+	var h Health
+	if err := json.NewDecoder(io.LimitReader(resp.Body, MaxBodyBytes)).Decode(&h); err != nil {
+		return Health{}, fmt.Errorf("region health: %d: %w", resp.StatusCode, err)
+	}
+	return h, nil
+}
+
+// retryableError marks an attempt worth repeating.
+type retryableError struct {
+	err        error
+	retryAfter time.Duration
+}
+
+func (e *retryableError) Error() string { return e.err.Error() }
+func (e *retryableError) Unwrap() error { return e.err }
+
+// do runs one API call with retries on network errors, 5xx and 429.
+func (c *Client) do(ctx context.Context, method, path string, in, out any, timeout time.Duration) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("%s %s: %w", method, path, err)
+		}
+	}
+	p := c.cfg.Retry
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		err := c.once(ctx, method, path, body, out, timeout)
+		var re *retryableError
+		if err == nil || !errors.As(err, &re) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+		}
+		backoff := min(p.Max, p.Initial<<min(attempt-1, 30))
+		sleep := max(time.Duration(rand.Int64N(int64(backoff))+1), re.retryAfter)
+		if attempt >= p.Attempts || time.Since(start)+sleep > p.MaxElapsed {
+			return fmt.Errorf("%s %s: giving up after %d attempts in %s: %w", method, path, attempt, time.Since(start).Round(time.Millisecond), re.err)
+		}
+		c.cfg.Logger.Debug("agent API call failed, retrying", "path", path, "attempt", attempt, "in", sleep, "err", re.err)
+		t := time.NewTimer(sleep)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Client) once(ctx context.Context, method, path string, body []byte, out any, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.cfg.RegionURL+path, rd)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.cfg.HTTPClient.Do(req)
+	if err != nil {
+		// Network errors and our own per-attempt timeout are worth a retry;
+		// the caller's cancellation is checked by do.
+		return &retryableError{err: fmt.Errorf("%s %s: %w", method, path, err)}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes))
+	if err != nil {
+		return &retryableError{err: fmt.Errorf("%s %s: reading answer: %w", method, path, err)}
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		if out == nil {
+			return nil
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decoding answer: %w", method, path, err)
+		}
+		return nil
+	}
+	apiErr := &APIError{Method: method, Path: path, StatusCode: resp.StatusCode, Message: http.StatusText(resp.StatusCode)}
+	var e Error
+	if json.Unmarshal(data, &e) == nil && e.Error.Code != "" {
+		apiErr.Code, apiErr.Message = e.Error.Code, e.Error.Message
+	}
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
+		var after time.Duration
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+			after = min(time.Duration(s)*time.Second, time.Minute)
+		}
+		return &retryableError{err: apiErr, retryAfter: after}
+	}
+	return apiErr
+}

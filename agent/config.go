@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/lpmos/lpmos"
+)
+
+// ErrInvalidConfig is wrapped by ParseCmdline's and Config.validate's errors.
+var ErrInvalidConfig = errors.New("invalid agent configuration")
+
+// Config is what the agent needs to talk to its region. RegionURL, MAC,
+// TaskID and Token come from the kernel command line (ParseCmdline) or
+// flags; the rest has sensible zero-value defaults.
+type Config struct {
+	RegionURL string
+	MAC       lpmos.MAC
+	TaskID    string
+	Token     string
+
+	// HTTPClient is used for every agent API call (nil: a client with
+	// sensible dial/TLS timeouts). Per-call timeouts come from
+	// RequestTimeout, not from the client.
+	HTTPClient *http.Client
+	// RequestTimeout bounds one ordinary call (default 30 s); the approval
+	// long-poll gets ApprovalWait on top.
+	RequestTimeout time.Duration
+	// ApprovalWait is the ?wait= of one approval long-poll (default 30 s;
+	// the region caps it at its own limit).
+	ApprovalWait time.Duration
+	Retry        RetryPolicy
+	Logger       *slog.Logger
+}
+
+// RetryPolicy bounds the retries of one call on network errors, 5xx and 429:
+// exponential backoff from Initial to Max with full jitter, at most Attempts
+// tries and MaxElapsed in total, whichever ends first.
+type RetryPolicy struct {
+	Initial    time.Duration // default 200 ms
+	Max        time.Duration // default 10 s
+	Attempts   int           // default 30
+	MaxElapsed time.Duration // default 5 min
+}
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	if p.Initial <= 0 {
+		p.Initial = 200 * time.Millisecond
+	}
+	if p.Max <= 0 {
+		p.Max = 10 * time.Second
+	}
+	if p.Attempts <= 0 {
+		p.Attempts = 30
+	}
+	if p.MaxElapsed <= 0 {
+		p.MaxElapsed = 5 * time.Minute
+	}
+	return p
+}
+
+func (c Config) withDefaults() Config {
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Transport: &http.Transport{
+			Proxy:                 nil, // the region is on the provisioning network
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConns:          4,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ResponseHeaderTimeout: 0, // the long-poll holds the headers back
+		}}
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 30 * time.Second
+	}
+	if c.ApprovalWait <= 0 {
+		c.ApprovalWait = 30 * time.Second
+	}
+	c.Retry = c.Retry.withDefaults()
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Validate checks the four identity fields.
+func (c Config) Validate() error {
+	if err := validateRegionURL(c.RegionURL); err != nil {
+		return err
+	}
+	if c.MAC.IsZero() {
+		return fmt.Errorf("%w: lpmos.mac is missing", ErrInvalidConfig)
+	}
+	if err := lpmos.ValidateTaskID(c.TaskID); err != nil {
+		return fmt.Errorf("%w: lpmos.task: %w", ErrInvalidConfig, err)
+	}
+	return validateToken(c.Token)
+}
+
+func validateRegionURL(s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: lpmos.region is missing", ErrInvalidConfig)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%w: lpmos.region: %w", ErrInvalidConfig, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("%w: lpmos.region %q is not an http(s)://host[:port][/path] URL", ErrInvalidConfig, s)
+	}
+	return nil
+}
+
+// validateToken accepts the opaque token charsets in use (hex today,
+// base64url or JWT-like later) and nothing that could break a header.
+func validateToken(s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: lpmos.token is missing", ErrInvalidConfig)
+	}
+	if len(s) < 16 || len(s) > 1024 {
+		return fmt.Errorf("%w: lpmos.token must be 16..1024 characters, got %d", ErrInvalidConfig, len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("-._~+/=", c) >= 0
+		if !ok {
+			return fmt.Errorf("%w: lpmos.token has a character outside [A-Za-z0-9-._~+/=] at %d", ErrInvalidConfig, i)
+		}
+	}
+	return nil
+}
+
+// ParseCmdline reads the agent's identity from a kernel command line
+// (/proc/cmdline): lpmos.region=URL lpmos.mac=MAC lpmos.task=ID
+// lpmos.token=TOKEN. Words without "=" (the UEFI line starts with a bare
+// image name such as "vmlinuz") and other parameters are skipped; a
+// repeated lpmos.* key is an error, since which one wins would be a guess.
+func ParseCmdline(cmdline string) (Config, error) {
+	var c Config
+	seen := map[string]bool{}
+	for _, w := range strings.Fields(cmdline) {
+		k, v, ok := strings.Cut(w, "=")
+		if !ok || !strings.HasPrefix(k, "lpmos.") {
+			continue
+		}
+		if seen[k] {
+			return Config{}, fmt.Errorf("%w: %s given twice", ErrInvalidConfig, k)
+		}
+		seen[k] = true
+		v = strings.Trim(v, `"`)
+		switch k {
+		case "lpmos.region":
+			c.RegionURL = strings.TrimRight(v, "/")
+		case "lpmos.mac":
+			m, err := lpmos.ParseMAC(v)
+			if err != nil {
+				return Config{}, fmt.Errorf("%w: lpmos.mac: %w", ErrInvalidConfig, err)
+			}
+			c.MAC = m
+		case "lpmos.task":
+			c.TaskID = v
+		case "lpmos.token":
+			c.Token = v
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}

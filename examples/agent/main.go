@@ -1,0 +1,115 @@
+// Command agent is the LPMOS agent a machine runs from RAM after
+// PXE-booting: it reads its region, MAC, task and token from the kernel
+// command line (or flags), reports the hardware, waits for approval and
+// installs the OS with progress. On rejection it exits 0 and leaves
+// powering off to init, unless --poweroff (or running as PID 1).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/agent/install"
+	"github.com/lpmos/lpmos/hardware"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		region   = flag.String("region", "", "region URL (default: lpmos.region= on the kernel command line)")
+		mac      = flag.String("mac", "", "MAC of the boot NIC (default: lpmos.mac=)")
+		taskID   = flag.String("task", "", "task ID (default: lpmos.task=)")
+		token    = flag.String("token", "", "agent token (default: lpmos.token=)")
+		cmdline  = flag.String("cmdline", "/proc/cmdline", "kernel command line to read the lpmos.* parameters from")
+		demo     = flag.Bool("demo", false, "simulate the install (writes nothing)")
+		poweroff = flag.Bool("poweroff", false, "power the machine off when the task is rejected (implied when PID 1)")
+	)
+	flag.Parse()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+
+	cfg, err := config(*cmdline, *region, *mac, *taskID, *token)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	client, err := agent.NewClient(cfg)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	installers := map[string]agent.Installer{"image": &install.Image{Logger: log}}
+	if *demo {
+		installers = map[string]agent.Installer{"image": install.Demo{}, "installer": install.Demo{}}
+	}
+	runner, err := agent.NewRunner(agent.RunnerConfig{Client: client, Collector: &hardware.Collector{}, Installers: installers, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = runner.Run(ctx)
+	switch {
+	case errors.Is(err, agent.ErrRejected):
+		fmt.Println("task not approved:", err)
+		if *poweroff || os.Getpid() == 1 {
+			syscall.Sync()
+			return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+		}
+		return nil
+	case err != nil:
+		return err
+	}
+	fmt.Println("install completed: reboot to the installed system")
+	return nil
+}
+
+// config reads the kernel command line, if there is one, and lets flags
+// override it.
+func config(path, region, mac, taskID, token string) (agent.Config, error) {
+	var line string
+	if region == "" || mac == "" || taskID == "" || token == "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return agent.Config{}, fmt.Errorf("read %s (or pass --region, --mac, --task, --token): %w", path, err)
+		}
+		line = string(b)
+	}
+	for k, v := range map[string]string{"lpmos.region": region, "lpmos.mac": mac, "lpmos.task": taskID, "lpmos.token": token} {
+		if v != "" {
+			line = dropParam(line, k) + " " + k + "=" + v
+		}
+	}
+	if mac != "" {
+		if _, err := lpmos.ParseMAC(mac); err != nil {
+			return agent.Config{}, fmt.Errorf("--mac: %w", err)
+		}
+	}
+	return agent.ParseCmdline(line)
+}
+
+// dropParam removes key=... words from a command line.
+func dropParam(line, key string) string {
+	var kept []string
+	for _, w := range strings.Fields(line) {
+		if !strings.HasPrefix(w, key+"=") {
+			kept = append(kept, w)
+		}
+	}
+	return strings.Join(kept, " ")
+}
