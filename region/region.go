@@ -180,6 +180,9 @@ func New(cfg Config) (*Region, error) {
 	return r, nil
 }
 
+// PublicURL is how machines reach the region.
+func (r *Region) PublicURL() string { return r.cfg.PublicURL }
+
 // Catalogue is what the region can install.
 func (r *Region) Catalogue() *Catalogue { return r.catalog }
 

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lpmos/lpmos/agent/sim"
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/cmdutil"
 )
@@ -36,6 +37,8 @@ func main() {
 	tlsKey := fs.String("tls-key", "", "key of --tls-cert (PEM)")
 	logFormat := fs.String("log-format", "text", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	simulate := fs.Int("simulate", 0, "run N simulated machines that boot through the real region with the demo installer")
+	simSpeed := fs.Float64("simulate-speed", 1, "speed-up of the simulated installs (1: about 20 s each)")
 	storeFlags.Register(fs, true)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
@@ -74,12 +77,18 @@ func main() {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return cp.Run(ctx) })
-	if _, err := regionFlags.StartRegion(ctx, g, st, log, cmdutil.RegionOptions{TFTPOptional: true}); err != nil {
+	reg, err := regionFlags.StartRegion(ctx, g, st, log, cmdutil.RegionOptions{TFTPOptional: true, SkipBootFileCheck: *simulate > 0})
+	if err != nil {
 		log.Error("cannot start the region", "err", err)
 		stop()
 		_ = g.Wait()
 		closeStore()
 		os.Exit(1)
+	}
+	for _, mac := range sim.MACs(*simulate) {
+		m := &sim.Machine{MAC: mac, RegionURL: reg.PublicURL(), Logger: log, Speed: *simSpeed}
+		g.Go(func() error { return m.Run(ctx) })
+		fmt.Printf("simulated machine: %s (create a task for it in region %s)\n", mac, regionFlags.Region)
 	}
 	g.Go(func() error {
 		return cp.ListenAndServe(ctx, controlplane.ServeOptions{

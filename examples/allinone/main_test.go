@@ -45,7 +45,7 @@ func TestAllInOneRuns(t *testing.T) {
 		"--data-dir", data, "--boot-dir", filepath.Join(data, "boot"),
 		"--listen-addr", fmt.Sprintf("127.0.0.1:%d", cp),
 		"--region-listen", fmt.Sprintf("127.0.0.1:%d", rp), "--region-url", fmt.Sprintf("http://127.0.0.1:%d", rp),
-		"--tftp-listen", "",
+		"--tftp-listen", "", "--simulate", "1", "--simulate-speed", "50",
 		"--etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
 		"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
 	cmd.Env = append(os.Environ(), "LPMOS_ADMIN_TOKEN=")
@@ -64,10 +64,13 @@ func TestAllInOneRuns(t *testing.T) {
 	}()
 
 	// It announces the dashboard and the generated admin token.
-	var dashboard, token string
+	var dashboard, token, simulated string
 	sc := bufio.NewScanner(stdout)
-	for (dashboard == "" || token == "") && sc.Scan() {
+	for (dashboard == "" || token == "" || simulated == "") && sc.Scan() {
 		line := sc.Text()
+		if m := regexp.MustCompile(`^simulated machine: (\S+)`).FindStringSubmatch(line); m != nil {
+			simulated = m[1]
+		}
 		if u, ok := strings.CutPrefix(line, "LPMOS dashboard: "); ok {
 			dashboard = u
 		}
@@ -77,6 +80,7 @@ func TestAllInOneRuns(t *testing.T) {
 	}
 	require.Equal(t, fmt.Sprintf("http://127.0.0.1:%d/", cp), dashboard)
 	require.NotEmpty(t, token)
+	require.Equal(t, "02:00:00:00:00:01", simulated)
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
 
 	api := func(method, path, body string) (int, map[string]any) {
@@ -98,17 +102,24 @@ func TestAllInOneRuns(t *testing.T) {
 		regions, _ := body["regions"].([]any)
 		return code == 200 && len(regions) == 1 && regions[0].(map[string]any)["status"] == "online"
 	}, 30*time.Second, 100*time.Millisecond)
-	code, body := api("POST", "/api/v1/tasks", `{"region_id":"dc1","target_mac":"52:54:00:aa:bb:cc","os_type":"debian","os_version":"12"}`)
+	// The simulated machine boots through the region once it has a task,
+	// reports its hardware, and installs once approved.
+	code, body := api("POST", "/api/v1/tasks", `{"region_id":"dc1","target_mac":"`+simulated+`","os_type":"debian","os_version":"12"}`)
 	require.Equal(t, http.StatusCreated, code, "%v", body)
 	id := body["task_id"].(string)
-	// No agent boot files in a fresh boot directory: the region says so
-	// on the task instead of leaving it pending.
-	require.Eventually(t, func() bool {
-		_, body := api("GET", "/api/v1/tasks/"+id, "")
-		return body["status"] == "failed"
-	}, 30*time.Second, 100*time.Millisecond)
-	_, body = api("GET", "/api/v1/tasks/"+id, "")
-	assert.Equal(t, "boot_files_missing", body["error"].(map[string]any)["code"])
+	waitFor := func(status string) map[string]any {
+		var got map[string]any
+		require.Eventually(t, func() bool {
+			_, got = api("GET", "/api/v1/tasks/"+id, "")
+			return got["status"] == status
+		}, 60*time.Second, 100*time.Millisecond, "task never reached %s: %v", status, got)
+		return got
+	}
+	got := waitFor("pending_approval")
+	assert.Equal(t, "Simulated Xeon", got["hardware"].(map[string]any)["cpu"].(map[string]any)["model"])
+	code, body = api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true,"notes":"simulated"}`)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	waitFor("completed")
 
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", rp))
 	require.NoError(t, err)
