@@ -3,6 +3,13 @@
 // command line (or flags), reports the hardware, waits for approval and
 // installs the OS with progress. On rejection it exits 0 and leaves
 // powering off to init, unless --poweroff (or running as PID 1).
+//
+// In the LPMOS initramfs (u-root's init starts it, and the initramfs lists
+// its kernel modules in /etc/lpmos/modules) it first loads the drivers and
+// brings the boot NIC up with DHCP, and it ends the machine's stay in RAM
+// itself, since there is no shell to return to: reboot after an install
+// (the region then sends the machine to its disk) or a failure (the region
+// decides what comes next), power off when the task was rejected.
 package main
 
 import (
@@ -15,10 +22,12 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/agent/install"
+	"github.com/lpmos/lpmos/agent/netup"
 	"github.com/lpmos/lpmos/hardware"
 )
 
@@ -38,6 +47,8 @@ func run() error {
 		cmdline  = flag.String("cmdline", "/proc/cmdline", "kernel command line to read the lpmos.* parameters from")
 		demo     = flag.Bool("demo", false, "simulate the install (writes nothing)")
 		poweroff = flag.Bool("poweroff", false, "power the machine off when the task is rejected (implied when PID 1)")
+		netMode  = flag.String("netup", "auto", "bring the boot NIC up (modules + DHCP) first: auto (in the LPMOS initramfs), yes or no")
+		netOnly  = flag.Bool("netup-only", false, "bring the network up, print the result and exit")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -46,6 +57,45 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	inInitramfs := os.Getppid() == 1 && fileExists(netup.ModulesFile)
+	if *netMode == "yes" || (*netMode == "auto" && inInitramfs) || *netOnly {
+		modules := ""
+		if fileExists(netup.ModulesFile) {
+			modules = netup.ModulesFile
+		}
+		res, err := netup.Up(context.Background(), netup.Options{ModulesFile: modules, MAC: cfg.MAC, Logger: log})
+		if err != nil {
+			return finish(inInitramfs, fmt.Errorf("network: %w", err))
+		}
+		if *netOnly {
+			fmt.Printf("network up: interface=%s address=%s gateway=%s modules=%d\n", res.Interface, res.Address, res.Gateway, res.Modules)
+			return nil
+		}
+	}
+	return finish(inInitramfs, runAgent(log, cfg, *demo, *poweroff))
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// finish ends the agent. In the initramfs the machine reboots (after a
+// pause on errors, so a broken network does not spin): the region's script
+// decides what it boots next.
+func finish(inInitramfs bool, err error) error {
+	if !inInitramfs {
+		return err
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agent:", err, "- rebooting in 30 s")
+		time.Sleep(30 * time.Second)
+	}
+	syscall.Sync()
+	return syscall.Reboot(syscall.LINUX_REBOOT_CMD_RESTART)
+}
+
+func runAgent(log *slog.Logger, cfg agent.Config, demo, poweroff bool) error {
 	cfg.Logger = log
 	client, err := agent.NewClient(cfg)
 	if err != nil {
@@ -53,7 +103,7 @@ func run() error {
 	}
 	defer client.Close()
 	installers := map[string]agent.Installer{"image": &install.Image{Logger: log}}
-	if *demo {
+	if demo {
 		installers = map[string]agent.Installer{"image": install.Demo{}, "installer": install.Demo{}}
 	}
 	runner, err := agent.NewRunner(agent.RunnerConfig{Client: client, Collector: &hardware.Collector{}, Installers: installers, Logger: log})
@@ -67,7 +117,7 @@ func run() error {
 	switch {
 	case errors.Is(err, agent.ErrRejected):
 		fmt.Println("task not approved:", err)
-		if *poweroff || os.Getpid() == 1 {
+		if poweroff || os.Getpid() == 1 || (os.Getppid() == 1 && fileExists(netup.ModulesFile)) {
 			syscall.Sync()
 			return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
 		}

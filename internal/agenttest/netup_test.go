@@ -1,0 +1,71 @@
+package agenttest_test
+
+import (
+	"context"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos/dhcp"
+	"github.com/lpmos/lpmos/internal/netns"
+)
+
+// The agent binary brings its boot NIC up on its own, as it must in the
+// initramfs: in a namespace that has only an unconfigured veth, with our
+// DHCP server (full mode) on the other end, `agent --netup-only` gets an
+// address, a default route and reports them.
+func TestAgentBringsNetworkUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("network namespaces (root); not in -short mode")
+	}
+	netns.Require(t)
+	bin := filepath.Join(t.TempDir(), "agent")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/lpmos/lpmos/examples/agent").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	srv, cli := netns.New(t), netns.New(t)
+	srvIf, cliIf := netns.Veth(t, srv, "10.78.0.1/24", cli, "")
+	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x78, 0x00, 0x10}
+	cli.SetMAC(t, cliIf, mac)
+
+	cfg := dhcp.Config{Interface: srvIf, Mode: dhcp.ModeFull, Pool: dhcp.Pool{
+		Start: net.IPv4(10, 78, 0, 100), End: net.IPv4(10, 78, 0, 110), Router: net.IPv4(10, 78, 0, 1),
+	}}
+	var s *dhcp.Server
+	require.NoError(t, srv.Do(func() error {
+		var err error
+		if cfg.Conn, err = dhcp.ListenPacket(context.Background(), srvIf, 67); err != nil {
+			return err
+		}
+		s, err = dhcp.New(cfg)
+		return err
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	<-s.Ready()
+
+	rctx, rcancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer rcancel()
+	got, err := cli.Run(rctx, bin, "--netup-only", "--mac", mac.String(), "--region", "http://10.78.0.1:8081",
+		"--task", "00000000-0000-4000-8000-000000000001", "--token", strings.Repeat("ab", 16))
+	require.NoError(t, err, "%s", got)
+	assert.Contains(t, got, "network up: interface="+cliIf)
+	assert.Contains(t, got, "address=10.78.0.10")
+	assert.Contains(t, got, "gateway=10.78.0.1")
+
+	addrs := cli.MustRun(t, "ip", "-4", "addr", "show", "dev", cliIf)
+	assert.Contains(t, addrs, "inet 10.78.0.10")
+	routes := cli.MustRun(t, "ip", "-4", "route")
+	assert.Contains(t, routes, "default via 10.78.0.1")
+}
