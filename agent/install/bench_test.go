@@ -16,12 +16,17 @@ import (
 	"github.com/lpmos/lpmos/agent/install"
 )
 
-// BenchmarkImageWrite streams a zstd image (LPMOS_BENCH_MB MiB raw,
-// default 256) over loopback HTTP onto a file with the image installer,
-// fsync included, and reports MB/s of raw bytes written next to
-// `dd bs=4M oflag=direct` (or conv=fsync where O_DIRECT is refused) writing
-// the same raw bytes from a local file into the same directory: dd is the
-// ceiling without download, decompression and hashing.
+// BenchmarkImageWrite compares the image installer with
+// `dd bs=4M oflag=direct` (the issue's budget: agent >= 90% of it) on the
+// same target: "file" is a regular file in the temp dir, "loop" a loop
+// device over a sparse file (root and losetup only). Both write the same
+// raw image (LPMOS_BENCH_MB MiB, default 256): the installer downloads it
+// zstd-compressed over loopback HTTP, decompresses it, hashes both streams
+// and fsyncs; dd copies the raw bytes from a file in the page cache. Each
+// side runs b.N times onto the same target. Reported: agent_MBps,
+// dd_direct_MBps, ratio (agent/dd_direct), and dd_direct_fsync_MBps
+// (oflag=direct conv=fsync: dd with the durability the agent has, as plain
+// oflag=direct does not fsync).
 //
 //	go test -run '^$' -bench ImageWrite -benchtime 3x ./agent/install/
 func BenchmarkImageWrite(b *testing.B) {
@@ -33,40 +38,65 @@ func BenchmarkImageWrite(b *testing.B) {
 	data := compress(b, "zstd", raw)
 	dir := b.TempDir()
 	rawPath := filepath.Join(dir, "image.raw")
-	require.NoError(b, os.WriteFile(rawPath, raw, 0o644))
+	require.NoError(b, os.WriteFile(rawPath, raw, 0o644)) // stays in the page cache
 	ts, _ := serve(b, data, 0)
-	target := filepath.Join(dir, "disk")
-	lister := install.DiskListerFunc(func(context.Context) ([]install.Disk, error) {
-		return []install.Disk{{Path: target, SizeBytes: 1 << 40}}, nil
-	})
-	im := &install.Image{Disks: lister, HTTPClient: &http.Client{}, Logger: quiet}
 	plan := agent.Plan{ImageURL: ts.URL + "/image", SHA256: hexSum(data), Disk: "auto"}
-	nop := func(string, int, string, map[string]any) {}
 
-	b.SetBytes(int64(len(raw)))
-	b.ResetTimer()
-	start := time.Now()
-	for b.Loop() {
-		_ = os.Remove(target)
-		require.NoError(b, im.Install(context.Background(), plan, nop))
+	run := func(b *testing.B, target string, fresh bool) {
+		lister := install.DiskListerFunc(func(context.Context) ([]install.Disk, error) {
+			return []install.Disk{{Path: target, SizeBytes: 1 << 40}}, nil
+		})
+		im := &install.Image{Disks: lister, HTTPClient: &http.Client{}, Logger: quiet}
+		var direct any
+		progress := func(stage string, _ int, _ string, d map[string]any) {
+			if stage == agent.StageCompleted {
+				direct = d["direct_io"]
+			}
+		}
+		b.SetBytes(int64(len(raw)))
+		var agentTime time.Duration
+		for b.Loop() {
+			if fresh {
+				_ = os.Remove(target)
+			}
+			t0 := time.Now()
+			require.NoError(b, im.Install(context.Background(), plan, progress))
+			agentTime += time.Since(t0)
+		}
+		b.StopTimer()
+		if direct != true {
+			b.Logf("the installer did not use O_DIRECT on %s", target)
+		}
+		dd := func(flags ...string) float64 {
+			var el time.Duration
+			for range b.N {
+				if fresh {
+					_ = os.Remove(target)
+				}
+				t0 := time.Now()
+				args := append([]string{"if=" + rawPath, "of=" + target, "bs=4M", "status=none"}, flags...)
+				if out, err := exec.Command("dd", args...).CombinedOutput(); err != nil {
+					b.Logf("dd %v: %v: %s", flags, err, out)
+					return 0
+				}
+				el += time.Since(t0)
+			}
+			return float64(len(raw)) * float64(b.N) / 1e6 / el.Seconds()
+		}
+		agentMBps := float64(len(raw)) * float64(b.N) / 1e6 / agentTime.Seconds()
+		ddDirect := dd("oflag=direct")
+		ddFsync := dd("oflag=direct", "conv=fsync")
+		b.ReportMetric(agentMBps, "agent_MBps")
+		b.ReportMetric(ddDirect, "dd_direct_MBps")
+		b.ReportMetric(ddFsync, "dd_direct_fsync_MBps")
+		if ddDirect > 0 {
+			b.ReportMetric(agentMBps/ddDirect, "ratio")
+		}
+		b.ReportMetric(float64(len(data))/float64(len(raw)), "zstd_ratio")
 	}
-	el := time.Since(start)
-	b.StopTimer()
-	b.ReportMetric(float64(len(raw))*float64(b.N)/1e6/el.Seconds(), "agent_MB/s")
-	b.ReportMetric(float64(len(data))/float64(len(raw)), "zstd_ratio")
 
-	ddOut := filepath.Join(dir, "dd")
-	for _, flag := range []string{"oflag=direct", "conv=fsync"} {
-		_ = os.Remove(ddOut)
-		t0 := time.Now()
-		cmd := exec.Command("dd", "if="+rawPath, "of="+ddOut, "bs=4M", flag, "status=none")
-		if err := cmd.Run(); err != nil {
-			continue
-		}
-		name := "dd_direct_MB/s"
-		if flag == "conv=fsync" {
-			name = "dd_fsync_MB/s"
-		}
-		b.ReportMetric(float64(len(raw))/1e6/time.Since(t0).Seconds(), name)
-	}
+	b.Run("file", func(b *testing.B) { run(b, filepath.Join(dir, "disk"), true) })
+	b.Run("loop", func(b *testing.B) {
+		run(b, loopDevice(b, int64(len(raw)), nil), false)
+	})
 }
