@@ -180,10 +180,18 @@ func (l *lab) call(method, path, token string, body any) (int, map[string]any) {
 	return resp.StatusCode, out
 }
 
-func dump(t *testing.T, st store.Store) int64 {
-	res, err := st.List(context.Background(), task.Root, store.ListOptions{Limit: 1})
-	require.NoError(t, err)
-	return res.Revision
+// dump records every task and agent key with its mod revision. The region
+// keys are left out: the heartbeat rewrites them on its own schedule.
+func dump(t *testing.T, st store.Store) map[string]int64 {
+	out := map[string]int64{}
+	for _, prefix := range []string{task.TasksPrefix, task.AgentsPrefix} {
+		res, err := st.List(context.Background(), prefix, store.ListOptions{})
+		require.NoError(t, err)
+		for _, kv := range res.KVs {
+			out[kv.Key] = kv.ModRevision
+		}
+	}
+	return out
 }
 
 // The whole agent-side flow against a region over the memory store.
