@@ -1,0 +1,280 @@
+// Package testlab is the end-to-end test lab: a throwaway L2 network in two
+// network namespaces, boot servers on one side and a QEMU virtual machine on
+// the other, so a test can PXE-boot a VM from a real region process and
+// watch it run the agent (DESIGN.md §6, shared/pxelab/RECIPE.md).
+//
+//	server namespace                           VM namespace (pure L2, IPv6 off)
+//	  veth 10.99.0.1/24 + fd99::1/64 <--veth--> veth --+
+//	  region/allinone, dnsmasq (IPv6 RA only)          br0 (no STP, no forward delay, no snooping)
+//	                                           tap0  --+  <- qemu-system-x86_64 -netdev tap
+//
+// Every namespace, process and file the lab creates is torn down by
+// t.Cleanup, also when the test fails. The test process itself stays in the
+// root namespace and reaches servers in the server namespace through
+// [Lab.HTTPClient], whose connections are dialled from inside it.
+//
+// It needs root, iproute2, QEMU, the iPXE ROMs, dnsmasq and network access
+// to a Debian mirror for the agent kernel; without them a test fails (it is
+// never skipped silently) with a message naming ./scripts/test.sh, except
+// under -short, where [Require] skips. It is test support, not API: it must
+// not be imported by non-test code.
+package testlab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lpmos/lpmos/internal/netns"
+)
+
+// The lab's addresses. Every lab lives in its own namespaces, so they are
+// the same in every lab and parallel labs do not collide.
+const (
+	// ServerIP is the server namespace's address on the VM link.
+	ServerIP = "10.99.0.1"
+	// ServerCIDR is ServerIP with its prefix.
+	ServerCIDR = ServerIP + "/24"
+	// DHCPRange is a pool on the link for full-mode DHCP, in --dhcp-range form.
+	DHCPRange = "10.99.0.100-10.99.0.199"
+	// serverIPv6 lets the RA daemon advertise a prefix, so iPXE's IPv6
+	// autoconfiguration finishes at once instead of waiting ~16 s.
+	serverIPv6 = "fd99::1/64"
+)
+
+// Lab is one lab network. Create it with [New].
+type Lab struct {
+	// Server is the namespace for the boot servers.
+	Server *netns.NS
+	// VM is the namespace QEMU runs in: a bridge joining the link to the
+	// server namespace and the VM's tap device, no addresses.
+	VM *netns.NS
+	// ServerIf is the server namespace's interface on the VM link (for
+	// --dhcp-iface).
+	ServerIf string
+	// Bridge and Tap are the VM namespace's bridge and QEMU's tap device.
+	Bridge, Tap string
+
+	t      testing.TB
+	ra     *netns.Proc
+	client *http.Client
+}
+
+// Require fails the test unless the lab's tools are installed and it runs
+// as root; under -short it skips instead.
+func Require(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end lab (network namespaces + QEMU); skipped with -short")
+	}
+	if err := netns.Check(); err != nil {
+		t.Fatalf("testlab: %v: the end-to-end tests need root; run them with ./scripts/test.sh (see README.md)", err)
+	}
+	for _, bin := range []string{"ip", "qemu-system-x86_64", "dnsmasq", "go", "apt-get", "dpkg"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("testlab: %s is not installed: run ./scripts/test.sh (see README.md), which installs the lab's tools (qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, iproute2)", bin)
+		}
+	}
+	for _, f := range []string{"/dev/net/tun", "/usr/lib/ipxe/qemu/efi-virtio.rom"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("testlab: %v: run ./scripts/test.sh (see README.md), which installs the lab's tools (Debian packages ipxe-qemu, qemu-system-x86)", err)
+		}
+	}
+}
+
+// New builds the lab network and starts the IPv6 router advertisements on
+// it. Everything is removed again when the test ends.
+func New(t testing.TB) *Lab {
+	t.Helper()
+	Require(t)
+	srv, vm := netns.New(t), netns.New(t)
+	l := &Lab{Server: srv, VM: vm, Bridge: "br0", Tap: "tap0", t: t}
+
+	// Addresses must be usable at once (the RA daemon sends from the
+	// link-local address), and the VM side must stay silent at L3.
+	srv.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	vm.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	srvIf, vmIf := netns.Veth(t, srv, ServerCIDR, vm, "")
+	l.ServerIf = srvIf
+	srv.MustRun(t, "ip", "addr", "add", serverIPv6, "dev", srvIf, "nodad")
+
+	vm.MustRun(t, "ip", "link", "add", l.Bridge, "type", "bridge",
+		"stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
+	vm.MustRun(t, "ip", "tuntap", "add", "dev", l.Tap, "mode", "tap")
+	vm.MustRun(t, "ip", "link", "set", vmIf, "master", l.Bridge, "up")
+	vm.MustRun(t, "ip", "link", "set", l.Tap, "master", l.Bridge, "up")
+	vm.MustRun(t, "ip", "link", "set", l.Bridge, "up")
+
+	l.startRA()
+	l.client = &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{DialContext: l.DialContext, DisableKeepAlives: true},
+	}
+	return l
+}
+
+// startRA runs dnsmasq as an IPv6 router advertiser only: no DNS
+// (port 0), no DHCPv4, and ra-only, so iPXE does not start DHCPv6 either.
+func (l *Lab) startRA() {
+	t := l.t
+	t.Helper()
+	dir := t.TempDir()
+	p, err := l.Server.Start(context.Background(), "dnsmasq", "--keep-in-foreground",
+		"--conf-file=/dev/null", "--port=0", "--user=root",
+		"--interface="+l.ServerIf, "--bind-interfaces",
+		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"),
+		"--dhcp-leasefile="+filepath.Join(dir, "dnsmasq.leases"),
+		"--log-facility=-",
+		"--enable-ra", "--dhcp-range=::,constructor:"+l.ServerIf+",ra-only,64,1h")
+	if err != nil {
+		t.Fatalf("testlab: %v", err)
+	}
+	l.ra = p
+	// dnsmasq fails at start-up or not at all: give it a moment to say so.
+	select {
+	case <-p.Done():
+		t.Fatalf("testlab: dnsmasq (IPv6 RA) exited at once: %v\n%s", p.Wait(), p.Output())
+	case <-time.After(200 * time.Millisecond):
+	}
+	l.keepLog("dnsmasq-ra.log", p)
+}
+
+// keepLog saves a process's output into the test's artifacts when the test
+// ends (registered after the process started, so it runs before the
+// namespace, and the process, is torn down).
+func (l *Lab) keepLog(name string, p *netns.Proc) {
+	t := l.t
+	t.Cleanup(func() {
+		if err := os.WriteFile(filepath.Join(ArtifactDir(t), name), []byte(p.Output()), 0o644); err != nil {
+			t.Logf("testlab: saving %s: %v", name, err)
+		}
+	})
+}
+
+// Start starts a process in the server namespace with extra environment
+// variables ("K=V") and keeps its output as an artifact named name+".log".
+// It is killed when the test ends.
+func (l *Lab) Start(name string, env []string, bin string, args ...string) *netns.Proc {
+	t := l.t
+	t.Helper()
+	argv := append(append([]string{}, env...), bin)
+	argv = append(argv, args...)
+	// env execs in place, like ip netns exec: the PID is the server's own.
+	p, err := l.Server.Start(context.Background(), "env", argv...)
+	if err != nil {
+		t.Fatalf("testlab: %v", err)
+	}
+	l.keepLog(name+".log", p)
+	return p
+}
+
+// DialContext dials from inside the server namespace, for clients in the
+// test process (which stays in the root namespace).
+func (l *Lab) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := l.Server.Do(func() (err error) {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// HTTPClient returns a client whose connections start in the server
+// namespace: it reaches the servers there by their addresses in it
+// (127.0.0.1 for something listening on the namespace's loopback,
+// ServerIP for the link).
+func (l *Lab) HTTPClient() *http.Client { return l.client }
+
+// WaitHTTP polls url through HTTPClient until it answers 200 or timeout
+// passes; it fails the test with proc's output if proc exits first.
+func (l *Lab) WaitHTTP(url string, timeout time.Duration, proc *netns.Proc) {
+	t := l.t
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if proc != nil {
+			select {
+			case <-proc.Done():
+				t.Fatalf("testlab: the server exited while waiting for %s: %v\n%s", url, proc.Wait(), tail(proc.Output(), 40))
+			default:
+			}
+		}
+		resp, err := l.client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out := ""
+	if proc != nil {
+		out = tail(proc.Output(), 40)
+	}
+	t.Fatalf("testlab: %s did not answer 200 within %s (last: %s)\n%s", url, timeout, last, out)
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Tail returns the last n lines of s, for failure messages with a log.
+func Tail(s string, n int) string { return tail(s, n) }
+
+// ArtifactDir is where the test keeps what a person debugging a failure
+// needs (serial console, server logs, QEMU command line):
+// $LPMOS_ARTIFACTS/<test name>, default os.TempDir()/lpmos-artifacts/<test
+// name>. It is emptied the first time a test asks for it in a process, so
+// it always holds the last run, and is left in place afterwards.
+func ArtifactDir(t testing.TB) string {
+	t.Helper()
+	base := os.Getenv("LPMOS_ARTIFACTS")
+	if base == "" {
+		base = filepath.Join(os.TempDir(), "lpmos-artifacts")
+	}
+	dir := filepath.Join(base, sanitize(t.Name()))
+	artifactsMu.Lock()
+	defer artifactsMu.Unlock()
+	if !artifactsSeen[dir] {
+		artifactsSeen[dir] = true
+		_ = os.RemoveAll(dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatalf("testlab: artifacts: %v", err)
+	}
+	return dir
+}
+
+func sanitize(name string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			return r
+		}
+		return '_'
+	}, name)
+}
+
+// Logf is t.Logf with the time since start, for timings in the test log.
+func Logf(t testing.TB, start time.Time, format string, args ...any) {
+	t.Helper()
+	t.Logf("[%6.1fs] %s", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+}
