@@ -45,19 +45,7 @@ func (c *taskCache) subscribe(fn func(task.Change, *task.Task)) {
 // or a broken watch it lists again and resumes; it never gives up while ctx
 // lives.
 func (c *taskCache) run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := c.fillAndFollow(ctx)
-		if ctx.Err() != nil {
-			break
-		}
-		c.log.Warn("task watch ended; listing again", "err", err, "retry_in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	store.Follow(ctx, c.log, "task watch", c.fillAndFollow)
 	return nil
 }
 
@@ -239,47 +227,35 @@ func (c *taskCache) watchLag() time.Duration {
 // full listing and apply with each event, re-listing after compaction or a
 // broken watch. It is the regions cache's engine.
 func storeWatchLoop(ctx context.Context, st store.Store, log *slog.Logger, prefix string, reset func([]store.KV), apply func(store.Event)) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := func() error {
-			var kvs []store.KV
-			var rev int64
-			opts := store.ListOptions{Limit: 5000}
-			for {
-				res, err := st.List(ctx, prefix, opts)
-				if err != nil {
-					return err
-				}
-				if rev == 0 {
-					rev = res.Revision
-				}
-				kvs = append(kvs, res.KVs...)
-				if !res.More || len(res.KVs) == 0 {
-					break
-				}
-				opts.StartKey = res.KVs[len(res.KVs)-1].Key + "\x00"
+	store.Follow(ctx, log, "watch of "+prefix, func(ctx context.Context) error {
+		var kvs []store.KV
+		var rev int64
+		opts := store.ListOptions{Limit: 5000}
+		for {
+			res, err := st.List(ctx, prefix, opts)
+			if err != nil {
+				return err
 			}
-			reset(kvs)
-			wctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			for resp := range st.Watch(wctx, prefix, rev+1) {
-				if resp.Err != nil {
-					return resp.Err
-				}
-				for _, ev := range resp.Events {
-					apply(ev)
-				}
+			if rev == 0 {
+				rev = res.Revision
 			}
-			return errors.New("watch closed")
-		}()
-		if ctx.Err() != nil {
-			return
+			kvs = append(kvs, res.KVs...)
+			if !res.More || len(res.KVs) == 0 {
+				break
+			}
+			opts.StartKey = res.KVs[len(res.KVs)-1].Key + "\x00"
 		}
-		log.Warn("watch ended; listing again", "prefix", prefix, "err", err, "retry_in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		reset(kvs)
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		for resp := range st.Watch(wctx, prefix, rev+1) {
+			if resp.Err != nil {
+				return resp.Err
+			}
+			for _, ev := range resp.Events {
+				apply(ev)
+			}
 		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+		return errors.New("watch closed")
+	})
 }

@@ -161,19 +161,7 @@ func lastActivity(t *task.Task) time.Time {
 // task changes, preparing new tasks. It re-lists after compaction and never
 // returns before ctx ends.
 func (r *Region) watchTasks(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := r.fillAndFollow(ctx)
-		if ctx.Err() != nil {
-			break
-		}
-		r.log.Warn("task watch ended; listing again", "err", err, "retry_in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	store.Follow(ctx, r.log, "task watch", r.fillAndFollow)
 	return nil
 }
 
