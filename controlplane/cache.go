@@ -101,32 +101,7 @@ func (c *taskCache) apply(ctx context.Context, ch task.Change) *task.Task {
 		}
 		t = got
 	default:
-		nt := task.Task{ID: ch.TaskID}
-		if old != nil {
-			nt = *old
-		}
-		if ch.Metadata != nil {
-			nt.Metadata = *ch.Metadata
-		}
-		if ch.Status != "" {
-			nt.Status, nt.Revision = ch.Status, ch.Revision
-		}
-		if ch.Hardware != nil {
-			nt.Hardware = ch.Hardware
-		}
-		if ch.Approval != nil {
-			nt.Approval = ch.Approval
-		}
-		if ch.Progress != nil {
-			nt.Progress = ch.Progress
-		}
-		if ch.Error != nil {
-			nt.Error = ch.Error
-		}
-		if ch.Timeline != nil {
-			nt.Timeline = ch.Timeline
-		}
-		t = &nt
+		t = ch.Fold(old)
 	}
 
 	c.mu.Lock()

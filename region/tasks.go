@@ -230,26 +230,8 @@ func (r *Region) applyChange(ctx context.Context, ch task.Change) {
 	if ch.Revision <= tr.rev {
 		return // already applied through observe
 	}
-	nt := *tr.task
-	if ch.Status != "" {
-		nt.Status, nt.Revision = ch.Status, ch.Revision
-	}
-	if ch.Hardware != nil {
-		nt.Hardware = ch.Hardware
-	}
-	if ch.Approval != nil {
-		nt.Approval = ch.Approval
-	}
-	if ch.Progress != nil {
-		nt.Progress = ch.Progress
-	}
-	if ch.Error != nil {
-		nt.Error = ch.Error
-	}
-	if ch.Timeline != nil {
-		nt.Timeline = ch.Timeline
-	}
-	r.tasks.put(&nt, lastActivity(&nt), ch.Revision)
+	nt := ch.Fold(tr.task)
+	r.tasks.put(nt, lastActivity(nt), ch.Revision)
 }
 
 // observe folds the result of this region's own move into the table at

@@ -121,3 +121,18 @@ func TestParseTaskKey(t *testing.T) {
 	assert.Equal(t, "/lpmos/regions/dc1/tasks/abc", task.RegionTaskKey("dc1", "abc"))
 	assert.Equal(t, "/lpmos/regions/dc1/client/heartbeat", task.RegionHeartbeatKey("dc1"))
 }
+
+func TestChangeFold(t *testing.T) {
+	old := &task.Task{ID: "t1", Status: task.StatusBooting, Revision: 5, Metadata: task.Metadata{RegionID: "dc1"}}
+	p := &task.Progress{Stage: task.StageWriting, Percentage: 40}
+	got := task.Change{TaskID: "t1", Revision: 9, Status: task.StatusInstalling, Progress: p}.Fold(old)
+	assert.Equal(t, &task.Task{ID: "t1", Status: task.StatusInstalling, Revision: 9, Metadata: task.Metadata{RegionID: "dc1"}, Progress: p}, got)
+	assert.Equal(t, task.StatusBooting, old.Status, "the folded task is a copy")
+	// A change without a status keeps the status revision.
+	got = task.Change{TaskID: "t1", Revision: 12, Progress: p}.Fold(old)
+	assert.Equal(t, int64(5), got.Revision)
+	// From nothing, a creation.
+	got = task.Change{TaskID: "t2", Revision: 3, Created: true, Metadata: &task.Metadata{ID: "t2"}, Status: task.StatusPending}.Fold(nil)
+	assert.Equal(t, "t2", got.ID)
+	assert.Equal(t, task.StatusPending, got.Status)
+}

@@ -102,3 +102,35 @@ func (s *Service) changes(evs []store.Event) []Change {
 	}
 	return out
 }
+
+// Fold returns a copy of t with the change applied: what a watch-fed cache
+// does with each Change. t may be nil (a task first seen being created).
+// t itself is never modified, so readers holding it are safe.
+func (c Change) Fold(t *Task) *Task {
+	nt := Task{ID: c.TaskID}
+	if t != nil {
+		nt = *t
+	}
+	if c.Metadata != nil {
+		nt.Metadata = *c.Metadata
+	}
+	if c.Status != "" {
+		nt.Status, nt.Revision = c.Status, c.Revision
+	}
+	if c.Hardware != nil {
+		nt.Hardware = c.Hardware
+	}
+	if c.Approval != nil {
+		nt.Approval = c.Approval
+	}
+	if c.Progress != nil {
+		nt.Progress = c.Progress
+	}
+	if c.Error != nil {
+		nt.Error = c.Error
+	}
+	if c.Timeline != nil {
+		nt.Timeline = c.Timeline
+	}
+	return &nt
+}
