@@ -2,6 +2,7 @@ package install_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,8 +22,10 @@ import (
 // same target: "file" is a regular file in the temp dir, "loop" a loop
 // device over a sparse file (root and losetup only). Both write the same
 // raw image (LPMOS_BENCH_MB MiB, default 256): the installer downloads it
-// zstd-compressed over loopback HTTP, decompresses it, hashes both streams
-// and fsyncs; dd copies the raw bytes from a file in the page cache. Each
+// over loopback HTTP, as is ("raw": the budget's like-for-like case) or
+// zstd-compressed ("zstd": decompressed on the fly, and both the download
+// and the written bytes hashed), and fsyncs; dd copies the raw bytes from
+// a file in the page cache. Each
 // side runs b.N times onto the same target. Reported: agent_MBps,
 // dd_direct_MBps, ratio (agent/dd_direct), and dd_direct_fsync_MBps
 // (oflag=direct conv=fsync: dd with the durability the agent has, as plain
@@ -35,14 +38,14 @@ func BenchmarkImageWrite(b *testing.B) {
 		mb = v
 	}
 	raw := image(mb << 20)
-	data := compress(b, "zstd", raw)
 	dir := b.TempDir()
 	rawPath := filepath.Join(dir, "image.raw")
 	require.NoError(b, os.WriteFile(rawPath, raw, 0o644)) // stays in the page cache
-	ts, _ := serve(b, data, 0)
-	plan := agent.Plan{ImageURL: ts.URL + "/image", SHA256: hexSum(data), Disk: "auto"}
 
-	run := func(b *testing.B, target string, fresh bool) {
+	run := func(b *testing.B, format, target string, fresh bool) {
+		data := compress(b, format, raw)
+		ts, _ := serve(b, data, 0)
+		plan := agent.Plan{ImageURL: ts.URL + "/image", SHA256: hexSum(data), Disk: "auto"}
 		lister := install.DiskListerFunc(func(context.Context) ([]install.Disk, error) {
 			return []install.Disk{{Path: target, SizeBytes: 1 << 40}}, nil
 		})
@@ -92,11 +95,23 @@ func BenchmarkImageWrite(b *testing.B) {
 		if ddDirect > 0 {
 			b.ReportMetric(agentMBps/ddDirect, "ratio")
 		}
-		b.ReportMetric(float64(len(data))/float64(len(raw)), "zstd_ratio")
+		b.ReportMetric(float64(len(data))/float64(len(raw)), "size_ratio")
 	}
 
-	b.Run("file", func(b *testing.B) { run(b, filepath.Join(dir, "disk"), true) })
-	b.Run("loop", func(b *testing.B) {
-		run(b, loopDevice(b, int64(len(raw)), nil), false)
-	})
+	for _, format := range []string{"raw", "zstd"} {
+		b.Run(format+"/file", func(b *testing.B) { run(b, format, filepath.Join(dir, "disk"), true) })
+		b.Run(format+"/loop", func(b *testing.B) {
+			run(b, format, loopDevice(b, int64(len(raw)), nil), false)
+		})
+		b.Run(format+"/loop-direct", func(b *testing.B) {
+			run(b, format, loopDeviceOpts(b, int64(len(raw)), nil, true), false)
+		})
+		for _, mbps := range []int64{400, 1000} {
+			b.Run(fmt.Sprintf("%s/loop-%dMBps", format, mbps), func(b *testing.B) {
+				dev := loopDeviceOpts(b, int64(len(raw)), nil, true)
+				throttleWrites(b, dev, mbps*1e6)
+				run(b, format, dev, false)
+			})
+		}
+	}
 }

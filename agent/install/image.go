@@ -130,14 +130,22 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 		total = plan.ImageSize
 	}
 
-	dlHash := sha256.New()
-	var downloaded countWriter
-	br := bufio.NewReaderSize(io.TeeReader(body, io.MultiWriter(dlHash, &downloaded)), 64<<10)
+	tap := &downloadTap{hash: sha256.New()}
+	br := bufio.NewReaderSize(io.TeeReader(body, tap), 64<<10)
 	src, format, err := decompressor(br)
 	if err != nil {
 		return ierr(agent.StageDownloading, CodeBadImage, "%w", err)
 	}
 	defer src.Close()
+	w := newChunkWriter(f, direct, im.ChunkSize, log)
+	dlHash := tap.hash
+	if format == "raw" {
+		// The bytes written are the bytes downloaded: one hash, computed by
+		// the write goroutine alongside the write, serves as both, and the
+		// reading goroutine only reads (the image's fastest path).
+		tap.hash, dlHash = nil, w.hash
+	}
+	downloaded := tap
 
 	start := time.Now()
 	interval := im.ProgressInterval
@@ -163,7 +171,6 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 	}
 	report(true)
 
-	w := newChunkWriter(f, direct, im.ChunkSize, log)
 	written, err := w.copyFrom(ctx, src, func() { report(false) })
 	if err != nil {
 		var we *writeError
@@ -235,9 +242,20 @@ func wipeHead(f *os.File) error {
 	return f.Sync()
 }
 
-type countWriter struct{ n int64 }
+// downloadTap counts the bytes downloaded and hashes them unless hash is
+// nil. Only the reading goroutine writes to it.
+type downloadTap struct {
+	hash hash.Hash
+	n    int64
+}
 
-func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+func (d *downloadTap) Write(p []byte) (int, error) {
+	d.n += int64(len(p))
+	if d.hash != nil {
+		d.hash.Write(p)
+	}
+	return len(p), nil
+}
 
 // Magic bytes of the compressed formats.
 var (

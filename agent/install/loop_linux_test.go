@@ -1,14 +1,18 @@
 package install_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // loopDevice attaches a sparse backing file of size bytes (filled with
@@ -16,6 +20,14 @@ import (
 // scanning on (BLKRRPART needs it) and detaches it in cleanup. It needs
 // root and losetup (util-linux), as CI has, and fails without them.
 func loopDevice(tb testing.TB, size int64, fill []byte) string {
+	tb.Helper()
+	return loopDeviceOpts(tb, size, fill, false)
+}
+
+// loopDeviceOpts is loopDevice; directIO makes the loop device write its
+// backing file with O_DIRECT (losetup --direct-io=on), so it behaves like
+// a disk rather than like the page cache.
+func loopDeviceOpts(tb testing.TB, size int64, fill []byte, directIO bool) string {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Fatal("loop device: needs root (run ./scripts/test.sh as root)")
@@ -37,7 +49,11 @@ func loopDevice(tb testing.TB, size int64, fill []byte) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	out, err := exec.Command("losetup", "-f", "--show", "-P", backing).CombinedOutput()
+	args := []string{"-f", "--show", "-P"}
+	if directIO {
+		args = append(args, "--direct-io=on")
+	}
+	out, err := exec.Command("losetup", append(args, backing)...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("loop device: losetup: %v: %s", err, out)
 	}
@@ -74,3 +90,61 @@ func directSupported(dir string) bool {
 }
 
 func uintptrAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// throttleWrites moves this whole process into a fresh cgroup (v1 blkio,
+// or v2 io) that limits writes to dev to bps bytes per second, so dev
+// behaves like a disk of that speed for O_DIRECT writes (buffered writes
+// are not throttled: the kernel flusher writes them). The process, and the
+// children it starts meanwhile, move back at cleanup. Root only.
+func throttleWrites(tb testing.TB, dev string, bps int64) {
+	tb.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(dev, &st); err != nil {
+		tb.Fatal(err)
+	}
+	majmin := fmt.Sprintf("%d:%d", unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev)))
+	type variant struct{ root, file, rule string }
+	var v variant
+	switch {
+	case fileExists("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device"):
+		v = variant{"/sys/fs/cgroup/blkio", "blkio.throttle.write_bps_device", fmt.Sprintf("%s %d", majmin, bps)}
+	case fileExists("/sys/fs/cgroup/unified/cgroup.controllers"):
+		v = variant{"/sys/fs/cgroup/unified", "io.max", fmt.Sprintf("%s wbps=%d", majmin, bps)}
+	case fileExists("/sys/fs/cgroup/cgroup.controllers"):
+		v = variant{"/sys/fs/cgroup", "io.max", fmt.Sprintf("%s wbps=%d", majmin, bps)}
+	default:
+		tb.Fatal("throttle: no blkio (cgroup v1) or io (cgroup v2) controller mounted under /sys/fs/cgroup")
+	}
+	if v.file == "io.max" {
+		_ = os.WriteFile(filepath.Join(v.root, "cgroup.subtree_control"), []byte("+io"), 0o644)
+	}
+	dir := filepath.Join(v.root, fmt.Sprintf("lpmos-bench-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+		tb.Fatalf("throttle: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, v.file), []byte(v.rule), 0o644); err != nil {
+		_ = os.Remove(dir)
+		tb.Fatalf("throttle: %s: %v", v.file, err)
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0o644); err != nil {
+		_ = os.Remove(dir)
+		tb.Fatalf("throttle: joining %s: %v", dir, err)
+	}
+	tb.Cleanup(func() {
+		if err := os.WriteFile(filepath.Join(v.root, "cgroup.procs"), pid, 0o644); err != nil {
+			tb.Errorf("throttle: leaving %s: %v", dir, err)
+			return
+		}
+		// The cgroup empties once the children that inherited it exit.
+		for range 50 {
+			if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		tb.Errorf("throttle: %s is left behind", dir)
+	})
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
