@@ -24,6 +24,10 @@ const (
 	// PathApproval is followed by the MAC: GET /api/v1/agent/approval/{mac}.
 	PathApproval = "/api/v1/agent/approval/"
 	PathHealth   = "/health"
+	// PathPhoneHome is followed by the task ID: the installed system's
+	// first boot reports there (POST, cloud-init phone_home style), with
+	// the task's agent token in the token query parameter.
+	PathPhoneHome = "/api/v1/agent/phone-home/"
 )
 
 // MaxBodyBytes bounds an agent request body (hardware reports of large
@@ -106,6 +110,11 @@ type Plan struct {
 	Hostname          string   `json:"hostname,omitempty"`
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
 	Network           string   `json:"network_config,omitempty"`
+	// PhoneHomeURL, if set, is where the installed system reports its
+	// first boot; the image installer puts it into the cloud-init NoCloud
+	// seed it writes (phone_home). Empty: no seed unless Hostname or
+	// SSHAuthorizedKeys ask for one.
+	PhoneHomeURL string `json:"phone_home_url,omitempty"`
 }
 
 // Health is the region's GET /health answer (seed v1 §4.2).

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -81,6 +83,7 @@ func (r *Region) agentRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+agent.PathStatus, r.handle(r.reportStatus))
 	mux.HandleFunc("GET "+agent.PathApproval+"{mac}", r.handle(r.approval))
 	mux.HandleFunc("GET "+agent.PathHealth, r.health)
+	mux.HandleFunc("POST "+agent.PathPhoneHome+"{task}", r.handle(r.phoneHome))
 }
 
 // decode reads a JSON body strictly.
@@ -362,17 +365,17 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 			if err != nil {
 				return err
 			}
-			writeJSON(w, http.StatusOK, r.decision(final))
+			writeJSON(w, http.StatusOK, r.decision(final, bearerToken(req)))
 			return nil
 		}
-		if resp := r.decision(cur); resp.Approved || resp.NextAction == agent.ActionPowerOff {
+		if resp := r.decision(cur, bearerToken(req)); resp.Approved || resp.NextAction == agent.ActionPowerOff {
 			writeJSON(w, http.StatusOK, resp)
 			return nil
 		}
 		select {
 		case <-changed:
 		case <-timer.C:
-			writeJSON(w, http.StatusOK, r.decision(cur))
+			writeJSON(w, http.StatusOK, r.decision(cur, bearerToken(req)))
 			return nil
 		case <-req.Context().Done():
 			return nil
@@ -381,12 +384,13 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 }
 
 // decision is what the agent is told about its task.
-func (r *Region) decision(t *task.Task) agent.ApprovalResponse {
+// token is the agent's own token, for the plan's phone-home URL.
+func (r *Region) decision(t *task.Task, token string) agent.ApprovalResponse {
 	resp := agent.ApprovalResponse{TaskID: t.ID, Status: string(t.Status), NextAction: agent.ActionWaitForApproval}
 	switch t.Status {
 	case task.StatusApproved, task.StatusInstalling:
 		resp.Approved, resp.NextAction = true, agent.ActionInstall
-		resp.Plan = r.plan(t)
+		resp.Plan = r.plan(t, token)
 	case task.StatusRejected, task.StatusCancelled, task.StatusFailed, task.StatusCompleted:
 		resp.NextAction = agent.ActionPowerOff
 		switch {
@@ -401,8 +405,14 @@ func (r *Region) decision(t *task.Task) agent.ApprovalResponse {
 	return resp
 }
 
-// plan is the install plan of an approved task.
-func (r *Region) plan(t *task.Task) *agent.Plan {
+// TagCloudInit set to "off" in a task's tags keeps the agent from writing
+// a cloud-init NoCloud seed after the image (and so from phoning home).
+const TagCloudInit = "cloud_init"
+
+// plan is the install plan of an approved task. token is the agent's: the
+// phone-home URL carries it, since the installed system has no other
+// credential (it can only record that one task's first boot).
+func (r *Region) plan(t *task.Task, token string) *agent.Plan {
 	p := &agent.Plan{TaskID: t.ID, OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion,
 		Disk: t.Metadata.DiskLayout, Network: t.Metadata.NetworkConfig, Hostname: t.Metadata.Tags["hostname"]}
 	if k := t.Metadata.Tags["ssh_key"]; k != "" {
@@ -414,6 +424,9 @@ func (r *Region) plan(t *task.Task) *agent.Plan {
 		p.Method = ""
 	case e.Kind == KindImage:
 		p.Method, p.ImageURL, p.SHA256, p.ImageSize = KindImage, r.cfg.PublicURL+"/boot/files/"+e.ImagePath, e.SHA256, e.Size
+		if t.Metadata.Tags[TagCloudInit] != "off" && token != "" {
+			p.PhoneHomeURL = r.cfg.PublicURL + agent.PathPhoneHome + t.ID + "?token=" + url.QueryEscape(token)
+		}
 	default:
 		p.Method = KindInstaller
 	}
@@ -433,4 +446,62 @@ func (r *Region) health(w http.ResponseWriter, req *http.Request) {
 		h.Status, status = "degraded", http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, h)
+}
+
+// phoneHome records the first boot of an installed system: cloud-init's
+// phone_home (from the NoCloud seed the agent wrote) POSTs here, form
+// encoded (instance_id, hostname, ...). The token is the agent token the
+// task was installed with, given in the token query parameter (cloud-init
+// sends no headers) or as a bearer token; it can do nothing else once the
+// task has ended. The first boot is recorded once; repeats answer 200.
+func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
+	id := req.PathValue("task")
+	if err := lpmos.ValidateTaskID(id); err != nil {
+		return fail(http.StatusBadRequest, "invalid_request", "task: %v", err)
+	}
+	tok := req.URL.Query().Get("token")
+	if tok == "" {
+		tok = bearerToken(req)
+	}
+	req.Body = http.MaxBytesReader(w, req.Body, agent.MaxBodyBytes)
+	if err := req.ParseForm(); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return fail(http.StatusBadRequest, "invalid_request", "malformed form body: %v", err)
+	}
+	t, err := r.svc.Get(req.Context(), id)
+	if errors.Is(err, task.ErrNotFound) {
+		return errUnauthorized // do not tell task IDs apart without a token
+	}
+	if err != nil {
+		return err
+	}
+	boundTo, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, tok)
+	if errors.Is(err, errBadToken) || (err == nil && boundTo != id) {
+		return errUnauthorized
+	}
+	if err != nil {
+		return err
+	}
+	if inst := req.PostForm.Get("instance_id"); inst != "" && inst != id {
+		return fail(http.StatusBadRequest, "invalid_request", "instance_id %q is not task %s", inst, id)
+	}
+	msg := "the installed system booted"
+	if h := req.PostForm.Get("hostname"); h != "" {
+		if len(h) > 253 {
+			h = h[:253]
+		}
+		msg += " as " + strconv.Quote(h)
+	}
+	host, _, _ := net.SplitHostPort(req.RemoteAddr)
+	msg += " from " + host
+	moved, err := r.svc.RecordFirstBoot(req.Context(), id, r.actor, msg)
+	if err != nil {
+		return err
+	}
+	r.log.Info("installed system phoned home", "task_id", id, "mac", t.Metadata.TargetMAC, "remote", host)
+	writeJSON(w, http.StatusOK, map[string]string{"status": "recorded", "task_id": id, "task_status": string(moved.Status)})
+	return nil
 }

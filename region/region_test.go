@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -276,6 +277,64 @@ func TestAgentFlow(t *testing.T) {
 	// The token died with the task.
 	code, body = l.call("POST", agent.PathProgress, token, agent.ProgressRequest{MACAddress: mac, TaskID: tk.ID, Stage: "writing", Percentage: 1})
 	assert.Equal(t, http.StatusUnauthorized, code, "%v", body)
+
+	// ...but for the installed system's first boot, through the plan's
+	// phone-home URL (cloud-init's phone_home: a form POST, no headers).
+	phone := plan["phone_home_url"].(string)
+	require.Equal(t, l.ts.URL+agent.PathPhoneHome+tk.ID+"?token="+token, phone)
+	post := func(u string, form url.Values) (int, string) {
+		resp, err := http.PostForm(u, form)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, tc := range []struct {
+		name string
+		url  string
+		form url.Values
+		code int
+	}{
+		{"wrong token", l.ts.URL + agent.PathPhoneHome + tk.ID + "?token=" + strings.Repeat("0", 64), nil, http.StatusUnauthorized},
+		{"no token", l.ts.URL + agent.PathPhoneHome + tk.ID, nil, http.StatusUnauthorized},
+		{"bad task ID", l.ts.URL + agent.PathPhoneHome + "nope?token=" + token, nil, http.StatusBadRequest},
+		{"unknown task", l.ts.URL + agent.PathPhoneHome + "00000000-0000-4000-8000-000000000000?token=" + token, nil, http.StatusUnauthorized},
+		{"another instance", phone, url.Values{"instance_id": {"i-123"}}, http.StatusBadRequest},
+	} {
+		code, body := post(tc.url, tc.form)
+		assert.Equal(t, tc.code, code, "%s: %s", tc.name, body)
+	}
+	got, _ = l.svc.Get(context.Background(), tk.ID)
+	for _, e := range got.Timeline {
+		require.NotEqual(t, task.TimelineFirstBoot, e.Event, "a refused phone-home records nothing")
+	}
+	for range 2 { // the second time (a retry) changes nothing
+		code, body := post(phone, url.Values{"instance_id": {tk.ID}, "hostname": {"web-1"}})
+		require.Equal(t, http.StatusOK, code, body)
+	}
+	got, _ = l.svc.Get(context.Background(), tk.ID)
+	var firstBoots []task.TimelineEntry
+	for _, e := range got.Timeline {
+		if e.Event == task.TimelineFirstBoot {
+			firstBoots = append(firstBoots, e)
+		}
+	}
+	require.Len(t, firstBoots, 1)
+	assert.Contains(t, firstBoots[0].Message, `"web-1"`)
+	assert.Equal(t, task.StatusCompleted, got.Status)
+}
+
+func TestPhoneHomeNeedsACompletedTask(t *testing.T) {
+	l := startRegion(t, memStore(t))
+	const mac = "52:54:00:12:34:77"
+	tk := l.create(mac)
+	l.waitStatus(tk.ID, task.StatusReady)
+	_, token := l.boot(mac)
+	l.waitStatus(tk.ID, task.StatusBooting)
+	resp, err := http.PostForm(l.ts.URL+agent.PathPhoneHome+tk.ID+"?token="+token, url.Values{"instance_id": {tk.ID}})
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusConflict, resp.StatusCode, "a task still booting has not installed anything")
 }
 
 func TestAgentAPIRefusesBadInputAndWritesNothing(t *testing.T) {

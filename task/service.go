@@ -451,6 +451,52 @@ func (s *Service) Complete(ctx context.Context, id, by, message string, opts ...
 	})
 }
 
+// RecordFirstBoot records that the installed system of a completed task
+// booted and phoned home: a first_boot timeline entry, the status stays
+// completed. It is recorded once; a repeated call (the installed system
+// retrying after a lost answer) returns the task unchanged. A task that is
+// not completed is refused with ErrInvalidTransition.
+func (s *Service) RecordFirstBoot(ctx context.Context, id, by, message string) (*Task, error) {
+	if err := checkActor(by); err != nil {
+		return nil, err
+	}
+	if err := checkText("message", message, MaxTextLen); err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		snap, err := s.load(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		t := snap.task
+		if t.Status != StatusCompleted {
+			return nil, fmt.Errorf("first boot of task %s: %w: the task is %s, not %s", id, ErrInvalidTransition, t.Status, StatusCompleted)
+		}
+		for _, e := range t.Timeline {
+			if e.Event == TimelineFirstBoot {
+				return t, nil
+			}
+		}
+		t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: s.now(), Event: TimelineFirstBoot, Status: t.Status, Actor: by, Message: message})
+		res, err := s.st.Txn(ctx, store.Txn{
+			If: []store.Compare{
+				store.ModRevisionIs(TaskKey(id, FieldStatus), snap.statusRev),
+				store.ModRevisionIs(TaskKey(id, FieldTimeline), snap.timelineRev),
+			},
+			Then: []store.Op{store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline))},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("first boot of task %s: %w", id, err)
+		}
+		if res.Succeeded {
+			return t, nil
+		}
+		if attempt == maxRetries {
+			return nil, fmt.Errorf("first boot of task %s: too much contention: %w", id, ErrConflict)
+		}
+	}
+}
+
 // Fail ends a task with error information, from any non-terminal status.
 func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts ...MoveOption) (*Task, error) {
 	if err := info.validate(); err != nil {

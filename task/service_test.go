@@ -603,3 +603,50 @@ func TestWatch(t *testing.T) {
 		assert.True(t, sawProgress)
 	})
 }
+
+func TestRecordFirstBoot(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		tk := toPendingApproval(t, svc, "00:1a:2b:3c:50:02")
+
+		// Not completed yet: refused, nothing written.
+		_, before := dump(t, st)
+		_, err := svc.RecordFirstBoot(ctx, tk.ID, "region:dc1", "came up")
+		require.ErrorIs(t, err, task.ErrInvalidTransition)
+		_, after := dump(t, st)
+		require.Equal(t, before, after, "a refused first boot writes nothing")
+
+		_, err = svc.Approve(ctx, tk.ID, "ops", "")
+		require.NoError(t, err)
+		_, err = svc.ReportProgress(ctx, tk.ID, "region:dc1", task.Progress{Stage: task.StageWriting, Percentage: 50})
+		require.NoError(t, err)
+		done, err := svc.Complete(ctx, tk.ID, "region:dc1", "installed")
+		require.NoError(t, err)
+
+		got, err := svc.RecordFirstBoot(ctx, tk.ID, "region:dc1", "installed system web-01 came up")
+		require.NoError(t, err)
+		assert.Equal(t, task.StatusCompleted, got.Status)
+		require.Len(t, got.Timeline, len(done.Timeline)+1)
+		last := got.Timeline[len(got.Timeline)-1]
+		assert.Equal(t, task.TimelineFirstBoot, last.Event)
+		assert.Equal(t, task.StatusCompleted, last.Status)
+		assert.Equal(t, "installed system web-01 came up", last.Message)
+
+		// Once only: a retry changes nothing.
+		_, before = dump(t, st)
+		again, err := svc.RecordFirstBoot(ctx, tk.ID, "region:dc1", "again")
+		require.NoError(t, err)
+		assert.Equal(t, got.Timeline, again.Timeline)
+		_, after = dump(t, st)
+		assert.Equal(t, before, after, "a repeated first boot writes nothing")
+
+		stored, err := svc.Get(ctx, tk.ID)
+		require.NoError(t, err)
+		assert.Equal(t, got.Timeline, stored.Timeline)
+
+		_, err = svc.RecordFirstBoot(ctx, "no-such-task", "region:dc1", "x")
+		require.ErrorIs(t, err, task.ErrInvalid)
+		_, err = svc.RecordFirstBoot(ctx, "00000000-0000-4000-8000-000000000000", "region:dc1", "x")
+		require.ErrorIs(t, err, task.ErrNotFound)
+	})
+}

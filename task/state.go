@@ -85,6 +85,9 @@ var Events = []Event{
 const (
 	TimelineCreated      = "task_created"  // the task was created
 	TimelineStageChanged = "stage_changed" // the install moved to a new stage
+	// TimelineFirstBoot: the installed system booted and phoned home
+	// (recorded once, on a completed task; see Service.RecordFirstBoot).
+	TimelineFirstBoot = "first_boot"
 )
 
 // transitions is the whole state machine: (status, event) → next status.
