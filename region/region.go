@@ -28,6 +28,17 @@ import (
 	"github.com/lpmos/lpmos/task"
 )
 
+// DefaultTimeouts are the status timeouts unless Config.Timeouts says
+// otherwise: ready 24h, booting 20m, pending_approval 7 days, approved 30m,
+// installing 2h (without progress).
+func DefaultTimeouts() map[task.Status]time.Duration {
+	return map[task.Status]time.Duration{
+		task.StatusReady: 24 * time.Hour, task.StatusBooting: 20 * time.Minute,
+		task.StatusPendingApproval: 7 * 24 * time.Hour, task.StatusApproved: 30 * time.Minute,
+		task.StatusInstalling: 2 * time.Hour,
+	}
+}
+
 // Config configures a region. RegionID, Store and PublicURL are required.
 type Config struct {
 	RegionID string
@@ -49,8 +60,8 @@ type Config struct {
 	SkipBootFileCheck bool
 
 	// Timeouts fail a task that stays in a status (without progress)
-	// longer than its limit. Defaults: ready 24h, booting 20m,
-	// pending_approval 7 days, approved 30m, installing 2h.
+	// longer than its limit. They override DefaultTimeouts status by
+	// status; a zero or negative limit disables that status's timeout.
 	Timeouts             map[task.Status]time.Duration
 	TimeoutCheckInterval time.Duration // default 5 s
 
@@ -120,14 +131,11 @@ func New(cfg Config) (*Region, error) {
 	if cfg.AgentInitrd == "" {
 		cfg.AgentInitrd = "initramfs.cpio.zst"
 	}
-	defaults := map[task.Status]time.Duration{
-		task.StatusReady: 24 * time.Hour, task.StatusBooting: 20 * time.Minute,
-		task.StatusPendingApproval: 7 * 24 * time.Hour, task.StatusApproved: 30 * time.Minute,
-		task.StatusInstalling: 2 * time.Hour,
+	timeouts := DefaultTimeouts()
+	for st, d := range cfg.Timeouts {
+		timeouts[st] = d
 	}
-	if cfg.Timeouts == nil {
-		cfg.Timeouts = defaults
-	}
+	cfg.Timeouts = timeouts
 	if cfg.TimeoutCheckInterval <= 0 {
 		cfg.TimeoutCheckInterval = 5 * time.Second
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/lpmos/lpmos/pxe"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store"
+	"github.com/lpmos/lpmos/task"
 )
 
 // RegionFlags configure a region's services (DESIGN.md §8).
@@ -35,6 +36,7 @@ type RegionFlags struct {
 	IPXEDir    string
 	Unknown    string
 	LeaseFile  string
+	Timeouts   string
 }
 
 // Register adds the region flags.
@@ -55,6 +57,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.BootDir, "boot-dir", "./lpmos-data/boot", "kernels, initramfs and OS images served over HTTP")
 	fs.StringVar(&f.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "directory of the iPXE binaries")
 	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "DHCP for machines without a task: ignore or record")
+	fs.StringVar(&f.Timeouts, "task-timeouts", "", "status timeouts overriding the defaults, e.g. installing=30m,booting=10m (0 disables one)")
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
 }
 
@@ -131,8 +134,12 @@ func (f *RegionFlags) StartRegion(ctx context.Context, g *errgroup.Group, st sto
 	if err != nil {
 		return nil, err
 	}
+	timeouts, err := ParseTimeouts(f.Timeouts)
+	if err != nil {
+		return nil, err
+	}
 	services := map[string]string{"http": "running"}
-	cfg := region.Config{
+	cfg := region.Config{Timeouts: timeouts,
 		RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
 		UnknownMachines: f.Unknown, Logger: log, Services: services, SkipBootFileCheck: opts.SkipBootFileCheck,
 	}
@@ -207,4 +214,26 @@ func (f *RegionFlags) StartRegion(ctx context.Context, g *errgroup.Group, st sto
 	}
 	log.Info("region started", "region", f.Region, "url", url, "http", ln.Addr().String(), "tftp", f.TFTPListen, "dhcp", f.DHCPIface)
 	return reg, nil
+}
+
+// ParseTimeouts parses --task-timeouts: comma-separated status=duration
+// pairs for the statuses a region times out.
+func ParseTimeouts(s string) (map[task.Status]time.Duration, error) {
+	out := map[task.Status]time.Duration{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, pair := range strings.Split(s, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		st := task.Status(strings.TrimSpace(name))
+		if _, known := region.DefaultTimeouts()[st]; !ok || !known {
+			return nil, fmt.Errorf("--task-timeouts: %q: want status=duration with status one of ready, booting, pending_approval, approved, installing", pair)
+		}
+		d, err := time.ParseDuration(strings.TrimSpace(val))
+		if err != nil {
+			return nil, fmt.Errorf("--task-timeouts: %s: %w", st, err)
+		}
+		out[st] = d
+	}
+	return out, nil
 }
