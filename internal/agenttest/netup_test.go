@@ -3,6 +3,7 @@ package agenttest_test
 import (
 	"context"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,16 @@ func TestAgentBringsNetworkUp(t *testing.T) {
 		require.NoError(t, <-done)
 	}()
 	<-s.Ready()
+
+	// The agent's DHCP client writes /etc/resolv.conf: in the namespace's
+	// own copy (see netns.New), never the host's.
+	hostResolv, err := os.ReadFile("/etc/resolv.conf")
+	require.NoError(t, err)
+	defer func() {
+		after, err := os.ReadFile("/etc/resolv.conf")
+		require.NoError(t, err)
+		assert.Equal(t, string(hostResolv), string(after), "the host's /etc/resolv.conf changed")
+	}()
 
 	rctx, rcancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer rcancel()

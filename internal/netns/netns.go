@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -75,9 +76,23 @@ func New(t testing.TB) *NS {
 		t.Fatalf("netns: ip netns add %s: %v: %s", ns.Name, err, out)
 	}
 	t.Cleanup(func() { ns.destroy(t) })
+	// `ip netns exec` bind-mounts /etc/netns/{name}/* over /etc/* in the
+	// command's mount namespace: a DHCP client in the namespace (isc
+	// dhclient-script, u-root's dhclient in our agent) then writes this
+	// file, not the host's /etc/resolv.conf, which it would otherwise
+	// overwrite (with no nameserver at all: the host then loses DNS).
+	if err := os.MkdirAll(ns.etcDir(), 0o755); err != nil {
+		t.Fatalf("netns: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(ns.etcDir(), "resolv.conf"), nil, 0o644); err != nil {
+		t.Fatalf("netns: %v", err)
+	}
 	ns.MustRun(t, "ip", "link", "set", "lo", "up")
 	return ns
 }
+
+// etcDir holds the files `ip netns exec` mounts over /etc in the namespace.
+func (ns *NS) etcDir() string { return filepath.Join("/etc/netns", ns.Name) }
 
 // destroy kills whatever still runs in the namespace (only processes this
 // test started can be there: the name is unique) and deletes it.
@@ -96,6 +111,9 @@ func (ns *NS) destroy(t testing.TB) {
 	}
 	if out, err := exec.Command("ip", "netns", "del", ns.Name).CombinedOutput(); err != nil {
 		t.Errorf("netns: deleting %s: %v: %s", ns.Name, err, out)
+	}
+	if err := os.RemoveAll(ns.etcDir()); err != nil {
+		t.Errorf("netns: %v", err)
 	}
 }
 
