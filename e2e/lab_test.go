@@ -10,7 +10,6 @@ package e2e_test
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -44,18 +43,19 @@ type server struct {
 // startAllinone runs examples/allinone in the server namespace with a memory
 // store, full-mode DHCP on the VM link and bootDir as its boot directory,
 // and waits until its control plane and region answer.
-func startAllinone(t *testing.T, lab *testlab.Lab, bootDir string) *server {
+// extra flags come last, so they override the defaults.
+func startAllinone(t *testing.T, lab *testlab.Lab, bootDir string, extra ...string) *server {
 	t.Helper()
 	bin := testlab.Binary(t, "./examples/allinone")
 	data := t.TempDir()
-	p := lab.Start("allinone", []string{"LPMOS_ADMIN_TOKEN=" + adminToken}, bin,
-		"--store", "memory", "--data-dir", data, "--log-level", "debug",
+	args := []string{"--store", "memory", "--data-dir", data, "--log-level", "debug",
 		"--listen-addr", "127.0.0.1:8080",
 		"--region", regionID, "--region-listen", testlab.ServerIP+":8081", "--region-url", regionURL,
 		"--tftp-listen", testlab.ServerIP+":69",
 		"--dhcp-iface", lab.ServerIf, "--dhcp-mode", "full", "--dhcp-range", testlab.DHCPRange,
 		"--dhcp-lease-file", filepath.Join(data, "dhcp-leases.json"),
-		"--boot-dir", bootDir)
+		"--boot-dir", bootDir}
+	p := lab.Start("allinone", []string{"LPMOS_ADMIN_TOKEN=" + adminToken}, bin, append(args, extra...)...)
 	s := &server{t: t, lab: lab, proc: p}
 	lab.WaitHTTP(controlPlane+"/healthz", 30*time.Second, p)
 	lab.WaitHTTP(regionURL+"/health", 30*time.Second, p)
@@ -99,10 +99,10 @@ func (s *server) api(method, path, body string) (int, map[string]any) {
 }
 
 // createTask creates a task for mac and returns its ID.
-func (s *server) createTask(mac, osType, osVersion string) string {
+func (s *server) createTask(mac, osType, osVersion string, tags map[string]string) string {
 	s.t.Helper()
-	code, body := s.api("POST", "/api/v1/tasks", fmt.Sprintf(
-		`{"region_id":%q,"target_mac":%q,"os_type":%q,"os_version":%q}`, regionID, mac, osType, osVersion))
+	req, _ := json.Marshal(map[string]any{"region_id": regionID, "target_mac": mac, "os_type": osType, "os_version": osVersion, "tags": tags})
+	code, body := s.api("POST", "/api/v1/tasks", string(req))
 	if code != http.StatusCreated {
 		s.t.Fatalf("creating a task: %d %v", code, body)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent/initramfs"
+	"github.com/lpmos/lpmos/internal/netns"
 	"github.com/lpmos/lpmos/internal/testlab"
 )
 
@@ -32,8 +34,9 @@ const (
 
 // makeImage writes a small raw disk image with a GPT and one partition full
 // of a known pattern, zstd-compressed, with its SHA256SUMS, into the region
-// catalogue of bootDir, and returns the raw image's bytes.
-func makeImage(t *testing.T, bootDir string) []byte {
+// catalogue of bootDir as OS osName (version imageVersion), and returns the
+// raw image's bytes. With badSum, SHA256SUMS lies about the image.
+func makeImage(t *testing.T, bootDir, osName string, badSum bool) []byte {
 	t.Helper()
 	raw := filepath.Join(t.TempDir(), "image.raw")
 	d, err := diskfs.Create(raw, imageSize, diskfs.SectorSize512)
@@ -63,84 +66,253 @@ func makeImage(t *testing.T, bootDir string) []byte {
 	if len(img) != imageSize || !bytes.Contains(img, []byte("LPMOS-E2E block 00000000\n")) {
 		t.Fatalf("image: %d bytes, pattern missing", len(img))
 	}
+	zst := zstdBytes(t, img)
+	sum := sha256.Sum256(zst)
+	if badSum {
+		sum[0] ^= 0xff
+	}
+	publishImage(t, bootDir, osName, zst, hex.EncodeToString(sum[:]))
+	return img
+}
 
+func zstdBytes(t *testing.T, b []byte) []byte {
+	t.Helper()
 	var zst bytes.Buffer
 	zw, err := zstd.NewWriter(&zst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := zw.Write(img); err != nil {
+	if _, err := zw.Write(b); err != nil {
 		t.Fatal(err)
 	}
 	if err := zw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(bootDir, "images", imageOS, imageVersion)
+	return zst.Bytes()
+}
+
+// publishImage puts a zstd image and its SHA256SUMS line into the region's
+// catalogue (images/{os}/{version}/).
+func publishImage(t *testing.T, bootDir, osName string, zst []byte, sum string) {
+	t.Helper()
+	dir := filepath.Join(bootDir, "images", osName, imageVersion)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(zst.Bytes())
-	if err := os.WriteFile(filepath.Join(dir, "image.raw.zst"), zst.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "image.raw.zst"), zst, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "SHA256SUMS"), []byte(hex.EncodeToString(sum[:])+"  image.raw.zst\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "SHA256SUMS"), []byte(sum+"  image.raw.zst\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return img
 }
 
-// TestBIOSProvisionsImage is the whole product on one VM: it PXE-boots
-// (SeaBIOS + iPXE) into the real agent, which reports the VM's hardware; the
-// test checks it against the QEMU command line and approves the task through
-// the REST API; the agent writes the region's image onto the VM's disk, and
-// the test compares the disk with the image byte for byte.
-func TestBIOSProvisionsImage(t *testing.T) {
-	start := time.Now()
-	lab := testlab.New(t)
-	kernelDir := testlab.Kernel(t, initramfs.DefaultAgent)
-	bootDir := testlab.BootDir(t, kernelDir)
-	img := makeImage(t, bootDir)
-	testlab.Logf(t, start, "lab up, agent boot files and image ready")
-	srv := startAllinone(t, lab, bootDir)
-	testlab.Logf(t, start, "allinone ready")
+// scenario is one way of network-booting the VM.
+type scenario struct {
+	firmware lpmos.Firmware
+	// proxy: a site DHCP server (dnsmasq) hands out the addresses and our
+	// region answers as a ProxyDHCP server; otherwise our DHCP does both.
+	proxy bool
+	// bootPath matches the serial log when the firmware took its own boot
+	// path (OVMF silently falls from PXE through to HTTP boot).
+	bootPath string
+}
 
-	mac := testlab.DefaultMAC
-	id := srv.createTask(mac, imageOS, imageVersion)
-	srv.waitStatus(id, "ready", 30*time.Second)
-	disk := testlab.Disk(t, vmDiskSize)
-	vm := lab.StartVM(context.Background(), t, testlab.VMConfig{
-		Firmware: lpmos.FirmwareBIOS, MAC: mac, Memory: vmMemoryMiB, CPUs: vmCPUs, Disk: disk, Timeout: 3 * time.Minute,
-	})
-	defer func() {
+func (sc scenario) name() string {
+	if sc.proxy {
+		return string(sc.firmware) + "+proxydhcp"
+	}
+	return string(sc.firmware)
+}
+
+const (
+	pathBIOS     = `iPXE \(PCI [0-9a-f:.]*\) starting execution`
+	pathUEFI     = `starting Boot[0-9A-F]* "UEFI PXEv4`
+	pathUEFIHTTP = `starting Boot[0-9A-F]* "UEFI HTTPv4`
+)
+
+// TestProvisionBIOS: SeaBIOS with iPXE in the NIC ROM, our DHCP in full
+// mode, /boot/{mac}.ipxe, kernel and initramfs over HTTP, the agent.
+func TestProvisionBIOS(t *testing.T) {
+	provision(t, scenario{firmware: lpmos.FirmwareBIOS, bootPath: pathBIOS})
+}
+
+// TestProvisionUEFI: OVMF's own PXE (no iPXE ROM), snponly.efi over our
+// TFTP, then iPXE as on BIOS.
+func TestProvisionUEFI(t *testing.T) {
+	provision(t, scenario{firmware: lpmos.FirmwareUEFI, bootPath: pathUEFI})
+}
+
+// TestProvisionUEFIHTTP: OVMF's HTTP boot (PXE off); our DHCP answers the
+// HTTPClient vendor class with the URL of snponly.efi.
+func TestProvisionUEFIHTTP(t *testing.T) {
+	provision(t, scenario{firmware: lpmos.FirmwareUEFIHTTP, bootPath: pathUEFIHTTP})
+}
+
+// TestProvisionProxyDHCP: the site's DHCP server (dnsmasq) gives the VM its
+// address and knows nothing of network boot; our region, in proxy mode
+// beside it, gives the boot information.
+func TestProvisionProxyDHCP(t *testing.T) {
+	provision(t, scenario{firmware: lpmos.FirmwareBIOS, proxy: true, bootPath: pathBIOS})
+}
+
+// rig is a lab with allinone serving the real agent and the test images.
+type rig struct {
+	start   time.Time
+	lab     *testlab.Lab
+	srv     *server
+	bootDir string
+	ws      *wsWatch
+	site    *netns.Proc
+}
+
+// newRig sets up the lab for sc and the agent's boot files, lets images
+// put the test's OS images into the boot directory (the region reads its
+// catalogue at start), starts allinone (with extra flags), and connects a
+// WebSocket client before any task exists.
+func newRig(t *testing.T, sc scenario, images func(bootDir string), extra ...string) *rig {
+	t.Helper()
+	r := &rig{start: time.Now(), lab: testlab.New(t)}
+	if sc.proxy {
+		r.site = r.lab.StartSiteDHCP()
+		extra = append([]string{"--dhcp-mode", "proxy"}, extra...)
+	}
+	r.bootDir = testlab.BootDir(t, testlab.Kernel(t, initramfs.DefaultAgent))
+	images(r.bootDir)
+	testlab.Logf(t, r.start, "lab up, agent boot files and images ready")
+	r.srv = startAllinone(t, r.lab, r.bootDir, extra...)
+	r.ws = r.srv.watch()
+	testlab.Logf(t, r.start, "allinone ready, WebSocket client subscribed")
+	return r
+}
+
+// startVM boots the VM of the scenario and, if the test fails, logs the
+// serial console's tail.
+func (r *rig) startVM(t *testing.T, sc scenario, cfg testlab.VMConfig) *testlab.VM {
+	t.Helper()
+	cfg.Firmware, cfg.MAC, cfg.Memory, cfg.CPUs = sc.firmware, testlab.DefaultMAC, vmMemoryMiB, vmCPUs
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 4 * time.Minute
+	}
+	vm := r.lab.StartVM(context.Background(), t, cfg)
+	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("artifacts in %s; serial console tail:\n%s", testlab.ArtifactDir(t),
 				testlab.Tail(strings.ReplaceAll(vm.Serial(), "\r", ""), 40))
 		}
-	}()
+	})
+	return vm
+}
 
-	task := waitStatusWhileVM(t, srv, vm, id, "pending_approval", 2*time.Minute)
+// provision is the whole product on one VM: a task created through the
+// REST API; the VM network-boots the real agent, which reports the VM's
+// hardware (checked against the QEMU command line); approval through the
+// REST API; the agent writes the region's image with progress; the task
+// completes, the VM reboots and the region now sends it to its local disk.
+// Then the disk is compared with the image byte for byte, the timeline
+// must hold every status and stage in order, and the WebSocket client must
+// have received every status change, in order.
+func provision(t *testing.T, sc scenario) {
+	var img []byte
+	r := newRig(t, sc, func(bootDir string) { img = makeImage(t, bootDir, imageOS, false) })
+	srv, mac := r.srv, testlab.DefaultMAC
+	// No cloud-init seed: the disk must be the image, byte for byte
+	// (TestInstalledSystemPhonesHome covers the seed).
+	id := srv.createTask(mac, imageOS, imageVersion, map[string]string{"cloud_init": "off"})
+	srv.waitStatus(id, "ready", 30*time.Second)
+	disk := testlab.Disk(t, vmDiskSize)
+	powerOn := time.Now()
+	vm := r.startVM(t, sc, testlab.VMConfig{Disk: disk, Reboot: true})
+
+	task := waitStatusWhileVM(t, srv, vm, id, "pending_approval", 3*time.Minute)
+	toReport := time.Since(powerOn)
 	hw, _ := task["hardware"].(map[string]any)
-	testlab.Logf(t, start, "hardware reported: cpu %v, memory %v, disks %v, network %v", hw["cpu"], hw["memory"], hw["disks"], hw["network"])
+	testlab.Logf(t, r.start, "hardware reported after %s: cpu %v, memory %v, disks %v, network %v",
+		toReport.Round(100*time.Millisecond), hw["cpu"], hw["memory"], hw["disks"], hw["network"])
 	checkHardware(t, task["hardware"], mac)
 
 	code, body := srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true,"notes":"e2e"}`)
 	if code/100 != 2 {
 		t.Fatalf("approve: %d %v", code, body)
 	}
-	task = waitStatusWhileVM(t, srv, vm, id, "completed", 2*time.Minute)
-	testlab.Logf(t, start, "task completed (timeline %v), progress %v", statuses(task), task["progress"])
+	approved := time.Now()
+	task = waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
+	toCompleted := time.Since(approved)
+	testlab.Logf(t, r.start, "task completed after %s, progress %v", toCompleted.Round(100*time.Millisecond), task["progress"])
 	if p, _ := task["progress"].(map[string]any); p["stage"] != "completed" || p["percentage"] != float64(100) {
 		t.Errorf("final progress %v, want stage completed at 100%%", task["progress"])
 	}
 
-	// The agent is done with the disk; let the VM power off, or stop it.
-	select {
-	case <-vm.Done():
-	case <-time.After(15 * time.Second):
-	}
+	// The agent reboots the VM; the firmware boots from the network again
+	// and the region's script sends it to its local disk.
+	localBoot := "LPMOS: " + mac + " is installed (task " + id + " completed), booting from the local disk"
+	waitSerial(t, vm, localBoot, 2*time.Minute)
+	testlab.Logf(t, r.start, "after the reboot the region sent the VM to its local disk")
 	res := vm.Stop()
-	testlab.Logf(t, start, "QEMU ended after %s: %v", res.Duration.Round(100*time.Millisecond), res.Err)
+	t.Logf("E2E-TIMING mode=%s poweron_to_report=%.1f approval_to_completed=%.1f", sc.name(), toReport.Seconds(), toCompleted.Seconds())
 
+	serial := strings.ReplaceAll(res.Serial, "\r", "")
+	checkBootPath(t, sc, serial, id, mac)
+	checkDisk(t, disk, img)
+	checkTimeline(t, srv.task(id), []string{"pending", "ready", "booting", "pending_approval", "approved", "installing", "completed"},
+		[]string{"partitioning", "downloading", "writing", "configuring"}) // then the completed status
+	r.ws.waitStatuses(t, id, []string{"pending", "ready", "booting", "pending_approval", "approved", "installing", "completed"})
+	if sc.proxy {
+		// The addresses came from the site's server, not from ours.
+		if !regexp.MustCompile(`DHCPACK\(\S+\) 10\.99\.0\.\d+ ` + mac).MatchString(r.site.Output()) {
+			t.Errorf("the site's DHCP server did not lease the VM an address:\n%s", testlab.Tail(r.site.Output(), 20))
+		}
+	}
+	testlab.Logf(t, r.start, "disk, timeline and WebSocket messages checked")
+}
+
+// waitSerial waits until the VM's serial console shows text (line breaks
+// ignored: iPXE wraps its lines at 80 columns).
+func waitSerial(t *testing.T, vm *testlab.VM, text string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(strings.NewReplacer("\r", "", "\n", "").Replace(vm.Serial()), text) {
+		select {
+		case <-vm.Done():
+			t.Fatalf("the VM stopped (%v) before its console showed %q", vm.Wait().Err, text)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the VM's console did not show %q within %s", text, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkBootPath checks the serial log: the firmware's own boot path, our
+// agent script, and the task's parameters on the kernel command line.
+func checkBootPath(t *testing.T, sc scenario, serial, id, mac string) {
+	t.Helper()
+	if !regexp.MustCompile(sc.bootPath).MatchString(serial) {
+		t.Errorf("the serial log does not show the %s boot path (%s)", sc.firmware, sc.bootPath)
+	}
+	if !strings.Contains(serial, "LPMOS: booting the agent for task "+id) {
+		t.Errorf("the serial log does not show our agent script for task %s", id)
+	}
+	m := regexp.MustCompile(`(?m)Command line: (.*)$`).FindStringSubmatch(serial)
+	if m == nil {
+		t.Errorf("the serial log has no kernel command line (the kernel did not boot?)")
+		return
+	}
+	for _, want := range []string{"lpmos.task=" + id, "lpmos.mac=" + mac, "lpmos.region=" + regionURL} {
+		if !strings.Contains(m[1], want) {
+			t.Errorf("kernel command line lacks %q: %s", want, m[1])
+		}
+	}
+	if !regexp.MustCompile(`(^| )lpmos\.token=\S+`).MatchString(m[1]) {
+		t.Errorf("kernel command line has no lpmos.token: %s", m[1])
+	}
+}
+
+// checkDisk compares the VM's disk with the image: the image's bytes, then
+// zeros.
+func checkDisk(t *testing.T, disk string, img []byte) {
+	t.Helper()
 	got, err := os.ReadFile(disk)
 	if err != nil {
 		t.Fatal(err)
@@ -148,17 +320,42 @@ func TestBIOSProvisionsImage(t *testing.T) {
 	if len(got) != vmDiskSize {
 		t.Fatalf("the disk is %d bytes, want %d", len(got), vmDiskSize)
 	}
-	if !bytes.Equal(got[:imageSize], img) {
+	if !bytes.Equal(got[:len(img)], img) {
 		i := 0
-		for i < imageSize && got[i] == img[i] {
+		for i < len(img) && got[i] == img[i] {
 			i++
 		}
-		t.Errorf("the disk's first %d bytes differ from the image, first at offset %d", imageSize, i)
+		t.Errorf("the disk's first %d bytes differ from the image, first at offset %d", len(img), i)
 	}
-	if !bytes.Equal(got[imageSize:], make([]byte, vmDiskSize-imageSize)) {
+	if !bytes.Equal(got[len(img):], make([]byte, vmDiskSize-len(img))) {
 		t.Errorf("the disk beyond the image is not zero")
 	}
-	testlab.Logf(t, start, "disk checked")
+}
+
+// checkTimeline checks the task's timeline went through the statuses and
+// the install stages in order, nothing missing, nothing else.
+func checkTimeline(t *testing.T, task map[string]any, wantStatuses, wantStages []string) {
+	t.Helper()
+	if got := statuses(task); strings.Join(got, " ") != strings.Join(wantStatuses, " ") {
+		t.Errorf("timeline statuses:\n got  %v\n want %v", got, wantStatuses)
+	}
+	if got := stages(task); strings.Join(got, " ") != strings.Join(wantStages, " ") {
+		t.Errorf("timeline stages:\n got  %v\n want %v", got, wantStages)
+	}
+}
+
+// stages returns the install stages of the task's timeline, in order.
+func stages(task map[string]any) []string {
+	var out []string
+	tl, _ := task["timeline"].([]any)
+	for _, e := range tl {
+		if m, _ := e.(map[string]any); m != nil {
+			if st, _ := m["stage"].(string); st != "" {
+				out = append(out, st)
+			}
+		}
+	}
+	return out
 }
 
 // waitStatusWhileVM is waitStatus that fails at once if the VM stops first.

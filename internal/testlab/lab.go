@@ -278,3 +278,33 @@ func Logf(t testing.TB, start time.Time, format string, args ...any) {
 	t.Helper()
 	t.Logf("[%6.1fs] %s", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 }
+
+// SiteDHCPIP is the address of the site's DHCP server (StartSiteDHCP).
+const SiteDHCPIP = "10.99.0.2"
+
+// StartSiteDHCP plays the site's existing DHCP server, for ProxyDHCP
+// scenarios: dnsmasq in a namespace of its own on the VM's bridge hands
+// out addresses from DHCPRange and nothing about network boot, so the boot
+// information can only come from a ProxyDHCP server. Its log is kept as the
+// artifact site-dhcp.log; it stops when the test ends.
+func (l *Lab) StartSiteDHCP() *netns.Proc {
+	t := l.t
+	t.Helper()
+	site := netns.New(t)
+	siteIf, vmIf := netns.Veth(t, site, SiteDHCPIP+"/24", l.VM, "")
+	l.VM.MustRun(t, "ip", "link", "set", vmIf, "master", l.Bridge, "up")
+	first, last, _ := strings.Cut(DHCPRange, "-")
+	dir := t.TempDir()
+	p, err := site.Start(context.Background(), "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+		"--bind-interfaces", "--interface="+siteIf, "--dhcp-range="+first+","+last+",255.255.255.0,1h",
+		"--dhcp-authoritative", "--no-ping", "--user=root", "--log-dhcp",
+		"--dhcp-leasefile="+filepath.Join(dir, "leases"), "--pid-file="+filepath.Join(dir, "pid"))
+	if err != nil {
+		t.Fatalf("testlab: site DHCP server (dnsmasq): %v", err)
+	}
+	l.keepLog("site-dhcp.log", p)
+	if !netns.WaitFor(10*time.Second, func() bool { return strings.Contains(p.Output(), "DHCP, IP range") }) {
+		t.Fatalf("testlab: dnsmasq did not start:\n%s", p.Output())
+	}
+	return p
+}

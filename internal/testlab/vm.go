@@ -56,6 +56,13 @@ type VMConfig struct {
 	// Timeout bounds the whole run; QEMU is killed when it passes. Default
 	// 3 minutes.
 	Timeout time.Duration
+	// Reboot lets the guest reboot (by default QEMU exits when it does:
+	// -no-reboot), for tests that follow the machine past the install.
+	Reboot bool
+	// DiskWriteBps, if > 0, throttles writes to Disk to that many bytes
+	// per second (QEMU block throttling): a slow disk keeps an install
+	// running long enough to be interrupted.
+	DiskWriteBps int64
 }
 
 // DefaultMAC is the VM's MAC unless VMConfig.MAC says otherwise.
@@ -150,12 +157,18 @@ func (l *Lab) StartVM(ctx context.Context, t testing.TB, cfg VMConfig) *VM {
 		"-name", "lpmos-e2e-" + string(cfg.Firmware),
 		"-machine", "q35", "-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(cfg.Memory), "-smp", strconv.Itoa(cfg.CPUs),
-		"-display", "none", "-monitor", "none", "-serial", "file:" + serial, "-no-reboot",
+		"-display", "none", "-monitor", "none", "-serial", "file:" + serial,
 		"-netdev", "tap,id=n0,ifname=" + l.Tap + ",script=no,downscript=no",
 	}
+	if !cfg.Reboot {
+		args = append(args, "-no-reboot")
+	}
 	if cfg.Disk != "" {
-		args = append(args, "-drive", "file="+cfg.Disk+",format=raw,if=none,id=d0,cache=unsafe",
-			"-device", "virtio-blk-pci,drive=d0")
+		drive := "file=" + cfg.Disk + ",format=raw,if=none,id=d0,cache=unsafe"
+		if cfg.DiskWriteBps > 0 {
+			drive += ",throttling.bps-write=" + strconv.FormatInt(cfg.DiskWriteBps, 10)
+		}
+		args = append(args, "-drive", drive, "-device", "virtio-blk-pci,drive=d0")
 	}
 	nic := "virtio-net-pci,netdev=n0,mac=" + cfg.MAC + ",bootindex=1"
 	switch cfg.Firmware {
