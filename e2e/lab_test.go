@@ -50,8 +50,8 @@ func startAllinone(t *testing.T, lab *testlab.Lab, bootDir string, extra ...stri
 	data := t.TempDir()
 	args := []string{"--store", "memory", "--data-dir", data, "--log-level", "debug",
 		"--listen-addr", "127.0.0.1:8080",
-		"--region", regionID, "--region-listen", testlab.ServerIP+":8081", "--region-url", regionURL,
-		"--tftp-listen", testlab.ServerIP+":69",
+		"--region", regionID, "--region-listen", testlab.ServerIP + ":8081", "--region-url", regionURL,
+		"--tftp-listen", testlab.ServerIP + ":69",
 		"--dhcp-iface", lab.ServerIf, "--dhcp-mode", "full", "--dhcp-range", testlab.DHCPRange,
 		"--dhcp-lease-file", filepath.Join(data, "dhcp-leases.json"),
 		"--boot-dir", bootDir}
