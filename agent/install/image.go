@@ -52,10 +52,10 @@ const (
 // Range request guarded by If-Range, so the stream, both hashes and the
 // decompressor carry on where they were.
 //
-// Not done: cloud-init NoCloud seeding (Plan.Hostname, SSH keys) — writing
-// a CIDATA FAT partition onto a just-written image is left to a later
-// installer; the plan's fields are reported in the final details as
-// "cloud_init": "not_seeded".
+// When the plan has a hostname, SSH keys or a phone-home URL, a cloud-init
+// NoCloud seed (a CIDATA FAT partition after the image's partitions, see
+// SeedNoCloud) is written after the image is verified; the final details
+// say "cloud_init": "seeded: ..." or "not_seeded: <why>" (not a failure).
 type Image struct {
 	HTTPClient *http.Client // nil: http.DefaultClient semantics with no overall timeout
 	Disks      DiskLister   // nil: SysfsDisks{}
@@ -96,7 +96,8 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 	}
 	progress(agent.StagePartitioning, 100, "target disk "+disk.Path, map[string]any{"disk": disk.Path, "disk_size_bytes": disk.SizeBytes})
 
-	f, err := os.OpenFile(disk.Path, os.O_WRONLY|os.O_CREATE, 0o644)
+	// Read-write: the cloud-init seed reads back the partition table.
+	f, err := os.OpenFile(disk.Path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return ierr(agent.StagePartitioning, CodeNoDisk, "open %s: %w", disk.Path, err)
 	}
@@ -214,6 +215,7 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 			"image %s has sha256 %s, the plan says %s; %d bytes were already written to %s (a stream can only be verified at its end): %s",
 			plan.ImageURL, got, want, written, disk.Path, msg)
 	}
+	seeded := im.seed(f, disk, written, plan, progress, log)
 	if err := rereadPartitions(f); err != nil {
 		return ierr(agent.StageConfiguring, CodeWriteFailed, "re-read the partition table of %s: %w", disk.Path, err)
 	}
@@ -226,13 +228,39 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 		"speed_mbps": float64(downloaded.n) * 8 / 1e6 / secs, "resumes": body.resumes,
 		"direct_io": w.directUsed,
 	}
-	if plan.Hostname != "" || len(plan.SSHAuthorizedKeys) > 0 {
-		details["cloud_init"] = "not_seeded"
+	if seeded != "" {
+		details["cloud_init"] = seeded
 	}
 	// The message repeats the written hash: the region keeps the final
 	// message in the task's timeline, not (today) the details.
 	progress(agent.StageCompleted, 100, fmt.Sprintf("wrote %d bytes to %s, written_sha256 %s", written, disk.Path, details["written_sha256"]), details)
 	return nil
+}
+
+// seed writes the cloud-init NoCloud seed (SeedNoCloud) after the image
+// if the plan asks for one (hostname, SSH keys or a phone-home URL), and
+// says what happened for the final details ("" when not asked). A seed
+// that cannot be written does not fail the install: the image is written
+// and verified, and may well configure itself; the details say why.
+func (im *Image) seed(f *os.File, disk Disk, written int64, plan agent.Plan, progress agent.ProgressFunc, log *slog.Logger) string {
+	if plan.Hostname == "" && len(plan.SSHAuthorizedKeys) == 0 && plan.PhoneHomeURL == "" {
+		return ""
+	}
+	progress(agent.StageConfiguring, 50, "writing the cloud-init NoCloud seed", nil)
+	size := disk.SizeBytes
+	if size <= 0 {
+		size = written
+	}
+	off, err := SeedNoCloud(f, size, written, NoCloud{
+		InstanceID: plan.TaskID, Hostname: plan.Hostname,
+		SSHAuthorizedKeys: plan.SSHAuthorizedKeys, PhoneHomeURL: plan.PhoneHomeURL,
+	})
+	if err != nil {
+		log.Warn("no cloud-init seed written", "disk", disk.Path, "err", err)
+		return "not_seeded: " + err.Error()
+	}
+	log.Info("cloud-init NoCloud seed written", "disk", disk.Path, "offset", off)
+	return fmt.Sprintf("seeded: CIDATA partition at byte %d", off)
 }
 
 func wipeHead(f *os.File) error {

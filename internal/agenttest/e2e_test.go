@@ -201,10 +201,20 @@ func (l *lab) bootAgent(mac string) (*task.Task, agent.Config) {
 		OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "ops", Tags: map[string]string{"hostname": "web-1"}})
 	require.NoError(l.t, err)
 	l.waitStatus(tk.ID, task.StatusReady)
-	resp, err := http.Get(l.url + "/boot/" + mac + ".ipxe")
-	require.NoError(l.t, err)
-	script, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// The region learns of the ready status through its watch, a moment
+	// after the store: until then it answers 503 and iPXE retries.
+	var script []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(l.url + "/boot/" + mac + ".ipxe")
+		require.NoError(l.t, err)
+		script, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	m := kernelLine.FindStringSubmatch(string(script))
 	require.NotNil(l.t, m, "%s", script)
 	cfg, err := agent.ParseCmdline("vmlinuz " + m[1])
