@@ -1,0 +1,144 @@
+package e2e_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lpmos/lpmos/internal/testlab"
+)
+
+const installedOS = "lpmos-e2e-os"
+
+// TestInstalledSystemPhonesHome follows a machine past the install: the
+// image is a bootable disk (MBR, syslinux, Debian's kernel and a tiny init
+// standing in for cloud-init, internal/testlab.BootableImage). The agent
+// writes it and a cloud-init NoCloud seed (hostname and the region's
+// phone-home URL) in a new partition; the VM reboots, the region sends it
+// to its local disk, the installed system boots, reads the seed, phones
+// home, and the task's timeline gets its first_boot entry.
+func TestInstalledSystemPhonesHome(t *testing.T) {
+	var img []byte
+	r := newRig(t, bios, func(bootDir string) {
+		zst, sum := testlab.BootableImageZstd(t)
+		data, err := os.ReadFile(zst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		publishImage(t, bootDir, installedOS, data, sum)
+		if img, err = os.ReadFile(testlab.BootableImage(t)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	srv, mac := r.srv, testlab.DefaultMAC
+	const hostname = "e2e-installed"
+	id := srv.createTask(mac, installedOS, imageVersion, map[string]string{"hostname": hostname})
+	srv.waitStatus(id, "ready", 30*time.Second)
+	disk := testlab.Disk(t, vmDiskSize)
+	vm := r.startVM(t, bios, testlab.VMConfig{Disk: disk, Reboot: true, Timeout: 6 * time.Minute})
+
+	waitStatusWhileVM(t, srv, vm, id, "pending_approval", 3*time.Minute)
+	if code, body := srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true}`); code/100 != 2 {
+		t.Fatalf("approve: %d %v", code, body)
+	}
+	waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
+	completed := time.Now()
+	testlab.Logf(t, r.start, "installed; waiting for the installed system to phone home")
+
+	var firstBoot map[string]any
+	deadline := time.Now().Add(3 * time.Minute)
+	for firstBoot == nil {
+		tl, _ := srv.task(id)["timeline"].([]any)
+		for _, e := range tl {
+			if m, _ := e.(map[string]any); m["event"] == "first_boot" {
+				firstBoot = m
+			}
+		}
+		if firstBoot != nil {
+			break
+		}
+		select {
+		case <-vm.Done():
+			t.Fatalf("the VM stopped (%v) before the installed system phoned home", vm.Wait().Err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no first_boot in the task's timeline within 3 minutes of completion")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	toFirstBoot := time.Since(completed)
+	testlab.Logf(t, r.start, "first boot recorded %s after completion: %v", toFirstBoot.Round(100*time.Millisecond), firstBoot["message"])
+	t.Logf("E2E-TIMING mode=bios-firstboot completed_to_first_boot=%.1f", toFirstBoot.Seconds())
+	if msg, _ := firstBoot["message"].(string); !strings.Contains(msg, `"`+hostname+`"`) {
+		t.Errorf("first_boot message %q does not name the seeded hostname %q", msg, hostname)
+	}
+	// The stand-in powers off after phoning home.
+	select {
+	case <-vm.Done():
+	case <-time.After(time.Minute):
+		t.Errorf("the installed system did not power off after phoning home")
+	}
+	res := vm.Stop()
+	serial := strings.NewReplacer("\r", "", "\n", "").Replace(res.Serial)
+	for _, want := range []string{
+		"is installed (task " + id + " completed), booting from the local disk",
+		"LPMOS-FIRSTBOOT: phoned home",
+	} {
+		if !strings.Contains(serial, want) {
+			t.Errorf("the serial console does not show %q", want)
+		}
+	}
+
+	// The disk: the image's partition untouched, plus the seed partition.
+	got, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := sfdiskParts(t, disk)
+	imgParts := sfdiskParts(t, testlab.BootableImage(t))
+	if len(imgParts) != 1 || len(parts) != 2 {
+		t.Fatalf("partitions: image %v, disk %v; want the image's one plus the seed", imgParts, parts)
+	}
+	p1, seed := parts[0], parts[1]
+	if p1.Start != imgParts[0].Start || p1.Size != imgParts[0].Size || p1.Type != imgParts[0].Type {
+		t.Errorf("partition 1 %+v differs from the image's %+v", p1, imgParts[0])
+	}
+	if a, b := p1.Start*512, (p1.Start+p1.Size)*512; !bytes.Equal(got[a:b], img[a:b]) {
+		t.Errorf("partition 1's content differs from the image's")
+	}
+	if seed.Start < p1.Start+p1.Size || seed.Start%2048 != 0 {
+		t.Errorf("seed partition %+v: want 1 MiB aligned after partition 1 %+v", seed, p1)
+	}
+	checkTimeline(t, srv.task(id), []string{"pending", "ready", "booting", "pending_approval", "approved", "installing", "completed"},
+		[]string{"partitioning", "downloading", "writing", "configuring"})
+	r.ws.waitStatuses(t, id, []string{"pending", "ready", "booting", "pending_approval", "approved", "installing", "completed"})
+}
+
+type sfdiskPart struct {
+	Start int64  `json:"start"`
+	Size  int64  `json:"size"`
+	Type  string `json:"type"`
+}
+
+// sfdiskParts lists a disk image's partitions as sfdisk reads them.
+func sfdiskParts(t *testing.T, path string) []sfdiskPart {
+	t.Helper()
+	out, err := exec.Command("sfdisk", "--json", path).Output()
+	if err != nil {
+		t.Fatalf("sfdisk --json %s (Debian package fdisk; ./scripts/test.sh installs it): %v", path, err)
+	}
+	var pt struct {
+		PartitionTable struct {
+			Partitions []sfdiskPart `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal(out, &pt); err != nil {
+		t.Fatalf("sfdisk --json: %v: %s", err, out)
+	}
+	return pt.PartitionTable.Partitions
+}
