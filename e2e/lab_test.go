@@ -40,15 +40,15 @@ type server struct {
 	proc *netns.Proc
 }
 
-// startAllinone runs examples/allinone in the server namespace with a memory
-// store, full-mode DHCP on the VM link and bootDir as its boot directory,
+// startAllinone runs examples/allinone in the server namespace with its
+// embedded etcd, full-mode DHCP on the VM link and bootDir as its boot directory,
 // and waits until its control plane and region answer.
 // extra flags come last, so they override the defaults.
 func startAllinone(t *testing.T, lab *testlab.Lab, bootDir string, extra ...string) *server {
 	t.Helper()
 	bin := testlab.Binary(t, "./examples/allinone")
 	data := t.TempDir()
-	args := []string{"--store", "memory", "--data-dir", data, "--log-level", "debug",
+	args := []string{"--store", "etcd", "--data-dir", data, "--log-level", "debug",
 		"--listen-addr", "127.0.0.1:8080",
 		"--region", regionID, "--region-listen", testlab.ServerIP + ":8081", "--region-url", regionURL,
 		"--tftp-listen", testlab.ServerIP + ":69",
