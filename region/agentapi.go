@@ -343,6 +343,15 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 // ApprovalWait) with the task still pending.
 func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 	mac, t, err := r.authAgent(req.Context(), req, req.PathValue("mac"), "")
+	if errors.Is(err, errUnauthorized) {
+		// The decision may have come between the agent's hardware report
+		// and its first poll: its token is still the machine's, bound to
+		// the task that ended. Tell it how the task ended, so it stops.
+		if final := r.endedTaskOf(req, req.PathValue("mac")); final != nil {
+			writeJSON(w, http.StatusOK, r.decision(final, ""))
+			return nil
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -381,6 +390,25 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 			return nil
 		}
 	}
+}
+
+// endedTaskOf returns the ended task the request's agent token is bound
+// to, or nil: the token must still be the machine's current one (a new
+// task's boot script replaces it).
+func (r *Region) endedTaskOf(req *http.Request, macText string) *task.Task {
+	mac, err := lpmos.ParseMAC(macText)
+	if err != nil {
+		return nil
+	}
+	boundTo, err := r.tokens.check(req.Context(), mac, bearerToken(req))
+	if err != nil {
+		return nil
+	}
+	t, err := r.svc.Get(req.Context(), boundTo)
+	if err != nil || !t.Status.Terminal() {
+		return nil
+	}
+	return t
 }
 
 // decision is what the agent is told about its task.

@@ -409,6 +409,23 @@ func TestRejectTellsTheAgentToPowerOff(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("long-poll not answered after rejection")
 	}
+
+	// An agent whose first poll comes after the decision (it raced the
+	// operator) is told too, not refused: its token is still the
+	// machine's. Other calls with it are refused: the task is over.
+	require.Eventually(t, func() bool {
+		script, _ := l.boot(mac) // the stop script: it issues no new token
+		return strings.Contains(script, "was rejected")
+	}, 10*time.Second, 20*time.Millisecond, "the region has let go of the task")
+	code, body := l.call("GET", agent.PathApproval+mac+"?wait=0", token, nil)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Equal(t, "poweroff", body["next_action"])
+	assert.Equal(t, "rejected", body["status"])
+	assert.Equal(t, "wrong rack", body["reason"])
+	code, _ = l.call("POST", agent.PathProgress, token, agent.ProgressRequest{MACAddress: mac, TaskID: tk.ID, Stage: "writing", Percentage: 1})
+	assert.Equal(t, http.StatusUnauthorized, code)
+	code, _ = l.call("GET", agent.PathApproval+mac+"?wait=0", strings.Repeat("0", 64), nil)
+	assert.Equal(t, http.StatusUnauthorized, code, "a wrong token learns nothing")
 }
 
 func TestAgentReportsFailure(t *testing.T) {
