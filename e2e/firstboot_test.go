@@ -45,8 +45,13 @@ func TestInstalledSystemPhonesHome(t *testing.T) {
 	if code, body := srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true}`); code/100 != 2 {
 		t.Fatalf("approve: %d %v", code, body)
 	}
-	waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
+	task := waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
 	completed := time.Now()
+	p, _ := task["progress"].(map[string]any)
+	details, _ := p["details"].(map[string]any)
+	if ci, _ := details["cloud_init"].(string); !strings.HasPrefix(ci, "seeded") {
+		t.Errorf("the final progress details say cloud_init %q, want seeded (details %v)", ci, details)
+	}
 	testlab.Logf(t, r.start, "installed; waiting for the installed system to phone home")
 
 	var firstBoot map[string]any

@@ -75,6 +75,11 @@ func makeImage(t *testing.T, bootDir, osName string, badSum bool) []byte {
 	return img
 }
 
+func sha256hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
 func zstdBytes(t *testing.T, b []byte) []byte {
 	t.Helper()
 	var zst bytes.Buffer
@@ -241,6 +246,8 @@ func provision(t *testing.T, sc scenario) {
 	testlab.Logf(t, r.start, "task completed after %s, progress %v", toCompleted.Round(100*time.Millisecond), task["progress"])
 	if p, _ := task["progress"].(map[string]any); p["stage"] != "completed" || p["percentage"] != float64(100) {
 		t.Errorf("final progress %v, want stage completed at 100%%", task["progress"])
+	} else if d, _ := p["details"].(map[string]any); d["written_sha256"] != sha256hex(img) || d["cloud_init"] != nil {
+		t.Errorf("final progress details %v: want written_sha256 of the image and no cloud_init seed", d)
 	}
 
 	// The agent reboots the VM; the firmware boots from the network again

@@ -210,7 +210,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 				return err
 			}
 		}
-		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message)
+		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message, task.WithDetails(body.Details))
 		if err != nil {
 			return err
 		}

@@ -85,7 +85,15 @@ type MoveOption func(*moveOptions)
 
 type moveOptions struct {
 	expectRev int64
+	details   map[string]any // Complete: details of the final progress
 	snap      *snapshot // a fresh read to use for the first attempt
+}
+
+// WithDetails gives Complete the details of the install's final progress
+// report (e.g. what was written and its hash), kept with the completed
+// task. Other moves ignore it.
+func WithDetails(d map[string]any) MoveOption {
+	return func(o *moveOptions) { o.details = d }
 }
 
 // ExpectRevision makes a move succeed only if the task's status has not
@@ -438,11 +446,17 @@ func (s *Service) ReportHardware(ctx context.Context, id, by string, hw hardware
 
 // Complete records that the install finished (installing → completed).
 func (s *Service) Complete(ctx context.Context, id, by, message string, opts ...MoveOption) (*Task, error) {
-	if err := checkText("message", message, MaxTextLen); err != nil {
+	var o moveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	final := Progress{Stage: StageCompleted, Percentage: 100, Message: message, Details: o.details}
+	if err := final.validate(); err != nil {
 		return nil, err
 	}
 	return s.move(ctx, id, EventCompleted, by, opts, func(t *Task, now time.Time) (change, error) {
-		p := &Progress{Stage: StageCompleted, Percentage: 100, Message: message, UpdatedAt: now}
+		p := &final
+		p.UpdatedAt = now
 		return change{
 			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldProgress), mustJSON(p))},
 			apply: func(t *Task) { t.Progress = p },

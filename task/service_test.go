@@ -620,8 +620,14 @@ func TestRecordFirstBoot(t *testing.T) {
 		require.NoError(t, err)
 		_, err = svc.ReportProgress(ctx, tk.ID, "region:dc1", task.Progress{Stage: task.StageWriting, Percentage: 50})
 		require.NoError(t, err)
-		done, err := svc.Complete(ctx, tk.ID, "region:dc1", "installed")
+		done, err := svc.Complete(ctx, tk.ID, "region:dc1", "installed", task.WithDetails(map[string]any{"written_sha256": "ab12", "bytes_written": 42}))
 		require.NoError(t, err)
+		stored, err := svc.Get(ctx, tk.ID)
+		require.NoError(t, err)
+		require.NotNil(t, stored.Progress)
+		assert.Equal(t, map[string]any{"written_sha256": "ab12", "bytes_written": float64(42)}, stored.Progress.Details, "the final details are kept")
+		_, err = svc.Complete(ctx, tk.ID, "region:dc1", "again", task.WithDetails(map[string]any{strings.Repeat("k", 1000): "key too long"}))
+		require.ErrorIs(t, err, task.ErrInvalid)
 
 		got, err := svc.RecordFirstBoot(ctx, tk.ID, "region:dc1", "installed system web-01 came up")
 		require.NoError(t, err)
@@ -640,7 +646,7 @@ func TestRecordFirstBoot(t *testing.T) {
 		_, after = dump(t, st)
 		assert.Equal(t, before, after, "a repeated first boot writes nothing")
 
-		stored, err := svc.Get(ctx, tk.ID)
+		stored, err = svc.Get(ctx, tk.ID)
 		require.NoError(t, err)
 		assert.Equal(t, got.Timeline, stored.Timeline)
 
