@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -118,31 +119,11 @@ func Kernel(t testing.TB, agentPkg string) string {
 	if err != nil {
 		t.Fatalf("testlab: fetching the Debian kernel for the agent (needs apt-get update and network; ./scripts/test.sh does both): %v", err)
 	}
-	key := sha256.New()
-	fmt.Fprintf(key, "agent=%s\nkernel=%s\ngo=%s\n", agentPkg, vmlinuz, runtime.Version())
-	if err := hashFile(key, filepath.Join(root, "go.sum")); err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	// The agent's own binary stands for all of its sources: Go builds are
-	// reproducible, and this build is cached by the go command.
-	agentBin := filepath.Join(t.TempDir(), "agent")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", agentBin, agentPkg)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("testlab: the agent %s does not build: %v\n%s", agentPkg, err, out)
-	}
-	if err := hashFile(key, agentBin); err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	dir := filepath.Join(cache, "boot-"+hex.EncodeToString(key.Sum(nil))[:16])
-	if _, err := os.Stat(filepath.Join(dir, initramfs.InitramfsName)); err == nil {
-		now := time.Now()
-		_ = os.Chtimes(dir, now, now) // in use: keep it from pruneCache
+	dir, _, hit := cacheEntry(t, ctx, "boot", agentPkg, "agent="+agentPkg+"\nkernel="+vmlinuz+"\n")
+	if hit {
 		t.Logf("testlab: agent boot files from the cache: %s", dir)
 		return dir
 	}
-	pruneCache(cache)
 
 	start := time.Now()
 	tmp, err := os.MkdirTemp(cache, ".build-")
@@ -165,15 +146,47 @@ func Kernel(t testing.TB, agentPkg string) string {
 	return dir
 }
 
-// pruneCache removes boot files no test has used for a few days: every
-// change of the agent makes a new entry (~15 MB).
-func pruneCache(cache string) {
-	old, _ := filepath.Glob(filepath.Join(cache, "boot-*"))
+// cacheEntry names the cache entry of a build around the Go command pkg:
+// <CacheDir>/<prefix>-<key>, the key hashing extra (the build's other
+// inputs), the Go version, go.sum and pkg's binary, which stands for all
+// of its sources (Go builds are reproducible, and the go command caches
+// this build). It returns the entry, the binary (static, linux/amd64, in
+// the test's temporary directory) and whether the entry is already built;
+// a hit is touched, so pruning keeps it, and a miss prunes entries of
+// prefix nobody used for 3 days (each change of pkg makes a new one).
+// Hold the cache lock.
+func cacheEntry(t testing.TB, ctx context.Context, prefix, pkg, extra string) (dir, bin string, hit bool) {
+	t.Helper()
+	root := ModuleRoot(t)
+	key := sha256.New()
+	fmt.Fprintf(key, "%sgo=%s\n", extra, runtime.Version())
+	if err := hashFile(key, filepath.Join(root, "go.sum")); err != nil {
+		t.Fatalf("testlab: %v", err)
+	}
+	bin = filepath.Join(t.TempDir(), path.Base(pkg))
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testlab: %s does not build: %v\n%s", pkg, err, out)
+	}
+	if err := hashFile(key, bin); err != nil {
+		t.Fatalf("testlab: %v", err)
+	}
+	cache := CacheDir()
+	dir = filepath.Join(cache, prefix+"-"+hex.EncodeToString(key.Sum(nil))[:16])
+	if _, err := os.Stat(dir); err == nil {
+		now := time.Now()
+		_ = os.Chtimes(dir, now, now)
+		return dir, bin, true
+	}
+	old, _ := filepath.Glob(filepath.Join(cache, prefix+"-*"))
 	for _, d := range old {
 		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 72*time.Hour {
 			_ = os.RemoveAll(d)
 		}
 	}
+	return dir, bin, false
 }
 
 func hashFile(w io.Writer, name string) error {

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -144,30 +143,12 @@ func osImageDir(t testing.TB) string {
 	if err != nil {
 		t.Fatalf("testlab: fetching the Debian kernel for the test OS image (needs apt-get update and network; ./scripts/test.sh does both): %v", err)
 	}
-	key := sha256.New()
-	fmt.Fprintf(key, "recipe=%s\nbase=%s\ninit=%s\nkernel=%s\ngo=%s\nmodules=%s\ncfg=%s\n", osImageRecipe, osImageBaseUinit,
-		FirstbootPackage, vmlinuz, runtime.Version(), strings.Join(osImageModules(), ","), osImageSyslinuxCfg)
-	if err := hashFile(key, filepath.Join(root, "go.sum")); err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "firstboot")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, FirstbootPackage)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("testlab: %s does not build: %v\n%s", FirstbootPackage, err, out)
-	}
-	if err := hashFile(key, bin); err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	dir := filepath.Join(cache, "osimage-"+hex.EncodeToString(key.Sum(nil))[:16])
-	if _, err := os.Stat(filepath.Join(dir, osImageName)); err == nil {
-		now := time.Now()
-		_ = os.Chtimes(dir, now, now)
+	dir, bin, hit := cacheEntry(t, ctx, "osimage", FirstbootPackage, fmt.Sprintf("recipe=%s\nbase=%s\nkernel=%s\nmodules=%s\ncfg=%s\n",
+		osImageRecipe, osImageBaseUinit, vmlinuz, strings.Join(osImageModules(), ","), osImageSyslinuxCfg))
+	if hit {
 		t.Logf("testlab: test OS image from the cache: %s", dir)
 		return dir
 	}
-	pruneOSImages(cache)
 
 	start := time.Now()
 	tmp, err := os.MkdirTemp(cache, ".build-")
@@ -366,14 +347,4 @@ func writeFileAtomic(name string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), name)
-}
-
-// pruneOSImages removes test OS images no test has used for a few days.
-func pruneOSImages(cache string) {
-	old, _ := filepath.Glob(filepath.Join(cache, "osimage-*"))
-	for _, d := range old {
-		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 72*time.Hour {
-			_ = os.RemoveAll(d)
-		}
-	}
 }
