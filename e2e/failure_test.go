@@ -26,15 +26,10 @@ func taskError(task map[string]any) map[string]any {
 func TestChecksumMismatchFailsTask(t *testing.T) {
 	const badOS = "lpmos-e2e-bad"
 	r := newRig(t, bios, func(bootDir string) { makeImage(t, bootDir, badOS, true) })
-	srv, mac := r.srv, testlab.DefaultMAC
-	id := srv.createTask(mac, badOS, imageVersion, map[string]string{"cloud_init": "off"})
-	srv.waitStatus(id, "ready", 30*time.Second)
-	disk := testlab.Disk(t, vmDiskSize)
-	vm := r.startVM(t, bios, testlab.VMConfig{Disk: disk})
-	waitStatusWhileVM(t, srv, vm, id, "pending_approval", 3*time.Minute)
-	if code, body := srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true}`); code/100 != 2 {
-		t.Fatalf("approve: %d %v", code, body)
-	}
+	srv := r.srv
+	m, _ := r.bootForTask(t, bios, badOS, map[string]string{"cloud_init": "off"}, testlab.VMConfig{})
+	id, vm, disk := m.id, m.vm, m.disk
+	r.approve(t, id)
 	task := waitStatusWhileVM(t, srv, vm, id, "failed", 3*time.Minute)
 	vm.Stop()
 	e := taskError(task)
@@ -62,12 +57,9 @@ func TestChecksumMismatchFailsTask(t *testing.T) {
 // kernel's power-down, not a reboot). The disk is untouched.
 func TestRejectPowersOff(t *testing.T) {
 	r := newRig(t, bios, func(bootDir string) { makeImage(t, bootDir, imageOS, false) })
-	srv, mac := r.srv, testlab.DefaultMAC
-	id := srv.createTask(mac, imageOS, imageVersion, map[string]string{"cloud_init": "off"})
-	srv.waitStatus(id, "ready", 30*time.Second)
-	disk := testlab.Disk(t, vmDiskSize)
-	vm := r.startVM(t, bios, testlab.VMConfig{Disk: disk})
-	waitStatusWhileVM(t, srv, vm, id, "pending_approval", 3*time.Minute)
+	srv := r.srv
+	m, _ := r.bootForTask(t, bios, imageOS, map[string]string{"cloud_init": "off"}, testlab.VMConfig{})
+	id, vm, disk := m.id, m.vm, m.disk
 	rejected := time.Now()
 	select {
 	case <-vm.Done():
@@ -112,14 +104,10 @@ func TestRejectPowersOff(t *testing.T) {
 // timeout (10 s here, --task-timeouts) passes.
 func TestKilledVMTimesOut(t *testing.T) {
 	r := newRig(t, bios, func(bootDir string) { makeImage(t, bootDir, imageOS, false) }, "--task-timeouts", "installing=10s")
-	srv, mac := r.srv, testlab.DefaultMAC
-	id := srv.createTask(mac, imageOS, imageVersion, map[string]string{"cloud_init": "off"})
-	srv.waitStatus(id, "ready", 30*time.Second)
-	vm := r.startVM(t, bios, testlab.VMConfig{Disk: testlab.Disk(t, vmDiskSize), DiskWriteBps: 512 << 10})
-	waitStatusWhileVM(t, srv, vm, id, "pending_approval", 3*time.Minute)
-	if code, body := srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true}`); code/100 != 2 {
-		t.Fatalf("approve: %d %v", code, body)
-	}
+	srv := r.srv
+	m, _ := r.bootForTask(t, bios, imageOS, map[string]string{"cloud_init": "off"}, testlab.VMConfig{DiskWriteBps: 512 << 10})
+	id, vm := m.id, m.vm
+	r.approve(t, id)
 	// Kill the VM once the agent reports writing.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {

@@ -34,17 +34,11 @@ func TestInstalledSystemPhonesHome(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	srv, mac := r.srv, testlab.DefaultMAC
+	srv := r.srv
 	const hostname = "e2e-installed"
-	id := srv.createTask(mac, installedOS, imageVersion, map[string]string{"hostname": hostname})
-	srv.waitStatus(id, "ready", 30*time.Second)
-	disk := testlab.Disk(t, vmDiskSize)
-	vm := r.startVM(t, bios, testlab.VMConfig{Disk: disk, Reboot: true, Timeout: 6 * time.Minute})
-
-	waitStatusWhileVM(t, srv, vm, id, "pending_approval", 3*time.Minute)
-	if code, body := srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true}`); code/100 != 2 {
-		t.Fatalf("approve: %d %v", code, body)
-	}
+	m, _ := r.bootForTask(t, bios, installedOS, map[string]string{"hostname": hostname}, testlab.VMConfig{Reboot: true, Timeout: 6 * time.Minute})
+	id, vm, disk := m.id, m.vm, m.disk
+	r.approve(t, id)
 	task := waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
 	completed := time.Now()
 	p, _ := task["progress"].(map[string]any)

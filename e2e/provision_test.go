@@ -191,22 +191,44 @@ func newRig(t *testing.T, sc scenario, images func(bootDir string), extra ...str
 	return r
 }
 
-// startVM boots the VM of the scenario and, if the test fails, logs the
-// serial console's tail.
-func (r *rig) startVM(t *testing.T, sc scenario, cfg testlab.VMConfig) *testlab.VM {
+// machine is one VM booted for a task.
+type machine struct {
+	id      string // the task
+	disk    string // the VM's disk file
+	vm      *testlab.VM
+	powerOn time.Time
+}
+
+// bootForTask creates a task for the VM's MAC to install osName (with
+// tags), boots the VM of the scenario (cfg: disk and MAC are filled in)
+// once the task is ready, and waits for the agent's hardware report. If
+// the test fails, the serial console's tail is logged.
+func (r *rig) bootForTask(t *testing.T, sc scenario, osName string, tags map[string]string, cfg testlab.VMConfig) (machine, map[string]any) {
 	t.Helper()
-	cfg.Firmware, cfg.MAC, cfg.Memory, cfg.CPUs = sc.firmware, testlab.DefaultMAC, vmMemoryMiB, vmCPUs
+	m := machine{id: r.srv.createTask(testlab.DefaultMAC, osName, imageVersion, tags), disk: testlab.Disk(t, vmDiskSize)}
+	r.srv.waitStatus(m.id, "ready", 30*time.Second)
+	cfg.Firmware, cfg.MAC, cfg.Memory, cfg.CPUs, cfg.Disk = sc.firmware, testlab.DefaultMAC, vmMemoryMiB, vmCPUs, m.disk
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 4 * time.Minute
 	}
-	vm := r.lab.StartVM(context.Background(), t, cfg)
+	m.powerOn = time.Now()
+	m.vm = r.lab.StartVM(context.Background(), t, cfg)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("artifacts in %s; serial console tail:\n%s", testlab.ArtifactDir(t),
-				testlab.Tail(strings.ReplaceAll(vm.Serial(), "\r", ""), 40))
+				testlab.Tail(strings.ReplaceAll(m.vm.Serial(), "\r", ""), 40))
 		}
 	})
-	return vm
+	task := waitStatusWhileVM(t, r.srv, m.vm, m.id, "pending_approval", 3*time.Minute)
+	return m, task
+}
+
+// approve approves the task through the REST API.
+func (r *rig) approve(t *testing.T, id string) {
+	t.Helper()
+	if code, body := r.srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true,"notes":"e2e"}`); code/100 != 2 {
+		t.Fatalf("approve: %d %v", code, body)
+	}
 }
 
 // provision is the whole product on one VM: a task created through the
@@ -223,23 +245,15 @@ func provision(t *testing.T, sc scenario) {
 	srv, mac := r.srv, testlab.DefaultMAC
 	// No cloud-init seed: the disk must be the image, byte for byte
 	// (TestInstalledSystemPhonesHome covers the seed).
-	id := srv.createTask(mac, imageOS, imageVersion, map[string]string{"cloud_init": "off"})
-	srv.waitStatus(id, "ready", 30*time.Second)
-	disk := testlab.Disk(t, vmDiskSize)
-	powerOn := time.Now()
-	vm := r.startVM(t, sc, testlab.VMConfig{Disk: disk, Reboot: true})
-
-	task := waitStatusWhileVM(t, srv, vm, id, "pending_approval", 3*time.Minute)
-	toReport := time.Since(powerOn)
+	m, task := r.bootForTask(t, sc, imageOS, map[string]string{"cloud_init": "off"}, testlab.VMConfig{Reboot: true})
+	id, vm, disk := m.id, m.vm, m.disk
+	toReport := time.Since(m.powerOn)
 	hw, _ := task["hardware"].(map[string]any)
 	testlab.Logf(t, r.start, "hardware reported after %s: cpu %v, memory %v, disks %v, network %v",
 		toReport.Round(100*time.Millisecond), hw["cpu"], hw["memory"], hw["disks"], hw["network"])
 	checkHardware(t, task["hardware"], mac)
 
-	code, body := srv.api("PUT", "/api/v1/tasks/"+id+"/approve", `{"approved":true,"notes":"e2e"}`)
-	if code/100 != 2 {
-		t.Fatalf("approve: %d %v", code, body)
-	}
+	r.approve(t, id)
 	approved := time.Now()
 	task = waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
 	toCompleted := time.Since(approved)
