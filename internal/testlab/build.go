@@ -102,47 +102,73 @@ func Binary(t testing.TB, pkg string) string {
 // u-root build (~30 s). Do not write into it: copy or link from it.
 func Kernel(t testing.TB, agentPkg string) string {
 	t.Helper()
+	return cachedBuild(t, "the agent's boot files", "boot", agentPkg, "agent="+agentPkg+"\n",
+		func(ctx context.Context, b buildInputs) (string, error) {
+			res, err := initramfs.Build(ctx, initramfs.Options{
+				OutDir: b.out, Agent: agentPkg, GoModuleDir: b.root,
+				Kernel: b.vmlinuz, KernelModulesDir: b.modulesDir, TempDir: b.tmp,
+			})
+			if err != nil {
+				return "", fmt.Errorf("building the agent's initramfs: %w", err)
+			}
+			return fmt.Sprintf("initramfs %d bytes, %d modules", res.InitramfsSize, len(res.Modules)), nil
+		})
+}
+
+// buildInputs is what a cachedBuild build function works with.
+type buildInputs struct {
+	root                string // the module root (GoModuleDir)
+	vmlinuz, modulesDir string // Debian's kernel and its module tree
+	bin                 string // the built Go command the entry is keyed by
+	tmp                 string // scratch space, removed afterwards
+	out                 string // the entry's files go here (created)
+}
+
+// cachedBuild returns the cache entry of a build (see cacheEntry), making
+// it first if needed: build writes into in.out, which is renamed into place
+// when it returns, and says what it made for the log. One builder at a time
+// (test binaries of several packages run in parallel): the others then
+// find its result. The Debian kernel is downloaded once, into the same
+// cache as agent/initramfs's tests.
+func cachedBuild(t testing.TB, what, prefix, pkg, extra string, build func(ctx context.Context, in buildInputs) (string, error)) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	root := ModuleRoot(t)
 	cache := CacheDir()
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		t.Fatalf("testlab: %v", err)
 	}
-	// One builder at a time (test binaries of several packages may run in
-	// parallel); the others then find its result.
 	unlock := lockFile(t, filepath.Join(cache, ".lock"))
 	defer unlock()
 
-	// The same kernel cache as agent/initramfs's tests: one download for both.
-	vmlinuz, modulesDir, err := initramfs.FetchDebianKernel(ctx, filepath.Join(os.TempDir(), "lpmos-kernel-cache"))
+	in := buildInputs{root: ModuleRoot(t)}
+	var err error
+	in.vmlinuz, in.modulesDir, err = initramfs.FetchDebianKernel(ctx, filepath.Join(os.TempDir(), "lpmos-kernel-cache"))
 	if err != nil {
-		t.Fatalf("testlab: fetching the Debian kernel for the agent (needs apt-get update and network; ./scripts/test.sh does both): %v", err)
+		t.Fatalf("testlab: fetching the Debian kernel for %s (needs apt-get update and network; ./scripts/test.sh does both): %v", what, err)
 	}
-	dir, _, hit := cacheEntry(t, ctx, "boot", agentPkg, "agent="+agentPkg+"\nkernel="+vmlinuz+"\n")
+	dir, bin, hit := cacheEntry(t, ctx, prefix, pkg, extra+"kernel="+in.vmlinuz+"\n")
 	if hit {
-		t.Logf("testlab: agent boot files from the cache: %s", dir)
+		t.Logf("testlab: %s from the cache: %s", what, dir)
 		return dir
 	}
-
 	start := time.Now()
-	tmp, err := os.MkdirTemp(cache, ".build-")
-	if err != nil {
+	if in.tmp, err = os.MkdirTemp(cache, ".build-"); err != nil {
 		t.Fatalf("testlab: %v", err)
 	}
-	defer os.RemoveAll(tmp)
-	res, err := initramfs.Build(ctx, initramfs.Options{
-		OutDir: filepath.Join(tmp, "out"), Agent: agentPkg, GoModuleDir: root,
-		Kernel: vmlinuz, KernelModulesDir: modulesDir, TempDir: tmp,
-	})
-	if err != nil {
-		t.Fatalf("testlab: building the agent's initramfs: %v", err)
-	}
-	if err := os.Rename(filepath.Join(tmp, "out"), dir); err != nil {
+	defer os.RemoveAll(in.tmp)
+	in.bin, in.out = bin, filepath.Join(in.tmp, "out")
+	if err := os.Mkdir(in.out, 0o755); err != nil {
 		t.Fatalf("testlab: %v", err)
 	}
-	t.Logf("testlab: built the agent's boot files in %s (initramfs %d bytes, %d modules): %s",
-		time.Since(start).Round(time.Second), res.InitramfsSize, len(res.Modules), dir)
+	made, err := build(ctx, in)
+	if err != nil {
+		t.Fatalf("testlab: %s: %v", what, err)
+	}
+	if err := os.Rename(in.out, dir); err != nil {
+		t.Fatalf("testlab: %v", err)
+	}
+	t.Logf("testlab: built %s in %s (%s): %s", what, time.Since(start).Round(time.Second), made, dir)
 	return dir
 }
 

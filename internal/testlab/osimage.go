@@ -129,62 +129,31 @@ func osImageDir(t testing.TB) string {
 	if _, err := os.Stat(syslinuxMBR); err != nil {
 		t.Fatalf("testlab: %v (Debian package syslinux-common): run ./scripts/test.sh, which installs it", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	root := ModuleRoot(t)
-	cache := CacheDir()
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	unlock := lockFile(t, filepath.Join(cache, ".lock"))
-	defer unlock()
-
-	vmlinuz, modulesDir, err := initramfs.FetchDebianKernel(ctx, filepath.Join(os.TempDir(), "lpmos-kernel-cache"))
-	if err != nil {
-		t.Fatalf("testlab: fetching the Debian kernel for the test OS image (needs apt-get update and network; ./scripts/test.sh does both): %v", err)
-	}
-	dir, bin, hit := cacheEntry(t, ctx, "osimage", FirstbootPackage, fmt.Sprintf("recipe=%s\nbase=%s\nkernel=%s\nmodules=%s\ncfg=%s\n",
-		osImageRecipe, osImageBaseUinit, vmlinuz, strings.Join(osImageModules(), ","), osImageSyslinuxCfg))
-	if hit {
-		t.Logf("testlab: test OS image from the cache: %s", dir)
-		return dir
-	}
-
-	start := time.Now()
-	tmp, err := os.MkdirTemp(cache, ".build-")
-	if err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	defer os.RemoveAll(tmp)
-	// u-root's busybox builder cannot build a command below internal/
-	// (Go forbids the import), so the initramfs is built around u-root's
-	// poweroff as /bin/uinit and firstboot goes in as /bbin/uinit, which
-	// u-root's init runs first; if firstboot ever returns, poweroff ends
-	// the boot.
-	res, err := initramfs.Build(ctx, initramfs.Options{
-		OutDir: filepath.Join(tmp, "boot"), Agent: osImageBaseUinit, GoModuleDir: root,
-		Kernel: vmlinuz, KernelModulesDir: modulesDir, Modules: osImageModules(), TempDir: tmp,
-	})
-	if err != nil {
-		t.Fatalf("testlab: building the test OS image's initramfs: %v", err)
-	}
-	initrd := filepath.Join(tmp, "initrd")
-	if err := writeInitrd(initrd, bin, res.Initramfs); err != nil {
-		t.Fatalf("testlab: the test OS image's initrd: %v", err)
-	}
-	out := filepath.Join(tmp, "out")
-	if err := os.Mkdir(out, 0o755); err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	if err := makeBootableImage(ctx, filepath.Join(out, osImageName), res.Kernel, initrd, tmp); err != nil {
-		t.Fatalf("testlab: making the test OS image: %v", err)
-	}
-	if err := os.Rename(out, dir); err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	t.Logf("testlab: built the test OS image in %s (initramfs %d bytes, %d modules): %s",
-		time.Since(start).Round(time.Second), res.InitramfsSize, len(res.Modules), dir)
-	return dir
+	extra := fmt.Sprintf("recipe=%s\nbase=%s\nmodules=%s\ncfg=%s\n",
+		osImageRecipe, osImageBaseUinit, strings.Join(osImageModules(), ","), osImageSyslinuxCfg)
+	return cachedBuild(t, "the test OS image", "osimage", FirstbootPackage, extra,
+		func(ctx context.Context, b buildInputs) (string, error) {
+			// u-root's busybox builder cannot build a command below
+			// internal/ (Go forbids the import), so the initramfs is built
+			// around u-root's poweroff as /bin/uinit and firstboot goes in
+			// as /bbin/uinit, which u-root's init runs first; if firstboot
+			// ever returns, poweroff ends the boot.
+			res, err := initramfs.Build(ctx, initramfs.Options{
+				OutDir: filepath.Join(b.tmp, "boot"), Agent: osImageBaseUinit, GoModuleDir: b.root,
+				Kernel: b.vmlinuz, KernelModulesDir: b.modulesDir, Modules: osImageModules(), TempDir: b.tmp,
+			})
+			if err != nil {
+				return "", fmt.Errorf("building the initramfs: %w", err)
+			}
+			initrd := filepath.Join(b.tmp, "initrd")
+			if err := writeInitrd(initrd, b.bin, res.Initramfs); err != nil {
+				return "", fmt.Errorf("the initrd: %w", err)
+			}
+			if err := makeBootableImage(ctx, filepath.Join(b.out, osImageName), res.Kernel, initrd, b.tmp); err != nil {
+				return "", fmt.Errorf("making the image: %w", err)
+			}
+			return fmt.Sprintf("initramfs %d bytes, %d modules", res.InitramfsSize, len(res.Modules)), nil
+		})
 }
 
 // makeBootableImage writes the image to name, without root: sfdisk
