@@ -577,3 +577,31 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.Contains(t, text, "lpmos_watch_lag_seconds")
 	assert.Contains(t, text, "lpmos_webhook_failures_total")
 }
+
+// TestRetentionPurgesEndedTasks: with a retention, ended tasks disappear
+// from the store and from the API; active ones stay.
+func TestRetentionPurgesEndedTasks(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	cp := startCP(t, st, func(c *controlplane.Config) {
+		c.Retention, c.PurgeInterval = time.Millisecond, 20*time.Millisecond
+	})
+	ended := cp.create("52:54:00:70:00:01")
+	active := cp.create("52:54:00:70:00:02")
+	code, body := cp.do("DELETE", "/api/v1/tasks/"+ended+"?reason=gone", operatorToken, nil)
+	require.Equal(t, http.StatusNoContent, code, "%v", body)
+
+	require.Eventually(t, func() bool {
+		code, _ := cp.do("GET", "/api/v1/tasks/"+ended, viewerToken, nil)
+		return code == http.StatusNotFound
+	}, 10*time.Second, 20*time.Millisecond, "the ended task is purged")
+	res, err := st.List(context.Background(), task.TaskPrefix(ended), store.ListOptions{})
+	require.NoError(t, err)
+	assert.Empty(t, res.KVs)
+	require.Eventually(t, func() bool {
+		_, body := cp.do("GET", "/api/v1/tasks", viewerToken, nil)
+		tasks, _ := body["tasks"].([]any)
+		return len(tasks) == 1 && tasks[0].(map[string]any)["task_id"] == active
+	}, 10*time.Second, 20*time.Millisecond, "the list shows only the active task")
+	code, _ = cp.do("GET", "/api/v1/tasks/"+active, viewerToken, nil)
+	assert.Equal(t, http.StatusOK, code, "an active task is never purged")
+}

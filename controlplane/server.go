@@ -68,6 +68,12 @@ type Config struct {
 	// ReplicaID names this control plane among its replicas (default
 	// hostname:pid); it marks webhook deliveries it claimed.
 	ReplicaID string
+
+	// Retention, if > 0, deletes tasks that ended (completed, failed,
+	// rejected, cancelled) longer ago than this, every PurgeInterval
+	// (default 1 h) and once at start. Zero keeps every task forever.
+	Retention     time.Duration
+	PurgeInterval time.Duration
 }
 
 // Server is one control-plane replica.
@@ -168,7 +174,34 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { s.regions.run(ctx, s.cfg.Store); return nil })
 	g.Go(func() error { return s.hub.Run(ctx) })
 	g.Go(func() error { return s.notifier.run(ctx) })
+	if s.cfg.Retention > 0 {
+		g.Go(func() error { s.purge(ctx); return nil })
+	}
 	return g.Wait()
+}
+
+// purge deletes ended tasks past Config.Retention until ctx ends, a
+// thousand per round (the oldest first) so that one round stays small.
+// Replicas may purge at once: each task is deleted once.
+func (s *Server) purge(ctx context.Context) {
+	every := s.cfg.PurgeInterval
+	if every <= 0 {
+		every = time.Hour
+	}
+	for {
+		purged, err := s.svc.Purge(ctx, time.Now().Add(-s.cfg.Retention), 1000)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("purging ended tasks", "purged", len(purged), "err", err)
+		case len(purged) > 0:
+			s.log.Info("purged ended tasks", "count", len(purged), "retention", s.cfg.Retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }
 
 // ServeOptions configure ListenAndServe.

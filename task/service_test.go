@@ -656,3 +656,57 @@ func TestRecordFirstBoot(t *testing.T) {
 		require.ErrorIs(t, err, task.ErrNotFound)
 	})
 }
+
+func TestPurge(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		// Three ended tasks and one active one; the clock advances a
+		// second per reading, so they end in creation order.
+		var ended []*task.Task
+		for i, mac := range []string{"00:1a:2b:3c:60:01", "00:1a:2b:3c:60:02", "00:1a:2b:3c:60:03"} {
+			tk := toPendingApproval(t, svc, mac)
+			var err error
+			if i == 1 {
+				tk, err = svc.Reject(ctx, tk.ID, "ops", "no")
+			} else {
+				tk, err = svc.Cancel(ctx, tk.ID, "ops", "no")
+			}
+			require.NoError(t, err)
+			ended = append(ended, tk)
+		}
+		active := toPendingApproval(t, svc, "00:1a:2b:3c:60:04")
+		require.True(t, active.EndedAt().IsZero())
+
+		// Nothing ended before the first task's end.
+		got, err := svc.Purge(ctx, ended[0].EndedAt(), 0)
+		require.NoError(t, err)
+		assert.Empty(t, got)
+
+		// The first two, with a limit of one per call.
+		cutoff := ended[1].EndedAt().Add(time.Millisecond)
+		got, err = svc.Purge(ctx, cutoff, 1)
+		require.NoError(t, err)
+		assert.Equal(t, []string{ended[0].ID}, got)
+		got, err = svc.Purge(ctx, cutoff, 1)
+		require.NoError(t, err)
+		assert.Equal(t, []string{ended[1].ID}, got)
+
+		for i, tk := range ended {
+			_, err := svc.Get(ctx, tk.ID)
+			if i < 2 {
+				require.ErrorIs(t, err, task.ErrNotFound, "purged task %d", i)
+				res, err := st.List(ctx, task.TaskPrefix(tk.ID), store.ListOptions{})
+				require.NoError(t, err)
+				assert.Empty(t, res.KVs, "no key of a purged task is left")
+			} else {
+				require.NoError(t, err, "task %d ended after the cutoff", i)
+			}
+		}
+		// Far in the future: the third goes, the active task never.
+		got, err = svc.Purge(ctx, time.Now().Add(24*time.Hour*365*100), 0)
+		require.NoError(t, err)
+		assert.Equal(t, []string{ended[2].ID}, got)
+		_, err = svc.Get(ctx, active.ID)
+		require.NoError(t, err)
+	})
+}

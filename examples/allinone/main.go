@@ -37,6 +37,7 @@ func main() {
 	tlsKey := fs.String("tls-key", "", "key of --tls-cert (PEM)")
 	logFormat := fs.String("log-format", "text", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	retention := fs.Duration("retention", 0, "delete tasks that ended longer ago than this, e.g. 720h (0 keeps them forever)")
 	simulate := fs.Int("simulate", 0, "run N simulated machines that boot through the real region with the demo installer")
 	simSpeed := fs.Float64("simulate-speed", 1, "speed-up of the simulated installs (1: about 20 s each)")
 	storeFlags.Register(fs, true)
@@ -60,7 +61,7 @@ func main() {
 	}
 	defer closeStore()
 
-	cfg := controlplane.Config{Store: st, Logger: log}
+	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention}
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
 		err = webhookFlags.Apply(&cfg)

@@ -33,6 +33,7 @@ func main() {
 	tlsKey := fs.String("tls-key", "", "key of --tls-cert (PEM)")
 	logFormat := fs.String("log-format", "json", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	retention := fs.Duration("retention", 0, "delete tasks that ended longer ago than this, e.g. 720h (0 keeps them forever)")
 	storeFlags.Register(fs, false)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
@@ -52,7 +53,7 @@ func main() {
 	}
 	defer closeStore()
 
-	cfg := controlplane.Config{Store: st, Logger: log}
+	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention}
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
 		err = webhookFlags.Apply(&cfg)
