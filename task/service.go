@@ -86,7 +86,7 @@ type MoveOption func(*moveOptions)
 type moveOptions struct {
 	expectRev int64
 	details   map[string]any // Complete: details of the final progress
-	snap      *snapshot // a fresh read to use for the first attempt
+	snap      *snapshot      // a fresh read to use for the first attempt
 }
 
 // WithDetails gives Complete the details of the install's final progress
