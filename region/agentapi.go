@@ -62,6 +62,9 @@ func toHTTP(err error) *httpError {
 
 func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
+		if r.starting(w) {
+			return
+		}
 		if err := h(w, req); err != nil {
 			he := toHTTP(err)
 			if he.status >= 500 {

@@ -48,6 +48,9 @@ var answerFiles = map[string]string{
 // URL carries the task's agent token (installers fetch it without headers);
 // the file reports progress to the agent API with the same token.
 func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
+	if r.starting(w) {
+		return
+	}
 	name, ok := answerFiles[req.PathValue("name")]
 	tr, known := r.tasks.get(req.PathValue("task"))
 	if !ok || !known {
@@ -105,6 +108,9 @@ func platform(req *http.Request) lpmos.Firmware {
 // its task. Fetching the agent's script is what moves a ready task to
 // booting, and it carries a fresh per-task token.
 func (r *Region) script(w http.ResponseWriter, req *http.Request) {
+	if r.starting(w) {
+		return
+	}
 	name := req.PathValue("file")
 	macText, ok := strings.CutSuffix(name, ".ipxe")
 	if !ok {

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -106,6 +107,11 @@ type Region struct {
 
 	handler http.Handler
 
+	// synced is closed once the task table has been filled from the store
+	// the first time; until then the region cannot tell a machine's task.
+	synced     chan struct{}
+	syncedOnce sync.Once
+
 	hbMu          sync.RWMutex
 	lastHeartbeat time.Time
 	storeOK       bool
@@ -176,6 +182,7 @@ func New(cfg Config) (*Region, error) {
 		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
 		tasks: newTaskTable(), catalog: cat, progress: map[string]*progressState{},
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
+		synced: make(chan struct{}),
 	}
 	r.tokens = &tokens{st: cfg.Store, now: cfg.Now}
 	mux := http.NewServeMux()
@@ -196,6 +203,27 @@ func (r *Region) Catalogue() *Catalogue { return r.catalog }
 
 // Run watches the region's tasks, heartbeats and enforces timeouts until
 // ctx ends; the caller serves Handler (and DHCP/TFTP) alongside.
+// Synced is closed once the region knows its tasks (its first read of the
+// store after Run started). Before that, boot scripts and the agent API
+// answer 503 with Retry-After, so that a machine talking to a region that
+// is just (re)starting retries instead of being told it has no task.
+func (r *Region) Synced() <-chan struct{} { return r.synced }
+
+// starting answers 503 while the region is not Synced, and reports
+// whether it did.
+func (r *Region) starting(w http.ResponseWriter) bool {
+	select {
+	case <-r.synced:
+		return false
+	default:
+	}
+	w.Header().Set("Retry-After", "1")
+	var body agent.Error
+	body.Error.Code, body.Error.Message = "starting", "the region is starting; retry"
+	writeJSON(w, http.StatusServiceUnavailable, body)
+	return true
+}
+
 func (r *Region) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.watchTasks(ctx) })

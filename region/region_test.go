@@ -655,3 +655,49 @@ func TestDHCPPolicy(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	assert.NotEmpty(t, body)
 }
+
+// TestStartingRegionAsksToRetry: until the region has read its tasks, a
+// machine cannot be told what to do: scripts and the agent API answer 503
+// with Retry-After (the agent and iPXE retry), never "no task".
+func TestStartingRegionAsksToRetry(t *testing.T) {
+	bootDir, _ := writeBootDir(t)
+	reg, err := region.New(region.Config{RegionID: "dc1", Store: memStore(t), PublicURL: "http://region.test", BootDir: bootDir,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	ts := httptest.NewServer(reg.Handler())
+	t.Cleanup(ts.Close)
+	const mac = "52:54:00:12:34:99"
+	for _, tc := range []struct{ method, path, body string }{
+		{"GET", "/boot/" + mac + ".ipxe", ""},
+		{"POST", agent.PathReport, `{"mac_address":"` + mac + `"}`},
+		{"GET", agent.PathApproval + mac, ""},
+		{"POST", agent.PathPhoneHome + "00000000-0000-4000-8000-000000000000", ""},
+	} {
+		req, err := http.NewRequest(tc.method, ts.URL+tc.path, strings.NewReader(tc.body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%s %s: %s", tc.method, tc.path, body)
+		assert.Equal(t, "1", resp.Header.Get("Retry-After"), tc.path)
+		assert.Contains(t, string(body), `"starting"`, tc.path)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- reg.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-reg.Synced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the region never synced")
+	}
+	resp, err := http.Get(ts.URL + "/boot/" + mac + ".ipxe")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, string(body), "has no active task", "once synced, an unknown machine gets the unknown script")
+}

@@ -189,6 +189,7 @@ func (r *Region) fillAndFollow(ctx context.Context) error {
 	}
 	r.tasks.byID, r.tasks.byMAC, r.tasks.rev = fresh.byID, fresh.byMAC, res.Revision // lastEnded survives
 	r.tasks.mu.Unlock()
+	r.syncedOnce.Do(func() { close(r.synced) })
 	for _, tr := range fresh.snapshot() {
 		if tr.task.Status == task.StatusPending {
 			r.prepare(ctx, tr.task)
