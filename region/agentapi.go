@@ -516,15 +516,14 @@ func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if inst := req.PostForm.Get("instance_id"); inst != "" && inst != id {
-		return fail(http.StatusBadRequest, "invalid_request", "instance_id %q is not task %s", inst, id)
-	}
 	msg := "the installed system booted"
 	if h := req.PostForm.Get("hostname"); h != "" {
-		if len(h) > 253 {
-			h = h[:253]
-		}
-		msg += " as " + strconv.Quote(h)
+		msg += " as " + strconv.Quote(truncate(h, 253))
+	}
+	// Our seed makes the task ID the instance ID; another datasource of
+	// the image may have won (the token already proves the task): say so.
+	if inst := req.PostForm.Get("instance_id"); inst != "" && inst != id {
+		msg += " with instance ID " + strconv.Quote(truncate(inst, 128))
 	}
 	host, _, _ := net.SplitHostPort(req.RemoteAddr)
 	msg += " from " + host
@@ -535,4 +534,12 @@ func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 	r.log.Info("installed system phoned home", "task_id", id, "mac", t.Metadata.TargetMAC, "remote", host)
 	writeJSON(w, http.StatusOK, map[string]string{"status": "recorded", "task_id": id, "task_status": string(moved.Status)})
 	return nil
+}
+
+// truncate cuts s to at most n bytes.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
