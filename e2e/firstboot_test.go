@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/internal/testlab"
 )
 
@@ -21,9 +22,18 @@ const installedOS = "lpmos-e2e-os"
 // phone-home URL) in a new partition; the VM reboots, the region sends it
 // to its local disk, the installed system boots, reads the seed, phones
 // home, and the task's timeline gets its first_boot entry.
-func TestInstalledSystemPhonesHome(t *testing.T) {
+func TestInstalledSystemPhonesHome(t *testing.T) { installedSystemPhonesHome(t, bios) }
+
+// TestInstalledSystemPhonesHomeUEFI is the same under OVMF: after the
+// install the region's script exits iPXE and the firmware boots the disk's
+// EFI system partition (syslinux.efi).
+func TestInstalledSystemPhonesHomeUEFI(t *testing.T) {
+	installedSystemPhonesHome(t, scenario{firmware: lpmos.FirmwareUEFI, bootPath: pathUEFI})
+}
+
+func installedSystemPhonesHome(t *testing.T, sc scenario) {
 	var img []byte
-	r := newRig(t, bios, func(bootDir string) {
+	r := newRig(t, sc, func(bootDir string) {
 		zst, sum := testlab.BootableImageZstd(t)
 		data, err := os.ReadFile(zst)
 		if err != nil {
@@ -36,7 +46,7 @@ func TestInstalledSystemPhonesHome(t *testing.T) {
 	})
 	srv := r.srv
 	const hostname = "e2e-installed"
-	m, _ := r.bootForTask(t, bios, installedOS, map[string]string{"hostname": hostname}, testlab.VMConfig{Reboot: true, Timeout: 6 * time.Minute})
+	m, _ := r.bootForTask(t, sc, installedOS, map[string]string{"hostname": hostname}, testlab.VMConfig{Reboot: true, Timeout: 6 * time.Minute})
 	id, vm, disk := m.id, m.vm, m.disk
 	r.approve(t, id)
 	task := waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
@@ -72,7 +82,7 @@ func TestInstalledSystemPhonesHome(t *testing.T) {
 	}
 	toFirstBoot := time.Since(completed)
 	testlab.Logf(t, r.start, "first boot recorded %s after completion: %v", toFirstBoot.Round(100*time.Millisecond), firstBoot["message"])
-	t.Logf("E2E-TIMING mode=bios-firstboot completed_to_first_boot=%.1f", toFirstBoot.Seconds())
+	t.Logf("E2E-TIMING mode=%s-firstboot completed_to_first_boot=%.1f", sc.name(), toFirstBoot.Seconds())
 	if msg, _ := firstBoot["message"].(string); !strings.Contains(msg, `"`+hostname+`"`) {
 		t.Errorf("first_boot message %q does not name the seeded hostname %q", msg, hostname)
 	}

@@ -171,10 +171,12 @@ type LocalParams struct {
 //     Returning to the BIOS instead leaves the choice to the BIOS boot
 //     order, which on some machines ends at "no bootable device" or loops
 //     back into PXE. If sanboot fails, the script exits to the BIOS anyway.
-//   - UEFI: exit. iPXE cannot boot a local disk under UEFI (its sanboot
-//     drives are SAN targets), but returning to the firmware makes the boot
-//     manager try the next BootOrder entry, which after an install is the
-//     installed system's loader.
+//   - UEFI: exit 1. iPXE cannot boot a local disk under UEFI (its sanboot
+//     drives are SAN targets), but returning to the firmware with an error
+//     makes the boot manager try the next BootOrder entry, which after an
+//     install is the installed system's loader. A plain exit (success)
+//     does not: per the UEFI spec the boot manager then shows its menu
+//     and tries nothing else (seen with OVMF, which opened its setup UI).
 func LocalBoot(p LocalParams) ([]byte, error) {
 	if err := checkMAC("MAC", p.MAC); err != nil {
 		return nil, err
@@ -192,10 +194,10 @@ func LocalBoot(p LocalParams) ([]byte, error) {
 	switch p.Firmware {
 	case lpmos.FirmwareBIOS:
 		s.comment("BIOS: boot the first disk's boot sector from iPXE, so the BIOS boot order cannot send the machine back into PXE or stop at no bootable device. If that fails, leave it to the BIOS.")
-		s.cmdOr([]string{"sanboot", "--no-describe", "--drive", "0x80"}, "exit")
+		s.cmdOr([]string{"sanboot", "--no-describe", "--drive", "0x80"}, "exit", "1")
 	case lpmos.FirmwareUEFI, lpmos.FirmwareUEFIHTTP, lpmos.FirmwareARM64, lpmos.FirmwareARM64HTTP:
-		s.comment("UEFI: iPXE cannot boot a local disk itself. Returning to the firmware makes its boot manager try the next BootOrder entry: the installed system.")
-		s.cmd("exit")
+		s.comment("UEFI: iPXE cannot boot a local disk itself. Returning to the firmware with an error makes its boot manager try the next BootOrder entry: the installed system (a success would stop at the boot menu).")
+		s.cmd("exit", "1")
 	default:
 		return nil, invalid("Firmware", string(p.Firmware), "want bios, uefi, uefi-http, arm64 or arm64-http")
 	}
@@ -219,8 +221,9 @@ type UnknownParams struct {
 }
 
 // Unknown renders the script for a machine without an active task: a
-// message, a pause, then exit to the firmware (which boots the next device,
-// usually the local disk) or, with PowerOff, an attempt to power off.
+// message, a pause, then exit 1 to the firmware (which boots the next
+// device, usually the local disk) or, with PowerOff, an attempt to power
+// off.
 func Unknown(p UnknownParams) ([]byte, error) {
 	if err := checkMAC("MAC", p.MAC); err != nil {
 		return nil, err
@@ -244,7 +247,8 @@ func Unknown(p UnknownParams) ([]byte, error) {
 	}
 	s.echo(fmt.Sprintf("LPMOS: leaving network boot in %d seconds", wait))
 	s.cmd("sleep", strconv.Itoa(wait))
-	s.cmd("exit")
+	s.comment("An error, so that a UEFI boot manager tries the next boot option (a success stops at its menu).")
+	s.cmd("exit", "1")
 	return s.render()
 }
 
@@ -302,7 +306,9 @@ func Stop(p StopParams) ([]byte, error) {
 // powerOffOrExit tries poweroff and, where iPXE lacks it (Debian's build
 // says "poweroff: command not found"), returns to the firmware. The caller
 // has already paused, so a firmware that comes straight back to PXE loops
-// slowly.
+// slowly. The exit is a success on purpose: a UEFI boot manager then stops
+// at its menu instead of booting whatever is on the disk of a machine that
+// was refused.
 func (s *script) powerOffOrExit() {
 	s.comment("Debian's iPXE has no poweroff command: return to the firmware instead.")
 	s.cmdOr([]string{"poweroff"}, "exit")

@@ -36,7 +36,10 @@ const (
 	osImageZstdName  = osImageName + ".zst"
 	osImageSumName   = osImageZstdName + ".sha256"
 	syslinuxMBR      = "/usr/lib/syslinux/mbr/mbr.bin" // Debian package syslinux-common
-	osImageRecipe    = "osimage-v2"                    // change when the image's layout or config changes
+	// syslinux for UEFI: Debian packages syslinux-efi and syslinux-common.
+	syslinuxEFI        = "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi"
+	syslinuxEFILdlinux = "/usr/lib/syslinux/modules/efi64/ldlinux.e64"
+	osImageRecipe      = "osimage-v3" // change when the image's layout or config changes
 
 	// osImageBaseUinit is the u-root command the initramfs is built
 	// around (see osImageDir).
@@ -70,6 +73,7 @@ var osImageTools = map[string]string{
 	"sfdisk":    "fdisk",
 	"mkfs.vfat": "dosfstools",
 	"mcopy":     "mtools",
+	"mmd":       "mtools",
 	"syslinux":  "syslinux",
 }
 
@@ -126,8 +130,10 @@ func osImageDir(t testing.TB) string {
 			t.Fatalf("testlab: %s is not installed (Debian package %s): run ./scripts/test.sh, which installs the test OS image's tools (syslinux, syslinux-common, mtools, dosfstools, fdisk)", tool, pkg)
 		}
 	}
-	if _, err := os.Stat(syslinuxMBR); err != nil {
-		t.Fatalf("testlab: %v (Debian package syslinux-common): run ./scripts/test.sh, which installs it", err)
+	for _, f := range []string{syslinuxMBR, syslinuxEFI, syslinuxEFILdlinux} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("testlab: %v (Debian packages syslinux-common, syslinux-efi): run ./scripts/test.sh, which installs them", err)
+		}
 	}
 	extra := fmt.Sprintf("recipe=%s\nbase=%s\nmodules=%s\ncfg=%s\n",
 		osImageRecipe, osImageBaseUinit, strings.Join(osImageModules(), ","), osImageSyslinuxCfg)
@@ -173,7 +179,10 @@ func makeBootableImage(ctx context.Context, name, vmlinuz, initrd, tmp string) e
 		return err
 	}
 	sectors := osImagePartSize / 512
-	table := fmt.Sprintf("label: dos\nlabel-id: 0x4c504d53\nunit: sectors\nstart=%d, size=%d, type=e, bootable\n", osImagePartStart, sectors)
+	// Type EF (EFI system partition) and active: SeaBIOS runs the MBR
+	// code, which boots the active partition whatever its type; OVMF
+	// boots \EFI\BOOT\BOOTX64.EFI from an ESP, MBR or GPT.
+	table := fmt.Sprintf("label: dos\nlabel-id: 0x4c504d53\nunit: sectors\nstart=%d, size=%d, type=ef, bootable\n", osImagePartStart, sectors)
 	if err := runTool(ctx, strings.NewReader(table), "sfdisk", "--no-reread", "--no-tell-kernel", name); err != nil {
 		return err
 	}
@@ -187,7 +196,14 @@ func makeBootableImage(ctx context.Context, name, vmlinuz, initrd, tmp string) e
 		return err
 	}
 	img := name + "@@" + strconv.Itoa(offset)
-	for _, c := range [][2]string{{vmlinuz, "::vmlinuz"}, {initrd, "::initrd"}, {cfg, "::syslinux.cfg"}} {
+	if err := runTool(ctx, nil, "mmd", "-i", img, "::EFI", "::EFI/BOOT"); err != nil {
+		return err
+	}
+	// syslinux.efi reads its configuration from its own directory.
+	for _, c := range [][2]string{
+		{vmlinuz, "::vmlinuz"}, {initrd, "::initrd"}, {cfg, "::syslinux.cfg"},
+		{syslinuxEFI, "::EFI/BOOT/BOOTX64.EFI"}, {syslinuxEFILdlinux, "::EFI/BOOT/ldlinux.e64"}, {cfg, "::EFI/BOOT/syslinux.cfg"},
+	} {
 		if err := runTool(ctx, nil, "mcopy", "-o", "-i", img, c[0], c[1]); err != nil {
 			return err
 		}

@@ -168,7 +168,10 @@ func (l *Lab) StartVM(ctx context.Context, t testing.TB, cfg VMConfig) *VM {
 		if cfg.DiskWriteBps > 0 {
 			drive += ",throttling.bps-write=" + strconv.FormatInt(cfg.DiskWriteBps, 10)
 		}
-		args = append(args, "-drive", drive, "-device", "virtio-blk-pci,drive=d0")
+		// bootindex=2: the disk after the NIC. OVMF keeps only the boot
+		// options QEMU's boot order names, so without it an installed
+		// disk would never be tried after iPXE exits.
+		args = append(args, "-drive", drive, "-device", "virtio-blk-pci,drive=d0,bootindex=2")
 	}
 	nic := "virtio-net-pci,netdev=n0,mac=" + cfg.MAC + ",bootindex=1"
 	switch cfg.Firmware {
