@@ -78,9 +78,10 @@ var osImageTools = map[string]string{
 }
 
 // BootableImage returns the path of a raw disk image of a tiny OS that
-// SeaBIOS boots: an MBR with syslinux's boot code, partition 1 (active,
-// FAT16, 32 MiB from 1 MiB on) holding syslinux, Debian's kernel and a
-// u-root initramfs whose init is [FirstbootPackage]. Booted from a disk
+// both SeaBIOS and OVMF boot: an MBR with syslinux's boot code, partition 1
+// (active, type EF: an EFI system partition, FAT16, 32 MiB from 1 MiB on)
+// holding syslinux for BIOS and \EFI\BOOT\BOOTX64.EFI (syslinux.efi),
+// Debian's kernel and a u-root initramfs whose init is [FirstbootPackage]. Booted from a disk
 // that also holds a NoCloud seed (a FAT file system labelled CIDATA), it
 // phones home as the seed's user-data says, prints the outcome on the
 // serial console (lines starting "LPMOS-FIRSTBOOT: ") and powers off.
@@ -88,7 +89,7 @@ var osImageTools = map[string]string{
 // The image is in the cache ([CacheDir]), keyed by the kernel, the
 // firstboot binary, go.sum and the Go version, so it is built once
 // (~30 s); do not write into it: copy it. It needs the Debian packages
-// syslinux, syslinux-common, mtools, dosfstools and fdisk
+// syslinux, syslinux-common, syslinux-efi, mtools, dosfstools and fdisk
 // (./scripts/test.sh installs them).
 func BootableImage(t testing.TB) string {
 	t.Helper()
