@@ -93,6 +93,11 @@ func startRegion(t *testing.T, st store.Store, opts ...labOption) *lab {
 	l := &lab{t: t, st: st, svc: task.NewService(st, task.Config{}), reg: reg, ts: ts, bootDir: bootDir, cancel: cancel, done: make(chan error, 1)}
 	go func() { l.done <- reg.Run(ctx) }()
 	t.Cleanup(l.stop)
+	select { // until then it answers 503 (TestStartingRegionAsksToRetry)
+	case <-reg.Synced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the region never synced with its store")
+	}
 	return l
 }
 
@@ -138,11 +143,22 @@ var tokenRe = regexp.MustCompile(`lpmos\.token=([0-9a-f]+)`)
 // script and the agent token in it.
 func (l *lab) boot(mac string) (string, string) {
 	l.t.Helper()
-	resp, err := http.Get(l.ts.URL + "/boot/" + mac + ".ipxe")
-	require.NoError(l.t, err)
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	require.Equal(l.t, http.StatusOK, resp.StatusCode, "%s", body)
+	// The region learns of a status through its watch, a moment after the
+	// store (where waitStatus looks): meanwhile it answers 503, and iPXE
+	// retries.
+	var body []byte
+	var code int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		resp, err := http.Get(l.ts.URL + "/boot/" + mac + ".ipxe")
+		require.NoError(l.t, err)
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if code = resp.StatusCode; code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.Equal(l.t, http.StatusOK, code, "%s", body)
 	m := tokenRe.FindStringSubmatch(string(body))
 	if m == nil {
 		return string(body), ""
