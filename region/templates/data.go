@@ -298,6 +298,16 @@ func (d *Data) normalizeNetwork() error {
 // Static reports whether the network is configured statically.
 func (d Data) Static() bool { return d.Network == "static" }
 
+// PhoneHomeURL is where cloud-init's phone_home on the installed system
+// reports its first boot (the region records it in the task's timeline),
+// with the task's token; empty without RegionURL.
+func (d Data) PhoneHomeURL() string {
+	if d.RegionURL == "" {
+		return ""
+	}
+	return strings.TrimSuffix(d.RegionURL, "/") + "/api/v1/agent/phone-home/" + d.TaskID + "?token=" + d.Token
+}
+
 // IP is the static address without its prefix length.
 func (d Data) IP() string {
 	p, _ := netip.ParsePrefix(d.Address)
