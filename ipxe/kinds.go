@@ -128,21 +128,8 @@ func Installer(p InstallerParams) ([]byte, error) {
 	default:
 		return nil, invalid("Method", string(p.Method), "want preseed, autoinstall or kickstart")
 	}
-	consoles, err := consoleArgs("Consoles", p.Consoles)
+	args, attempts, err := commandLine(args, p.Consoles, p.ExtraArgs, name, p.Attempts)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkExtraArgs("ExtraArgs", p.ExtraArgs); err != nil {
-		return nil, err
-	}
-	attempts, err := checkAttempts("Attempts", p.Attempts)
-	if err != nil {
-		return nil, err
-	}
-	args = append(args, consoles...)
-	args = append(args, "initrd="+name)
-	args = append(args, p.ExtraArgs...)
-	if err := kernelArgs(args); err != nil {
 		return nil, err
 	}
 

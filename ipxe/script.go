@@ -169,6 +169,31 @@ type AgentParams struct {
 	Attempts int
 }
 
+// commandLine checks the consoles, extra arguments and attempts (fields
+// Consoles, ExtraArgs, Attempts) and returns the kernel command line: head,
+// the console= arguments, initrd=NAME and the extra arguments, checked as a
+// whole; and the download attempts. The EFI stub of the kernel loads the
+// initrd named here from iPXE's virtual file system; without it a UEFI boot
+// has no initramfs. BIOS ignores it.
+func commandLine(head, consoles, extra []string, initrd string, attempts int) ([]string, int, error) {
+	cons, err := consoleArgs("Consoles", consoles)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := checkExtraArgs("ExtraArgs", extra); err != nil {
+		return nil, 0, err
+	}
+	n, err := checkAttempts("Attempts", attempts)
+	if err != nil {
+		return nil, 0, err
+	}
+	args := append(append(append(head, cons...), "initrd="+initrd), extra...)
+	if err := kernelArgs(args); err != nil {
+		return nil, 0, err
+	}
+	return args, n, nil
+}
+
 // Agent renders the script that boots the LPMOS agent. The kernel command
 // line carries lpmos.region, lpmos.mac, lpmos.task and lpmos.token, which
 // the agent reads from /proc/cmdline.
@@ -191,30 +216,13 @@ func Agent(p AgentParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	consoles, err := consoleArgs("Consoles", p.Consoles)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkExtraArgs("ExtraArgs", p.ExtraArgs); err != nil {
-		return nil, err
-	}
-	attempts, err := checkAttempts("Attempts", p.Attempts)
-	if err != nil {
-		return nil, err
-	}
-	args := []string{
+	args, attempts, err := commandLine([]string{
 		"lpmos.region=" + p.RegionURL,
 		"lpmos.mac=" + p.MAC.String(),
 		"lpmos.task=" + p.TaskID,
 		"lpmos.token=" + p.Token,
-	}
-	args = append(args, consoles...)
-	// The EFI stub of the kernel loads the initrd named here from iPXE's
-	// virtual file system; without it a UEFI boot has no initramfs. BIOS
-	// ignores it.
-	args = append(args, "initrd="+name)
-	args = append(args, p.ExtraArgs...)
-	if err := kernelArgs(args); err != nil {
+	}, p.Consoles, p.ExtraArgs, name, p.Attempts)
+	if err != nil {
 		return nil, err
 	}
 
