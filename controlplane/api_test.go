@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
+	"github.com/lpmos/lpmos/internal/syncbuf"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -36,30 +36,12 @@ const (
 
 var hsSecret = []byte("0123456789abcdef0123456789abcdef-hs256")
 
-// syncBuffer collects log output from concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type testCP struct {
 	t     *testing.T
 	st    store.Store
 	srv   *controlplane.Server
 	ts    *httptest.Server
-	audit *syncBuffer
+	audit *syncbuf.Buffer
 	svc   *task.Service // the region's side
 }
 
@@ -76,7 +58,7 @@ var rsaKey = func() *rsa.PrivateKey {
 // startCP runs a control plane on st over real HTTP.
 func startCP(t *testing.T, st store.Store, opts ...cpOption) *testCP {
 	t.Helper()
-	audit := &syncBuffer{}
+	audit := &syncbuf.Buffer{}
 	cfg := controlplane.Config{
 		Store: st,
 		Tokens: []controlplane.StaticToken{

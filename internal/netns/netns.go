@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lpmos/lpmos/internal/syncbuf"
 )
 
 // Prefix starts the name of every namespace this package creates.
@@ -163,7 +165,7 @@ func (ns *NS) MustRun(t testing.TB, name string, args ...string) string {
 // Proc is a background process started in a namespace.
 type Proc struct {
 	Cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 	err  error
 }
@@ -174,7 +176,7 @@ type Proc struct {
 // the end of the test that created ns, whichever comes first.
 func (ns *NS) Start(ctx context.Context, name string, args ...string) (*Proc, error) {
 	cmd := ns.Command(ctx, name, args...)
-	buf := &syncBuffer{}
+	buf := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
@@ -215,23 +217,6 @@ func (p *Proc) Wait() error {
 
 // Output is what the process printed so far (stdout and stderr).
 func (p *Proc) Output() string { return p.out.String() }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // Do runs fn on an OS thread that has entered ns. Sockets fn opens stay in
 // ns and may then be used from any goroutine, which is how a test serves
