@@ -166,6 +166,15 @@ func (l *lab) boot(mac string) (string, string) {
 	return string(body), m[1]
 }
 
+// report posts a minimal hardware report as the agent does and waits for
+// the task to await approval.
+func (l *lab) report(id, mac, token string) {
+	l.t.Helper()
+	code, body := l.call("POST", agent.PathReport, token, agent.ReportRequest{MACAddress: mac, Hardware: hardware.Info{CPU: hardware.CPU{Cores: 1}}})
+	require.Equal(l.t, http.StatusOK, code, "%v", body)
+	l.waitStatus(id, task.StatusPendingApproval)
+}
+
 // call makes an agent API request and decodes the answer.
 func (l *lab) call(method, path, token string, body any) (int, map[string]any) {
 	l.t.Helper()
@@ -406,9 +415,7 @@ func TestRejectTellsTheAgentToPowerOff(t *testing.T) {
 	tk := l.create(mac)
 	l.waitStatus(tk.ID, task.StatusReady)
 	_, token := l.boot(mac)
-	code, _ := l.call("POST", agent.PathReport, token, agent.ReportRequest{MACAddress: mac, Hardware: hardware.Info{CPU: hardware.CPU{Cores: 1}}})
-	require.Equal(t, http.StatusOK, code)
-	l.waitStatus(tk.ID, task.StatusPendingApproval)
+	l.report(tk.ID, mac, token)
 	answered := make(chan map[string]any, 1)
 	go func() {
 		_, body := l.call("GET", agent.PathApproval+mac, token, nil)
@@ -589,9 +596,7 @@ func TestScriptsFollowTheTask(t *testing.T) {
 	require.NoError(t, err)
 	l.waitStatus(tk.ID, task.StatusReady)
 	_, token := l.boot(mac)
-	code, _ = l.call("POST", agent.PathReport, token, agent.ReportRequest{MACAddress: mac, Hardware: hardware.Info{CPU: hardware.CPU{Cores: 1}}})
-	require.Equal(t, http.StatusOK, code)
-	l.waitStatus(tk.ID, task.StatusPendingApproval)
+	l.report(tk.ID, mac, token)
 	_, err = l.svc.Approve(ctx, tk.ID, "ops", "")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
@@ -627,9 +632,7 @@ func TestScriptsFollowTheTask(t *testing.T) {
 	tk2 := l.create(mac2)
 	l.waitStatus(tk2.ID, task.StatusReady)
 	_, token2 := l.boot(mac2)
-	code, _ = l.call("POST", agent.PathReport, token2, agent.ReportRequest{MACAddress: mac2, Hardware: hardware.Info{CPU: hardware.CPU{Cores: 1}}})
-	require.Equal(t, http.StatusOK, code)
-	l.waitStatus(tk2.ID, task.StatusPendingApproval)
+	l.report(tk2.ID, mac2, token2)
 	_, err = l.svc.Reject(ctx, tk2.ID, "ops", "no")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
