@@ -15,11 +15,11 @@ import (
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
-	"github.com/klauspost/compress/zstd"
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent/initramfs"
 	"github.com/lpmos/lpmos/internal/netns"
+	"github.com/lpmos/lpmos/internal/testimage"
 	"github.com/lpmos/lpmos/internal/testlab"
 )
 
@@ -66,7 +66,7 @@ func makeImage(t *testing.T, bootDir, osName string, badSum bool) []byte {
 	if len(img) != imageSize || !bytes.Contains(img, []byte("LPMOS-E2E block 00000000\n")) {
 		t.Fatalf("image: %d bytes, pattern missing", len(img))
 	}
-	zst := zstdBytes(t, img)
+	zst := testimage.Compress(t, "zstd", img)
 	sum := sha256.Sum256(zst)
 	if badSum {
 		sum[0] ^= 0xff
@@ -78,22 +78,6 @@ func makeImage(t *testing.T, bootDir, osName string, badSum bool) []byte {
 func sha256hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
-}
-
-func zstdBytes(t *testing.T, b []byte) []byte {
-	t.Helper()
-	var zst bytes.Buffer
-	zw, err := zstd.NewWriter(&zst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := zw.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return zst.Bytes()
 }
 
 // publishImage puts a zstd image and its SHA256SUMS line into the region's

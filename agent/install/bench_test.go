@@ -15,6 +15,7 @@ import (
 
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/agent/install"
+	"github.com/lpmos/lpmos/internal/testimage"
 )
 
 // BenchmarkImageWrite compares the image installer with
@@ -43,7 +44,7 @@ func BenchmarkImageWrite(b *testing.B) {
 	require.NoError(b, os.WriteFile(rawPath, raw, 0o644)) // stays in the page cache
 
 	run := func(b *testing.B, format, target string, fresh bool) {
-		data := compress(b, format, raw)
+		data := testimage.Compress(b, format, raw)
 		ts, _ := serve(b, data, 0)
 		plan := agent.Plan{ImageURL: ts.URL + "/image", SHA256: hexSum(data), Disk: "auto"}
 		lister := install.DiskListerFunc(func(context.Context) ([]install.Disk, error) {

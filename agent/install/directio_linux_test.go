@@ -14,6 +14,7 @@ import (
 
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/agent/install"
+	"github.com/lpmos/lpmos/internal/testimage"
 )
 
 // TestImageDirectIO checks the O_DIRECT path writes exactly the image's
@@ -39,7 +40,7 @@ func TestImageDirectIO(t *testing.T) {
 				for _, chunk := range []int{0, 1 << 20} {
 					t.Run(fmt.Sprintf("%d/chunk%d", size, chunk), func(t *testing.T) {
 						raw := big[:size]
-						data := compress(t, "zstd", raw)
+						data := testimage.Compress(t, "zstd", raw)
 						ts, _ := serve(t, data, 0)
 						if target == "file" {
 							require.NoError(t, os.WriteFile(path, old, 0o644))

@@ -18,14 +18,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/ulikunitz/xz"
 
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/agent/install"
+	"github.com/lpmos/lpmos/internal/testimage"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -41,27 +39,6 @@ func image(size int) []byte {
 		}
 	}
 	return out
-}
-
-func compress(t testing.TB, format string, raw []byte) []byte {
-	var buf bytes.Buffer
-	var w io.WriteCloser
-	var err error
-	switch format {
-	case "raw":
-		return raw
-	case "gzip":
-		w = gzip.NewWriter(&buf)
-	case "xz":
-		w, err = xz.NewWriter(&buf)
-	case "zstd":
-		w, err = zstd.NewWriter(&buf)
-	}
-	require.NoError(t, err)
-	_, err = w.Write(raw)
-	require.NoError(t, err)
-	require.NoError(t, w.Close())
-	return buf.Bytes()
 }
 
 func hexSum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
@@ -114,7 +91,7 @@ func TestImageFormatsAndResume(t *testing.T) {
 		if format == "xz" {
 			raw = big[:1<<20+777] // ulikunitz/xz is slow, more so under -race
 		}
-		data := compress(t, format, raw)
+		data := testimage.Compress(t, format, raw)
 		for _, cut := range []int{0, 100 << 10} {
 			name := format
 			if cut > 0 {
@@ -142,7 +119,7 @@ func TestImageFormatsAndResume(t *testing.T) {
 
 func TestImageFailures(t *testing.T) {
 	raw := image(256 << 10)
-	data := compress(t, "zstd", raw)
+	data := testimage.Compress(t, "zstd", raw)
 	tests := []struct {
 		name      string
 		url       string

@@ -20,15 +20,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/ulikunitz/xz"
 
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/agent/install"
 	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/internal/testimage"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/memory"
@@ -56,32 +54,6 @@ func rawImage(size int) []byte {
 	return out[:size]
 }
 
-func compress(t testing.TB, format string, raw []byte) []byte {
-	var buf bytes.Buffer
-	switch format {
-	case "raw":
-		return raw
-	case "gz":
-		w := gzip.NewWriter(&buf)
-		_, err := w.Write(raw)
-		require.NoError(t, err)
-		require.NoError(t, w.Close())
-	case "xz":
-		w, err := xz.NewWriter(&buf)
-		require.NoError(t, err)
-		_, err = w.Write(raw)
-		require.NoError(t, err)
-		require.NoError(t, w.Close())
-	case "zst":
-		w, err := zstd.NewWriter(&buf)
-		require.NoError(t, err)
-		_, err = w.Write(raw)
-		require.NoError(t, err)
-		require.NoError(t, w.Close())
-	}
-	return buf.Bytes()
-}
-
 // bootDir writes the agent boot files and one ubuntu 24.04 image entry.
 // sumOverride, if set, is written to SHA256SUMS instead of the real sum.
 func bootDir(t *testing.T, format string, raw []byte, sumOverride string) string {
@@ -94,7 +66,7 @@ func bootDir(t *testing.T, format string, raw []byte, sumOverride string) string
 	if format != "raw" {
 		name += "." + format
 	}
-	data := compress(t, format, raw)
+	data := testimage.Compress(t, format, raw)
 	require.NoError(t, os.WriteFile(filepath.Join(img, name), data, 0o644))
 	sum := sha256.Sum256(data)
 	hexSum := hex.EncodeToString(sum[:])
