@@ -201,8 +201,6 @@ func (r *Region) PublicURL() string { return r.cfg.PublicURL }
 // Catalogue is what the region can install.
 func (r *Region) Catalogue() *Catalogue { return r.catalog }
 
-// Run watches the region's tasks, heartbeats and enforces timeouts until
-// ctx ends; the caller serves Handler (and DHCP/TFTP) alongside.
 // Synced is closed once the region knows its tasks (its first read of the
 // store after Run started). Before that, boot scripts and the agent API
 // answer 503 with Retry-After, so that a machine talking to a region that
@@ -224,6 +222,8 @@ func (r *Region) starting(w http.ResponseWriter) bool {
 	return true
 }
 
+// Run watches the region's tasks, heartbeats and enforces timeouts until
+// ctx ends; the caller serves Handler (and DHCP/TFTP) alongside.
 func (r *Region) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.watchTasks(ctx) })

@@ -31,6 +31,9 @@ if [[ -n $unformatted ]]; then
 	echo "gofmt needed:"; echo "$unformatted"; exit 1
 fi
 
+log "go mod tidy (no drift)"
+go mod tidy -diff
+
 log "go vet"
 go vet ./...
 
