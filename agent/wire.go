@@ -2,7 +2,7 @@
 // RAM after PXE-booting, which collects the hardware, reports it to its
 // region, waits for an operator's approval and installs the operating
 // system with progress. This file is the agent API's wire protocol, shared
-// by the agent and the region's handlers (seed v1 §4.2, v2 §4.4); the region
+// by the agent and the region's handlers (region/agentapi.go); the region
 // imports these types and nothing else of the agent.
 //
 // The agent authenticates every call with "Authorization: Bearer <token>",
@@ -117,7 +117,7 @@ type Plan struct {
 	PhoneHomeURL string `json:"phone_home_url,omitempty"`
 }
 
-// Health is the region's GET /health answer (seed v1 §4.2).
+// Health is the region's GET /health answer.
 type Health struct {
 	Status        string            `json:"status"` // "healthy" or "degraded"
 	RegionID      string            `json:"region_id"`

@@ -371,7 +371,7 @@ func readDMI(root string) (BIOS, System, Board) {
 		Version: get("bios_version"),
 		Date:    get("bios_date"),
 	}
-	// The seed's report keeps the machine's serial (a Dell service tag, an
+	// The report format keeps the machine's serial (a Dell service tag, an
 	// HPE serial) under bios; the product serial is that number, the
 	// chassis and board serials stand in when a vendor leaves it blank.
 	for _, f := range []string{"product_serial", "chassis_serial", "board_serial"} {

@@ -152,8 +152,8 @@ type NIC struct {
 }
 
 // BIOS is the firmware identity. Serial is here, not only in System, because
-// the seed's report format put the chassis serial under bios and stored
-// reports depend on it.
+// the original report format put the chassis serial under bios and stored
+// reports (and the tools reading them) depend on it.
 type BIOS struct {
 	Vendor  string `json:"vendor"`
 	Version string `json:"version"`

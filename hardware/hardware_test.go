@@ -69,7 +69,7 @@ func TestSeedReportRoundTrip(t *testing.T) {
 	assert.Equal(t, want, info)
 	require.NoError(t, info.Validate())
 
-	// Re-encoding gives back the seed document: no field renamed, and the
+	// Re-encoding gives back the original report document: no field renamed, and the
 	// fields added since (system, board, sizes in bytes, …) stay out of the
 	// way when empty.
 	out, err := json.Marshal(info)

@@ -6,7 +6,7 @@ import (
 	"github.com/lpmos/lpmos"
 )
 
-// The etcd key schema of the seeds. It is a contract: other tools (etcdctl,
+// The etcd key schema (README.md, "etcd key schema"). It is a contract: other tools (etcdctl,
 // dashboards, other LPMOS versions) read these keys, so they do not change.
 // One key per field lets each writer touch only what it owns.
 //
