@@ -1,9 +1,10 @@
 // Package testlab is the end-to-end test lab: a throwaway L2 network in two
 // network namespaces, boot servers on one side and a QEMU virtual machine on
 // the other, so a test can PXE-boot a VM from a real region process and
-// watch it run the agent. Every value here (the bridge without STP or
-// forward delay, IPv6 off on the VM side, the RA-only dnsmasq) was needed
-// for QEMU's PXE ROMs to boot reliably on these machines.
+// watch it run the agent. The bridge has no STP, forward delay or multicast
+// snooping so the firmware's first DHCP packets are not dropped, and dnsmasq
+// only sends IPv6 router advertisements, without which iPXE waits about 16 s
+// for one.
 //
 //	server namespace                           VM namespace (pure L2, IPv6 off)
 //	  veth 10.99.0.1/24 + fd99::1/64 <--veth--> veth --+
