@@ -121,3 +121,57 @@ func ParseFirmware(s string) (Firmware, error) {
 func (f Firmware) HTTPBoot() bool {
 	return f == FirmwareUEFIHTTP || f == FirmwareARM64HTTP
 }
+
+// The iPXE binaries LPMOS hands to network-boot firmware, by their file
+// names in Debian's ipxe package. DHCP names them as boot files, the TFTP
+// and HTTP servers serve them from one directory, and the region checks
+// they are there, so the names live here where all of them can agree.
+const (
+	// IPXEBinaryBIOS is iPXE for legacy BIOS PXE: it drives the NIC
+	// through the firmware's UNDI stack, so one small binary works with
+	// any NIC.
+	IPXEBinaryBIOS = "undionly.kpxe"
+	// IPXEBinaryUEFI is iPXE for UEFI that drives the NIC through the
+	// firmware's SNP protocol. It is the default for UEFI: 174 KB instead
+	// of 850 KB, about 6 s faster through slow firmware network stacks,
+	// and it also works when loaded by UEFI HTTP boot.
+	IPXEBinaryUEFI = "snponly.efi"
+	// IPXEBinaryUEFIFull is iPXE for UEFI with its own NIC drivers, for
+	// the rare firmware whose SNP is broken. Debian ships it as a symbolic
+	// link to /boot/ipxe.efi.
+	IPXEBinaryUEFIFull = "ipxe.efi"
+)
+
+// DefaultIPXEDir is where Debian's ipxe package (apt-get install ipxe)
+// installs the binaries; servers and flags use it when given no directory.
+const DefaultIPXEDir = "/usr/lib/ipxe"
+
+// ErrNoIPXEBinary is wrapped when LPMOS knows a firmware kind but has no
+// iPXE binary for it, so the DHCP server can leave such clients without a
+// boot file instead of offering one they cannot run.
+var ErrNoIPXEBinary = errors.New("no iPXE binary")
+
+// IPXEBinaries returns the file names of every iPXE binary LPMOS may serve,
+// in the order a directory is checked for them. The slice is a copy.
+func IPXEBinaries() []string {
+	return []string{IPXEBinaryBIOS, IPXEBinaryUEFI, IPXEBinaryUEFIFull}
+}
+
+// IPXEBinary returns the file name of the iPXE binary a machine with this
+// firmware is given by default. UEFI HTTP boot gets the same file as UEFI
+// PXE; only the way it is fetched differs.
+//
+// arm64 gets an error wrapping ErrNoIPXEBinary: Debian's ipxe package ships
+// only x86 binaries (undionly.kpxe, ipxe.pxe, snponly.efi, ipxe.efi,
+// ipxe.lkrn). Unknown firmware gets an error wrapping ErrUnknownFirmware.
+func (f Firmware) IPXEBinary() (string, error) {
+	switch f {
+	case FirmwareBIOS:
+		return IPXEBinaryBIOS, nil
+	case FirmwareUEFI, FirmwareUEFIHTTP:
+		return IPXEBinaryUEFI, nil
+	case FirmwareARM64, FirmwareARM64HTTP:
+		return "", fmt.Errorf("%w for %s: no arm64 iPXE binary in Debian's ipxe package", ErrNoIPXEBinary, f)
+	}
+	return "", fmt.Errorf("%w %s", ErrUnknownFirmware, quoteInput(string(f)))
+}

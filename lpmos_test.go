@@ -381,8 +381,46 @@ func TestParseFirmware(t *testing.T) {
 	}
 }
 
+func TestFirmwareIPXEBinary(t *testing.T) {
+	tests := []struct {
+		firmware lpmos.Firmware
+		want     string
+		wantErr  error
+	}{
+		{lpmos.FirmwareBIOS, "undionly.kpxe", nil},
+		{lpmos.FirmwareUEFI, "snponly.efi", nil},
+		{lpmos.FirmwareUEFIHTTP, "snponly.efi", nil},
+		{lpmos.FirmwareARM64, "", lpmos.ErrNoIPXEBinary},
+		{lpmos.FirmwareARM64HTTP, "", lpmos.ErrNoIPXEBinary},
+		{"efi-ia32", "", lpmos.ErrUnknownFirmware},
+		{"", "", lpmos.ErrUnknownFirmware},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.firmware), func(t *testing.T) {
+			got, err := tt.firmware.IPXEBinary()
+			if tt.wantErr != nil {
+				assert.ErrorIs(t, err, tt.wantErr)
+				assert.Empty(t, got)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+			assert.Contains(t, lpmos.IPXEBinaries(), got, "every default binary is one a directory is checked for")
+		})
+	}
+	_, err := lpmos.FirmwareARM64.IPXEBinary()
+	assert.ErrorContains(t, err, "no arm64 iPXE binary in Debian's ipxe package")
+}
+
+func TestIPXEBinariesIsACopy(t *testing.T) {
+	names := lpmos.IPXEBinaries()
+	assert.Equal(t, []string{"undionly.kpxe", "snponly.efi", "ipxe.efi"}, names)
+	names[0] = "evil.kpxe"
+	assert.Equal(t, "undionly.kpxe", lpmos.IPXEBinaries()[0])
+}
+
 func TestSentinelsDistinct(t *testing.T) {
-	sentinels := []error{lpmos.ErrInvalidMAC, lpmos.ErrInvalidRegionID, lpmos.ErrInvalidTaskID, lpmos.ErrUnknownFirmware}
+	sentinels := []error{lpmos.ErrInvalidMAC, lpmos.ErrInvalidRegionID, lpmos.ErrInvalidTaskID, lpmos.ErrUnknownFirmware, lpmos.ErrNoIPXEBinary}
 	for i, a := range sentinels {
 		for j, b := range sentinels {
 			assert.Equal(t, i == j, errors.Is(a, b), "%v vs %v", a, b)

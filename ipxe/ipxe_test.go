@@ -168,54 +168,35 @@ func TestInstallerArgs(t *testing.T) {
 	assert.Contains(t, string(got), "/nocloud/ console=")
 }
 
-func TestBinaryFor(t *testing.T) {
-	for fw, want := range map[lpmos.Firmware]string{
-		lpmos.FirmwareBIOS:     "undionly.kpxe",
-		lpmos.FirmwareUEFI:     "snponly.efi",
-		lpmos.FirmwareUEFIHTTP: "snponly.efi",
-	} {
-		got, err := BinaryFor(fw)
-		require.NoError(t, err, fw)
-		assert.Equal(t, want, got, fw)
-	}
-	for _, fw := range []lpmos.Firmware{lpmos.FirmwareARM64, lpmos.FirmwareARM64HTTP} {
-		_, err := BinaryFor(fw)
-		assert.ErrorIs(t, err, ErrNoBinary, fw)
-		assert.ErrorContains(t, err, "no arm64 iPXE binary in Debian's ipxe package")
-	}
-	_, err := BinaryFor("efi-ia32")
-	assert.ErrorIs(t, err, lpmos.ErrUnknownFirmware)
-}
-
 func TestLocate(t *testing.T) {
 	dir := t.TempDir()
 	other := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, BIOS), []byte("x"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, lpmos.IPXEBinaryBIOS), []byte("x"), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(other, "ipxe-real.efi"), []byte("y"), 0o644))
-	require.NoError(t, os.Symlink(filepath.Join(other, "ipxe-real.efi"), filepath.Join(dir, UEFIFull)))
-	require.NoError(t, os.Mkdir(filepath.Join(dir, UEFISNP), 0o755))
+	require.NoError(t, os.Symlink(filepath.Join(other, "ipxe-real.efi"), filepath.Join(dir, lpmos.IPXEBinaryUEFIFull)))
+	require.NoError(t, os.Mkdir(filepath.Join(dir, lpmos.IPXEBinaryUEFI), 0o755))
 
-	p, err := Locate(dir, BIOS)
+	p, err := Locate(dir, lpmos.IPXEBinaryBIOS)
 	require.NoError(t, err)
-	assert.Equal(t, filepath.Join(dir, BIOS), p)
-	p, err = Locate(dir, UEFIFull)
+	assert.Equal(t, filepath.Join(dir, lpmos.IPXEBinaryBIOS), p)
+	p, err = Locate(dir, lpmos.IPXEBinaryUEFIFull)
 	require.NoError(t, err)
 	assert.Equal(t, filepath.Join(other, "ipxe-real.efi"), p, "symbolic links are resolved")
-	_, err = Locate(dir, UEFISNP)
+	_, err = Locate(dir, lpmos.IPXEBinaryUEFI)
 	assert.ErrorContains(t, err, "not a regular file")
 	_, err = Locate(dir, "missing.efi")
 	assert.ErrorIs(t, err, os.ErrNotExist)
-	_, err = Locate(dir, "../"+BIOS)
+	_, err = Locate(dir, "../"+lpmos.IPXEBinaryBIOS)
 	assert.ErrorContains(t, err, "plain file name")
 }
 
-// With Debian's ipxe package installed, the binaries BinaryFor names are
-// where DefaultDir says.
+// With Debian's ipxe package installed, the binaries lpmos names are where
+// lpmos.DefaultIPXEDir says.
 func TestLocateDebian(t *testing.T) {
-	if _, err := os.Stat(DefaultDir); err != nil {
+	if _, err := os.Stat(lpmos.DefaultIPXEDir); err != nil {
 		t.Fatal("Debian's ipxe package is not installed: run ./scripts/test.sh, which installs it")
 	}
-	for _, name := range []string{BIOS, UEFISNP, UEFIFull} {
+	for _, name := range lpmos.IPXEBinaries() {
 		_, err := Locate("", name)
 		assert.NoError(t, err, name)
 	}

@@ -49,9 +49,13 @@ func needQEMU(t *testing.T, fw vmFirmware) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Fatal("qemu-system-x86_64 not installed (Debian package qemu-system-x86): run ./scripts/test.sh, which installs it")
 	}
-	files := []string{filepath.Join(DefaultDir, BIOS), filepath.Join(DefaultDir, UEFISNP), filepath.Join(DefaultDir, "qemu", "pxe-virtio.rom")}
+	files := []string{
+		filepath.Join(lpmos.DefaultIPXEDir, lpmos.IPXEBinaryBIOS),
+		filepath.Join(lpmos.DefaultIPXEDir, lpmos.IPXEBinaryUEFI),
+		filepath.Join(lpmos.DefaultIPXEDir, "qemu", "pxe-virtio.rom"),
+	}
 	if fw == vmUEFI {
-		files = append(files, filepath.Join(DefaultDir, "qemu", "efi-virtio.rom"), "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")
+		files = append(files, filepath.Join(lpmos.DefaultIPXEDir, "qemu", "efi-virtio.rom"), "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")
 	}
 	for _, f := range files {
 		if _, err := os.Stat(f); err != nil {
@@ -85,7 +89,7 @@ func newBootServer(t *testing.T, binary string, script func(base string) []byte,
 		case r.URL.Path == "/boot.ipxe":
 			_, _ = w.Write(script(b.base()))
 		case r.URL.Path == "/"+binary:
-			http.ServeFile(w, r, filepath.Join(DefaultDir, binary))
+			http.ServeFile(w, r, filepath.Join(lpmos.DefaultIPXEDir, binary))
 		case files[r.URL.Path] != nil:
 			_, _ = w.Write(files[r.URL.Path])
 		default:
@@ -211,7 +215,7 @@ func TestQEMULocalBootBIOS(t *testing.T) {
 	needQEMU(t, vmBIOS)
 	t.Parallel()
 	mac := testMAC(t)
-	b := newBootServer(t, BIOS, func(string) []byte {
+	b := newBootServer(t, lpmos.IPXEBinaryBIOS, func(string) []byte {
 		s, err := LocalBoot(LocalParams{MAC: mac, TaskID: testTask, Firmware: lpmos.FirmwareBIOS})
 		require.NoError(t, err)
 		return s
@@ -224,7 +228,7 @@ func TestQEMULocalBootBIOS(t *testing.T) {
 func TestQEMUAgentRetryBIOS(t *testing.T) {
 	needQEMU(t, vmBIOS)
 	t.Parallel()
-	b := newBootServer(t, BIOS, func(base string) []byte {
+	b := newBootServer(t, lpmos.IPXEBinaryBIOS, func(base string) []byte {
 		p := agentParams(t)
 		p.RegionURL, p.KernelURL, p.InitrdURL = base, base+"/missing/vmlinuz", base+"/initrd.img"
 		p.Attempts = 2
@@ -243,7 +247,7 @@ func TestQEMUStopUEFI(t *testing.T) {
 	needQEMU(t, vmUEFI)
 	t.Parallel()
 	mac := testMAC(t)
-	b := newBootServer(t, UEFISNP, func(string) []byte {
+	b := newBootServer(t, lpmos.IPXEBinaryUEFI, func(string) []byte {
 		s, err := Stop(StopParams{MAC: mac, TaskID: testTask, Reason: Cancelled, Sleep: 1})
 		require.NoError(t, err)
 		return s

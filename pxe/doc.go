@@ -1,8 +1,8 @@
 // Package pxe serves the files a machine needs to network-boot: the iPXE
-// binaries (undionly.kpxe, snponly.efi, ipxe.efi) over TFTP, and kernels,
-// initramfs and OS images over HTTP. The region composes it with the dhcp
-// and ipxe packages; DHCP tells a machine which file to fetch, pxe hands the
-// bytes over.
+// binaries (lpmos.IPXEBinaries: undionly.kpxe, snponly.efi, ipxe.efi) over
+// TFTP, and kernels, initramfs and OS images over HTTP. The region composes
+// it with the dhcp and ipxe packages; DHCP tells a machine which file to
+// fetch, pxe hands the bytes over.
 //
 // Both servers are read-only views of a directory the operator controls.
 // They never talk to the store and know nothing of tasks, machines or

@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos"
 )
 
 func TestCleanPath(t *testing.T) {
@@ -175,31 +177,33 @@ func TestOverlay(t *testing.T) {
 	assert.ErrorIs(t, err, ErrOutsideRoot)
 }
 
-func TestFindIPXE(t *testing.T) {
+// checkIPXE decides whether NewTFTPServer accepts a root: only binaries it
+// can actually serve count, and one that exists but is refused is reported.
+func TestCheckIPXE(t *testing.T) {
 	empty := t.TempDir()
 	withOne := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(withOne, "snponly.efi"), []byte("x"), 0o644))
 	linkOut := t.TempDir()
 	require.NoError(t, os.Symlink("/etc/hostname", filepath.Join(linkOut, "ipxe.efi")))
 
-	got, err := FindIPXE(empty, linkOut, withOne)
-	require.NoError(t, err)
-	assert.Equal(t, withOne, got)
-
-	_, err = FindIPXE(empty, linkOut, filepath.Join(empty, "missing"))
-	require.ErrorIs(t, err, ErrNoIPXE)
-	assert.Contains(t, err.Error(), "Debian package ipxe")
-	assert.Contains(t, err.Error(), empty)
+	found, refused := checkIPXE(Dir(empty))
+	assert.Empty(t, found)
+	assert.Empty(t, refused)
+	found, refused = checkIPXE(Dir(linkOut))
+	assert.Empty(t, found)
+	assert.ErrorIs(t, refused["ipxe.efi"], ErrOutsideRoot)
+	found, refused = checkIPXE(Dir(withOne))
+	assert.Equal(t, []string{"snponly.efi"}, found)
+	assert.Empty(t, refused)
 
 	// The Debian package on this machine (the tests install it).
-	got, err = FindIPXE()
+	_, err := os.Stat(lpmos.DefaultIPXEDir)
 	require.NoError(t, err, "apt-get install -y ipxe")
-	assert.Equal(t, DefaultIPXEDir, got)
-	found, refused := checkIPXE(Dir(DefaultIPXEDir))
+	found, refused = checkIPXE(Dir(lpmos.DefaultIPXEDir))
 	assert.Contains(t, found, "undionly.kpxe")
 	assert.Contains(t, found, "snponly.efi")
 	// Debian's ipxe.efi links to /boot, outside the directory.
-	if fi, err := os.Lstat(filepath.Join(DefaultIPXEDir, "ipxe.efi")); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+	if fi, err := os.Lstat(filepath.Join(lpmos.DefaultIPXEDir, "ipxe.efi")); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		assert.ErrorIs(t, refused["ipxe.efi"], ErrOutsideRoot)
 	}
 }

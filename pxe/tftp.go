@@ -10,17 +10,20 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/net/ipv4"
+
+	"github.com/lpmos/lpmos"
 )
 
 // TFTPConfig configures a TFTPServer. The zero value serves the iPXE
 // binaries of Debian's ipxe package on port 69.
 type TFTPConfig struct {
 	// Root is the directory served, through Dir (no symbolic links out of
-	// it); DefaultIPXEDir if empty and Files is nil.
+	// it); lpmos.DefaultIPXEDir if empty and Files is nil.
 	Root string
 	// Files, if set, is served instead of Root, for instance an Overlay of
 	// Dirs. Names reach it cleaned by CleanPath; symbolic links are its own
@@ -75,7 +78,7 @@ type TFTPServer struct {
 
 // NewTFTPServer checks the root and starts listening (so a busy port is an
 // error here, not in Serve). The root must exist and hold at least one of
-// IPXEBinaries; a binary that exists but cannot be served, such as Debian's
+// lpmos.IPXEBinaries; a binary that exists but cannot be served, such as Debian's
 // ipxe.efi symbolic link to /boot, is logged as a warning.
 func NewTFTPServer(cfg TFTPConfig) (*TFTPServer, error) {
 	if cfg.Logger == nil {
@@ -112,11 +115,12 @@ func NewTFTPServer(cfg TFTPConfig) (*TFTPServer, error) {
 	where := "the configured file system"
 	if s.fsys == nil {
 		if cfg.Root == "" {
-			cfg.Root = DefaultIPXEDir
+			cfg.Root = lpmos.DefaultIPXEDir
 		}
 		fi, err := os.Stat(cfg.Root)
 		if err != nil {
-			return nil, fmt.Errorf("pxe: TFTP root: %w; the iPXE binaries (%v) come from the Debian package ipxe (apt-get install ipxe)", err, IPXEBinaries)
+			return nil, fmt.Errorf("pxe: TFTP root: %w; the iPXE binaries (%s) come from the Debian package ipxe (apt-get install ipxe)",
+				err, strings.Join(lpmos.IPXEBinaries(), ", "))
 		}
 		if !fi.IsDir() {
 			return nil, fmt.Errorf("pxe: TFTP root %s is not a directory", cfg.Root)

@@ -18,6 +18,8 @@ import (
 	"github.com/pin/tftp/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos"
 )
 
 func TestNewTFTPServerChecksRoot(t *testing.T) {
@@ -186,9 +188,9 @@ func TestTFTPRealClients(t *testing.T) {
 	host, port, _ := net.SplitHostPort(addr)
 
 	// The real iPXE binaries, served from the Debian package's directory.
-	ipxeDir, err := FindIPXE()
+	_, err := os.Stat(lpmos.DefaultIPXEDir)
 	require.NoError(t, err, "apt-get install -y ipxe")
-	_, ipxeAddr := startTFTP(t, TFTPConfig{Root: ipxeDir})
+	_, ipxeAddr := startTFTP(t, TFTPConfig{Root: lpmos.DefaultIPXEDir})
 	ipxeHost, ipxePort, _ := net.SplitHostPort(ipxeAddr)
 
 	type client struct {
@@ -220,8 +222,8 @@ func TestTFTPRealClients(t *testing.T) {
 		{"exact.bin", host, port, sums["exact.bin"]},
 		{"big.img", host, port, sums["big.img"]},
 		{"/sub/dir/vmlinuz", host, port, sums["sub/dir/vmlinuz"]},
-		{"undionly.kpxe", ipxeHost, ipxePort, shaFile(t, filepath.Join(ipxeDir, "undionly.kpxe"))},
-		{"snponly.efi", ipxeHost, ipxePort, shaFile(t, filepath.Join(ipxeDir, "snponly.efi"))},
+		{"undionly.kpxe", ipxeHost, ipxePort, shaFile(t, filepath.Join(lpmos.DefaultIPXEDir, "undionly.kpxe"))},
+		{"snponly.efi", ipxeHost, ipxePort, shaFile(t, filepath.Join(lpmos.DefaultIPXEDir, "snponly.efi"))},
 	}
 	for _, c := range clients {
 		for _, f := range files {
