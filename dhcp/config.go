@@ -109,7 +109,11 @@ type Config struct {
 	// stays out of the pool; default DefaultDeclineTime.
 	DeclineTime time.Duration
 
-	// Policy chooses boot files; default StaticPolicy{}.
+	// Policy chooses boot files. If it has a Validate() error method, as
+	// StaticPolicy has, New calls it, so a policy missing its URLs fails
+	// at start rather than on the first client. Nil is allowed in full mode
+	// only: the server then leases addresses and gives no boot options,
+	// so network-boot clients move on to their next boot device.
 	Policy BootPolicy
 	// PolicyTimeout bounds one Policy.Boot call; default
 	// DefaultPolicyTimeout.
@@ -169,8 +173,17 @@ func (c *Config) normalize() ([]*pool, error) {
 	if c.ServerIP = c.ServerIP.To4(); c.ServerIP == nil || c.ServerIP.IsUnspecified() {
 		return nil, fmt.Errorf("%w: ServerIP must be a unicast IPv4 address", ErrInvalidConfig)
 	}
-	if c.Policy == nil {
-		c.Policy = StaticPolicy{}
+	switch v := c.Policy.(type) {
+	case nil:
+		if c.Mode == ModeProxy {
+			return nil, fmt.Errorf("%w: proxy mode needs a Policy: it answers only network-boot clients, "+
+				"and only with boot files a policy names (StaticPolicy, or a region's DHCPPolicy)", ErrInvalidConfig)
+		}
+		c.Policy = noBoot
+	case interface{ Validate() error }:
+		if err := v.Validate(); err != nil {
+			return nil, err
+		}
 	}
 	c.PolicyTimeout = orDuration(c.PolicyTimeout, DefaultPolicyTimeout)
 	c.FlushInterval = orDuration(c.FlushInterval, DefaultFlushInterval)

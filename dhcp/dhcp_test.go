@@ -80,36 +80,91 @@ func TestStaticPolicy(t *testing.T) {
 	ctx := context.Background()
 	base := Request{MAC: testMAC, ServerIP: testServer}
 	with := func(f func(*Request)) Request { r := base; f(&r); return r }
+	policy := func(f func(*StaticPolicy)) StaticPolicy { p := testPolicy; f(&p); return p }
 	tests := []struct {
-		name   string
-		policy StaticPolicy
-		req    Request
-		want   Decision
+		name    string
+		policy  StaticPolicy
+		req     Request
+		want    Decision
+		wantErr string // substring of an error wrapping ErrInvalidConfig
 	}{
-		{"BIOS", StaticPolicy{}, with(func(r *Request) { r.Firmware, r.IsPXE = lpmos.FirmwareBIOS, true }), Decision{BootFile: "undionly.kpxe"}},
-		{"UEFI", StaticPolicy{}, with(func(r *Request) { r.Firmware = lpmos.FirmwareUEFI }), Decision{BootFile: "snponly.efi"}},
-		{"UEFI ipxe.efi", StaticPolicy{UEFIFile: "ipxe.efi"}, with(func(r *Request) { r.Firmware = lpmos.FirmwareUEFI }), Decision{BootFile: "ipxe.efi"}},
-		{"UEFI HTTP", StaticPolicy{}, with(func(r *Request) { r.Firmware, r.IsHTTPClient = lpmos.FirmwareUEFIHTTP, true }),
-			Decision{BootFile: "http://10.77.0.1:8081/snponly.efi"}},
-		{"UEFI HTTP with base", StaticPolicy{HTTPBaseURL: "http://region.example:9000/ipxe/"},
-			with(func(r *Request) { r.Firmware = lpmos.FirmwareUEFIHTTP }), Decision{BootFile: "http://region.example:9000/ipxe/snponly.efi"}},
-		{"iPXE default script", StaticPolicy{}, with(func(r *Request) { r.Firmware, r.IsIPXE = lpmos.FirmwareUEFI, true }),
-			Decision{BootFile: "http://10.77.0.1:8081/boot/52:54:00:12:34:56.ipxe"}},
-		{"iPXE template", StaticPolicy{ScriptURL: "http://r:1/s?mac=${mac}"}, with(func(r *Request) { r.IsIPXE = true }),
-			Decision{BootFile: "http://r:1/s?mac=52:54:00:12:34:56"}},
-		{"ARM64 without a file", StaticPolicy{}, with(func(r *Request) { r.Firmware = lpmos.FirmwareARM64 }), Decision{}},
-		{"next server", StaticPolicy{NextServer: net.IPv4(10, 0, 0, 9)}, with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }),
-			Decision{BootFile: "undionly.kpxe", NextServer: net.IPv4(10, 0, 0, 9)}},
-		{"not allowed", StaticPolicy{Allow: map[lpmos.MAC]bool{testMAC2: true}}, with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }),
-			Decision{Ignore: true}},
-		{"allowed", StaticPolicy{Allow: map[lpmos.MAC]bool{testMAC: true}}, with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }),
-			Decision{BootFile: "undionly.kpxe"}},
+		{name: "BIOS", policy: testPolicy, req: with(func(r *Request) { r.Firmware, r.IsPXE = lpmos.FirmwareBIOS, true }),
+			want: Decision{BootFile: "undionly.kpxe"}},
+		{name: "UEFI", policy: testPolicy, req: with(func(r *Request) { r.Firmware = lpmos.FirmwareUEFI }),
+			want: Decision{BootFile: "snponly.efi"}},
+		{name: "UEFI ipxe.efi", policy: policy(func(p *StaticPolicy) { p.UEFIFile = "ipxe.efi" }),
+			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareUEFI }), want: Decision{BootFile: "ipxe.efi"}},
+		{name: "UEFI HTTP, {server} in the base", policy: testPolicy,
+			req:  with(func(r *Request) { r.Firmware, r.IsHTTPClient = lpmos.FirmwareUEFIHTTP, true }),
+			want: Decision{BootFile: "http://10.77.0.1:8081/snponly.efi"}},
+		{name: "UEFI HTTP with a fixed base", policy: policy(func(p *StaticPolicy) { p.HTTPBaseURL = "http://region.example:9000/ipxe/" }),
+			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareUEFIHTTP }), want: Decision{BootFile: "http://region.example:9000/ipxe/snponly.efi"}},
+		{name: "iPXE script, {server} and {mac}", policy: testPolicy, req: with(func(r *Request) { r.Firmware, r.IsIPXE = lpmos.FirmwareUEFI, true }),
+			want: Decision{BootFile: "http://10.77.0.1:8081/boot/52:54:00:12:34:56.ipxe"}},
+		{name: "iPXE template with ${mac}", policy: policy(func(p *StaticPolicy) { p.ScriptURL = "http://r:1/s?mac=${mac}" }),
+			req: with(func(r *Request) { r.IsIPXE = true }), want: Decision{BootFile: "http://r:1/s?mac=52:54:00:12:34:56"}},
+		{name: "ARM64 without a file", policy: testPolicy, req: with(func(r *Request) { r.Firmware = lpmos.FirmwareARM64 }), want: Decision{}},
+		{name: "ARM64 with a file", policy: policy(func(p *StaticPolicy) { p.ARM64File = "ipxe-arm64.efi" }),
+			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareARM64HTTP }), want: Decision{BootFile: "http://10.77.0.1:8081/ipxe-arm64.efi"}},
+		{name: "next server", policy: policy(func(p *StaticPolicy) { p.NextServer = net.IPv4(10, 0, 0, 9) }),
+			req:  with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }),
+			want: Decision{BootFile: "undionly.kpxe", NextServer: net.IPv4(10, 0, 0, 9)}},
+		{name: "not allowed", policy: policy(func(p *StaticPolicy) { p.Allow = map[lpmos.MAC]bool{testMAC2: true} }),
+			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }), want: Decision{Ignore: true}},
+		{name: "allowed", policy: policy(func(p *StaticPolicy) { p.Allow = map[lpmos.MAC]bool{testMAC: true} }),
+			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }), want: Decision{BootFile: "undionly.kpxe"}},
+		// Without URLs, PXE firmware is still answered over TFTP, but no
+		// port or path is guessed for the clients that need a URL.
+		{name: "no URLs, BIOS", policy: StaticPolicy{}, req: with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }),
+			want: Decision{BootFile: "undionly.kpxe"}},
+		{name: "no script URL, iPXE", policy: StaticPolicy{}, req: with(func(r *Request) { r.IsIPXE = true }),
+			wantErr: "StaticPolicy.ScriptURL is not set"},
+		{name: "no base URL, UEFI HTTP", policy: StaticPolicy{}, req: with(func(r *Request) { r.Firmware = lpmos.FirmwareUEFIHTTP }),
+			wantErr: "StaticPolicy.HTTPBaseURL is not set"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := tt.policy.Boot(ctx, tt.req)
+			if tt.wantErr != "" {
+				require.ErrorIs(t, err, ErrInvalidConfig)
+				assert.ErrorContains(t, err, tt.wantErr)
+				return
+			}
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestStaticPolicyValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		policy  StaticPolicy
+		wantErr string // "" means valid
+	}{
+		{"templates", testPolicy, ""},
+		{"region's URLs", StaticPolicy{HTTPBaseURL: "https://region.example/boot/ipxe/",
+			ScriptURL: "https://region.example/boot/{mac}.ipxe?platform=${platform}"}, ""},
+		{"zero value", StaticPolicy{}, "StaticPolicy.ScriptURL is not set"},
+		{"no base URL", StaticPolicy{ScriptURL: testPolicy.ScriptURL}, "StaticPolicy.HTTPBaseURL is not set"},
+		{"no script URL", StaticPolicy{HTTPBaseURL: testPolicy.HTTPBaseURL}, "StaticPolicy.ScriptURL is not set"},
+		{"script URL without scheme", StaticPolicy{HTTPBaseURL: testPolicy.HTTPBaseURL, ScriptURL: "region.example/boot/{mac}.ipxe"},
+			"not an absolute http or https URL"},
+		{"base URL without host", StaticPolicy{HTTPBaseURL: "http:///ipxe/", ScriptURL: testPolicy.ScriptURL},
+			"not an absolute http or https URL"},
+		{"tftp base URL", StaticPolicy{HTTPBaseURL: "tftp://{server}/", ScriptURL: testPolicy.ScriptURL},
+			"not an absolute http or https URL"},
+		{"unparsable", StaticPolicy{HTTPBaseURL: testPolicy.HTTPBaseURL, ScriptURL: "http://{server}:port/"}, "ScriptURL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.policy.Validate()
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, ErrInvalidConfig)
+			assert.ErrorContains(t, err, tt.wantErr)
 		})
 	}
 }
@@ -136,6 +191,10 @@ func TestConfigValidation(t *testing.T) {
 		{"duplicate reservation", mod(func(c *Config) {
 			c.Reservations = map[lpmos.MAC]net.IP{testMAC: net.IPv4(10, 77, 0, 5), testMAC2: net.IPv4(10, 77, 0, 5)}
 		})},
+		{"proxy mode without a policy", Config{ServerIP: testServer, Mode: ModeProxy}},
+		{"static policy without URLs", mod(func(c *Config) { c.Policy = StaticPolicy{} })},
+		{"static policy without a script URL", mod(func(c *Config) { c.Policy = StaticPolicy{HTTPBaseURL: testPolicy.HTTPBaseURL} })},
+		{"static policy pointer without URLs", mod(func(c *Config) { c.Policy = &StaticPolicy{} })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,6 +204,19 @@ func TestConfigValidation(t *testing.T) {
 			_, err := New(tt.cfg)
 			require.ErrorIs(t, err, ErrInvalidConfig)
 		})
+	}
+
+	// Without a policy a full-mode server is a plain DHCP server: network-boot
+	// clients get an address and no boot options rather than a guessed URL.
+	cfg := testConfig()
+	cfg.Policy = nil
+	s := newTestServer(t, cfg)
+	for _, mods := range [][]dhcpv4.Modifier{biosPXE, uefiHTTP, ipxeBIOS} {
+		reply, _ := handleBytes(s, clientPacket(dhcpv4.MessageTypeDiscover, mods...), nil, false)
+		require.NotNil(t, reply)
+		assert.Equal(t, dhcpv4.MessageTypeOffer, reply.MessageType())
+		assert.Empty(t, reply.BootFileName)
+		assert.Nil(t, reply.Options.Get(dhcpv4.OptionBootfileName))
 	}
 
 	mode, err := ParseMode(" FULL ")
@@ -278,7 +350,9 @@ func TestLeaseLifecycle(t *testing.T) {
 
 	t.Run("policy Ignore gets no answer, non-boot clients do", func(t *testing.T) {
 		cfg := testConfig()
-		cfg.Policy = StaticPolicy{Allow: map[lpmos.MAC]bool{testMAC2: true}}
+		policy := testPolicy
+		policy.Allow = map[lpmos.MAC]bool{testMAC2: true}
+		cfg.Policy = policy
 		s := newTestServer(t, cfg)
 		reply, _ := handleBytes(s, clientPacket(dhcpv4.MessageTypeDiscover, uefiPXE...), nil, false)
 		assert.Nil(t, reply, "unknown machine booting: ignored")
@@ -323,7 +397,7 @@ func TestRelayPools(t *testing.T) {
 }
 
 func TestProxyMode(t *testing.T) {
-	s := newTestServer(t, Config{ServerIP: testServer, Mode: ModeProxy})
+	s := newTestServer(t, Config{ServerIP: testServer, Mode: ModeProxy, Policy: testPolicy})
 	// A REQUEST on port 67 is for the DHCP server, unless addressed to us.
 	reply, _ := handleBytes(s, clientPacket(dhcpv4.MessageTypeRequest, append(biosPXE, withRequested(net.IPv4(10, 77, 0, 50)),
 		withServerID(net.IPv4(10, 77, 0, 2)))...), nil, false)
@@ -434,7 +508,7 @@ func FuzzHandlePacket(f *testing.F) {
 		f.Add(clientPacket(dhcpv4.MessageTypeRequest, append(mods, withRequested(net.IPv4(10, 77, 0, 100)))...).ToBytes())
 	}
 	full := newTestServer(f, testConfig())
-	proxy := newTestServer(f, Config{ServerIP: testServer, Mode: ModeProxy})
+	proxy := newTestServer(f, Config{ServerIP: testServer, Mode: ModeProxy, Policy: testPolicy})
 	src := &net.UDPAddr{IP: net.IPv4(10, 77, 0, 5), Port: 68}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, s := range []*Server{full, proxy} {

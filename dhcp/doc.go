@@ -18,15 +18,19 @@
 // boot firmware, iPXE) and asks a BootPolicy, a one-method interface the
 // caller implements. The region implements it over its task state ("answer
 // only machines with an active task"); StaticPolicy serves the same files to
-// everyone and makes the package usable on its own.
+// everyone and makes the package usable on its own. Neither this package nor
+// StaticPolicy knows where the HTTP server for iPXE scripts and binaries
+// listens: the URLs come from the caller's configuration.
 //
-// The answers encode what real firmware needs (measured in shared/pxelab):
+// The answers encode what real firmware needs (the e2e tests boot SeaBIOS
+// and OVMF machines in QEMU through PXE and UEFI HTTP boot against them):
 //
-//   - BIOS (arch 0): undionly.kpxe over TFTP, in siaddr + file and options
-//     66/67.
-//   - UEFI x64 PXE (arch 7 or 9): snponly.efi over TFTP. In full mode no
-//     option 60 "PXEClient" is sent, because EDK2 rejects an offer carrying
-//     it without a valid option 43 and falls through to the next boot option
+//   - BIOS (arch 0): a TFTP file (by default lpmos.IPXEBinaryBIOS,
+//     undionly.kpxe), in siaddr + file and options 66/67.
+//   - UEFI x64 PXE (arch 7 or 9): a TFTP file (by default
+//     lpmos.IPXEBinaryUEFI, snponly.efi). In full mode no option 60
+//     "PXEClient" is sent, because EDK2 rejects an offer carrying it
+//     without a valid option 43 and falls through to the next boot option
 //     after about 95 s.
 //   - UEFI HTTP boot (arch 16, 19): option 60 "HTTPClient" and a URL as the
 //     boot file.

@@ -27,6 +27,13 @@ var (
 	testRelayGi = net.IPv4(10, 88, 0, 2).To4()
 )
 
+// testPolicy answers as a region listening on port 8081 of the server's
+// address does, so the golden replies carry the URLs real deployments see.
+var testPolicy = StaticPolicy{
+	HTTPBaseURL: "http://{server}:8081/",
+	ScriptURL:   "http://{server}:8081/boot/{mac}.ipxe",
+}
+
 // testConfig is a full-mode configuration on 10.77.0.0/24 with one relay
 // pool on 10.88.0.0/24, as the namespace tests use.
 func testConfig() Config {
@@ -34,6 +41,7 @@ func testConfig() Config {
 		Interface: "",
 		ServerIP:  testServer,
 		Mode:      ModeFull,
+		Policy:    testPolicy,
 		Pool: Pool{
 			Start: net.IPv4(10, 77, 0, 100), End: net.IPv4(10, 77, 0, 199),
 			Netmask: net.CIDRMask(24, 32), Router: net.IPv4(10, 77, 0, 254),

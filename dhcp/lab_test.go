@@ -45,7 +45,7 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-// labConfig is testConfig for the lab's server interface.
+// config is testConfig for the lab's server interface.
 func (l *lab) config() Config {
 	cfg := testConfig()
 	cfg.Interface = l.srvIf

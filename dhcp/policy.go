@@ -2,7 +2,9 @@ package dhcp
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/url"
 	"strings"
 
 	"github.com/lpmos/lpmos"
@@ -89,35 +91,41 @@ type Decision struct {
 	NextServer net.IP
 }
 
-// Default boot files of StaticPolicy: the iPXE binaries Debian's ipxe
-// package ships in /usr/lib/ipxe. snponly.efi uses the firmware's network
-// driver (SNP), works on every UEFI NIC that can PXE-boot, and is several
-// seconds faster than ipxe.efi to load.
-const (
-	DefaultBIOSFile = "undionly.kpxe"
-	DefaultUEFIFile = "snponly.efi"
-)
+// noBoot is the policy of a full-mode server configured without one: an
+// address for everyone, boot options for no one.
+var noBoot = BootPolicyFunc(func(context.Context, Request) (Decision, error) { return Decision{}, nil })
 
-// StaticPolicy gives every network-boot client the same files, chosen by
-// firmware. Its zero value serves the iPXE binaries over TFTP from the DHCP
-// server's own address and the region's HTTP endpoints on port 8081 of
-// that address (the example binaries' --region-listen default).
+// StaticPolicy gives every network-boot client the same answer, chosen by
+// firmware: PXE firmware gets the iPXE binary lpmos.Firmware.IPXEBinary
+// names over TFTP, UEFI HTTP boot gets that binary's URL below HTTPBaseURL,
+// and iPXE gets the URL of its script.
+//
+// It does not guess where those URLs point: the HTTP server that serves
+// scripts and binaries belongs to the caller (a region builds both URLs from
+// its public URL), so ScriptURL and HTTPBaseURL are required. New rejects a
+// StaticPolicy without them (see Validate); one wrapped in another policy
+// returns an error wrapping ErrInvalidConfig from Boot instead, for the
+// clients that need the missing URL.
 type StaticPolicy struct {
-	// BIOSFile is the TFTP file for BIOS PXE; default DefaultBIOSFile.
+	// BIOSFile overrides the TFTP file for BIOS PXE (default
+	// lpmos.IPXEBinaryBIOS).
 	BIOSFile string
-	// UEFIFile is the TFTP file for x86-64 UEFI PXE; default
-	// DefaultUEFIFile. UEFI HTTP boot gets HTTPBaseURL + UEFIFile.
+	// UEFIFile overrides the file for x86-64 UEFI (default
+	// lpmos.IPXEBinaryUEFI), over TFTP for PXE and as HTTPBaseURL +
+	// UEFIFile for HTTP boot.
 	UEFIFile string
 	// ARM64File is the file for 64-bit ARM UEFI (over TFTP, or
 	// HTTPBaseURL + ARM64File for HTTP boot). Empty (the default) gives
 	// ARM machines no boot file, since Debian ships no ARM iPXE binary.
 	ARM64File string
-	// HTTPBaseURL prefixes the file name for UEFI HTTP boot; default
-	// "http://SERVER:8081/" where SERVER is Request.ServerIP.
+	// HTTPBaseURL prefixes the file name for UEFI HTTP boot, e.g.
+	// "http://{server}/boot/ipxe/"; "{server}" is replaced with
+	// Request.ServerIP. Required.
 	HTTPBaseURL string
 	// ScriptURL is the iPXE script's URL. "{mac}" and "${mac}" are
 	// replaced with the client's MAC in canonical form, "{server}" with
-	// Request.ServerIP. Default "http://{server}:8081/boot/{mac}.ipxe".
+	// Request.ServerIP, e.g. "http://{server}/boot/{mac}.ipxe".
+	// Required.
 	ScriptURL string
 	// NextServer is the TFTP server; nil means the DHCP server itself.
 	NextServer net.IP
@@ -126,48 +134,83 @@ type StaticPolicy struct {
 	Allow map[lpmos.MAC]bool
 }
 
+// Validate reports a StaticPolicy that cannot answer every client it may be
+// asked about: a missing or unusable ScriptURL or HTTPBaseURL gives an
+// error wrapping ErrInvalidConfig. New calls it for a Config.Policy that is
+// a StaticPolicy.
+func (p StaticPolicy) Validate() error {
+	// Any address and MAC will do: only the shape of the result is checked.
+	sample := Request{MAC: lpmos.MAC{0x02, 0, 0, 0, 0, 1}, ServerIP: net.IPv4(192, 0, 2, 1)}
+	for _, u := range []struct{ field, tmpl, example string }{
+		{"ScriptURL", p.ScriptURL, `"http://{server}/boot/{mac}.ipxe"`},
+		{"HTTPBaseURL", p.HTTPBaseURL, `"http://{server}/boot/ipxe/"`},
+	} {
+		if u.tmpl == "" {
+			return fmt.Errorf("%w: StaticPolicy.%s is not set: give the URL of the HTTP server that serves iPXE, e.g. %s",
+				ErrInvalidConfig, u.field, u.example)
+		}
+		parsed, err := url.Parse(expandURL(u.tmpl, sample))
+		if err != nil {
+			return fmt.Errorf("%w: StaticPolicy.%s %q: %v", ErrInvalidConfig, u.field, u.tmpl, err)
+		}
+		if (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
+			return fmt.Errorf("%w: StaticPolicy.%s %q is not an absolute http or https URL", ErrInvalidConfig, u.field, u.tmpl)
+		}
+	}
+	return nil
+}
+
 // Boot implements BootPolicy.
 func (p StaticPolicy) Boot(_ context.Context, req Request) (Decision, error) {
 	if p.Allow != nil && !p.Allow[req.MAC] {
 		return Decision{Ignore: true}, nil
 	}
 	d := Decision{NextServer: p.NextServer}
-	server := req.ServerIP.String()
 	if req.IsIPXE {
-		tmpl := p.ScriptURL
-		if tmpl == "" {
-			tmpl = "http://{server}:8081/boot/{mac}.ipxe"
+		if p.ScriptURL == "" {
+			return Decision{}, fmt.Errorf("%w: StaticPolicy.ScriptURL is not set, so iPXE cannot be told where its script is", ErrInvalidConfig)
 		}
-		d.BootFile = strings.NewReplacer("${mac}", req.MAC.String(), "{mac}", req.MAC.String(),
-			"{server}", server).Replace(tmpl)
+		d.BootFile = expandURL(p.ScriptURL, req)
 		return d, nil
 	}
-	var file string
-	switch req.Firmware {
-	case lpmos.FirmwareBIOS:
-		file = orDefault(p.BIOSFile, DefaultBIOSFile)
-	case lpmos.FirmwareUEFI, lpmos.FirmwareUEFIHTTP:
-		file = orDefault(p.UEFIFile, DefaultUEFIFile)
-	case lpmos.FirmwareARM64, lpmos.FirmwareARM64HTTP:
-		file = p.ARM64File
-	}
+	file := p.file(req.Firmware)
 	if file == "" {
 		return d, nil
 	}
 	if req.Firmware.HTTPBoot() {
-		base := p.HTTPBaseURL
-		if base == "" {
-			base = "http://" + server + ":8081/"
+		if p.HTTPBaseURL == "" {
+			return Decision{}, fmt.Errorf("%w: StaticPolicy.HTTPBaseURL is not set, so UEFI HTTP boot cannot be told where %s is", ErrInvalidConfig, file)
 		}
-		file = strings.TrimSuffix(base, "/") + "/" + strings.TrimPrefix(file, "/")
+		file = strings.TrimSuffix(expandURL(p.HTTPBaseURL, req), "/") + "/" + strings.TrimPrefix(file, "/")
 	}
 	d.BootFile = file
 	return d, nil
 }
 
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
+// file is the boot file for a firmware kind: the configured override, or
+// else the default iPXE binary. "" means none (no binary for the firmware).
+func (p StaticPolicy) file(fw lpmos.Firmware) string {
+	var override string
+	switch fw {
+	case lpmos.FirmwareBIOS:
+		override = p.BIOSFile
+	case lpmos.FirmwareUEFI, lpmos.FirmwareUEFIHTTP:
+		override = p.UEFIFile
+	case lpmos.FirmwareARM64, lpmos.FirmwareARM64HTTP:
+		override = p.ARM64File
 	}
-	return s
+	if override != "" {
+		return override
+	}
+	name, err := fw.IPXEBinary()
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
+// expandURL fills a StaticPolicy URL template in for one client.
+func expandURL(tmpl string, req Request) string {
+	mac := req.MAC.String()
+	return strings.NewReplacer("${mac}", mac, "{mac}", mac, "{server}", req.ServerIP.String()).Replace(tmpl)
 }

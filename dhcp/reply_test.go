@@ -16,9 +16,10 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden with the curr
 
 // TestReplyGolden pins every kind of answer byte for byte (as a readable
 // dump) against testdata/*.golden. A diff here is a wire-format change:
-// check it against RECIPE.md's rules before running with -update.
+// check it against what the package documentation says firmware needs
+// before running with -update.
 func TestReplyGolden(t *testing.T) {
-	proxyCfg := Config{ServerIP: testServer, Mode: ModeProxy}
+	proxyCfg := Config{ServerIP: testServer, Mode: ModeProxy, Policy: testPolicy}
 	type step struct {
 		pkt       *dhcpv4.DHCPv4
 		src       *net.UDPAddr

@@ -47,7 +47,7 @@ func TestProxyDHCPBesideDnsmasq(t *testing.T) {
 		return strings.Contains(dnsmasq.Output(), "DHCP, IP range")
 	}), "dnsmasq did not start:\n%s", dnsmasq.Output())
 
-	srv := serve(t, proxyNS, Config{Interface: proxyIf, Mode: ModeProxy})
+	srv := serve(t, proxyNS, Config{Interface: proxyIf, Mode: ModeProxy, Policy: testPolicy})
 	c := newTestClient(t, cli, cliIf, ClientPort)
 
 	// PXE DISCOVER: two offers, one from each server.
@@ -238,7 +238,7 @@ func TestQueueBoundsLoad(t *testing.T) {
 		case <-release:
 		case <-ctx.Done():
 		}
-		return StaticPolicy{}.Boot(ctx, req)
+		return testPolicy.Boot(ctx, req)
 	})
 	srv := serve(t, l.srv, cfg)
 	c := newTestClient(t, l.cli, l.cliIf, ClientPort)
@@ -293,7 +293,7 @@ func TestServeOwnsItsSockets(t *testing.T) {
 	done := make(chan error, 1)
 	var s *Server
 	require.NoError(t, l.srv.Do(func() (err error) {
-		s, err = New(Config{Interface: l.srvIf, Mode: ModeProxy})
+		s, err = New(Config{Interface: l.srvIf, Mode: ModeProxy, Policy: testPolicy})
 		return err
 	}))
 	// Serve opens its sockets before it starts any goroutine, so running

@@ -134,7 +134,8 @@ func TestAgentCommandLine(t *testing.T) {
 	assert.Contains(t, s, "\nkernel "+p.KernelURL+" lpmos.region="+testRegion+" lpmos.mac=52:54:00:12:34:56 lpmos.task="+testTask+
 		" lpmos.token="+p.Token+" console=tty0 console=ttyS0 initrd=initrd.img || goto failed1\n")
 	// The image is registered under the name initrd= gives, whatever
-	// query the URL carries (RECIPE pitfall 9: UEFI needs the match).
+	// query the URL carries: under UEFI the kernel's EFI stub asks iPXE
+	// for the initrd by that name, so the two must match.
 	assert.Contains(t, s, "\ninitrd --name initrd.img "+p.InitrdURL+" || goto failed1\n")
 	assert.Equal(t, 3, strings.Count(s, "\nimgfree\n"))
 	assert.True(t, strings.HasSuffix(s, "\nreboot || exit\n"), s)

@@ -148,8 +148,8 @@ func checkToken(field, tok string) error {
 	return nil
 }
 
-// reservedKeys are kernel arguments this package sets itself; an extra
-// argument may not repeat them, since the last occurrence usually wins and
+// reservedKey reports the kernel arguments this package sets itself; an
+// extra argument may not repeat them, since the last occurrence usually wins and
 // the agent token or the initrd name would silently change.
 func reservedKey(key string) bool {
 	return key == "initrd" || key == "console" || strings.HasPrefix(key, "lpmos.")
