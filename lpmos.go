@@ -2,7 +2,8 @@
 // system: a machine PXE-boots from its data center's region, a small agent in
 // RAM reports the hardware, an operator approves it, and the agent installs an
 // operating system. This package holds the few types every other package
-// speaks (MAC addresses, firmware and processor architectures, region and
+// speaks (MAC addresses, firmware and processor architectures, the iPXE
+// binaries each firmware boots and where Debian installs them, region and
 // task IDs) and this map of the system. It imports only the standard library
 // so that anything may import it without dragging in dependencies.
 //
@@ -11,7 +12,8 @@
 // Each package owns one thing; the names below are relative to the module
 // path github.com/lpmos/lpmos.
 //
-//	lpmos (this package)  shared vocabulary: MAC, Arch, Firmware, ID validation
+//	lpmos (this package)  shared vocabulary: MAC, Arch, Firmware and the iPXE
+//	                      binary each firmware gets, ID validation
 //	hardware              the hardware Info model (CPU, memory and DIMMs, disks,
 //	                      NICs, BIOS, system, board) and the collectors that
 //	                      fill it in on the machine itself
@@ -25,8 +27,8 @@
 //	task                  the task model, its closed set of states and events,
 //	                      the pure transition table, the /lpmos/ key schema and
 //	                      task.Service, which runs transitions over a Store
-//	ipxe                  rendering per-machine iPXE scripts; finding the iPXE
-//	                      binaries (undionly.kpxe, snponly.efi, ipxe.efi)
+//	ipxe                  rendering per-machine iPXE scripts; locating the iPXE
+//	                      binaries (undionly.kpxe, snponly.efi, ipxe.efi) on disk
 //	dhcp                  DHCPv4 server, full or ProxyDHCP, with the PXE details
 //	                      (option 93 arch, vendor class, iPXE loop break, relays)
 //	pxe                   TFTP and HTTP servers for boot files

@@ -43,7 +43,7 @@
 // ipxe.efi is not served and NewTFTPServer logs a warning (undionly.kpxe
 // and snponly.efi, the files DHCP normally hands out, are regular files).
 // To serve it, copy it (cp -L) into a directory of your own and serve
-// Overlay(Dir(thatDir), Dir("/usr/lib/ipxe")) as TFTPConfig.Files.
+// Overlay(Dir(thatDir), Dir(lpmos.DefaultIPXEDir)) as TFTPConfig.Files.
 //
 // # HTTP
 //

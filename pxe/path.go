@@ -172,7 +172,7 @@ func openInRoot(dir, name string) (*os.File, error) {
 }
 
 // Overlay returns an fs.FS that opens a name from the first layer that has
-// it: for instance Dir(copied) over Dir("/usr/lib/ipxe") to add ipxe.efi
+// it: for instance Dir(copied) over Dir(lpmos.DefaultIPXEDir) to add ipxe.efi
 // copied out of /boot. A layer that refuses a name (anything but "does not
 // exist") ends the search, so a lower layer cannot be reached by a name an
 // upper one rejected. Path safety is each layer's own: an os.DirFS layer

@@ -14,6 +14,10 @@ import (
 	"github.com/lpmos/lpmos/task"
 )
 
+// ipxeRoute is where the iPXE binaries are served over HTTP; DHCP hands
+// UEFI HTTP boot clients URLs below it.
+const ipxeRoute = "/boot/ipxe/"
+
 // bootRoutes serves what a booting machine fetches over HTTP: its iPXE
 // script, the boot files (agent kernel and initramfs, OS images and
 // installer files) and, for UEFI HTTP boot, the iPXE binaries.
@@ -26,8 +30,8 @@ func (r *Region) bootRoutes(mux *http.ServeMux) error {
 		return err
 	}
 	mux.Handle("GET /boot/files/", files)
-	if bins, err := pxe.NewFileServer(pxe.FileServerConfig{Root: r.cfg.IPXEDir, Prefix: "/boot/ipxe/", Logger: r.log}); err == nil {
-		mux.Handle("GET /boot/ipxe/", bins)
+	if bins, err := pxe.NewFileServer(pxe.FileServerConfig{Root: r.cfg.IPXEDir, Prefix: ipxeRoute, Logger: r.log}); err == nil {
+		mux.Handle("GET "+ipxeRoute, bins)
 	} else {
 		r.log.Warn("iPXE binaries not served over HTTP (UEFI HTTP boot will fail)", "dir", r.cfg.IPXEDir, "err", err)
 	}

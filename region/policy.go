@@ -3,6 +3,7 @@ package region
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/lpmos/lpmos"
@@ -34,24 +35,47 @@ type discovered struct {
 // whose task recently ended is still answered, so that its script can send
 // it to its disk (completed) or power it off (rejected). Everyone else is
 // ignored (and recorded, if configured).
+//
+// Both URLs are built from Config.PublicURL, the one place that says where
+// machines reach this region; the policy has a Validate method, so dhcp.New
+// rejects a public URL DHCP could not hand out.
 func (r *Region) DHCPPolicy() dhcp.BootPolicy {
-	static := dhcp.StaticPolicy{
-		HTTPBaseURL: r.cfg.PublicURL + "/boot/ipxe/",
+	return &dhcpPolicy{r: r, static: dhcp.StaticPolicy{
+		HTTPBaseURL: r.cfg.PublicURL + ipxeRoute,
 		// iPXE expands ${platform} (pcbios or efi) in the file name it is
 		// given; the script uses it to pick how to boot the local disk.
 		ScriptURL: r.cfg.PublicURL + "/boot/{mac}.ipxe?platform=${platform}",
-	}
-	return dhcp.BootPolicyFunc(func(ctx context.Context, req dhcp.Request) (dhcp.Decision, error) {
-		_, _, active := r.tasks.lookupMAC(req.MAC)
-		_, ended := r.tasks.ended(req.MAC)
-		if !active && !ended {
-			if r.cfg.UnknownMachines == UnknownRecord {
-				r.recordDiscovered(ctx, req)
-			}
-			return dhcp.Decision{Ignore: true}, nil
+	}}
+}
+
+// dhcpPolicy is the region's dhcp.BootPolicy: the task table decides who is
+// answered, static what they are told.
+type dhcpPolicy struct {
+	r      *Region
+	static dhcp.StaticPolicy
+}
+
+// Boot implements dhcp.BootPolicy.
+func (p *dhcpPolicy) Boot(ctx context.Context, req dhcp.Request) (dhcp.Decision, error) {
+	r := p.r
+	_, _, active := r.tasks.lookupMAC(req.MAC)
+	_, ended := r.tasks.ended(req.MAC)
+	if !active && !ended {
+		if r.cfg.UnknownMachines == UnknownRecord {
+			r.recordDiscovered(ctx, req)
 		}
-		return static.Boot(ctx, req)
-	})
+		return dhcp.Decision{Ignore: true}, nil
+	}
+	return p.static.Boot(ctx, req)
+}
+
+// Validate reports a public URL that cannot be handed out in DHCP answers;
+// dhcp.New calls it.
+func (p *dhcpPolicy) Validate() error {
+	if err := p.static.Validate(); err != nil {
+		return fmt.Errorf("region public URL %q: %w", p.r.cfg.PublicURL, err)
+	}
+	return nil
 }
 
 // recordDiscovered notes an unknown machine, at most once a minute each,

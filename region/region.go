@@ -81,7 +81,7 @@ type Config struct {
 	// task: UnknownIgnore (default) or UnknownRecord.
 	UnknownMachines string
 	// IPXEDir holds the iPXE binaries, served over HTTP for UEFI HTTP boot
-	// (default /usr/lib/ipxe).
+	// (default lpmos.DefaultIPXEDir, where Debian's ipxe package puts them).
 	IPXEDir string
 
 	Logger *slog.Logger
@@ -168,7 +168,7 @@ func New(cfg Config) (*Region, error) {
 		return nil, fmt.Errorf("region: unknown machines: %q is neither %q nor %q", cfg.UnknownMachines, UnknownIgnore, UnknownRecord)
 	}
 	if cfg.IPXEDir == "" {
-		cfg.IPXEDir = "/usr/lib/ipxe"
+		cfg.IPXEDir = lpmos.DefaultIPXEDir
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

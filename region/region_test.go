@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -673,6 +675,39 @@ func TestDHCPPolicy(t *testing.T) {
 	code, body := getText(t, l.ts.URL+"/boot/ipxe/snponly.efi")
 	require.Equal(t, http.StatusOK, code)
 	assert.NotEmpty(t, body)
+}
+
+// TestDHCPPolicyURLsFromPublicURL: the URLs DHCP hands out come from the
+// region's public URL alone, and dhcp.New refuses a public URL it could not
+// hand out instead of guessing one.
+func TestDHCPPolicyURLsFromPublicURL(t *testing.T) {
+	bootDir, _ := writeBootDir(t)
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	for _, tc := range []struct {
+		publicURL string
+		wantErr   bool
+	}{
+		{"http://10.0.0.1:9000", false},
+		{"https://region.example", false},
+		{"10.0.0.1:9000", true},
+		{"region.example", true},
+	} {
+		t.Run(tc.publicURL, func(t *testing.T) {
+			reg, err := region.New(region.Config{RegionID: "dc1", Store: memStore(t), PublicURL: tc.publicURL, BootDir: bootDir,
+				Logger: slog.New(slog.DiscardHandler)})
+			require.NoError(t, err)
+			_, err = dhcp.New(dhcp.Config{ServerIP: net.IPv4(10, 0, 0, 1), Mode: dhcp.ModeProxy, Conn: conn, ProxyConn: conn,
+				Policy: reg.DHCPPolicy()})
+			if !tc.wantErr {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, dhcp.ErrInvalidConfig)
+			assert.ErrorContains(t, err, "region public URL "+strconv.Quote(tc.publicURL))
+		})
+	}
 }
 
 // TestStartingRegionAsksToRetry: until the region has read its tasks, a

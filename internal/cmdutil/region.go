@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/pxe"
 	"github.com/lpmos/lpmos/region"
@@ -55,7 +56,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.DHCPDNS, "dhcp-dns", "", "comma-separated DNS servers handed out in full mode")
 	fs.StringVar(&f.RegionURL, "region-url", "", "URL machines use to reach the region (default: from the DHCP interface's address)")
 	fs.StringVar(&f.BootDir, "boot-dir", "./lpmos-data/boot", "kernels, initramfs and OS images served over HTTP")
-	fs.StringVar(&f.IPXEDir, "ipxe-dir", "/usr/lib/ipxe", "directory of the iPXE binaries")
+	fs.StringVar(&f.IPXEDir, "ipxe-dir", lpmos.DefaultIPXEDir, "directory of the iPXE binaries")
 	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "DHCP for machines without a task: ignore or record")
 	fs.StringVar(&f.Timeouts, "task-timeouts", "", "status timeouts overriding the defaults, e.g. installing=30m,booting=10m (0 disables one)")
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
