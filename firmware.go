@@ -123,9 +123,9 @@ func (f Firmware) HTTPBoot() bool {
 }
 
 // The iPXE binaries LPMOS hands to network-boot firmware, by their file
-// names in Debian's ipxe package. DHCP names them as boot files, the TFTP
-// and HTTP servers serve them from one directory, and the region checks
-// they are there, so the names live here where all of them can agree.
+// names in Debian's ipxe package. DHCP names them as boot files and the
+// TFTP server checks that its root holds them, and neither may import the
+// other, so the names live here where both can agree.
 const (
 	// IPXEBinaryBIOS is iPXE for legacy BIOS PXE: it drives the NIC
 	// through the firmware's UNDI stack, so one small binary works with
