@@ -126,10 +126,15 @@ type Health struct {
 	LastHeartbeat time.Time         `json:"last_heartbeat,omitzero"`
 }
 
-// Error is the body of a refused agent request.
+// Error is the body of a refused agent request, the same shape as the
+// control plane's API errors. Code is what a client may branch on besides
+// the status (invalid_request, unauthorized, not_found,
+// invalid_transition, conflict, too_large, unsupported_media_type,
+// internal, starting); Field names the offending input when known.
 type Error struct {
 	Error struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
+		Field   string `json:"field,omitempty"`
 	} `json:"error"`
 }

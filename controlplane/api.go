@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lpmos/lpmos/controlplane/auth"
+	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -20,8 +22,8 @@ func (s *Server) caughtUp(ctx context.Context, rev int64) {
 	s.cache.waitRevision(ctx, rev)
 }
 
-func principal(r *http.Request) Principal {
-	p, _ := PrincipalFrom(r.Context())
+func principal(r *http.Request) auth.Principal {
+	p, _ := auth.PrincipalFrom(r.Context())
 	return p
 }
 
@@ -40,7 +42,7 @@ type createResponse struct {
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 	var req task.CreateRequest
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+	if err := httpjson.Decode(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
 		return err
 	}
 	req.CreatedBy = principal(r).Subject
@@ -51,7 +53,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 	s.caughtUp(r.Context(), t.Revision)
 	self := "/api/v1/tasks/" + t.ID
 	w.Header().Set("Location", self)
-	writeJSON(w, http.StatusCreated, createResponse{
+	httpjson.WriteJSON(w, http.StatusCreated, createResponse{
 		TaskID: t.ID, Status: t.Status, CreatedAt: t.Metadata.CreatedAt, Revision: t.Revision,
 		Links: links{Self: self, Approve: self + "/approve"},
 	})
@@ -64,7 +66,7 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(t.Revision, 10)))
-	writeJSON(w, http.StatusOK, t)
+	httpjson.WriteJSON(w, http.StatusOK, t)
 	return nil
 }
 
@@ -125,7 +127,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !s.cache.isSynced() {
 		w.Header().Set("Retry-After", "1")
-		return newAPIError(http.StatusServiceUnavailable, "unavailable", "task cache is loading")
+		return httpjson.Errorf(http.StatusServiceUnavailable, httpjson.CodeUnavailable, "task cache is loading")
 	}
 	page := s.cache.list(f)
 	resp := listResponse{Tasks: make([]taskSummary, 0, len(page.Tasks)), Total: page.Total, Limit: page.Limit, Offset: page.Offset}
@@ -137,7 +139,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 			Progress: t.Progress, Error: t.Error,
 		})
 	}
-	writeJSON(w, http.StatusOK, resp)
+	httpjson.WriteJSON(w, http.StatusOK, resp)
 	return nil
 }
 
@@ -156,7 +158,7 @@ type decisionResponse struct {
 
 func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
 	var req approveRequest
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+	if err := httpjson.Decode(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
 		return err
 	}
 	if req.Approved == nil {
@@ -180,7 +182,7 @@ func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
 	if t.Status == task.StatusApproved {
 		resp.NextStatus = task.StatusInstalling
 	}
-	writeJSON(w, http.StatusOK, resp)
+	httpjson.WriteJSON(w, http.StatusOK, resp)
 	return nil
 }
 
@@ -190,7 +192,7 @@ type rejectRequest struct {
 
 func (s *Server) rejectTask(w http.ResponseWriter, r *http.Request) error {
 	var req rejectRequest
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+	if err := httpjson.Decode(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
 		return err
 	}
 	opts, err := ifMatch(r)
@@ -202,7 +204,7 @@ func (s *Server) rejectTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.caughtUp(r.Context(), t.Revision)
-	writeJSON(w, http.StatusOK, decisionResponse{TaskID: t.ID, Status: t.Status, Revision: t.Revision, Approval: t.Approval})
+	httpjson.WriteJSON(w, http.StatusOK, decisionResponse{TaskID: t.ID, Status: t.Status, Revision: t.Revision, Approval: t.Approval})
 	return nil
 }
 
@@ -221,12 +223,12 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, map[string][]Region{"regions": s.regions.list()})
+	httpjson.WriteJSON(w, http.StatusOK, map[string][]Region{"regions": s.regions.list()})
 	return nil
 }
 
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request) error {
 	p := principal(r)
-	writeJSON(w, http.StatusOK, map[string]string{"subject": p.Subject, "role": p.Role.String()})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"subject": p.Subject, "role": p.Role.String()})
 	return nil
 }

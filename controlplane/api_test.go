@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/internal/syncbuf"
@@ -61,12 +62,14 @@ func startCP(t *testing.T, st store.Store, opts ...cpOption) *testCP {
 	audit := &syncbuf.Buffer{}
 	cfg := controlplane.Config{
 		Store: st,
-		Tokens: []controlplane.StaticToken{
-			{Token: viewerToken, Subject: "vera", Role: controlplane.RoleViewer},
-			{Token: operatorToken, Subject: "otto", Role: controlplane.RoleOperator},
-			{Token: adminToken, Subject: "ada", Role: controlplane.RoleAdmin},
+		Auth: auth.Config{
+			Tokens: []auth.StaticToken{
+				{Token: viewerToken, Subject: "vera", Role: auth.RoleViewer},
+				{Token: operatorToken, Subject: "otto", Role: auth.RoleOperator},
+				{Token: adminToken, Subject: "ada", Role: auth.RoleAdmin},
+			},
+			JWT: &auth.JWTConfig{HS256Secret: hsSecret, RS256Keys: []*rsa.PublicKey{&rsaKey.PublicKey}},
 		},
-		JWT:         &controlplane.JWTConfig{HS256Secret: hsSecret, RS256Keys: []*rsa.PublicKey{&rsaKey.PublicKey}},
 		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 		AuditLogger: slog.New(slog.NewJSONHandler(audit, nil)),
 		RateLimit:   10000, RateBurst: 10000,
@@ -360,7 +363,7 @@ func TestAuthMatrix(t *testing.T) {
 	// that an allowed call succeeds for real.
 	type endpoint struct {
 		name   string
-		needs  controlplane.Role
+		needs  auth.Role
 		call   func(token string) int
 		wantOK int
 	}
@@ -370,53 +373,53 @@ func TestAuthMatrix(t *testing.T) {
 		return cp.create(fmt.Sprintf("00:1a:2b:3c:5d:%02x", mac))
 	}
 	endpoints := []endpoint{
-		{"list", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks", tok, nil); return c }, 200},
-		{"get", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 200},
-		{"regions", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/regions", tok, nil); return c }, 200},
-		{"metrics", controlplane.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/metrics", tok, nil); return c }, 200},
-		{"create", controlplane.RoleOperator, func(tok string) int {
+		{"list", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks", tok, nil); return c }, 200},
+		{"get", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 200},
+		{"regions", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/regions", tok, nil); return c }, 200},
+		{"metrics", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/metrics", tok, nil); return c }, 200},
+		{"create", auth.RoleOperator, func(tok string) int {
 			mac++
 			c, _ := cp.do("POST", "/api/v1/tasks", tok, createBody(fmt.Sprintf("00:1a:2b:3c:5d:%02x", mac)))
 			return c
 		}, 201},
-		{"approve", controlplane.RoleOperator, func(tok string) int {
+		{"approve", auth.RoleOperator, func(tok string) int {
 			id := fresh()
 			cp.toPendingApproval(id)
 			c, _ := cp.do("PUT", "/api/v1/tasks/"+id+"/approve", tok, map[string]any{"approved": true})
 			return c
 		}, 200},
-		{"reject", controlplane.RoleOperator, func(tok string) int {
+		{"reject", auth.RoleOperator, func(tok string) int {
 			id := fresh()
 			cp.toPendingApproval(id)
 			c, _ := cp.do("PUT", "/api/v1/tasks/"+id+"/reject", tok, map[string]any{"reason": "no"})
 			return c
 		}, 200},
-		{"cancel", controlplane.RoleOperator, func(tok string) int { c, _ := cp.do("DELETE", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 204},
+		{"cancel", auth.RoleOperator, func(tok string) int { c, _ := cp.do("DELETE", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 204},
 	}
 	callers := []struct {
 		name  string
 		token string
-		role  controlplane.Role
+		role  auth.Role
 	}{
-		{"anonymous", "", controlplane.RoleNone},
-		{"garbage token", "not-a-token", controlplane.RoleNone},
-		{"expired JWT", expired, controlplane.RoleNone},
-		{"JWT without exp", noExp, controlplane.RoleNone},
-		{"JWT with wrong key", wrongKey, controlplane.RoleNone},
-		{"JWT without role", noRole, controlplane.RoleNone},
-		{"unsigned JWT", unsigned, controlplane.RoleNone},
-		{"viewer", viewerToken, controlplane.RoleViewer},
-		{"RS256 viewer", rsViewer, controlplane.RoleViewer},
-		{"operator", operatorToken, controlplane.RoleOperator},
-		{"HS256 operator", hsOperator, controlplane.RoleOperator},
-		{"admin", adminToken, controlplane.RoleAdmin},
+		{"anonymous", "", auth.RoleNone},
+		{"garbage token", "not-a-token", auth.RoleNone},
+		{"expired JWT", expired, auth.RoleNone},
+		{"JWT without exp", noExp, auth.RoleNone},
+		{"JWT with wrong key", wrongKey, auth.RoleNone},
+		{"JWT without role", noRole, auth.RoleNone},
+		{"unsigned JWT", unsigned, auth.RoleNone},
+		{"viewer", viewerToken, auth.RoleViewer},
+		{"RS256 viewer", rsViewer, auth.RoleViewer},
+		{"operator", operatorToken, auth.RoleOperator},
+		{"HS256 operator", hsOperator, auth.RoleOperator},
+		{"admin", adminToken, auth.RoleAdmin},
 	}
 	for _, c := range callers {
 		for _, e := range endpoints {
 			t.Run(c.name+"/"+e.name, func(t *testing.T) {
 				got := e.call(c.token)
 				switch {
-				case c.role == controlplane.RoleNone:
+				case c.role == auth.RoleNone:
 					assert.Equal(t, http.StatusUnauthorized, got)
 				case c.role < e.needs:
 					assert.Equal(t, http.StatusForbidden, got)

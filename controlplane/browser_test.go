@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/task"
@@ -224,7 +225,7 @@ func TestBrowserDashboard(t *testing.T) {
 	st := etcdtest.NewStore(t)
 	srv, err := controlplane.New(controlplane.Config{
 		Store:  st,
-		Tokens: []controlplane.StaticToken{{Token: browserAdminToken, Subject: "alice@example.com", Role: controlplane.RoleAdmin}},
+		Auth:   auth.Config{Tokens: []auth.StaticToken{{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin}}},
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	require.NoError(t, err)

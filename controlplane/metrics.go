@@ -14,10 +14,8 @@ import (
 // metrics are the control plane's Prometheus metrics, registered on the
 // registry the embedder passes in (never the global one).
 type metrics struct {
-	requests        *prometheus.CounterVec
-	duration        *prometheus.HistogramVec
-	webhookFailures *prometheus.CounterVec
-	webhookSent     prometheus.Counter
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
 }
 
 func newMetrics(reg *prometheus.Registry, cache *taskCache) *metrics {
@@ -29,22 +27,13 @@ func newMetrics(reg *prometheus.Registry, cache *taskCache) *metrics {
 			Name: "lpmos_http_request_duration_seconds", Help: "HTTP request latency by route.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
 		}, []string{"route"}),
-		webhookFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "lpmos_webhook_failures_total", Help: "Webhook delivery failures (attempts that failed, and deliveries given up or dropped).",
-		}, []string{"reason"}),
-		webhookSent: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "lpmos_webhook_deliveries_total", Help: "Webhook deliveries accepted by their endpoint.",
-		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.webhookFailures, m.webhookSent,
+	reg.MustRegister(m.requests, m.duration,
 		&taskCollector{cache: cache, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "lpmos_watch_lag_seconds", Help: "Delay between a task change being made and this replica processing it (last change).",
 		}, func() float64 { return cache.watchLag().Seconds() }),
 	)
-	for _, reason := range []string{"attempt", "gave_up", "queue_full", "claim"} {
-		m.webhookFailures.WithLabelValues(reason) // export zeros, not absence
-	}
 	return m
 }
 

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -18,25 +17,28 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"github.com/lpmos/lpmos/controlplane/auth"
+	"github.com/lpmos/lpmos/controlplane/hub"
 	"github.com/lpmos/lpmos/controlplane/web"
+	"github.com/lpmos/lpmos/controlplane/webhook"
+	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
 // Config configures a control plane. Store and at least one way to sign in
-// (Tokens, HashedTokens or JWT) are required; everything else has defaults.
+// (Auth) are required; everything else has defaults.
 type Config struct {
 	Store store.Store
 
-	// Tokens, HashedTokens and JWT are the ways callers authenticate.
-	// There is no anonymous access.
-	Tokens       []StaticToken
-	HashedTokens []HashedToken
-	JWT          *JWTConfig
+	// Auth says who may sign in: tokens, hashed tokens or JWTs. There is
+	// no anonymous access. Its clock defaults to TaskConfig.Now.
+	Auth auth.Config
 
 	// Webhooks notify external systems of tasks needing approval,
-	// completed and failed.
-	Webhooks WebhookConfig
+	// completed and failed. Its Store, ReplicaID, Logger and Registerer
+	// are filled in; its clock defaults to TaskConfig.Now.
+	Webhooks webhook.Config
 
 	// Logger for operations (default slog.Default()); AuditLogger receives
 	// one record per mutating API call (default Logger with audit=true).
@@ -63,7 +65,7 @@ type Config struct {
 	TaskConfig task.Config
 
 	// Hub tunes the WebSocket hub (logger and registry are filled in).
-	Hub HubConfig
+	Hub hub.Config
 
 	// ReplicaID names this control plane among its replicas (default
 	// hostname:pid); it marks webhook deliveries it claimed.
@@ -82,11 +84,11 @@ type Server struct {
 	log      *slog.Logger
 	audit    *slog.Logger
 	svc      *task.Service
-	auth     *authenticator
+	auth     *auth.Authenticator
 	cache    *taskCache
 	regions  *regionCache
-	hub      *Hub
-	notifier *notifier
+	hub      *hub.Hub
+	notifier *webhook.Notifier
 	metrics  *metrics
 	limits   *limiters
 	handler  http.Handler
@@ -122,15 +124,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SignInFailureBurst <= 0 {
 		cfg.SignInFailureBurst = 20
 	}
-	if cfg.ReplicaID == "" {
-		host, _ := os.Hostname()
-		cfg.ReplicaID = fmt.Sprintf("%s:%d", host, os.Getpid())
+	ac := cfg.Auth
+	if ac.Now == nil {
+		ac.Now = cfg.TaskConfig.Now
 	}
-	auth, err := newAuthenticator(cfg)
+	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, audit: cfg.AuditLogger, auth: auth}
+	s := &Server{cfg: cfg, log: cfg.Logger, audit: cfg.AuditLogger, auth: authn}
 	s.regions = newRegionCache(cfg.Logger)
 	tc := cfg.TaskConfig
 	tc.ValidateOS = s.regions.validateOS
@@ -142,8 +144,13 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(cfg.Registry, s.cache)
 	hc := cfg.Hub
 	hc.Logger, hc.Registerer = cfg.Logger, cfg.Registry
-	s.hub = NewHub(hc)
-	s.notifier, err = newNotifier(cfg.Webhooks, cfg.Store, cfg.ReplicaID, cfg.Logger, s.metrics)
+	s.hub = hub.New(hc)
+	wc := cfg.Webhooks
+	wc.Store, wc.ReplicaID, wc.Logger, wc.Registerer = cfg.Store, cfg.ReplicaID, cfg.Logger, cfg.Registry
+	if wc.Now == nil {
+		wc.Now = cfg.TaskConfig.Now
+	}
+	s.notifier, err = webhook.New(wc)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -153,7 +160,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.hub.Publish(ch)
 	})
-	s.cache.subscribe(s.notifier.handle)
+	s.cache.subscribe(s.notifier.Handle)
 	s.limits = newLimiters()
 	s.handler = s.routes()
 	return s, nil
@@ -173,7 +180,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.cache.run(ctx) })
 	g.Go(func() error { s.regions.run(ctx, s.cfg.Store); return nil })
 	g.Go(func() error { return s.hub.Run(ctx) })
-	g.Go(func() error { return s.notifier.run(ctx) })
+	g.Go(func() error { return s.notifier.Run(ctx) })
 	if s.cfg.Retention > 0 {
 		g.Go(func() error { s.purge(ctx); return nil })
 	}
@@ -258,32 +265,30 @@ func (s *Server) ListenAndServe(ctx context.Context, opts ServeOptions) error {
 // routes wires every endpoint with its role and audit action.
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	api := func(pattern string, role Role, action string, h func(http.ResponseWriter, *http.Request) error) {
+	api := func(pattern string, role auth.Role, action string, h func(http.ResponseWriter, *http.Request) error) {
 		mux.Handle(pattern, s.guard(role, action, func(w http.ResponseWriter, r *http.Request) {
 			if err := h(w, r); err != nil {
-				ae := toAPIError(err)
-				if ae.Status >= 500 {
+				if e := httpjson.WriteError(w, err); e.Status >= 500 {
 					s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 				}
-				writeError(w, ae)
 			}
 		}))
 	}
-	api("POST /api/v1/tasks", RoleOperator, "task.create", s.createTask)
-	api("GET /api/v1/tasks", RoleViewer, "", s.listTasks)
-	api("GET /api/v1/tasks/{id}", RoleViewer, "", s.getTask)
-	api("PUT /api/v1/tasks/{id}/approve", RoleOperator, "task.approve", s.approveTask)
-	api("PUT /api/v1/tasks/{id}/reject", RoleOperator, "task.reject", s.rejectTask)
-	api("DELETE /api/v1/tasks/{id}", RoleOperator, "task.cancel", s.cancelTask)
-	api("GET /api/v1/regions", RoleViewer, "", s.listRegions)
-	api("GET /api/v1/whoami", RoleViewer, "", s.whoami)
+	api("POST /api/v1/tasks", auth.RoleOperator, "task.create", s.createTask)
+	api("GET /api/v1/tasks", auth.RoleViewer, "", s.listTasks)
+	api("GET /api/v1/tasks/{id}", auth.RoleViewer, "", s.getTask)
+	api("PUT /api/v1/tasks/{id}/approve", auth.RoleOperator, "task.approve", s.approveTask)
+	api("PUT /api/v1/tasks/{id}/reject", auth.RoleOperator, "task.reject", s.rejectTask)
+	api("DELETE /api/v1/tasks/{id}", auth.RoleOperator, "task.cancel", s.cancelTask)
+	api("GET /api/v1/regions", auth.RoleViewer, "", s.listRegions)
+	api("GET /api/v1/whoami", auth.RoleViewer, "", s.whoami)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newAPIError(http.StatusNotFound, "not_found", "no such API endpoint: %s %s", r.Method, r.URL.Path))
+		httpjson.WriteError(w, httpjson.Errorf(http.StatusNotFound, httpjson.CodeNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	mux.Handle("GET /ws", s.guard(RoleViewer, "", s.hub.ServeHTTP))
-	mux.Handle("GET /metrics", s.guard(RoleViewer, "", s.metrics.handler(s.cfg.Registry).ServeHTTP))
+	mux.Handle("GET /ws", s.guard(auth.RoleViewer, "", s.hub.ServeHTTP))
+	mux.Handle("GET /metrics", s.guard(auth.RoleViewer, "", s.metrics.handler(s.cfg.Registry).ServeHTTP))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("/", web.Handler())
@@ -291,31 +296,31 @@ func (s *Server) routes() http.Handler {
 }
 
 // guard authenticates, authorises, rate-limits and audits one endpoint.
-func (s *Server) guard(role Role, action string, h http.HandlerFunc) http.Handler {
+func (s *Server) guard(role auth.Role, action string, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		ip := clientIP(r)
-		p, err := s.auth.authenticate(r)
+		p, err := s.auth.Authenticate(bearer(r))
 		if err != nil {
 			// Failed sign-ins are throttled per address against guessing.
 			if !s.limits.allow("ip:"+ip, s.cfg.SignInFailureLimit, s.cfg.SignInFailureBurst) {
-				writeError(w, newAPIError(http.StatusTooManyRequests, "rate_limited", "too many failed sign-ins"))
+				httpjson.WriteError(w, httpjson.Errorf(http.StatusTooManyRequests, httpjson.CodeRateLimited, "too many failed sign-ins"))
 				return
 			}
-			writeError(w, newAPIError(http.StatusUnauthorized, "unauthorized", "%v", errUnauthenticated))
+			httpjson.WriteError(w, errUnauthorized)
 			return
 		}
 		if p.Role < role {
 			s.auditLog(r, p, action, http.StatusForbidden)
-			writeError(w, newAPIError(http.StatusForbidden, "forbidden", "%s may not do this (needs %s)", p.Role, role))
+			httpjson.WriteError(w, httpjson.Errorf(http.StatusForbidden, httpjson.CodeForbidden, "%s may not do this (needs %s)", p.Role, role))
 			return
 		}
 		if !s.limits.allow("sub:"+p.Subject, s.cfg.RateLimit, s.cfg.RateBurst) {
 			w.Header().Set("Retry-After", "1")
-			writeError(w, newAPIError(http.StatusTooManyRequests, "rate_limited", "too many requests"))
+			httpjson.WriteError(w, httpjson.Errorf(http.StatusTooManyRequests, httpjson.CodeRateLimited, "too many requests"))
 			return
 		}
-		r = r.WithContext(WithPrincipal(r.Context(), p))
+		r = r.WithContext(auth.WithPrincipal(r.Context(), p))
 		if action == "" {
 			h(w, r)
 			return
@@ -326,7 +331,20 @@ func (s *Server) guard(role Role, action string, h http.HandlerFunc) http.Handle
 	})
 }
 
-func (s *Server) auditLog(r *http.Request, p Principal, action string, status int) {
+// errUnauthorized answers every failed sign-in alike.
+var errUnauthorized = &httpjson.Error{Status: http.StatusUnauthorized, Code: httpjson.CodeUnauthorized,
+	Message: auth.ErrUnauthenticated.Error(), Challenge: `Bearer realm="lpmos"`}
+
+// bearer is the caller's token: from the Authorization header or, for a
+// WebSocket handshake without one, from the hub's bearer subprotocol.
+func bearer(r *http.Request) string {
+	if r.Header.Get("Authorization") != "" {
+		return httpjson.BearerToken(r)
+	}
+	return hub.Token(r)
+}
+
+func (s *Server) auditLog(r *http.Request, p auth.Principal, action string, status int) {
 	if action == "" {
 		action = r.Method + " " + r.URL.Path
 	}
@@ -346,11 +364,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	_, err := s.cfg.Store.Get(ctx, task.ConfigGlobal)
 	switch {
 	case err != nil && !errors.Is(err, store.ErrNotFound):
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "store unreachable", "error": err.Error()})
+		httpjson.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "store unreachable", "error": err.Error()})
 	case !s.cache.isSynced():
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "task cache not synced yet"})
+		httpjson.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "task cache not synced yet"})
 	default:
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}
 }
 
@@ -431,7 +449,7 @@ func ifMatch(r *http.Request) ([]task.MoveOption, error) {
 	}
 	var rev int64
 	if _, err := fmt.Sscan(v, &rev); err != nil || rev <= 0 {
-		return nil, newAPIError(http.StatusBadRequest, "invalid_request", "If-Match must be a task revision")
+		return nil, httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "If-Match must be a task revision")
 	}
 	return []task.MoveOption{task.ExpectRevision(rev)}, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/internal/etcdtest"
 )
 
@@ -56,8 +57,8 @@ func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
 func TestTLS13(t *testing.T) {
 	certFile, keyFile, pool := selfSigned(t)
 	srv, err := controlplane.New(controlplane.Config{
-		Store:  etcdtest.NewStore(t),
-		Tokens: []controlplane.StaticToken{{Token: adminToken, Subject: "ada", Role: controlplane.RoleAdmin}},
+		Store: etcdtest.NewStore(t),
+		Auth:  auth.Config{Tokens: []auth.StaticToken{{Token: adminToken, Subject: "ada", Role: auth.RoleAdmin}}},
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

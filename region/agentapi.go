@@ -2,63 +2,22 @@ package region
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
-	"mime"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/task"
 )
 
-// httpError is a refused agent request.
-type httpError struct {
-	status int
-	code   string
-	msg    string
-}
-
-func (e *httpError) Error() string { return e.msg }
-
-func fail(status int, code, format string, args ...any) *httpError {
-	return &httpError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
-}
-
-var errUnauthorized = fail(http.StatusUnauthorized, "unauthorized", "missing, wrong or expired agent token")
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// toHTTP maps errors to agent API answers in one place.
-func toHTTP(err error) *httpError {
-	var he *httpError
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &he):
-		return he
-	case errors.As(err, &mbe):
-		return fail(http.StatusRequestEntityTooLarge, "too_large", "body larger than %d bytes", mbe.Limit)
-	case errors.Is(err, task.ErrInvalid):
-		return fail(http.StatusBadRequest, "invalid_request", "%v", err)
-	case errors.Is(err, task.ErrNotFound):
-		return fail(http.StatusNotFound, "not_found", "%v", err)
-	case errors.Is(err, task.ErrInvalidTransition), errors.Is(err, task.ErrConflict):
-		return fail(http.StatusConflict, "conflict", "%v", err)
-	}
-	return fail(http.StatusInternalServerError, "internal", "internal error")
-}
+// errUnauthorized refuses an agent whose token is missing, wrong or dead.
+var errUnauthorized = &httpjson.Error{Status: http.StatusUnauthorized, Code: httpjson.CodeUnauthorized,
+	Message: "missing, wrong or expired agent token", Challenge: `Bearer realm="lpmos-agent"`}
 
 func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
@@ -66,16 +25,9 @@ func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.H
 			return
 		}
 		if err := h(w, req); err != nil {
-			he := toHTTP(err)
-			if he.status >= 500 {
+			if e := httpjson.WriteError(w, err); e.Status >= 500 {
 				r.log.Error("agent API request failed", "path", req.URL.Path, "err", err)
 			}
-			var body agent.Error
-			body.Error.Code, body.Error.Message = he.code, he.msg
-			if he.status == http.StatusUnauthorized {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="lpmos-agent"`)
-			}
-			writeJSON(w, he.status, body)
 		}
 	}
 }
@@ -89,42 +41,16 @@ func (r *Region) agentRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+agent.PathPhoneHome+"{task}", r.handle(r.phoneHome))
 }
 
-// decode reads a JSON body strictly.
-func decode(w http.ResponseWriter, req *http.Request, v any) error {
-	if mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return fail(http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, agent.MaxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		return fail(http.StatusBadRequest, "invalid_request", "malformed JSON body: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fail(http.StatusBadRequest, "invalid_request", "malformed JSON body: trailing data")
-	}
-	return nil
-}
-
-func bearerToken(req *http.Request) string {
-	scheme, tok, ok := strings.Cut(req.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return ""
-	}
-	return strings.TrimSpace(tok)
-}
-
 // authAgent checks the machine's token and returns its active task. The
 // MAC comes from the request; taskID, if the agent sent one, must match.
 func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, taskID string) (lpmos.MAC, *task.Task, error) {
 	mac, err := lpmos.ParseMAC(macText)
 	if err != nil {
-		return mac, nil, fail(http.StatusBadRequest, "invalid_request", "mac_address: %v", err)
+		e := httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "mac_address: %v", err)
+		e.Field = "mac_address"
+		return mac, nil, e
 	}
-	boundTo, err := r.tokens.check(ctx, mac, bearerToken(req))
+	boundTo, err := r.tokens.check(ctx, mac, httpjson.BearerToken(req))
 	if errors.Is(err, errBadToken) {
 		return mac, nil, errUnauthorized
 	}
@@ -159,7 +85,7 @@ func (r *Region) touch(ctx context.Context, mac lpmos.MAC) {
 
 func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 	var body agent.ReportRequest
-	if err := decode(w, req, &body); err != nil {
+	if err := httpjson.Decode(w, req, agent.MaxBodyBytes, &body); err != nil {
 		return err
 	}
 	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
@@ -182,10 +108,10 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 	case task.StatusApproved, task.StatusInstalling:
 		next = agent.ActionInstall
 	default:
-		return fail(http.StatusConflict, "conflict", "task %s is %s: not expecting a hardware report", t.ID, t.Status)
+		return httpjson.Errorf(http.StatusConflict, httpjson.CodeInvalidTransition, "task %s is %s: not expecting a hardware report", t.ID, t.Status)
 	}
 	r.touch(req.Context(), mac)
-	writeJSON(w, http.StatusOK, agent.ReportResponse{Status: "received", TaskID: t.ID, NextAction: next})
+	httpjson.WriteJSON(w, http.StatusOK, agent.ReportResponse{Status: "received", TaskID: t.ID, NextAction: next})
 	return nil
 }
 
@@ -198,7 +124,7 @@ type progressState struct {
 
 func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error {
 	var body agent.ProgressRequest
-	if err := decode(w, req, &body); err != nil {
+	if err := httpjson.Decode(w, req, agent.MaxBodyBytes, &body); err != nil {
 		return err
 	}
 	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
@@ -218,11 +144,11 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 			return err
 		}
 		r.observe(done)
-		writeJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": t.ID})
+		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": t.ID})
 		return nil
 	}
 	if t.Status != task.StatusApproved && t.Status != task.StatusInstalling {
-		return fail(http.StatusConflict, "conflict", "task %s is %s: not installing", t.ID, t.Status)
+		return httpjson.Errorf(http.StatusConflict, httpjson.CodeInvalidTransition, "task %s is %s: not installing", t.ID, t.Status)
 	}
 	if write := r.throttle(t.ID, p); write {
 		moved, err := r.svc.ReportProgress(req.Context(), t.ID, r.actor, p)
@@ -232,23 +158,11 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 		if t.Status == task.StatusApproved {
 			r.observe(moved) // now installing
 		}
-	} else if err := validateProgress(p); err != nil {
+	} else if err := p.Validate(); err != nil {
 		return err
 	}
 	r.touch(req.Context(), mac)
-	writeJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
-	return nil
-}
-
-// validateProgress checks a report that is held back by the throttle, so
-// the agent learns of a bad one at once.
-func validateProgress(p task.Progress) error {
-	if !p.Stage.Valid() {
-		return fail(http.StatusBadRequest, "invalid_request", "unknown stage %q", p.Stage)
-	}
-	if p.Percentage < 0 || p.Percentage > 100 {
-		return fail(http.StatusBadRequest, "invalid_request", "percentage %d not within 0..100", p.Percentage)
-	}
+	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
 	return nil
 }
 
@@ -308,7 +222,7 @@ func (r *Region) flushProgressLoop(ctx context.Context) error {
 
 func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 	var body agent.StatusRequest
-	if err := decode(w, req, &body); err != nil {
+	if err := httpjson.Decode(w, req, agent.MaxBodyBytes, &body); err != nil {
 		return err
 	}
 	_, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
@@ -335,9 +249,9 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 		}
 		r.observe(done)
 	default:
-		return fail(http.StatusBadRequest, "invalid_request", "status must be %q or %q", task.StatusFailed, task.StatusCompleted)
+		return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "status must be %q or %q", task.StatusFailed, task.StatusCompleted)
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
 	return nil
 }
 
@@ -351,7 +265,7 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 		// and its first poll: its token is still the machine's, bound to
 		// the task that ended. Tell it how the task ended, so it stops.
 		if final := r.endedTaskOf(req, req.PathValue("mac")); final != nil {
-			writeJSON(w, http.StatusOK, r.decision(final, ""))
+			httpjson.WriteJSON(w, http.StatusOK, r.decision(final, ""))
 			return nil
 		}
 	}
@@ -362,7 +276,7 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 	if v := req.URL.Query().Get("wait"); v != "" {
 		secs, err := strconv.Atoi(v)
 		if err != nil || secs < 0 {
-			return fail(http.StatusBadRequest, "invalid_request", "wait must be a number of seconds")
+			return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "wait must be a number of seconds")
 		}
 		wait = min(wait, time.Duration(secs)*time.Second)
 	}
@@ -377,17 +291,17 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 			if err != nil {
 				return err
 			}
-			writeJSON(w, http.StatusOK, r.decision(final, bearerToken(req)))
+			httpjson.WriteJSON(w, http.StatusOK, r.decision(final, httpjson.BearerToken(req)))
 			return nil
 		}
-		if resp := r.decision(cur, bearerToken(req)); resp.Approved || resp.NextAction == agent.ActionPowerOff {
-			writeJSON(w, http.StatusOK, resp)
+		if resp := r.decision(cur, httpjson.BearerToken(req)); resp.Approved || resp.NextAction == agent.ActionPowerOff {
+			httpjson.WriteJSON(w, http.StatusOK, resp)
 			return nil
 		}
 		select {
 		case <-changed:
 		case <-timer.C:
-			writeJSON(w, http.StatusOK, r.decision(cur, bearerToken(req)))
+			httpjson.WriteJSON(w, http.StatusOK, r.decision(cur, httpjson.BearerToken(req)))
 			return nil
 		case <-req.Context().Done():
 			return nil
@@ -403,7 +317,7 @@ func (r *Region) endedTaskOf(req *http.Request, macText string) *task.Task {
 	if err != nil {
 		return nil
 	}
-	boundTo, err := r.tokens.check(req.Context(), mac, bearerToken(req))
+	boundTo, err := r.tokens.check(req.Context(), mac, httpjson.BearerToken(req))
 	if err != nil {
 		return nil
 	}
@@ -476,7 +390,7 @@ func (r *Region) health(w http.ResponseWriter, req *http.Request) {
 	if !h.EtcdConnected {
 		h.Status, status = "degraded", http.StatusServiceUnavailable
 	}
-	writeJSON(w, status, h)
+	httpjson.WriteJSON(w, status, h)
 }
 
 // phoneHome records the first boot of an installed system: cloud-init's
@@ -488,11 +402,11 @@ func (r *Region) health(w http.ResponseWriter, req *http.Request) {
 func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 	id := req.PathValue("task")
 	if err := lpmos.ValidateTaskID(id); err != nil {
-		return fail(http.StatusBadRequest, "invalid_request", "task: %v", err)
+		return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "task: %v", err)
 	}
 	tok := req.URL.Query().Get("token")
 	if tok == "" {
-		tok = bearerToken(req)
+		tok = httpjson.BearerToken(req)
 	}
 	req.Body = http.MaxBytesReader(w, req.Body, agent.MaxBodyBytes)
 	if err := req.ParseForm(); err != nil {
@@ -500,7 +414,7 @@ func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 		if errors.As(err, &mbe) {
 			return err
 		}
-		return fail(http.StatusBadRequest, "invalid_request", "malformed form body: %v", err)
+		return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "malformed form body: %v", err)
 	}
 	t, err := r.svc.Get(req.Context(), id)
 	if errors.Is(err, task.ErrNotFound) {
@@ -532,7 +446,7 @@ func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 		return err
 	}
 	r.log.Info("installed system phoned home", "task_id", id, "mac", t.Metadata.TargetMAC, "remote", host)
-	writeJSON(w, http.StatusOK, map[string]string{"status": "recorded", "task_id": id, "task_status": string(moved.Status)})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "recorded", "task_id": id, "task_status": string(moved.Status)})
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/ipxe"
 	"github.com/lpmos/lpmos/pxe"
 	"github.com/lpmos/lpmos/region/templates"
@@ -128,9 +129,9 @@ func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 	}
 	body, err := r.renderScript(req, mac)
 	if err != nil {
-		var he *httpError
+		var he *httpjson.Error
 		if errors.As(err, &he) {
-			http.Error(w, he.msg, he.status)
+			http.Error(w, he.Message, he.Status)
 			return
 		}
 		r.log.Error("render iPXE script", "mac", mac, "err", err)
@@ -158,7 +159,7 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) 
 	}
 	switch t.Status {
 	case task.StatusPending:
-		return nil, fail(http.StatusServiceUnavailable, "not_ready", "task %s is being prepared; retry", t.ID)
+		return nil, httpjson.Errorf(http.StatusServiceUnavailable, "not_ready", "task %s is being prepared; retry", t.ID)
 	case task.StatusApproved, task.StatusInstalling:
 		if e, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion); ok && e.Kind == KindInstaller {
 			return r.installerScript(req, mac, t, e)

@@ -24,7 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
-	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -216,9 +216,7 @@ func (r *Region) starting(w http.ResponseWriter) bool {
 	default:
 	}
 	w.Header().Set("Retry-After", "1")
-	var body agent.Error
-	body.Error.Code, body.Error.Message = "starting", "the region is starting; retry"
-	writeJSON(w, http.StatusServiceUnavailable, body)
+	httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, "starting", "the region is starting; retry"))
 	return true
 }
 

@@ -280,8 +280,10 @@ func truncate(s string) string {
 	return s
 }
 
-// validate checks a progress report from an agent.
-func (p *Progress) validate() error {
+// Validate checks a progress report from an agent, as ReportProgress
+// does before it writes: a caller that holds a report back (the region
+// throttles them) can refuse a bad one at once.
+func (p *Progress) Validate() error {
 	if !p.Stage.Valid() {
 		return invalid("stage", "unknown stage %q", truncate(string(p.Stage)))
 	}

@@ -451,7 +451,7 @@ func (s *Service) Complete(ctx context.Context, id, by, message string, opts ...
 		opt(&o)
 	}
 	final := Progress{Stage: StageCompleted, Percentage: 100, Message: message, Details: o.details}
-	if err := final.validate(); err != nil {
+	if err := final.Validate(); err != nil {
 		return nil, err
 	}
 	return s.move(ctx, id, EventCompleted, by, opts, func(t *Task, now time.Time) (change, error) {
@@ -537,7 +537,7 @@ func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts 
 // entry; a report within the same stage writes only the progress key. It is
 // refused (ErrInvalidTransition) unless the task is approved or installing.
 func (s *Service) ReportProgress(ctx context.Context, id, by string, p Progress) (*Task, error) {
-	if err := p.validate(); err != nil {
+	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	if err := checkActor(by); err != nil {

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/etcd"
 	"github.com/lpmos/lpmos/store/memory"
@@ -108,17 +109,17 @@ func (f *AuthFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.JWTIssuer, "jwt-issuer", "", "required JWT issuer (iss)")
 }
 
-// Apply fills cfg's sign-in fields. The admin token comes from
+// Apply fills cfg.Auth. The admin token comes from
 // LPMOS_ADMIN_TOKEN; if that is unset and nothing else is configured (or
 // always, when generate is true) a random one is generated and returned so
 // the caller can print it once.
 func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error) {
 	if f.TokenFile != "" {
-		if cfg.HashedTokens, err = controlplane.LoadTokenFile(f.TokenFile); err != nil {
+		if cfg.Auth.HashedTokens, err = auth.LoadTokenFile(f.TokenFile); err != nil {
 			return "", err
 		}
 	}
-	var jc controlplane.JWTConfig
+	var jc auth.JWTConfig
 	if f.HS256File != "" {
 		secret, err := os.ReadFile(f.HS256File)
 		if err != nil {
@@ -130,7 +131,7 @@ func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error
 		if p = strings.TrimSpace(p); p == "" {
 			continue
 		}
-		k, err := controlplane.LoadRSAPublicKey(p)
+		k, err := auth.LoadRSAPublicKey(p)
 		if err != nil {
 			return "", err
 		}
@@ -138,10 +139,10 @@ func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error
 	}
 	if len(jc.HS256Secret) > 0 || len(jc.RS256Keys) > 0 {
 		jc.Issuer = f.JWTIssuer
-		cfg.JWT = &jc
+		cfg.Auth.JWT = &jc
 	}
 	admin := os.Getenv("LPMOS_ADMIN_TOKEN")
-	if admin == "" && len(cfg.HashedTokens) == 0 && cfg.JWT == nil {
+	if admin == "" && len(cfg.Auth.HashedTokens) == 0 && cfg.Auth.JWT == nil {
 		var b [24]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return "", err
@@ -149,7 +150,7 @@ func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error
 		admin, generated = hex.EncodeToString(b[:]), hex.EncodeToString(b[:])
 	}
 	if admin != "" {
-		cfg.Tokens = append(cfg.Tokens, controlplane.StaticToken{Token: admin, Subject: "admin", Role: controlplane.RoleAdmin})
+		cfg.Auth.Tokens = append(cfg.Auth.Tokens, auth.StaticToken{Token: admin, Subject: "admin", Role: auth.RoleAdmin})
 	}
 	return generated, nil
 }

@@ -1,4 +1,4 @@
-package controlplane
+package hub
 
 import (
 	"context"
@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/time/rate"
 
+	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/task"
 )
@@ -48,30 +49,30 @@ type hubTestServer struct {
 }
 
 // hubTestAuth stands in for the auth middleware.
-func hubTestAuth(next http.Handler, role Role) http.Handler {
+func hubTestAuth(next http.Handler, role auth.Role) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := WithPrincipal(r.Context(), Principal{Subject: "tester", Role: role, Method: "token"})
+		ctx := auth.WithPrincipal(r.Context(), auth.Principal{Subject: "tester", Role: role, Method: "token"})
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
 // newHubTest starts a hub with cfg (after tweak, which may lower its
 // limits) behind a server that authenticates every request as a viewer.
-func newHubTest(t *testing.T, cfg HubConfig, tweak ...func(*Hub)) *hubTestServer {
+func newHubTest(t *testing.T, cfg Config, tweak ...func(*Hub)) *hubTestServer {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := NewHub(cfg)
+	h := New(cfg)
 	for _, f := range tweak {
 		f(h)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ts := &hubTestServer{hub: h, reg: reg, cancel: cancel, runErr: make(chan error, 1)}
 	go func() { ts.runErr <- h.Run(ctx) }()
-	ts.srv = httptest.NewServer(hubTestAuth(h, RoleViewer))
+	ts.srv = httptest.NewServer(hubTestAuth(h, auth.RoleViewer))
 	t.Cleanup(func() {
 		assert.NoError(t, ts.stop())
 		ts.srv.Close()
@@ -130,7 +131,7 @@ func hubMetricValue(t *testing.T, g prometheus.Gatherer, name string, labels ...
 }
 
 var hubTestDialer = websocket.Dialer{
-	Subprotocols:     []string{hubSubprotocol, "bearer.secret-token"},
+	Subprotocols:     []string{Subprotocol, "bearer.secret-token"},
 	HandshakeTimeout: hubTestWait,
 }
 
@@ -258,17 +259,17 @@ func TestHubHandshakeRefused(t *testing.T) {
 	}{
 		{name: "no principal", handler: func(h *Hub) http.Handler { return h },
 			status: http.StatusUnauthorized, code: "unauthorized"},
-		{name: "no role", handler: func(h *Hub) http.Handler { return hubTestAuth(h, RoleNone) },
+		{name: "no role", handler: func(h *Hub) http.Handler { return hubTestAuth(h, auth.RoleNone) },
 			status: http.StatusForbidden, code: "forbidden"},
-		{name: "foreign origin", handler: func(h *Hub) http.Handler { return hubTestAuth(h, RoleAdmin) },
+		{name: "foreign origin", handler: func(h *Hub) http.Handler { return hubTestAuth(h, auth.RoleAdmin) },
 			header: http.Header{"Origin": {"https://evil.example"}},
 			status: http.StatusForbidden, code: "forbidden"},
-		{name: "after Run ended", handler: func(h *Hub) http.Handler { return hubTestAuth(h, RoleViewer) },
+		{name: "after Run ended", handler: func(h *Hub) http.Handler { return hubTestAuth(h, auth.RoleViewer) },
 			stopped: true, status: http.StatusServiceUnavailable, code: "unavailable"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := NewHub(HubConfig{Logger: slog.New(slog.DiscardHandler)})
+			h := New(Config{Logger: slog.New(slog.DiscardHandler)})
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			runErr := make(chan error, 1)
@@ -301,7 +302,7 @@ func TestHubHandshakeRefused(t *testing.T) {
 }
 
 func TestHubHandshake(t *testing.T) {
-	ts := newHubTest(t, HubConfig{})
+	ts := newHubTest(t, Config{})
 	tests := []struct {
 		name   string
 		header http.Header
@@ -339,7 +340,7 @@ func TestHubHandshake(t *testing.T) {
 func TestHubSubscriptions(t *testing.T) {
 	// No progress window ever ends: progress is sent only when a status of
 	// its task flushes it, which makes the sequence deterministic.
-	ts := newHubTest(t, HubConfig{ProgressInterval: time.Hour})
+	ts := newHubTest(t, Config{ProgressInterval: time.Hour})
 	one, all := ts.dial(t), ts.dial(t)
 	one.subscribe(t, hubTestTask1)
 	all.subscribe(t, "*")
@@ -433,7 +434,7 @@ func TestHubSubscriptions(t *testing.T) {
 }
 
 func TestHubBadClientMessages(t *testing.T) {
-	ts := newHubTest(t, HubConfig{})
+	ts := newHubTest(t, Config{})
 	c := ts.dial(t)
 	tests := []struct {
 		name string
@@ -467,7 +468,7 @@ func TestHubBadClientMessages(t *testing.T) {
 }
 
 func TestHubSubscriptionLimit(t *testing.T) {
-	ts := newHubTest(t, HubConfig{}, func(h *Hub) { h.maxSubs = 2 })
+	ts := newHubTest(t, Config{}, func(h *Hub) { h.maxSubs = 2 })
 	c := ts.dial(t)
 	c.subscribe(t, hubTestTask1)
 	c.subscribe(t, hubTestTask1) // again: not a new one
@@ -485,7 +486,7 @@ func TestHubRateLimit(t *testing.T) {
 	// A burst of 5 and no refill, so that the 6th message is the offence,
 	// and the last one sent: the hub closes a connection it has read
 	// entirely, and the close frame is not lost to a TCP reset.
-	ts := newHubTest(t, HubConfig{}, func(h *Hub) { h.msgRate, h.msgBurst = rate.Every(time.Hour), 5 })
+	ts := newHubTest(t, Config{}, func(h *Hub) { h.msgRate, h.msgBurst = rate.Every(time.Hour), 5 })
 	c := ts.dial(t)
 	for range 6 {
 		c.send(t, map[string]string{"type": "subscribe", "task_id": "*"})
@@ -498,7 +499,7 @@ func TestHubRateLimit(t *testing.T) {
 }
 
 func TestHubStatusOrder(t *testing.T) {
-	ts := newHubTest(t, HubConfig{})
+	ts := newHubTest(t, Config{})
 	c := ts.dial(t)
 	c.subscribe(t, hubTestTask1)
 	const n = 200 // within the default queue, whatever the scheduling
@@ -515,7 +516,7 @@ func TestHubStatusOrder(t *testing.T) {
 }
 
 func TestHubProgressCoalescing(t *testing.T) {
-	ts := newHubTest(t, HubConfig{ProgressInterval: 100 * time.Millisecond})
+	ts := newHubTest(t, Config{ProgressInterval: 100 * time.Millisecond})
 	c := ts.dial(t)
 	c.subscribe(t, "*")
 	ids := []string{hubTestTask1, hubTestTask2}
@@ -545,7 +546,7 @@ func TestHubProgressCoalescing(t *testing.T) {
 }
 
 func TestHubStatusFlushesPendingProgress(t *testing.T) {
-	ts := newHubTest(t, HubConfig{ProgressInterval: time.Hour})
+	ts := newHubTest(t, Config{ProgressInterval: time.Hour})
 	c := ts.dial(t)
 	c.subscribe(t, "*")
 	ts.hub.Publish(hubTestProgress(hubTestTask1, 1, 30))
@@ -581,7 +582,7 @@ func hubTestBigHardware() *hardware.Info {
 }
 
 func TestHubSlowClient(t *testing.T) {
-	ts := newHubTest(t, HubConfig{QueueSize: 8, WriteTimeout: 5 * time.Second})
+	ts := newHubTest(t, Config{QueueSize: 8, WriteTimeout: 5 * time.Second})
 
 	// The slow client subscribes, reads the sync reply, and then never reads
 	// again. (Its receive buffer is left alone: shrunk, it would make the
@@ -669,7 +670,7 @@ func TestHubSlowClient(t *testing.T) {
 }
 
 func TestHubKeepAlive(t *testing.T) {
-	ts := newHubTest(t, HubConfig{PingInterval: 500 * time.Millisecond})
+	ts := newHubTest(t, Config{PingInterval: 500 * time.Millisecond})
 	alive := ts.dial(t) // gorilla answers pings while reading
 	alive.subscribe(t, "*")
 	conn, resp, err := hubTestDialer.Dial(ts.wsURL(), nil)
@@ -697,7 +698,7 @@ func hubTestGoroutines() (int, string) {
 
 func TestHubRunStops(t *testing.T) {
 	before, _ := hubTestGoroutines()
-	ts := newHubTest(t, HubConfig{})
+	ts := newHubTest(t, Config{})
 	var clients []*hubTestClient
 	for range 5 {
 		c := ts.dial(t)
@@ -742,8 +743,8 @@ func TestHubMetricsOptional(t *testing.T) {
 	// share the metrics.
 	reg := prometheus.NewRegistry()
 	for _, r := range []prometheus.Registerer{nil, reg, reg} {
-		h := NewHub(HubConfig{Registerer: r, Logger: slog.New(slog.DiscardHandler)})
-		srv := httptest.NewServer(hubTestAuth(h, RoleViewer))
+		h := New(Config{Registerer: r, Logger: slog.New(slog.DiscardHandler)})
+		srv := httptest.NewServer(hubTestAuth(h, auth.RoleViewer))
 		conn, resp, err := hubTestDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
 		require.NoError(t, err)
 		resp.Body.Close()

@@ -1,4 +1,11 @@
-package controlplane
+// Package auth is how callers of the control plane prove who they are:
+// static bearer tokens (given in clear or known only by their SHA-256, as
+// token files hold them), and JWTs signed with HS256 or RS256, each
+// yielding a Principal with a Role. It turns a token into a Principal and
+// nothing more: where the token comes from (a header, a WebSocket
+// subprotocol), which role an endpoint needs and what happens on refusal
+// stay with the control plane. There is no anonymous access.
+package auth
 
 import (
 	"crypto/rsa"
@@ -8,9 +15,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -100,22 +107,42 @@ func LoadRSAPublicKey(path string) (*rsa.PublicKey, error) {
 	return x509.ParsePKCS1PublicKey(block.Bytes)
 }
 
+// Config says who may sign in. At least one token or a JWT configuration
+// is required.
+type Config struct {
+	Tokens       []StaticToken
+	HashedTokens []HashedToken
+	JWT          *JWTConfig
+	// Now is the clock JWT expiry is checked against (default time.Now).
+	Now func() time.Time
+}
+
 type jwtClaims struct {
 	Role string `json:"role"`
 	jwt.RegisteredClaims
 }
 
-// authenticator turns a request's bearer token into a Principal.
-type authenticator struct {
+// Authenticator turns a bearer token into a Principal. It is safe for
+// concurrent use.
+type Authenticator struct {
 	static map[string]Principal // by token hash
 	jwt    *JWTConfig
 	parser *jwt.Parser
 }
 
-var errUnauthenticated = errors.New("missing or invalid bearer token")
+// ErrUnauthenticated is every refusal: a missing, unknown, malformed or
+// expired token. Callers should not tell the reasons apart to the caller.
+var ErrUnauthenticated = errors.New("missing or invalid bearer token")
 
-func newAuthenticator(cfg Config) (*authenticator, error) {
-	a := &authenticator{static: map[string]Principal{}, jwt: cfg.JWT}
+// maxTokenLen bounds what is hashed or parsed per attempt.
+const maxTokenLen = 8192
+
+// New checks cfg and returns its Authenticator.
+func New(cfg Config) (*Authenticator, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	a := &Authenticator{static: map[string]Principal{}, jwt: cfg.JWT}
 	add := func(hash, subject string, role Role) error {
 		if subject == "" || role == RoleNone {
 			return fmt.Errorf("token for %q: subject and role are required", subject)
@@ -150,7 +177,8 @@ func newAuthenticator(cfg Config) (*authenticator, error) {
 		if len(methods) == 0 {
 			return nil, errors.New("JWT: no HS256 secret and no RS256 key")
 		}
-		opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithExpirationRequired(), jwt.WithLeeway(30e9)}
+		opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithExpirationRequired(),
+			jwt.WithLeeway(30 * time.Second), jwt.WithTimeFunc(cfg.Now)}
 		if j.Issuer != "" {
 			opts = append(opts, jwt.WithIssuer(j.Issuer))
 		}
@@ -165,49 +193,20 @@ func newAuthenticator(cfg Config) (*authenticator, error) {
 	return a, nil
 }
 
-// bearer extracts the token: the Authorization header, or for WebSocket
-// handshakes (browsers cannot set headers) a "bearer.<token>" subprotocol.
-func bearer(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); h != "" {
-		scheme, tok, ok := strings.Cut(h, " ")
-		if ok && strings.EqualFold(scheme, "Bearer") {
-			return strings.TrimSpace(tok)
-		}
-		return ""
+// Authenticate returns the caller a bearer token stands for. Its errors
+// wrap ErrUnauthenticated.
+func (a *Authenticator) Authenticate(token string) (Principal, error) {
+	if token == "" || len(token) > maxTokenLen {
+		return Principal{}, ErrUnauthenticated
 	}
-	for _, p := range websocketProtocols(r) {
-		if tok, ok := strings.CutPrefix(p, "bearer."); ok {
-			return tok
-		}
-	}
-	return ""
-}
-
-func websocketProtocols(r *http.Request) []string {
-	var out []string
-	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
-		for _, p := range strings.Split(h, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
-}
-
-func (a *authenticator) authenticate(r *http.Request) (Principal, error) {
-	tok := bearer(r)
-	if tok == "" || len(tok) > 8192 {
-		return Principal{}, errUnauthenticated
-	}
-	if p, ok := a.static[HashToken(tok)]; ok {
+	if p, ok := a.static[HashToken(token)]; ok {
 		return p, nil
 	}
-	if a.parser == nil || strings.Count(tok, ".") != 2 {
-		return Principal{}, errUnauthenticated
+	if a.parser == nil || strings.Count(token, ".") != 2 {
+		return Principal{}, ErrUnauthenticated
 	}
 	var claims jwtClaims
-	_, err := a.parser.ParseWithClaims(tok, &claims, func(t *jwt.Token) (any, error) {
+	_, err := a.parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
 		switch t.Method.Alg() {
 		case "HS256":
 			return a.jwt.HS256Secret, nil
@@ -217,11 +216,11 @@ func (a *authenticator) authenticate(r *http.Request) (Principal, error) {
 		return nil, fmt.Errorf("unexpected signing method %s", t.Method.Alg())
 	})
 	if err != nil {
-		return Principal{}, fmt.Errorf("%w: %v", errUnauthenticated, err)
+		return Principal{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
 	role, err := ParseRole(claims.Role)
 	if err != nil || claims.Subject == "" {
-		return Principal{}, fmt.Errorf("%w: token needs a sub and a role claim", errUnauthenticated)
+		return Principal{}, fmt.Errorf("%w: token needs a sub and a role claim", ErrUnauthenticated)
 	}
 	return Principal{Subject: claims.Subject, Role: role, Method: "jwt"}, nil
 }

@@ -1,4 +1,11 @@
-package controlplane
+// Package webhook notifies external systems when tasks reach chosen
+// statuses (by default pending_approval, completed and failed): a JSON POST
+// signed with HMAC-SHA256, retried with backoff. It is fed by the control
+// plane's task watch (Handle) and never blocks it: deliveries wait in a
+// bounded queue and a slow or failing endpoint delays only its own. With
+// several control-plane replicas, each event is sent once: the replica that
+// claims it in the store sends it.
+package webhook
 
 import (
 	"bytes"
@@ -15,20 +22,20 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
-// WebhookConfig sends a signed JSON POST to each URL when a task reaches
-// one of Events. Deliveries are retried with exponential backoff; a slow or
-// failing endpoint delays only its own deliveries, never the control plane.
-// With several control-plane replicas, each event is delivered once: the
-// replica that claims it in the store sends it.
-type WebhookConfig struct {
+// Config sends a signed JSON POST to each URL when a task reaches one of
+// Events. With no URLs the Notifier does nothing.
+type Config struct {
 	URLs []string
 	// Secret signs each body: header X-LPMOS-Signature: sha256=<hex HMAC>.
 	Secret []byte
@@ -48,10 +55,24 @@ type WebhookConfig struct {
 	Workers int
 	// Client sends the requests (default: a client with Timeout).
 	Client *http.Client
+
+	// Store holds the delivery claims that make each event go out once
+	// across replicas; required with URLs. The control plane fills it in,
+	// with ReplicaID, Logger and Registerer.
+	Store store.Store
+	// ReplicaID names this replica in its claims (default hostname:pid).
+	ReplicaID string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the webhook metrics; nil means no metrics.
+	Registerer prometheus.Registerer
+	// Now is the clock of payload timestamps and of the claim lease's age
+	// (default time.Now).
+	Now func() time.Time
 }
 
-// WebhookPayload is the JSON body of a notification.
-type WebhookPayload struct {
+// Payload is the JSON body of a notification.
+type Payload struct {
 	Event     string          `json:"event"` // "task.pending_approval", "task.completed", "task.failed"
 	TaskID    string          `json:"task_id"`
 	Status    task.Status     `json:"status"`
@@ -64,9 +85,9 @@ type WebhookPayload struct {
 	Timestamp time.Time       `json:"timestamp"`
 }
 
-// SignWebhook returns the X-LPMOS-Signature value of a body, for receivers
-// to check with hmac.Equal.
-func SignWebhook(secret, body []byte) string {
+// Sign returns the X-LPMOS-Signature value of a body, for receivers to
+// check with hmac.Equal.
+func Sign(secret, body []byte) string {
 	mac := hmac.New(sha256.New, secret)
 	mac.Write(body)
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
@@ -79,14 +100,14 @@ const notificationsPrefix = task.Root + "notifications/"
 const claimTTL = 24 * time.Hour
 
 type delivery struct {
-	payload WebhookPayload
+	payload Payload
 	body    []byte
 }
 
-type notifier struct {
-	cfg     WebhookConfig
-	st      store.Store
-	replica string
+// Notifier sends the notifications of one replica. Handle feeds it; Run
+// sends until its context ends.
+type Notifier struct {
+	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
 	queue   chan delivery
@@ -96,7 +117,8 @@ type notifier struct {
 	leaseGranted time.Time
 }
 
-func newNotifier(cfg WebhookConfig, st store.Store, replica string, log *slog.Logger, m *metrics) (*notifier, error) {
+// New checks cfg and returns a Notifier; start it with Run.
+func New(cfg Config) (*Notifier, error) {
 	for _, u := range cfg.URLs {
 		pu, err := url.Parse(u)
 		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
@@ -105,6 +127,9 @@ func newNotifier(cfg WebhookConfig, st store.Store, replica string, log *slog.Lo
 	}
 	if len(cfg.URLs) > 0 && len(cfg.Secret) == 0 {
 		return nil, errors.New("webhooks need a secret to sign their bodies")
+	}
+	if len(cfg.URLs) > 0 && cfg.Store == nil {
+		return nil, errors.New("webhooks need a store to claim their deliveries in")
 	}
 	if len(cfg.Events) == 0 {
 		cfg.Events = []task.Status{task.StatusPendingApproval, task.StatusCompleted, task.StatusFailed}
@@ -127,18 +152,31 @@ func newNotifier(cfg WebhookConfig, st store.Store, replica string, log *slog.Lo
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: cfg.Timeout}
 	}
-	return &notifier{cfg: cfg, st: st, replica: replica, log: log, metrics: m, queue: make(chan delivery, cfg.QueueSize)}, nil
+	if cfg.ReplicaID == "" {
+		host, _ := os.Hostname()
+		cfg.ReplicaID = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Notifier{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), queue: make(chan delivery, cfg.QueueSize)}, nil
 }
 
-// handle is called in the watch loop: it only enqueues.
-func (n *notifier) handle(ch task.Change, t *task.Task) {
+// Handle notes a change and the task after it (nil if deleted), queueing
+// a notification if the change reached one of the Events. It is called in
+// the watch loop and only enqueues: when the queue is full the
+// notification is dropped and counted.
+func (n *Notifier) Handle(ch task.Change, t *task.Task) {
 	if len(n.cfg.URLs) == 0 || ch.Status == "" || t == nil || !slices.Contains(n.cfg.Events, ch.Status) {
 		return
 	}
-	p := WebhookPayload{
+	p := Payload{
 		Event: "task." + string(ch.Status), TaskID: t.ID, Status: ch.Status, Revision: ch.Revision,
 		RegionID: t.Metadata.RegionID, OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion,
-		Error: t.Error, Timestamp: time.Now().UTC(),
+		Error: t.Error, Timestamp: n.cfg.Now().UTC(),
 	}
 	if !t.Metadata.TargetMAC.IsZero() {
 		p.TargetMAC = t.Metadata.TargetMAC.String()
@@ -151,12 +189,14 @@ func (n *notifier) handle(ch task.Change, t *task.Task) {
 	select {
 	case n.queue <- delivery{payload: p, body: body}:
 	default:
-		n.metrics.webhookFailures.WithLabelValues("queue_full").Inc()
+		n.metrics.failed(failQueueFull)
 		n.log.Warn("webhook queue full; dropping notification", "task_id", t.ID, "event", p.Event)
 	}
 }
 
-func (n *notifier) run(ctx context.Context) error {
+// Run sends queued notifications until ctx ends, then returns once every
+// worker has stopped. Deliveries still queued are dropped.
+func (n *Notifier) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for range n.cfg.Workers {
 		wg.Add(1)
@@ -178,15 +218,15 @@ func (n *notifier) run(ctx context.Context) error {
 
 // claim makes this replica the one that sends an event; false means
 // another replica has (or an earlier run of this one did).
-func (n *notifier) claim(ctx context.Context, p WebhookPayload) (bool, error) {
+func (n *Notifier) claim(ctx context.Context, p Payload) (bool, error) {
 	lease, err := n.claimLease(ctx)
 	if err != nil {
 		return false, err
 	}
 	key := notificationsPrefix + p.TaskID + "/" + string(p.Status)
-	res, err := n.st.Txn(ctx, store.Txn{
+	res, err := n.cfg.Store.Txn(ctx, store.Txn{
 		If:   []store.Compare{store.Missing(key)},
-		Then: []store.Op{store.OpPut(key, []byte(n.replica), store.WithLease(lease))},
+		Then: []store.Op{store.OpPut(key, []byte(n.cfg.ReplicaID), store.WithLease(lease))},
 	})
 	if err != nil {
 		return false, err
@@ -196,25 +236,26 @@ func (n *notifier) claim(ctx context.Context, p WebhookPayload) (bool, error) {
 
 // claimLease returns a lease for claims, granting a new one every hour so
 // that claims live about a day without keep-alives.
-func (n *notifier) claimLease(ctx context.Context) (store.LeaseID, error) {
+func (n *Notifier) claimLease(ctx context.Context) (store.LeaseID, error) {
 	n.leaseMu.Lock()
 	defer n.leaseMu.Unlock()
-	if n.lease != store.NoLease && time.Since(n.leaseGranted) < time.Hour {
+	now := n.cfg.Now()
+	if n.lease != store.NoLease && now.Sub(n.leaseGranted) < time.Hour {
 		return n.lease, nil
 	}
-	id, err := n.st.Grant(ctx, claimTTL)
+	id, err := n.cfg.Store.Grant(ctx, claimTTL)
 	if err != nil {
 		return store.NoLease, fmt.Errorf("grant webhook claim lease: %w", err)
 	}
-	n.lease, n.leaseGranted = id, time.Now()
+	n.lease, n.leaseGranted = id, now
 	return id, nil
 }
 
-func (n *notifier) deliver(ctx context.Context, d delivery) {
+func (n *Notifier) deliver(ctx context.Context, d delivery) {
 	ok, err := n.claim(ctx, d.payload)
 	if err != nil {
 		if ctx.Err() == nil {
-			n.metrics.webhookFailures.WithLabelValues("claim").Inc()
+			n.metrics.failed(failClaim)
 			n.log.Warn("webhook claim failed", "task_id", d.payload.TaskID, "err", err)
 		}
 		return
@@ -233,18 +274,18 @@ func (n *notifier) deliver(ctx context.Context, d delivery) {
 	wg.Wait()
 }
 
-func (n *notifier) deliverTo(ctx context.Context, u string, d delivery) {
+func (n *Notifier) deliverTo(ctx context.Context, u string, d delivery) {
 	id := deliveryID()
 	backoff := n.cfg.InitialBackoff
 	for attempt := 1; ; attempt++ {
 		retry, err := n.post(ctx, u, id, d)
 		if err == nil {
-			n.metrics.webhookSent.Inc()
+			n.metrics.delivered()
 			return
 		}
-		n.metrics.webhookFailures.WithLabelValues("attempt").Inc()
+		n.metrics.failed(failAttempt)
 		if !retry || attempt == n.cfg.MaxAttempts || ctx.Err() != nil {
-			n.metrics.webhookFailures.WithLabelValues("gave_up").Inc()
+			n.metrics.failed(failGaveUp)
 			n.log.Warn("webhook delivery failed", "url", u, "event", d.payload.Event, "task_id", d.payload.TaskID, "attempts", attempt, "err", err)
 			return
 		}
@@ -259,7 +300,7 @@ func (n *notifier) deliverTo(ctx context.Context, u string, d delivery) {
 }
 
 // post makes one attempt; retry says whether another may succeed.
-func (n *notifier) post(ctx context.Context, u, id string, d delivery) (retry bool, err error) {
+func (n *Notifier) post(ctx context.Context, u, id string, d delivery) (retry bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(d.body))
@@ -270,7 +311,7 @@ func (n *notifier) post(ctx context.Context, u, id string, d delivery) (retry bo
 	req.Header.Set("User-Agent", "lpmos-webhook/1")
 	req.Header.Set("X-LPMOS-Event", d.payload.Event)
 	req.Header.Set("X-LPMOS-Delivery", id)
-	req.Header.Set("X-LPMOS-Signature", SignWebhook(n.cfg.Secret, d.body))
+	req.Header.Set("X-LPMOS-Signature", Sign(n.cfg.Secret, d.body))
 	resp, err := n.cfg.Client.Do(req)
 	if err != nil {
 		return true, err
@@ -291,4 +332,49 @@ func deliveryID() string {
 	var b [12]byte
 	_, _ = crand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// Reasons for lpmos_webhook_failures_total.
+const (
+	failAttempt   = "attempt"    // one attempt failed
+	failGaveUp    = "gave_up"    // a delivery failed for good
+	failQueueFull = "queue_full" // a notification was dropped at once
+	failClaim     = "claim"      // the store refused or failed the claim
+)
+
+// metrics are the notifier's; a nil *metrics records nothing.
+type metrics struct {
+	failures *prometheus.CounterVec
+	sent     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	if reg == nil {
+		return nil
+	}
+	m := &metrics{
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lpmos_webhook_failures_total", Help: "Webhook delivery failures (attempts that failed, and deliveries given up or dropped).",
+		}, []string{"reason"}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lpmos_webhook_deliveries_total", Help: "Webhook deliveries accepted by their endpoint.",
+		}),
+	}
+	reg.MustRegister(m.failures, m.sent)
+	for _, reason := range []string{failAttempt, failGaveUp, failQueueFull, failClaim} {
+		m.failures.WithLabelValues(reason) // export zeros, not absence
+	}
+	return m
+}
+
+func (m *metrics) failed(reason string) {
+	if m != nil {
+		m.failures.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *metrics) delivered() {
+	if m != nil {
+		m.sent.Inc()
+	}
 }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package controlplane_test
+package hub_test
 
 import (
 	"context"
@@ -22,7 +22,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/lpmos/lpmos/controlplane"
+	"github.com/lpmos/lpmos/controlplane/auth"
+	"github.com/lpmos/lpmos/controlplane/hub"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -65,17 +66,17 @@ func BenchmarkHubFanout(b *testing.B) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 
-	hub := controlplane.NewHub(controlplane.HubConfig{Logger: slog.New(slog.DiscardHandler)})
+	h := hub.New(hub.Config{Logger: slog.New(slog.DiscardHandler)})
 	hubCtx, stopHub := context.WithCancel(ctx)
 	runDone := make(chan error, 1)
-	go func() { runDone <- hub.Run(hubCtx) }()
+	go func() { runDone <- h.Run(hubCtx) }()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := controlplane.Principal{Subject: "bench", Role: controlplane.RoleViewer, Method: "token"}
-		hub.ServeHTTP(w, r.WithContext(controlplane.WithPrincipal(r.Context(), p)))
+		p := auth.Principal{Subject: "bench", Role: auth.RoleViewer, Method: "token"}
+		h.ServeHTTP(w, r.WithContext(auth.WithPrincipal(r.Context(), p)))
 	}))
 	defer srv.Close()
 
-	env := &hubBenchEnv{ctx: ctx, hub: hub, n: n}
+	env := &hubBenchEnv{ctx: ctx, hub: h, n: n}
 	var err error
 	env.clients, err = hubBenchConnect(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), n, &env.received)
 	var wg sync.WaitGroup
@@ -93,9 +94,9 @@ func BenchmarkHubFanout(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for hub.Clients() < n { // registered just after the handshake
+	for h.Clients() < n { // registered just after the handshake
 		if ctx.Err() != nil {
-			b.Fatalf("%d of %d clients registered", hub.Clients(), n)
+			b.Fatalf("%d of %d clients registered", h.Clients(), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -118,7 +119,7 @@ var hubBenchStatuses = []task.Status{task.StatusReady, task.StatusBooting, task.
 
 type hubBenchEnv struct {
 	ctx             context.Context
-	hub             *controlplane.Hub
+	hub             *hub.Hub
 	n               int
 	clients         []*hubBenchClient
 	received        atomic.Int64 // status messages, all clients

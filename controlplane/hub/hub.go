@@ -1,4 +1,20 @@
-package controlplane
+// Package hub is the control plane's WebSocket endpoint (/ws): it streams
+// task changes to subscribed browsers. It is fed by the control plane's one
+// task watch (Publish) and never reads the store itself; it serves callers
+// that the control plane has already authenticated (an auth.Principal in
+// the request context). It must never slow the watch that feeds it: the
+// delivery rules are on Hub.
+//
+// The protocol: a client offers the subprotocols ["lpmos.v1",
+// "bearer.<token>"] (browsers cannot set headers on a WebSocket) and the
+// server selects "lpmos.v1". Client messages are {"type": "subscribe" or
+// "unsubscribe", "task_id": a task ID or "*"}; server messages are
+//
+//	{"type": "status",   "task_id", "status", "region_id", "revision"}
+//	{"type": "progress", "task_id", "stage", "percentage", "message"}
+//	{"type": "hardware", "task_id", "hardware": {...}}
+//	{"type": "error",    "message"}
+package hub
 
 import (
 	"context"
@@ -18,12 +34,14 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/task"
 )
 
-// HubConfig configures a Hub. The zero value is usable.
-type HubConfig struct {
+// Config configures a Hub. The zero value is usable.
+type Config struct {
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the hub's metrics; nil means no metrics.
@@ -47,51 +65,68 @@ type HubConfig struct {
 	CheckOrigin func(*http.Request) bool
 }
 
+// Subprotocol is the one subprotocol the hub selects. A client offers it
+// along with "bearer.<token>", which is never echoed back (see Token).
+const Subprotocol = "lpmos.v1"
+
+// Token returns the bearer token a WebSocket handshake offers as a
+// "bearer.<token>" subprotocol, or "": browsers cannot set an
+// Authorization header on a WebSocket.
+func Token(r *http.Request) string {
+	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(h, ",") {
+			if tok, ok := strings.CutPrefix(strings.TrimSpace(p), "bearer."); ok {
+				return tok
+			}
+		}
+	}
+	return ""
+}
+
 const (
-	hubSubprotocol = "lpmos.v1"
-	// hubReadLimit bounds a client message; subscribe messages are tiny.
-	hubReadLimit = 4 << 10
-	// hubMaxSubscriptions bounds the task IDs one client follows; a client
+	// readLimit bounds a client message; subscribe messages are tiny.
+	readLimit = 4 << 10
+	// maxSubscriptions bounds the task IDs one client follows; a client
 	// that wants more subscribes to "*".
-	hubMaxSubscriptions = 1000
-	// A client may send hubClientRate messages per second, in bursts of
-	// hubClientBurst (a page subscribing to each task it lists); one that
+	maxSubscriptions = 1000
+	// A client may send clientRate messages per second, in bursts of
+	// clientBurst (a page subscribing to each task it lists); one that
 	// keeps sending faster is disconnected.
-	hubClientRate  = 20
-	hubClientBurst = 100
-	// hubCloseTimeout bounds the close frame, and how long Run waits for
+	clientRate  = 20
+	clientBurst = 100
+	// closeTimeout bounds the close frame, and how long Run waits for
 	// clients to close cleanly before it closes their sockets.
-	hubCloseTimeout = time.Second
-	// hubMaxRegions bounds the task → region memory (see Hub.regions).
-	hubMaxRegions = 100_000
+	closeTimeout = time.Second
+	// maxRegions bounds the task → region memory (see Hub.regions).
+	maxRegions = 100_000
 )
 
-// hubKind is the type of a server message.
-type hubKind uint8
+// msgKind is the type of a server message.
+type msgKind uint8
 
 const (
-	hubStatus hubKind = iota
-	hubProgress
-	hubHardware
-	hubError
-	hubKinds
+	kindStatus msgKind = iota
+	kindProgress
+	kindHardware
+	kindError
+	numKinds
 )
 
-var hubKindNames = [hubKinds]string{"status", "progress", "hardware", "error"}
+var kindNames = [numKinds]string{"status", "progress", "hardware", "error"}
 
 // Reasons for lpmos_ws_clients_dropped_total: the hub closed a client.
 const (
-	hubDropSlow        = "slow"         // its queue had no room for a status or hardware message
-	hubDropWriteFailed = "write_failed" // a write failed or timed out
-	hubDropPongTimeout = "pong_timeout" // it stopped answering pings
-	hubDropRateLimited = "rate_limited" // it sent too many messages
-	hubDropTooLarge    = "too_large"    // it sent a message over hubReadLimit
+	dropSlow        = "slow"         // its queue had no room for a status or hardware message
+	dropWriteFailed = "write_failed" // a write failed or timed out
+	dropPongTimeout = "pong_timeout" // it stopped answering pings
+	dropRateLimited = "rate_limited" // it sent too many messages
+	dropTooLarge    = "too_large"    // it sent a message over readLimit
 )
 
-// hubMsg is one server message; data is shared by every client it goes to
+// outMsg is one server message; data is shared by every client it goes to
 // and never modified.
-type hubMsg struct {
-	kind   hubKind
+type outMsg struct {
+	kind   msgKind
 	taskID string
 	data   []byte
 }
@@ -136,10 +171,10 @@ type hubMsg struct {
 // before: a dashboard subscribes first and then loads over REST, so that no
 // change falls between the two.
 type Hub struct {
-	cfg      HubConfig
+	cfg      Config
 	log      *slog.Logger
 	upgrader websocket.Upgrader
-	metrics  *hubMetrics
+	metrics  *metrics
 
 	// Limits on a client, fields so that tests can lower them.
 	maxSubs  int
@@ -147,8 +182,8 @@ type Hub struct {
 	msgBurst int
 
 	mu      sync.RWMutex
-	clients map[*hubClient]struct{} // receiving messages
-	live    map[*hubClient]struct{} // whose writer has not yet closed the socket
+	clients map[*client]struct{} // receiving messages
+	live    map[*client]struct{} // whose writer has not yet closed the socket
 	running bool
 	stopped bool
 	// wg counts the ServeHTTP calls past the authentication check (each
@@ -162,8 +197,8 @@ type Hub struct {
 	regions  map[string]string
 }
 
-// NewHub returns a hub; start it with Run.
-func NewHub(cfg HubConfig) *Hub {
+// New returns a hub; start it with Run.
+func New(cfg Config) *Hub {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -180,17 +215,17 @@ func NewHub(cfg HubConfig) *Hub {
 		cfg.WriteTimeout = 10 * time.Second
 	}
 	if cfg.CheckOrigin == nil {
-		cfg.CheckOrigin = hubSameOrigin
+		cfg.CheckOrigin = sameOrigin
 	}
 	h := &Hub{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		metrics:  newHubMetrics(cfg.Registerer),
-		maxSubs:  hubMaxSubscriptions,
-		msgRate:  hubClientRate,
-		msgBurst: hubClientBurst,
-		clients:  map[*hubClient]struct{}{},
-		live:     map[*hubClient]struct{}{},
+		metrics:  newMetrics(cfg.Registerer),
+		maxSubs:  maxSubscriptions,
+		msgRate:  clientRate,
+		msgBurst: clientBurst,
+		clients:  map[*client]struct{}{},
+		live:     map[*client]struct{}{},
 		regions:  map[string]string{},
 	}
 	h.upgrader = websocket.Upgrader{
@@ -203,21 +238,21 @@ func NewHub(cfg HubConfig) *Hub {
 		WriteBufferPool: &sync.Pool{},
 		// Only "lpmos.v1" can be selected: the "bearer.<token>" the client
 		// also offers is never echoed back.
-		Subprotocols: []string{hubSubprotocol},
+		Subprotocols: []string{Subprotocol},
 		CheckOrigin:  cfg.CheckOrigin,
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
-			code := "invalid_request"
+			code := httpjson.CodeInvalidRequest
 			if status == http.StatusForbidden {
-				code = "forbidden"
+				code = httpjson.CodeForbidden
 			}
-			writeError(w, newAPIError(status, code, "%v", reason))
+			httpjson.WriteError(w, httpjson.Errorf(status, code, "%v", reason))
 		},
 	}
 	return h
 }
 
-// hubSameOrigin is the default CheckOrigin.
-func hubSameOrigin(r *http.Request) bool {
+// sameOrigin is the default CheckOrigin.
+func sameOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
@@ -242,7 +277,7 @@ func (h *Hub) Run(ctx context.Context) error {
 
 	h.mu.Lock()
 	h.stopped = true
-	clients := make([]*hubClient, 0, len(h.clients))
+	clients := make([]*client, 0, len(h.clients))
 	for c := range h.clients {
 		clients = append(clients, c)
 	}
@@ -262,7 +297,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		h.wg.Wait()
 		close(done)
 	}()
-	grace := time.NewTimer(2 * hubCloseTimeout)
+	grace := time.NewTimer(2 * closeTimeout)
 	defer grace.Stop()
 	select {
 	case <-done:
@@ -293,12 +328,12 @@ func (h *Hub) Publish(ch task.Change) {
 	if ch.Err != nil || ch.TaskID == "" {
 		return
 	}
-	var buf [3]hubMsg
+	var buf [3]outMsg
 	msgs := h.translate(ch, buf[:0])
 	if len(msgs) == 0 {
 		return
 	}
-	var slow []*hubClient
+	var slow []*client
 	h.mu.RLock()
 	for c := range h.clients {
 		if !c.deliver(msgs) {
@@ -307,32 +342,32 @@ func (h *Hub) Publish(ch task.Change) {
 	}
 	h.mu.RUnlock()
 	for _, c := range slow {
-		h.remove(c, hubDropSlow)
+		h.remove(c, dropSlow)
 	}
 }
 
-// The server messages, doc.go and seed v2 §4.2.
+// The server messages, as in the package doc.
 type (
-	hubStatusMsg struct {
+	statusMsg struct {
 		Type     string      `json:"type"`
 		TaskID   string      `json:"task_id"`
 		Status   task.Status `json:"status"`
 		RegionID string      `json:"region_id,omitempty"`
 		Revision int64       `json:"revision"`
 	}
-	hubProgressMsg struct {
+	progressMsg struct {
 		Type       string     `json:"type"`
 		TaskID     string     `json:"task_id"`
 		Stage      task.Stage `json:"stage"`
 		Percentage int        `json:"percentage"`
 		Message    string     `json:"message"`
 	}
-	hubHardwareMsg struct {
+	hardwareMsg struct {
 		Type     string         `json:"type"`
 		TaskID   string         `json:"task_id"`
 		Hardware *hardware.Info `json:"hardware"`
 	}
-	hubErrorMsg struct {
+	errorMsg struct {
 		Type    string `json:"type"`
 		Message string `json:"message"`
 	}
@@ -342,24 +377,24 @@ type (
 // change, hardware and progress come before the status, so that a final
 // progress or a hardware report reaches the client before the status it led
 // to.
-func (h *Hub) translate(ch task.Change, msgs []hubMsg) []hubMsg {
-	add := func(kind hubKind, v any) {
+func (h *Hub) translate(ch task.Change, msgs []outMsg) []outMsg {
+	add := func(kind msgKind, v any) {
 		data, err := json.Marshal(v)
 		if err != nil { // cannot happen with these types; never send half a change
-			h.log.Error("cannot marshal websocket message", "task_id", ch.TaskID, "type", hubKindNames[kind], "err", err)
+			h.log.Error("cannot marshal websocket message", "task_id", ch.TaskID, "type", kindNames[kind], "err", err)
 			return
 		}
-		msgs = append(msgs, hubMsg{kind: kind, taskID: ch.TaskID, data: data})
+		msgs = append(msgs, outMsg{kind: kind, taskID: ch.TaskID, data: data})
 	}
 	if ch.Hardware != nil {
-		add(hubHardware, hubHardwareMsg{Type: "hardware", TaskID: ch.TaskID, Hardware: ch.Hardware})
+		add(kindHardware, hardwareMsg{Type: "hardware", TaskID: ch.TaskID, Hardware: ch.Hardware})
 	}
 	if p := ch.Progress; p != nil {
-		add(hubProgress, hubProgressMsg{Type: "progress", TaskID: ch.TaskID, Stage: p.Stage, Percentage: p.Percentage, Message: p.Message})
+		add(kindProgress, progressMsg{Type: "progress", TaskID: ch.TaskID, Stage: p.Stage, Percentage: p.Percentage, Message: p.Message})
 	}
 	region := h.region(ch)
 	if ch.Status != "" {
-		add(hubStatus, hubStatusMsg{Type: "status", TaskID: ch.TaskID, Status: ch.Status, RegionID: region, Revision: ch.Revision})
+		add(kindStatus, statusMsg{Type: "status", TaskID: ch.TaskID, Status: ch.Status, RegionID: region, Revision: ch.Revision})
 	}
 	return msgs
 }
@@ -369,7 +404,7 @@ func (h *Hub) translate(ch task.Change, msgs []hubMsg) []hubMsg {
 func (h *Hub) region(ch task.Change) string {
 	h.regionMu.Lock()
 	defer h.regionMu.Unlock()
-	if md := ch.Metadata; md != nil && md.RegionID != "" && len(h.regions) < hubMaxRegions {
+	if md := ch.Metadata; md != nil && md.RegionID != "" && len(h.regions) < maxRegions {
 		h.regions[ch.TaskID] = md.RegionID
 	}
 	r := h.regions[ch.TaskID]
@@ -383,20 +418,20 @@ func (h *Hub) region(ch task.Change) string {
 // middleware before it (a Principal in the request context) and be at least
 // a viewer.
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p, ok := PrincipalFrom(r.Context())
+	p, ok := auth.PrincipalFrom(r.Context())
 	if !ok {
-		writeError(w, newAPIError(http.StatusUnauthorized, "unauthorized",
-			"authentication required: offer the subprotocols %q and \"bearer.<token>\"", hubSubprotocol))
+		httpjson.WriteError(w, httpjson.Errorf(http.StatusUnauthorized, httpjson.CodeUnauthorized,
+			"authentication required: offer the subprotocols %q and \"bearer.<token>\"", Subprotocol))
 		return
 	}
-	if p.Role < RoleViewer {
-		writeError(w, newAPIError(http.StatusForbidden, "forbidden", "live updates need the viewer role"))
+	if p.Role < auth.RoleViewer {
+		httpjson.WriteError(w, httpjson.Errorf(http.StatusForbidden, httpjson.CodeForbidden, "live updates need the viewer role"))
 		return
 	}
 	h.mu.Lock()
 	if h.stopped {
 		h.mu.Unlock()
-		writeError(w, newAPIError(http.StatusServiceUnavailable, "unavailable", "the server is shutting down"))
+		httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, httpjson.CodeUnavailable, "the server is shutting down"))
 		return
 	}
 	h.wg.Add(1) // this goroutine, which becomes the client's reader
@@ -408,7 +443,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.log.Debug("websocket handshake failed", "subject", p.Subject, "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c := &hubClient{
+	c := &client{
 		hub:     h,
 		conn:    conn,
 		subject: p.Subject,
@@ -420,7 +455,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.stopped {
 		h.mu.Unlock()
 		_ = conn.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(hubCloseTimeout))
+			websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(closeTimeout))
 		conn.Close()
 		return
 	}
@@ -437,7 +472,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // remove takes c, already marked closing, out of the hub and wakes its
 // writer to close the connection. reason is empty unless the hub dropped c.
-func (h *Hub) remove(c *hubClient, reason string) {
+func (h *Hub) remove(c *client, reason string) {
 	h.mu.Lock()
 	delete(h.clients, c)
 	h.metrics.disconnected(reason)
@@ -450,9 +485,9 @@ func (h *Hub) remove(c *hubClient, reason string) {
 	}
 }
 
-// hubClient is one connection. Publish and the reader fill its queue under
+// client is one connection. Publish and the reader fill its queue under
 // mu; only its writer goroutine writes to conn.
-type hubClient struct {
+type client struct {
 	hub     *Hub
 	conn    *websocket.Conn
 	subject string
@@ -464,7 +499,7 @@ type hubClient struct {
 	all  bool                // subscribed to "*"
 	subs map[string]struct{} // task IDs subscribed to
 	// queue[head:] are the messages waiting for the writer.
-	queue []hubMsg
+	queue []outMsg
 	head  int
 	// pending holds the latest progress of each task, waiting for the end
 	// of the client's window.
@@ -474,7 +509,7 @@ type hubClient struct {
 	closeText string
 }
 
-func (c *hubClient) wantsLocked(taskID string) bool {
+func (c *client) wantsLocked(taskID string) bool {
 	if c.all {
 		return true
 	}
@@ -482,7 +517,7 @@ func (c *hubClient) wantsLocked(taskID string) bool {
 	return ok
 }
 
-func (c *hubClient) signal() {
+func (c *client) signal() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -491,13 +526,13 @@ func (c *hubClient) signal() {
 
 // markClosing makes c refuse further messages and records how its writer
 // should close the connection. Only the caller that gets true may remove c.
-func (c *hubClient) markClosing(code int, text string) bool {
+func (c *client) markClosing(code int, text string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.markClosingLocked(code, text)
 }
 
-func (c *hubClient) markClosingLocked(code int, text string) bool {
+func (c *client) markClosingLocked(code int, text string) bool {
 	if c.closing {
 		return false
 	}
@@ -509,7 +544,7 @@ func (c *hubClient) markClosingLocked(code int, text string) bool {
 // deliver queues the messages of one change that c subscribed to. It
 // returns false if a message that must not be lost found the queue full:
 // c is then marked closing and the caller must remove it.
-func (c *hubClient) deliver(msgs []hubMsg) bool {
+func (c *client) deliver(msgs []outMsg) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -520,7 +555,7 @@ func (c *hubClient) deliver(msgs []hubMsg) bool {
 		if !c.wantsLocked(m.taskID) {
 			continue
 		}
-		if m.kind == hubProgress {
+		if m.kind == kindProgress {
 			if len(c.pending) == 0 {
 				wake = true // the writer opens a window
 				if c.pending == nil {
@@ -544,7 +579,7 @@ func (c *hubClient) deliver(msgs []hubMsg) bool {
 // pushLocked queues m, preceded by its task's pending progress so that the
 // task's messages keep their order. It returns false, having marked c
 // closing, if they do not fit.
-func (c *hubClient) pushLocked(m hubMsg) bool {
+func (c *client) pushLocked(m outMsg) bool {
 	p, hasProgress := c.pending[m.taskID]
 	need := 1
 	if hasProgress {
@@ -556,13 +591,13 @@ func (c *hubClient) pushLocked(m hubMsg) bool {
 	}
 	if hasProgress {
 		delete(c.pending, m.taskID)
-		c.appendLocked(hubMsg{kind: hubProgress, taskID: m.taskID, data: p})
+		c.appendLocked(outMsg{kind: kindProgress, taskID: m.taskID, data: p})
 	}
 	c.appendLocked(m)
 	return true
 }
 
-func (c *hubClient) appendLocked(m hubMsg) {
+func (c *client) appendLocked(m outMsg) {
 	if len(c.queue) == cap(c.queue) && c.head > 0 {
 		n := copy(c.queue, c.queue[c.head:])
 		clear(c.queue[n:])
@@ -574,7 +609,7 @@ func (c *hubClient) appendLocked(m hubMsg) {
 // flushProgress ends the client's progress window: the pending progress
 // of the tasks it still follows is queued. What does not fit stays pending
 // for the next window: progress may wait, it is not worth a disconnection.
-func (c *hubClient) flushProgress() {
+func (c *client) flushProgress() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for id, data := range c.pending {
@@ -585,25 +620,25 @@ func (c *hubClient) flushProgress() {
 		if len(c.queue)-c.head >= c.hub.cfg.QueueSize {
 			break
 		}
-		c.appendLocked(hubMsg{kind: hubProgress, taskID: id, data: data})
+		c.appendLocked(outMsg{kind: kindProgress, taskID: id, data: data})
 		delete(c.pending, id)
 	}
 }
 
 // next pops the next queued message, if any, and says whether progress is
 // pending and whether the client is closing.
-func (c *hubClient) next() (m hubMsg, ok, pending, closing bool) {
+func (c *client) next() (m outMsg, ok, pending, closing bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
-		return hubMsg{}, false, false, true
+		return outMsg{}, false, false, true
 	}
 	pending = len(c.pending) > 0
 	if c.head == len(c.queue) {
-		return hubMsg{}, false, pending, false
+		return outMsg{}, false, pending, false
 	}
 	m = c.queue[c.head]
-	c.queue[c.head] = hubMsg{}
+	c.queue[c.head] = outMsg{}
 	c.head++
 	if c.head == len(c.queue) {
 		c.queue, c.head = c.queue[:0], 0
@@ -616,7 +651,7 @@ func (c *hubClient) next() (m hubMsg, ok, pending, closing bool) {
 
 // writeLoop is the client's only writer: queued messages, pings, the end
 // of progress windows and finally the close frame.
-func (c *hubClient) writeLoop() {
+func (c *client) writeLoop() {
 	h := c.hub
 	defer func() {
 		c.conn.Close() // ends the reader too
@@ -635,7 +670,7 @@ func (c *hubClient) writeLoop() {
 	fail := func(err error) {
 		h.log.Debug("websocket write failed", "subject", c.subject, "err", err)
 		if c.markClosing(0, "") {
-			h.remove(c, hubDropWriteFailed)
+			h.remove(c, dropWriteFailed)
 		}
 	}
 	for {
@@ -645,7 +680,7 @@ func (c *hubClient) writeLoop() {
 			code, text := c.closeCode, c.closeText
 			c.mu.Unlock()
 			if code != 0 {
-				deadline := time.Now().Add(min(hubCloseTimeout, h.cfg.WriteTimeout))
+				deadline := time.Now().Add(min(closeTimeout, h.cfg.WriteTimeout))
 				_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), deadline)
 			}
 			return
@@ -689,7 +724,7 @@ func (c *hubClient) writeLoop() {
 	}
 }
 
-func (c *hubClient) write(m hubMsg) error {
+func (c *client) write(m outMsg) error {
 	if err := c.conn.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
 		return err
 	}
@@ -700,21 +735,21 @@ func (c *hubClient) write(m hubMsg) error {
 	return nil
 }
 
-func (c *hubClient) ping() error {
+func (c *client) ping() error {
 	return c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout))
 }
 
-// hubClientMsg is what a client sends.
-type hubClientMsg struct {
+// clientMsg is what a client sends.
+type clientMsg struct {
 	Type   string `json:"type"`
 	TaskID string `json:"task_id"`
 }
 
 // readLoop runs in the ServeHTTP goroutine until the connection ends.
-func (c *hubClient) readLoop() {
+func (c *client) readLoop() {
 	h := c.hub
 	pongWait := 2 * h.cfg.PingInterval
-	c.conn.SetReadLimit(hubReadLimit)
+	c.conn.SetReadLimit(readLimit)
 	_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
 	c.conn.SetPongHandler(func(string) error {
 		return c.conn.SetReadDeadline(time.Now().Add(pongWait))
@@ -728,7 +763,7 @@ func (c *hubClient) readLoop() {
 		_ = c.conn.SetReadDeadline(time.Now().Add(pongWait))
 		if !c.limiter.Allow() {
 			if c.markClosing(websocket.ClosePolicyViolation, "too many messages") {
-				h.remove(c, hubDropRateLimited)
+				h.remove(c, dropRateLimited)
 			}
 			return
 		}
@@ -744,14 +779,14 @@ func (c *hubClient) readLoop() {
 
 // readFailed ends a client whose read failed: a close or reset by the
 // client, a read deadline passed without pong, or an oversized message.
-func (c *hubClient) readFailed(err error) {
+func (c *client) readFailed(err error) {
 	reason := ""
 	var ne net.Error
 	switch {
 	case errors.Is(err, websocket.ErrReadLimit):
-		reason = hubDropTooLarge // gorilla has sent the close frame
+		reason = dropTooLarge // gorilla has sent the close frame
 	case errors.As(err, &ne) && ne.Timeout():
-		reason = hubDropPongTimeout
+		reason = dropPongTimeout
 	}
 	if c.markClosing(0, "") { // false: the hub closed it first
 		c.hub.remove(c, reason)
@@ -759,13 +794,13 @@ func (c *hubClient) readFailed(err error) {
 }
 
 // handle applies a client message and returns the error to report, if any.
-func (c *hubClient) handle(data []byte) string {
-	var m hubClientMsg
+func (c *client) handle(data []byte) string {
+	var m clientMsg
 	if err := json.Unmarshal(data, &m); err != nil {
 		return `malformed message: want {"type": "subscribe" or "unsubscribe", "task_id": a task ID or "*"}`
 	}
 	if m.Type != "subscribe" && m.Type != "unsubscribe" {
-		return fmt.Sprintf("unknown message type %q: want subscribe or unsubscribe", hubTruncate(m.Type))
+		return fmt.Sprintf("unknown message type %q: want subscribe or unsubscribe", truncate(m.Type))
 	}
 	if m.TaskID != "*" {
 		if err := lpmos.ValidateTaskID(m.TaskID); err != nil {
@@ -793,8 +828,8 @@ func (c *hubClient) handle(data []byte) string {
 
 // reply queues an error message for the client. Like a status it must not
 // be lost, so a full queue drops the client; reply then returns false.
-func (c *hubClient) reply(message string) bool {
-	data, err := json.Marshal(hubErrorMsg{Type: "error", Message: message})
+func (c *client) reply(message string) bool {
+	data, err := json.Marshal(errorMsg{Type: "error", Message: message})
 	if err != nil {
 		return true
 	}
@@ -803,60 +838,60 @@ func (c *hubClient) reply(message string) bool {
 		c.mu.Unlock()
 		return false
 	}
-	ok := c.pushLocked(hubMsg{kind: hubError, data: data})
+	ok := c.pushLocked(outMsg{kind: kindError, data: data})
 	c.mu.Unlock()
 	if !ok {
-		c.hub.remove(c, hubDropSlow)
+		c.hub.remove(c, dropSlow)
 		return false
 	}
 	c.signal()
 	return true
 }
 
-func hubTruncate(s string) string {
+func truncate(s string) string {
 	if len(s) > 64 {
 		return s[:64] + "..."
 	}
 	return s
 }
 
-// hubMetrics are the hub's metrics; a nil *hubMetrics records nothing.
-type hubMetrics struct {
+// metrics are the hub's metrics; a nil *metrics records nothing.
+type metrics struct {
 	clients prometheus.Gauge
-	sentBy  [hubKinds]prometheus.Counter
+	sentBy  [numKinds]prometheus.Counter
 	dropped *prometheus.CounterVec
 }
 
-func newHubMetrics(reg prometheus.Registerer) *hubMetrics {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return nil
 	}
-	m := &hubMetrics{
-		clients: hubRegister(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+	m := &metrics{
+		clients: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lpmos_ws_clients",
 			Help: "WebSocket clients connected to the hub.",
 		})),
-		dropped: hubRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		dropped: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lpmos_ws_clients_dropped_total",
 			Help: "WebSocket clients the hub disconnected, by reason (slow, write_failed, pong_timeout, rate_limited, too_large).",
 		}, []string{"reason"})),
 	}
-	sent := hubRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	sent := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "lpmos_ws_messages_sent_total",
 		Help: "Messages written to WebSocket clients, by type.",
 	}, []string{"type"}))
-	for k, name := range hubKindNames {
+	for k, name := range kindNames {
 		m.sentBy[k] = sent.WithLabelValues(name)
 	}
-	for _, r := range []string{hubDropSlow, hubDropWriteFailed, hubDropPongTimeout, hubDropRateLimited, hubDropTooLarge} {
+	for _, r := range []string{dropSlow, dropWriteFailed, dropPongTimeout, dropRateLimited, dropTooLarge} {
 		m.dropped.WithLabelValues(r) // present at zero, so that rates work from the start
 	}
 	return m
 }
 
-// hubRegister registers c, or returns the collector already registered
+// register registers c, or returns the collector already registered
 // under its name (a second hub on the same registry shares the metrics).
-func hubRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	if err := reg.Register(c); err != nil {
 		var are prometheus.AlreadyRegisteredError
 		if errors.As(err, &are) {
@@ -869,13 +904,13 @@ func hubRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	return c
 }
 
-func (m *hubMetrics) connected() {
+func (m *metrics) connected() {
 	if m != nil {
 		m.clients.Inc()
 	}
 }
 
-func (m *hubMetrics) disconnected(reason string) {
+func (m *metrics) disconnected(reason string) {
 	if m == nil {
 		return
 	}
@@ -885,7 +920,7 @@ func (m *hubMetrics) disconnected(reason string) {
 	}
 }
 
-func (m *hubMetrics) sent(k hubKind) {
+func (m *metrics) sent(k msgKind) {
 	if m != nil {
 		m.sentBy[k].Inc()
 	}

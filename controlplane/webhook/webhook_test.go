@@ -1,0 +1,209 @@
+package webhook_test
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/controlplane/webhook"
+	"github.com/lpmos/lpmos/store"
+	"github.com/lpmos/lpmos/store/memory"
+	"github.com/lpmos/lpmos/task"
+)
+
+type received struct {
+	event string
+	body  []byte
+	sig   string
+}
+
+// receiver is a webhook endpoint that records what it accepts; fail makes
+// the first n attempts answer 500.
+type receiver struct {
+	mu   sync.Mutex
+	got  []received
+	fail atomic.Int32
+	hits atomic.Int32
+}
+
+func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rc.hits.Add(1)
+	body, _ := io.ReadAll(r.Body)
+	if rc.fail.Add(-1) >= 0 {
+		http.Error(w, "try later", http.StatusInternalServerError)
+		return
+	}
+	rc.mu.Lock()
+	rc.got = append(rc.got, received{r.Header.Get("X-LPMOS-Event"), body, r.Header.Get("X-LPMOS-Signature")})
+	rc.mu.Unlock()
+}
+
+func (rc *receiver) events() []string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	var out []string
+	for _, g := range rc.got {
+		out = append(out, g.event)
+	}
+	return out
+}
+
+func memStore(t *testing.T) store.Store {
+	s := memory.New()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// start runs a notifier until the test ends.
+func start(t *testing.T, cfg webhook.Config) *webhook.Notifier {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	n, err := webhook.New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		assert.NoError(t, <-done)
+	})
+	return n
+}
+
+func testTask(id string, st task.Status) *task.Task {
+	mac, _ := lpmos.ParseMAC("00:1a:2b:3c:9d:01")
+	return &task.Task{ID: id, Status: st, Metadata: task.Metadata{ID: id, RegionID: "dc1", TargetMAC: mac, OSType: "ubuntu", OSVersion: "24.04"}}
+}
+
+const (
+	task1 = "0a1b2c3d-1111-4eee-8fff-111111111111"
+	task2 = "0a1b2c3d-2222-4eee-8fff-222222222222"
+)
+
+func TestWebhooks(t *testing.T) {
+	secret := []byte("webhook-secret")
+	good := &receiver{}
+	flaky := &receiver{}
+	flaky.fail.Store(2) // two 500s, then accepted
+	goodSrv := httptest.NewServer(good)
+	defer goodSrv.Close()
+	flakySrv := httptest.NewServer(flaky)
+	defer flakySrv.Close()
+	// An endpoint that never answers must not hold anything up.
+	hang := make(chan struct{})
+	hangSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hangSrv.Close()
+	defer close(hang)
+
+	st := memStore(t)
+	at := time.Date(2026, 1, 29, 10, 0, 0, 0, time.UTC)
+	regA, regB := prometheus.NewRegistry(), prometheus.NewRegistry()
+	cfg := func(replica string, r prometheus.Registerer) webhook.Config {
+		return webhook.Config{
+			URLs:   []string{goodSrv.URL, flakySrv.URL, hangSrv.URL},
+			Secret: secret, InitialBackoff: 50 * time.Millisecond, Timeout: 2 * time.Second, MaxAttempts: 4,
+			Store: st, ReplicaID: replica, Registerer: r, Now: func() time.Time { return at },
+		}
+	}
+	// Two replicas fed the same changes by their watches: each event is
+	// sent once.
+	replicas := []*webhook.Notifier{start(t, cfg("a", regA)), start(t, cfg("b", regB))}
+	feed := func(ch task.Change, t *task.Task) {
+		for _, n := range replicas {
+			n.Handle(ch, t)
+		}
+	}
+	feed(task.Change{TaskID: task1, Revision: 2, Status: task.StatusReady}, testTask(task1, task.StatusReady)) // not an event
+	feed(task.Change{TaskID: task1, Revision: 3, Status: task.StatusPendingApproval}, testTask(task1, task.StatusPendingApproval))
+	feed(task.Change{TaskID: task1, Revision: 4, Progress: &task.Progress{Stage: task.StageWriting}}, testTask(task1, task.StatusInstalling)) // no status
+	feed(task.Change{TaskID: task1, Revision: 5, Status: task.StatusCompleted}, testTask(task1, task.StatusCompleted))
+	failed := testTask(task2, task.StatusFailed)
+	failed.Error = &task.ErrorInfo{Code: "timeout", Message: "never booted"}
+	feed(task.Change{TaskID: task2, Revision: 6, Status: task.StatusFailed}, failed)
+
+	want := []string{"task.pending_approval", "task.completed", "task.failed"}
+	for name, rc := range map[string]*receiver{"good": good, "flaky": flaky} {
+		require.Eventually(t, func() bool { return len(rc.events()) >= 3 }, 30*time.Second, 20*time.Millisecond, name)
+		time.Sleep(300 * time.Millisecond) // room for a duplicate to show up
+		assert.ElementsMatch(t, want, rc.events(), "%s: each event exactly once across two replicas", name)
+		rc.mu.Lock()
+		for _, g := range rc.got {
+			assert.True(t, hmac.Equal([]byte(webhook.Sign(secret, g.body)), []byte(g.sig)), "signature")
+			var p webhook.Payload
+			require.NoError(t, json.Unmarshal(g.body, &p))
+			assert.Equal(t, g.event, p.Event)
+			assert.True(t, at.Equal(p.Timestamp), "the timestamp comes from the injected clock")
+			if p.Event == "task.failed" {
+				assert.Equal(t, task2, p.TaskID)
+				require.NotNil(t, p.Error)
+				assert.Equal(t, "timeout", p.Error.Code)
+			} else {
+				assert.Equal(t, task1, p.TaskID)
+			}
+			assert.Equal(t, "dc1", p.RegionID)
+			assert.Equal(t, "00:1a:2b:3c:9d:01", p.TargetMAC)
+		}
+		rc.mu.Unlock()
+	}
+	assert.GreaterOrEqual(t, int(flaky.hits.Load()), 5, "the flaky endpoint was retried")
+	// Whichever replica claimed an event counts its failed attempts.
+	assert.Positive(t, failures(t, regA, "attempt")+failures(t, regB, "attempt"), "failed attempts are counted")
+	assert.Zero(t, failures(t, regA, "queue_full")+failures(t, regB, "queue_full"))
+}
+
+// failures reads lpmos_webhook_failures_total for one reason.
+func failures(t *testing.T, reg prometheus.Gatherer, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "lpmos_webhook_failures_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "reason" && lp.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no lpmos_webhook_failures_total{reason=%q}", reason)
+	return 0
+}
+
+func TestWebhookConfigValidation(t *testing.T) {
+	st := memStore(t)
+	for _, cfg := range []webhook.Config{
+		{URLs: []string{"ftp://example.com/hook"}, Secret: []byte("s"), Store: st},
+		{URLs: []string{"not a url"}, Secret: []byte("s"), Store: st},
+		{URLs: []string{"http://example.com/hook"}, Store: st},           // no secret
+		{URLs: []string{"http://example.com/hook"}, Secret: []byte("s")}, // no store
+	} {
+		_, err := webhook.New(cfg)
+		assert.Error(t, err, "%+v", cfg)
+	}
+	n, err := webhook.New(webhook.Config{})
+	require.NoError(t, err, "no URLs: a notifier that does nothing")
+	n.Handle(task.Change{TaskID: task1, Status: task.StatusCompleted}, testTask(task1, task.StatusCompleted))
+}
