@@ -22,6 +22,7 @@ import (
 
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/controlplane/auth"
+	"github.com/lpmos/lpmos/controlplane/webhook"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/internal/syncbuf"
@@ -589,4 +590,47 @@ func TestRetentionPurgesEndedTasks(t *testing.T) {
 	}, 10*time.Second, 20*time.Millisecond, "the list shows only the active task")
 	code, _ = cp.do("GET", "/api/v1/tasks/"+active, viewerToken, nil)
 	assert.Equal(t, http.StatusOK, code, "an active task is never purged")
+}
+
+// The control plane feeds its task watch to the webhook notifier.
+func TestWebhooksAreFedByTheWatch(t *testing.T) {
+	secret := []byte("webhook-secret")
+	got := make(chan *http.Request, 10)
+	bodies := make(chan []byte, 10)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		got <- r
+		bodies <- body
+	}))
+	defer hook.Close()
+	cp := startCP(t, etcdtest.NewStore(t), func(c *controlplane.Config) {
+		c.Webhooks = webhook.Config{URLs: []string{hook.URL}, Secret: secret}
+	})
+	id := cp.create("00:1a:2b:3c:9d:01")
+	cp.toPendingApproval(id)
+	select {
+	case r := <-got:
+		body := <-bodies
+		assert.Equal(t, "task.pending_approval", r.Header.Get("X-LPMOS-Event"))
+		assert.Equal(t, webhook.Sign(secret, body), r.Header.Get("X-LPMOS-Signature"))
+		var p webhook.Payload
+		require.NoError(t, json.Unmarshal(body, &p))
+		assert.Equal(t, id, p.TaskID)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no webhook")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	admin := auth.Config{Tokens: []auth.StaticToken{{Token: adminToken, Subject: "a", Role: auth.RoleAdmin}}}
+	for name, cfg := range map[string]controlplane.Config{
+		"no store":           {Auth: admin},
+		"nobody can sign in": {Store: st},
+		"bad webhook URL":    {Store: st, Auth: admin, Webhooks: webhook.Config{URLs: []string{"ftp://example.com/hook"}, Secret: []byte("s")}},
+		"unsigned webhooks":  {Store: st, Auth: admin, Webhooks: webhook.Config{URLs: []string{"http://example.com/hook"}}},
+	} {
+		_, err := controlplane.New(cfg)
+		assert.Error(t, err, name)
+	}
 }

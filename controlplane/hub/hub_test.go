@@ -759,3 +759,27 @@ func TestHubMetricsOptional(t *testing.T) {
 	}
 	assert.Equal(t, float64(0), hubMetricValue(t, reg, "lpmos_ws_clients"))
 }
+
+func TestToken(t *testing.T) {
+	tests := []struct {
+		name      string
+		protocols []string // Sec-WebSocket-Protocol header values
+		want      string
+	}{
+		{"offered with the subprotocol", []string{"lpmos.v1, bearer.abc"}, "abc"},
+		{"in its own header", []string{"lpmos.v1", "bearer.abc"}, "abc"},
+		{"first one wins", []string{"bearer.abc,bearer.def"}, "abc"},
+		{"none offered", []string{"lpmos.v1"}, ""},
+		{"no header", nil, ""},
+		{"prefix only", []string{"bearer."}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+			for _, p := range tt.protocols {
+				r.Header.Add("Sec-WebSocket-Protocol", p)
+			}
+			assert.Equal(t, tt.want, Token(r))
+		})
+	}
+}
