@@ -39,10 +39,14 @@
 //	region                one per data center: composes dhcp, pxe and ipxe,
 //	                      serves the agent API, watches its own tasks in the
 //	                      store and heartbeats on a lease
-//	controlplane          the operators' side: REST API, auth, WebSocket hub,
-//	                      embedded dashboard, notifications, metrics
+//	controlplane          the operators' side: REST API, audit, rate limits,
+//	                      list cache, embedded dashboard, metrics; wires:
+//	controlplane/auth     tokens, hashed tokens, HS256/RS256 JWTs, roles
+//	controlplane/hub      the WebSocket hub streaming task changes
+//	controlplane/webhook  signed, retried webhooks, sent once across replicas
 //	internal/...          helpers shared by several packages that are not API
-//	                      (network-namespace and QEMU test lab, HTTP helpers)
+//	                      (network-namespace and QEMU test lab; httpjson, the
+//	                      JSON error contract of both HTTP APIs)
 //	examples/...          thin binaries (allinone, control-plane, region, agent,
 //	                      mkinitramfs) that wire the packages together
 //
@@ -52,8 +56,15 @@
 //
 //	examples/...             anything (and nothing imports examples)
 //	internal/...             anything but examples
-//	controlplane/...         task, store, hardware
-//	region/...               task, dhcp, pxe, ipxe, agent, store, hardware
+//	internal/httpjson        task
+//	controlplane             task, store, hardware, controlplane/...,
+//	                         internal/httpjson
+//	controlplane/hub         task, hardware, controlplane/auth,
+//	                         internal/httpjson
+//	controlplane/webhook     task, store
+//	controlplane/auth        only lpmos
+//	region/...               task, dhcp, pxe, ipxe, agent, store, hardware,
+//	                         internal/httpjson
 //	agent/...                hardware
 //	task                     store, hardware
 //	store/etcd, store/memory,

@@ -1,7 +1,11 @@
 // Package controlplane is the operators' side of LPMOS: the REST API for
-// install tasks, authentication and roles, the WebSocket hub that streams
-// live task changes, the embedded web dashboard, webhook notifications and
-// Prometheus metrics.
+// install tasks, its audit log and rate limits, the task and region caches,
+// the embedded web dashboard and Prometheus metrics, and the wiring of its
+// parts: controlplane/auth (who may sign in, with which role),
+// controlplane/hub (the WebSocket hub that streams live task changes) and
+// controlplane/webhook (notifications). Its error bodies and the mapping of
+// task errors to them are internal/httpjson's, shared with the region's
+// agent API.
 //
 // It is stateless: every task lives in the store and any number of control
 // planes can serve the same store. Each keeps one prefix watch on
@@ -30,16 +34,19 @@
 // has not moved since that read. Errors are
 // {"error": {"code": "...", "message": "...", "field": "..."}} with status
 // 400 invalid_request (malformed JSON, unknown fields, bad MAC, region or
-// OS), 401 unauthorized, 403 forbidden, 404 not_found, 409 conflict or
-// invalid_transition, 413 too_large, 415 unsupported_media_type,
-// 429 rate_limited. Nothing is written when an error is returned.
+// OS), 401 unauthorized, 403 forbidden, 404 not_found, 409
+// invalid_transition (the task's status does not allow the call) or
+// conflict (the task changed since If-Match, or the MAC already has an
+// active task), 413 too_large, 415 unsupported_media_type, 429
+// rate_limited, 503 unavailable. Nothing is written when an error is
+// returned. The region's agent API answers its errors the same way.
 //
 // # WebSocket /ws
 //
 // Authenticate with the subprotocols ["lpmos.v1", "bearer.<token>"]
 // (browsers cannot set headers on a WebSocket); the server selects
 // "lpmos.v1". Client messages: {"type": "subscribe"|"unsubscribe",
-// "task_id": "<id>" or "*" for all tasks}. Server messages, as seed v2 §4.2:
+// "task_id": "<id>" or "*" for all tasks}. Server messages:
 //
 //	{"type": "status",   "task_id", "status", "region_id", "revision"}
 //	{"type": "progress", "task_id", "stage", "percentage", "message"}

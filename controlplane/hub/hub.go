@@ -137,8 +137,8 @@ type outMsg struct {
 // refuses new clients once Run has returned.
 //
 // The delivery rules follow from one constraint: Publish is called by the
-// watch loop, which also feeds the list cache and the notifier, so nothing a
-// browser does may slow it down. Publish therefore never touches the
+// control plane's watch loop, which also feeds its list cache and its
+// webhooks, so nothing a browser does may slow it down. Publish therefore never touches the
 // network: it marshals each message once and appends the shared bytes to
 // the bounded queue of every interested client, under that client's lock
 // only. One writer goroutine per client drains its queue onto the socket
