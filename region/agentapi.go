@@ -150,6 +150,12 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 	if t.Status != task.StatusApproved && t.Status != task.StatusInstalling {
 		return httpjson.Errorf(http.StatusConflict, httpjson.CodeInvalidTransition, "task %s is %s: not installing", t.ID, t.Status)
 	}
+	// Checked before the throttle, so that the agent learns of a bad
+	// report at once and a bad report never takes the place of a good one
+	// held back.
+	if err := p.Validate(); err != nil {
+		return err
+	}
 	if write := r.throttle(t.ID, p); write {
 		moved, err := r.svc.ReportProgress(req.Context(), t.ID, r.actor, p)
 		if err != nil {
@@ -158,8 +164,6 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 		if t.Status == task.StatusApproved {
 			r.observe(moved) // now installing
 		}
-	} else if err := p.Validate(); err != nil {
-		return err
 	}
 	r.touch(req.Context(), mac)
 	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})

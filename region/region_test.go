@@ -283,6 +283,11 @@ func TestAgentFlow(t *testing.T) {
 		code, body := l.call("POST", agent.PathProgress, token, p)
 		require.Equal(t, http.StatusOK, code, "report %d: %v", i, body)
 	}
+	// A bad report is refused at once, held back or not, and does not
+	// take the place of the good one waiting.
+	code, body = l.call("POST", agent.PathProgress, token, agent.ProgressRequest{MACAddress: mac, TaskID: tk.ID, Stage: "writing", Percentage: 101})
+	require.Equal(t, http.StatusBadRequest, code, "%v", body)
+	assert.Equal(t, map[string]any{"code": "invalid_request", "message": "invalid request: percentage: 101 is not within 0..100", "field": "percentage"}, body["error"])
 	require.Eventually(t, func() bool {
 		got, _ := l.svc.Get(context.Background(), tk.ID)
 		return got.Progress != nil && got.Progress.Percentage == 55
