@@ -22,6 +22,7 @@ import (
 	"github.com/lpmos/lpmos/controlplane/web"
 	"github.com/lpmos/lpmos/controlplane/webhook"
 	"github.com/lpmos/lpmos/internal/httpjson"
+	"github.com/lpmos/lpmos/internal/httpserve"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -217,23 +218,43 @@ type ServeOptions struct {
 	CertFile, KeyFile string // both set: HTTPS (and WSS) with TLS 1.3
 	// Ready, if set, receives the bound address once listening.
 	Ready func(addr net.Addr)
+	// Limits protect the server from clients holding connections; zero
+	// fields take DefaultHTTPLimits.
+	Limits HTTPLimits
+	// ShutdownTimeout bounds the graceful shutdown once ctx ends
+	// (default 10 s).
+	ShutdownTimeout time.Duration
 }
+
+// HTTPLimits bound what clients can hold of the control plane's HTTP
+// server: header, body and idle timeouts, the header size, and the
+// connections open at once in total and per source address. A zero field
+// takes its value from DefaultHTTPLimits; a negative one disables that
+// bound. The body timeout does not apply to WebSockets, which send no
+// body.
+type HTTPLimits = httpserve.Limits
+
+// DefaultHTTPLimits are the control plane's HTTP limits: 10 s to send
+// headers, 30 s to send a body, 2 min idle, 64 KiB of headers and 1024
+// connections, with no cap per source address (behind a load balancer
+// every client comes from the same one).
+func DefaultHTTPLimits() HTTPLimits { return httpserve.Defaults() }
 
 // ListenAndServe serves Handler on opts.Addr until ctx ends, then shuts
 // down gracefully (with a fresh deadline: ctx is already done by then).
 func (s *Server) ListenAndServe(ctx context.Context, opts ServeOptions) error {
-	srv := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
 	tlsOn := opts.CertFile != "" && opts.KeyFile != ""
 	if (opts.CertFile != "") != (opts.KeyFile != "") {
 		return errors.New("--tls-cert and --tls-key must be given together")
 	}
+	cfg := httpserve.Config{
+		Limits:          opts.Limits.Or(DefaultHTTPLimits()),
+		ShutdownTimeout: opts.ShutdownTimeout,
+		Logger:          s.log,
+	}
 	if tlsOn {
-		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS13}
+		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+		cfg.CertFile, cfg.KeyFile = opts.CertFile, opts.KeyFile
 	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
@@ -242,24 +263,7 @@ func (s *Server) ListenAndServe(ctx context.Context, opts ServeOptions) error {
 	if opts.Ready != nil {
 		opts.Ready(ln.Addr())
 	}
-	errc := make(chan error, 1)
-	go func() {
-		if tlsOn {
-			errc <- srv.ServeTLS(ln, opts.CertFile, opts.KeyFile)
-		} else {
-			errc <- srv.Serve(ln)
-		}
-	}()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	err = srv.Shutdown(sctx)
-	<-errc
-	return err
+	return httpserve.Serve(ctx, ln, s.handler, cfg)
 }
 
 // routes wires every endpoint with its role and audit action.

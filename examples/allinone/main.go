@@ -22,9 +22,17 @@ import (
 	"github.com/lpmos/lpmos/agent/sim"
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/cmdutil"
+	"github.com/lpmos/lpmos/region"
 )
 
 func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "allinone:", err)
+		os.Exit(cmdutil.ExitCode(err))
+	}
+}
+
+func run() error {
 	var (
 		storeFlags   cmdutil.StoreFlags
 		authFlags    cmdutil.AuthFlags
@@ -40,24 +48,30 @@ func main() {
 	retention := fs.Duration("retention", 0, "delete tasks that ended longer ago than this, e.g. 720h (0 keeps them forever)")
 	simulate := fs.Int("simulate", 0, "run N simulated machines that boot through the real region with the demo installer")
 	simSpeed := fs.Float64("simulate-speed", 1, "speed-up of the simulated installs (1: about 20 s each)")
+	version := fs.Bool("version", false, "print the version and exit")
 	storeFlags.Register(fs, true)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	regionFlags.Register(fs)
 	flag.Parse()
+	if err := cmdutil.NoArgs(fs); err != nil {
+		return err
+	}
+	if *version {
+		cmdutil.PrintVersion(os.Stdout, "allinone")
+		return nil
+	}
 
 	log, err := cmdutil.Logger(*logFormat, *logLevel)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		return cmdutil.Usage(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	st, closeStore, err := storeFlags.Open(ctx, log)
 	if err != nil {
-		log.Error("cannot open the store", "err", err)
-		os.Exit(1)
+		return fmt.Errorf("cannot open the store: %w", err)
 	}
 	defer closeStore()
 
@@ -66,41 +80,48 @@ func main() {
 	if err == nil {
 		err = webhookFlags.Apply(&cfg)
 	}
-	if err != nil {
-		log.Error("bad configuration", "err", err)
-		os.Exit(2)
+	var cp *controlplane.Server
+	if err == nil {
+		cp, err = controlplane.New(cfg)
 	}
-	cp, err := controlplane.New(cfg)
 	if err != nil {
-		log.Error("bad configuration", "err", err)
-		os.Exit(2)
+		return cmdutil.Usage(fmt.Errorf("bad configuration: %w", err))
+	}
+	rcfg, err := regionFlags.ServerConfig(st, log)
+	if err != nil {
+		return cmdutil.Usage(err)
+	}
+	rcfg.TFTPOptional = true // the demo runs without port 69 or iPXE binaries
+	if *simulate > 0 {
+		rcfg.Region.SkipBootFileCheck = true
+		// The simulated machines all connect from this host.
+		rcfg.HTTPLimits.MaxConnsPerSource = -1
+		rcfg.HTTPLimits.MaxConns = max(region.DefaultHTTPLimits().MaxConns, 8*(*simulate))
+	}
+	reg, err := region.NewServer(rcfg)
+	if err != nil {
+		return fmt.Errorf("cannot start the region: %w", err)
 	}
 
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return cp.Run(ctx) })
-	reg, err := regionFlags.StartRegion(ctx, g, st, log, cmdutil.RegionOptions{TFTPOptional: true, SkipBootFileCheck: *simulate > 0})
-	if err != nil {
-		log.Error("cannot start the region", "err", err)
-		stop()
-		_ = g.Wait()
-		closeStore()
-		os.Exit(1)
-	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cp.Run(gctx) })
+	g.Go(func() error { return reg.Run(gctx) })
 	for _, mac := range sim.MACs(*simulate) {
-		m := &sim.Machine{MAC: mac, RegionURL: reg.PublicURL(), Logger: log, Speed: *simSpeed}
-		g.Go(func() error { return m.Run(ctx) })
+		m := &sim.Machine{MAC: mac, RegionURL: reg.Region().PublicURL(), Logger: log, Speed: *simSpeed}
+		g.Go(func() error { return m.Run(gctx) })
 		fmt.Printf("simulated machine: %s (create a task for it in region %s)\n", mac, regionFlags.Region)
 	}
 	g.Go(func() error {
-		return cp.ListenAndServe(ctx, controlplane.ServeOptions{
+		err := cp.ListenAndServe(gctx, controlplane.ServeOptions{
 			Addr: *listen, CertFile: *tlsCert, KeyFile: *tlsKey,
 			Ready: func(addr net.Addr) { announce(addr, *tlsCert != "", generated) },
 		})
+		if err != nil {
+			return fmt.Errorf("control plane: %w", err)
+		}
+		return nil
 	})
-	if err := g.Wait(); err != nil && ctx.Err() == nil {
-		log.Error("allinone stopped", "err", err)
-		os.Exit(1)
-	}
+	return cmdutil.Stopped(ctx, g.Wait())
 }
 
 // announce prints where the dashboard is and, once, a generated admin token.

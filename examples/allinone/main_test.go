@@ -14,12 +14,19 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos/internal/cmdtest"
 )
+
+var bin string // built once by TestMain
+
+func TestMain(m *testing.M) { os.Exit(cmdtest.Main(m, &bin)) }
 
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -32,11 +39,6 @@ func freePort(t *testing.T) int {
 // it prints the dashboard URL and a generated token, serves the API, and
 // its region picks up a task created through it.
 func TestAllInOneRuns(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "allinone")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-
 	data := t.TempDir()
 	cp, rp := freePort(t), freePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -125,4 +127,72 @@ func TestAllInOneRuns(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// quick are the flags of an allinone that starts in a moment: nothing
+// embedded, no TFTP.
+func quick(t *testing.T, cp, region string) []string {
+	return []string{"--store", "memory", "--tftp-listen", "", "--boot-dir", t.TempDir(),
+		"--listen-addr", cp, "--region-listen", region, "--region-url", "http://" + region}
+}
+
+// A server that cannot listen makes the process fail, loudly, instead of
+// exiting 0 in silence.
+func TestBusyAddressFailsTheProcess(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args func(busy string) []string
+	}{
+		{"control plane", func(busy string) []string { return quick(t, busy, cmdtest.FreeAddr(t)) }},
+		{"region", func(busy string) []string { return quick(t, cmdtest.FreeAddr(t), busy) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			busy := cmdtest.Occupied(t)
+			code, out := cmdtest.Run(t, 10*time.Second, bin, tc.args(busy)...)
+			assert.Equal(t, 1, code, out)
+			assert.Contains(t, out, busy, "the error names the address")
+			assert.Contains(t, out, "address already in use")
+		})
+	}
+}
+
+func TestSIGTERMStopsCleanly(t *testing.T) {
+	cp, region := cmdtest.FreeAddr(t), cmdtest.FreeAddr(t)
+	p := cmdtest.Start(t, bin, []string{"LPMOS_ADMIN_TOKEN=0123456789abcdef0123"}, quick(t, cp, region)...)
+	for _, url := range []string{"http://" + cp + "/healthz", "http://" + region + "/health"} {
+		require.Eventually(t, func() bool {
+			resp, err := http.Get(url)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}, 30*time.Second, 50*time.Millisecond, "%s never answered", url)
+	}
+	p.Signal(syscall.SIGTERM)
+	assert.Equal(t, 0, p.Wait(30*time.Second))
+}
+
+func TestCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"version as an argument", []string{"version"}, 2, `unexpected argument "version"`},
+		{"stray argument", []string{"--store", "memory", "serve"}, 2, `unexpected argument "serve"`},
+		{"unknown flag", []string{"--no-such-flag"}, 2, "flag provided but not defined"},
+		{"bad log level", []string{"--store", "memory", "--log-level", "loud"}, 2, "--log-level"},
+		{"version", []string{"--version"}, 0, "allinone github.com/lpmos/lpmos "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := cmdtest.Run(t, 10*time.Second, bin, tc.args...)
+			assert.Equal(t, tc.code, code, out)
+			assert.Contains(t, out, tc.want)
+			if tc.code == 0 {
+				assert.Regexp(t, `go1\.\d+`, out, "the version names the Go release")
+			}
+		})
+	}
 }

@@ -22,6 +22,13 @@ import (
 )
 
 func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "control-plane:", err)
+		os.Exit(cmdutil.ExitCode(err))
+	}
+}
+
+func run() error {
 	var (
 		storeFlags   cmdutil.StoreFlags
 		authFlags    cmdutil.AuthFlags
@@ -34,22 +41,28 @@ func main() {
 	logFormat := fs.String("log-format", "json", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	retention := fs.Duration("retention", 0, "delete tasks that ended longer ago than this, e.g. 720h (0 keeps them forever)")
+	version := fs.Bool("version", false, "print the version and exit")
 	storeFlags.Register(fs, false)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	flag.Parse()
+	if err := cmdutil.NoArgs(fs); err != nil {
+		return err
+	}
+	if *version {
+		cmdutil.PrintVersion(os.Stdout, "control-plane")
+		return nil
+	}
 
 	log, err := cmdutil.Logger(*logFormat, *logLevel)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		return cmdutil.Usage(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	st, closeStore, err := storeFlags.Open(ctx, log)
 	if err != nil {
-		log.Error("cannot open the store", "err", err)
-		os.Exit(1)
+		return fmt.Errorf("cannot open the store: %w", err)
 	}
 	defer closeStore()
 
@@ -63,13 +76,12 @@ func main() {
 		cp, err = controlplane.New(cfg)
 	}
 	if err != nil {
-		log.Error("bad configuration", "err", err)
-		os.Exit(2)
+		return cmdutil.Usage(fmt.Errorf("bad configuration: %w", err))
 	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return cp.Run(ctx) })
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cp.Run(gctx) })
 	g.Go(func() error {
-		return cp.ListenAndServe(ctx, controlplane.ServeOptions{
+		return cp.ListenAndServe(gctx, controlplane.ServeOptions{
 			Addr: *listen, CertFile: *tlsCert, KeyFile: *tlsKey,
 			Ready: func(addr net.Addr) {
 				log.Info("control plane listening", "addr", addr.String())
@@ -79,8 +91,5 @@ func main() {
 			},
 		})
 	})
-	if err := g.Wait(); err != nil && ctx.Err() == nil {
-		log.Error("control plane stopped", "err", err)
-		os.Exit(1)
-	}
+	return cmdutil.Stopped(ctx, g.Wait())
 }

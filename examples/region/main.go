@@ -14,12 +14,18 @@ import (
 	"os/signal"
 	"syscall"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/lpmos/lpmos/internal/cmdutil"
+	"github.com/lpmos/lpmos/region"
 )
 
 func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "region:", err)
+		os.Exit(cmdutil.ExitCode(err))
+	}
+}
+
+func run() error {
 	var (
 		storeFlags  cmdutil.StoreFlags
 		regionFlags cmdutil.RegionFlags
@@ -27,31 +33,37 @@ func main() {
 	fs := flag.CommandLine
 	logFormat := fs.String("log-format", "json", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	version := fs.Bool("version", false, "print the version and exit")
 	storeFlags.Register(fs, false)
 	regionFlags.Register(fs)
 	flag.Parse()
+	if err := cmdutil.NoArgs(fs); err != nil {
+		return err
+	}
+	if *version {
+		cmdutil.PrintVersion(os.Stdout, "region")
+		return nil
+	}
 
 	log, err := cmdutil.Logger(*logFormat, *logLevel)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		return cmdutil.Usage(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	st, closeStore, err := storeFlags.Open(ctx, log)
 	if err != nil {
-		log.Error("cannot open the store", "err", err)
-		os.Exit(1)
+		return fmt.Errorf("cannot open the store: %w", err)
 	}
 	defer closeStore()
 
-	g, ctx := errgroup.WithContext(ctx)
-	if _, err := regionFlags.StartRegion(ctx, g, st, log, cmdutil.RegionOptions{}); err != nil {
-		log.Error("cannot start the region", "err", err)
-		os.Exit(1)
+	cfg, err := regionFlags.ServerConfig(st, log)
+	if err != nil {
+		return cmdutil.Usage(err)
 	}
-	if err := g.Wait(); err != nil && ctx.Err() == nil {
-		log.Error("region stopped", "err", err)
-		os.Exit(1)
+	srv, err := region.NewServer(cfg)
+	if err != nil {
+		return fmt.Errorf("cannot start the region: %w", err)
 	}
+	return cmdutil.Stopped(ctx, srv.Run(ctx))
 }

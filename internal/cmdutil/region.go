@@ -1,18 +1,13 @@
 package cmdutil
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/dhcp"
@@ -118,59 +113,37 @@ func parseRange(s string) (net.IP, net.IP, error) {
 	return first, last, nil
 }
 
-// RegionOptions are what the composing binary adds.
-type RegionOptions struct {
-	// SkipBootFileCheck for simulated machines that never PXE-boot.
-	SkipBootFileCheck bool
-	// TFTPOptional turns a TFTP start-up failure (no iPXE binaries, port
-	// 69 not allowed) into a warning: the all-in-one demo still runs.
-	TFTPOptional bool
-}
-
-// StartRegion builds the region and starts, in g, its task watcher, its
-// HTTP server and, as configured, TFTP and DHCP. It returns the region once
-// everything listens.
-func (f *RegionFlags) StartRegion(ctx context.Context, g *errgroup.Group, st store.Store, log *slog.Logger, opts RegionOptions) (*region.Region, error) {
+// ServerConfig maps the flags to a region server's configuration. The
+// binary adds what is its own (SkipBootFileCheck for simulated machines,
+// TFTPOptional for the all-in-one demo) before region.NewServer.
+func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.ServerConfig, error) {
 	url, err := f.publicURL()
 	if err != nil {
-		return nil, err
+		return region.ServerConfig{}, err
 	}
 	timeouts, err := ParseTimeouts(f.Timeouts)
 	if err != nil {
-		return nil, err
+		return region.ServerConfig{}, err
 	}
-	services := map[string]string{"http": "running"}
-	cfg := region.Config{Timeouts: timeouts,
-		RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
-		UnknownMachines: f.Unknown, Logger: log, Services: services, SkipBootFileCheck: opts.SkipBootFileCheck,
+	cfg := region.ServerConfig{
+		Region: region.Config{Timeouts: timeouts,
+			RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
+			UnknownMachines: f.Unknown, Logger: log,
+		},
+		HTTPAddr: f.Listen,
 	}
-	var tftp *pxe.TFTPServer
 	if f.TFTPListen != "" {
-		tftp, err = pxe.NewTFTPServer(pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log})
-		switch {
-		case err != nil && opts.TFTPOptional:
-			log.Warn("TFTP disabled: machines cannot PXE-boot from this region", "err", err)
-			tftp = nil
-		case err != nil:
-			return nil, fmt.Errorf("TFTP: %w", err)
-		default:
-			services["tftp"] = "running"
-		}
+		cfg.TFTP = &pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log}
 	}
-	reg, err := region.New(cfg)
-	if err != nil {
-		return nil, err
-	}
-	var dsrv *dhcp.Server
 	if f.DHCPIface != "" {
 		mode, err := dhcp.ParseMode(f.DHCPMode)
 		if err != nil {
-			return nil, err
+			return region.ServerConfig{}, err
 		}
-		dc := dhcp.Config{Interface: f.DHCPIface, Mode: mode, Policy: reg.DHCPPolicy(), Logger: log}
+		dc := dhcp.Config{Interface: f.DHCPIface, Mode: mode, Logger: log}
 		if mode == dhcp.ModeFull {
 			if dc.Pool.Start, dc.Pool.End, err = parseRange(f.DHCPRange); err != nil {
-				return nil, err
+				return region.ServerConfig{}, err
 			}
 			dc.Pool.Router = net.ParseIP(f.DHCPRouter)
 			for _, d := range strings.Split(f.DHCPDNS, ",") {
@@ -180,41 +153,9 @@ func (f *RegionFlags) StartRegion(ctx context.Context, g *errgroup.Group, st sto
 			}
 			dc.LeaseFile = f.LeaseFile
 		}
-		if dsrv, err = dhcp.New(dc); err != nil {
-			return nil, err
-		}
-		services["dhcp"] = string(mode)
+		cfg.DHCP = &dc
 	}
-	ln, err := net.Listen("tcp", f.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("region HTTP: %w", err)
-	}
-	srv := &http.Server{Handler: reg.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	g.Go(func() error { return reg.Run(ctx) })
-	g.Go(func() error {
-		errc := make(chan error, 1)
-		go func() { errc <- srv.Serve(ln) }()
-		select {
-		case err := <-errc:
-			return err
-		case <-ctx.Done():
-		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		err := srv.Shutdown(sctx)
-		if e := <-errc; !errors.Is(e, http.ErrServerClosed) {
-			return e
-		}
-		return err
-	})
-	if tftp != nil {
-		g.Go(func() error { return tftp.Serve(ctx) })
-	}
-	if dsrv != nil {
-		g.Go(func() error { return dsrv.Serve(ctx) })
-	}
-	log.Info("region started", "region", f.Region, "url", url, "http", ln.Addr().String(), "tftp", f.TFTPListen, "dhcp", f.DHCPIface)
-	return reg, nil
+	return cfg, nil
 }
 
 // ParseTimeouts parses --task-timeouts: comma-separated status=duration

@@ -1,0 +1,194 @@
+package region
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lpmos/lpmos/dhcp"
+	"github.com/lpmos/lpmos/internal/httpserve"
+	"github.com/lpmos/lpmos/pxe"
+)
+
+// HTTPLimits bound what clients can hold of the region's HTTP server:
+// header, body and idle timeouts, the header size, and the connections
+// open at once in total and per source address. A zero field takes its
+// value from DefaultHTTPLimits; a negative one disables that bound.
+type HTTPLimits = httpserve.Limits
+
+// DefaultHTTPLimits are the region's HTTP limits: 10 s to send headers,
+// 30 s to send a body (long-polls, which send none, are not cut short),
+// 2 min idle, 64 KiB of headers, 1024 connections and 64 per source
+// address, so that one machine, or one misbehaving client on the
+// provisioning network, cannot take them all.
+func DefaultHTTPLimits() HTTPLimits {
+	l := httpserve.Defaults()
+	l.MaxConnsPerSource = 64
+	return l
+}
+
+// ServerConfig configures a Server: a region and the services that answer
+// its machines. Region and one of HTTPAddr or HTTPListener are required;
+// TFTP and DHCP run only when configured.
+type ServerConfig struct {
+	// Region configures the region itself. Its Services are reported
+	// together with the services the Server runs.
+	Region Config
+
+	// HTTPAddr is where the HTTP server (boot files, iPXE scripts, the
+	// agent API, /health) listens, e.g. ":8081". HTTPListener, if set, is
+	// used instead; the Server owns it and closes it.
+	HTTPAddr     string
+	HTTPListener net.Listener
+	// HTTPLimits protect the HTTP server; zero fields take
+	// DefaultHTTPLimits.
+	HTTPLimits HTTPLimits
+	// ShutdownTimeout bounds the HTTP server's graceful shutdown when Run's
+	// context ends (default 5 s).
+	ShutdownTimeout time.Duration
+
+	// TFTP, if set, serves the iPXE binaries over TFTP. Its Root defaults
+	// to Region.IPXEDir and its Logger to Region.Logger.
+	TFTP *pxe.TFTPConfig
+	// TFTPOptional turns a TFTP start-up failure (no iPXE binaries, port
+	// 69 not allowed) into a warning: the region runs without TFTP.
+	TFTPOptional bool
+
+	// DHCP, if set, answers DHCP or ProxyDHCP. Its Policy is the region's
+	// (DHCPPolicy) and its Logger defaults to Region.Logger.
+	DHCP *dhcp.Config
+
+	// Ready, if set, is called once the HTTP server (and TFTP) listen,
+	// with the HTTP server's address: a caller that asked for ":0" learns
+	// its port here.
+	Ready func(httpAddr net.Addr)
+}
+
+// Server is a region with its HTTP, TFTP and DHCP services: what a
+// region binary runs. Run starts everything and stops it all again.
+type Server struct {
+	cfg      ServerConfig
+	reg      *Region
+	dhcp     *dhcp.Server
+	services map[string]string // shared with reg's Config: written only before Run starts reg
+	ran      atomic.Bool
+}
+
+// NewServer checks the configuration and builds the region and its DHCP
+// server. Nothing listens until Run.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.HTTPAddr == "" && cfg.HTTPListener == nil {
+		return nil, errors.New("region: an HTTP address or listener is required")
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	cfg.HTTPLimits = cfg.HTTPLimits.Or(DefaultHTTPLimits())
+	s := &Server{cfg: cfg, services: maps.Clone(cfg.Region.Services)}
+	if s.services == nil {
+		s.services = map[string]string{}
+	}
+	s.services["http"] = "running"
+	rc := cfg.Region
+	rc.Services = s.services
+	reg, err := New(rc)
+	if err != nil {
+		return nil, err
+	}
+	s.reg = reg
+	if cfg.DHCP != nil {
+		dc := *cfg.DHCP
+		dc.Policy = reg.DHCPPolicy()
+		dc.Logger = cmp.Or(dc.Logger, reg.cfg.Logger)
+		if s.dhcp, err = dhcp.New(dc); err != nil {
+			return nil, fmt.Errorf("region: DHCP: %w", err)
+		}
+		s.services["dhcp"] = string(cmp.Or(dc.Mode, dhcp.ModeProxy))
+	}
+	return s, nil
+}
+
+// Region is the region the server runs: its handler, catalogue, public
+// URL and Synced.
+func (s *Server) Region() *Region { return s.reg }
+
+// Run listens, then runs the region (task watch, heartbeat, timeouts), its
+// HTTP server and, as configured, TFTP and DHCP, until ctx ends or one of
+// them fails. Then it stops them all (the HTTP server gracefully, within
+// ShutdownTimeout) and returns: nil when ctx ended, else the first
+// failure, such as an address already in use. Run may be called once.
+func (s *Server) Run(ctx context.Context) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return errors.New("region: Server.Run called twice")
+	}
+	log := s.reg.log
+	ln := s.cfg.HTTPListener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("region: HTTP: %w", err)
+		}
+	}
+	var tftp *pxe.TFTPServer
+	if s.cfg.TFTP != nil {
+		tc := *s.cfg.TFTP
+		if tc.Files == nil {
+			tc.Root = cmp.Or(tc.Root, s.reg.cfg.IPXEDir)
+		}
+		tc.Logger = cmp.Or(tc.Logger, s.reg.cfg.Logger)
+		var err error
+		tftp, err = pxe.NewTFTPServer(tc)
+		switch {
+		case err != nil && s.cfg.TFTPOptional:
+			log.Warn("TFTP disabled: machines cannot PXE-boot from this region", "err", err)
+		case err != nil:
+			ln.Close()
+			return fmt.Errorf("region: TFTP: %w", err)
+		default:
+			s.services["tftp"] = "running"
+		}
+	}
+	log.Info("region started", "url", s.reg.PublicURL(), "http", ln.Addr().String(),
+		"tftp", tftpAddr(tftp), "dhcp", s.services["dhcp"])
+	if s.cfg.Ready != nil {
+		s.cfg.Ready(ln.Addr())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.reg.Run(gctx) })
+	g.Go(func() error {
+		err := httpserve.Serve(gctx, ln, s.reg.Handler(), httpserve.Config{
+			Limits: s.cfg.HTTPLimits, ShutdownTimeout: s.cfg.ShutdownTimeout, Logger: log.With("component", "http"),
+		})
+		if err != nil {
+			return fmt.Errorf("region: HTTP: %w", err)
+		}
+		return nil
+	})
+	if tftp != nil {
+		g.Go(func() error { return tftp.Serve(gctx) })
+	}
+	if s.dhcp != nil {
+		g.Go(func() error {
+			if err := s.dhcp.Serve(gctx); err != nil {
+				return fmt.Errorf("region: DHCP: %w", err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+func tftpAddr(t *pxe.TFTPServer) string {
+	if t == nil {
+		return ""
+	}
+	return t.Addr().String()
+}
