@@ -38,7 +38,8 @@
 //	                      initramfs builder
 //	region                one per data center: composes dhcp, pxe and ipxe,
 //	                      serves the agent API, watches its own tasks in the
-//	                      store and heartbeats on a lease
+//	                      store and heartbeats on a lease; region.Server runs
+//	                      it with its HTTP, TFTP and DHCP services
 //	controlplane          the operators' side: REST API, audit, rate limits,
 //	                      list cache, embedded dashboard, metrics; wires:
 //	controlplane/auth     tokens, hashed tokens, HS256/RS256 JWTs, roles
@@ -46,7 +47,8 @@
 //	controlplane/webhook  signed, retried webhooks, sent once across replicas
 //	internal/...          helpers shared by several packages that are not API
 //	                      (network-namespace and QEMU test lab; httpjson, the
-//	                      JSON error contract of both HTTP APIs)
+//	                      JSON error contract of both HTTP APIs; httpserve,
+//	                      their timeouts and connection caps)
 //	examples/...          thin binaries (allinone, control-plane, region, agent,
 //	                      mkinitramfs) that wire the packages together
 //
@@ -57,14 +59,15 @@
 //	examples/...             anything (and nothing imports examples)
 //	internal/...             anything but examples
 //	internal/httpjson        task
+//	internal/httpserve       nothing of ours (it serves any handler)
 //	controlplane             task, store, hardware, controlplane/...,
-//	                         internal/httpjson
+//	                         internal/httpjson, internal/httpserve
 //	controlplane/hub         task, hardware, controlplane/auth,
 //	                         internal/httpjson
 //	controlplane/webhook     task, store
 //	controlplane/auth        only lpmos
 //	region/...               task, dhcp, pxe, ipxe, agent, store, hardware,
-//	                         internal/httpjson
+//	                         internal/httpjson, internal/httpserve
 //	agent/...                hardware
 //	task                     store, hardware
 //	store/etcd, store/memory,

@@ -5,8 +5,11 @@
 // heartbeat and its capabilities in the store for the control plane.
 //
 // It composes the dhcp, pxe and ipxe packages and implements their small
-// policy interfaces over its task table. It talks to the control plane only
-// through the store: it never calls it, and it does not need a route to it.
+// policy interfaces over its task table. A Region is the logic and its
+// HTTP handler; a Server runs one with its HTTP, TFTP and DHCP services,
+// which is what a region binary, or a program embedding a region, runs. It
+// talks to the control plane only through the store: it never calls it,
+// and it does not need a route to it.
 package region
 
 import (
@@ -221,7 +224,8 @@ func (r *Region) starting(w http.ResponseWriter) bool {
 }
 
 // Run watches the region's tasks, heartbeats and enforces timeouts until
-// ctx ends; the caller serves Handler (and DHCP/TFTP) alongside.
+// ctx ends; the caller serves Handler (and DHCP/TFTP) alongside, as Server
+// does.
 func (r *Region) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.watchTasks(ctx) })

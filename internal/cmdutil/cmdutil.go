@@ -1,7 +1,10 @@
 // Package cmdutil holds the flag groups and start-up steps the example
 // binaries share: choosing and opening the store (embedded etcd by default,
-// an external cluster, or memory), the control plane's sign-in options, and
-// logging. It keeps each binary's main to flags and composition.
+// an external cluster, or memory), the control plane's sign-in options, the
+// region's flags mapped to a region.ServerConfig, logging, and the exit
+// statuses and --version every binary has. It maps flags to the packages'
+// configurations and composes nothing itself: each binary's main stays
+// flags and composition.
 package cmdutil
 
 import (
