@@ -1,8 +1,10 @@
 package region_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -184,14 +186,16 @@ func TestApprovalLongPollOutlastsBodyTimeout(t *testing.T) {
 	srv := runServer(t, cfg)
 	client, tk := bootAgent(t, st, srv.Region().PublicURL(), "52:54:00:00:00:10")
 
+	approved := make(chan error, 1)
 	go func() {
 		time.Sleep(5 * bodyTimeout)
 		_, err := task.NewService(st, task.Config{}).Approve(context.Background(), tk.ID, "ops", "")
-		assert.NoError(t, err)
+		approved <- err
 	}()
 	resp, err := client.Approval(context.Background(), 30*time.Second)
 	require.NoError(t, err)
 	assert.True(t, resp.Approved, "%+v", resp)
+	require.NoError(t, <-approved)
 }
 
 // A body trickled a byte at a time to the agent API is cut off: the
@@ -221,8 +225,13 @@ func TestTrickledAgentStatusIsCutOff(t *testing.T) {
 		}
 	}()
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	answer, err := io.ReadAll(c)
-	require.NoError(t, err, "the region closes the connection (a read timeout here means it held it)")
-	assert.Regexp(t, `^HTTP/1.1 4\d\d`, string(answer))
-	assert.Contains(t, string(answer), "Connection: close")
+	var answer bytes.Buffer
+	_, err = io.Copy(&answer, c)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the region held the connection")
+	// The region closed it: after its answer (a 4xx, the body being
+	// incomplete), or with a reset, as the client's bytes kept coming.
+	if answer.Len() > 0 {
+		assert.Regexp(t, `^HTTP/1.1 4\d\d`, answer.String())
+	}
 }

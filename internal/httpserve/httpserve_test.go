@@ -2,6 +2,7 @@ package httpserve_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -175,11 +176,16 @@ func TestTrickledBodyIsCutOff(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the trickled body was never cut off")
 	}
-	// The answer is the handler's, and the connection ends with it.
+	// The connection ends with the handler's answer (or with a reset, the
+	// client's bytes still coming).
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	rest, err := io.ReadAll(c)
-	require.NoError(t, err, "the server closes the connection")
-	assert.Contains(t, string(rest), "408")
+	var answer bytes.Buffer
+	_, err = io.Copy(&answer, c)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the server held the connection")
+	if answer.Len() > 0 {
+		assert.Contains(t, answer.String(), "408")
+	}
 }
 
 // Requests without a body (long-polls, WebSocket upgrades) and handlers
