@@ -159,16 +159,8 @@ func TestBusyAddressFailsTheProcess(t *testing.T) {
 func TestSIGTERMStopsCleanly(t *testing.T) {
 	cp, region := cmdtest.FreeAddr(t), cmdtest.FreeAddr(t)
 	p := cmdtest.Start(t, bin, []string{"LPMOS_ADMIN_TOKEN=0123456789abcdef0123"}, quick(t, cp, region)...)
-	for _, url := range []string{"http://" + cp + "/healthz", "http://" + region + "/health"} {
-		require.Eventually(t, func() bool {
-			resp, err := http.Get(url)
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		}, 30*time.Second, 50*time.Millisecond, "%s never answered", url)
-	}
+	p.WaitOK("http://" + cp + "/healthz")
+	p.WaitOK("http://" + region + "/health")
 	p.Signal(syscall.SIGTERM)
 	assert.Equal(t, 0, p.Wait(30*time.Second))
 }

@@ -1,14 +1,12 @@
 package main_test
 
 import (
-	"net/http"
 	"os"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/internal/cmdtest"
 	"github.com/lpmos/lpmos/internal/etcdtest"
@@ -37,14 +35,7 @@ func TestControlPlaneBinary(t *testing.T) {
 	t.Run("SIGTERM", func(t *testing.T) {
 		addr := cmdtest.FreeAddr(t)
 		p := cmdtest.Start(t, bin, []string{adminToken}, "--etcd-endpoints", etcd, "--listen-addr", addr)
-		require.Eventually(t, func() bool {
-			resp, err := http.Get("http://" + addr + "/healthz")
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		}, 30*time.Second, 50*time.Millisecond, "the control plane never answered")
+		p.WaitOK("http://" + addr + "/healthz")
 		p.Signal(syscall.SIGTERM)
 		assert.Equal(t, 0, p.Wait(30*time.Second), p.Output())
 	})

@@ -1,14 +1,12 @@
 package main_test
 
 import (
-	"net/http"
 	"os"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/internal/cmdtest"
 	"github.com/lpmos/lpmos/internal/etcdtest"
@@ -38,14 +36,7 @@ func TestRegionBinary(t *testing.T) {
 	t.Run("SIGTERM", func(t *testing.T) {
 		addr := cmdtest.FreeAddr(t)
 		p := cmdtest.Start(t, bin, nil, args(addr)...)
-		require.Eventually(t, func() bool {
-			resp, err := http.Get("http://" + addr + "/health")
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
-		}, 30*time.Second, 50*time.Millisecond, "the region never answered")
+		p.WaitOK("http://" + addr + "/health")
 		p.Signal(syscall.SIGTERM)
 		assert.Equal(t, 0, p.Wait(30*time.Second), p.Output())
 	})

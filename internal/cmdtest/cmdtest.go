@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,4 +137,17 @@ func Occupied(t testing.TB) string {
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	return l.Addr().String()
+}
+
+// WaitOK waits until url answers 200 OK, for at most 30 s.
+func (p *Process) WaitOK(url string) {
+	p.t.Helper()
+	require.Eventually(p.t, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 50*time.Millisecond, "%s never answered 200; output:\n%s", url, p.Output())
 }
