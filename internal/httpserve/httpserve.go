@@ -38,7 +38,8 @@ type Limits struct {
 	// IdleTimeout closes a keep-alive connection that sends no next
 	// request.
 	IdleTimeout time.Duration
-	// MaxHeaderBytes caps the size of a request's headers.
+	// MaxHeaderBytes caps the size of a request's headers (disabled:
+	// net/http's own 1 MiB).
 	MaxHeaderBytes int
 	// MaxConns caps the connections the listener holds open at once.
 	// Connections over it are accepted and closed at once, so the
@@ -116,6 +117,8 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, cfg Config) err
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	// A disabled bound is a zero in net/http (ReadTimeout, which the zero
+	// timeouts would fall back to, is never set: see BodyReadTimeout).
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: positive(lim.ReadHeaderTimeout),
@@ -123,9 +126,6 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, cfg Config) err
 		MaxHeaderBytes:    max(lim.MaxHeaderBytes, 0),
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         cfg.TLS,
-	}
-	if lim.IdleTimeout < 0 {
-		srv.SetKeepAlivesEnabled(false) // IdleTimeout 0 in net/http means no idle bound at all
 	}
 	if d := lim.BodyReadTimeout; d > 0 {
 		srv.Handler = bodyDeadline(h, d)
