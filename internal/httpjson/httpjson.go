@@ -16,6 +16,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/lpmos/lpmos/task"
@@ -27,6 +28,7 @@ const (
 	CodeUnauthorized         = "unauthorized"           // 401
 	CodeForbidden            = "forbidden"              // 403
 	CodeNotFound             = "not_found"              // 404
+	CodeRequestTimeout       = "request_timeout"        // 408: the body did not arrive in time
 	CodeInvalidTransition    = "invalid_transition"     // 409: the task's status does not allow this
 	CodeConflict             = "conflict"               // 409: the task changed under the caller; re-read
 	CodeTooLarge             = "too_large"              // 413
@@ -115,7 +117,8 @@ func WriteError(w http.ResponseWriter, err error) *Error {
 
 // Decode reads a JSON request body strictly: Content-Type
 // application/json, at most limit bytes, no unknown fields, one value and
-// nothing after it. Its errors are *Error, or an *http.MaxBytesError
+// nothing after it. Its errors are *Error (408 when the body does not
+// arrive before the server's read deadline), or an *http.MaxBytesError
 // (which From maps to 413).
 func Decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
@@ -128,6 +131,11 @@ func Decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	if err := dec.Decode(v); err != nil {
 		if errors.As(err, &mbe) {
 			return err
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The server's body read deadline (a client trickling its
+			// body): not malformed, just too slow.
+			return Errorf(http.StatusRequestTimeout, CodeRequestTimeout, "request body not received in time")
 		}
 		return Errorf(http.StatusBadRequest, CodeInvalidRequest, "malformed JSON body: %v", err)
 	}

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -113,6 +115,21 @@ func TestDecode(t *testing.T) {
 			assert.Equal(t, tt.want, e.Code)
 		})
 	}
+}
+
+// timedOutBody is a request body whose read hit the server's deadline, as
+// a connection's read does when a client trickles its body.
+type timedOutBody struct{}
+
+func (timedOutBody) Read([]byte) (int, error) { return 0, os.ErrDeadlineExceeded }
+
+func TestDecodeBodyTimeoutIs408(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "/", io.MultiReader(strings.NewReader(`{"na`), timedOutBody{}))
+	r.Header.Set("Content-Type", "application/json")
+	var v struct{ Name string }
+	e := httpjson.From(httpjson.Decode(httptest.NewRecorder(), r, 64, &v))
+	assert.Equal(t, http.StatusRequestTimeout, e.Status)
+	assert.Equal(t, httpjson.CodeRequestTimeout, e.Code)
 }
 
 func TestBearerToken(t *testing.T) {
