@@ -185,7 +185,7 @@ func (c *taskCache) list(f task.Filter) *task.Page {
 func (c *taskCache) countByStatus() map[task.Status]int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	out := make(map[task.Status]int, len(task.Statuses))
+	out := make(map[task.Status]int, len(task.Statuses()))
 	for _, t := range c.tasks {
 		out[t.Status]++
 	}

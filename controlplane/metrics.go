@@ -47,7 +47,7 @@ func (c *taskCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *taskCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.cache.countByStatus()
-	for _, st := range task.Statuses {
+	for _, st := range task.Statuses() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[st]), string(st))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -95,18 +96,13 @@ const (
 	StageCompleted    Stage = "completed"
 )
 
-// Stages lists the install stages in order.
-var Stages = []Stage{StagePartitioning, StageDownloading, StageWriting, StageInstalling, StageConfiguring, StageCompleted}
+var stages = [...]Stage{StagePartitioning, StageDownloading, StageWriting, StageInstalling, StageConfiguring, StageCompleted}
+
+// Stages lists the install stages in order. The slice is the caller's.
+func Stages() []Stage { return slices.Clone(stages[:]) }
 
 // Valid reports whether s is one of the stages.
-func (s Stage) Valid() bool {
-	for _, v := range Stages {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+func (s Stage) Valid() bool { return slices.Contains(stages[:], s) }
 
 // Progress is the install's latest progress report, seed v2 §3.
 type Progress struct {
@@ -196,10 +192,12 @@ const (
 	NetworkStatic = "static"
 )
 
+var osFamilies = [...]string{"debian", "ubuntu", "rocky", "almalinux", "centos", "rhel", "fedora", "flatcar", "custom"}
+
 // OSFamilies are the operating systems LPMOS knows how to install by
 // default; a region's capabilities may narrow or extend this at creation
-// through Config.ValidateOS.
-var OSFamilies = []string{"debian", "ubuntu", "rocky", "almalinux", "centos", "rhel", "fedora", "flatcar", "custom"}
+// through Config.ValidateOS. The slice is the caller's.
+func OSFamilies() []string { return slices.Clone(osFamilies[:]) }
 
 func checkText(field, s string, max int) error {
 	if len(s) > max {

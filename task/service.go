@@ -72,10 +72,10 @@ func NewService(st store.Store, cfg Config) *Service {
 
 // DefaultValidateOS accepts the OSFamilies, any version.
 func DefaultValidateOS(_ context.Context, _, osType, _ string) error {
-	if slices.Contains(OSFamilies, osType) {
+	if slices.Contains(osFamilies[:], osType) {
 		return nil
 	}
-	return invalid("os_type", "unknown OS type %q (known: %s)", truncate(osType), strings.Join(OSFamilies, ", "))
+	return invalid("os_type", "unknown OS type %q (known: %s)", truncate(osType), strings.Join(osFamilies[:], ", "))
 }
 
 func (s *Service) now() time.Time { return s.cfg.Now().UTC().Truncate(time.Millisecond) }
