@@ -139,7 +139,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 				return err
 			}
 		}
-		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message, task.WithDetails(body.Details))
+		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message, Details: body.Details})
 		if err != nil {
 			return err
 		}
@@ -247,7 +247,7 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 		r.observe(failed)
 	case string(task.StatusCompleted):
 		r.dropProgress(t.ID)
-		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message)
+		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message})
 		if err != nil {
 			return err
 		}
