@@ -158,6 +158,9 @@ type snapshot struct {
 	task        *Task
 	statusRev   int64
 	timelineRev int64
+	// readRev is the store revision the task was read at: it reflects
+	// every change made up to it.
+	readRev int64
 }
 
 func checkID(id string) error {
@@ -180,6 +183,7 @@ func (s *Service) load(ctx context.Context, id string) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	snap.readRev = res.Revision
 	return snap, nil
 }
 

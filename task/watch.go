@@ -23,7 +23,8 @@ type Change struct {
 	Error    *ErrorInfo
 	// Timeline is the whole timeline after the change, when it changed.
 	Timeline []TimelineEntry
-	// Deleted is set when the task's keys were deleted.
+	// Deleted is set when keys of the task were deleted; Removed says
+	// whether that removed the task.
 	Deleted bool
 	// Err, when set, ends the watch: typically store.ErrCompacted, after
 	// which the watcher must re-list and watch from the list's revision.
@@ -101,6 +102,13 @@ func (s *Service) changes(evs []store.Event) []Change {
 		}
 	}
 	return out
+}
+
+// Removed reports whether the change removed the task from the store (a
+// purge): its keys were deleted, and neither its status nor its metadata
+// was written in the same revision.
+func (c Change) Removed() bool {
+	return c.Deleted && c.Status == "" && c.Metadata == nil
 }
 
 // Fold returns a copy of t with the change applied: what a watch-fed cache
