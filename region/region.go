@@ -5,8 +5,9 @@
 // heartbeat and its capabilities in the store for the control plane.
 //
 // It composes the dhcp, pxe and ipxe packages and implements their small
-// policy interfaces over its task table. It talks to the control plane only
-// through the store: it never calls it, and it does not need a route to it.
+// policy interfaces over its view of its tasks (a task.View). It talks to
+// the control plane only through the store: it never calls it, and it does
+// not need a route to it.
 package region
 
 import (

@@ -1,7 +1,8 @@
 // Package task owns LPMOS's install tasks: the model, the closed set of
 // statuses and events with its pure transition table (Apply), the etcd key
-// schema of the seeds, and Service, which creates, reads, lists and moves
-// tasks over any store.Store.
+// schema of the seeds, Service, which creates, reads, lists and moves
+// tasks over any store.Store, and View, a reader's watch-fed copy of the
+// tasks it follows.
 //
 // Every move is one compare-and-swap transaction that checks the status has
 // not changed since it was read, writes the new status, the field the move

@@ -111,7 +111,7 @@ func (c Change) Removed() bool {
 	return c.Deleted && c.Status == "" && c.Metadata == nil
 }
 
-// Fold returns a copy of t with the change applied: what a watch-fed cache
+// Fold returns a copy of t with the change applied: what a View
 // does with each Change. t may be nil (a task first seen being created).
 // t itself is never modified, so readers holding it are safe.
 func (c Change) Fold(t *Task) *Task {
