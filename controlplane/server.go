@@ -180,7 +180,7 @@ func New(cfg Config) (*Server, error) {
 // taskChanged is the view's change hook: it runs in the view's watch loop
 // and must not block.
 func (s *Server) taskChanged(_ context.Context, ch task.Change, t *task.Task) {
-	if at := changeTime(ch); !at.IsZero() {
+	if at := ch.At(); !at.IsZero() {
 		s.metrics.watchLag.Set(s.cfg.Now().Sub(at).Seconds())
 	}
 	pub := ch
@@ -189,18 +189,6 @@ func (s *Server) taskChanged(_ context.Context, ch task.Change, t *task.Task) {
 	}
 	s.hub.Publish(pub)
 	s.notifier.Handle(ch, t)
-}
-
-// changeTime is when a change was made, as far as its content says.
-func changeTime(ch task.Change) time.Time {
-	var at time.Time
-	if n := len(ch.Timeline); n > 0 {
-		at = ch.Timeline[n-1].Timestamp
-	}
-	if ch.Progress != nil && ch.Progress.UpdatedAt.After(at) {
-		at = ch.Progress.UpdatedAt
-	}
-	return at
 }
 
 // tasksSynced reports whether the task view has been filled.

@@ -63,19 +63,6 @@ func (r *Region) ended(mac lpmos.MAC) (endedTask, bool) {
 	return e, true
 }
 
-// lastActivity is when a task last moved: its newest timeline entry or
-// progress report. The timeouts count from it.
-func lastActivity(t *task.Task) time.Time {
-	var at time.Time
-	if n := len(t.Timeline); n > 0 {
-		at = t.Timeline[n-1].Timestamp
-	}
-	if t.Progress != nil && t.Progress.UpdatedAt.After(at) {
-		at = t.Progress.UpdatedAt
-	}
-	return at
-}
-
 // tasksListed is the view's fill hook: tasks still pending (created while
 // no region ran, or whose preparation a restart cut short) are prepared.
 func (r *Region) tasksListed(ctx context.Context, tasks []*task.Task) {
@@ -168,7 +155,7 @@ func (r *Region) enforceTimeouts(ctx context.Context) error {
 		now := r.cfg.Now()
 		for _, t := range r.tasks.Tasks() {
 			limit, ok := r.cfg.Timeouts[t.Status]
-			if !ok || limit <= 0 || now.Sub(lastActivity(t)) < limit {
+			if !ok || limit <= 0 || now.Sub(t.LastActivity()) < limit {
 				continue
 			}
 			id, status := t.ID, t.Status

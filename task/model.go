@@ -150,6 +150,23 @@ type Task struct {
 	Timeline []TimelineEntry `json:"timeline"`
 }
 
+// LastActivity is when the task last moved: its newest timeline entry or
+// progress report. A region's status timeouts count from it.
+func (t *Task) LastActivity() time.Time { return newest(t.Timeline, t.Progress) }
+
+// newest is the time of the newest of a timeline's last entry and a
+// progress report.
+func newest(timeline []TimelineEntry, p *Progress) time.Time {
+	var at time.Time
+	if n := len(timeline); n > 0 {
+		at = timeline[n-1].Timestamp
+	}
+	if p != nil && p.UpdatedAt.After(at) {
+		at = p.UpdatedAt
+	}
+	return at
+}
+
 // CreateRequest is what an operator asks for. Strings are validated by the
 // service, so that bad input yields a *ValidationError naming the field.
 type CreateRequest struct {

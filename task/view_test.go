@@ -485,3 +485,25 @@ func TestViewResumesAfterCompaction(t *testing.T) {
 		assert.True(t, ok)
 	})
 }
+
+func TestLastActivity(t *testing.T) {
+	t0 := time.Date(2026, 1, 29, 10, 0, 0, 0, time.UTC)
+	entry := []task.TimelineEntry{{Timestamp: t0}, {Timestamp: t0.Add(time.Minute)}}
+	tests := []struct {
+		name     string
+		timeline []task.TimelineEntry
+		progress *task.Progress
+		want     time.Time
+	}{
+		{"nothing", nil, nil, time.Time{}},
+		{"last timeline entry", entry, nil, t0.Add(time.Minute)},
+		{"newer progress", entry, &task.Progress{UpdatedAt: t0.Add(time.Hour)}, t0.Add(time.Hour)},
+		{"older progress", entry, &task.Progress{UpdatedAt: t0}, t0.Add(time.Minute)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, (&task.Task{Timeline: tt.timeline, Progress: tt.progress}).LastActivity())
+			assert.Equal(t, tt.want, task.Change{Timeline: tt.timeline, Progress: tt.progress}.At())
+		})
+	}
+}

@@ -3,6 +3,7 @@ package task
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/store"
@@ -103,6 +104,10 @@ func (s *Service) changes(evs []store.Event) []Change {
 	}
 	return out
 }
+
+// At is when the change was made, as far as its content says (its newest
+// timeline entry or progress report); zero if it carries neither.
+func (c Change) At() time.Time { return newest(c.Timeline, c.Progress) }
 
 // Removed reports whether the change removed the task from the store (a
 // purge): its keys were deleted, and neither its status nor its metadata
