@@ -25,12 +25,15 @@ type ViewConfig struct {
 	// knows it after the change: it may already reflect later changes (a
 	// listing or Observe got there first); it is nil if the change removed
 	// the task (Change.Removed) or the task could not be read. A task that
-	// leaves the view by ending (ActiveOnly) is passed ended. OnChange
-	// blocks the view's updates while it runs: it should be quick.
+	// leaves the view by ending (ActiveOnly) is passed ended. The view
+	// stands still while OnChange runs (it may write to the store, as a
+	// region preparing a new task does, but the view falls behind
+	// meanwhile).
 	OnChange func(ctx context.Context, ch Change, t *Task)
 	// OnFill, if set, is called after every listing (the first, and the
 	// re-listings after a compaction or a broken watch) with the tasks the
-	// view then holds, before any change that follows the listing.
+	// view then holds, from the goroutine running Run, after Synced is
+	// closed and before any change that follows the listing.
 	OnFill func(ctx context.Context, tasks []*Task)
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
@@ -41,7 +44,9 @@ type ViewConfig struct {
 // long-polls are served from memory instead of reading the store per
 // request. The control plane keeps a View of every task; a region keeps a
 // View of its own active tasks. Tasks handed out are never modified:
-// changes replace them whole.
+// changes replace them whole. The filter belongs to the view so that what
+// it reads to follow its tasks can narrow (a region reading only its own
+// tasks' keys) without its users changing.
 type View struct {
 	svc *Service
 	cfg ViewConfig
