@@ -26,7 +26,9 @@
 //	store/storetest       the conformance suite both implementations must pass
 //	task                  the task model, its closed set of states and events,
 //	                      the pure transition table, the /lpmos/ key schema and
-//	                      task.Service, which runs transitions over a Store
+//	                      task.Service, which runs transitions over a Store;
+//	                      task.View, the watch-fed copy of tasks that the
+//	                      control plane and each region serve from
 //	ipxe                  rendering per-machine iPXE scripts; locating the iPXE
 //	                      binaries (undionly.kpxe, snponly.efi, ipxe.efi) on disk
 //	dhcp                  DHCPv4 server, full or ProxyDHCP, with the PXE details

@@ -19,7 +19,7 @@ const readYourWrites = 2 * time.Second
 func (s *Server) caughtUp(ctx context.Context, rev int64) {
 	ctx, cancel := context.WithTimeout(ctx, readYourWrites)
 	defer cancel()
-	s.cache.waitRevision(ctx, rev)
+	_ = s.view.WaitRevision(ctx, rev)
 }
 
 func principal(r *http.Request) auth.Principal {
@@ -125,11 +125,11 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	if err := f.Normalize(); err != nil {
 		return err
 	}
-	if !s.cache.isSynced() {
+	if !s.tasksSynced() {
 		w.Header().Set("Retry-After", "1")
 		return httpjson.Errorf(http.StatusServiceUnavailable, httpjson.CodeUnavailable, "task cache is loading")
 	}
-	page := s.cache.list(f)
+	page := s.view.List(f)
 	resp := listResponse{Tasks: make([]taskSummary, 0, len(page.Tasks)), Total: page.Total, Limit: page.Limit, Offset: page.Offset}
 	for _, t := range page.Tasks {
 		resp.Tasks = append(resp.Tasks, taskSummary{

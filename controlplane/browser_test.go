@@ -390,7 +390,7 @@ func TestBrowserDashboard(t *testing.T) {
 	p.screenshot("progress-70")
 
 	// --- Completion.
-	_, err = svc.Complete(ctx, id, "agent:"+browserMAC, "Installed; rebooting from disk")
+	_, err = svc.Complete(ctx, id, "agent:"+browserMAC, task.Completion{Message: "Installed; rebooting from disk"})
 	require.NoError(t, err)
 	p.waitJS("the task is completed", `document.getElementById('task-status').textContent === 'completed' &&
 		document.querySelector('#progress .progress-text').textContent.includes('100%') &&

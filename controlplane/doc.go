@@ -8,10 +8,9 @@
 // agent API.
 //
 // It is stateless: every task lives in the store and any number of control
-// planes can serve the same store. Each keeps one prefix watch on
-// /lpmos/tasks/ that feeds its list cache, its WebSocket hub and its
-// notifier; lists are served from that cache, never by ranging over etcd per
-// request. It talks to regions only through the store, and never imports
+// planes can serve the same store. Each keeps one task.View of every task,
+// whose single watch feeds its lists, its WebSocket hub and its notifier;
+// lists are served from that view, never by ranging over etcd per request. It talks to regions only through the store, and never imports
 // region, dhcp or agent code.
 //
 // # REST API (JSON, under /api/v1, "Authorization: Bearer <token>")

@@ -16,9 +16,12 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// watchLag is the delay between a task change being made and this
+	// replica processing it, for the last change.
+	watchLag prometheus.Gauge
 }
 
-func newMetrics(reg *prometheus.Registry, cache *taskCache) *metrics {
+func newMetrics(reg *prometheus.Registry, view *task.View) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lpmos_http_requests_total", Help: "HTTP requests by route and status code.",
@@ -27,27 +30,27 @@ func newMetrics(reg *prometheus.Registry, cache *taskCache) *metrics {
 			Name: "lpmos_http_request_duration_seconds", Help: "HTTP request latency by route.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
 		}, []string{"route"}),
-	}
-	reg.MustRegister(m.requests, m.duration,
-		&taskCollector{cache: cache, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		watchLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lpmos_watch_lag_seconds", Help: "Delay between a task change being made and this replica processing it (last change).",
-		}, func() float64 { return cache.watchLag().Seconds() }),
+		}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.watchLag,
+		&taskCollector{view: view, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
 	)
 	return m
 }
 
 // taskCollector counts tasks by status at scrape time.
 type taskCollector struct {
-	cache *taskCache
-	desc  *prometheus.Desc
+	view *task.View
+	desc *prometheus.Desc
 }
 
 func (c *taskCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *taskCollector) Collect(ch chan<- prometheus.Metric) {
-	counts := c.cache.countByStatus()
-	for _, st := range task.Statuses {
+	counts := c.view.CountByStatus()
+	for _, st := range task.Statuses() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[st]), string(st))
 	}
 }

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -133,4 +134,41 @@ func (c *regionCache) validateOS(ctx context.Context, region, osType, osVersion 
 	}
 	return &task.ValidationError{Field: "os_version", Reason: fmt.Sprintf("region %s cannot install %s %s (it offers: %s)",
 		region, osType, osVersion, strings.Join(offered, ", "))}
+}
+
+// storeWatchLoop lists a prefix and follows it, calling reset with each
+// full listing and apply with each event, re-listing after compaction or a
+// broken watch. It is the regions cache's engine.
+func storeWatchLoop(ctx context.Context, st store.Store, log *slog.Logger, prefix string, reset func([]store.KV), apply func(store.Event)) {
+	store.Follow(ctx, log, "watch of "+prefix, func(ctx context.Context) error {
+		var kvs []store.KV
+		var rev int64
+		opts := store.ListOptions{Limit: 5000}
+		for {
+			res, err := st.List(ctx, prefix, opts)
+			if err != nil {
+				return err
+			}
+			if rev == 0 {
+				rev = res.Revision
+			}
+			kvs = append(kvs, res.KVs...)
+			if !res.More || len(res.KVs) == 0 {
+				break
+			}
+			opts.StartKey = res.KVs[len(res.KVs)-1].Key + "\x00"
+		}
+		reset(kvs)
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		for resp := range st.Watch(wctx, prefix, rev+1) {
+			if resp.Err != nil {
+				return resp.Err
+			}
+			for _, ev := range resp.Events {
+				apply(ev)
+			}
+		}
+		return errors.New("watch closed")
+	})
 }

@@ -33,12 +33,12 @@ type Config struct {
 	Store store.Store
 
 	// Auth says who may sign in: tokens, hashed tokens or JWTs. There is
-	// no anonymous access. Its clock defaults to TaskConfig.Now.
+	// no anonymous access. Its clock defaults to Now.
 	Auth auth.Config
 
 	// Webhooks notify external systems of tasks needing approval,
 	// completed and failed. Its Store, ReplicaID, Logger and Registerer
-	// are filled in; its clock defaults to TaskConfig.Now.
+	// are filled in; its clock defaults to Now.
 	Webhooks webhook.Config
 
 	// Logger for operations (default slog.Default()); AuditLogger receives
@@ -77,6 +77,12 @@ type Config struct {
 	// (default 1 h) and once at start. Zero keeps every task forever.
 	Retention     time.Duration
 	PurgeInterval time.Duration
+
+	// Now is the clock the control plane decides on time with (retention,
+	// audit records, watch lag; default TaskConfig.Now, else time.Now).
+	// The task service, Auth and Webhooks use it unless their own
+	// configs set a clock.
+	Now func() time.Time
 }
 
 // Server is one control-plane replica.
@@ -86,7 +92,7 @@ type Server struct {
 	audit    *slog.Logger
 	svc      *task.Service
 	auth     *auth.Authenticator
-	cache    *taskCache
+	view     *task.View
 	regions  *regionCache
 	hub      *hub.Hub
 	notifier *webhook.Notifier
@@ -125,9 +131,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SignInFailureBurst <= 0 {
 		cfg.SignInFailureBurst = 20
 	}
+	if cfg.Now == nil {
+		cfg.Now = cfg.TaskConfig.Now
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	ac := cfg.Auth
 	if ac.Now == nil {
-		ac.Now = cfg.TaskConfig.Now
+		ac.Now = cfg.Now
 	}
 	authn, err := auth.New(ac)
 	if err != nil {
@@ -140,31 +152,54 @@ func New(cfg Config) (*Server, error) {
 	if tc.Logger == nil {
 		tc.Logger = cfg.Logger
 	}
+	if tc.Now == nil {
+		tc.Now = cfg.Now
+	}
 	s.svc = task.NewService(cfg.Store, tc)
-	s.cache = newTaskCache(s.svc, cfg.Logger)
-	s.metrics = newMetrics(cfg.Registry, s.cache)
+	// One view of every task serves the lists; its watch also feeds the
+	// hub and the notifier, so a replica costs the store one watch,
+	// whatever its traffic.
+	s.view = task.NewView(s.svc, task.ViewConfig{Logger: cfg.Logger, OnChange: s.taskChanged})
+	s.metrics = newMetrics(cfg.Registry, s.view)
 	hc := cfg.Hub
 	hc.Logger, hc.Registerer = cfg.Logger, cfg.Registry
 	s.hub = hub.New(hc)
 	wc := cfg.Webhooks
 	wc.Store, wc.ReplicaID, wc.Logger, wc.Registerer = cfg.Store, cfg.ReplicaID, cfg.Logger, cfg.Registry
 	if wc.Now == nil {
-		wc.Now = cfg.TaskConfig.Now
+		wc.Now = cfg.Now
 	}
 	s.notifier, err = webhook.New(wc)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	s.cache.subscribe(func(ch task.Change, t *task.Task) {
-		if ch.Metadata == nil && t != nil {
-			ch.Metadata = &t.Metadata // so the hub can name the region
-		}
-		s.hub.Publish(ch)
-	})
-	s.cache.subscribe(s.notifier.Handle)
 	s.limits = newLimiters()
 	s.handler = s.routes()
 	return s, nil
+}
+
+// taskChanged is the view's change hook: it runs in the view's watch loop
+// and must not block.
+func (s *Server) taskChanged(_ context.Context, ch task.Change, t *task.Task) {
+	if at := ch.At(); !at.IsZero() {
+		s.metrics.watchLag.Set(s.cfg.Now().Sub(at).Seconds())
+	}
+	pub := ch
+	if pub.Metadata == nil && t != nil {
+		pub.Metadata = &t.Metadata // so the hub can name the region
+	}
+	s.hub.Publish(pub)
+	s.notifier.Handle(ch, t)
+}
+
+// tasksSynced reports whether the task view has been filled.
+func (s *Server) tasksSynced() bool {
+	select {
+	case <-s.view.Synced():
+		return true
+	default:
+		return false
+	}
 }
 
 // Tasks is the task service the server uses.
@@ -178,7 +213,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // returns when ctx ends and all of them have stopped.
 func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.cache.run(ctx) })
+	g.Go(func() error { return s.view.Run(ctx) })
 	g.Go(func() error { s.regions.run(ctx, s.cfg.Store); return nil })
 	g.Go(func() error { return s.hub.Run(ctx) })
 	g.Go(func() error { return s.notifier.Run(ctx) })
@@ -197,7 +232,7 @@ func (s *Server) purge(ctx context.Context) {
 		every = time.Hour
 	}
 	for {
-		purged, err := s.svc.Purge(ctx, time.Now().Add(-s.cfg.Retention), 1000)
+		purged, err := s.svc.Purge(ctx, s.cfg.Now().Add(-s.cfg.Retention), 1000)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			s.log.Warn("purging ended tasks", "purged", len(purged), "err", err)
@@ -359,7 +394,7 @@ func (s *Server) auditLog(r *http.Request, p auth.Principal, action string, stat
 		slog.String("task_id", r.PathValue("id")),
 		slog.Int("status", status),
 		slog.String("remote", clientIP(r)),
-		slog.Time("at", time.Now().UTC()))
+		slog.Time("at", s.cfg.Now().UTC()))
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -369,7 +404,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		httpjson.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "store unreachable", "error": err.Error()})
-	case !s.cache.isSynced():
+	case !s.tasksSynced():
 		httpjson.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "task cache not synced yet"})
 	default:
 		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -60,7 +60,7 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 	if taskID != "" && taskID != boundTo {
 		return mac, nil, errUnauthorized
 	}
-	t, _, ok := r.tasks.lookupMAC(mac)
+	t, _, ok := r.tasks.Active(mac)
 	if !ok || t.ID != boundTo {
 		// The task ended (or moved on): its token is dead.
 		return mac, nil, errUnauthorized
@@ -139,7 +139,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 				return err
 			}
 		}
-		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message, task.WithDetails(body.Details))
+		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message, Details: body.Details})
 		if err != nil {
 			return err
 		}
@@ -206,7 +206,7 @@ func (r *Region) flushProgressLoop(ctx context.Context) error {
 		due := map[string]task.Progress{}
 		r.progressMu.Lock()
 		for id, st := range r.progress {
-			if _, active := r.tasks.get(id); !active {
+			if _, _, active := r.tasks.Get(id); !active {
 				delete(r.progress, id)
 				continue
 			}
@@ -247,7 +247,7 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 		r.observe(failed)
 	case string(task.StatusCompleted):
 		r.dropProgress(t.ID)
-		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, body.Message)
+		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message})
 		if err != nil {
 			return err
 		}
@@ -288,7 +288,7 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 	defer timer.Stop()
 	id := t.ID
 	for {
-		cur, changed, ok := r.tasks.lookupMAC(mac)
+		cur, changed, ok := r.tasks.Active(mac)
 		if !ok || cur.ID != id {
 			// The task ended: tell the agent how.
 			final, err := r.svc.Get(req.Context(), id)

@@ -57,12 +57,11 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	name, ok := answerFiles[req.PathValue("name")]
-	tr, known := r.tasks.get(req.PathValue("task"))
+	t, _, known := r.tasks.Get(req.PathValue("task"))
 	if !ok || !known {
 		http.NotFound(w, req)
 		return
 	}
-	t := tr.task
 	token := req.PathValue("token")
 	bound, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, token)
 	if err != nil || bound != t.ID {
@@ -145,9 +144,9 @@ func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 
 func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) {
 	ctx := req.Context()
-	t, _, ok := r.tasks.lookupMAC(mac)
+	t, _, ok := r.tasks.Active(mac)
 	if !ok {
-		if ended, ok := r.tasks.ended(mac); ok {
+		if ended, ok := r.ended(mac); ok {
 			switch ended.Status {
 			case task.StatusCompleted:
 				return ipxe.LocalBoot(ipxe.LocalParams{MAC: mac, TaskID: ended.ID, Firmware: platform(req)})

@@ -48,7 +48,7 @@ func (r *Region) DHCPPolicy() dhcp.BootPolicy {
 	}}
 }
 
-// dhcpPolicy is the region's dhcp.BootPolicy: the task table decides who is
+// dhcpPolicy is the region's dhcp.BootPolicy: the task view decides who is
 // answered, static what they are told.
 type dhcpPolicy struct {
 	r      *Region
@@ -58,8 +58,8 @@ type dhcpPolicy struct {
 // Boot implements dhcp.BootPolicy.
 func (p *dhcpPolicy) Boot(ctx context.Context, req dhcp.Request) (dhcp.Decision, error) {
 	r := p.r
-	_, _, active := r.tasks.lookupMAC(req.MAC)
-	_, ended := r.tasks.ended(req.MAC)
+	_, _, active := r.tasks.Active(req.MAC)
+	_, ended := r.ended(req.MAC)
 	if !active && !ended {
 		if r.cfg.UnknownMachines == UnknownRecord {
 			r.recordDiscovered(ctx, req)

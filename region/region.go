@@ -5,11 +5,11 @@
 // heartbeat and its capabilities in the store for the control plane.
 //
 // It composes the dhcp, pxe and ipxe packages and implements their small
-// policy interfaces over its task table. A Region is the logic and its
-// HTTP handler; a Server runs one with its HTTP, TFTP and DHCP services,
-// which is what a region binary, or a program embedding a region, runs. It
-// talks to the control plane only through the store: it never calls it,
-// and it does not need a route to it.
+// policy interfaces over its view of its tasks (a task.View). A Region is
+// the logic and its HTTP handler; a Server runs one with its HTTP, TFTP and
+// DHCP services, which is what a region binary, or a program embedding a
+// region, runs. It talks to the control plane only through the store: it
+// never calls it, and it does not need a route to it.
 package region
 
 import (
@@ -97,9 +97,11 @@ type Region struct {
 	log     *slog.Logger
 	svc     *task.Service
 	actor   string
-	tasks   *taskTable
+	tasks   *task.View // the region's active tasks
 	tokens  *tokens
 	catalog *Catalogue
+
+	endedTasks *endedTasks
 
 	progressMu sync.Mutex
 	progress   map[string]*progressState
@@ -109,11 +111,6 @@ type Region struct {
 	discoveredAt map[lpmos.MAC]time.Time
 
 	handler http.Handler
-
-	// synced is closed once the task table has been filled from the store
-	// the first time; until then the region cannot tell a machine's task.
-	synced     chan struct{}
-	syncedOnce sync.Once
 
 	hbMu          sync.RWMutex
 	lastHeartbeat time.Time
@@ -183,10 +180,14 @@ func New(cfg Config) (*Region, error) {
 	}
 	r := &Region{
 		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
-		tasks: newTaskTable(), catalog: cat, progress: map[string]*progressState{},
+		catalog: cat, progress: map[string]*progressState{}, endedTasks: newEndedTasks(),
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
-		synced: make(chan struct{}),
 	}
+	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now})
+	r.tasks = task.NewView(r.svc, task.ViewConfig{
+		Region: cfg.RegionID, ActiveOnly: true, Logger: log,
+		OnFill: r.tasksListed, OnChange: r.taskChanged,
+	})
 	r.tokens = &tokens{st: cfg.Store, now: cfg.Now}
 	mux := http.NewServeMux()
 	r.agentRoutes(mux)
@@ -194,7 +195,6 @@ func New(cfg Config) (*Region, error) {
 		return nil, fmt.Errorf("region: %w", err)
 	}
 	r.handler = mux
-	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now})
 	return r, nil
 }
 
@@ -208,13 +208,13 @@ func (r *Region) Catalogue() *Catalogue { return r.catalog }
 // store after Run started). Before that, boot scripts and the agent API
 // answer 503 with Retry-After, so that a machine talking to a region that
 // is just (re)starting retries instead of being told it has no task.
-func (r *Region) Synced() <-chan struct{} { return r.synced }
+func (r *Region) Synced() <-chan struct{} { return r.tasks.Synced() }
 
 // starting answers 503 while the region is not Synced, and reports
 // whether it did.
 func (r *Region) starting(w http.ResponseWriter) bool {
 	select {
-	case <-r.synced:
+	case <-r.tasks.Synced():
 		return false
 	default:
 	}
@@ -228,7 +228,7 @@ func (r *Region) starting(w http.ResponseWriter) bool {
 // does.
 func (r *Region) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return r.watchTasks(ctx) })
+	g.Go(func() error { return r.tasks.Run(ctx) })
 	g.Go(func() error { return r.heartbeat(ctx) })
 	g.Go(func() error { return r.enforceTimeouts(ctx) })
 	g.Go(func() error { return r.flushProgressLoop(ctx) })

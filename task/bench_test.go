@@ -157,7 +157,7 @@ func BenchmarkLifecycle(b *testing.B) {
 						_, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: task.StageConfiguring, Percentage: 95})
 						return err
 					},
-					func() error { _, err := svc.Complete(ctx, tk.ID, "r", ""); return err },
+					func() error { _, err := svc.Complete(ctx, tk.ID, "r", task.Completion{}); return err },
 				}
 				for _, step := range steps {
 					if err := step(); err != nil {

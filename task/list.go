@@ -96,7 +96,7 @@ const listChunk = 5000
 
 // List returns a page of the tasks that match f. It ranges over every task
 // in the store at one revision; a reader serving many lists (the control
-// plane) keeps a watch-fed cache instead.
+// plane) keeps a View instead.
 func (s *Service) List(ctx context.Context, f Filter) (*Page, error) {
 	if err := f.Normalize(); err != nil {
 		return nil, err
@@ -111,29 +111,42 @@ func (s *Service) List(ctx context.Context, f Filter) (*Page, error) {
 			matched = append(matched, t)
 		}
 	}
+	return pageOf(matched, f, rev), nil
+}
+
+// pageOf sorts the tasks that matched f and cuts f's page out of them.
+func pageOf(matched []*Task, f Filter, rev int64) *Page {
 	SortTasks(matched)
 	page := &Page{Tasks: []*Task{}, Total: len(matched), Limit: f.Limit, Offset: f.Offset, Revision: rev}
 	if f.Offset < len(matched) {
 		page.Tasks = matched[f.Offset:min(f.Offset+f.Limit, len(matched))]
 	}
-	return page, nil
+	return page
 }
 
-// All returns every task and the store revision the read started at: the
-// initial fill of a watch-fed cache, which then watches from Revision+1.
-func (s *Service) All(ctx context.Context) ([]*Task, int64, error) {
-	return s.readAll(ctx)
-}
-
-// readAll reads every task. A listing larger than one range is read in
-// chunks, each at its own revision: a task whose keys straddle two chunks
-// may show fields of two adjacent revisions, which a listing tolerates (Get
-// reads a task at one revision).
 func (s *Service) readAll(ctx context.Context) ([]*Task, int64, error) {
+	snaps, rev, err := s.readSnapshots(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	tasks := make([]*Task, len(snaps))
+	for i, snap := range snaps {
+		tasks[i] = snap.task
+	}
+	return tasks, rev, nil
+}
+
+// readSnapshots reads every task. A listing larger than one range is read
+// in chunks, each at its own revision: a task whose keys straddle two chunks
+// may show fields of two adjacent revisions, which a listing tolerates (Get
+// reads a task at one revision). Each snapshot's readRev is that of the
+// chunk its first key came from, the older one.
+func (s *Service) readSnapshots(ctx context.Context) ([]*snapshot, int64, error) {
 	var (
-		tasks   []*Task
+		snaps   []*snapshot
 		rev     int64
 		curID   string
+		curRev  int64
 		curKVs  []store.KV
 		opts    = store.ListOptions{Limit: listChunk}
 		flushed = func() {
@@ -146,7 +159,8 @@ func (s *Service) readAll(ctx context.Context) ([]*Task, int64, error) {
 				// fatal to the whole listing.
 				s.cfg.Logger.Warn("skipping unreadable task in listing", "task_id", curID, "err", err)
 			} else {
-				tasks = append(tasks, snap.task)
+				snap.readRev = curRev
+				snaps = append(snaps, snap)
 			}
 			curID, curKVs = "", nil
 		}
@@ -166,7 +180,7 @@ func (s *Service) readAll(ctx context.Context) ([]*Task, int64, error) {
 			}
 			if id != curID {
 				flushed()
-				curID = id
+				curID, curRev = id, res.Revision
 			}
 			curKVs = append(curKVs, kv)
 		}
@@ -176,5 +190,5 @@ func (s *Service) readAll(ctx context.Context) ([]*Task, int64, error) {
 		opts.StartKey = res.KVs[len(res.KVs)-1].Key + "\x00"
 	}
 	flushed()
-	return tasks, rev, nil
+	return snaps, rev, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -95,18 +96,13 @@ const (
 	StageCompleted    Stage = "completed"
 )
 
-// Stages lists the install stages in order.
-var Stages = []Stage{StagePartitioning, StageDownloading, StageWriting, StageInstalling, StageConfiguring, StageCompleted}
+var stages = [...]Stage{StagePartitioning, StageDownloading, StageWriting, StageInstalling, StageConfiguring, StageCompleted}
+
+// Stages lists the install stages in order. The slice is the caller's.
+func Stages() []Stage { return slices.Clone(stages[:]) }
 
 // Valid reports whether s is one of the stages.
-func (s Stage) Valid() bool {
-	for _, v := range Stages {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+func (s Stage) Valid() bool { return slices.Contains(stages[:], s) }
 
 // Progress is the install's latest progress report, seed v2 §3.
 type Progress struct {
@@ -154,6 +150,23 @@ type Task struct {
 	Timeline []TimelineEntry `json:"timeline"`
 }
 
+// LastActivity is when the task last moved: its newest timeline entry or
+// progress report. A region's status timeouts count from it.
+func (t *Task) LastActivity() time.Time { return newest(t.Timeline, t.Progress) }
+
+// newest is the time of the newest of a timeline's last entry and a
+// progress report.
+func newest(timeline []TimelineEntry, p *Progress) time.Time {
+	var at time.Time
+	if n := len(timeline); n > 0 {
+		at = timeline[n-1].Timestamp
+	}
+	if p != nil && p.UpdatedAt.After(at) {
+		at = p.UpdatedAt
+	}
+	return at
+}
+
 // CreateRequest is what an operator asks for. Strings are validated by the
 // service, so that bad input yields a *ValidationError naming the field.
 type CreateRequest struct {
@@ -196,10 +209,12 @@ const (
 	NetworkStatic = "static"
 )
 
+var osFamilies = [...]string{"debian", "ubuntu", "rocky", "almalinux", "centos", "rhel", "fedora", "flatcar", "custom"}
+
 // OSFamilies are the operating systems LPMOS knows how to install by
 // default; a region's capabilities may narrow or extend this at creation
-// through Config.ValidateOS.
-var OSFamilies = []string{"debian", "ubuntu", "rocky", "almalinux", "centos", "rhel", "fedora", "flatcar", "custom"}
+// through Config.ValidateOS. The slice is the caller's.
+func OSFamilies() []string { return slices.Clone(osFamilies[:]) }
 
 func checkText(field, s string, max int) error {
 	if len(s) > max {

@@ -1,7 +1,8 @@
 // Package task owns LPMOS's install tasks: the model, the closed set of
 // statuses and events with its pure transition table (Apply), the etcd key
-// schema of the seeds, and Service, which creates, reads, lists and moves
-// tasks over any store.Store.
+// schema of the seeds, Service, which creates, reads, lists and moves
+// tasks over any store.Store, and View, a reader's watch-fed copy of the
+// tasks it follows.
 //
 // Every move is one compare-and-swap transaction that checks the status has
 // not changed since it was read, writes the new status, the field the move
@@ -72,10 +73,10 @@ func NewService(st store.Store, cfg Config) *Service {
 
 // DefaultValidateOS accepts the OSFamilies, any version.
 func DefaultValidateOS(_ context.Context, _, osType, _ string) error {
-	if slices.Contains(OSFamilies, osType) {
+	if slices.Contains(osFamilies[:], osType) {
 		return nil
 	}
-	return invalid("os_type", "unknown OS type %q (known: %s)", truncate(osType), strings.Join(OSFamilies, ", "))
+	return invalid("os_type", "unknown OS type %q (known: %s)", truncate(osType), strings.Join(osFamilies[:], ", "))
 }
 
 func (s *Service) now() time.Time { return s.cfg.Now().UTC().Truncate(time.Millisecond) }
@@ -85,15 +86,6 @@ type MoveOption func(*moveOptions)
 
 type moveOptions struct {
 	expectRev int64
-	details   map[string]any // Complete: details of the final progress
-	snap      *snapshot      // a fresh read to use for the first attempt
-}
-
-// WithDetails gives Complete the details of the install's final progress
-// report (e.g. what was written and its hash), kept with the completed
-// task. Other moves ignore it.
-func WithDetails(d map[string]any) MoveOption {
-	return func(o *moveOptions) { o.details = d }
 }
 
 // ExpectRevision makes a move succeed only if the task's status has not
@@ -167,7 +159,9 @@ type snapshot struct {
 	task        *Task
 	statusRev   int64
 	timelineRev int64
-	progressRev int64
+	// readRev is the store revision the task was read at: it reflects
+	// every change made up to it.
+	readRev int64
 }
 
 func checkID(id string) error {
@@ -190,6 +184,7 @@ func (s *Service) load(ctx context.Context, id string) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	snap.readRev = res.Revision
 	return snap, nil
 }
 
@@ -212,8 +207,6 @@ func decodeSnapshot(id string, kvs []store.KV) (*snapshot, error) {
 			snap.task.Revision = kv.ModRevision
 		case FieldTimeline:
 			snap.timelineRev = kv.ModRevision
-		case FieldProgress:
-			snap.progressRev = kv.ModRevision
 		}
 	}
 	if !haveMeta || snap.statusRev == 0 {
@@ -290,13 +283,62 @@ type change struct {
 	extra []TimelineEntry
 }
 
-// maxRetries bounds the retries of a move whose transaction lost only to a
-// write that left the status alone (a progress or timeline update).
+// maxRetries bounds the retries of a write whose transaction lost to a
+// concurrent write.
 const maxRetries = 5
+
+// write is one planned compare-and-swap write of a task: the transaction,
+// and the task as it is once the transaction commits at revision rev.
+type write struct {
+	txn    store.Txn
+	result func(rev int64) *Task
+}
+
+// update is the one compare-and-swap loop of the service: it reads task id,
+// asks plan what to write, and runs that as one transaction whose compares
+// make it fail if the keys it read changed meanwhile. A transaction that
+// loses is planned again from a fresh read, at most maxRetries times (then
+// ErrConflict), so plan decides on the current state every time. plan may
+// refuse (its error is returned as is) or find nothing to write (a nil
+// *write: its task is returned). what names the operation in errors
+// ("approved task", "progress for task").
+func (s *Service) update(ctx context.Context, id, what string, plan func(snap *snapshot) (*write, *Task, error)) (*Task, error) {
+	for attempt := 0; ; attempt++ {
+		snap, err := s.load(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		w, t, err := plan(snap)
+		if err != nil || w == nil {
+			return t, err
+		}
+		res, err := s.st.Txn(ctx, w.txn)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", what, id, err)
+		}
+		if res.Succeeded {
+			return w.result(res.Revision), nil
+		}
+		if attempt == maxRetries {
+			return nil, fmt.Errorf("%s %s: too much contention: %w", what, id, ErrConflict)
+		}
+	}
+}
+
+// unchanged compares a task's status and timeline with the revisions snap
+// read them at.
+func unchanged(snap *snapshot) []store.Compare {
+	return []store.Compare{
+		store.ModRevisionIs(TaskKey(snap.task.ID, FieldStatus), snap.statusRev),
+		store.ModRevisionIs(TaskKey(snap.task.ID, FieldTimeline), snap.timelineRev),
+	}
+}
 
 // move runs one transition as a single compare-and-swap. It fails with
 // ErrConflict when the status changed between read and write (or since the
-// revision the caller expects), so of several racing moves exactly one wins.
+// revision the caller expects), so of several racing moves exactly one wins;
+// a write that left the status alone (a progress or timeline update) only
+// makes it try again.
 func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts []MoveOption, build func(t *Task, now time.Time) (change, error)) (*Task, error) {
 	if err := checkActor(by); err != nil {
 		return nil, err
@@ -306,65 +348,56 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 		opt(&o)
 	}
 	var firstStatusRev int64
-	for attempt := 0; ; attempt++ {
-		snap := o.snap
-		if attempt > 0 || snap == nil {
-			var err error
-			if snap, err = s.load(ctx, id); err != nil {
-				return nil, err
-			}
-		}
+	return s.update(ctx, id, string(ev)+" task", func(snap *snapshot) (*write, *Task, error) {
 		if o.expectRev != 0 && snap.statusRev != o.expectRev {
-			return nil, fmt.Errorf("%s task %s: status changed since revision %d: %w", ev, id, o.expectRev, ErrConflict)
+			return nil, nil, fmt.Errorf("%s task %s: status changed since revision %d: %w", ev, id, o.expectRev, ErrConflict)
 		}
-		if attempt == 0 {
+		if firstStatusRev == 0 {
 			firstStatusRev = snap.statusRev
 		} else if snap.statusRev != firstStatusRev {
-			return nil, fmt.Errorf("%s task %s: status changed concurrently: %w", ev, id, ErrConflict)
+			return nil, nil, fmt.Errorf("%s task %s: status changed concurrently: %w", ev, id, ErrConflict)
 		}
-		t := snap.task
-		next, err := Apply(t.Status, ev)
-		if err != nil {
-			return nil, fmt.Errorf("task %s: %w", id, err)
-		}
-		now := s.now()
-		ch, err := build(t, now)
-		if err != nil {
-			return nil, err
-		}
-		entry := TimelineEntry{Timestamp: now, Event: string(ev), Status: next, Actor: by, Message: ch.note}
-		timeline := append(append(slices.Clone(t.Timeline), entry), ch.extra...)
-		ops := append([]store.Op{
-			store.OpPut(TaskKey(id, FieldStatus), []byte(next)),
-			store.OpPut(TaskKey(id, FieldTimeline), mustJSON(timeline)),
-		}, ch.ops...)
-		if next.Terminal() {
-			// The machine is free for a new task; the region forgets it.
-			ops = append(ops,
-				store.OpDelete(AgentKey(t.Metadata.TargetMAC, AgentFieldTaskID)),
-				store.OpDelete(RegionTaskKey(t.Metadata.RegionID, id)))
-		}
-		res, err := s.st.Txn(ctx, store.Txn{
-			If: []store.Compare{
-				store.ModRevisionIs(TaskKey(id, FieldStatus), snap.statusRev),
-				store.ModRevisionIs(TaskKey(id, FieldTimeline), snap.timelineRev),
-			},
-			Then: ops,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("%s task %s: %w", ev, id, err)
-		}
-		if res.Succeeded {
-			t.Status, t.Revision, t.Timeline = next, res.Revision, timeline
+		w, err := s.transition(snap, ev, by, build)
+		return w, nil, err
+	})
+}
+
+// transition plans the move of snap's task by ev: the new status, its
+// timeline entry and what build adds, compared against the status and
+// timeline as read.
+func (s *Service) transition(snap *snapshot, ev Event, by string, build func(t *Task, now time.Time) (change, error)) (*write, error) {
+	t := snap.task
+	next, err := Apply(t.Status, ev)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: %w", t.ID, err)
+	}
+	now := s.now()
+	ch, err := build(t, now)
+	if err != nil {
+		return nil, err
+	}
+	entry := TimelineEntry{Timestamp: now, Event: string(ev), Status: next, Actor: by, Message: ch.note}
+	timeline := append(append(slices.Clone(t.Timeline), entry), ch.extra...)
+	ops := append([]store.Op{
+		store.OpPut(TaskKey(t.ID, FieldStatus), []byte(next)),
+		store.OpPut(TaskKey(t.ID, FieldTimeline), mustJSON(timeline)),
+	}, ch.ops...)
+	if next.Terminal() {
+		// The machine is free for a new task; the region forgets it.
+		ops = append(ops,
+			store.OpDelete(AgentKey(t.Metadata.TargetMAC, AgentFieldTaskID)),
+			store.OpDelete(RegionTaskKey(t.Metadata.RegionID, t.ID)))
+	}
+	return &write{
+		txn: store.Txn{If: unchanged(snap), Then: ops},
+		result: func(rev int64) *Task {
+			t.Status, t.Revision, t.Timeline = next, rev, timeline
 			if ch.apply != nil {
 				ch.apply(t)
 			}
-			return t, nil
-		}
-		if attempt == maxRetries {
-			return nil, fmt.Errorf("%s task %s: too much contention: %w", ev, id, ErrConflict)
-		}
-	}
+			return t
+		},
+	}, nil
 }
 
 // Approve approves a task waiting in pending_approval.
@@ -444,23 +477,28 @@ func (s *Service) ReportHardware(ctx context.Context, id, by string, hw hardware
 	})
 }
 
+// Completion is how an install ended, as its agent reports it; it is kept
+// as the completed task's final progress.
+type Completion struct {
+	// Message is the final progress message and the timeline note.
+	Message string
+	// Details describe the result (e.g. what was written and its hash).
+	Details map[string]any
+}
+
 // Complete records that the install finished (installing → completed).
-func (s *Service) Complete(ctx context.Context, id, by, message string, opts ...MoveOption) (*Task, error) {
-	var o moveOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	final := Progress{Stage: StageCompleted, Percentage: 100, Message: message, Details: o.details}
+func (s *Service) Complete(ctx context.Context, id, by string, c Completion, opts ...MoveOption) (*Task, error) {
+	final := Progress{Stage: StageCompleted, Percentage: 100, Message: c.Message, Details: c.Details}
 	if err := final.Validate(); err != nil {
 		return nil, err
 	}
 	return s.move(ctx, id, EventCompleted, by, opts, func(t *Task, now time.Time) (change, error) {
-		p := &final
+		p := final
 		p.UpdatedAt = now
 		return change{
 			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldProgress), mustJSON(p))},
-			apply: func(t *Task) { t.Progress = p },
-			note:  message,
+			apply: func(t *Task) { t.Progress = &p },
+			note:  c.Message,
 		}, nil
 	})
 }
@@ -477,38 +515,22 @@ func (s *Service) RecordFirstBoot(ctx context.Context, id, by, message string) (
 	if err := checkText("message", message, MaxTextLen); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		snap, err := s.load(ctx, id)
-		if err != nil {
-			return nil, err
-		}
+	return s.update(ctx, id, "first boot of task", func(snap *snapshot) (*write, *Task, error) {
 		t := snap.task
 		if t.Status != StatusCompleted {
-			return nil, fmt.Errorf("first boot of task %s: %w: the task is %s, not %s", id, ErrInvalidTransition, t.Status, StatusCompleted)
+			return nil, nil, fmt.Errorf("first boot of task %s: %w: the task is %s, not %s", id, ErrInvalidTransition, t.Status, StatusCompleted)
 		}
 		for _, e := range t.Timeline {
 			if e.Event == TimelineFirstBoot {
-				return t, nil
+				return nil, t, nil
 			}
 		}
 		t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: s.now(), Event: TimelineFirstBoot, Status: t.Status, Actor: by, Message: message})
-		res, err := s.st.Txn(ctx, store.Txn{
-			If: []store.Compare{
-				store.ModRevisionIs(TaskKey(id, FieldStatus), snap.statusRev),
-				store.ModRevisionIs(TaskKey(id, FieldTimeline), snap.timelineRev),
-			},
-			Then: []store.Op{store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline))},
-		})
-		if err != nil {
-			return nil, fmt.Errorf("first boot of task %s: %w", id, err)
-		}
-		if res.Succeeded {
-			return t, nil
-		}
-		if attempt == maxRetries {
-			return nil, fmt.Errorf("first boot of task %s: too much contention: %w", id, ErrConflict)
-		}
-	}
+		return &write{
+			txn:    store.Txn{If: unchanged(snap), Then: []store.Op{store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline))}},
+			result: func(int64) *Task { return t },
+		}, nil, nil
+	})
 }
 
 // Fail ends a task with error information, from any non-terminal status.
@@ -543,31 +565,26 @@ func (s *Service) ReportProgress(ctx context.Context, id, by string, p Progress)
 	if err := checkActor(by); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		snap, err := s.load(ctx, id)
-		if err != nil {
-			return nil, err
-		}
+	return s.update(ctx, id, "progress for task", func(snap *snapshot) (*write, *Task, error) {
 		t := snap.task
 		p.UpdatedAt = s.now()
-		if t.Status == StatusApproved {
+		switch t.Status {
+		case StatusApproved:
 			// One transaction: installing, the stage entry, the progress.
-			reuse := func(o *moveOptions) { o.snap = snap }
-			moved, err := s.move(ctx, id, EventInstallStarted, by, []MoveOption{ExpectRevision(snap.statusRev), reuse}, func(t *Task, now time.Time) (change, error) {
+			w, err := s.transition(snap, EventInstallStarted, by, func(t *Task, now time.Time) (change, error) {
 				return change{
 					ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldProgress), mustJSON(p))},
 					apply: func(t *Task) { t.Progress = &p },
 					extra: []TimelineEntry{{Timestamp: now, Event: TimelineStageChanged, Status: StatusInstalling, Stage: p.Stage, Actor: by, Message: p.Message}},
 				}, nil
 			})
-			if errors.Is(err, ErrConflict) && attempt < maxRetries {
-				continue // e.g. a concurrent report started the install: re-read
-			}
-			return moved, err
+			return w, nil, err
+		case StatusInstalling:
+		default:
+			return nil, nil, fmt.Errorf("progress for task %s: %w", id, &TransitionError{From: t.Status, Event: EventInstallStarted})
 		}
-		if t.Status != StatusInstalling {
-			return nil, fmt.Errorf("progress for task %s: %w", id, &TransitionError{From: t.Status, Event: EventInstallStarted})
-		}
+		// Within installing only the status must hold: a concurrent
+		// progress report may be overwritten, the newest wins.
 		cmps := []store.Compare{store.ModRevisionIs(TaskKey(id, FieldStatus), snap.statusRev)}
 		ops := []store.Op{store.OpPut(TaskKey(id, FieldProgress), mustJSON(p))}
 		if t.Progress == nil || t.Progress.Stage != p.Stage {
@@ -575,16 +592,9 @@ func (s *Service) ReportProgress(ctx context.Context, id, by string, p Progress)
 			cmps = append(cmps, store.ModRevisionIs(TaskKey(id, FieldTimeline), snap.timelineRev))
 			ops = append(ops, store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline)))
 		}
-		res, err := s.st.Txn(ctx, store.Txn{If: cmps, Then: ops})
-		if err != nil {
-			return nil, fmt.Errorf("progress for task %s: %w", id, err)
-		}
-		if res.Succeeded {
-			t.Progress = &p
-			return t, nil
-		}
-		if attempt == maxRetries {
-			return nil, fmt.Errorf("progress for task %s: too much contention: %w", id, ErrConflict)
-		}
-	}
+		return &write{
+			txn:    store.Txn{If: cmps, Then: ops},
+			result: func(int64) *Task { t.Progress = &p; return t },
+		}, nil, nil
+	})
 }

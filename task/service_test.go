@@ -148,7 +148,7 @@ func TestLifecycle(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, task.StatusInstalling, tk.Status)
 		}
-		tk, err = svc.Complete(ctx, id, "region:dc1", "installed")
+		tk, err = svc.Complete(ctx, id, "region:dc1", task.Completion{Message: "installed"})
 		require.NoError(t, err)
 		assert.Equal(t, task.StatusCompleted, tk.Status)
 
@@ -304,7 +304,7 @@ func TestIllegalMovesWriteNothing(t *testing.T) {
 		}{
 			{"approve pending", func() error { _, err := svc.Approve(ctx, tk.ID, "ops", ""); return err }, task.ErrInvalidTransition},
 			{"reject pending", func() error { _, err := svc.Reject(ctx, tk.ID, "ops", "no"); return err }, task.ErrInvalidTransition},
-			{"complete pending", func() error { _, err := svc.Complete(ctx, tk.ID, "r", ""); return err }, task.ErrInvalidTransition},
+			{"complete pending", func() error { _, err := svc.Complete(ctx, tk.ID, "r", task.Completion{}); return err }, task.ErrInvalidTransition},
 			{"hardware before boot", func() error { _, err := svc.ReportHardware(ctx, tk.ID, "r", sampleHardware); return err }, task.ErrInvalidTransition},
 			{"progress before approval", func() error {
 				_, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: task.StageDownloading})
@@ -504,6 +504,67 @@ func TestProgressAndFailure(t *testing.T) {
 	})
 }
 
+// Writers that lose a transaction to a write that does not invalidate
+// their decision read again and succeed: racing first progress reports all
+// land (one of them starts the install), and a failure racing stage
+// changes still ends the task.
+func TestLosingWritersRetry(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		tk := toPendingApproval(t, svc, "00:1a:2b:3c:50:03")
+		_, err := svc.Approve(ctx, tk.ID, "ops", "")
+		require.NoError(t, err)
+
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: task.StageDownloading, Percentage: i})
+				assert.NoError(t, err)
+			}()
+		}
+		wg.Wait()
+		got, err := svc.Get(ctx, tk.ID)
+		require.NoError(t, err)
+		assert.Equal(t, task.StatusInstalling, got.Status)
+		var started, stages int
+		for _, e := range got.Timeline {
+			switch e.Event {
+			case string(task.EventInstallStarted):
+				started++
+			case task.TimelineStageChanged:
+				stages++
+			}
+		}
+		assert.Equal(t, 1, started, "one report started the install")
+		assert.Equal(t, 1, stages, "one stage entry for one stage")
+
+		failed := make(chan error, 1)
+		for _, stage := range []task.Stage{task.StageWriting, task.StageInstalling, task.StageConfiguring} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: stage, Percentage: 50})
+				if err != nil {
+					assert.ErrorIs(t, err, task.ErrInvalidTransition, "refused only once the task failed")
+				}
+			}()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := svc.Fail(ctx, tk.ID, "r", task.ErrorInfo{Code: "disk_error", Message: "I/O error"})
+			failed <- err
+		}()
+		wg.Wait()
+		require.NoError(t, <-failed, "stage changes do not make the failure conflict")
+		got, err = svc.Get(ctx, tk.ID)
+		require.NoError(t, err)
+		assert.Equal(t, task.StatusFailed, got.Status)
+	})
+}
+
 func TestList(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
 		ctx := ctxT(t)
@@ -569,7 +630,7 @@ func TestWatch(t *testing.T) {
 		require.NoError(t, err)
 		_, err = svc.ReportProgress(ctx, tk.ID, "r", task.Progress{Stage: task.StageWriting, Percentage: 50})
 		require.NoError(t, err)
-		_, err = svc.Complete(ctx, tk.ID, "r", "")
+		_, err = svc.Complete(ctx, tk.ID, "r", task.Completion{})
 		require.NoError(t, err)
 
 		wctx, cancel := context.WithCancel(ctx)
@@ -620,13 +681,13 @@ func TestRecordFirstBoot(t *testing.T) {
 		require.NoError(t, err)
 		_, err = svc.ReportProgress(ctx, tk.ID, "region:dc1", task.Progress{Stage: task.StageWriting, Percentage: 50})
 		require.NoError(t, err)
-		done, err := svc.Complete(ctx, tk.ID, "region:dc1", "installed", task.WithDetails(map[string]any{"written_sha256": "ab12", "bytes_written": 42}))
+		done, err := svc.Complete(ctx, tk.ID, "region:dc1", task.Completion{Message: "installed", Details: map[string]any{"written_sha256": "ab12", "bytes_written": 42}})
 		require.NoError(t, err)
 		stored, err := svc.Get(ctx, tk.ID)
 		require.NoError(t, err)
 		require.NotNil(t, stored.Progress)
 		assert.Equal(t, map[string]any{"written_sha256": "ab12", "bytes_written": float64(42)}, stored.Progress.Details, "the final details are kept")
-		_, err = svc.Complete(ctx, tk.ID, "region:dc1", "again", task.WithDetails(map[string]any{strings.Repeat("k", 1000): "key too long"}))
+		_, err = svc.Complete(ctx, tk.ID, "region:dc1", task.Completion{Message: "again", Details: map[string]any{strings.Repeat("k", 1000): "key too long"}})
 		require.ErrorIs(t, err, task.ErrInvalid)
 
 		got, err := svc.RecordFirstBoot(ctx, tk.ID, "region:dc1", "installed system web-01 came up")

@@ -3,6 +3,7 @@ package task
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Status is where a task is in its life. The set is closed: the constants
@@ -24,21 +25,17 @@ const (
 	StatusCancelled       Status = "cancelled"        // operator cancelled it
 )
 
-// Statuses lists every status, in lifecycle order.
-var Statuses = []Status{
+var statuses = [...]Status{
 	StatusPending, StatusReady, StatusBooting, StatusPendingApproval, StatusApproved,
 	StatusInstalling, StatusCompleted, StatusFailed, StatusRejected, StatusCancelled,
 }
 
+// Statuses lists every status, in lifecycle order. The slice is the
+// caller's: changing it changes nothing here.
+func Statuses() []Status { return slices.Clone(statuses[:]) }
+
 // Valid reports whether s is one of the statuses.
-func (s Status) Valid() bool {
-	for _, v := range Statuses {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+func (s Status) Valid() bool { return slices.Contains(statuses[:], s) }
 
 // Terminal reports whether the task is over: nothing moves it any more and
 // its machine is free for a new task.
@@ -75,11 +72,13 @@ const (
 	EventCancelled        Event = "cancelled"         // operator cancelled
 )
 
-// Events lists every event.
-var Events = []Event{
+var events = [...]Event{
 	EventPrepared, EventBootStarted, EventHardwareReported, EventApproved, EventRejected,
 	EventInstallStarted, EventCompleted, EventFailed, EventCancelled,
 }
+
+// Events lists every event. The slice is the caller's.
+func Events() []Event { return slices.Clone(events[:]) }
 
 // Timeline entries that are not transitions.
 const (

@@ -22,8 +22,8 @@ var legal = map[task.Status]map[task.Event]task.Status{
 }
 
 func TestApplyEveryPair(t *testing.T) {
-	for _, from := range task.Statuses {
-		for _, ev := range task.Events {
+	for _, from := range task.Statuses() {
+		for _, ev := range task.Events() {
 			want, ok := legal[from][ev]
 			if !from.Terminal() && (ev == task.EventFailed || ev == task.EventCancelled) {
 				ok = true
@@ -56,14 +56,14 @@ func TestApplyUnknownValues(t *testing.T) {
 
 func TestStatusSets(t *testing.T) {
 	terminal := map[task.Status]bool{task.StatusCompleted: true, task.StatusFailed: true, task.StatusRejected: true, task.StatusCancelled: true}
-	for _, s := range task.Statuses {
+	for _, s := range task.Statuses() {
 		assert.True(t, s.Valid())
 		assert.Equal(t, terminal[s], s.Terminal(), s)
 		got, err := task.ParseStatus(string(s))
 		require.NoError(t, err)
 		assert.Equal(t, s, got)
 	}
-	assert.Len(t, task.Statuses, 10)
+	assert.Len(t, task.Statuses(), 10)
 	_, err := task.ParseStatus("done")
 	require.ErrorIs(t, err, task.ErrInvalid)
 	assert.False(t, task.Status("").Valid())
@@ -78,7 +78,7 @@ func TestStateMachineReachability(t *testing.T) {
 		for len(queue) > 0 {
 			s := queue[0]
 			queue = queue[1:]
-			for _, ev := range task.Events {
+			for _, ev := range task.Events() {
 				if next, err := task.Apply(s, ev); err == nil && !seen[next] {
 					seen[next] = true
 					queue = append(queue, next)
@@ -88,7 +88,7 @@ func TestStateMachineReachability(t *testing.T) {
 		return seen
 	}
 	fromPending := reach(task.StatusPending)
-	for _, s := range task.Statuses {
+	for _, s := range task.Statuses() {
 		assert.True(t, fromPending[s], "%s unreachable", s)
 		if !s.Terminal() {
 			assert.True(t, reach(s)[task.StatusCompleted], "%s cannot complete", s)

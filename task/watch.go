@@ -3,6 +3,7 @@ package task
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/store"
@@ -23,7 +24,8 @@ type Change struct {
 	Error    *ErrorInfo
 	// Timeline is the whole timeline after the change, when it changed.
 	Timeline []TimelineEntry
-	// Deleted is set when the task's keys were deleted.
+	// Deleted is set when keys of the task were deleted; Removed says
+	// whether that removed the task.
 	Deleted bool
 	// Err, when set, ends the watch: typically store.ErrCompacted, after
 	// which the watcher must re-list and watch from the list's revision.
@@ -103,7 +105,18 @@ func (s *Service) changes(evs []store.Event) []Change {
 	return out
 }
 
-// Fold returns a copy of t with the change applied: what a watch-fed cache
+// At is when the change was made, as far as its content says (its newest
+// timeline entry or progress report); zero if it carries neither.
+func (c Change) At() time.Time { return newest(c.Timeline, c.Progress) }
+
+// Removed reports whether the change removed the task from the store (a
+// purge): its keys were deleted, and neither its status nor its metadata
+// was written in the same revision.
+func (c Change) Removed() bool {
+	return c.Deleted && c.Status == "" && c.Metadata == nil
+}
+
+// Fold returns a copy of t with the change applied: what a View
 // does with each Change. t may be nil (a task first seen being created).
 // t itself is never modified, so readers holding it are safe.
 func (c Change) Fold(t *Task) *Task {

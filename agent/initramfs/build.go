@@ -200,7 +200,7 @@ func addModules(o Options, tmp string, res *Result) ([]string, error) {
 		}
 		names, optional := o.Modules, false
 		if names == nil {
-			names, optional = DefaultModules, true
+			names, optional = DefaultModules(), true
 		}
 		r, err := ix.resolve(names, optional)
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,8 +25,10 @@ const ModulesOrderFile = "/etc/lpmos/modules"
 // DefaultModules are the modules Build includes when Options.Modules is nil:
 // NICs and disk controllers common in servers and virtual machines. Each is
 // included only if the kernel has it as a module; their dependencies come
-// from modules.dep.
-var DefaultModules = []string{
+// from modules.dep. The slice is the caller's.
+func DefaultModules() []string { return slices.Clone(defaultModules[:]) }
+
+var defaultModules = [...]string{
 	// Virtual machines.
 	"virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi",
 	// Intel and Mellanox server NICs (mlx5_core pulls in mlxfw, pci-hyperv-intf and friends where the kernel needs them).

@@ -504,13 +504,13 @@ func TestHubStatusOrder(t *testing.T) {
 	c.subscribe(t, hubTestTask1)
 	const n = 200 // within the default queue, whatever the scheduling
 	for i := range n {
-		ts.hub.Publish(hubTestStatus(hubTestTask1, int64(i+1), task.Statuses[i%len(task.Statuses)]))
+		ts.hub.Publish(hubTestStatus(hubTestTask1, int64(i+1), task.Statuses()[i%len(task.Statuses())]))
 	}
 	for i := range n {
 		m := c.next(t)
 		require.Equal(t, "status", m.Type)
 		require.Equal(t, int64(i+1), m.Revision, "status messages lost or reordered")
-		require.Equal(t, string(task.Statuses[i%len(task.Statuses)]), m.Status)
+		require.Equal(t, string(task.Statuses()[i%len(task.Statuses())]), m.Status)
 	}
 	c.sync(t)
 }

@@ -111,7 +111,9 @@ func run(ctx context.Context, log *slog.Logger, kind, dataDir, clientURL, peerUR
 			return svc.ReportProgress(ctx, tk.ID, region, task.Progress{Stage: stage, Percentage: 50})
 		})
 	}
-	steps = append(steps, func() (*task.Task, error) { return svc.Complete(ctx, tk.ID, region, "installed") })
+	steps = append(steps, func() (*task.Task, error) {
+		return svc.Complete(ctx, tk.ID, region, task.Completion{Message: "installed"})
+	})
 	for _, step := range steps {
 		if tk, err = step(); err != nil {
 			return err

@@ -51,7 +51,7 @@ const (
 // Debian's kernel (its FAT defaults are codepage 437 and iocharset ascii;
 // the other NLS tables cover seeds mounted with utf8 or iso8859-1).
 func osImageModules() []string {
-	return append(append([]string{}, initramfs.DefaultModules...),
+	return append(initramfs.DefaultModules(),
 		"fat", "vfat", "nls_cp437", "nls_ascii", "nls_iso8859_1", "nls_utf8")
 }
 

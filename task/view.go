@@ -1,0 +1,433 @@
+package task
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/store"
+)
+
+// ViewConfig configures a View. The zero value follows every task.
+type ViewConfig struct {
+	// Region, if set, keeps only that region's tasks.
+	Region string
+	// ActiveOnly keeps only tasks that have not ended: a task leaves the
+	// view with the change that ends it.
+	ActiveOnly bool
+	// OnChange, if set, is called with every change of a task the view
+	// holds or takes in, in revision order, from the goroutine running
+	// Run, once the view shows the change. t is the task as the view
+	// knows it after the change: it may already reflect later changes (a
+	// listing or Observe got there first); it is nil if the change removed
+	// the task (Change.Removed) or the task could not be read. A task that
+	// leaves the view by ending (ActiveOnly) is passed ended. The view
+	// stands still while OnChange runs (it may write to the store, as a
+	// region preparing a new task does, but the view falls behind
+	// meanwhile).
+	OnChange func(ctx context.Context, ch Change, t *Task)
+	// OnFill, if set, is called after every listing (the first, and the
+	// re-listings after a compaction or a broken watch) with the tasks the
+	// view then holds, from the goroutine running Run, after Synced is
+	// closed and before any change that follows the listing.
+	OnFill func(ctx context.Context, tasks []*Task)
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// View is a reader's in-memory copy of the tasks it follows, filled by one
+// listing and kept current by one watch: lists, lookups by machine and
+// long-polls are served from memory instead of reading the store per
+// request. The control plane keeps a View of every task; a region keeps a
+// View of its own active tasks. Tasks handed out are never modified:
+// changes replace them whole. The filter belongs to the view so that what
+// it reads to follow its tasks can narrow (a region reading only its own
+// tasks' keys) without its users changing.
+type View struct {
+	svc *Service
+	cfg ViewConfig
+	log *slog.Logger
+	src viewSource
+
+	mu      sync.RWMutex
+	tasks   map[string]*viewEntry
+	byMAC   map[lpmos.MAC]string // active tasks only
+	rev     int64
+	updated chan struct{} // closed and replaced whenever rev advances
+
+	synced     chan struct{}
+	syncedOnce sync.Once
+}
+
+type viewEntry struct {
+	task *Task
+	// rev is the newest store revision reflected in task: a change at or
+	// before it is not folded again.
+	rev int64
+	// changed is closed at the task's next change, waking long-polls.
+	changed chan struct{}
+}
+
+// NewView returns a view of the tasks cfg selects; Run fills and follows
+// it.
+func NewView(svc *Service, cfg ViewConfig) *View {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	v := &View{
+		svc: svc, cfg: cfg, log: cfg.Logger,
+		tasks: map[string]*viewEntry{}, byMAC: map[lpmos.MAC]string{},
+		updated: make(chan struct{}), synced: make(chan struct{}),
+	}
+	v.src = allTasks{svc}
+	if cfg.Region != "" && cfg.ActiveOnly {
+		v.src = activeInRegion{svc: svc, region: cfg.Region}
+	}
+	return v
+}
+
+// viewSource is where a view's tasks come from: a listing, and the changes
+// after it. Which one a view uses follows from its filter, so that a
+// narrower source can serve a filter without the view's users noticing.
+type viewSource interface {
+	// list returns the tasks (a superset of the filter's is fine) and the
+	// revision to watch from (exclusive).
+	list(ctx context.Context) ([]*snapshot, int64, error)
+	// watch streams the changes after rev (a superset is fine).
+	watch(ctx context.Context, rev int64) <-chan Change
+}
+
+// allTasks lists and watches every task.
+type allTasks struct{ svc *Service }
+
+func (a allTasks) list(ctx context.Context) ([]*snapshot, int64, error) {
+	return a.svc.readSnapshots(ctx)
+}
+
+func (a allTasks) watch(ctx context.Context, rev int64) <-chan Change {
+	return a.svc.Watch(ctx, rev)
+}
+
+// activeInRegion lists a region's active tasks through its assignment keys
+// (one key per active task), reading each task; it still watches every
+// task.
+type activeInRegion struct {
+	svc    *Service
+	region string
+}
+
+func (a activeInRegion) list(ctx context.Context) ([]*snapshot, int64, error) {
+	prefix := RegionTasksPrefix(a.region)
+	res, err := a.svc.st.List(ctx, prefix, store.ListOptions{})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list tasks of region %s: %w", a.region, err)
+	}
+	snaps := make([]*snapshot, 0, len(res.KVs))
+	for _, kv := range res.KVs {
+		snap, err := a.svc.load(ctx, strings.TrimPrefix(kv.Key, prefix))
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
+			continue // purged meanwhile, or a stray key
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		snaps = append(snaps, snap)
+	}
+	return snaps, res.Revision, nil
+}
+
+func (a activeInRegion) watch(ctx context.Context, rev int64) <-chan Change {
+	return a.svc.Watch(ctx, rev)
+}
+
+// Run fills the view and follows the store until ctx ends. After a
+// compaction or a broken watch it lists again and resumes; it never gives
+// up while ctx lives, and returns nil when ctx ends.
+func (v *View) Run(ctx context.Context) error {
+	store.Follow(ctx, v.log, "task view", v.follow)
+	return nil
+}
+
+func (v *View) follow(ctx context.Context) error {
+	snaps, rev, err := v.src.list(ctx)
+	if err != nil {
+		return err
+	}
+	tasks := v.reset(snaps, rev)
+	if v.cfg.OnFill != nil {
+		v.cfg.OnFill(ctx, tasks)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for ch := range v.src.watch(wctx, rev+1) {
+		if ch.Err != nil {
+			return ch.Err
+		}
+		if t, ok := v.apply(ctx, ch); ok && v.cfg.OnChange != nil {
+			v.cfg.OnChange(ctx, ch, t)
+		}
+	}
+	if ctx.Err() == nil {
+		return errors.New("task watch closed")
+	}
+	return ctx.Err()
+}
+
+// keeps reports whether t belongs in the view.
+func (v *View) keeps(t *Task) bool {
+	return (v.cfg.Region == "" || t.Metadata.RegionID == v.cfg.Region) &&
+		(!v.cfg.ActiveOnly || !t.Status.Terminal())
+}
+
+// filtered reports whether the view holds only some tasks.
+func (v *View) filtered() bool { return v.cfg.Region != "" || v.cfg.ActiveOnly }
+
+// reset replaces the view's content with a listing at revision rev and
+// returns the tasks kept.
+func (v *View) reset(snaps []*snapshot, rev int64) []*Task {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range v.tasks {
+		close(e.changed) // waiters read again from the new content
+	}
+	v.tasks, v.byMAC = make(map[string]*viewEntry, len(snaps)), map[lpmos.MAC]string{}
+	kept := make([]*Task, 0, len(snaps))
+	for _, snap := range snaps {
+		if v.keeps(snap.task) {
+			v.putLocked(snap.task, max(rev, snap.readRev))
+			kept = append(kept, snap.task)
+		}
+	}
+	v.rev = rev
+	v.broadcastLocked()
+	v.syncedOnce.Do(func() { close(v.synced) })
+	return kept
+}
+
+// apply folds one change into the view. It returns the task after the
+// change and whether the change concerns the view (and so is reported).
+func (v *View) apply(ctx context.Context, ch Change) (*Task, bool) {
+	var read *Task
+	if v.needsRead(ch) {
+		// A change for a task never seen created (possible only across a
+		// re-list): read it whole.
+		got, err := v.svc.Get(ctx, ch.TaskID)
+		if err != nil {
+			v.log.Warn("cannot read changed task", "task_id", ch.TaskID, "err", err)
+		}
+		read = got
+	}
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	defer v.advanceLocked(ch.Revision)
+	old := v.tasks[ch.TaskID]
+	var t *Task
+	switch {
+	case ch.Removed():
+		if old == nil && v.filtered() {
+			return nil, false // not one of ours, or already gone
+		}
+		v.removeLocked(ch.TaskID)
+		return nil, true
+	case old != nil && ch.Revision <= old.rev:
+		return old.task, true // already reflected
+	case old != nil:
+		t = ch.Fold(old.task)
+	case ch.Metadata != nil:
+		t = ch.Fold(nil) // created after the listing: the change has it all
+		if !v.keeps(t) {
+			return nil, false
+		}
+	case v.filtered():
+		// Not one of ours, or one that left the view: telling them apart
+		// would cost a read per change of every other task.
+		return nil, false
+	default:
+		t = read
+		if t == nil {
+			return nil, true
+		}
+	}
+	if v.keeps(t) {
+		v.putLocked(t, ch.Revision)
+	} else {
+		v.removeLocked(t.ID)
+	}
+	return t, true
+}
+
+// needsRead reports whether apply must read the changed task from the
+// store.
+func (v *View) needsRead(ch Change) bool {
+	if v.filtered() || ch.Removed() || ch.Metadata != nil {
+		return false
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.tasks[ch.TaskID] == nil
+}
+
+// Observe folds a task its caller has just written, as a Service move
+// returned it (at store revision t.Revision), so that the caller reads its
+// own write before the watch brings it. It only refreshes a task the view
+// holds, and only with a newer state; a task that ended leaves an
+// ActiveOnly view at once. OnChange is not called: the change is reported
+// when the watch brings it, unless the task has left the view by then.
+func (v *View) Observe(t *Task) {
+	if t == nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	old := v.tasks[t.ID]
+	if old == nil || t.Revision <= old.rev {
+		return
+	}
+	if v.keeps(t) {
+		v.putLocked(t, t.Revision)
+	} else {
+		v.removeLocked(t.ID)
+	}
+}
+
+func (v *View) putLocked(t *Task, rev int64) {
+	if old := v.tasks[t.ID]; old != nil {
+		close(old.changed)
+		if mac := old.task.Metadata.TargetMAC; mac != t.Metadata.TargetMAC && v.byMAC[mac] == t.ID {
+			delete(v.byMAC, mac)
+		}
+	}
+	v.tasks[t.ID] = &viewEntry{task: t, rev: rev, changed: make(chan struct{})}
+	mac := t.Metadata.TargetMAC
+	switch {
+	case !t.Status.Terminal():
+		v.byMAC[mac] = t.ID
+	case v.byMAC[mac] == t.ID:
+		delete(v.byMAC, mac)
+	}
+}
+
+func (v *View) removeLocked(id string) {
+	old := v.tasks[id]
+	if old == nil {
+		return
+	}
+	close(old.changed)
+	delete(v.tasks, id)
+	if mac := old.task.Metadata.TargetMAC; v.byMAC[mac] == id {
+		delete(v.byMAC, mac)
+	}
+}
+
+func (v *View) advanceLocked(rev int64) {
+	if rev > v.rev {
+		v.rev = rev
+		v.broadcastLocked()
+	}
+}
+
+func (v *View) broadcastLocked() {
+	close(v.updated)
+	v.updated = make(chan struct{})
+}
+
+// Synced is closed once the view has been filled the first time; until
+// then it is empty and cannot tell a task that does not exist from one it
+// has not read yet.
+func (v *View) Synced() <-chan struct{} { return v.synced }
+
+// Revision is the newest store revision the view reflects.
+func (v *View) Revision() int64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.rev
+}
+
+// WaitRevision waits until the view reflects store revision rev, so that a
+// caller that wrote at rev reads its own write from the view; it returns
+// ctx's error if ctx ends first.
+func (v *View) WaitRevision(ctx context.Context, rev int64) error {
+	for {
+		v.mu.RLock()
+		done, ch := v.rev >= rev, v.updated
+		v.mu.RUnlock()
+		if done {
+			select {
+			case <-v.synced:
+				return nil
+			default:
+			}
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Get returns a task the view holds and a channel closed at its next
+// change (or re-listing).
+func (v *View) Get(id string) (*Task, <-chan struct{}, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	e := v.tasks[id]
+	if e == nil {
+		return nil, nil, false
+	}
+	return e.task, e.changed, true
+}
+
+// Active returns the active task of a machine, if the view holds it, and a
+// channel closed at its next change (or re-listing).
+func (v *View) Active(mac lpmos.MAC) (*Task, <-chan struct{}, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	e := v.tasks[v.byMAC[mac]]
+	if e == nil {
+		return nil, nil, false
+	}
+	return e.task, e.changed, true
+}
+
+// Tasks returns every task the view holds, in no particular order.
+func (v *View) Tasks() []*Task {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make([]*Task, 0, len(v.tasks))
+	for _, e := range v.tasks {
+		out = append(out, e.task)
+	}
+	return out
+}
+
+// List serves a page as Service.List does, from memory; f must be
+// normalized (Filter.Normalize).
+func (v *View) List(f Filter) *Page {
+	v.mu.RLock()
+	matched := make([]*Task, 0, len(v.tasks))
+	for _, e := range v.tasks {
+		if f.Matches(e.task) {
+			matched = append(matched, e.task)
+		}
+	}
+	rev := v.rev
+	v.mu.RUnlock()
+	return pageOf(matched, f, rev)
+}
+
+// CountByStatus counts the tasks the view holds by status.
+func (v *View) CountByStatus() map[Status]int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make(map[Status]int, len(statuses))
+	for _, e := range v.tasks {
+		out[e.task.Status]++
+	}
+	return out
+}
