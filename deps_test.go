@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// This file enforces the dependency direction of DESIGN.md §2: imports point
+// This file enforces the dependency direction (README.md, "Packages"): imports point
 // from the edges of the system (binaries, control plane, region) towards its
 // core (task, store, hardware, lpmos), never back. A new package fails the
 // test until it has a rule here, so its place in the layering is a decision
@@ -234,7 +234,7 @@ func dependencyViolations(pkgs []listedPackage) []string {
 		rule := ruleFor(rel)
 		if rule == nil {
 			violations = append(violations, fmt.Sprintf(
-				"package %s is not in the dependency table in deps_test.go: add a rule saying which of our packages it may import (see DESIGN.md §2)",
+				"package %s is not in the dependency table in deps_test.go: add a rule saying which of our packages it may import (see the package table in README.md)",
 				displayName(rel)))
 			continue
 		}

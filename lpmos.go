@@ -42,17 +42,24 @@
 //	                      serves the agent API, watches its own tasks in the
 //	                      store and heartbeats on a lease; region.Server runs
 //	                      it with its HTTP, TFTP and DHCP services
+//	region/templates      preseed, kickstart, autoinstall and cloud-init
+//	                      answer files, overridable from the store
 //	controlplane          the operators' side: REST API, audit, rate limits,
 //	                      list cache, embedded dashboard, metrics; wires:
 //	controlplane/auth     tokens, hashed tokens, HS256/RS256 JWTs, roles
 //	controlplane/hub      the WebSocket hub streaming task changes
 //	controlplane/webhook  signed, retried webhooks, sent once across replicas
-//	internal/...          helpers shared by several packages that are not API
-//	                      (network-namespace and QEMU test lab; httpjson, the
-//	                      JSON error contract of both HTTP APIs; httpserve,
-//	                      their timeouts and connection caps)
+//	controlplane/web      the embedded dashboard (static files, strict CSP)
+//	internal/...          helpers shared by several packages that are not API:
+//	                      httpjson, the JSON error contract of both HTTP APIs;
+//	                      httpserve, their timeouts and connection caps;
+//	                      cmdutil, the binaries' shared flags; and for tests
+//	                      etcdtest, netns, testlab (QEMU), cmdtest, agenttest,
+//	                      apicontract, testimage, syncbuf
 //	examples/...          thin binaries (allinone, control-plane, region, agent,
-//	                      mkinitramfs) that wire the packages together
+//	                      mkinitramfs, embed) that wire the packages together
+//	e2e                   end-to-end tests: QEMU machines provisioned through
+//	                      the real binaries
 //
 // # Dependency direction
 //

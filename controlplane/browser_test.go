@@ -84,7 +84,7 @@ func newBrowserPage(t *testing.T, parent context.Context) *browserPage {
 	require.NoError(t, os.MkdirAll(artifacts, 0o755))
 	t.Logf("screenshots go to %s", artifacts)
 
-	// DESIGN.md §5: a sandbox-less (CI runs as root), GPU-less headless
+	// A sandbox-less (CI runs as root), GPU-less headless
 	// Chromium with its own profile that phones nowhere.
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browserChromium),

@@ -72,7 +72,7 @@ type Metadata struct {
 	Tags          map[string]string `json:"tags,omitempty"`
 }
 
-// Approval is the operator's decision, seed v1 §3 "Approval Status".
+// Approval is the operator's decision on a task's hardware.
 type Approval struct {
 	Status     string    `json:"status"` // "approved" or "rejected"
 	ApprovedBy string    `json:"approved_by,omitempty"`
@@ -83,7 +83,7 @@ type Approval struct {
 	Reason     string    `json:"reason,omitempty"`
 }
 
-// Stage is a step of the install; the set is closed (seed v2 §2.3).
+// Stage is a step of the install; the set is closed.
 type Stage string
 
 // The install stages, in order.
@@ -104,7 +104,7 @@ func Stages() []Stage { return slices.Clone(stages[:]) }
 // Valid reports whether s is one of the stages.
 func (s Stage) Valid() bool { return slices.Contains(stages[:], s) }
 
-// Progress is the install's latest progress report, seed v2 §3.
+// Progress is the install's latest progress report.
 type Progress struct {
 	Stage      Stage          `json:"stage"`
 	Percentage int            `json:"percentage"`

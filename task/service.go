@@ -1,6 +1,6 @@
 // Package task owns LPMOS's install tasks: the model, the closed set of
 // statuses and events with its pure transition table (Apply), the etcd key
-// schema of the seeds, Service, which creates, reads, lists and moves
+// schema (keys.go, a contract with other tools), Service, which creates, reads, lists and moves
 // tasks over any store.Store, and View, a reader's watch-fed copy of the
 // tasks it follows.
 //

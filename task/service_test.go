@@ -113,7 +113,7 @@ func TestLifecycle(t *testing.T) {
 		require.NoError(t, lpmos.ValidateTaskID(created.ID))
 		id := created.ID
 
-		// The seeds' key schema, exactly.
+		// The key schema of keys.go, exactly: it is a contract.
 		keys, _ := dump(t, st)
 		assert.Equal(t, map[string]string{
 			"/lpmos/tasks/" + id + "/metadata":        keys["/lpmos/tasks/"+id+"/metadata"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end boot and install timings, per firmware mode, next to the
-# reference timings of ../shared/pxelab/RECIPE.md (same kind of machine:
-# TCG, 2 cores). Runs the e2e provisioning scenarios (real VM, real
+# reference timings of a minimal PXE lab (a stand-in agent that only boots
+# and reports; same kind of machine: TCG, 2 cores). Runs the e2e provisioning scenarios (real VM, real
 # allinone, see e2e/provision_test.go) RUNS times and prints, per mode,
 # seconds from QEMU start to the hardware report and from the approval
 # (REST) to the task's completed status: min / median / max.
@@ -28,7 +28,7 @@ for i in $(seq 1 "$RUNS"); do
 		{ echo "e2e run $i failed; its output:" >&2; tail -50 "$out" >&2; exit 1; }
 done
 
-# Reference (RECIPE.md, "Timings"): QEMU start -> agent report, seconds.
+# Reference (the minimal lab): QEMU start -> agent report, seconds.
 declare -A ref=([bios]="7.4-10.4" [uefi]="15.3-18.6" [uefi-http]="15.3-18.6" [bios+proxydhcp]="7.4-10.4 (bios)")
 
 stats() { # min median max of the numbers on stdin

@@ -156,8 +156,7 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a.data))
 }
 
-// isPage reports whether p is one of the dashboard's page routes (seed v2
-// §4.3). Task pages must name a well-formed task ID so that typos and
+// isPage reports whether p is one of the dashboard's page routes. Task pages must name a well-formed task ID so that typos and
 // probes get a real 404 rather than an empty shell.
 func isPage(p string) bool {
 	switch p {

@@ -1,5 +1,5 @@
 // Command control-plane runs one stateless control-plane replica against an
-// etcd cluster (seed v2 §9.1); run as many as you like behind a load
+// etcd cluster; run as many as you like behind a load
 // balancer.
 //
 //	control-plane --etcd-endpoints=etcd1:2379,etcd2:2379 --listen-addr=:8080 \

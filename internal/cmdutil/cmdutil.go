@@ -37,7 +37,7 @@ type StoreFlags struct {
 	EtcdVerbose   bool
 }
 
-// Register adds the store flags of DESIGN.md §8. embedded says whether the
+// Register adds the store flags (README.md lists them). embedded says whether the
 // binary can run an embedded etcd (allinone) or only connect (others).
 func (f *StoreFlags) Register(fs *flag.FlagSet, embedded bool) {
 	if embedded {

@@ -17,7 +17,8 @@ import (
 	"github.com/lpmos/lpmos/task"
 )
 
-// RegionFlags configure a region's services (DESIGN.md §8).
+// RegionFlags configure a region's services: the flags every binary that
+// runs a region shares (allinone, region).
 type RegionFlags struct {
 	Region     string
 	Listen     string
