@@ -2,11 +2,14 @@ package controlplane
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/task"
@@ -94,8 +97,8 @@ type listResponse struct {
 	Offset int           `json:"offset"`
 }
 
-func queryInt(r *http.Request, name string) (int, error) {
-	v := r.URL.Query().Get(name)
+func queryInt(q url.Values, name string) (int, error) {
+	v := q.Get(name)
 	if v == "" {
 		return 0, nil
 	}
@@ -106,23 +109,60 @@ func queryInt(r *http.Request, name string) (int, error) {
 	return n, nil
 }
 
-func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
-	f := task.Filter{RegionID: r.URL.Query().Get("region_id")}
-	for _, v := range r.URL.Query()["status"] {
+// listFilter reads a list's query parameters: region_id, status (repeated
+// or comma-separated: any of them), mac, mac_prefix, os_type, os_version,
+// tag=key=value (repeated: all of them), created_by, sort, limit, offset.
+// Unknown parameters are ignored; a bad value is a 400 naming the
+// parameter.
+func listFilter(q url.Values) (task.Filter, error) {
+	f := task.Filter{
+		RegionID:  q.Get("region_id"),
+		MACPrefix: q.Get("mac_prefix"),
+		OSType:    q.Get("os_type"),
+		OSVersion: q.Get("os_version"),
+		CreatedBy: q.Get("created_by"),
+		Sort:      task.Sort(q.Get("sort")),
+	}
+	for _, v := range q["status"] {
 		for _, st := range strings.Split(v, ",") {
 			if st = strings.TrimSpace(st); st != "" {
 				f.Statuses = append(f.Statuses, task.Status(st))
 			}
 		}
 	}
+	if v := q.Get("mac"); v != "" {
+		mac, err := lpmos.ParseMAC(v)
+		if err != nil {
+			return f, &task.ValidationError{Field: "mac", Reason: err.Error()}
+		}
+		f.MAC = mac
+	}
+	for _, v := range q["tag"] {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok {
+			return f, &task.ValidationError{Field: "tag", Reason: "want key=value"}
+		}
+		if prev, dup := f.Tags[k]; dup && prev != val {
+			return f, &task.ValidationError{Field: "tag", Reason: fmt.Sprintf("tag %q given twice with different values: no task matches", k)}
+		}
+		if f.Tags == nil {
+			f.Tags = map[string]string{}
+		}
+		f.Tags[k] = val
+	}
 	var err error
-	if f.Limit, err = queryInt(r, "limit"); err != nil {
-		return err
+	if f.Limit, err = queryInt(q, "limit"); err != nil {
+		return f, err
 	}
-	if f.Offset, err = queryInt(r, "offset"); err != nil {
-		return err
+	if f.Offset, err = queryInt(q, "offset"); err != nil {
+		return f, err
 	}
-	if err := f.Normalize(); err != nil {
+	return f, f.Normalize()
+}
+
+func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
+	f, err := listFilter(r.URL.Query())
+	if err != nil {
 		return err
 	}
 	if !s.tasksSynced() {

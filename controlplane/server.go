@@ -52,6 +52,10 @@ type Config struct {
 
 	// MaxBodyBytes caps request bodies (default 64 KiB).
 	MaxBodyBytes int64
+	// MaxBatchBodyBytes caps the bodies of batch creates and bulk moves
+	// (default 4 MiB: about 4 KiB for each of task.MaxBatch items, ten
+	// times a typical create request).
+	MaxBatchBodyBytes int64
 	// RateLimit and RateBurst bound each caller's API requests
 	// (default 50/s, burst 100).
 	RateLimit rate.Limit
@@ -118,6 +122,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
+	}
+	if cfg.MaxBatchBodyBytes <= 0 {
+		cfg.MaxBatchBodyBytes = 4 << 20
 	}
 	if cfg.RateLimit <= 0 {
 		cfg.RateLimit = 50
@@ -314,6 +321,10 @@ func (s *Server) routes() http.Handler {
 		}))
 	}
 	api("POST /api/v1/tasks", auth.RoleOperator, "task.create", s.createTask)
+	api("POST /api/v1/tasks/batch", auth.RoleOperator, "task.batch_create", s.createTasks)
+	api("POST /api/v1/tasks/approve", auth.RoleOperator, "task.bulk_approve", s.bulkApprove)
+	api("POST /api/v1/tasks/reject", auth.RoleOperator, "task.bulk_reject", s.bulkReject)
+	api("POST /api/v1/tasks/cancel", auth.RoleOperator, "task.bulk_cancel", s.bulkCancel)
 	api("GET /api/v1/tasks", auth.RoleViewer, "", s.listTasks)
 	api("GET /api/v1/tasks/{id}", auth.RoleViewer, "", s.getTask)
 	api("PUT /api/v1/tasks/{id}/approve", auth.RoleOperator, "task.approve", s.approveTask)
@@ -350,7 +361,7 @@ func (s *Server) guard(role auth.Role, action string, h http.HandlerFunc) http.H
 			return
 		}
 		if p.Role < role {
-			s.auditLog(r, p, action, http.StatusForbidden)
+			s.auditLog(r, p, action, r.PathValue("id"), http.StatusForbidden)
 			httpjson.WriteError(w, httpjson.Errorf(http.StatusForbidden, httpjson.CodeForbidden, "%s may not do this (needs %s)", p.Role, role))
 			return
 		}
@@ -366,7 +377,7 @@ func (s *Server) guard(role auth.Role, action string, h http.HandlerFunc) http.H
 		}
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		h(rec, r)
-		s.auditLog(r, p, action, rec.status)
+		s.auditLog(r, p, action, r.PathValue("id"), rec.status)
 	})
 }
 
@@ -383,18 +394,22 @@ func bearer(r *http.Request) string {
 	return hub.Token(r)
 }
 
-func (s *Server) auditLog(r *http.Request, p auth.Principal, action string, status int) {
+// auditLog writes one audit record: of a request (by guard), or of one
+// task a batch or bulk call created or moved (extra then names the call).
+func (s *Server) auditLog(r *http.Request, p auth.Principal, action, taskID string, status int, extra ...slog.Attr) {
 	if action == "" {
 		action = r.Method + " " + r.URL.Path
 	}
-	s.audit.LogAttrs(r.Context(), slog.LevelInfo, "audit",
+	attrs := append([]slog.Attr{
 		slog.String("actor", p.Subject),
 		slog.String("role", p.Role.String()),
 		slog.String("action", action),
-		slog.String("task_id", r.PathValue("id")),
+		slog.String("task_id", taskID),
 		slog.Int("status", status),
 		slog.String("remote", clientIP(r)),
-		slog.Time("at", s.cfg.Now().UTC()))
+		slog.Time("at", s.cfg.Now().UTC()),
+	}, extra...)
+	s.audit.LogAttrs(r.Context(), slog.LevelInfo, "audit", attrs...)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

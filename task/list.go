@@ -1,23 +1,59 @@
 package task
 
 import (
+	"cmp"
 	"context"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/store"
 )
 
-// Filter selects tasks for List. Zero fields do not filter.
+// Filter selects tasks for List. Zero fields do not filter; a task must
+// pass every field that is set.
 type Filter struct {
 	RegionID string
+	// Statuses: the task is in any one of them.
 	Statuses []Status
+	// MAC selects the task(s) of one machine.
+	MAC lpmos.MAC
+	// MACPrefix selects machines whose MAC starts with it, e.g. a vendor's
+	// OUI "52:54:00". Normalize accepts ':' or '-' separators or none and
+	// any letter case, and rewrites it to the canonical lowercase
+	// colon-separated form Matches compares.
+	MACPrefix string
+	OSType    string
+	OSVersion string
+	// Tags: the task carries each of these keys with exactly this value.
+	Tags map[string]string
+	// CreatedBy is the subject that created the task, exactly.
+	CreatedBy string
+	// Sort orders the result (default SortNewest).
+	Sort Sort
 	// Limit caps the page size (default DefaultLimit, at most MaxLimit).
 	Limit int
 	// Offset skips that many tasks of the ordered result.
 	Offset int
 }
+
+// Sort is an order of a listing; every order breaks ties by task ID, so
+// that pages are stable. Its values are the API's sort parameter.
+type Sort string
+
+// The orders.
+const (
+	SortNewest Sort = "-created_at" // newest first, the default
+	SortOldest Sort = "created_at"  // oldest first
+	// SortStatus orders by status in lifecycle order (pending first, then
+	// the terminal ones as Statuses lists them), newest first within one.
+	SortStatus     Sort = "status"
+	SortStatusDesc Sort = "-status" // the reverse lifecycle order, newest first within one
+)
+
+// Sorts lists the orders.
+func Sorts() []Sort { return []Sort{SortNewest, SortOldest, SortStatus, SortStatusDesc} }
 
 // Page limits.
 const (
@@ -25,7 +61,7 @@ const (
 	MaxLimit     = 1000
 )
 
-// Page is one page of a listing, newest task first (ties by ID), and the
+// Page is one page of a listing, in the filter's order, and the
 // total number of tasks that match the filter.
 type Page struct {
 	Tasks  []*Task `json:"tasks"`
@@ -36,7 +72,10 @@ type Page struct {
 	Revision int64 `json:"-"`
 }
 
-// Normalize validates the filter and fills the default limit.
+// Normalize validates the filter, canonicalises MACPrefix and fills the
+// defaults. Its errors are *ValidationError naming the API's query
+// parameter (region_id, status, mac_prefix, os_type, os_version, tag,
+// created_by, sort, limit, offset).
 func (f *Filter) Normalize() error {
 	if f.RegionID != "" {
 		if err := lpmos.ValidateRegionID(f.RegionID); err != nil {
@@ -47,6 +86,40 @@ func (f *Filter) Normalize() error {
 		if !st.Valid() {
 			return invalid("status", "unknown status %q", truncate(string(st)))
 		}
+	}
+	if f.MACPrefix != "" {
+		p, err := canonicalMACPrefix(f.MACPrefix)
+		if err != nil {
+			return err
+		}
+		f.MACPrefix = p
+	}
+	if f.OSType != "" && !osTypeRe.MatchString(f.OSType) {
+		return invalid("os_type", "%q is not an OS type (lowercase letters, digits, '-')", truncate(f.OSType))
+	}
+	if f.OSVersion != "" && !osVersionRe.MatchString(f.OSVersion) {
+		return invalid("os_version", "%q is not a version", truncate(f.OSVersion))
+	}
+	if len(f.Tags) > MaxTags {
+		return invalid("tag", "%d tags, at most %d allowed", len(f.Tags), MaxTags)
+	}
+	for k, v := range f.Tags {
+		if !tagKeyRe.MatchString(k) {
+			return invalid("tag", "key %q is not a valid tag name", truncate(k))
+		}
+		if err := checkText("tag", v, MaxTagValueLen); err != nil {
+			return err
+		}
+	}
+	if err := checkText("created_by", f.CreatedBy, MaxActorLen); err != nil {
+		return err
+	}
+	switch f.Sort {
+	case "":
+		f.Sort = SortNewest
+	case SortNewest, SortOldest, SortStatus, SortStatusDesc:
+	default:
+		return invalid("sort", "unknown order %q (known: %s, %s, %s, %s)", truncate(string(f.Sort)), SortNewest, SortOldest, SortStatus, SortStatusDesc)
 	}
 	switch {
 	case f.Limit < 0:
@@ -65,30 +138,84 @@ func (f *Filter) Normalize() error {
 // Matches reports whether a task passes the filter (limit and offset
 // aside); caches that list without the store use it too.
 func (f *Filter) Matches(t *Task) bool {
-	if f.RegionID != "" && t.Metadata.RegionID != f.RegionID {
+	m := &t.Metadata
+	switch {
+	case f.RegionID != "" && m.RegionID != f.RegionID,
+		!f.MAC.IsZero() && m.TargetMAC != f.MAC,
+		f.MACPrefix != "" && !strings.HasPrefix(m.TargetMAC.String(), f.MACPrefix),
+		f.OSType != "" && m.OSType != f.OSType,
+		f.OSVersion != "" && m.OSVersion != f.OSVersion,
+		f.CreatedBy != "" && m.CreatedBy != f.CreatedBy:
 		return false
 	}
-	if len(f.Statuses) == 0 {
-		return true
-	}
-	for _, st := range f.Statuses {
-		if t.Status == st {
-			return true
+	for k, v := range f.Tags {
+		if got, ok := m.Tags[k]; !ok || got != v {
+			return false
 		}
 	}
-	return false
+	return len(f.Statuses) == 0 || slices.Contains(f.Statuses, t.Status)
+}
+
+// canonicalMACPrefix rewrites the start of a MAC to the form MAC.String
+// has: lowercase hex, octets separated by ':'.
+func canonicalMACPrefix(p string) (string, error) {
+	var hex []byte
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == ':' || c == '-':
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f':
+			hex = append(hex, c)
+		case 'A' <= c && c <= 'F':
+			hex = append(hex, c+'a'-'A')
+		default:
+			return "", invalid("mac_prefix", "%q is not the start of a MAC (hex digits, ':' or '-')", truncate(p))
+		}
+	}
+	if len(hex) == 0 || len(hex) > 12 {
+		return "", invalid("mac_prefix", "%q: want 1 to 12 hex digits", truncate(p))
+	}
+	var b strings.Builder
+	for i, c := range hex {
+		if i > 0 && i%2 == 0 {
+			b.WriteByte(':')
+		}
+		b.WriteByte(c)
+	}
+	return b.String(), nil
 }
 
 // SortTasks orders tasks newest first, ties broken by ID, so that pages are
 // stable.
-func SortTasks(ts []*Task) {
-	sort.Slice(ts, func(i, j int) bool {
-		a, b := ts[i].Metadata.CreatedAt, ts[j].Metadata.CreatedAt
-		if !a.Equal(b) {
-			return a.After(b)
+func SortTasks(ts []*Task) { sortTasks(ts, SortNewest) }
+
+// statusRank is a status's place in the lifecycle order of statuses.
+var statusRank = func() map[Status]int {
+	m := make(map[Status]int, len(statuses))
+	for i, st := range statuses {
+		m[st] = i
+	}
+	return m
+}()
+
+// sortTasks orders tasks by o (SortNewest if o is unknown).
+func sortTasks(ts []*Task, o Sort) {
+	newer := func(a, b *Task) int { return b.Metadata.CreatedAt.Compare(a.Metadata.CreatedAt) }
+	var by func(a, b *Task) int
+	switch o {
+	case SortOldest:
+		by = func(a, b *Task) int { return a.Metadata.CreatedAt.Compare(b.Metadata.CreatedAt) }
+	case SortStatus:
+		by = func(a, b *Task) int {
+			return cmp.Or(cmp.Compare(statusRank[a.Status], statusRank[b.Status]), newer(a, b))
 		}
-		return ts[i].ID < ts[j].ID
-	})
+	case SortStatusDesc:
+		by = func(a, b *Task) int {
+			return cmp.Or(cmp.Compare(statusRank[b.Status], statusRank[a.Status]), newer(a, b))
+		}
+	default:
+		by = newer
+	}
+	slices.SortFunc(ts, func(a, b *Task) int { return cmp.Or(by(a, b), strings.Compare(a.ID, b.ID)) })
 }
 
 // listChunk is how many keys one range of a listing reads.
@@ -116,7 +243,7 @@ func (s *Service) List(ctx context.Context, f Filter) (*Page, error) {
 
 // pageOf sorts the tasks that matched f and cuts f's page out of them.
 func pageOf(matched []*Task, f Filter, rev int64) *Page {
-	SortTasks(matched)
+	sortTasks(matched, f.Sort)
 	page := &Page{Tasks: []*Task{}, Total: len(matched), Limit: f.Limit, Offset: f.Offset, Revision: rev}
 	if f.Offset < len(matched) {
 		page.Tasks = matched[f.Offset:min(f.Offset+f.Limit, len(matched))]
