@@ -396,6 +396,15 @@ func TestAuthMatrix(t *testing.T) {
 			return c
 		}, 200},
 		{"cancel", auth.RoleOperator, func(tok string) int { c, _ := cp.do("DELETE", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 204},
+		{"batch create", auth.RoleOperator, func(tok string) int {
+			mac++
+			c, _ := cp.do("POST", "/api/v1/tasks/batch", tok, map[string]any{"tasks": []any{createBody(fmt.Sprintf("00:1a:2b:3c:5d:%02x", mac))}})
+			return c
+		}, 200},
+		{"bulk cancel", auth.RoleOperator, func(tok string) int {
+			c, _ := cp.do("POST", "/api/v1/tasks/cancel", tok, map[string]any{"ids": []string{fresh()}})
+			return c
+		}, 200},
 	}
 	callers := []struct {
 		name  string

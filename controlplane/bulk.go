@@ -151,10 +151,11 @@ type bulkResponse struct {
 }
 
 // bulkMove is one bulk endpoint: the event it applies (which decides the
-// statuses a filter may select), the single call's audit action and
-// success status, and the batch call.
+// statuses a filter may select), its own audit action, the single call's
+// audit action and success status, and the batch call.
 type bulkMove struct {
 	event  task.Event
+	bulk   string
 	action string
 	status int
 	batch  func(ctx context.Context, ids []string, by string) ([]task.BatchResult, error)
@@ -165,7 +166,7 @@ func (s *Server) bulkApprove(w http.ResponseWriter, r *http.Request) error {
 	if err := httpjson.Decode(w, r, s.cfg.MaxBatchBodyBytes, &req); err != nil {
 		return err
 	}
-	return s.bulk(w, r, req.bulkSelection, bulkMove{task.EventApproved, "task.approve", http.StatusOK,
+	return s.bulk(w, r, req.bulkSelection, bulkMove{task.EventApproved, "task.bulk_approve", "task.approve", http.StatusOK,
 		func(ctx context.Context, ids []string, by string) ([]task.BatchResult, error) {
 			return s.svc.ApproveBatch(ctx, ids, by, req.Notes)
 		}})
@@ -180,7 +181,7 @@ func (s *Server) bulkReject(w http.ResponseWriter, r *http.Request) error {
 		// Refused before the selection is read, as a single reject is.
 		return &task.ValidationError{Field: "reason", Reason: "is required"}
 	}
-	return s.bulk(w, r, req.bulkSelection, bulkMove{task.EventRejected, "task.reject", http.StatusOK,
+	return s.bulk(w, r, req.bulkSelection, bulkMove{task.EventRejected, "task.bulk_reject", "task.reject", http.StatusOK,
 		func(ctx context.Context, ids []string, by string) ([]task.BatchResult, error) {
 			return s.svc.RejectBatch(ctx, ids, by, req.Reason)
 		}})
@@ -191,7 +192,7 @@ func (s *Server) bulkCancel(w http.ResponseWriter, r *http.Request) error {
 	if err := httpjson.Decode(w, r, s.cfg.MaxBatchBodyBytes, &req); err != nil {
 		return err
 	}
-	return s.bulk(w, r, req.bulkSelection, bulkMove{task.EventCancelled, "task.cancel", http.StatusNoContent,
+	return s.bulk(w, r, req.bulkSelection, bulkMove{task.EventCancelled, "task.bulk_cancel", "task.cancel", http.StatusNoContent,
 		func(ctx context.Context, ids []string, by string) ([]task.BatchResult, error) {
 			return s.svc.CancelBatch(ctx, ids, by, req.Reason)
 		}})
@@ -220,7 +221,7 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request, sel bulkSelection,
 			resp.Moved = append(resp.Moved, movedTask{TaskID: res.Task.ID, Status: res.Task.Status, Revision: res.Task.Revision})
 			rev = max(rev, res.Task.Revision)
 		}
-		s.auditLog(r, p, m.action, ids[i], status, slog.String("batch", "task.bulk_"+string(m.event)))
+		s.auditLog(r, p, m.action, ids[i], status, slog.String("batch", m.bulk))
 	}
 	s.caughtUp(r.Context(), rev)
 	httpjson.WriteJSON(w, http.StatusOK, resp)
