@@ -16,7 +16,11 @@
 // # REST API (JSON, under /api/v1, "Authorization: Bearer <token>")
 //
 //	POST   /api/v1/tasks                create (operator)   201 {task_id, status, created_at, links{self, approve}}
-//	GET    /api/v1/tasks                list (viewer)       ?region_id=&status=a,b&limit=&offset= → {tasks, total, limit, offset}
+//	POST   /api/v1/tasks/batch          create many (operator) {tasks: [create bodies]} → 200 {created, failed, results}
+//	POST   /api/v1/tasks/approve        approve many (operator) {ids | filter, limit, notes} → 200 {matched, truncated, moved, failed}
+//	POST   /api/v1/tasks/reject         reject many (operator)  {ids | filter, limit, reason}
+//	POST   /api/v1/tasks/cancel         cancel many (operator)  {ids | filter, limit, reason}
+//	GET    /api/v1/tasks                list (viewer)       ?region_id=&status=a,b&mac=&mac_prefix=&os_type=&os_version=&tag=k=v&created_by=&sort=&limit=&offset= → {tasks, total, limit, offset}
 //	GET    /api/v1/tasks/{id}           get (viewer)        the whole task; ETag is its revision
 //	PUT    /api/v1/tasks/{id}/approve   approve (operator)  {approved: true, notes} → {task_id, status, approval, next_status}
 //	PUT    /api/v1/tasks/{id}/reject    reject (operator)   {reason} → {task_id, status, approval}
@@ -29,7 +33,55 @@
 // progress, error}; GET of one task returns the whole task with its fields
 // under metadata, plus hardware, approval and timeline.
 //
-// Mutations accept "If-Match: <revision>" to act only if the task's status
+// List filters combine (a task passes all that are given): status is
+// repeatable or comma-separated and matches any of them; mac is one
+// machine in any spelling ParseMAC takes; mac_prefix is the start of a MAC
+// ("52:54:00", "5254-00", any case); tag=key=value is repeatable and
+// matches tasks carrying all of them; created_by is the creator's subject,
+// exactly. sort is -created_at (newest first, the default), created_at,
+// status (lifecycle order, pending first; newest first within a status) or
+// -status; ties go by task ID so pages are stable. A bad value is 400
+// invalid_request with field naming the parameter.
+//
+// # Batch and bulk calls
+//
+// An operator of thousands of machines does not click thousands of times.
+// A batch create takes 1 to 1,000 (task.MaxBatch) create bodies in "tasks";
+// each item is created in its own transaction with exactly the validation
+// and errors of a single create, and its own "task.create" audit record
+// (with batch and index). The answer is 200 with one result per item, in
+// order: {index, task: {a single create's answer}} or {index, error: {code,
+// message, field}}. A failed item writes nothing. An item whose MAC (in any
+// spelling) an earlier item of the batch already names fails with
+// invalid_request on target_mac, whatever became of the earlier item; a
+// MAC with an active task fails with conflict, as a single create does.
+// The whole batch is refused (400, field tasks; nothing written) when it
+// is empty or longer than 1,000, and as any request is when its body is
+// malformed or larger than Config.MaxBatchBodyBytes (413, default 4 MiB).
+//
+// Bulk approve, reject and cancel take either "ids" (1 to 1,000 task IDs)
+// or a "filter" object {region_id, status: [...], tags: {k: v}, mac_prefix,
+// os_type, os_version, created_by} with the same meaning as the list's
+// parameters, never both. A filter selects, from this replica's task view,
+// only tasks in a status the move applies to (approve and reject:
+// pending_approval; cancel: any status not ended), oldest first, at most
+// "limit" (default and maximum 1,000); naming another status in it is 400
+// on filter.status, a filter without any criterion is 400 (to select every
+// task the move applies to, name its status), and a filter that selects no
+// task is 404 not_found with field filter. Each selected task is moved by
+// its own transaction, exactly as the single call moves it, with its own
+// audit record (action task.approve, task.reject or task.cancel, with
+// batch naming the bulk call); the call itself is audited too. The answer
+// is 200 {matched, truncated, moved: [{task_id, status, revision}], failed:
+// [{task_id, error: {code, message, field}}]}: matched counts the tasks
+// selected, truncated says the filter matched more than limit (call again
+// for the next ones), and each failed task says why it did not move
+// (invalid_transition for the wrong status, not_found, conflict, or
+// invalid_request for a malformed or repeated ID) and was not written.
+// A reject needs a reason; notes and reasons are checked once, before
+// anything moves.
+//
+// Single-task mutations accept "If-Match: <revision>" to act only if the task's status
 // has not moved since that read. Errors are
 // {"error": {"code": "...", "message": "...", "field": "..."}} with status
 // 400 invalid_request (malformed JSON, unknown fields, bad MAC, region or
