@@ -202,6 +202,9 @@ func (s *Server) bulkCancel(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) bulk(w http.ResponseWriter, r *http.Request, sel bulkSelection, m bulkMove) error {
 	ids, matched, err := s.selectTasks(sel, m.event)
 	if err != nil {
+		if httpjson.From(err).Status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
 		return err
 	}
 	p := principal(r)
