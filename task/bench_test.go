@@ -32,11 +32,12 @@ var benchStores = []struct {
 // counting counts the store calls a workload makes.
 type counting struct {
 	store.Store
-	txns, reads atomic.Int64
+	txns, ops, reads atomic.Int64
 }
 
 func (c *counting) Txn(ctx context.Context, txn store.Txn) (store.TxnResult, error) {
 	c.txns.Add(1)
+	c.ops.Add(int64(len(txn.Then)))
 	return c.Store.Txn(ctx, txn)
 }
 
@@ -166,6 +167,7 @@ func BenchmarkLifecycle(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(st.txns.Load())/float64(b.N), "txns/lifecycle")
+			b.ReportMetric(float64(st.ops.Load())/float64(b.N), "ops/lifecycle")
 			b.ReportMetric(float64(st.reads.Load())/float64(b.N), "reads/lifecycle")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lifecycles/s")
 		})

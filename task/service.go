@@ -162,6 +162,8 @@ type snapshot struct {
 	// readRev is the store revision the task was read at: it reflects
 	// every change made up to it.
 	readRev int64
+	// createRev is the revision that created the task.
+	createRev int64
 }
 
 func checkID(id string) error {
@@ -202,6 +204,7 @@ func decodeSnapshot(id string, kvs []store.KV) (*snapshot, error) {
 		switch f {
 		case FieldMetadata:
 			haveMeta = true
+			snap.createRev = kv.CreateRevision
 		case FieldStatus:
 			snap.statusRev = kv.ModRevision
 			snap.task.Revision = kv.ModRevision

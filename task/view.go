@@ -3,9 +3,7 @@ package task
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 
 	"github.com/lpmos/lpmos"
@@ -20,8 +18,11 @@ type ViewConfig struct {
 	// view with the change that ends it.
 	ActiveOnly bool
 	// OnChange, if set, is called with every change of a task the view
-	// holds or takes in, in revision order, from the goroutine running
-	// Run, once the view shows the change. t is the task as the view
+	// holds or takes in, from the goroutine running Run, once the view
+	// shows the change. Each task's changes come in revision order; a
+	// region's view (Region and ActiveOnly) follows each task through a
+	// watch of its own, so changes of different tasks may interleave out
+	// of revision order there. t is the task as the view
 	// knows it after the change: it may already reflect later changes (a
 	// listing or Observe got there first); it is nil if the change removed
 	// the task (Change.Removed) or the task could not be read. A task that
@@ -42,8 +43,9 @@ type ViewConfig struct {
 // View is a reader's in-memory copy of the tasks it follows, filled by one
 // listing and kept current by one watch: lists, lookups by machine and
 // long-polls are served from memory instead of reading the store per
-// request. The control plane keeps a View of every task; a region keeps a
-// View of its own active tasks. Tasks handed out are never modified:
+// request. The control plane keeps a View of every task, fed by one
+// watch of all tasks; a region keeps a View of its own active tasks, fed
+// by watches of its own tasks only. Tasks handed out are never modified:
 // changes replace them whole. The filter belongs to the view so that what
 // it reads to follow its tasks can narrow (a region reading only its own
 // tasks' keys) without its users changing.
@@ -68,6 +70,11 @@ type viewEntry struct {
 	// rev is the newest store revision reflected in task: a change at or
 	// before it is not folded again.
 	rev int64
+	// created is the revision that created the task (0: unknown). Of two
+	// tasks of one machine that the view holds active, the later created
+	// is the machine's active one: the other has ended, and its end has
+	// not come through its own watch yet.
+	created int64
 	// changed is closed at the task's next change, waking long-polls.
 	changed chan struct{}
 }
@@ -85,6 +92,8 @@ func NewView(svc *Service, cfg ViewConfig) *View {
 	}
 	v.src = allTasks{svc}
 	if cfg.Region != "" && cfg.ActiveOnly {
+		// Its tasks are the region's assignment keys: it need not
+		// receive the rest of the fleet's traffic to find them.
 		v.src = activeInRegion{svc: svc, region: cfg.Region}
 	}
 	return v
@@ -97,8 +106,11 @@ type viewSource interface {
 	// list returns the tasks (a superset of the filter's is fine) and the
 	// revision to watch from (exclusive).
 	list(ctx context.Context) ([]*snapshot, int64, error)
-	// watch streams the changes after rev (a superset is fine).
-	watch(ctx context.Context, rev int64) <-chan Change
+	// watch streams the changes from rev on (a superset is fine) of the
+	// tasks listed and of those that come after; each task's changes in
+	// revision order. The channel closes when ctx ends or after a Change
+	// carrying Err, once the source's goroutines are done.
+	watch(ctx context.Context, rev int64, listed []*snapshot) <-chan Change
 }
 
 // allTasks lists and watches every task.
@@ -108,39 +120,7 @@ func (a allTasks) list(ctx context.Context) ([]*snapshot, int64, error) {
 	return a.svc.readSnapshots(ctx)
 }
 
-func (a allTasks) watch(ctx context.Context, rev int64) <-chan Change {
-	return a.svc.Watch(ctx, rev)
-}
-
-// activeInRegion lists a region's active tasks through its assignment keys
-// (one key per active task), reading each task; it still watches every
-// task.
-type activeInRegion struct {
-	svc    *Service
-	region string
-}
-
-func (a activeInRegion) list(ctx context.Context) ([]*snapshot, int64, error) {
-	prefix := RegionTasksPrefix(a.region)
-	res, err := a.svc.st.List(ctx, prefix, store.ListOptions{})
-	if err != nil {
-		return nil, 0, fmt.Errorf("list tasks of region %s: %w", a.region, err)
-	}
-	snaps := make([]*snapshot, 0, len(res.KVs))
-	for _, kv := range res.KVs {
-		snap, err := a.svc.load(ctx, strings.TrimPrefix(kv.Key, prefix))
-		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
-			continue // purged meanwhile, or a stray key
-		}
-		if err != nil {
-			return nil, 0, err
-		}
-		snaps = append(snaps, snap)
-	}
-	return snaps, res.Revision, nil
-}
-
-func (a activeInRegion) watch(ctx context.Context, rev int64) <-chan Change {
+func (a allTasks) watch(ctx context.Context, rev int64, _ []*snapshot) <-chan Change {
 	return a.svc.Watch(ctx, rev)
 }
 
@@ -162,8 +142,13 @@ func (v *View) follow(ctx context.Context) error {
 		v.cfg.OnFill(ctx, tasks)
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for ch := range v.src.watch(wctx, rev+1) {
+	changes := v.src.watch(wctx, rev+1, snaps)
+	defer func() {
+		cancel()
+		for range changes { // the source's goroutines are done when it closes
+		}
+	}()
+	for ch := range changes {
 		if ch.Err != nil {
 			return ch.Err
 		}
@@ -198,7 +183,7 @@ func (v *View) reset(snaps []*snapshot, rev int64) []*Task {
 	kept := make([]*Task, 0, len(snaps))
 	for _, snap := range snaps {
 		if v.keeps(snap.task) {
-			v.putLocked(snap.task, max(rev, snap.readRev))
+			v.putLocked(snap.task, max(rev, snap.readRev), snap.createRev)
 			kept = append(kept, snap.task)
 		}
 	}
@@ -227,6 +212,10 @@ func (v *View) apply(ctx context.Context, ch Change) (*Task, bool) {
 	defer v.advanceLocked(ch.Revision)
 	old := v.tasks[ch.TaskID]
 	var t *Task
+	var created int64
+	if old != nil {
+		created = old.created
+	}
 	switch {
 	case ch.Removed():
 		if old == nil && v.filtered() {
@@ -239,7 +228,7 @@ func (v *View) apply(ctx context.Context, ch Change) (*Task, bool) {
 	case old != nil:
 		t = ch.Fold(old.task)
 	case ch.Metadata != nil:
-		t = ch.Fold(nil) // created after the listing: the change has it all
+		t, created = ch.Fold(nil), ch.Revision // created after the listing: the change has it all
 		if !v.keeps(t) {
 			return nil, false
 		}
@@ -254,7 +243,7 @@ func (v *View) apply(ctx context.Context, ch Change) (*Task, bool) {
 		}
 	}
 	if v.keeps(t) {
-		v.putLocked(t, ch.Revision)
+		v.putLocked(t, ch.Revision, created)
 	} else {
 		v.removeLocked(t.ID)
 	}
@@ -289,24 +278,29 @@ func (v *View) Observe(t *Task) {
 		return
 	}
 	if v.keeps(t) {
-		v.putLocked(t, t.Revision)
+		v.putLocked(t, t.Revision, old.created)
 	} else {
 		v.removeLocked(t.ID)
 	}
 }
 
-func (v *View) putLocked(t *Task, rev int64) {
+func (v *View) putLocked(t *Task, rev, created int64) {
 	if old := v.tasks[t.ID]; old != nil {
 		close(old.changed)
 		if mac := old.task.Metadata.TargetMAC; mac != t.Metadata.TargetMAC && v.byMAC[mac] == t.ID {
 			delete(v.byMAC, mac)
 		}
 	}
-	v.tasks[t.ID] = &viewEntry{task: t, rev: rev, changed: make(chan struct{})}
+	v.tasks[t.ID] = &viewEntry{task: t, rev: rev, created: created, changed: make(chan struct{})}
 	mac := t.Metadata.TargetMAC
 	switch {
 	case !t.Status.Terminal():
-		v.byMAC[mac] = t.ID
+		// A late change of an ended task must not take the machine from
+		// its newer task (possible where tasks come through watches of
+		// their own).
+		if cur := v.tasks[v.byMAC[mac]]; cur == nil || cur.task.ID == t.ID || cur.created <= created {
+			v.byMAC[mac] = t.ID
+		}
 	case v.byMAC[mac] == t.ID:
 		delete(v.byMAC, mac)
 	}
@@ -341,16 +335,21 @@ func (v *View) broadcastLocked() {
 // has not read yet.
 func (v *View) Synced() <-chan struct{} { return v.synced }
 
-// Revision is the newest store revision the view reflects.
+// Revision is the newest store revision the view reflects. For a region's
+// view (Region and ActiveOnly), whose tasks come through watches of their
+// own, it is the newest revision of a change it has applied: an older
+// change of another of its tasks may still be on its way.
 func (v *View) Revision() int64 {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.rev
 }
 
-// WaitRevision waits until the view reflects store revision rev, so that a
-// caller that wrote at rev reads its own write from the view; it returns
-// ctx's error if ctx ends first.
+// WaitRevision waits until the view reflects store revision rev (as
+// Revision says), so that a caller that wrote at rev reads its own write
+// from the view; it returns ctx's error if ctx ends first. A region's view
+// reaches only the revisions of its own tasks' changes; its owner reads
+// its own writes with Observe instead.
 func (v *View) WaitRevision(ctx context.Context, rev int64) error {
 	for {
 		v.mu.RLock()

@@ -272,8 +272,12 @@ func TestViewRegionFilter(t *testing.T) {
 		// An ending task leaves the active view, not the other.
 		gone, err := svc.Fail(ctx, mine.ID, "region:dc2", task.ErrorInfo{Code: "x", Message: "broken"})
 		require.NoError(t, err)
-		caughtUp(t, active, gone.Revision)
 		caughtUp(t, all, gone.Revision)
+		// The region's view follows each task by a watch of its own: no
+		// one revision says it has caught up; the hooks do.
+		require.Eventually(t, func() bool {
+			return len(rec.callsFor(joined.ID)) > 0 && len(rec.callsFor(mine.ID)) > 0
+		}, 30*time.Second, time.Millisecond)
 
 		assert.Equal(t, []string{joined.ID}, ids(active.Tasks()))
 		assert.ElementsMatch(t, []string{mine.ID, ended.ID, joined.ID}, ids(all.Tasks()))
@@ -296,75 +300,101 @@ func TestViewRegionFilter(t *testing.T) {
 	})
 }
 
-// The hook runs in the view's loop, in revision order; while it runs, the
-// view holds still, and what its owner wrote (Observe) shows at once.
+// The hook runs in the view's loop, in revision order (a region's view:
+// per task); while it runs, the view holds still, and what its owner wrote
+// (Observe) shows at once.
 func TestViewHookOrderAndObserve(t *testing.T) {
-	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
-		ctx := ctxT(t)
-		release := make(chan struct{})
-		unblock := sync.OnceFunc(func() { close(release) })
-		var once sync.Once
-		var mu sync.Mutex
-		var revs []int64
-		entered := make(chan struct{})
-		v := task.NewView(svc, task.ViewConfig{Region: "dc1", ActiveOnly: true,
-			OnChange: func(_ context.Context, ch task.Change, _ *task.Task) {
-				mu.Lock()
-				revs = append(revs, ch.Revision)
-				mu.Unlock()
-				once.Do(func() {
-					close(entered)
-					<-release
-				})
-			}})
-		rctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = v.Run(rctx)
-		}()
-		t.Cleanup(func() {
-			cancel()
-			<-done
+	tests := []struct {
+		name string
+		cfg  task.ViewConfig
+		// ordered: changes of different tasks come in revision order too.
+		ordered bool
+	}{
+		{"all tasks", task.ViewConfig{}, true},
+		{"region", task.ViewConfig{Region: "dc1", ActiveOnly: true}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+				testHookOrderAndObserve(t, svc, tt.cfg, tt.ordered)
+			})
 		})
-		t.Cleanup(unblock) // first, should the test fail while the hook holds
-		<-v.Synced()
+	}
+}
 
-		tk, err := svc.Create(ctx, validRequest("00:1a:2b:3c:73:01"))
-		require.NoError(t, err)
-		<-entered // the hook holds the view's loop
-		var last int64
-		for i := range 5 {
-			other, err := svc.Create(ctx, validRequest(fmt.Sprintf("00:1a:2b:3c:73:%02x", 0x10+i)))
-			require.NoError(t, err)
-			last = other.Revision
-		}
-		ready, err := svc.MarkReady(ctx, tk.ID, "region:dc1")
-		require.NoError(t, err)
-		got, _, ok := v.Get(tk.ID)
-		require.True(t, ok)
-		assert.Equal(t, task.StatusPending, got.Status, "the loop is held")
-		v.Observe(ready)
-		got, _, _ = v.Get(tk.ID)
-		assert.Equal(t, task.StatusReady, got.Status, "an observed write shows at once")
-		stranger, err := svc.Create(ctx, validRequest("00:1a:2b:3c:73:99"))
-		require.NoError(t, err)
-		v.Observe(stranger)
-		_, _, ok = v.Get(stranger.ID)
-		assert.False(t, ok, "Observe refreshes only tasks the view holds")
+func testHookOrderAndObserve(t *testing.T, svc *task.Service, cfg task.ViewConfig, ordered bool) {
+	ctx := ctxT(t)
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	var once sync.Once
+	var mu sync.Mutex
+	var calls []task.Change
+	entered := make(chan struct{})
+	cfg.OnChange = func(_ context.Context, ch task.Change, _ *task.Task) {
+		mu.Lock()
+		calls = append(calls, ch)
+		mu.Unlock()
+		once.Do(func() {
+			close(entered)
+			<-release
+		})
+	}
+	v := task.NewView(svc, cfg)
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = v.Run(rctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	t.Cleanup(unblock) // first, should the test fail while the hook holds
+	<-v.Synced()
 
-		unblock()
-		caughtUp(t, v, stranger.Revision)
-		got, _, _ = v.Get(tk.ID)
-		assert.Same(t, ready, got, "an older change does not undo an observed write")
-		assert.Greater(t, stranger.Revision, last)
+	tk, err := svc.Create(ctx, validRequest("00:1a:2b:3c:73:01"))
+	require.NoError(t, err)
+	<-entered // the hook holds the view's loop
+	var last int64
+	for i := range 5 {
+		other, err := svc.Create(ctx, validRequest(fmt.Sprintf("00:1a:2b:3c:73:%02x", 0x10+i)))
+		require.NoError(t, err)
+		last = other.Revision
+	}
+	ready, err := svc.MarkReady(ctx, tk.ID, "region:dc1")
+	require.NoError(t, err)
+	got, _, ok := v.Get(tk.ID)
+	require.True(t, ok)
+	assert.Equal(t, task.StatusPending, got.Status, "the loop is held")
+	v.Observe(ready)
+	got, _, _ = v.Get(tk.ID)
+	assert.Equal(t, task.StatusReady, got.Status, "an observed write shows at once")
+	stranger, err := svc.Create(ctx, validRequest("00:1a:2b:3c:73:99"))
+	require.NoError(t, err)
+	v.Observe(stranger)
+	_, _, ok = v.Get(stranger.ID)
+	assert.False(t, ok, "Observe refreshes only tasks the view holds")
+
+	unblock()
+	require.Eventually(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		require.Len(t, revs, 8, "6 creations, 1 move, 1 creation")
-		for i := 1; i < len(revs); i++ {
-			assert.Less(t, revs[i-1], revs[i], "revision order")
+		return len(calls) == 8
+	}, 30*time.Second, time.Millisecond, "6 creations, 1 move, 1 creation")
+	got, _, _ = v.Get(tk.ID)
+	assert.Same(t, ready, got, "an older change does not undo an observed write")
+	assert.Greater(t, stranger.Revision, last)
+	mu.Lock()
+	defer mu.Unlock()
+	lastOf := map[string]int64{}
+	for i, c := range calls {
+		assert.Less(t, lastOf[c.TaskID], c.Revision, "each task's changes in revision order")
+		lastOf[c.TaskID] = c.Revision
+		if ordered && i > 0 {
+			assert.Less(t, calls[i-1].Revision, c.Revision, "revision order")
 		}
-	})
+	}
 }
 
 func TestViewWaitRevisionEndsWithContext(t *testing.T) {
@@ -434,56 +464,78 @@ func (b *breakable) Watch(ctx context.Context, prefix string, rev int64) <-chan 
 	return out
 }
 
+// viewShows waits until the view holds task id in status want.
+func viewShows(t *testing.T, v *task.View, id string, want task.Status) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		got, _, ok := v.Get(id)
+		return ok && got.Status == want
+	}, 30*time.Second, time.Millisecond, "task %s %s in the view", id, want)
+}
+
 func TestViewResumesAfterCompaction(t *testing.T) {
-	forEachStore(t, func(t *testing.T, st store.Store, _ *task.Service) {
-		ctx := ctxT(t)
-		bst := newBreakable(st)
-		svc := newService(bst)
-		first, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:01"))
-		require.NoError(t, err)
-		v, rec := startView(t, svc, task.ViewConfig{})
+	for _, cfg := range []task.ViewConfig{{}, {Region: "dc1", ActiveOnly: true}} {
+		t.Run(fmt.Sprintf("region=%q", cfg.Region), func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, st store.Store, _ *task.Service) {
+				testViewResumes(t, st, cfg)
+			})
+		})
+	}
+}
 
-		// History the view's watch started from is compacted away.
-		moved, err := svc.MarkReady(ctx, first.ID, "r")
-		require.NoError(t, err)
-		second, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:02"))
-		require.NoError(t, err)
-		caughtUp(t, v, second.Revision)
-		_, changed, ok := v.Get(second.ID)
-		require.True(t, ok)
-		require.NoError(t, st.Compact(ctx, second.Revision))
-		bst.breakWatches()
-		// Changes while the view lists again are not lost.
-		third, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:03"))
-		require.NoError(t, err)
-		booting, err := svc.MarkBooting(ctx, moved.ID, "r")
-		require.NoError(t, err)
+func testViewResumes(t *testing.T, st store.Store, cfg task.ViewConfig) {
+	ctx := ctxT(t)
+	bst := newBreakable(st)
+	svc := newService(bst)
+	first, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:01"))
+	require.NoError(t, err)
+	v, rec := startView(t, svc, cfg)
 
-		require.Eventually(t, func() bool {
-			_, fills := rec.snapshot()
-			return fills == 2
-		}, 30*time.Second, 10*time.Millisecond, "the view lists again")
-		caughtUp(t, v, booting.Revision)
-		select {
-		case <-changed:
-		default:
-			t.Fatal("waiters were not woken by the re-listing") // second did not change
+	// History the view's watches started from is compacted away.
+	moved, err := svc.MarkReady(ctx, first.ID, "r")
+	require.NoError(t, err)
+	second, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:02"))
+	require.NoError(t, err)
+	viewShows(t, v, first.ID, task.StatusReady)
+	viewShows(t, v, second.ID, task.StatusPending)
+	_, changed, ok := v.Get(second.ID)
+	require.True(t, ok)
+	require.NoError(t, st.Compact(ctx, second.Revision))
+	bst.breakWatches()
+	// Changes while the view lists again are not lost.
+	third, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:03"))
+	require.NoError(t, err)
+	booting, err := svc.MarkBooting(ctx, moved.ID, "r")
+	require.NoError(t, err)
 
-		}
-		assert.ElementsMatch(t, []string{first.ID, second.ID, third.ID}, ids(v.Tasks()))
-		got, _, _ := v.Get(first.ID)
-		assert.Equal(t, task.StatusBooting, got.Status)
-		cur, _, ok := v.Active(third.Metadata.TargetMAC)
-		require.True(t, ok)
-		assert.Equal(t, third.ID, cur.ID)
+	require.Eventually(t, func() bool {
+		_, fills := rec.snapshot()
+		return fills == 2
+	}, 30*time.Second, 10*time.Millisecond, "the view lists again")
+	viewShows(t, v, first.ID, task.StatusBooting)
+	viewShows(t, v, third.ID, task.StatusPending)
+	select {
+	case <-changed:
+	default:
+		t.Fatal("waiters were not woken by the re-listing") // second did not change
+	}
+	assert.ElementsMatch(t, []string{first.ID, second.ID, third.ID}, ids(v.Tasks()))
+	got, _, _ := v.Get(first.ID)
+	assert.Equal(t, booting.Revision, got.Revision)
+	cur, _, ok := v.Active(third.Metadata.TargetMAC)
+	require.True(t, ok)
+	assert.Equal(t, third.ID, cur.ID)
 
-		// And it follows on from the new listing.
-		fourth, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:04"))
-		require.NoError(t, err)
-		caughtUp(t, v, fourth.Revision)
-		_, _, ok = v.Get(fourth.ID)
-		assert.True(t, ok)
-	})
+	// And it follows on from the new listing: new tasks, and moves of
+	// tasks it listed.
+	fourth, err := svc.Create(ctx, validRequest("00:1a:2b:3c:74:04"))
+	require.NoError(t, err)
+	viewShows(t, v, fourth.ID, task.StatusPending)
+	_, err = svc.MarkReady(ctx, second.ID, "r")
+	require.NoError(t, err)
+	viewShows(t, v, second.ID, task.StatusReady)
+	_, fills := rec.snapshot()
+	assert.Equal(t, 2, fills, "no further listing")
 }
 
 func TestLastActivity(t *testing.T) {
