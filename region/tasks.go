@@ -26,7 +26,11 @@ type endedTasks struct {
 type endedTask struct {
 	ID     string
 	Status task.Status
-	At     time.Time
+	// Rev is the store revision the task ended at: tasks come through
+	// watches of their own, so a machine's older task may be told ended
+	// after its newer one.
+	Rev int64
+	At  time.Time
 }
 
 // endedMemory is how long an ended task still decides its machine's boot
@@ -38,18 +42,19 @@ const maxEnded = 100_000
 
 func newEndedTasks() *endedTasks { return &endedTasks{m: map[lpmos.MAC]endedTask{}} }
 
-// record remembers that t ended at now (the first time it is told).
+// record remembers that t ended at now (the first time it is told), unless
+// the machine has a later ended task.
 func (e *endedTasks) record(t *task.Task, now time.Time) {
 	mac := t.Metadata.TargetMAC
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.m[mac].ID == t.ID {
+	if cur, ok := e.m[mac]; ok && (cur.ID == t.ID || cur.Rev > t.Revision) {
 		return
 	}
 	if len(e.m) >= maxEnded {
 		e.m = map[lpmos.MAC]endedTask{}
 	}
-	e.m[mac] = endedTask{ID: t.ID, Status: t.Status, At: now}
+	e.m[mac] = endedTask{ID: t.ID, Status: t.Status, Rev: t.Revision, At: now}
 }
 
 // ended returns the machine's recently ended task, if any.
