@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -170,6 +171,89 @@ func BenchmarkLifecycle(b *testing.B) {
 			b.ReportMetric(float64(st.ops.Load())/float64(b.N), "ops/lifecycle")
 			b.ReportMetric(float64(st.reads.Load())/float64(b.N), "reads/lifecycle")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lifecycles/s")
+		})
+	}
+}
+
+// runBenchView runs a view until the benchmark ends and waits until it is
+// synced.
+func runBenchView(b *testing.B, svc *task.Service, cfg task.ViewConfig) *task.View {
+	v := task.NewView(svc, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = v.Run(ctx)
+	}()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	<-v.Synced()
+	return v
+}
+
+// waitView polls until cond holds for the view.
+func waitView(b *testing.B, cond func() bool) {
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatal("the view never caught up")
+		}
+	}
+}
+
+// BenchmarkRegionViewTraffic runs whole lifecycles in region dcb and
+// reports the watch events that reach a region's view of its tasks: dcb's
+// own, and dca's, which has nothing to do with them.
+func BenchmarkRegionViewTraffic(b *testing.B) {
+	for _, s := range benchStores {
+		b.Run(s.name, func(b *testing.B) {
+			st := s.new(b)
+			svc := task.NewService(st, task.Config{})
+			ctx := context.Background()
+			hw := hardware.Info{CPU: hardware.CPU{Cores: 8}}
+			marker, err := svc.Create(ctx, inRegion("dca", benchMAC(1<<30)))
+			require.NoError(b, err)
+			own, foreign := newWatchCounter(st), newWatchCounter(st)
+			ownView := runBenchView(b, task.NewService(own, task.Config{}), task.ViewConfig{Region: "dcb", ActiveOnly: true})
+			foreignView := runBenchView(b, task.NewService(foreign, task.Config{}), task.ViewConfig{Region: "dca", ActiveOnly: true})
+			b.ResetTimer()
+			var last string
+			for i := 0; i < b.N; i++ {
+				tk, err := svc.Create(ctx, inRegion("dcb", benchMAC(i)))
+				require.NoError(b, err)
+				_, err = svc.MarkReady(ctx, tk.ID, "r")
+				require.NoError(b, err)
+				_, err = svc.MarkBooting(ctx, tk.ID, "r")
+				require.NoError(b, err)
+				_, err = svc.ReportHardware(ctx, tk.ID, "r", hw)
+				require.NoError(b, err)
+				_, err = svc.Approve(ctx, tk.ID, "ops", "")
+				require.NoError(b, err)
+				for _, p := range []task.Progress{{Stage: task.StagePartitioning, Percentage: 5}, {Stage: task.StageWriting, Percentage: 40}, {Stage: task.StageWriting, Percentage: 80}, {Stage: task.StageConfiguring, Percentage: 95}} {
+					_, err = svc.ReportProgress(ctx, tk.ID, "r", p)
+					require.NoError(b, err)
+				}
+				_, err = svc.Complete(ctx, tk.ID, "r", task.Completion{})
+				require.NoError(b, err)
+				last = tk.ID
+			}
+			// A change of dca's own: once its view shows it, its watches
+			// have delivered what they were sent before.
+			_, err = svc.MarkReady(ctx, marker.ID, "r")
+			require.NoError(b, err)
+			waitView(b, func() bool {
+				got, _, ok := foreignView.Get(marker.ID)
+				return ok && got.Status == task.StatusReady
+			})
+			waitView(b, func() bool {
+				_, _, ok := ownView.Get(last)
+				return !ok
+			})
+			b.StopTimer()
+			const markerEvents = 2 // its status and timeline
+			b.ReportMetric(float64(own.count())/float64(b.N), "own-events/lifecycle")
+			b.ReportMetric(float64(foreign.count()-markerEvents)/float64(b.N), "other-region-events/lifecycle")
 		})
 	}
 }
