@@ -10,9 +10,10 @@ import (
 	"github.com/lpmos/lpmos/task"
 )
 
-// The region's tasks are a task.View of its active tasks, kept by one
-// watch: boot requests and DHCP answers are served from memory, not by
-// reading the store per packet. What the region adds is below: it prepares
+// The region's tasks are a task.View of its active tasks, kept by watches
+// of its own tasks only (its assignment keys, and each active task's
+// keys): boot requests and DHCP answers are served from memory, not by
+// reading the store per packet, and other regions' traffic never arrives. What the region adds is below: it prepares
 // new tasks, remembers ended ones, and folds its own writes in at once.
 
 // endedTasks remembers each machine's last ended task for a while, so that

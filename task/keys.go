@@ -67,7 +67,8 @@ func ParseTaskKey(key string) (id string, f Field, ok bool) {
 }
 
 // RegionTasksPrefix holds one key per active task of a region: the region
-// watches it to learn of new and ended tasks.
+// lists and watches it to learn of its new tasks, and then watches each
+// one's own keys (TaskPrefix) until it ends, never the whole fleet's.
 func RegionTasksPrefix(region string) string { return RegionsPrefix + region + "/tasks/" }
 
 // RegionTaskKey marks a task as assigned to a region while it is active.
