@@ -93,11 +93,14 @@ func TestRegionReceivesNoEventsOfAnotherRegion(t *testing.T) {
 			dc2.report(theirs.ID, mac, token)
 			_, err = dc2.svc.Approve(ctx, theirs.ID, "ops", "")
 			require.NoError(t, err)
+			code, body := dc2.call("GET", agent.PathApproval+mac, token, nil) // answered once dc2 knows
+			require.Equal(t, http.StatusOK, code, "%v", body)
+			require.Equal(t, true, body["approved"], "%v", body)
 			for _, stage := range []string{"partitioning", "writing", "configuring"} {
 				code, body := dc2.call("POST", agent.PathProgress, token, agent.ProgressRequest{MACAddress: mac, TaskID: theirs.ID, Stage: stage, Percentage: 50})
 				require.Equal(t, http.StatusOK, code, "%v", body)
 			}
-			code, body := dc2.call("POST", agent.PathStatus, token, agent.StatusRequest{MACAddress: mac, TaskID: theirs.ID, Status: "completed"})
+			code, body = dc2.call("POST", agent.PathStatus, token, agent.StatusRequest{MACAddress: mac, TaskID: theirs.ID, Status: "completed"})
 			require.Equal(t, http.StatusOK, code, "%v", body)
 			dc2.waitStatus(theirs.ID, task.StatusCompleted)
 
