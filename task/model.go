@@ -132,6 +132,9 @@ type TimelineEntry struct {
 	Stage     Stage     `json:"stage,omitempty"`  // for stage changes
 	Actor     string    `json:"actor,omitempty"`  // who caused it
 	Message   string    `json:"message,omitempty"`
+	// Source is the network address the event came from, where the
+	// region knows it: the agent's hardware report, refused requests.
+	Source string `json:"source,omitempty"`
 }
 
 // Task is the assembled view of a task's keys.
