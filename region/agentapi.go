@@ -50,7 +50,12 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 		e.Field = "mac_address"
 		return mac, nil, e
 	}
-	boundTo, err := r.tokens.check(ctx, mac, httpjson.BearerToken(req))
+	from := sourceAddr(req)
+	boundTo, err := r.tokens.check(ctx, mac, httpjson.BearerToken(req), from)
+	if errors.Is(err, errWrongAddress) {
+		r.refuse(ctx, boundTo, from, "agent call "+req.URL.Path+" refused: the token is bound to another address")
+		return mac, nil, errWrongSource
+	}
 	if errors.Is(err, errBadToken) {
 		return mac, nil, errUnauthorized
 	}
@@ -68,9 +73,12 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 	return mac, t, nil
 }
 
-// touch records the agent's last contact after a request it made
-// succeeded, at most every 10 s per machine.
-func (r *Region) touch(ctx context.Context, mac lpmos.MAC) {
+// touch records, after a request the agent made succeeded, that its
+// token is in use (once) and the agent's last contact (at most every 10 s
+// per machine).
+func (r *Region) touch(req *http.Request, mac lpmos.MAC) {
+	ctx := req.Context()
+	r.tokens.markUsed(ctx, mac, httpjson.BearerToken(req))
 	r.lastSeenMu.Lock()
 	now := r.cfg.Now()
 	due := now.Sub(r.lastSeen[mac]) >= 10*time.Second
@@ -98,7 +106,10 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 	next := agent.ActionWaitForApproval
 	switch t.Status {
 	case task.StatusBooting:
-		moved, err := r.svc.ReportHardware(req.Context(), t.ID, r.actor, body.Hardware, task.ExpectRevision(t.Revision))
+		// The report's source address goes into its timeline entry: the
+		// approval page shows it next to the hardware.
+		moved, err := r.svc.ReportHardware(req.Context(), t.ID, r.actor, body.Hardware, task.ExpectRevision(t.Revision),
+			task.FromAddress(sourceAddr(req).String()))
 		if err != nil {
 			return err
 		}
@@ -110,7 +121,7 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 	default:
 		return httpjson.Errorf(http.StatusConflict, httpjson.CodeInvalidTransition, "task %s is %s: not expecting a hardware report", t.ID, t.Status)
 	}
-	r.touch(req.Context(), mac)
+	r.touch(req, mac)
 	httpjson.WriteJSON(w, http.StatusOK, agent.ReportResponse{Status: "received", TaskID: t.ID, NextAction: next})
 	return nil
 }
@@ -144,6 +155,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 			return err
 		}
 		r.observe(done)
+		r.touch(req, mac)
 		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": t.ID})
 		return nil
 	}
@@ -165,7 +177,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 			r.observe(moved) // now installing
 		}
 	}
-	r.touch(req.Context(), mac)
+	r.touch(req, mac)
 	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
 	return nil
 }
@@ -229,7 +241,7 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 	if err := httpjson.Decode(w, req, agent.MaxBodyBytes, &body); err != nil {
 		return err
 	}
-	_, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
+	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
 	if err != nil {
 		return err
 	}
@@ -255,6 +267,7 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 	default:
 		return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "status must be %q or %q", task.StatusFailed, task.StatusCompleted)
 	}
+	r.touch(req, mac)
 	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
 	return nil
 }
@@ -284,6 +297,7 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 		}
 		wait = min(wait, time.Duration(secs)*time.Second)
 	}
+	r.touch(req, mac)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	id := t.ID
@@ -321,7 +335,7 @@ func (r *Region) endedTaskOf(req *http.Request, macText string) *task.Task {
 	if err != nil {
 		return nil
 	}
-	boundTo, err := r.tokens.check(req.Context(), mac, httpjson.BearerToken(req))
+	boundTo, err := r.tokens.check(req.Context(), mac, httpjson.BearerToken(req), sourceAddr(req))
 	if err != nil {
 		return nil
 	}
@@ -427,7 +441,8 @@ func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	boundTo, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, tok)
+	// Not bound to an address: see tokens.checkAnywhere.
+	boundTo, err := r.tokens.checkAnywhere(req.Context(), t.Metadata.TargetMAC, tok)
 	if errors.Is(err, errBadToken) || (err == nil && boundTo != id) {
 		return errUnauthorized
 	}
