@@ -16,6 +16,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store"
@@ -251,6 +252,29 @@ func TestTokenBoundToTheLeasedAddress(t *testing.T) {
 	for _, e := range refused {
 		assert.Equal(t, attackerAddr, e.Source)
 	}
+}
+
+// TestRelayedMachineBindsTheFetchingAddress: a machine whose DHCP came
+// through a relay gets a token bound to the address that fetched its
+// script, even with a lease of ours.
+func TestRelayedMachineBindsTheFetchingAddress(t *testing.T) {
+	const mac = "52:54:00:15:00:05"
+	m, err := lpmos.ParseMAC(mac)
+	require.NoError(t, err)
+	leased := leases{m: net.ParseIP("10.9.9.9").To4()}
+	l := startRegion(t, memStore(t), func(c *region.Config) { c.Leases = leased })
+	machine := clientFrom(t, machineAddr)
+	tk := l.create(mac)
+	l.waitStatus(tk.ID, task.StatusReady)
+	_, err = l.reg.DHCPPolicy().Boot(context.Background(), dhcp.Request{MAC: m, IsIPXE: true, IsPXE: true,
+		Firmware: lpmos.FirmwareBIOS, RelayAddr: net.ParseIP("10.8.0.1")})
+	require.NoError(t, err)
+
+	_, _, token := l.fetchScript(machine, mac)
+	require.NotEmpty(t, token)
+	l.waitStatus(tk.ID, task.StatusBooting)
+	code, body := l.callFrom(machine, "GET", pollApproval(mac), token, nil)
+	assert.Equal(t, http.StatusOK, code, "%v", body)
 }
 
 // writeCounter counts the writes to task and agent keys.
