@@ -1,6 +1,7 @@
 package region
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -53,7 +54,9 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 	from := sourceAddr(req)
 	boundTo, err := r.tokens.check(ctx, mac, httpjson.BearerToken(req), from)
 	if errors.Is(err, errWrongAddress) {
-		r.refuse(ctx, boundTo, from, "agent call "+req.URL.Path+" refused: the token is bound to another address")
+		// The route's pattern, not the path: the path's {mac} is the
+		// caller's spelling, and refusals are coalesced by their text.
+		r.refuse(ctx, boundTo, from, "agent call "+cmp.Or(req.Pattern, req.URL.Path)+" refused: the token is bound to another address")
 		return mac, nil, errWrongSource
 	}
 	if errors.Is(err, errBadToken) {

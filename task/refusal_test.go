@@ -40,6 +40,7 @@ func TestRecordRefusal(t *testing.T) {
 
 		got, err := svc.RecordRefusal(ctx, tk.ID, "region:dc1", "192.0.2.9", "boot script refused: already booting")
 		require.NoError(t, err)
+		assert.Equal(t, tk.LastActivity(), got.LastActivity(), "a refusal is no activity: it does not put off the status timeout")
 		assert.Equal(t, task.StatusPendingApproval, got.Status, "a refusal moves nothing")
 		assert.Equal(t, tk.Revision, got.Revision)
 		require.Len(t, got.Timeline, n+1)
