@@ -3,6 +3,7 @@ package region_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/internal/netns"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
@@ -31,22 +33,29 @@ const (
 	attackerAddr = "127.0.0.2"
 )
 
-// clientFrom is an HTTP client whose connections come from addr.
-func clientFrom(t *testing.T, addr string) *http.Client {
+// peer is an HTTP client of the region from one source address, and the
+// region's URL as that client reaches it.
+type peer struct {
+	c    *http.Client
+	base string
+}
+
+// clientFrom is a peer whose connections come from addr on loopback.
+func (l *lab) clientFrom(addr string) peer {
 	tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(addr)}}).DialContext}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	l.t.Cleanup(tr.CloseIdleConnections)
+	return peer{c: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: l.ts.URL}
 }
 
 // fetchScript fetches mac's boot script as iPXE does, from c, waiting out
 // the region's 503 while it learns of the task; it returns the status,
 // the script and the token in it ("" if none).
-func (l *lab) fetchScript(c *http.Client, mac string) (int, string, string) {
+func (l *lab) fetchScript(p peer, mac string) (int, string, string) {
 	l.t.Helper()
 	var body []byte
 	var code int
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		resp, err := c.Get(l.ts.URL + "/boot/" + mac + ".ipxe")
+		resp, err := p.c.Get(p.base + "/boot/" + mac + ".ipxe")
 		require.NoError(l.t, err)
 		body, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -63,20 +72,20 @@ func (l *lab) fetchScript(c *http.Client, mac string) (int, string, string) {
 }
 
 // callFrom makes an agent API request from c.
-func (l *lab) callFrom(c *http.Client, method, path, token string, body any) (int, map[string]any) {
+func (l *lab) callFrom(p peer, method, path, token string, body any) (int, map[string]any) {
 	l.t.Helper()
 	var rd io.Reader
 	if body != nil {
 		data, _ := json.Marshal(body)
 		rd = strings.NewReader(string(data))
 	}
-	req, err := http.NewRequest(method, l.ts.URL+path, rd)
+	req, err := http.NewRequest(method, p.base+path, rd)
 	require.NoError(l.t, err)
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := c.Do(req)
+	resp, err := p.c.Do(req)
 	require.NoError(l.t, err)
 	defer resp.Body.Close()
 	var out map[string]any
@@ -107,9 +116,43 @@ func pollApproval(mac string) string { return agent.PathApproval + mac + "?wait=
 // the MAC and curl, someone else fetches the machine's script to cut off
 // its agent and take over the install.
 func TestScriptFetchCannotStealTheToken(t *testing.T) {
-	st := memStore(t)
-	l := startRegion(t, st)
-	machine, attacker := clientFrom(t, machineAddr), clientFrom(t, attackerAddr)
+	l := startRegion(t, memStore(t))
+	theft(t, l, l.clientFrom(machineAddr), machineAddr, l.clientFrom(attackerAddr), attackerAddr)
+}
+
+// TestScriptFetchCannotStealTheTokenAcrossNamespaces is the same attack
+// over a network: the region, the machine and the attacker each in a
+// network namespace of their own, the region connected to the others by
+// veth pairs.
+func TestScriptFetchCannotStealTheTokenAcrossNamespaces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("uses network namespaces (root); not in -short mode (TestScriptFetchCannotStealTheToken runs the same attack on loopback)")
+	}
+	netns.Require(t)
+	srv, mach, att := netns.New(t), netns.New(t), netns.New(t)
+	netns.Veth(t, srv, "10.15.1.1/24", mach, "10.15.1.2/24")
+	netns.Veth(t, srv, "10.15.2.1/24", att, "10.15.2.2/24")
+	ln, err := srv.Listen("tcp", "0.0.0.0:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	l := startRegionOn(t, memStore(t), ln)
+	from := func(ns *netns.NS, regionIP string) peer {
+		tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = ns.Do(func() (err error) {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}
+		t.Cleanup(tr.CloseIdleConnections)
+		return peer{c: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: fmt.Sprintf("http://%s:%d", regionIP, port)}
+	}
+	theft(t, l, from(mach, "10.15.1.1"), "10.15.1.2", from(att, "10.15.2.1"), "10.15.2.2")
+}
+
+// theft runs the attack: machine (at machineIP) boots, someone else (at
+// attackerIP) tries to take over its install.
+func theft(t *testing.T, l *lab, machine peer, machineIP string, attacker peer, attackerIP string) {
 	const mac = "52:54:00:15:00:01"
 	tk := l.create(mac)
 	l.waitStatus(tk.ID, task.StatusReady)
@@ -131,7 +174,7 @@ func TestScriptFetchCannotStealTheToken(t *testing.T) {
 	assert.Equal(t, http.StatusOK, code, "the machine's token still works: %v", body)
 	refused := l.refusals(tk.ID)
 	require.Len(t, refused, 1, "the fetch is recorded")
-	assert.Equal(t, attackerAddr, refused[0].Source)
+	assert.Equal(t, attackerIP, refused[0].Source)
 	assert.Contains(t, refused[0].Message, "boot script")
 
 	// Even with the machine's token in hand, another address is refused,
@@ -142,7 +185,7 @@ func TestScriptFetchCannotStealTheToken(t *testing.T) {
 	assert.Equal(t, http.StatusForbidden, code)
 	refused = l.refusals(tk.ID)
 	require.Len(t, refused, 3)
-	assert.Equal(t, attackerAddr, refused[1].Source)
+	assert.Equal(t, attackerIP, refused[1].Source)
 	assert.Contains(t, refused[1].Message, agent.PathStatus)
 	got, err := l.svc.Get(context.Background(), tk.ID)
 	require.NoError(t, err)
@@ -157,7 +200,7 @@ func TestScriptFetchCannotStealTheToken(t *testing.T) {
 		}
 	}
 	require.NotNil(t, reported)
-	assert.Equal(t, machineAddr, reported.Source)
+	assert.Equal(t, machineIP, reported.Source)
 
 	// The machine reboots and fetches again from its address: it gets its
 	// own token back, which keeps working.
@@ -188,7 +231,7 @@ func TestScriptFetchCannotStealTheToken(t *testing.T) {
 // agent used it, a fetch from another address replaces it.
 func TestTokenBoundToTheFetchingAddress(t *testing.T) {
 	l := startRegion(t, memStore(t))
-	machine, other := clientFrom(t, machineAddr), clientFrom(t, attackerAddr)
+	machine, other := l.clientFrom(machineAddr), l.clientFrom(attackerAddr)
 	const mac = "52:54:00:15:00:02"
 	tk := l.create(mac)
 	l.waitStatus(tk.ID, task.StatusReady)
@@ -226,7 +269,7 @@ func TestTokenBoundToTheLeasedAddress(t *testing.T) {
 	require.NoError(t, err)
 	leased := leases{m: net.ParseIP(machineAddr).To4()}
 	l := startRegion(t, memStore(t), func(c *region.Config) { c.Leases = leased })
-	machine, other := clientFrom(t, machineAddr), clientFrom(t, attackerAddr)
+	machine, other := l.clientFrom(machineAddr), l.clientFrom(attackerAddr)
 	tk := l.create(mac)
 	l.waitStatus(tk.ID, task.StatusReady)
 
@@ -263,7 +306,7 @@ func TestRelayedMachineBindsTheFetchingAddress(t *testing.T) {
 	require.NoError(t, err)
 	leased := leases{m: net.ParseIP("10.9.9.9").To4()}
 	l := startRegion(t, memStore(t), func(c *region.Config) { c.Leases = leased })
-	machine := clientFrom(t, machineAddr)
+	machine := l.clientFrom(machineAddr)
 	tk := l.create(mac)
 	l.waitStatus(tk.ID, task.StatusReady)
 	_, err = l.reg.DHCPPolicy().Boot(context.Background(), dhcp.Request{MAC: m, IsIPXE: true, IsPXE: true,
@@ -311,7 +354,7 @@ func (w *writeCounter) Txn(ctx context.Context, txn store.Txn) (store.TxnResult,
 func TestScriptFetchesAreLimitedAndCheap(t *testing.T) {
 	st := &writeCounter{Store: memStore(t)}
 	l := startRegion(t, st)
-	machine, attacker := clientFrom(t, machineAddr), clientFrom(t, attackerAddr)
+	machine, attacker := l.clientFrom(machineAddr), l.clientFrom(attackerAddr)
 	const mac = "52:54:00:15:00:04"
 	tk := l.create(mac)
 	l.waitStatus(tk.ID, task.StatusReady)
@@ -322,11 +365,11 @@ func TestScriptFetchesAreLimitedAndCheap(t *testing.T) {
 	before := st.n.Load()
 	codes := map[int]int{}
 	for i := range 2000 {
-		c := attacker
+		p := attacker
 		if i%2 == 0 {
-			c = machine
+			p = machine
 		}
-		resp, err := c.Get(l.ts.URL + "/boot/" + mac + ".ipxe")
+		resp, err := p.c.Get(p.base + "/boot/" + mac + ".ipxe")
 		require.NoError(t, err)
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
