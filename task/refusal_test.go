@@ -21,6 +21,8 @@ func TestHardwareReportRecordsItsSource(t *testing.T) {
 		require.NoError(t, err)
 		hw := sampleHardware
 		hw.MACAddress = "00:1a:2b:3c:60:01"
+		_, err = svc.ReportHardware(ctx, tk.ID, "region:dc1", hw, task.FromAddress("10.0.0.7\x1b[2J"))
+		require.ErrorIs(t, err, task.ErrInvalid, "control characters in the source are refused")
 		got, err := svc.ReportHardware(ctx, tk.ID, "region:dc1", hw, task.FromAddress("10.0.0.7"))
 		require.NoError(t, err)
 		last := got.Timeline[len(got.Timeline)-1]

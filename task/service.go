@@ -368,6 +368,9 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if err := checkText("source", o.source, MaxSourceLen); err != nil {
+		return nil, err
+	}
 	var firstStatusRev int64
 	return s.update(ctx, id, string(ev)+" task", func(snap *snapshot) (*write, *Task, error) {
 		if o.expectRev != 0 && snap.statusRev != o.expectRev {
@@ -580,6 +583,9 @@ func (s *Service) RecordRefusal(ctx context.Context, id, by, source, message str
 		return nil, err
 	}
 	source = truncateTo(source, MaxSourceLen)
+	if err := checkText("source", source, MaxSourceLen); err != nil {
+		return nil, err
+	}
 	return s.update(ctx, id, "refusal for task", func(snap *snapshot) (*write, *Task, error) {
 		t := snap.task
 		if t.Status.Terminal() {
