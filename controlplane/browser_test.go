@@ -342,8 +342,12 @@ func TestBrowserDashboard(t *testing.T) {
 	p.step("open the task", chromedp.Click(chromedp.CSS(`tr[data-task-id="`+id+`"] a[href="/tasks/`+id+`"]`)))
 	p.waitJS("the task page waits for hardware", `document.getElementById('task-status').textContent === 'booting' &&
 		document.getElementById('hardware').textContent.includes('No hardware reported yet')`)
-	_, err = svc.ReportHardware(ctx, id, "agent:"+browserMAC, browserHardware())
+	_, err = svc.ReportHardware(ctx, id, "agent:"+browserMAC, browserHardware(), task.FromAddress(browserReportSource))
 	require.NoError(t, err)
+	p.waitJS("the hardware review names the address the report came from", `(() => {
+		const src = document.getElementById('hardware-source');
+		return src !== null && src.textContent.includes('Reported from `+browserReportSource+`');
+	})()`)
 	p.waitJS("the hardware review appears without a reload", `(() => {
 		const hw = document.getElementById('hardware').textContent;
 		return ['Intel(R) Xeon(R) Gold 6338', '64 cores / 128 threads', '256 GB', 'DIMM_A1', 'DIMM_B2', '3200 MHz',
@@ -359,6 +363,11 @@ func TestBrowserDashboard(t *testing.T) {
 	p.step("open the approval page", chromedp.Navigate(ts.URL+"/tasks/"+id+"/approve"))
 	p.waitJS("the approval panel has the focus", `document.activeElement && document.activeElement.id === 'approve-notes' &&
 		document.getElementById('approval').classList.contains('focus')`)
+	p.waitJS("the approval page shows the report's address next to the hardware", `(() => {
+		const src = document.getElementById('hardware-source');
+		return src !== null && src.textContent.includes('`+browserReportSource+`') &&
+			document.getElementById('hardware').contains(src);
+	})()`)
 	browserEval[chromedp.Void](p, `window.__lpmosMarker = 'still-here'`)
 	p.step("approve",
 		chromedp.SendKeys(chromedp.ID("approve-notes"), "Hardware verified by the browser test"),
@@ -446,6 +455,9 @@ func TestBrowserDashboard(t *testing.T) {
 		s.textContent = 'window.__inline = 1'; document.head.appendChild(s); })()`)
 	p.waitJS("the CSP refuses inline scripts", `window.__inline === undefined && window.__cspViolations.some(v => v.startsWith('script-src'))`)
 }
+
+// browserReportSource is the address the hardware report came from.
+const browserReportSource = "10.20.30.40"
 
 // browserHardware is a two-socket server as an agent reports it, with one
 // hostile string an attacker at the machine could plant in its DMI data.

@@ -412,6 +412,30 @@ func TestProxyMode(t *testing.T) {
 	assert.Nil(t, s.Leases())
 }
 
+func TestLeasedAddr(t *testing.T) {
+	ip := func(last byte) net.IP { return net.IPv4(10, 77, 0, last).To4() }
+	s := newTestServer(t, testConfig())
+	_, ok := s.LeasedAddr(testMAC)
+	assert.False(t, ok, "no lease yet")
+	offer, _ := handleBytes(s, clientPacket(dhcpv4.MessageTypeDiscover), nil, false)
+	require.Equal(t, ip(100), offer.YourIPAddr.To4())
+	_, ok = s.LeasedAddr(testMAC)
+	assert.False(t, ok, "an offer is not a lease")
+	require.Equal(t, ip(100), dora(t, s).YourIPAddr.To4())
+	got, ok := s.LeasedAddr(testMAC)
+	require.True(t, ok)
+	assert.Equal(t, ip(100), got.To4())
+	_, ok = s.LeasedAddr(testMAC2)
+	assert.False(t, ok, "another machine has no lease")
+	handleBytes(s, clientPacket(dhcpv4.MessageTypeRelease, dhcpv4.WithClientIP(ip(100)), withServerID(testServer)), nil, false)
+	_, ok = s.LeasedAddr(testMAC)
+	assert.False(t, ok, "a released lease is no lease")
+
+	proxy := newTestServer(t, Config{ServerIP: testServer, Mode: ModeProxy, Policy: testPolicy})
+	_, ok = proxy.LeasedAddr(testMAC)
+	assert.False(t, ok, "ProxyDHCP leases nothing")
+}
+
 func TestLeaseFileRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig()

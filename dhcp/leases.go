@@ -244,6 +244,17 @@ func (t *leaseTable) snapshot() []Lease {
 	return out
 }
 
+// boundAddr is mac's address if it holds a bound lease at now.
+func (t *leaseTable) boundAddr(mac lpmos.MAC, now time.Time) (net.IP, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l := t.byMAC[mac]
+	if l == nil || l.state != LeaseBound || !l.holds(now) {
+		return nil, false
+	}
+	return u32ToIP(l.ip), true
+}
+
 // leaseFile is the on-disk format: versioned so it can evolve.
 type leaseFile struct {
 	Version int     `json:"version"`

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/lpmos/lpmos"
 )
 
 // Server is a DHCPv4 server for one interface. Build it with New, run it
@@ -73,6 +75,17 @@ func (s *Server) Leases() []Lease {
 		return nil
 	}
 	return s.leases.snapshot()
+}
+
+// LeasedAddr returns the address this server has bound to mac: a lease
+// in state bound that has not expired. It reports false in proxy mode and
+// for machines without such a lease. The region binds a machine's agent
+// token to this address in full mode.
+func (s *Server) LeasedAddr(mac lpmos.MAC) (net.IP, bool) {
+	if s.leases == nil {
+		return nil, false
+	}
+	return s.leases.boundAddr(mac, s.now())
 }
 
 // inbound is a received packet waiting for a worker.

@@ -103,6 +103,7 @@ func TestGolden(t *testing.T) {
 			return Unknown(UnknownParams{MAC: mac, Region: "dc1", Sleep: 300, PowerOff: true})
 		}},
 		{"stop-rejected", func() ([]byte, error) { return Stop(StopParams{MAC: mac, TaskID: testTask, Reason: Rejected}) }},
+		{"busy", func() ([]byte, error) { return Busy(BusyParams{MAC: mac, TaskID: testTask}) }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -305,6 +306,8 @@ func TestInvalidInputs(t *testing.T) {
 		"stop bad reason":     func() ([]byte, error) { return Stop(StopParams{MAC: mac, TaskID: testTask, Reason: "bored"}) },
 		"stop bad task":       func() ([]byte, error) { return Stop(StopParams{MAC: mac, TaskID: "", Reason: Rejected}) },
 		"stop zero MAC":       func() ([]byte, error) { return Stop(StopParams{TaskID: testTask, Reason: Rejected}) },
+		"busy bad task":       func() ([]byte, error) { return Busy(BusyParams{MAC: mac}) },
+		"busy zero MAC":       func() ([]byte, error) { return Busy(BusyParams{TaskID: testTask}) },
 		"stop negative sleep": func() ([]byte, error) { return Stop(StopParams{MAC: mac, TaskID: testTask, Reason: Failed, Sleep: -5}) },
 	}
 	for name, render := range others {

@@ -290,6 +290,43 @@ func Stop(p StopParams) ([]byte, error) {
 	return s.render()
 }
 
+// BusyParams describes a script fetch refused because the machine's task
+// is already booting with an agent token bound to another address.
+type BusyParams struct {
+	MAC    lpmos.MAC
+	TaskID string
+	// Sleep is how many seconds to show the message before returning to
+	// the firmware; 0 means 60.
+	Sleep int
+}
+
+// Busy renders the script for a fetch that gets no token: the machine's
+// task is already booting (its agent holds a token bound to another
+// address). It says so, pauses and returns to the firmware with an error,
+// so that a machine that really is this one boots its next device, and a
+// firmware that comes straight back to PXE loops slowly. The region
+// records the fetch in the task's timeline.
+func Busy(p BusyParams) ([]byte, error) {
+	if err := checkMAC("MAC", p.MAC); err != nil {
+		return nil, err
+	}
+	if err := checkTaskID("TaskID", p.TaskID); err != nil {
+		return nil, err
+	}
+	wait, err := checkSeconds("Sleep", p.Sleep, 60)
+	if err != nil {
+		return nil, err
+	}
+	s := newScript()
+	s.comment("LPMOS: task " + p.TaskID + " for " + p.MAC.String() + " is already booting from another address.")
+	s.echo("LPMOS: task " + p.TaskID + " for " + p.MAC.String() + " is already booting from another address")
+	s.echo("LPMOS: this boot was refused and recorded in the task timeline")
+	s.echo(fmt.Sprintf("LPMOS: leaving network boot in %d seconds", wait))
+	s.cmd("sleep", strconv.Itoa(wait))
+	s.cmd("exit", "1")
+	return s.render()
+}
+
 // powerOffOrExit tries poweroff and, where iPXE lacks it (Debian's build
 // says "poweroff: command not found"), returns to the firmware. The caller
 // has already paused, so a firmware that comes straight back to PXE loops

@@ -1,6 +1,7 @@
 package region
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -50,7 +51,14 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 		e.Field = "mac_address"
 		return mac, nil, e
 	}
-	boundTo, err := r.tokens.check(ctx, mac, httpjson.BearerToken(req))
+	from := sourceAddr(req)
+	boundTo, err := r.tokens.check(ctx, mac, httpjson.BearerToken(req), from)
+	if errors.Is(err, errWrongAddress) {
+		// The route's pattern, not the path: the path's {mac} is the
+		// caller's spelling, and refusals are coalesced by their text.
+		r.refuse(ctx, boundTo, from, "agent call "+cmp.Or(req.Pattern, req.URL.Path)+" refused: the token is bound to another address")
+		return mac, nil, errWrongSource
+	}
 	if errors.Is(err, errBadToken) {
 		return mac, nil, errUnauthorized
 	}
@@ -68,9 +76,12 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 	return mac, t, nil
 }
 
-// touch records the agent's last contact after a request it made
-// succeeded, at most every 10 s per machine.
-func (r *Region) touch(ctx context.Context, mac lpmos.MAC) {
+// touch records, after a request the agent made succeeded, that its
+// token is in use (once) and the agent's last contact (at most every 10 s
+// per machine).
+func (r *Region) touch(req *http.Request, mac lpmos.MAC) {
+	ctx := req.Context()
+	r.tokens.markUsed(ctx, mac, httpjson.BearerToken(req))
 	r.lastSeenMu.Lock()
 	now := r.cfg.Now()
 	due := now.Sub(r.lastSeen[mac]) >= 10*time.Second
@@ -98,7 +109,10 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 	next := agent.ActionWaitForApproval
 	switch t.Status {
 	case task.StatusBooting:
-		moved, err := r.svc.ReportHardware(req.Context(), t.ID, r.actor, body.Hardware, task.ExpectRevision(t.Revision))
+		// The report's source address goes into its timeline entry: the
+		// approval page shows it next to the hardware.
+		moved, err := r.svc.ReportHardware(req.Context(), t.ID, r.actor, body.Hardware, task.ExpectRevision(t.Revision),
+			task.FromAddress(sourceAddr(req).String()))
 		if err != nil {
 			return err
 		}
@@ -110,7 +124,7 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 	default:
 		return httpjson.Errorf(http.StatusConflict, httpjson.CodeInvalidTransition, "task %s is %s: not expecting a hardware report", t.ID, t.Status)
 	}
-	r.touch(req.Context(), mac)
+	r.touch(req, mac)
 	httpjson.WriteJSON(w, http.StatusOK, agent.ReportResponse{Status: "received", TaskID: t.ID, NextAction: next})
 	return nil
 }
@@ -144,6 +158,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 			return err
 		}
 		r.observe(done)
+		r.touch(req, mac)
 		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": t.ID})
 		return nil
 	}
@@ -165,7 +180,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 			r.observe(moved) // now installing
 		}
 	}
-	r.touch(req.Context(), mac)
+	r.touch(req, mac)
 	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
 	return nil
 }
@@ -229,7 +244,7 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 	if err := httpjson.Decode(w, req, agent.MaxBodyBytes, &body); err != nil {
 		return err
 	}
-	_, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
+	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
 	if err != nil {
 		return err
 	}
@@ -255,6 +270,7 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 	default:
 		return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "status must be %q or %q", task.StatusFailed, task.StatusCompleted)
 	}
+	r.touch(req, mac)
 	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": t.ID})
 	return nil
 }
@@ -284,6 +300,7 @@ func (r *Region) approval(w http.ResponseWriter, req *http.Request) error {
 		}
 		wait = min(wait, time.Duration(secs)*time.Second)
 	}
+	r.touch(req, mac)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	id := t.ID
@@ -321,7 +338,7 @@ func (r *Region) endedTaskOf(req *http.Request, macText string) *task.Task {
 	if err != nil {
 		return nil
 	}
-	boundTo, err := r.tokens.check(req.Context(), mac, httpjson.BearerToken(req))
+	boundTo, err := r.tokens.check(req.Context(), mac, httpjson.BearerToken(req), sourceAddr(req))
 	if err != nil {
 		return nil
 	}
@@ -427,7 +444,8 @@ func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	boundTo, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, tok)
+	// Not bound to an address: see tokens.checkAnywhere.
+	boundTo, err := r.tokens.checkAnywhere(req.Context(), t.Metadata.TargetMAC, tok)
 	if errors.Is(err, errBadToken) || (err == nil && boundTo != id) {
 		return errUnauthorized
 	}

@@ -63,7 +63,13 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	token := req.PathValue("token")
-	bound, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, token)
+	from := sourceAddr(req)
+	bound, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, token, from)
+	if errors.Is(err, errWrongAddress) && bound == t.ID {
+		r.refuse(req.Context(), t.ID, from, "answer file refused: the token is bound to another address")
+		http.Error(w, errWrongSource.Message, http.StatusForbidden)
+		return
+	}
 	if err != nil || bound != t.ID {
 		http.Error(w, "invalid task token", http.StatusUnauthorized)
 		return
@@ -93,6 +99,7 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "cannot render the answer file: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
+	r.tokens.markUsed(req.Context(), t.Metadata.TargetMAC, token)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(body)
@@ -110,7 +117,8 @@ func platform(req *http.Request) lpmos.Firmware {
 
 // script serves GET /boot/{mac}.ipxe: the machine's script for the state of
 // its task. Fetching the agent's script is what moves a ready task to
-// booting, and it carries a fresh per-task token.
+// booting, and it carries the task's agent token, bound to one address
+// (binding.go says which fetches get a token).
 func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 	if r.starting(w) {
 		return
@@ -130,6 +138,9 @@ func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		var he *httpjson.Error
 		if errors.As(err, &he) {
+			if he.Status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "2")
+			}
 			http.Error(w, he.Message, he.Status)
 			return
 		}
@@ -164,9 +175,12 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) 
 			return r.installerScript(req, mac, t, e)
 		}
 	}
-	token, err := r.tokens.issue(ctx, mac, t.ID, string(platform(req)), req.RemoteAddr)
+	token, refused, err := r.scriptToken(req, mac, t)
 	if err != nil {
 		return nil, err
+	}
+	if refused {
+		return ipxe.Busy(ipxe.BusyParams{MAC: mac, TaskID: t.ID})
 	}
 	if t.Status == task.StatusReady {
 		moved, err := r.svc.MarkBooting(ctx, t.ID, r.actor, task.ExpectRevision(t.Revision))
@@ -186,9 +200,12 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) 
 // installerScript boots a distribution installer for an approved task,
 // with an answer file the region renders for the task.
 func (r *Region) installerScript(req *http.Request, mac lpmos.MAC, t *task.Task, e Entry) ([]byte, error) {
-	token, err := r.tokens.issue(req.Context(), mac, t.ID, string(platform(req)), req.RemoteAddr)
+	token, refused, err := r.scriptToken(req, mac, t)
 	if err != nil {
 		return nil, err
+	}
+	if refused {
+		return ipxe.Busy(ipxe.BusyParams{MAC: mac, TaskID: t.ID})
 	}
 	method := ipxe.Method(e.Family)
 	// The answer file's URL carries the task's token: installers fetch it

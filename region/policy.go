@@ -66,6 +66,7 @@ func (p *dhcpPolicy) Boot(ctx context.Context, req dhcp.Request) (dhcp.Decision,
 		}
 		return dhcp.Decision{Ignore: true}, nil
 	}
+	r.relays.note(req.MAC, req.RelayAddr != nil)
 	return p.static.Boot(ctx, req)
 }
 

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -86,9 +87,21 @@ type Config struct {
 	// IPXEDir holds the iPXE binaries, served over HTTP for UEFI HTTP boot
 	// (default lpmos.DefaultIPXEDir, where Debian's ipxe package puts them).
 	IPXEDir string
+	// Leases, if set, tells which address the region's DHCP server leased
+	// to a machine (full mode): agent tokens are then bound to it. Server
+	// sets it to its DHCP server. Without it, or for a machine whose DHCP
+	// came through a relay, a token is bound to the address that fetched
+	// the script.
+	Leases LeaseLookup
 
 	Logger *slog.Logger
 	Now    func() time.Time
+}
+
+// LeaseLookup tells which address a DHCP server bound to a machine;
+// *dhcp.Server implements it.
+type LeaseLookup interface {
+	LeasedAddr(mac lpmos.MAC) (net.IP, bool)
 }
 
 // Region is a running regional client.
@@ -109,6 +122,10 @@ type Region struct {
 	lastSeenMu   sync.Mutex
 	lastSeen     map[lpmos.MAC]time.Time
 	discoveredAt map[lpmos.MAC]time.Time
+
+	fetches  *fetchLimits
+	refusals refusals
+	relays   relays
 
 	handler http.Handler
 
@@ -182,6 +199,7 @@ func New(cfg Config) (*Region, error) {
 		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
 		catalog: cat, progress: map[string]*progressState{}, endedTasks: newEndedTasks(),
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
+		fetches: newFetchLimits(),
 	}
 	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now})
 	r.tasks = task.NewView(r.svc, task.ViewConfig{

@@ -64,17 +64,28 @@ func writeBootDir(t *testing.T) (dir string, image []byte) {
 
 func startRegion(t *testing.T, st store.Store, opts ...labOption) *lab {
 	t.Helper()
+	return startRegionOn(t, st, nil, opts...)
+}
+
+// startRegionOn is startRegion serving on ln (nil: a loopback port).
+func startRegionOn(t *testing.T, st store.Store, ln net.Listener, opts ...labOption) *lab {
+	t.Helper()
 	bootDir, _ := writeBootDir(t)
 	// The handler needs the public URL before the server exists: serve
 	// through an indirection.
 	var handler http.Handler
 	var mu sync.RWMutex
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.RLock()
 		h := handler
 		mu.RUnlock()
 		h.ServeHTTP(w, r)
 	}))
+	if ln != nil {
+		ts.Listener.Close()
+		ts.Listener = ln
+	}
+	ts.Start()
 	t.Cleanup(ts.Close)
 	cfg := region.Config{
 		RegionID: "dc1", Store: st, PublicURL: ts.URL, BootDir: bootDir,

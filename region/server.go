@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/internal/httpserve"
 	"github.com/lpmos/lpmos/pxe"
@@ -98,6 +99,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.services["http"] = "running"
 	rc := cfg.Region
 	rc.Services = s.services
+	if cfg.DHCP != nil && rc.Leases == nil {
+		rc.Leases = serverLeases{s}
+	}
 	reg, err := New(rc)
 	if err != nil {
 		return nil, err
@@ -184,6 +188,17 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	return g.Wait()
+}
+
+// serverLeases asks the Server's DHCP server, built after the region
+// (it needs the region's policy), for leases.
+type serverLeases struct{ s *Server }
+
+func (l serverLeases) LeasedAddr(mac lpmos.MAC) (net.IP, bool) {
+	if l.s.dhcp == nil {
+		return nil, false
+	}
+	return l.s.dhcp.LeasedAddr(mac)
 }
 
 func tftpAddr(t *pxe.TFTPServer) string {

@@ -9,6 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/lpmos/lpmos"
@@ -17,69 +20,197 @@ import (
 )
 
 // agentInfo is what the region keeps under /lpmos/agents/{mac}/info: the
-// machine's current agent token, only as a hash, bound to one task.
+// machine's current agent token, only as a hash, bound to one task and
+// to one source address.
 type agentInfo struct {
 	TaskID      string    `json:"task_id"`
 	TokenSHA256 string    `json:"token_sha256"`
 	IssuedAt    time.Time `json:"issued_at"`
 	Firmware    string    `json:"firmware,omitempty"`
-	RemoteAddr  string    `json:"remote_addr,omitempty"`
+	// RemoteAddr is the address that fetched the script carrying the
+	// token (host:port, as the region saw it).
+	RemoteAddr string `json:"remote_addr,omitempty"`
+	// BoundAddr is the only source address the token is accepted from
+	// (see Region.bindAddr). Empty in records written before tokens were
+	// bound: such a token is accepted from anywhere until it is replaced.
+	BoundAddr string `json:"bound_addr,omitempty"`
+	// UsedAt is when the token was first accepted. From then on the
+	// machine's agent holds it, and a script fetch from another address
+	// neither replaces it nor gets another token.
+	UsedAt *time.Time `json:"used_at,omitempty"`
 }
 
 // tokens issues and checks per-task agent tokens. A token is random,
-// stored only hashed, bound to one task and MAC, replaced each time the
-// machine fetches its boot script, and dead once the task ends (the check
-// requires the task to be active).
+// stored only hashed, bound to one task, MAC and source address, and dead
+// once the task ends (the check requires the task to be active).
+//
+// The clear text of the tokens this process issued is kept in memory, so
+// that a machine that reboots and fetches its script again from the
+// token's address gets its own token back without a store write. After a
+// restart of the region it is gone, and such a fetch gets a fresh token
+// bound to the same address.
 type tokens struct {
 	st  store.Store
 	now func() time.Time
+
+	mu    sync.Mutex
+	clear map[lpmos.MAC]string // the clear token this process issued, per machine
+	used  map[lpmos.MAC]string // the hash of the token known to be used, per machine
 }
 
-var errBadToken = errors.New("invalid agent token")
+// maxClearTokens bounds tokens.clear; one entry per machine that fetched
+// a script for an active task, so it is reached only by a huge region.
+const maxClearTokens = 100_000
+
+var (
+	errBadToken = errors.New("invalid agent token")
+	// errWrongAddress: a valid token presented from an address it is not
+	// bound to.
+	errWrongAddress = errors.New("agent token used from an address it is not bound to")
+)
 
 func hashToken(tok string) string {
 	sum := sha256.Sum256([]byte(tok))
 	return hex.EncodeToString(sum[:])
 }
 
-// issue makes a token for a machine's task and stores its hash.
-func (tk *tokens) issue(ctx context.Context, mac lpmos.MAC, taskID, firmware, remote string) (string, error) {
+// current returns the machine's token record and its store revision, or
+// nil if the machine has none (no record, or a discovered-machine
+// record).
+func (tk *tokens) current(ctx context.Context, mac lpmos.MAC) (*agentInfo, int64, error) {
+	kv, err := tk.st.Get(ctx, task.AgentKey(mac, task.AgentFieldInfo))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read agent token: %w", err)
+	}
+	var info agentInfo
+	if err := json.Unmarshal(kv.Value, &info); err != nil || info.TokenSHA256 == "" {
+		return nil, 0, nil
+	}
+	return &info, kv.ModRevision, nil
+}
+
+// issue makes a token for a machine's task, bound to the address bound,
+// and stores its hash. from is the address that fetched the script.
+func (tk *tokens) issue(ctx context.Context, mac lpmos.MAC, taskID, firmware, from string, bound netip.Addr) (string, error) {
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
 	tok := hex.EncodeToString(b[:])
-	info, _ := json.Marshal(agentInfo{TaskID: taskID, TokenSHA256: hashToken(tok), IssuedAt: tk.now().UTC(), Firmware: firmware, RemoteAddr: remote})
+	info, _ := json.Marshal(agentInfo{TaskID: taskID, TokenSHA256: hashToken(tok), IssuedAt: tk.now().UTC(),
+		Firmware: firmware, RemoteAddr: from, BoundAddr: bound.String()})
 	if _, err := tk.st.Put(ctx, task.AgentKey(mac, task.AgentFieldInfo), info); err != nil {
 		return "", fmt.Errorf("store agent token: %w", err)
 	}
+	tk.mu.Lock()
+	if tk.clear == nil || len(tk.clear) >= maxClearTokens {
+		tk.clear = map[lpmos.MAC]string{}
+	}
+	tk.clear[mac] = tok
+	tk.mu.Unlock()
 	return tok, nil
 }
 
-// check verifies a token for a machine and returns the task it is bound
-// to. The caller still checks the task is active.
-func (tk *tokens) check(ctx context.Context, mac lpmos.MAC, tok string) (string, error) {
+// own returns the clear text of info's token if this process issued it.
+func (tk *tokens) own(mac lpmos.MAC, info *agentInfo) (string, bool) {
+	tk.mu.Lock()
+	tok, ok := tk.clear[mac]
+	tk.mu.Unlock()
+	if !ok || subtle.ConstantTimeCompare([]byte(hashToken(tok)), []byte(info.TokenSHA256)) != 1 {
+		return "", false
+	}
+	return tok, true
+}
+
+// check verifies a token for a machine, presented from the address from,
+// and returns the task it is bound to. A valid token from another address
+// than its bound one yields errWrongAddress, with the task it is bound to
+// (the caller records the attempt there). The caller still checks the
+// task is active, and calls markUsed once the request succeeded.
+func (tk *tokens) check(ctx context.Context, mac lpmos.MAC, tok string, from netip.Addr) (string, error) {
+	return tk.verify(ctx, mac, tok, from, true)
+}
+
+// checkAnywhere verifies a token without its address binding: for the
+// installed system's phone-home, which comes from the installed OS's
+// address (a static network configuration may differ from the boot
+// address) and can do nothing but record one first boot.
+func (tk *tokens) checkAnywhere(ctx context.Context, mac lpmos.MAC, tok string) (string, error) {
+	return tk.verify(ctx, mac, tok, netip.Addr{}, false)
+}
+
+func (tk *tokens) verify(ctx context.Context, mac lpmos.MAC, tok string, from netip.Addr, bound bool) (string, error) {
 	if tok == "" {
 		return "", errBadToken
 	}
-	kv, err := tk.st.Get(ctx, task.AgentKey(mac, task.AgentFieldInfo))
-	if errors.Is(err, store.ErrNotFound) {
-		return "", errBadToken
-	}
+	info, _, err := tk.current(ctx, mac)
 	if err != nil {
 		return "", err
 	}
-	var info agentInfo
-	if err := json.Unmarshal(kv.Value, &info); err != nil {
+	if info == nil || subtle.ConstantTimeCompare([]byte(hashToken(tok)), []byte(info.TokenSHA256)) != 1 {
 		return "", errBadToken
 	}
-	if subtle.ConstantTimeCompare([]byte(hashToken(tok)), []byte(info.TokenSHA256)) != 1 {
-		return "", errBadToken
+	if !bound {
+		return info.TaskID, nil
+	}
+	if info.BoundAddr != "" && info.BoundAddr != from.String() {
+		return info.TaskID, errWrongAddress
 	}
 	return info.TaskID, nil
+}
+
+// markUsed records the first accepted use of a machine's token (UsedAt);
+// callers call it once a request with the token succeeded, so that a
+// refused request writes nothing. Uses already recorded cost no store
+// access.
+func (tk *tokens) markUsed(ctx context.Context, mac lpmos.MAC, tok string) {
+	hash := hashToken(tok)
+	tk.mu.Lock()
+	done := tk.used[mac] == hash
+	tk.mu.Unlock()
+	if done {
+		return
+	}
+	info, rev, err := tk.current(ctx, mac)
+	if err != nil || info == nil || subtle.ConstantTimeCompare([]byte(hash), []byte(info.TokenSHA256)) != 1 {
+		return
+	}
+	if info.UsedAt == nil {
+		// Only if the record is still the one read: a token issued
+		// meanwhile is not marked by the use of another.
+		now := tk.now().UTC()
+		info.UsedAt = &now
+		b, _ := json.Marshal(info)
+		key := task.AgentKey(mac, task.AgentFieldInfo)
+		res, err := tk.st.Txn(ctx, store.Txn{If: []store.Compare{store.ModRevisionIs(key, rev)}, Then: []store.Op{store.OpPut(key, b)}})
+		if err != nil || !res.Succeeded {
+			return
+		}
+	}
+	tk.mu.Lock()
+	if tk.used == nil || len(tk.used) >= maxClearTokens {
+		tk.used = map[lpmos.MAC]string{}
+	}
+	tk.used[mac] = hash
+	tk.mu.Unlock()
 }
 
 // seen records the agent's last contact (best effort).
 func (tk *tokens) seen(ctx context.Context, mac lpmos.MAC) {
 	_, _ = tk.st.Put(ctx, task.AgentKey(mac, task.AgentFieldLastSeen), []byte(tk.now().UTC().Format(time.RFC3339Nano)))
+}
+
+// sourceAddr is the address a request came from (IPv4-mapped IPv6
+// addresses unmapped, so that both listeners' views compare equal). It is
+// the TCP peer: the region does not trust X-Forwarded-For, which anyone
+// can send.
+func sourceAddr(req *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(req.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }

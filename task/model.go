@@ -132,6 +132,9 @@ type TimelineEntry struct {
 	Stage     Stage     `json:"stage,omitempty"`  // for stage changes
 	Actor     string    `json:"actor,omitempty"`  // who caused it
 	Message   string    `json:"message,omitempty"`
+	// Source is the network address the event came from, where the
+	// region knows it: the agent's hardware report, refused requests.
+	Source string `json:"source,omitempty"`
 }
 
 // Task is the assembled view of a task's keys.
@@ -151,8 +154,16 @@ type Task struct {
 }
 
 // LastActivity is when the task last moved: its newest timeline entry or
-// progress report. A region's status timeouts count from it.
-func (t *Task) LastActivity() time.Time { return newest(t.Timeline, t.Progress) }
+// progress report. A region's status timeouts count from it. Refused
+// requests (TimelineRefused) are not activity: anyone can cause them, and
+// they must not keep a stuck task from timing out.
+func (t *Task) LastActivity() time.Time {
+	tl := t.Timeline
+	for len(tl) > 0 && tl[len(tl)-1].Event == TimelineRefused {
+		tl = tl[:len(tl)-1]
+	}
+	return newest(tl, t.Progress)
+}
 
 // newest is the time of the newest of a timeline's last entry and a
 // progress report.

@@ -86,6 +86,26 @@ type MoveOption func(*moveOptions)
 
 type moveOptions struct {
 	expectRev int64
+	source    string
+}
+
+// FromAddress records the network address a move came from in its
+// timeline entry (TimelineEntry.Source): the region passes the address
+// of the agent's hardware report, so that the operator who approves it
+// sees where the report came from. It is cut to MaxSourceLen bytes.
+func FromAddress(addr string) MoveOption {
+	return func(o *moveOptions) { o.source = truncateTo(addr, MaxSourceLen) }
+}
+
+// MaxSourceLen bounds TimelineEntry.Source (an IPv6 address with zone
+// fits).
+const MaxSourceLen = 64
+
+func truncateTo(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
 
 // ExpectRevision makes a move succeed only if the task's status has not
@@ -280,10 +300,11 @@ func (s *Service) ActiveTask(ctx context.Context, mac lpmos.MAC) (*Task, error) 
 
 // change is what a move writes besides status and timeline.
 type change struct {
-	ops   []store.Op
-	apply func(t *Task) // mirrors ops onto the returned view
-	note  string        // timeline message
-	extra []TimelineEntry
+	ops    []store.Op
+	apply  func(t *Task) // mirrors ops onto the returned view
+	note   string        // timeline message
+	source string        // timeline source address (FromAddress)
+	extra  []TimelineEntry
 }
 
 // maxRetries bounds the retries of a write whose transaction lost to a
@@ -350,6 +371,9 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if err := checkText("source", o.source, MaxSourceLen); err != nil {
+		return nil, err
+	}
 	var firstStatusRev int64
 	return s.update(ctx, id, string(ev)+" task", func(snap *snapshot) (*write, *Task, error) {
 		if o.expectRev != 0 && snap.statusRev != o.expectRev {
@@ -360,7 +384,15 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 		} else if snap.statusRev != firstStatusRev {
 			return nil, nil, fmt.Errorf("%s task %s: status changed concurrently: %w", ev, id, ErrConflict)
 		}
-		w, err := s.transition(snap, ev, by, build)
+		b := build
+		if o.source != "" {
+			b = func(t *Task, now time.Time) (change, error) {
+				ch, err := build(t, now)
+				ch.source = o.source
+				return ch, err
+			}
+		}
+		w, err := s.transition(snap, ev, by, b)
 		return w, nil, err
 	})
 }
@@ -379,7 +411,7 @@ func (s *Service) transition(snap *snapshot, ev Event, by string, build func(t *
 	if err != nil {
 		return nil, err
 	}
-	entry := TimelineEntry{Timestamp: now, Event: string(ev), Status: next, Actor: by, Message: ch.note}
+	entry := TimelineEntry{Timestamp: now, Event: string(ev), Status: next, Actor: by, Message: ch.note, Source: ch.source}
 	timeline := append(append(slices.Clone(t.Timeline), entry), ch.extra...)
 	ops := append([]store.Op{
 		store.OpPut(TaskKey(t.ID, FieldStatus), []byte(next)),
@@ -529,6 +561,49 @@ func (s *Service) RecordFirstBoot(ctx context.Context, id, by, message string) (
 			}
 		}
 		t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: s.now(), Event: TimelineFirstBoot, Status: t.Status, Actor: by, Message: message})
+		return &write{
+			txn:    store.Txn{If: unchanged(snap), Then: []store.Op{store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline))}},
+			result: func(int64) *Task { return t },
+		}, nil, nil
+	})
+}
+
+// MaxRefusals bounds the TimelineRefused entries of one task: requests
+// without credentials cause them, so that without a bound anyone who
+// knows a MAC could grow the task's timeline key without limit.
+const MaxRefusals = 20
+
+// RecordRefusal adds a TimelineRefused entry to an active task's timeline
+// in one compare-and-swap, without moving its status: the region refused
+// a request for the task's machine from source (an address). Once the
+// task has MaxRefusals such entries, or when it has ended, nothing is
+// written and the task is returned as it is.
+func (s *Service) RecordRefusal(ctx context.Context, id, by, source, message string) (*Task, error) {
+	if err := checkActor(by); err != nil {
+		return nil, err
+	}
+	if err := checkText("message", message, MaxTextLen); err != nil {
+		return nil, err
+	}
+	source = truncateTo(source, MaxSourceLen)
+	if err := checkText("source", source, MaxSourceLen); err != nil {
+		return nil, err
+	}
+	return s.update(ctx, id, "refusal for task", func(snap *snapshot) (*write, *Task, error) {
+		t := snap.task
+		if t.Status.Terminal() {
+			return nil, t, nil
+		}
+		n := 0
+		for _, e := range t.Timeline {
+			if e.Event == TimelineRefused {
+				n++
+			}
+		}
+		if n >= MaxRefusals {
+			return nil, t, nil
+		}
+		t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: s.now(), Event: TimelineRefused, Status: t.Status, Actor: by, Message: message, Source: source})
 		return &write{
 			txn:    store.Txn{If: unchanged(snap), Then: []store.Op{store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline))}},
 			result: func(int64) *Task { return t },

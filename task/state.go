@@ -87,6 +87,11 @@ const (
 	// TimelineFirstBoot: the installed system booted and phoned home
 	// (recorded once, on a completed task; see Service.RecordFirstBoot).
 	TimelineFirstBoot = "first_boot"
+	// TimelineRefused: the region refused a request made for the task's
+	// machine (a boot script fetch or an agent call from an address its
+	// token is not bound to); Source says from where. Bounded per task by
+	// MaxRefusals (see Service.RecordRefusal).
+	TimelineRefused = "refused"
 )
 
 // transitions is the whole state machine: (status, event) → next status.

@@ -1096,6 +1096,10 @@
       const sys = hw.system || {};
       const board = hw.board || {};
       const bootMAC = String((t && t.metadata && t.metadata.target_mac) || hw.mac_address || '').toLowerCase();
+      // The address the hardware report came from (its timeline entry):
+      // the operator checks it is the machine's before approving.
+      const reports = (t && Array.isArray(t.timeline) ? t.timeline : []).filter((e) => e && e.event === 'hardware_reported');
+      const source = reports.length ? String(reports[reports.length - 1].source || '') : '';
       const storage = disks.reduce((n, d) => n + (Number(d && d.size_gb) || 0), 0);
 
       const stat = (label, value, sub) => el('div', { class: 'hw-stat' },
@@ -1104,6 +1108,9 @@
       const cpuSub = [cpu.model, cpu.vendor && !String(cpu.model || '').includes(cpu.vendor) ? '(' + cpu.vendor + ')' : ''].filter(Boolean).join(' ');
 
       fill(hwBox,
+        el('p', { id: 'hardware-source' }, source
+          ? ['Reported from ', el('span', { class: 'mono', text: source }), ' — check that this is the machine’s address before approving.']
+          : el('span', { class: 'muted', text: 'The region did not record the address this report came from.' })),
         el('div', { class: 'hw-summary' },
           stat('CPU', (Number(cpu.cores) || 0) + ' cores / ' + (Number(cpu.threads) || 0) + ' threads',
             (cpuSub || 'unknown model') + (cpu.sockets ? ' · ' + cpu.sockets + ' socket' + (cpu.sockets > 1 ? 's' : '') : '')),
@@ -1157,7 +1164,7 @@
         el('td', null, e.status ? badge(e.status) : '—'),
         el('td', { text: dash(e.stage) }),
         el('td', { text: dash(e.actor) }),
-        el('td', { class: 'msg', text: dash(e.message) })))));
+        el('td', { class: 'msg', text: dash(e.message) + (e.source ? ' (from ' + e.source + ')' : '') })))));
     }
 
     function renderAll(t) {
@@ -1230,6 +1237,7 @@
           if (msg.hardware && typeof msg.hardware === 'object') {
             task.hardware = msg.hardware;
             renderHardware(task.hardware, task);
+            refresh.soon(); // the report's timeline entry names its source address
           }
           break;
       }
