@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,8 +21,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/lpmos/lpmos/internal/cmdtest"
+	"github.com/lpmos/lpmos/store/etcd"
 )
 
 var bin string // built once by TestMain
@@ -43,12 +47,15 @@ func TestAllInOneRuns(t *testing.T) {
 	cp, rp := freePort(t), freePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// An http:// loopback URL, as command lines before client certificates
+	// had: the member serves it as https:// with client authentication.
+	etcdPort := freePort(t)
 	cmd := exec.CommandContext(ctx, bin,
 		"--data-dir", data, "--boot-dir", filepath.Join(data, "boot"),
 		"--listen-addr", fmt.Sprintf("127.0.0.1:%d", cp),
 		"--region-listen", fmt.Sprintf("127.0.0.1:%d", rp), "--region-url", fmt.Sprintf("http://127.0.0.1:%d", rp),
 		"--tftp-listen", "", "--simulate", "1", "--simulate-speed", "50",
-		"--etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		"--etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
 		"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
 	cmd.Env = append(os.Environ(), "LPMOS_ADMIN_TOKEN=")
 	stdout, err := cmd.StdoutPipe()
@@ -127,6 +134,34 @@ func TestAllInOneRuns(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
+
+	// The embedded etcd answers a real etcd client only with the client
+	// certificate generated into the data directory (README, "Inspecting
+	// the embedded etcd").
+	pki := filepath.Join(data, "etcd-pki")
+	withCert, err := etcd.TLSConfig(filepath.Join(pki, "ca.crt"), filepath.Join(pki, "client.crt"), filepath.Join(pki, "client.key"))
+	require.NoError(t, err)
+	withoutCert, err := etcd.TLSConfig(filepath.Join(pki, "ca.crt"), "", "")
+	require.NoError(t, err)
+	count := func(endpoint string, tlsCfg *tls.Config) (int64, error) {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		require.NoError(t, err)
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		r, err := c.Get(ctx, "/lpmos/tasks/"+id+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return 0, err
+		}
+		return r.Count, nil
+	}
+	n, err := count(fmt.Sprintf("https://127.0.0.1:%d", etcdPort), withCert)
+	require.NoError(t, err)
+	assert.Positive(t, n, "the task's keys")
+	_, err = count(fmt.Sprintf("https://127.0.0.1:%d", etcdPort), withoutCert)
+	assert.Error(t, err, "TLS without the client certificate")
+	_, err = count(fmt.Sprintf("http://127.0.0.1:%d", etcdPort), nil)
+	assert.Error(t, err, "plain HTTP")
 }
 
 // quick are the flags of an allinone that starts in a moment: nothing

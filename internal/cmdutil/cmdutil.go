@@ -43,7 +43,7 @@ func (f *StoreFlags) Register(fs *flag.FlagSet, embedded bool) {
 	if embedded {
 		fs.StringVar(&f.Kind, "store", "etcd", "etcd (embedded unless --etcd-endpoints is set) or memory (throwaway)")
 		fs.StringVar(&f.DataDir, "data-dir", "./lpmos-data", "embedded etcd data and region state")
-		fs.StringVar(&f.ClientURL, "etcd-client-url", "http://127.0.0.1:2379", "where the embedded etcd serves clients (etcdctl)")
+		fs.StringVar(&f.ClientURL, "etcd-client-url", "https://127.0.0.1:2379", "where the embedded etcd serves clients (etcdctl), with client certificates from <data-dir>/etcd-pki")
 		fs.StringVar(&f.PeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "where the embedded etcd listens for peers")
 		fs.BoolVar(&f.EtcdVerbose, "etcd-verbose", false, "let the embedded etcd log")
 	} else {
@@ -82,7 +82,8 @@ func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store
 		return nil, nil, errors.New("--etcd-endpoints is required (this binary does not embed etcd)")
 	}
 	m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
-		Dir: filepath.Join(f.DataDir, "etcd"), ClientURL: f.ClientURL, PeerURL: f.PeerURL, Verbose: f.EtcdVerbose,
+		Dir: filepath.Join(f.DataDir, "etcd"), PKIDir: filepath.Join(f.DataDir, "etcd-pki"),
+		ClientURL: f.ClientURL, PeerURL: f.PeerURL, Verbose: f.EtcdVerbose,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -92,7 +93,9 @@ func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store
 		m.Close()
 		return nil, nil, err
 	}
-	log.Info("embedded etcd started", "dir", filepath.Join(f.DataDir, "etcd"), "client_url", f.ClientURL)
+	pki, _ := m.PKI()
+	log.Info("embedded etcd started", "dir", filepath.Join(f.DataDir, "etcd"), "client_url", m.ClientURL(),
+		"ca", pki.CAFile, "client_cert", pki.ClientCertFile, "client_key", pki.ClientKeyFile)
 	return s, func() { s.Close(); m.Close() }, nil
 }
 

@@ -30,9 +30,12 @@ func freePort(t testing.TB) int {
 
 func memberConfig(t testing.TB, name string) etcd.EmbeddedConfig {
 	return etcd.EmbeddedConfig{
-		Dir:               t.TempDir(),
-		Name:              name,
-		ClientURL:         fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		Dir:       t.TempDir(),
+		Name:      name,
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		// Plain members keep the many tests that dial ClientURL() simple;
+		// store/etcd tests the authenticated default.
+		Insecure:          true,
 		PeerURL:           fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
 		HeartbeatInterval: 50 * time.Millisecond,
 		ElectionTimeout:   500 * time.Millisecond,

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -23,10 +26,25 @@ type EmbeddedConfig struct {
 	// Name is the member name (default "lpmos").
 	Name string
 	// ClientURL is where the member serves clients, e.g. etcdctl
-	// (default "http://127.0.0.1:2379").
+	// (default "https://127.0.0.1:2379"). Clients must present the client
+	// certificate of the member's PKI (see PKIDir). An http:// URL on a
+	// loopback address is served as https:// (the scheme older command
+	// lines used); one on any other address is refused, as the store would
+	// then be readable and writable from the network.
 	ClientURL string
+	// PKIDir holds the CA, server and client certificates the member
+	// requires of its clients, generated on first start and reused later
+	// (see EnsurePKI). Default: Dir with "-pki" appended, a sibling of the
+	// data so etcd never sees foreign files in its own directory.
+	PKIDir string
+	// Insecure serves clients over plain HTTP without authentication, so
+	// every local process can read and write the store. Only for test
+	// members in throwaway directories; the client URL must be on loopback.
+	Insecure bool
 	// PeerURL is where the member talks to its peers
-	// (default "http://127.0.0.1:2380").
+	// (default "http://127.0.0.1:2380"). Peer traffic is not encrypted, so
+	// it must stay on a loopback address: the embedded member is meant to
+	// run alone (a multi-member cluster on one host is for tests).
 	PeerURL string
 	// InitialCluster lists all members as "name=peerURL,..."; empty means
 	// a single-member cluster of this member.
@@ -55,8 +73,13 @@ type Embedded struct {
 	cfg       EmbeddedConfig
 	e         *embed.Etcd
 	clientURL string
+	pki       *PKI // nil when Insecure
 	closeOnce sync.Once
 }
+
+// ErrInsecureURL is returned for a client or peer URL that would expose the
+// member to the network without TLS.
+var ErrInsecureURL = errors.New("embedded etcd: URL not on loopback needs TLS")
 
 // StartEmbedded starts an etcd member and waits until it serves clients.
 // Close it to stop the member.
@@ -68,7 +91,10 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		cfg.Name = "lpmos"
 	}
 	if cfg.ClientURL == "" {
-		cfg.ClientURL = "http://127.0.0.1:2379"
+		cfg.ClientURL = "https://127.0.0.1:2379"
+		if cfg.Insecure {
+			cfg.ClientURL = "http://127.0.0.1:2379"
+		}
 	}
 	if cfg.PeerURL == "" {
 		cfg.PeerURL = "http://127.0.0.1:2380"
@@ -99,12 +125,44 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: peer URL %q: %w", cfg.PeerURL, err)
 	}
+	if purl.Scheme != "http" || !isLoopback(purl.Hostname()) {
+		return nil, fmt.Errorf("%w: peer URL %q: the embedded member's peer traffic is plain HTTP and must stay on a loopback address", ErrInsecureURL, cfg.PeerURL)
+	}
+	var pki *PKI
+	switch {
+	case curl.Scheme != "http" && curl.Scheme != "https":
+		return nil, fmt.Errorf("embedded etcd: client URL %q: scheme must be https (or http on loopback)", cfg.ClientURL)
+	case cfg.Insecure && (curl.Scheme != "http" || !isLoopback(curl.Hostname())):
+		return nil, fmt.Errorf("%w: client URL %q: an insecure member serves plain HTTP on loopback only", ErrInsecureURL, cfg.ClientURL)
+	case cfg.Insecure:
+	case curl.Scheme == "http" && !isLoopback(curl.Hostname()):
+		return nil, fmt.Errorf("%w: client URL %q would serve the store in clear text to the network: use https://%s", ErrInsecureURL, cfg.ClientURL, curl.Host)
+	default:
+		curl.Scheme = "https"
+		cfg.ClientURL = curl.String()
+		if cfg.PKIDir == "" {
+			cfg.PKIDir = filepath.Clean(cfg.Dir) + "-pki"
+		}
+		p, err := EnsurePKI(cfg.PKIDir, curl.Hostname())
+		if err != nil {
+			return nil, err
+		}
+		pki = &p
+	}
 
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = cfg.Dir
 	ec.ListenClientUrls = []url.URL{*curl}
 	ec.AdvertiseClientUrls = []url.URL{*curl}
+	if pki != nil {
+		ec.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       pki.ServerCertFile,
+			KeyFile:        pki.ServerKeyFile,
+			TrustedCAFile:  pki.CAFile,
+			ClientCertAuth: true,
+		}
+	}
 	ec.ListenPeerUrls = []url.URL{*purl}
 	ec.AdvertisePeerUrls = []url.URL{*purl}
 	ec.InitialCluster = cfg.InitialCluster
@@ -130,7 +188,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	defer t.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Embedded{cfg: cfg, e: e, clientURL: cfg.ClientURL}, nil
+		return &Embedded{cfg: cfg, e: e, clientURL: cfg.ClientURL, pki: pki}, nil
 	case err := <-e.Err():
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd in %s: %w", cfg.Dir, err)
@@ -156,9 +214,36 @@ func (m *Embedded) IsLeader() bool { return m.e.Server.Leader() == m.e.Server.Me
 // Err delivers a fatal error of the running member.
 func (m *Embedded) Err() <-chan error { return m.e.Err() }
 
-// Store connects a client to this member and returns a Store that owns it.
+// PKI returns the certificate files clients of the member need, and false
+// for an Insecure member.
+func (m *Embedded) PKI() (PKI, bool) {
+	if m.pki == nil {
+		return PKI{}, false
+	}
+	return *m.pki, true
+}
+
+// Store connects a client to this member, with the member's client
+// certificate, and returns a Store that owns it.
 func (m *Embedded) Store(ctx context.Context) (*Store, error) {
-	return Dial(ctx, Config{Endpoints: []string{m.clientURL}})
+	cfg := Config{Endpoints: []string{m.clientURL}}
+	if m.pki != nil {
+		var err error
+		if cfg.TLS, err = m.pki.ClientTLS(); err != nil {
+			return nil, err
+		}
+	}
+	return Dial(ctx, cfg)
+}
+
+// isLoopback reports whether host (a URL's host name) only ever reaches
+// this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Close stops the member, waiting for it to shut down.
