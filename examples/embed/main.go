@@ -29,7 +29,7 @@ import (
 
 func main() {
 	dataDir := flag.String("data-dir", "./lpmos-data", "embedded etcd data directory (under etcd/)")
-	clientURL := flag.String("etcd-client-url", "http://127.0.0.1:2379", "where the embedded etcd serves clients")
+	clientURL := flag.String("etcd-client-url", "https://127.0.0.1:2379", "where the embedded etcd serves clients (client certificates in <data-dir>/etcd-pki)")
 	peerURL := flag.String("etcd-peer-url", "http://127.0.0.1:2380", "where the embedded etcd listens for peers")
 	kind := flag.String("store", "etcd", "etcd (embedded) or memory")
 	mac := flag.String("mac", "00:1a:2b:3c:4d:5e", "MAC address of the machine to provision")
@@ -51,7 +51,8 @@ func openStore(ctx context.Context, kind, dataDir, clientURL, peerURL string) (s
 		return s, func() { s.Close() }, nil
 	case "etcd":
 		m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
-			Dir: filepath.Join(dataDir, "etcd"), ClientURL: clientURL, PeerURL: peerURL,
+			Dir: filepath.Join(dataDir, "etcd"), PKIDir: filepath.Join(dataDir, "etcd-pki"),
+			ClientURL: clientURL, PeerURL: peerURL,
 		})
 		if err != nil {
 			return nil, nil, err
@@ -126,7 +127,9 @@ func run(ctx context.Context, log *slog.Logger, kind, dataDir, clientURL, peerUR
 		fmt.Printf("  %s  %-18s %-17s %s\n", e.Timestamp.Format(time.RFC3339), e.Event, e.Status, e.Stage)
 	}
 	if kind == "etcd" {
-		fmt.Printf("\ninspect it: etcdctl --endpoints %s get --prefix /lpmos/tasks/%s/\n", clientURL, tk.ID)
+		pki := filepath.Join(dataDir, "etcd-pki")
+		fmt.Printf("\ninspect it while an embedded etcd runs on %s:\n  etcdctl --endpoints %s --cacert %s --cert %s --key %s get --prefix /lpmos/tasks/%s/\n",
+			dataDir, clientURL, filepath.Join(pki, "ca.crt"), filepath.Join(pki, "client.crt"), filepath.Join(pki, "client.key"), tk.ID)
 	}
 	return nil
 }

@@ -1,7 +1,10 @@
 // Package etcd implements store.Store on a real etcd cluster, LPMOS's
 // default and production store, and can start that etcd embedded in the
 // process (a single member with its data in a directory) for set-ups that do
-// not run an external cluster.
+// not run an external cluster. The embedded member requires client
+// certificates it generates next to its data (EnsurePKI), because the store
+// holds agent token hashes and task state that no other local process may
+// read or forge.
 //
 // It translates between LPMOS's store contract and the etcd v3 client and
 // nothing more: no retries beyond what the etcd client does itself, no
