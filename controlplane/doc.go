@@ -92,6 +92,18 @@
 // rate_limited, 503 unavailable. Nothing is written when an error is
 // returned. The region's agent API answers its errors the same way.
 //
+// # Webhooks
+//
+// Each notification (see controlplane/webhook) is a JSON POST signed as
+// Standard Webhooks do: headers webhook-id (the same across the retries of
+// one delivery), webhook-timestamp (Unix seconds of the attempt) and
+// webhook-signature "v1,<base64 HMAC-SHA256 of id.timestamp.body>", keyed
+// with the webhook secret's bytes; X-LPMOS-Event names the event. Because
+// the timestamp is signed, a receiver that refuses timestamps more than a
+// few minutes off (webhook.Verify does) cannot be fed a replay. This
+// replaced the X-LPMOS-Signature (HMAC of the body alone) and
+// X-LPMOS-Delivery headers.
+//
 // # WebSocket /ws
 //
 // Authenticate with the subprotocols ["lpmos.v1", "bearer.<token>"]
