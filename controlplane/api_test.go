@@ -321,6 +321,16 @@ func TestAPIErrorsWriteNothing(t *testing.T) {
 		{"reject without reason", "PUT", "/api/v1/tasks/" + decided + "/reject", map[string]any{"reason": ""}, nil, 400, "invalid_request", "reason"},
 		{"stale If-Match", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", staleRev}, 409, "conflict", ""},
 		{"garbage If-Match", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "abc"}, 400, "invalid_request", ""},
+		{"If-Match " + staleRev + "abc", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", staleRev + "abc"}, 400, "invalid_request", ""},
+		{"If-Match " + "25abc", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "25abc"}, 400, "invalid_request", ""},
+		{"If-Match " + "25 26", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "25 26"}, 400, "invalid_request", ""},
+		{"If-Match " + "+25", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "+25"}, 400, "invalid_request", ""},
+		{"If-Match " + "0x19", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "0x19"}, 400, "invalid_request", ""},
+		{"If-Match " + "1e3", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "1e3"}, 400, "invalid_request", ""},
+		{"If-Match " + "0", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "0"}, 400, "invalid_request", ""},
+		{"If-Match " + "-3", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "-3"}, 400, "invalid_request", ""},
+		{"If-Match " + "*", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "*"}, 400, "invalid_request", ""},
+		{"If-Match " + `W/"25"`, "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", `W/"25"`}, 400, "invalid_request", ""},
 		{"cancel unknown task", "DELETE", "/api/v1/tasks/00000000-0000-4000-8000-000000000001", nil, nil, 404, "not_found", ""},
 		{"bad list limit", "GET", "/api/v1/tasks?limit=abc", nil, nil, 400, "invalid_request", "limit"},
 		{"bad list status", "GET", "/api/v1/tasks?status=done", nil, nil, 400, "invalid_request", "status"},
@@ -481,7 +491,9 @@ func TestAuditLog(t *testing.T) {
 		assert.Equal(t, w.status, entries[i]["status"])
 		assert.NotEmpty(t, entries[i]["at"])
 	}
-	assert.Equal(t, id, entries[2]["task_id"])
+	for i, e := range entries {
+		assert.Equal(t, id, e["task_id"], "entry %d names the task, the create too", i)
+	}
 }
 
 func TestRateLimitFailedSignIns(t *testing.T) {

@@ -81,8 +81,11 @@
 // A reject needs a reason; notes and reasons are checked once, before
 // anything moves.
 //
-// Single-task mutations accept "If-Match: <revision>" to act only if the task's status
-// has not moved since that read. Errors are
+// Single-task mutations accept "If-Match: <revision>" (decimal digits,
+// optionally quoted as the ETag is; anything else is 400) to act only if
+// the task's status has not moved since that read. Every mutation writes
+// an audit record naming the task (for a create, the task it made). Served
+// over TLS, every response carries Strict-Transport-Security (one year). Errors are
 // {"error": {"code": "...", "message": "...", "field": "..."}} with status
 // 400 invalid_request (malformed JSON, unknown fields, bad MAC, region or
 // OS), 401 unauthorized, 403 forbidden, 404 not_found, 409
