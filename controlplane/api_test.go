@@ -311,6 +311,21 @@ func TestAPIErrorsWriteNothing(t *testing.T) {
 		{"invalid MAC", "POST", "/api/v1/tasks", createBody("00:1a:2b:3c:4d"), nil, 400, "invalid_request", "target_mac"},
 		{"invalid region", "POST", "/api/v1/tasks", func() any { b := createBody("00:1a:2b:3c:4d:06"); b["region_id"] = "DC_1"; return b }(), nil, 400, "invalid_request", "region_id"},
 		{"unknown OS", "POST", "/api/v1/tasks", func() any { b := createBody("00:1a:2b:3c:4d:07"); b["os_type"] = "windows"; return b }(), nil, 400, "invalid_request", "os_type"},
+		{"bad hostname tag", "POST", "/api/v1/tasks", func() any {
+			b := createBody("00:1a:2b:3c:4d:07")
+			b["tags"] = map[string]string{"hostname": "web_01;reboot"}
+			return b
+		}(), nil, 400, "invalid_request", "tags.hostname"},
+		{"bad ssh_key tag", "POST", "/api/v1/tasks", func() any {
+			b := createBody("00:1a:2b:3c:4d:07")
+			b["tags"] = map[string]string{"ssh_key": "ssh-ed25519 AAAA a\nssh-rsa BBBB evil"}
+			return b
+		}(), nil, 400, "invalid_request", "tags.ssh_key"},
+		{"escape in tag", "POST", "/api/v1/tasks", func() any {
+			b := createBody("00:1a:2b:3c:4d:07")
+			b["tags"] = map[string]string{"rack": "r1\u001b[2J"}
+			return b
+		}(), nil, 400, "invalid_request", "tags.rack"},
 		{"wrong content type", "POST", "/api/v1/tasks", createBody("00:1a:2b:3c:4d:08"), []string{"Content-Type", "text/plain"}, 415, "unsupported_media_type", ""},
 		{"oversize body", "POST", "/api/v1/tasks", big, nil, 413, "too_large", ""},
 		{"second task for a MAC", "POST", "/api/v1/tasks", createBody("00-1A-2B-3C-4D-01"), nil, 409, "conflict", ""},

@@ -497,6 +497,10 @@ func noChange(*Task, time.Time) (change, error) { return change{}, nil }
 // pending_approval.
 func (s *Service) ReportHardware(ctx context.Context, id, by string, hw hardware.Info, opts ...MoveOption) (*Task, error) {
 	if err := hw.Validate(); err != nil {
+		var ve *hardware.ValidationError
+		if errors.As(err, &ve) {
+			return nil, invalid("hardware."+ve.Field, "%s", ve.Reason)
+		}
 		return nil, invalid("hardware", "%v", err)
 	}
 	return s.move(ctx, id, EventHardwareReported, by, opts, func(t *Task, _ time.Time) (change, error) {
