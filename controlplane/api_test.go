@@ -186,7 +186,7 @@ func TestAPIHappyPath(t *testing.T) {
 	assert.Equal(t, id, body["task_id"])
 	meta := body["metadata"].(map[string]any)
 	assert.Equal(t, "00:1a:2b:3c:4d:5e", meta["target_mac"])
-	assert.Equal(t, "otto", meta["created_by"], "created_by is the authenticated caller")
+	assert.Equal(t, "token:otto", meta["created_by"], "created_by is the authenticated caller, by how it signed in")
 	assert.Len(t, body["timeline"], 1)
 
 	// Read your own write: the list (served from the cache) has it at once.
@@ -210,7 +210,7 @@ func TestAPIHappyPath(t *testing.T) {
 	assert.Equal(t, "installing", body["next_status"])
 	approval := body["approval"].(map[string]any)
 	assert.Equal(t, "approved", approval["status"])
-	assert.Equal(t, "otto", approval["approved_by"])
+	assert.Equal(t, "token:otto", approval["approved_by"])
 	assert.NotEmpty(t, approval["approved_at"])
 
 	code, _ = cp.do("DELETE", "/api/v1/tasks/"+id+"?reason=changed+my+mind", operatorToken, nil)
@@ -226,7 +226,7 @@ func TestAPIHappyPath(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, "%v", body)
 	assert.Equal(t, "rejected", body["status"])
 	assert.Equal(t, "Insufficient disk space", body["approval"].(map[string]any)["reason"])
-	assert.Equal(t, "otto", body["approval"].(map[string]any)["rejected_by"])
+	assert.Equal(t, "token:otto", body["approval"].(map[string]any)["rejected_by"])
 
 	// approved=false is a rejection with the notes as reason.
 	id3 := cp.create("00:1a:2b:3c:4d:60")
@@ -237,7 +237,7 @@ func TestAPIHappyPath(t *testing.T) {
 
 	code, body = cp.do("GET", "/api/v1/whoami", viewerToken, nil)
 	require.Equal(t, http.StatusOK, code)
-	assert.Equal(t, map[string]any{"subject": "vera", "role": "viewer"}, body)
+	assert.Equal(t, map[string]any{"subject": "token:vera", "role": "viewer"}, body)
 }
 
 func TestAPIRegions(t *testing.T) {
@@ -471,7 +471,7 @@ func TestAuthMatrix(t *testing.T) {
 	code, body := cp.do("POST", "/api/v1/tasks", hsOperator, createBody("00:1a:2b:3c:5e:01"))
 	require.Equal(t, http.StatusCreated, code)
 	_, body = cp.do("GET", "/api/v1/tasks/"+body["task_id"].(string), viewerToken, nil)
-	assert.Equal(t, "jwt-hs@example.com", body["metadata"].(map[string]any)["created_by"])
+	assert.Equal(t, "jwt:jwt-hs@example.com", body["metadata"].(map[string]any)["created_by"])
 
 	// Health endpoints are open; the dashboard shell too (it asks for a token itself).
 	for _, p := range []string{"/healthz", "/readyz", "/"} {
@@ -499,7 +499,7 @@ func TestAuditLog(t *testing.T) {
 	want := []struct {
 		actor, action string
 		status        float64
-	}{{"otto", "task.create", 201}, {"vera", "task.cancel", 403}, {"ada", "task.cancel", 204}}
+	}{{"token:otto", "task.create", 201}, {"token:vera", "task.cancel", 403}, {"token:ada", "task.cancel", 204}}
 	for i, w := range want {
 		assert.Equal(t, w.actor, entries[i]["actor"])
 		assert.Equal(t, w.action, entries[i]["action"])
@@ -533,6 +533,13 @@ func TestRateLimit(t *testing.T) {
 	}
 	assert.Positive(t, codes[http.StatusTooManyRequests])
 	assert.GreaterOrEqual(t, codes[http.StatusOK], 3)
+
+	// A JWT whose sub is the static token's subject is another caller:
+	// its own bucket, its own name in the audit log.
+	namesake := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "vera", "role": "viewer", "exp": time.Now().Add(time.Hour).Unix()})
+	code, body := cp.do("GET", "/api/v1/whoami", namesake, nil)
+	require.Equal(t, http.StatusOK, code, "the static token's limit is not the JWT's")
+	assert.Equal(t, "jwt:vera", body["subject"])
 }
 
 func wsDial(t *testing.T, cp *testCP, token string) *websocket.Conn {

@@ -28,6 +28,13 @@
 //	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, capabilities}]}
 //	GET    /api/v1/whoami               (viewer)            {subject, role}
 //
+// A caller's subject says how it signed in and who it is: "token:<name>"
+// for a static token given in clear text (the admin token), "hashed:<name>"
+// for a token from the token file, "jwt:<sub>" for a JWT. That subject is
+// what whoami returns, what created_by, approved_by and rejected_by record,
+// the audit log's actor and the key of the per-caller rate limit, so a JWT
+// whose sub is "admin" is never mistaken for the admin token.
+//
 // A list entry is flat, what a table row needs: {task_id, status, revision,
 // region_id, target_mac, os_type, os_version, created_at, created_by, tags,
 // progress, error}; GET of one task returns the whole task with its fields
@@ -38,7 +45,7 @@
 // machine in any spelling ParseMAC takes; mac_prefix is the start of a MAC
 // ("52:54:00", "5254-00", any case); tag=key=value is repeatable and
 // matches tasks carrying all of them; created_by is the creator's subject,
-// exactly. sort is -created_at (newest first, the default), created_at,
+// exactly (with its prefix: created_by=jwt:alice). sort is -created_at (newest first, the default), created_at,
 // status (lifecycle order, pending first; newest first within a status) or
 // -status; ties go by task ID so pages are stable. A bad value is 400
 // invalid_request with field naming the parameter.

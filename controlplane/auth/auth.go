@@ -161,23 +161,23 @@ func New(cfg Config) (*Authenticator, error) {
 		cfg.Now = time.Now
 	}
 	a := &Authenticator{static: map[string]Principal{}, now: cfg.Now}
-	add := func(hash, subject string, role Role) error {
+	add := func(hash, method, subject string, role Role) error {
 		if subject == "" || role == RoleNone {
 			return fmt.Errorf("token for %q: subject and role are required", subject)
 		}
-		a.static[hash] = Principal{Subject: subject, Role: role, Method: "token"}
+		a.static[hash] = newPrincipal(method, subject, role)
 		return nil
 	}
 	for _, t := range cfg.Tokens {
 		if len(t.Token) < 16 {
 			return nil, fmt.Errorf("token for %q: at least 16 characters", t.Subject)
 		}
-		if err := add(HashToken(t.Token), t.Subject, t.Role); err != nil {
+		if err := add(HashToken(t.Token), MethodToken, t.Subject, t.Role); err != nil {
 			return nil, err
 		}
 	}
 	for _, t := range cfg.HashedTokens {
-		if err := add(strings.ToLower(t.SHA256), t.Subject, t.Role); err != nil {
+		if err := add(strings.ToLower(t.SHA256), MethodHashed, t.Subject, t.Role); err != nil {
 			return nil, err
 		}
 	}
@@ -254,7 +254,7 @@ func (a *Authenticator) Authenticate(token string) (Principal, error) {
 	if err != nil || claims.Subject == "" {
 		return Principal{}, fmt.Errorf("%w: token needs a sub and a role claim", ErrUnauthenticated)
 	}
-	return Principal{Subject: claims.Subject, Role: role, Method: "jwt"}, nil
+	return newPrincipal(MethodJWT, claims.Subject, role), nil
 }
 
 func toVerificationKeys(keys []*rsa.PublicKey) []jwt.VerificationKey {

@@ -65,17 +65,19 @@ func TestAuthenticate(t *testing.T) {
 	}
 	hs := func(extra jwt.MapClaims) string { return sign(t, jwt.SigningMethodHS256, hsSecret, claims(extra)) }
 
+	admin := auth.Principal{Subject: "jwt:jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}
 	tests := []struct {
 		name  string
 		token string
 		want  auth.Principal // zero: refused
 	}{
-		{"clear token", clearToken, auth.Principal{Subject: "vera", Role: auth.RoleViewer, Method: "token"}},
-		{"hashed token (hash in any case)", "operator-token-0123456789", auth.Principal{Subject: "otto", Role: auth.RoleOperator, Method: "token"}},
-		{"HS256", hs(nil), auth.Principal{Subject: "jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}},
-		{"RS256", sign(t, jwt.SigningMethodRS256, rsaKey, claims(jwt.MapClaims{"role": "viewer"})), auth.Principal{Subject: "jo@example.com", Role: auth.RoleViewer, Method: "jwt"}},
+		{"JWT named like a static token", hs(jwt.MapClaims{"sub": "vera"}), auth.Principal{Subject: "jwt:vera", Role: auth.RoleAdmin, Method: "jwt"}},
+		{"clear token", clearToken, auth.Principal{Subject: "token:vera", Role: auth.RoleViewer, Method: "token"}},
+		{"hashed token (hash in any case)", "operator-token-0123456789", auth.Principal{Subject: "hashed:otto", Role: auth.RoleOperator, Method: "hashed"}},
+		{"HS256", hs(nil), admin},
+		{"RS256", sign(t, jwt.SigningMethodRS256, rsaKey, claims(jwt.MapClaims{"role": "viewer"})), auth.Principal{Subject: "jwt:jo@example.com", Role: auth.RoleViewer, Method: "jwt"}},
 		{"expired by the injected clock", hs(jwt.MapClaims{"exp": now.Add(-time.Hour).Unix()}), auth.Principal{}},
-		{"expired within the leeway", hs(jwt.MapClaims{"exp": now.Add(-10 * time.Second).Unix()}), auth.Principal{Subject: "jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}},
+		{"expired within the leeway", hs(jwt.MapClaims{"exp": now.Add(-10 * time.Second).Unix()}), admin},
 		{"valid only by the wall clock", hs(jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}), auth.Principal{}},
 		{"no exp", hs(jwt.MapClaims{"exp": nil}), auth.Principal{}},
 		{"no role", hs(jwt.MapClaims{"role": nil}), auth.Principal{}},
@@ -83,14 +85,14 @@ func TestAuthenticate(t *testing.T) {
 		{"no subject", hs(jwt.MapClaims{"sub": nil}), auth.Principal{}},
 		{"wrong issuer", hs(jwt.MapClaims{"iss": "https://evil.example"}), auth.Principal{}},
 		{"wrong audience", hs(jwt.MapClaims{"aud": "other"}), auth.Principal{}},
-		{"one of its audiences", hs(jwt.MapClaims{"aud": []string{"other", "lpmos"}}), auth.Principal{Subject: "jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}},
+		{"one of its audiences", hs(jwt.MapClaims{"aud": []string{"other", "lpmos"}}), admin},
 		{"no audience", hs(jwt.MapClaims{"aud": nil}), auth.Principal{}},
 		{"no issuer", hs(jwt.MapClaims{"iss": nil}), auth.Principal{}},
-		{"lives a day", hs(jwt.MapClaims{"iat": now.Add(-time.Hour).Unix(), "exp": now.Add(23 * time.Hour).Unix()}), auth.Principal{Subject: "jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}},
+		{"lives a day", hs(jwt.MapClaims{"iat": now.Add(-time.Hour).Unix(), "exp": now.Add(23 * time.Hour).Unix()}), admin},
 		{"lives 100 years", hs(jwt.MapClaims{"iat": now.Add(-time.Hour).Unix(), "exp": now.AddDate(100, 0, 0).Unix()}), auth.Principal{}},
 		{"lives 25 hours, most of them gone", hs(jwt.MapClaims{"iat": now.Add(-24 * time.Hour).Unix(), "exp": now.Add(time.Hour).Unix()}), auth.Principal{}},
 		{"no iat, expires in 100 years", hs(jwt.MapClaims{"exp": now.AddDate(100, 0, 0).Unix()}), auth.Principal{}},
-		{"no iat, expires in 23 hours", hs(jwt.MapClaims{"exp": now.Add(23 * time.Hour).Unix()}), auth.Principal{Subject: "jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}},
+		{"no iat, expires in 23 hours", hs(jwt.MapClaims{"exp": now.Add(23 * time.Hour).Unix()}), admin},
 		{"issued in the future", hs(jwt.MapClaims{"iat": now.AddDate(100, 0, 0).Unix(), "exp": now.AddDate(100, 0, 0).Add(time.Hour).Unix()}), auth.Principal{}},
 		{"wrong key", sign(t, jwt.SigningMethodHS256, []byte("another-secret-another-secret-123"), claims(nil)), auth.Principal{}},
 		{"unsigned", sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims(nil)), auth.Principal{}},
