@@ -194,7 +194,9 @@ type CreateRequest struct {
 }
 
 // Tags the installers read: the machine's hostname and one authorized_keys
-// line for root. They are checked when the task is created.
+// line for root. They are checked when the task is created
+// (lpmos.ValidateHostname, lpmos.ValidateSSHAuthorizedKey); empty means
+// none (the region's default hostname, no key).
 const (
 	TagHostname = "hostname"
 	TagSSHKey   = "ssh_key"
@@ -312,13 +314,13 @@ func (r *CreateRequest) normalize() (lpmos.MAC, error) {
 	}
 	// Installers write these into the machine's configuration; a bad one
 	// found only at boot would fail an install an operator already
-	// approved.
-	if h, ok := r.Tags[TagHostname]; ok {
+	// approved. Empty means the default, as the region reads it.
+	if h := r.Tags[TagHostname]; h != "" {
 		if err := lpmos.ValidateHostname(h); err != nil {
 			return mac, invalid("tags."+TagHostname, "%v", err)
 		}
 	}
-	if k, ok := r.Tags[TagSSHKey]; ok {
+	if k := r.Tags[TagSSHKey]; k != "" {
 		if err := lpmos.ValidateSSHAuthorizedKey(k); err != nil {
 			return mac, invalid("tags."+TagSSHKey, "%v", err)
 		}

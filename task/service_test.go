@@ -231,7 +231,6 @@ func TestCreateRejectsBadInputAndWritesNothing(t *testing.T) {
 		{"newline in tag", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": "a\nb"} }, "tags.k"},
 		{"bad hostname", func(r *task.CreateRequest) { r.Tags = map[string]string{"hostname": "Web 01"} }, "tags.hostname"},
 		{"shell in hostname", func(r *task.CreateRequest) { r.Tags = map[string]string{"hostname": "$(reboot)"} }, "tags.hostname"},
-		{"empty hostname", func(r *task.CreateRequest) { r.Tags = map[string]string{"hostname": ""} }, "tags.hostname"},
 		{"hostname label too long", func(r *task.CreateRequest) { r.Tags = map[string]string{"hostname": strings.Repeat("a", 64)} }, "tags.hostname"},
 		{"ssh_key with options", func(r *task.CreateRequest) {
 			r.Tags = map[string]string{"ssh_key": `command="/bin/sh" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5`}
@@ -275,6 +274,10 @@ func TestTextChecks(t *testing.T) {
 		req.Tags = map[string]string{"hostname": "web-01.dc1.example.com", "ssh_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 ada@example.com", "owner": "Grüße ✓"}
 		_, err := svc.Create(ctx, req)
 		require.NoError(t, err)
+		req = validRequest("00:1a:2b:3c:4e:04")
+		req.Tags = map[string]string{"hostname": "", "ssh_key": ""}
+		_, err = svc.Create(ctx, req)
+		require.NoError(t, err, "empty: the region's defaults (lpmos-<mac>, no key)")
 
 		tk := toPendingApproval(t, svc, "00:1a:2b:3c:4e:02")
 		_, rev := dump(t, st)
