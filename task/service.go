@@ -371,7 +371,7 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if err := checkText("source", o.source, MaxSourceLen); err != nil {
+	if err := checkLine("source", o.source, MaxSourceLen); err != nil {
 		return nil, err
 	}
 	var firstStatusRev int64
@@ -590,7 +590,7 @@ func (s *Service) RecordRefusal(ctx context.Context, id, by, source, message str
 		return nil, err
 	}
 	source = truncateTo(source, MaxSourceLen)
-	if err := checkText("source", source, MaxSourceLen); err != nil {
+	if err := checkLine("source", source, MaxSourceLen); err != nil {
 		return nil, err
 	}
 	return s.update(ctx, id, "refusal for task", func(snap *snapshot) (*write, *Task, error) {
