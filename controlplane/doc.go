@@ -45,9 +45,10 @@
 // machine in any spelling ParseMAC takes; mac_prefix is the start of a MAC
 // ("52:54:00", "5254-00", any case); tag=key=value is repeatable and
 // matches tasks carrying all of them; created_by is the creator's subject,
-// exactly (with its prefix: created_by=jwt:alice). sort is -created_at (newest first, the default), created_at,
-// status (lifecycle order, pending first; newest first within a status) or
-// -status; ties go by task ID so pages are stable. A bad value is 400
+// exactly (with its prefix: created_by=jwt:alice). sort is -created_at
+// (newest first, the default), created_at, status (lifecycle order,
+// pending first; newest first within a status) or -status; ties go by
+// task ID so pages are stable. A bad value is 400
 // invalid_request with field naming the parameter.
 //
 // # Batch and bulk calls
