@@ -4,7 +4,8 @@
 // operating system. This package holds the few types every other package
 // speaks (MAC addresses, firmware and processor architectures, the iPXE
 // binaries each firmware boots and where Debian installs them, region and
-// task IDs) and this map of the system. It imports only the standard library
+// task IDs, what counts as safe text, a hostname and an authorized SSH key)
+// and this map of the system. It imports only the standard library
 // so that anything may import it without dragging in dependencies.
 //
 // # Map of the packages
@@ -13,7 +14,8 @@
 // path github.com/lpmos/lpmos.
 //
 //	lpmos (this package)  shared vocabulary: MAC, Arch, Firmware and the iPXE
-//	                      binary each firmware gets, ID validation
+//	                      binary each firmware gets, ID validation, text,
+//	                      hostname and SSH key checks
 //	hardware              the hardware Info model (CPU, memory and DIMMs, disks,
 //	                      NICs, BIOS, system, board) and the collectors that
 //	                      fill it in on the machine itself

@@ -420,7 +420,8 @@ func TestIPXEBinariesIsACopy(t *testing.T) {
 }
 
 func TestSentinelsDistinct(t *testing.T) {
-	sentinels := []error{lpmos.ErrInvalidMAC, lpmos.ErrInvalidRegionID, lpmos.ErrInvalidTaskID, lpmos.ErrUnknownFirmware, lpmos.ErrNoIPXEBinary}
+	sentinels := []error{lpmos.ErrInvalidMAC, lpmos.ErrInvalidRegionID, lpmos.ErrInvalidTaskID, lpmos.ErrUnknownFirmware, lpmos.ErrNoIPXEBinary,
+		lpmos.ErrInvalidText, lpmos.ErrInvalidHostname, lpmos.ErrInvalidSSHKey}
 	for i, a := range sentinels {
 		for j, b := range sentinels {
 			assert.Equal(t, i == j, errors.Is(a, b), "%v vs %v", a, b)

@@ -53,6 +53,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	auditTaskID(r, t.ID)
 	s.caughtUp(r.Context(), t.Revision)
 	self := "/api/v1/tasks/" + t.ID
 	w.Header().Set("Location", self)

@@ -186,7 +186,7 @@ func TestAPIHappyPath(t *testing.T) {
 	assert.Equal(t, id, body["task_id"])
 	meta := body["metadata"].(map[string]any)
 	assert.Equal(t, "00:1a:2b:3c:4d:5e", meta["target_mac"])
-	assert.Equal(t, "otto", meta["created_by"], "created_by is the authenticated caller")
+	assert.Equal(t, "token:otto", meta["created_by"], "created_by is the authenticated caller, by how it signed in")
 	assert.Len(t, body["timeline"], 1)
 
 	// Read your own write: the list (served from the cache) has it at once.
@@ -210,7 +210,7 @@ func TestAPIHappyPath(t *testing.T) {
 	assert.Equal(t, "installing", body["next_status"])
 	approval := body["approval"].(map[string]any)
 	assert.Equal(t, "approved", approval["status"])
-	assert.Equal(t, "otto", approval["approved_by"])
+	assert.Equal(t, "token:otto", approval["approved_by"])
 	assert.NotEmpty(t, approval["approved_at"])
 
 	code, _ = cp.do("DELETE", "/api/v1/tasks/"+id+"?reason=changed+my+mind", operatorToken, nil)
@@ -226,7 +226,7 @@ func TestAPIHappyPath(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, "%v", body)
 	assert.Equal(t, "rejected", body["status"])
 	assert.Equal(t, "Insufficient disk space", body["approval"].(map[string]any)["reason"])
-	assert.Equal(t, "otto", body["approval"].(map[string]any)["rejected_by"])
+	assert.Equal(t, "token:otto", body["approval"].(map[string]any)["rejected_by"])
 
 	// approved=false is a rejection with the notes as reason.
 	id3 := cp.create("00:1a:2b:3c:4d:60")
@@ -237,7 +237,7 @@ func TestAPIHappyPath(t *testing.T) {
 
 	code, body = cp.do("GET", "/api/v1/whoami", viewerToken, nil)
 	require.Equal(t, http.StatusOK, code)
-	assert.Equal(t, map[string]any{"subject": "vera", "role": "viewer"}, body)
+	assert.Equal(t, map[string]any{"subject": "token:vera", "role": "viewer"}, body)
 }
 
 func TestAPIRegions(t *testing.T) {
@@ -311,6 +311,21 @@ func TestAPIErrorsWriteNothing(t *testing.T) {
 		{"invalid MAC", "POST", "/api/v1/tasks", createBody("00:1a:2b:3c:4d"), nil, 400, "invalid_request", "target_mac"},
 		{"invalid region", "POST", "/api/v1/tasks", func() any { b := createBody("00:1a:2b:3c:4d:06"); b["region_id"] = "DC_1"; return b }(), nil, 400, "invalid_request", "region_id"},
 		{"unknown OS", "POST", "/api/v1/tasks", func() any { b := createBody("00:1a:2b:3c:4d:07"); b["os_type"] = "windows"; return b }(), nil, 400, "invalid_request", "os_type"},
+		{"bad hostname tag", "POST", "/api/v1/tasks", func() any {
+			b := createBody("00:1a:2b:3c:4d:07")
+			b["tags"] = map[string]string{"hostname": "web_01;reboot"}
+			return b
+		}(), nil, 400, "invalid_request", "tags.hostname"},
+		{"bad ssh_key tag", "POST", "/api/v1/tasks", func() any {
+			b := createBody("00:1a:2b:3c:4d:07")
+			b["tags"] = map[string]string{"ssh_key": "ssh-ed25519 AAAA a\nssh-rsa BBBB evil"}
+			return b
+		}(), nil, 400, "invalid_request", "tags.ssh_key"},
+		{"escape in tag", "POST", "/api/v1/tasks", func() any {
+			b := createBody("00:1a:2b:3c:4d:07")
+			b["tags"] = map[string]string{"rack": "r1\u001b[2J"}
+			return b
+		}(), nil, 400, "invalid_request", "tags.rack"},
 		{"wrong content type", "POST", "/api/v1/tasks", createBody("00:1a:2b:3c:4d:08"), []string{"Content-Type", "text/plain"}, 415, "unsupported_media_type", ""},
 		{"oversize body", "POST", "/api/v1/tasks", big, nil, 413, "too_large", ""},
 		{"second task for a MAC", "POST", "/api/v1/tasks", createBody("00-1A-2B-3C-4D-01"), nil, 409, "conflict", ""},
@@ -321,6 +336,16 @@ func TestAPIErrorsWriteNothing(t *testing.T) {
 		{"reject without reason", "PUT", "/api/v1/tasks/" + decided + "/reject", map[string]any{"reason": ""}, nil, 400, "invalid_request", "reason"},
 		{"stale If-Match", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", staleRev}, 409, "conflict", ""},
 		{"garbage If-Match", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "abc"}, 400, "invalid_request", ""},
+		{"If-Match " + staleRev + "abc", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", staleRev + "abc"}, 400, "invalid_request", ""},
+		{"If-Match " + "25abc", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "25abc"}, 400, "invalid_request", ""},
+		{"If-Match " + "25 26", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "25 26"}, 400, "invalid_request", ""},
+		{"If-Match " + "+25", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "+25"}, 400, "invalid_request", ""},
+		{"If-Match " + "0x19", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "0x19"}, 400, "invalid_request", ""},
+		{"If-Match " + "1e3", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "1e3"}, 400, "invalid_request", ""},
+		{"If-Match " + "0", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "0"}, 400, "invalid_request", ""},
+		{"If-Match " + "-3", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "-3"}, 400, "invalid_request", ""},
+		{"If-Match " + "*", "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", "*"}, 400, "invalid_request", ""},
+		{"If-Match " + `W/"25"`, "PUT", "/api/v1/tasks/" + decided + "/approve", map[string]any{"approved": true}, []string{"If-Match", `W/"25"`}, 400, "invalid_request", ""},
 		{"cancel unknown task", "DELETE", "/api/v1/tasks/00000000-0000-4000-8000-000000000001", nil, nil, 404, "not_found", ""},
 		{"bad list limit", "GET", "/api/v1/tasks?limit=abc", nil, nil, 400, "invalid_request", "limit"},
 		{"bad list status", "GET", "/api/v1/tasks?status=done", nil, nil, 400, "invalid_request", "status"},
@@ -356,6 +381,7 @@ func TestAuthMatrix(t *testing.T) {
 	rsViewer := signJWT(t, jwt.SigningMethodRS256, rsaKey, jwt.MapClaims{"sub": "jwt-rs@example.com", "role": "viewer", "exp": exp})
 	expired := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "x", "role": "admin", "exp": time.Now().Add(-time.Hour).Unix()})
 	noExp := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "x", "role": "admin"})
+	century := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "x", "role": "admin", "iat": time.Now().Unix(), "exp": time.Now().AddDate(100, 0, 0).Unix()})
 	wrongKey := signJWT(t, jwt.SigningMethodHS256, []byte("another-secret-another-secret-123"), jwt.MapClaims{"sub": "x", "role": "admin", "exp": exp})
 	noRole := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "x", "exp": exp})
 	unsigned := signJWT(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, jwt.MapClaims{"sub": "x", "role": "admin", "exp": exp})
@@ -415,6 +441,7 @@ func TestAuthMatrix(t *testing.T) {
 		{"garbage token", "not-a-token", auth.RoleNone},
 		{"expired JWT", expired, auth.RoleNone},
 		{"JWT without exp", noExp, auth.RoleNone},
+		{"JWT for 100 years", century, auth.RoleNone},
 		{"JWT with wrong key", wrongKey, auth.RoleNone},
 		{"JWT without role", noRole, auth.RoleNone},
 		{"unsigned JWT", unsigned, auth.RoleNone},
@@ -444,7 +471,7 @@ func TestAuthMatrix(t *testing.T) {
 	code, body := cp.do("POST", "/api/v1/tasks", hsOperator, createBody("00:1a:2b:3c:5e:01"))
 	require.Equal(t, http.StatusCreated, code)
 	_, body = cp.do("GET", "/api/v1/tasks/"+body["task_id"].(string), viewerToken, nil)
-	assert.Equal(t, "jwt-hs@example.com", body["metadata"].(map[string]any)["created_by"])
+	assert.Equal(t, "jwt:jwt-hs@example.com", body["metadata"].(map[string]any)["created_by"])
 
 	// Health endpoints are open; the dashboard shell too (it asks for a token itself).
 	for _, p := range []string{"/healthz", "/readyz", "/"} {
@@ -472,14 +499,16 @@ func TestAuditLog(t *testing.T) {
 	want := []struct {
 		actor, action string
 		status        float64
-	}{{"otto", "task.create", 201}, {"vera", "task.cancel", 403}, {"ada", "task.cancel", 204}}
+	}{{"token:otto", "task.create", 201}, {"token:vera", "task.cancel", 403}, {"token:ada", "task.cancel", 204}}
 	for i, w := range want {
 		assert.Equal(t, w.actor, entries[i]["actor"])
 		assert.Equal(t, w.action, entries[i]["action"])
 		assert.Equal(t, w.status, entries[i]["status"])
 		assert.NotEmpty(t, entries[i]["at"])
 	}
-	assert.Equal(t, id, entries[2]["task_id"])
+	for i, e := range entries {
+		assert.Equal(t, id, e["task_id"], "entry %d names the task, the create too", i)
+	}
 }
 
 func TestRateLimitFailedSignIns(t *testing.T) {
@@ -504,6 +533,13 @@ func TestRateLimit(t *testing.T) {
 	}
 	assert.Positive(t, codes[http.StatusTooManyRequests])
 	assert.GreaterOrEqual(t, codes[http.StatusOK], 3)
+
+	// A JWT whose sub is the static token's subject is another caller:
+	// its own bucket, its own name in the audit log.
+	namesake := signJWT(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "vera", "role": "viewer", "exp": time.Now().Add(time.Hour).Unix()})
+	code, body := cp.do("GET", "/api/v1/whoami", namesake, nil)
+	require.Equal(t, http.StatusOK, code, "the static token's limit is not the JWT's")
+	assert.Equal(t, "jwt:vera", body["subject"])
 }
 
 func wsDial(t *testing.T, cp *testCP, token string) *websocket.Conn {
@@ -621,7 +657,7 @@ func TestWebhooksAreFedByTheWatch(t *testing.T) {
 	case r := <-got:
 		body := <-bodies
 		assert.Equal(t, "task.pending_approval", r.Header.Get("X-LPMOS-Event"))
-		assert.Equal(t, webhook.Sign(secret, body), r.Header.Get("X-LPMOS-Signature"))
+		assert.NoError(t, webhook.Verify(secret, r.Header, body, time.Now(), 0))
 		var p webhook.Payload
 		require.NoError(t, json.Unmarshal(body, &p))
 		assert.Equal(t, id, p.TaskID)

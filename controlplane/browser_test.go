@@ -278,7 +278,7 @@ func TestBrowserDashboard(t *testing.T) {
 		chromedp.SendKeys(chromedp.ID("token"), browserAdminToken),
 		chromedp.Click(chromedp.ID("signin-submit")),
 		chromedp.WaitVisible(chromedp.ID("tasks")))
-	assert.Equal(t, "alice@example.com", browserEval[string](p, `document.getElementById('user-subject').textContent`))
+	assert.Equal(t, "token:alice@example.com", browserEval[string](p, `document.getElementById('user-subject').textContent`))
 	assert.Equal(t, "admin", browserEval[string](p, `document.getElementById('user-role').textContent`))
 	// The WebSocket opens under connect-src 'self'.
 	p.waitJS("live updates connect", `document.getElementById('conn').dataset.state === 'live'`)
@@ -308,7 +308,7 @@ func TestBrowserDashboard(t *testing.T) {
 	require.Regexp(t, regexp.MustCompile(`^[0-9a-f-]{36}$`), id)
 	tk, err := svc.Get(ctx, id)
 	require.NoError(t, err)
-	assert.Equal(t, "alice@example.com", tk.Metadata.CreatedBy)
+	assert.Equal(t, "token:alice@example.com", tk.Metadata.CreatedBy)
 	assert.Equal(t, browserXSSTag, tk.Metadata.Tags["note"])
 	assert.Equal(t, "ubuntu", tk.Metadata.OSType)
 	assert.Equal(t, "24.04", tk.Metadata.OSVersion)
@@ -379,7 +379,7 @@ func TestBrowserDashboard(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, tk.Approval)
 	assert.Equal(t, task.StatusApproved, tk.Status)
-	assert.Equal(t, "alice@example.com", tk.Approval.ApprovedBy)
+	assert.Equal(t, "token:alice@example.com", tk.Approval.ApprovedBy)
 	assert.Equal(t, "Hardware verified by the browser test", tk.Approval.Notes)
 	p.screenshot("approved")
 

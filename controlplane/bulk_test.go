@@ -133,7 +133,7 @@ func TestAPIBatchCreate(t *testing.T) {
 	}
 
 	// Read your writes: the list has them at once, created by the caller.
-	code, body = cp.do("GET", "/api/v1/tasks?created_by=otto&sort=created_at", viewerToken, nil)
+	code, body = cp.do("GET", "/api/v1/tasks?created_by=token:otto&sort=created_at", viewerToken, nil)
 	require.Equal(t, http.StatusOK, code)
 	assert.Equal(t, float64(3), body["total"])
 
@@ -147,7 +147,7 @@ func TestAPIBatchCreate(t *testing.T) {
 		assert.Equal(t, "task.batch_create", e["batch"])
 		assert.Equal(t, float64(i), e["index"])
 		assert.Equal(t, wantStatus, e["status"], "%v", e)
-		assert.Equal(t, "otto", e["actor"])
+		assert.Equal(t, "token:otto", e["actor"])
 	}
 	assert.Equal(t, created[0], entries[0]["task_id"])
 	assert.Equal(t, created[1], entries[4]["task_id"])
@@ -378,8 +378,9 @@ func TestAPIListFilters(t *testing.T) {
 		{"tag=rack=r1", []int{2, 0}},
 		{"tag=rack=r1&tag=env=prod", []int{0}},
 		{"tag=env=dev", nil},
-		{"created_by=ada", []int{3, 2}},
-		{"created_by=otto&status=pending", []int{1}},
+		{"created_by=token:ada", []int{3, 2}},
+		{"created_by=ada", nil}, // exact: the name alone is not the subject
+		{"created_by=token:otto&status=pending", []int{1}},
 		{"sort=created_at", []int{0, 1, 2, 3}},
 		{"sort=-created_at", []int{3, 2, 1, 0}},
 		{"sort=status", []int{3, 2, 1, 0}},  // pending, newest first, then cancelled

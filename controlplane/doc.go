@@ -28,6 +28,13 @@
 //	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, capabilities}]}
 //	GET    /api/v1/whoami               (viewer)            {subject, role}
 //
+// A caller's subject says how it signed in and who it is: "token:<name>"
+// for a static token given in clear text (the admin token), "hashed:<name>"
+// for a token from the token file, "jwt:<sub>" for a JWT. That subject is
+// what whoami returns, what created_by, approved_by and rejected_by record,
+// the audit log's actor and the key of the per-caller rate limit, so a JWT
+// whose sub is "admin" is never mistaken for the admin token.
+//
 // A list entry is flat, what a table row needs: {task_id, status, revision,
 // region_id, target_mac, os_type, os_version, created_at, created_by, tags,
 // progress, error}; GET of one task returns the whole task with its fields
@@ -38,9 +45,10 @@
 // machine in any spelling ParseMAC takes; mac_prefix is the start of a MAC
 // ("52:54:00", "5254-00", any case); tag=key=value is repeatable and
 // matches tasks carrying all of them; created_by is the creator's subject,
-// exactly. sort is -created_at (newest first, the default), created_at,
-// status (lifecycle order, pending first; newest first within a status) or
-// -status; ties go by task ID so pages are stable. A bad value is 400
+// exactly (with its prefix: created_by=jwt:alice). sort is -created_at
+// (newest first, the default), created_at, status (lifecycle order,
+// pending first; newest first within a status) or -status; ties go by
+// task ID so pages are stable. A bad value is 400
 // invalid_request with field naming the parameter.
 //
 // # Batch and bulk calls
@@ -81,8 +89,11 @@
 // A reject needs a reason; notes and reasons are checked once, before
 // anything moves.
 //
-// Single-task mutations accept "If-Match: <revision>" to act only if the task's status
-// has not moved since that read. Errors are
+// Single-task mutations accept "If-Match: <revision>" (decimal digits,
+// optionally quoted as the ETag is; anything else is 400) to act only if
+// the task's status has not moved since that read. Every mutation writes
+// an audit record naming the task (for a create, the task it made). Served
+// over TLS, every response carries Strict-Transport-Security (one year). Errors are
 // {"error": {"code": "...", "message": "...", "field": "..."}} with status
 // 400 invalid_request (malformed JSON, unknown fields, bad MAC, region or
 // OS), 401 unauthorized, 403 forbidden, 404 not_found, 409
@@ -91,6 +102,18 @@
 // active task), 413 too_large, 415 unsupported_media_type, 429
 // rate_limited, 503 unavailable. Nothing is written when an error is
 // returned. The region's agent API answers its errors the same way.
+//
+// # Webhooks
+//
+// Each notification (see controlplane/webhook) is a JSON POST signed as
+// Standard Webhooks do: headers webhook-id (the same across the retries of
+// one delivery), webhook-timestamp (Unix seconds of the attempt) and
+// webhook-signature "v1,<base64 HMAC-SHA256 of id.timestamp.body>", keyed
+// with the webhook secret's bytes; X-LPMOS-Event names the event. Because
+// the timestamp is signed, a receiver that refuses timestamps more than a
+// few minutes off (webhook.Verify does) cannot be fed a replay. This
+// replaced the X-LPMOS-Signature (HMAC of the body alone) and
+// X-LPMOS-Delivery headers.
 //
 // # WebSocket /ws
 //

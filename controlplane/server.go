@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -342,7 +343,7 @@ func (s *Server) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("/", web.Handler())
-	return s.metrics.instrument(mux)
+	return hsts(s.metrics.instrument(mux))
 }
 
 // guard authenticates, authorises, rate-limits and audits one endpoint.
@@ -375,9 +376,37 @@ func (s *Server) guard(role auth.Role, action string, h http.HandlerFunc) http.H
 			h(w, r)
 			return
 		}
+		note := &auditNote{taskID: r.PathValue("id")}
+		r = r.WithContext(context.WithValue(r.Context(), auditNoteKey{}, note))
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		h(rec, r)
-		s.auditLog(r, p, action, r.PathValue("id"), rec.status)
+		s.auditLog(r, p, action, note.taskID, rec.status)
+	})
+}
+
+// auditNote is what a handler tells guard's audit record that the request
+// did not say: the ID of the task a create made.
+type auditNote struct{ taskID string }
+
+type auditNoteKey struct{}
+
+// auditTaskID names the task the request's audit record is about.
+func auditTaskID(r *http.Request, id string) {
+	if n, ok := r.Context().Value(auditNoteKey{}).(*auditNote); ok {
+		n.taskID = id
+	}
+}
+
+// hsts tells browsers that reached the control plane over TLS to use
+// nothing else for a year, so a later plain-HTTP link or a downgrade on
+// the network cannot expose a token. It is sent only over TLS, as RFC
+// 6797 requires; subdomains are left alone, they are not ours.
+func hsts(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil {
+			w.Header().Set("Strict-Transport-Security", "max-age=31536000")
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -501,8 +530,9 @@ func ifMatch(r *http.Request) ([]task.MoveOption, error) {
 	if v == "" {
 		return nil, nil
 	}
-	var rev int64
-	if _, err := fmt.Sscan(v, &rev); err != nil || rev <= 0 {
+	// Digits only: Sscan read "25abc" as 25, ParseInt takes "+25".
+	rev, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || rev <= 0 || strings.TrimLeft(v, "0123456789") != "" {
 		return nil, httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "If-Match must be a task revision")
 	}
 	return []task.MoveOption{task.ExpectRevision(rev)}, nil

@@ -79,6 +79,14 @@ func TestTLS13(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, uint16(tls.VersionTLS13), resp.TLS.Version)
+	// Browsers are told to stay on HTTPS, on every path: the API, the
+	// dashboard, health checks and refusals alike.
+	for _, path := range []string{"/api/v1/whoami", "/", "/healthz", "/api/v1/tasks"} {
+		resp, err := client.Get("https://" + addr + path)
+		require.NoError(t, err, path)
+		resp.Body.Close()
+		assert.Equal(t, "max-age=31536000", resp.Header.Get("Strict-Transport-Security"), path)
+	}
 
 	// TLS 1.2 is refused.
 	old := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MaxVersion: tls.VersionTLS12}}}
@@ -101,5 +109,17 @@ func TestTLS13(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("server did not stop")
 		}
+	}
+}
+
+// Over plain HTTP there is no Strict-Transport-Security header: RFC 6797
+// has browsers ignore it there, and it would promise HTTPS where none is.
+func TestNoHSTSWithoutTLS(t *testing.T) {
+	cp := startCP(t, etcdtest.NewStore(t))
+	for _, path := range []string{"/", "/healthz", "/api/v1/whoami"} {
+		resp, err := http.Get(cp.ts.URL + path)
+		require.NoError(t, err, path)
+		resp.Body.Close()
+		assert.Empty(t, resp.Header.Get("Strict-Transport-Security"), path)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/u-root/u-root/pkg/smbios"
+
+	"github.com/lpmos/lpmos"
 )
 
 // Collector reads a machine's hardware from the kernel's view of it: procfs,
@@ -452,12 +454,22 @@ var placeholders = map[string]bool{
 	"123456789":              true,
 }
 
-// clean makes a string from hardware safe to report: it drops NULs and
-// padding, replaces invalid UTF-8, maps firmware placeholders to "" and cuts
+// clean makes a string from hardware safe to report: it drops control and
+// bidirectional formatting characters and padding, replaces invalid UTF-8, maps firmware placeholders to "" and cuts
 // it to MaxStringLen so that Validate accepts whatever the machine says.
 func clean(s string) string {
-	s = strings.ReplaceAll(s, "\x00", "")
 	s = strings.ToValidUTF8(s, "\uFFFD")
+	// Firmware strings may hold NULs, ESC or worse; drop what Validate
+	// would refuse rather than fail the machine's report.
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case r == '\t':
+			return ' '
+		case !lpmos.TextRuneAllowed(r, false):
+			return -1
+		}
+		return r
+	}, s)
 	s = strings.TrimSpace(s)
 	if placeholders[strings.ToLower(s)] {
 		return ""

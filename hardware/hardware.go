@@ -56,6 +56,26 @@ import (
 // broken report instead of storing it.
 var ErrInvalid = errors.New("invalid hardware report")
 
+// ValidationError names the field of a report Validate refused, so a
+// server can say which one; it wraps ErrInvalid (and the cause, e.g.
+// lpmos.ErrInvalidMAC).
+type ValidationError struct {
+	Field  string // e.g. "disks[3].model"
+	Reason string
+	err    error
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("%v: %s: %s", ErrInvalid, e.Field, e.Reason)
+}
+
+func (e *ValidationError) Unwrap() []error {
+	if e.err != nil {
+		return []error{ErrInvalid, e.err}
+	}
+	return []error{ErrInvalid}
+}
+
 // Limits Validate enforces. They are far above any real server (the largest
 // have a few dozen disks and NICs and 96 DIMM slots) and are there to bound
 // what a buggy or hostile agent can make the store and the dashboard hold.
@@ -179,7 +199,9 @@ type Board struct {
 
 // Validate rejects reports that no real machine produces: negative sizes or
 // counts, more than MaxDisks disks, MaxNICs NICs or MaxDIMMs DIMMs, strings
-// longer than MaxStringLen bytes or not valid UTF-8, and a MACAddress that is
+// longer than MaxStringLen bytes, not valid UTF-8 or holding control or
+// bidirectional formatting characters (lpmos.ValidateText, single line),
+// and a MACAddress that is
 // not a unicast Ethernet address. It does not judge plausibility beyond that
 // (zero cores, no disks): a report that is odd but honest is for the
 // operator to see. The error wraps ErrInvalid and names the first offending
@@ -189,7 +211,7 @@ func (i *Info) Validate() error {
 	if i.MACAddress != "" {
 		if _, err := lpmos.ParseMAC(i.MACAddress); err != nil {
 			// Wrap both, so callers can also test for lpmos.ErrInvalidMAC.
-			v.err = fmt.Errorf("%w: mac_address: %w", ErrInvalid, err)
+			v.err = &ValidationError{Field: "mac_address", Reason: err.Error(), err: err}
 		}
 	}
 
@@ -259,7 +281,7 @@ type validator struct{ err error }
 
 func (v *validator) fail(field, reason string) {
 	if v.err == nil {
-		v.err = fmt.Errorf("%w: %s: %s", ErrInvalid, field, reason)
+		v.err = &ValidationError{Field: field, Reason: reason}
 	}
 }
 
@@ -269,6 +291,10 @@ func (v *validator) str(field, s string) {
 		v.fail(field, fmt.Sprintf("%d bytes, at most %d allowed", len(s), MaxStringLen))
 	case !utf8.ValidString(s):
 		v.fail(field, "not valid UTF-8")
+	case lpmos.ValidateText(s, false) != nil:
+		// NUL, ESC and bidi overrides would reach the dashboard, logs and
+		// terminals of the operator who approves the machine.
+		v.fail(field, "contains control or bidirectional formatting characters")
 	}
 }
 

@@ -159,6 +159,12 @@ func TestValidate(t *testing.T) {
 		{"invalid utf-8 serial", func(i *hardware.Info) { i.BIOS.Serial = "SN\xff\xfe" }, "bios.serial"},
 		{"invalid utf-8 disk type", func(i *hardware.Info) { i.Disks[0].Type = "\xc3" }, "disks[0].type"},
 		{"invalid utf-8 speed", func(i *hardware.Info) { i.Network[0].Speed = "10\x80Gbps" }, "network[0].speed"},
+		{"NUL in serial", func(i *hardware.Info) { i.System.Serial = "SN\x00123" }, "system.serial"},
+		{"ESC in CPU model", func(i *hardware.Info) { i.CPU.Model = "\x1b[2JXeon" }, "cpu.model"},
+		{"C1 in disk model", func(i *hardware.Info) { i.Disks[1].Model = "Samsung\u009b31m" }, "disks[1].model"},
+		{"bidi override in board product", func(i *hardware.Info) { i.Board.Product = "X11\u202eDPS" }, "board.product"},
+		{"newline in NIC driver", func(i *hardware.Info) { i.Network[0].Driver = "ixgbe\napproved" }, "network[0].driver"},
+		{"tab in DIMM slot", func(i *hardware.Info) { i.Memory.DIMMs[0].Slot = "A1\tB1" }, "memory.dimms[0].slot"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -172,6 +178,9 @@ func TestValidate(t *testing.T) {
 			}
 			require.ErrorIs(t, err, hardware.ErrInvalid)
 			assert.ErrorContains(t, err, tt.field+":")
+			var ve *hardware.ValidationError
+			require.ErrorAs(t, err, &ve)
+			assert.Equal(t, tt.field, ve.Field)
 		})
 	}
 }

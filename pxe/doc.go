@@ -51,4 +51,11 @@
 // only, byte ranges (single and multipart), ETag and Last-Modified with
 // conditional requests, and large files sent with sendfile(2) by
 // http.ServeContent. Directories and dotfiles are 404.
+//
+// # Logs
+//
+// Anyone on the boot network can send refused requests as fast as the link
+// allows, so both servers log at most RefusalLogLimit of them a minute
+// (20 by default) and report how many they left out with the next line
+// they log, without a goroutine of their own.
 package pxe

@@ -23,6 +23,10 @@ type FileServerConfig struct {
 	Prefix string
 	// Logger receives refused requests; slog.Default() if nil.
 	Logger *slog.Logger
+	// RefusalLogLimit is how many refused requests are logged per minute
+	// (20 if zero; negative: all); the others are counted and the count
+	// logged with the next line.
+	RefusalLogLimit int
 }
 
 // FileServer is an http.Handler serving the regular files under a root
@@ -31,6 +35,7 @@ type FileServer struct {
 	dir    Dir
 	prefix string
 	log    *slog.Logger
+	refuse *logLimiter
 }
 
 // NewFileServer checks that the root is a directory.
@@ -52,7 +57,8 @@ func NewFileServer(cfg FileServerConfig) (*FileServer, error) {
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &FileServer{dir: Dir(cfg.Root), prefix: prefix, log: cfg.Logger.With("component", "bootfiles")}, nil
+	return &FileServer{dir: Dir(cfg.Root), prefix: prefix, log: cfg.Logger.With("component", "bootfiles"),
+		refuse: newLogLimiter(cfg.RefusalLogLimit)}, nil
 }
 
 // Stat returns the file info of name (relative to the root, same rules as
@@ -91,14 +97,14 @@ func (s *FileServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	clean, err := CleanPath(name)
 	if err != nil {
-		s.log.Warn("boot file request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
+		s.refuse.warn(s.log, "boot file request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
 		http.NotFound(w, r)
 		return
 	}
 	f, fi, err := s.dir.open(clean)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("boot file request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
+			s.refuse.warn(s.log, "boot file request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
 		}
 		http.NotFound(w, r)
 		return

@@ -56,6 +56,10 @@ type TFTPConfig struct {
 	// MaxTransfers bounds the transfers in flight, 64 if zero. A request
 	// beyond it is answered with an error packet; the client retries.
 	MaxTransfers int
+	// RefusalLogLimit is how many refused requests and failed transfers
+	// are logged per minute (20 if zero; negative: all); the others are
+	// counted and the count logged with the next line.
+	RefusalLogLimit int
 }
 
 // TFTPServer is a read-only TFTP server for boot files; see the package
@@ -64,6 +68,7 @@ type TFTPServer struct {
 	cfg    TFTPConfig
 	fsys   fs.FS
 	log    *slog.Logger
+	refuse *logLimiter // client-caused warnings
 	conn   net.PacketConn
 	cm     *ipv4.PacketConn // non-nil when the destination of requests is read from control messages
 	bindIP net.IP           // the listener's own IP when it is not a wildcard
@@ -109,6 +114,7 @@ func NewTFTPServer(cfg TFTPConfig) (*TFTPServer, error) {
 		cfg:    cfg,
 		fsys:   cfg.Files,
 		log:    cfg.Logger.With("component", "tftp"),
+		refuse: newLogLimiter(cfg.RefusalLogLimit),
 		slots:  make(chan struct{}, cfg.MaxTransfers),
 		active: map[string]*activeTransfer{},
 	}
@@ -268,18 +274,18 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 		s.conn.WriteTo(errorPacket(code, msg), client)
 	}
 	if req.op == opWRQ {
-		log.Warn("tftp write request refused: read-only server")
+		s.refuse.warn(log, "tftp write request refused: read-only server")
 		reply(errAccessViolation, "access violation: read-only server")
 		return
 	}
 	if req.mode != "octet" && req.mode != "netascii" {
-		log.Warn("tftp request refused: unsupported mode", "mode", req.mode)
+		s.refuse.warn(log, "tftp request refused: unsupported mode", "mode", req.mode)
 		reply(errIllegalOp, "unsupported transfer mode")
 		return
 	}
 	name, err := CleanPath(req.filename)
 	if err != nil {
-		log.Warn("tftp request refused", "err", err)
+		s.refuse.warn(log, "tftp request refused", "err", err)
 		reply(errAccessViolation, "access violation")
 		return
 	}
@@ -301,7 +307,7 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 	case s.slots <- struct{}{}:
 	default:
 		s.mu.Unlock()
-		log.Warn("tftp request refused: too many transfers", "max", s.cfg.MaxTransfers)
+		s.refuse.warn(log, "tftp request refused: too many transfers", "max", s.cfg.MaxTransfers)
 		reply(errNotDefined, "server busy, try again later")
 		return
 	}
@@ -371,7 +377,7 @@ func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request
 		if errors.Is(err, ErrOutsideRoot) || errors.Is(err, ErrInvalidPath) || errors.Is(err, fs.ErrPermission) {
 			code, msg = errAccessViolation, "access violation"
 		}
-		log.Warn("tftp request refused", "err", err)
+		s.refuse.warn(log, "tftp request refused", "err", err)
 		conn.Write(errorPacket(code, msg))
 		return false
 	}
@@ -406,7 +412,7 @@ func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request
 		// EDK2 asks for the tsize and aborts; it comes back for the file.
 		log.Debug("tftp client ended the transfer after the option negotiation (a tsize probe)", "client_msg", ce.msg)
 	default:
-		log.Warn("tftp transfer failed", append(attrs, "err", err)...)
+		s.refuse.warn(log, "tftp transfer failed", append(attrs, "err", err)...)
 	}
 	return abortedByClient
 }

@@ -107,11 +107,11 @@ func (f *Filter) Normalize() error {
 		if !tagKeyRe.MatchString(k) {
 			return invalid("tag", "key %q is not a valid tag name", truncate(k))
 		}
-		if err := checkText("tag", v, MaxTagValueLen); err != nil {
+		if err := checkLine("tag", v, MaxTagValueLen); err != nil {
 			return err
 		}
 	}
-	if err := checkText("created_by", f.CreatedBy, MaxActorLen); err != nil {
+	if err := checkLine("created_by", f.CreatedBy, MaxActorLen); err != nil {
 		return err
 	}
 	switch f.Sort {

@@ -193,6 +193,15 @@ type CreateRequest struct {
 	CreatedBy string `json:"-"`
 }
 
+// Tags the installers read: the machine's hostname and one authorized_keys
+// line for root. They are checked when the task is created
+// (lpmos.ValidateHostname, lpmos.ValidateSSHAuthorizedKey); empty means
+// none (the region's default hostname, no key).
+const (
+	TagHostname = "hostname"
+	TagSSHKey   = "ssh_key"
+)
+
 // Limits on operator input.
 const (
 	MaxTags        = 32
@@ -227,17 +236,27 @@ var osFamilies = [...]string{"debian", "ubuntu", "rocky", "almalinux", "centos",
 // through Config.ValidateOS. The slice is the caller's.
 func OSFamilies() []string { return slices.Clone(osFamilies[:]) }
 
+// checkText checks free text a person wrote or reads: notes, reasons,
+// messages. Newline and tab are allowed; other control characters and
+// bidirectional overrides are not (lpmos.ValidateText).
 func checkText(field, s string, max int) error {
+	return checkString(field, s, max, true)
+}
+
+// checkLine checks a single-line value: tags, names, codes.
+func checkLine(field, s string, max int) error {
+	return checkString(field, s, max, false)
+}
+
+func checkString(field, s string, max int, multiline bool) error {
 	if len(s) > max {
 		return invalid(field, "longer than %d bytes", max)
 	}
 	if !utf8.ValidString(s) {
 		return invalid(field, "not valid UTF-8")
 	}
-	for _, r := range s {
-		if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f {
-			return invalid(field, "contains control characters")
-		}
+	if err := lpmos.ValidateText(s, multiline); err != nil {
+		return invalid(field, "contains control or bidirectional formatting characters")
 	}
 	return nil
 }
@@ -246,7 +265,7 @@ func checkActor(by string) error {
 	if strings.TrimSpace(by) == "" {
 		return invalid("actor", "is required")
 	}
-	return checkText("actor", by, MaxActorLen)
+	return checkLine("actor", by, MaxActorLen)
 }
 
 // normalize validates a create request and fills its defaults.
@@ -289,8 +308,21 @@ func (r *CreateRequest) normalize() (lpmos.MAC, error) {
 		if !tagKeyRe.MatchString(k) {
 			return mac, invalid("tags", "key %q is not a valid tag name", truncate(k))
 		}
-		if err := checkText("tags."+k, v, MaxTagValueLen); err != nil {
+		if err := checkLine("tags."+k, v, MaxTagValueLen); err != nil {
 			return mac, err
+		}
+	}
+	// Installers write these into the machine's configuration; a bad one
+	// found only at boot would fail an install an operator already
+	// approved. Empty means the default, as the region reads it.
+	if h := r.Tags[TagHostname]; h != "" {
+		if err := lpmos.ValidateHostname(h); err != nil {
+			return mac, invalid("tags."+TagHostname, "%v", err)
+		}
+	}
+	if k := r.Tags[TagSSHKey]; k != "" {
+		if err := lpmos.ValidateSSHAuthorizedKey(k); err != nil {
+			return mac, invalid("tags."+TagSSHKey, "%v", err)
 		}
 	}
 	if err := checkActor(r.CreatedBy); err != nil {
@@ -323,7 +355,7 @@ func (p *Progress) Validate() error {
 		return invalid("details", "%d entries, at most %d allowed", len(p.Details), MaxDetails)
 	}
 	for k, v := range p.Details {
-		if err := checkText("details key", k, MaxTagKeyLen); err != nil {
+		if err := checkLine("details key", k, MaxTagKeyLen); err != nil {
 			return err
 		}
 		switch v := v.(type) {
@@ -343,10 +375,10 @@ func (e *ErrorInfo) validate() error {
 	if e.Code == "" {
 		return invalid("error.code", "is required")
 	}
-	if err := checkText("error.code", e.Code, 64); err != nil {
+	if err := checkLine("error.code", e.Code, 64); err != nil {
 		return err
 	}
-	if err := checkText("error.stage", e.Stage, 64); err != nil {
+	if err := checkLine("error.stage", e.Stage, 64); err != nil {
 		return err
 	}
 	return checkText("error.message", e.Message, MaxTextLen)

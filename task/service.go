@@ -371,7 +371,7 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if err := checkText("source", o.source, MaxSourceLen); err != nil {
+	if err := checkLine("source", o.source, MaxSourceLen); err != nil {
 		return nil, err
 	}
 	var firstStatusRev int64
@@ -497,6 +497,10 @@ func noChange(*Task, time.Time) (change, error) { return change{}, nil }
 // pending_approval.
 func (s *Service) ReportHardware(ctx context.Context, id, by string, hw hardware.Info, opts ...MoveOption) (*Task, error) {
 	if err := hw.Validate(); err != nil {
+		var ve *hardware.ValidationError
+		if errors.As(err, &ve) {
+			return nil, invalid("hardware."+ve.Field, "%s", ve.Reason)
+		}
 		return nil, invalid("hardware", "%v", err)
 	}
 	return s.move(ctx, id, EventHardwareReported, by, opts, func(t *Task, _ time.Time) (change, error) {
@@ -586,7 +590,7 @@ func (s *Service) RecordRefusal(ctx context.Context, id, by, source, message str
 		return nil, err
 	}
 	source = truncateTo(source, MaxSourceLen)
-	if err := checkText("source", source, MaxSourceLen); err != nil {
+	if err := checkLine("source", source, MaxSourceLen); err != nil {
 		return nil, err
 	}
 	return s.update(ctx, id, "refusal for task", func(snap *snapshot) (*write, *Task, error) {

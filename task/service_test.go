@@ -225,6 +225,21 @@ func TestCreateRejectsBadInputAndWritesNothing(t *testing.T) {
 		}, "tags.k"},
 		{"bad tag key", func(r *task.CreateRequest) { r.Tags = map[string]string{"a b": "v"} }, "tags"},
 		{"control chars in tag", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": "a\x00b"} }, "tags.k"},
+		{"ESC in tag", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": "\x1b[2Jx"} }, "tags.k"},
+		{"C1 in tag", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": "a\u009bb"} }, "tags.k"},
+		{"bidi override in tag", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": "prod\u202Eved"} }, "tags.k"},
+		{"newline in tag", func(r *task.CreateRequest) { r.Tags = map[string]string{"k": "a\nb"} }, "tags.k"},
+		{"bad hostname", func(r *task.CreateRequest) { r.Tags = map[string]string{"hostname": "Web 01"} }, "tags.hostname"},
+		{"shell in hostname", func(r *task.CreateRequest) { r.Tags = map[string]string{"hostname": "$(reboot)"} }, "tags.hostname"},
+		{"hostname label too long", func(r *task.CreateRequest) { r.Tags = map[string]string{"hostname": strings.Repeat("a", 64)} }, "tags.hostname"},
+		{"ssh_key with options", func(r *task.CreateRequest) {
+			r.Tags = map[string]string{"ssh_key": `command="/bin/sh" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5`}
+		}, "tags.ssh_key"},
+		{"ssh_key not a key", func(r *task.CreateRequest) { r.Tags = map[string]string{"ssh_key": "hunter2"} }, "tags.ssh_key"},
+		{"ssh_key bidi comment", func(r *task.CreateRequest) {
+			r.Tags = map[string]string{"ssh_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 a\u202Eb"}
+		}, "tags.ssh_key"},
+		{"ESC in creator", func(r *task.CreateRequest) { r.CreatedBy = "ada\x1b[2J" }, "actor"},
 		{"no creator", func(r *task.CreateRequest) { r.CreatedBy = " " }, "actor"},
 	}
 	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
@@ -246,6 +261,61 @@ func TestCreateRejectsBadInputAndWritesNothing(t *testing.T) {
 				assert.Equal(t, before, after)
 			})
 		}
+	})
+}
+
+// What installers read is accepted at create when well-formed, and free
+// text keeps its lines; control characters, bidi overrides and hostile
+// hardware strings are refused with the field, and nothing is written.
+func TestTextChecks(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		req := validRequest("00:1a:2b:3c:4e:01")
+		req.Tags = map[string]string{"hostname": "web-01.dc1.example.com", "ssh_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 ada@example.com", "owner": "Grüße ✓"}
+		_, err := svc.Create(ctx, req)
+		require.NoError(t, err)
+		req = validRequest("00:1a:2b:3c:4e:04")
+		req.Tags = map[string]string{"hostname": "", "ssh_key": ""}
+		_, err = svc.Create(ctx, req)
+		require.NoError(t, err, "empty: the region's defaults (lpmos-<mac>, no key)")
+
+		tk := toPendingApproval(t, svc, "00:1a:2b:3c:4e:02")
+		_, rev := dump(t, st)
+		for _, tc := range []struct {
+			name  string
+			call  func() error
+			field string
+		}{
+			{"ESC in approval notes", func() error { _, err := svc.Approve(ctx, tk.ID, "ops", "ok\x1b]0;pwned\x07"); return err }, "notes"},
+			{"bidi override in reject reason", func() error { _, err := svc.Reject(ctx, tk.ID, "ops", "bad \u202Edrac"); return err }, "reason"},
+			{"C1 in cancel reason", func() error { _, err := svc.Cancel(ctx, tk.ID, "ops", "x\u0085y"); return err }, "reason"},
+			{"NUL in actor", func() error { _, err := svc.Approve(ctx, tk.ID, "o\x00ps", ""); return err }, "actor"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				err := tc.call()
+				var ve *task.ValidationError
+				require.ErrorAs(t, err, &ve)
+				assert.Equal(t, tc.field, ve.Field)
+				_, rev2 := dump(t, st)
+				assert.Equal(t, rev, rev2, "nothing written")
+			})
+		}
+		_, err = svc.Approve(ctx, tk.ID, "ops", "checked:\n\t- disks\n\t- NICs")
+		require.NoError(t, err, "notes may span lines")
+
+		booting, err := svc.Create(ctx, validRequest("00:1a:2b:3c:4e:03"))
+		require.NoError(t, err)
+		_, err = svc.MarkReady(ctx, booting.ID, "region:dc1")
+		require.NoError(t, err)
+		_, err = svc.MarkBooting(ctx, booting.ID, "region:dc1")
+		require.NoError(t, err)
+		hw := sampleHardware
+		hw.MACAddress = "00:1a:2b:3c:4e:03"
+		hw.Disks = []hardware.Disk{{Device: "/dev/sda", Model: "Samsung\x1b[31m"}}
+		_, err = svc.ReportHardware(ctx, booting.ID, "region:dc1", hw)
+		var ve *task.ValidationError
+		require.ErrorAs(t, err, &ve)
+		assert.Equal(t, "hardware.disks[0].model", ve.Field)
 	})
 }
 

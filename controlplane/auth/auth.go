@@ -48,7 +48,10 @@ func HashToken(token string) string {
 //
 //	<sha256-hex> <role> <subject>
 //
-// Blank lines and lines starting with # are ignored.
+// Blank lines and lines starting with # are ignored. Its errors name the
+// line and what is wrong with it but never quote it: an operator who
+// wrote a token in clear text instead of its hash must not find it in a
+// log.
 func LoadTokenFile(path string) ([]HashedToken, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -62,14 +65,14 @@ func LoadTokenFile(path string) ([]HashedToken, error) {
 		}
 		f := strings.Fields(line)
 		if len(f) != 3 {
-			return nil, fmt.Errorf("%s:%d: want \"<sha256-hex> <role> <subject>\"", path, n+1)
+			return nil, fmt.Errorf("%s:%d: want \"<sha256-hex> <role> <subject>\" (%d fields)", path, n+1, len(f))
 		}
 		if b, err := hex.DecodeString(f[0]); err != nil || len(b) != sha256.Size {
-			return nil, fmt.Errorf("%s:%d: %q is not a hex SHA-256", path, n+1, f[0])
+			return nil, fmt.Errorf("%s:%d: the first field is not a hex SHA-256 (64 hex digits; write auth.HashToken of the token, never the token)", path, n+1)
 		}
 		role, err := ParseRole(f[1])
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, n+1, err)
+			return nil, fmt.Errorf("%s:%d: the second field is not a role (viewer, operator, admin)", path, n+1)
 		}
 		out = append(out, HashedToken{SHA256: strings.ToLower(f[0]), Role: role, Subject: f[2]})
 	}
@@ -78,15 +81,29 @@ func LoadTokenFile(path string) ([]HashedToken, error) {
 
 // JWTConfig accepts signed JWTs as bearer tokens. The "sub" claim names the
 // caller and the "role" claim (viewer, operator, admin) says what it may
-// do; "exp" is required.
+// do; "exp" is required, an "iat" in the future is refused, and a token
+// may not live longer than MaxLifetime.
 type JWTConfig struct {
 	// HS256Secret verifies HS256 tokens (at least 32 bytes).
 	HS256Secret []byte
 	// RS256Keys verify RS256 tokens.
 	RS256Keys []*rsa.PublicKey
-	// Issuer and Audience, when set, must match the token's.
+	// Issuer and Audience, when set, must match the token's: a token
+	// without "iss" or "aud" is then refused.
 	Issuer, Audience string
+	// MaxLifetime bounds exp-iat (exp-now for a token without iat), so
+	// that a leaked long-lived token, or one minted for years by a
+	// careless issuer, is refused (default DefaultMaxJWTLifetime;
+	// negative: no bound).
+	MaxLifetime time.Duration
 }
+
+// DefaultMaxJWTLifetime is JWTConfig.MaxLifetime's default: a working day
+// with room, longer than any interactive session token needs.
+const DefaultMaxJWTLifetime = 24 * time.Hour
+
+// jwtLeeway absorbs clock skew between the issuer and us.
+const jwtLeeway = 30 * time.Second
 
 // LoadRSAPublicKey reads a PEM RSA public key (PKIX or PKCS#1).
 func LoadRSAPublicKey(path string) (*rsa.PublicKey, error) {
@@ -128,6 +145,7 @@ type Authenticator struct {
 	static map[string]Principal // by token hash
 	jwt    *JWTConfig
 	parser *jwt.Parser
+	now    func() time.Time
 }
 
 // ErrUnauthenticated is every refusal: a missing, unknown, malformed or
@@ -142,28 +160,33 @@ func New(cfg Config) (*Authenticator, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	a := &Authenticator{static: map[string]Principal{}, jwt: cfg.JWT}
-	add := func(hash, subject string, role Role) error {
+	a := &Authenticator{static: map[string]Principal{}, now: cfg.Now}
+	add := func(hash, method, subject string, role Role) error {
 		if subject == "" || role == RoleNone {
 			return fmt.Errorf("token for %q: subject and role are required", subject)
 		}
-		a.static[hash] = Principal{Subject: subject, Role: role, Method: "token"}
+		a.static[hash] = newPrincipal(method, subject, role)
 		return nil
 	}
 	for _, t := range cfg.Tokens {
 		if len(t.Token) < 16 {
 			return nil, fmt.Errorf("token for %q: at least 16 characters", t.Subject)
 		}
-		if err := add(HashToken(t.Token), t.Subject, t.Role); err != nil {
+		if err := add(HashToken(t.Token), MethodToken, t.Subject, t.Role); err != nil {
 			return nil, err
 		}
 	}
 	for _, t := range cfg.HashedTokens {
-		if err := add(strings.ToLower(t.SHA256), t.Subject, t.Role); err != nil {
+		if err := add(strings.ToLower(t.SHA256), MethodHashed, t.Subject, t.Role); err != nil {
 			return nil, err
 		}
 	}
-	if j := cfg.JWT; j != nil {
+	if cfg.JWT != nil {
+		j := *cfg.JWT
+		if j.MaxLifetime == 0 {
+			j.MaxLifetime = DefaultMaxJWTLifetime
+		}
+		a.jwt = &j
 		if len(j.HS256Secret) > 0 && len(j.HS256Secret) < 32 {
 			return nil, errors.New("JWT HS256 secret: at least 32 bytes")
 		}
@@ -178,7 +201,7 @@ func New(cfg Config) (*Authenticator, error) {
 			return nil, errors.New("JWT: no HS256 secret and no RS256 key")
 		}
 		opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithExpirationRequired(),
-			jwt.WithLeeway(30 * time.Second), jwt.WithTimeFunc(cfg.Now)}
+			jwt.WithIssuedAt(), jwt.WithLeeway(jwtLeeway), jwt.WithTimeFunc(cfg.Now)}
 		if j.Issuer != "" {
 			opts = append(opts, jwt.WithIssuer(j.Issuer))
 		}
@@ -218,11 +241,20 @@ func (a *Authenticator) Authenticate(token string) (Principal, error) {
 	if err != nil {
 		return Principal{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
+	if max := a.jwt.MaxLifetime; max > 0 {
+		from := a.now()
+		if claims.IssuedAt != nil {
+			from = claims.IssuedAt.Time
+		}
+		if claims.ExpiresAt.Sub(from) > max+jwtLeeway {
+			return Principal{}, fmt.Errorf("%w: token lives longer than %v", ErrUnauthenticated, max)
+		}
+	}
 	role, err := ParseRole(claims.Role)
 	if err != nil || claims.Subject == "" {
 		return Principal{}, fmt.Errorf("%w: token needs a sub and a role claim", ErrUnauthenticated)
 	}
-	return Principal{Subject: claims.Subject, Role: role, Method: "jwt"}, nil
+	return newPrincipal(MethodJWT, claims.Subject, role), nil
 }
 
 func toVerificationKeys(keys []*rsa.PublicKey) []jwt.VerificationKey {

@@ -65,17 +65,19 @@ func TestAuthenticate(t *testing.T) {
 	}
 	hs := func(extra jwt.MapClaims) string { return sign(t, jwt.SigningMethodHS256, hsSecret, claims(extra)) }
 
+	admin := auth.Principal{Subject: "jwt:jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}
 	tests := []struct {
 		name  string
 		token string
 		want  auth.Principal // zero: refused
 	}{
-		{"clear token", clearToken, auth.Principal{Subject: "vera", Role: auth.RoleViewer, Method: "token"}},
-		{"hashed token (hash in any case)", "operator-token-0123456789", auth.Principal{Subject: "otto", Role: auth.RoleOperator, Method: "token"}},
-		{"HS256", hs(nil), auth.Principal{Subject: "jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}},
-		{"RS256", sign(t, jwt.SigningMethodRS256, rsaKey, claims(jwt.MapClaims{"role": "viewer"})), auth.Principal{Subject: "jo@example.com", Role: auth.RoleViewer, Method: "jwt"}},
+		{"JWT named like a static token", hs(jwt.MapClaims{"sub": "vera"}), auth.Principal{Subject: "jwt:vera", Role: auth.RoleAdmin, Method: "jwt"}},
+		{"clear token", clearToken, auth.Principal{Subject: "token:vera", Role: auth.RoleViewer, Method: "token"}},
+		{"hashed token (hash in any case)", "operator-token-0123456789", auth.Principal{Subject: "hashed:otto", Role: auth.RoleOperator, Method: "hashed"}},
+		{"HS256", hs(nil), admin},
+		{"RS256", sign(t, jwt.SigningMethodRS256, rsaKey, claims(jwt.MapClaims{"role": "viewer"})), auth.Principal{Subject: "jwt:jo@example.com", Role: auth.RoleViewer, Method: "jwt"}},
 		{"expired by the injected clock", hs(jwt.MapClaims{"exp": now.Add(-time.Hour).Unix()}), auth.Principal{}},
-		{"expired within the leeway", hs(jwt.MapClaims{"exp": now.Add(-10 * time.Second).Unix()}), auth.Principal{Subject: "jo@example.com", Role: auth.RoleAdmin, Method: "jwt"}},
+		{"expired within the leeway", hs(jwt.MapClaims{"exp": now.Add(-10 * time.Second).Unix()}), admin},
 		{"valid only by the wall clock", hs(jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}), auth.Principal{}},
 		{"no exp", hs(jwt.MapClaims{"exp": nil}), auth.Principal{}},
 		{"no role", hs(jwt.MapClaims{"role": nil}), auth.Principal{}},
@@ -83,6 +85,15 @@ func TestAuthenticate(t *testing.T) {
 		{"no subject", hs(jwt.MapClaims{"sub": nil}), auth.Principal{}},
 		{"wrong issuer", hs(jwt.MapClaims{"iss": "https://evil.example"}), auth.Principal{}},
 		{"wrong audience", hs(jwt.MapClaims{"aud": "other"}), auth.Principal{}},
+		{"one of its audiences", hs(jwt.MapClaims{"aud": []string{"other", "lpmos"}}), admin},
+		{"no audience", hs(jwt.MapClaims{"aud": nil}), auth.Principal{}},
+		{"no issuer", hs(jwt.MapClaims{"iss": nil}), auth.Principal{}},
+		{"lives a day", hs(jwt.MapClaims{"iat": now.Add(-time.Hour).Unix(), "exp": now.Add(23 * time.Hour).Unix()}), admin},
+		{"lives 100 years", hs(jwt.MapClaims{"iat": now.Add(-time.Hour).Unix(), "exp": now.AddDate(100, 0, 0).Unix()}), auth.Principal{}},
+		{"lives 25 hours, most of them gone", hs(jwt.MapClaims{"iat": now.Add(-24 * time.Hour).Unix(), "exp": now.Add(time.Hour).Unix()}), auth.Principal{}},
+		{"no iat, expires in 100 years", hs(jwt.MapClaims{"exp": now.AddDate(100, 0, 0).Unix()}), auth.Principal{}},
+		{"no iat, expires in 23 hours", hs(jwt.MapClaims{"exp": now.Add(23 * time.Hour).Unix()}), admin},
+		{"issued in the future", hs(jwt.MapClaims{"iat": now.AddDate(100, 0, 0).Unix(), "exp": now.AddDate(100, 0, 0).Add(time.Hour).Unix()}), auth.Principal{}},
 		{"wrong key", sign(t, jwt.SigningMethodHS256, []byte("another-secret-another-secret-123"), claims(nil)), auth.Principal{}},
 		{"unsigned", sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims(nil)), auth.Principal{}},
 		{"HS256 signed with the RSA public key", sign(t, jwt.SigningMethodHS256, x509.MarshalPKCS1PublicKey(&rsaKey.PublicKey), claims(nil)), auth.Principal{}},
@@ -99,6 +110,31 @@ func TestAuthenticate(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestJWTMaxLifetime(t *testing.T) {
+	tok := sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "jo", "role": "viewer", "iat": now.Unix(), "exp": now.Add(72 * time.Hour).Unix()})
+	for _, tt := range []struct {
+		name string
+		max  time.Duration
+		ok   bool
+	}{
+		{"default: a day", 0, false},
+		{"a week", 7 * 24 * time.Hour, true},
+		{"two days", 48 * time.Hour, false},
+		{"unbounded", -1, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := auth.New(auth.Config{JWT: &auth.JWTConfig{HS256Secret: hsSecret, MaxLifetime: tt.max}, Now: func() time.Time { return now }})
+			require.NoError(t, err)
+			_, err = a.Authenticate(tok)
+			if tt.ok {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorIs(t, err, auth.ErrUnauthenticated)
+			}
 		})
 	}
 }
@@ -135,15 +171,26 @@ func TestLoadTokenFile(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []auth.HashedToken{{SHA256: h, Role: auth.RoleOperator, Subject: "otto"}, {SHA256: h, Role: auth.RoleViewer, Subject: "vera"}}, got)
 
-	for name, text := range map[string]string{
-		"fields":  h + " operator\n",
-		"hash":    "abc operator otto\n",
-		"role":    h + " root otto\n",
-		"nothex":  strings.Repeat("z", 64) + " viewer v\n",
-		"toomany": h + " viewer v extra\n",
+	// A token written in clear text where its hash belongs (or anywhere
+	// else on a bad line) is never echoed.
+	const secret = "s3cret-clear-text-token-42"
+	for _, tc := range []struct{ name, text string }{
+		{"fields", h + " operator\n"},
+		{"hash", "abc operator otto\n"},
+		{"role", h + " root otto\n"},
+		{"nothex", strings.Repeat("z", 64) + " viewer v\n"},
+		{"toomany", h + " viewer v extra\n"},
+		{"clear token instead of hash", secret + " admin ada\n"},
+		{"clear token alone", secret + "\n"},
+		{"clear token with role", secret + " admin\n"},
+		{"clear token in the role column", h + " " + secret + " ada\n"},
+		{"clear token and more", h + " admin ada " + secret + "\n"},
 	} {
-		_, err := auth.LoadTokenFile(write(name, text))
-		assert.Error(t, err, name)
+		_, err := auth.LoadTokenFile(write(strings.ReplaceAll(tc.name, " ", "_"), tc.text))
+		require.Error(t, err, tc.name)
+		assert.NotContains(t, err.Error(), secret, tc.name)
+		assert.NotContains(t, err.Error(), strings.Repeat("z", 64), tc.name)
+		assert.Contains(t, err.Error(), ":1:", "%s: the line is named", tc.name)
 	}
 	_, err = auth.LoadTokenFile(filepath.Join(dir, "missing"))
 	assert.ErrorIs(t, err, os.ErrNotExist)

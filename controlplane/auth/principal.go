@@ -41,11 +41,27 @@ func ParseRole(s string) (Role, error) {
 
 // Principal is an authenticated caller.
 type Principal struct {
-	// Subject names the caller; it becomes created_by / approved_by.
+	// Subject names the caller unambiguously: the way it signed in, a
+	// colon, and the name that way gave ("token:admin", "hashed:ops",
+	// "jwt:alice@example.com"). A JWT whose sub is "admin" is thus not the
+	// admin token: it has its own rate limit and audit trail. It is what
+	// becomes created_by, approved_by, rejected_by and the audit actor.
 	Subject string
 	Role    Role
-	// Method says how the caller authenticated: "token" or "jwt".
+	// Method says how the caller authenticated: MethodToken, MethodHashed
+	// or MethodJWT.
 	Method string
+}
+
+// How a caller signed in, the prefix of its Subject.
+const (
+	MethodToken  = "token"  // a StaticToken, given in clear text
+	MethodHashed = "hashed" // a HashedToken, e.g. from a token file
+	MethodJWT    = "jwt"    // a signed JWT; the name is its sub claim
+)
+
+func newPrincipal(method, name string, role Role) Principal {
+	return Principal{Subject: method + ":" + name, Role: role, Method: method}
 }
 
 type principalKey struct{}

@@ -1,6 +1,8 @@
 // Package webhook notifies external systems when tasks reach chosen
 // statuses (by default pending_approval, completed and failed): a JSON POST
-// signed with HMAC-SHA256, retried with backoff. It is fed by the control
+// signed with HMAC-SHA256 as Standard Webhooks do (the signature covers a
+// delivery ID and a timestamp, so a captured request cannot be replayed
+// once the receiver's tolerance has passed), retried with backoff. It is fed by the control
 // plane's task watch (Handle) and never blocks it: deliveries wait in a
 // bounded queue and a slow or failing endpoint delays only its own. With
 // several control-plane replicas, each event is sent once: the replica that
@@ -13,6 +15,7 @@ import (
 	"crypto/hmac"
 	crand "crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,6 +27,8 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,7 +42,10 @@ import (
 // Events. With no URLs the Notifier does nothing.
 type Config struct {
 	URLs []string
-	// Secret signs each body: header X-LPMOS-Signature: sha256=<hex HMAC>.
+	// Secret signs each request the Standard Webhooks way: headers
+	// webhook-id, webhook-timestamp (Unix seconds) and webhook-signature:
+	// v1,<base64 HMAC-SHA256 of "id.timestamp.body">. The secret is used
+	// as given (not base64-decoded, no whsec_ prefix).
 	Secret []byte
 	// Events are the statuses that notify (default pending_approval,
 	// completed, failed).
@@ -85,12 +93,59 @@ type Payload struct {
 	Timestamp time.Time       `json:"timestamp"`
 }
 
-// Sign returns the X-LPMOS-Signature value of a body, for receivers to
-// check with hmac.Equal.
-func Sign(secret, body []byte) string {
+// Headers of a signed request (Standard Webhooks). The ID stays the same
+// across the retries of one delivery, so receivers can drop duplicates;
+// the timestamp is that of the attempt.
+const (
+	HeaderID        = "webhook-id"
+	HeaderTimestamp = "webhook-timestamp"
+	HeaderSignature = "webhook-signature"
+)
+
+// DefaultTolerance is how far a request's timestamp may be from the
+// receiver's clock in Verify: Standard Webhooks suggest five minutes.
+const DefaultTolerance = 5 * time.Minute
+
+// ErrBadSignature is returned by Verify for a request that is not signed
+// with the secret, or is too old or too new to be accepted.
+var ErrBadSignature = errors.New("webhook signature invalid")
+
+// Sign returns the webhook-signature value of a request: "v1," and the
+// base64 HMAC-SHA256 of "id.timestamp.body", timestamp in Unix seconds.
+func Sign(secret []byte, id string, timestamp time.Time, body []byte) string {
 	mac := hmac.New(sha256.New, secret)
+	fmt.Fprintf(mac, "%s.%d.", id, timestamp.Unix())
 	mac.Write(body)
-	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	return "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// Verify checks a received request's headers and body against the secret,
+// as a receiver would: the signature must match (any of the
+// space-separated v1 signatures) and the timestamp be within tolerance of
+// now (DefaultTolerance when tolerance is 0).
+func Verify(secret []byte, h http.Header, body []byte, now time.Time, tolerance time.Duration) error {
+	if tolerance <= 0 {
+		tolerance = DefaultTolerance
+	}
+	id, ts := h.Get(HeaderID), h.Get(HeaderTimestamp)
+	if id == "" || ts == "" {
+		return fmt.Errorf("%w: missing %s or %s", ErrBadSignature, HeaderID, HeaderTimestamp)
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: bad timestamp", ErrBadSignature)
+	}
+	at := time.Unix(sec, 0)
+	if d := now.Sub(at); d > tolerance || d < -tolerance {
+		return fmt.Errorf("%w: timestamp outside tolerance", ErrBadSignature)
+	}
+	want := Sign(secret, id, at, body)
+	for _, sig := range strings.Fields(h.Get(HeaderSignature)) {
+		if hmac.Equal([]byte(sig), []byte(want)) {
+			return nil
+		}
+	}
+	return ErrBadSignature
 }
 
 // notificationsPrefix holds delivery claims, one per task and status,
@@ -310,8 +365,10 @@ func (n *Notifier) post(ctx context.Context, u, id string, d delivery) (retry bo
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "lpmos-webhook/1")
 	req.Header.Set("X-LPMOS-Event", d.payload.Event)
-	req.Header.Set("X-LPMOS-Delivery", id)
-	req.Header.Set("X-LPMOS-Signature", Sign(n.cfg.Secret, d.body))
+	now := n.cfg.Now()
+	req.Header.Set(HeaderID, id)
+	req.Header.Set(HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set(HeaderSignature, Sign(n.cfg.Secret, id, now, d.body))
 	resp, err := n.cfg.Client.Do(req)
 	if err != nil {
 		return true, err
@@ -331,7 +388,7 @@ func (n *Notifier) post(ctx context.Context, u, id string, d delivery) (retry bo
 func deliveryID() string {
 	var b [12]byte
 	_, _ = crand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return "msg_" + hex.EncodeToString(b[:])
 }
 
 // Reasons for lpmos_webhook_failures_total.

@@ -2,12 +2,13 @@ package webhook_test
 
 import (
 	"context"
-	"crypto/hmac"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,9 +26,9 @@ import (
 )
 
 type received struct {
-	event string
-	body  []byte
-	sig   string
+	event  string
+	body   []byte
+	header http.Header
 }
 
 // receiver is a webhook endpoint that records what it accepts; fail makes
@@ -47,7 +48,7 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc.mu.Lock()
-	rc.got = append(rc.got, received{r.Header.Get("X-LPMOS-Event"), body, r.Header.Get("X-LPMOS-Signature")})
+	rc.got = append(rc.got, received{r.Header.Get("X-LPMOS-Event"), body, r.Header.Clone()})
 	rc.mu.Unlock()
 }
 
@@ -148,7 +149,8 @@ func TestWebhooks(t *testing.T) {
 		assert.ElementsMatch(t, want, rc.events(), "%s: each event exactly once across two replicas", name)
 		rc.mu.Lock()
 		for _, g := range rc.got {
-			assert.True(t, hmac.Equal([]byte(webhook.Sign(secret, g.body)), []byte(g.sig)), "signature")
+			assert.NoError(t, webhook.Verify(secret, g.header, g.body, at, 0), "signature")
+			assert.Equal(t, strconv.FormatInt(at.Unix(), 10), g.header.Get("webhook-timestamp"))
 			var p webhook.Payload
 			require.NoError(t, json.Unmarshal(g.body, &p))
 			assert.Equal(t, g.event, p.Event)
@@ -206,4 +208,65 @@ func TestWebhookConfigValidation(t *testing.T) {
 	n, err := webhook.New(webhook.Config{})
 	require.NoError(t, err, "no URLs: a notifier that does nothing")
 	n.Handle(task.Change{TaskID: task1, Status: task.StatusCompleted}, testTask(task1, task.StatusCompleted))
+}
+
+// TestWebhookSignature checks what a receiver checks: the signature covers
+// the delivery ID, the timestamp and the body, so a captured request
+// replayed later, or with a fresh timestamp, is refused.
+func TestWebhookSignature(t *testing.T) {
+	secret := []byte("webhook-secret")
+	body := []byte(`{"event":"task.completed"}`)
+	at := time.Date(2026, 1, 29, 10, 0, 0, 0, time.UTC)
+	signed := func(id string, ts time.Time, b []byte) http.Header {
+		h := http.Header{}
+		h.Set("webhook-id", id)
+		h.Set("webhook-timestamp", strconv.FormatInt(ts.Unix(), 10))
+		h.Set("webhook-signature", webhook.Sign(secret, id, ts, b))
+		return h
+	}
+	good := signed("msg_1", at, body)
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+		body   []byte
+		now    time.Time
+		ok     bool
+	}{
+		{"fresh", good, body, at.Add(time.Minute), true},
+		{"replayed after the tolerance", good, body, at.Add(6 * time.Minute), false},
+		{"from the future", good, body, at.Add(-6 * time.Minute), false},
+		{"fresh timestamp, old signature", func() http.Header {
+			h := good.Clone()
+			h.Set("webhook-timestamp", strconv.FormatInt(at.Add(10*time.Minute).Unix(), 10))
+			return h
+		}(), body, at.Add(10 * time.Minute), false},
+		{"other ID", func() http.Header { h := good.Clone(); h.Set("webhook-id", "msg_2"); return h }(), body, at, false},
+		{"other body", good, []byte(`{"event":"task.failed"}`), at, false},
+		{"other secret", func() http.Header {
+			h := good.Clone()
+			h.Set("webhook-signature", webhook.Sign([]byte("other"), "msg_1", at, body))
+			return h
+		}(), body, at, false},
+		{"one of several signatures", func() http.Header {
+			h := good.Clone()
+			h.Set("webhook-signature", "v1,AAAA "+good.Get("webhook-signature"))
+			return h
+		}(), body, at, true},
+		{"no timestamp", func() http.Header { h := good.Clone(); h.Del("webhook-timestamp"); return h }(), body, at, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := webhook.Verify(secret, tc.header, tc.body, tc.now, 0)
+			if tc.ok {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorIs(t, err, webhook.ErrBadSignature)
+			}
+		})
+	}
+	// The reference vector of the Standard Webhooks libraries (their
+	// secret whsec_MfKQ… is the base64 of the key used here).
+	key, err := base64.StdEncoding.DecodeString("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+	require.NoError(t, err)
+	assert.Equal(t, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+		webhook.Sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", time.Unix(1614265330, 0), []byte(`{"test": 2432232314}`)))
 }

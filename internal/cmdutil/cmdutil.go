@@ -8,6 +8,7 @@
 package cmdutil
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -17,7 +18,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"time"
 
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/controlplane/auth"
@@ -101,18 +104,22 @@ func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store
 
 // AuthFlags configure how callers sign in to the control plane.
 type AuthFlags struct {
-	TokenFile     string
-	HS256File     string
-	RS256KeyFiles string
-	JWTIssuer     string
+	TokenFile      string
+	HS256File      string
+	RS256KeyFiles  string
+	JWTIssuer      string
+	JWTAudience    string
+	JWTMaxLifetime time.Duration
 }
 
 // Register adds the sign-in flags.
 func (f *AuthFlags) Register(fs *flag.FlagSet) {
-	fs.StringVar(&f.TokenFile, "token-file", "", `file of hashed tokens, lines "<sha256-hex> <role> <subject>"`)
-	fs.StringVar(&f.HS256File, "jwt-hs256-secret-file", "", "accept HS256 JWTs signed with the secret in this file")
+	fs.StringVar(&f.TokenFile, "token-file", "", `file of hashed tokens, lines "<sha256-hex> <role> <subject>" (mode 0600 or stricter)`)
+	fs.StringVar(&f.HS256File, "jwt-hs256-secret-file", "", "accept HS256 JWTs signed with the secret in this file (mode 0600 or stricter)")
 	fs.StringVar(&f.RS256KeyFiles, "jwt-rs256-public-keys", "", "comma-separated PEM RSA public keys: accept RS256 JWTs they verify")
 	fs.StringVar(&f.JWTIssuer, "jwt-issuer", "", "required JWT issuer (iss)")
+	fs.StringVar(&f.JWTAudience, "jwt-audience", "", "required JWT audience (aud): tokens minted for another service are refused")
+	fs.DurationVar(&f.JWTMaxLifetime, "jwt-max-lifetime", auth.DefaultMaxJWTLifetime, "refuse JWTs whose exp is further than this from their iat (or from now, without iat); negative: no bound")
 }
 
 // Apply fills cfg.Auth. The admin token comes from
@@ -121,17 +128,23 @@ func (f *AuthFlags) Register(fs *flag.FlagSet) {
 // the caller can print it once.
 func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error) {
 	if f.TokenFile != "" {
+		// The file holds only hashes, but whoever can write it can make
+		// themselves admin and whoever can read it can try to crack weak
+		// tokens offline: it is held to the rules of a secret file.
+		if err := checkSecretFile(f.TokenFile); err != nil {
+			return "", err
+		}
 		if cfg.Auth.HashedTokens, err = auth.LoadTokenFile(f.TokenFile); err != nil {
 			return "", err
 		}
 	}
 	var jc auth.JWTConfig
 	if f.HS256File != "" {
-		secret, err := os.ReadFile(f.HS256File)
-		if err != nil {
-			return "", fmt.Errorf("read JWT secret: %w", err)
+		// An empty file must not quietly turn JWT sign-in off: the
+		// operator asked for it.
+		if jc.HS256Secret, err = readSecretFile(f.HS256File, "--jwt-hs256-secret-file"); err != nil {
+			return "", err
 		}
-		jc.HS256Secret = []byte(strings.TrimSpace(string(secret)))
 	}
 	for _, p := range strings.Split(f.RS256KeyFiles, ",") {
 		if p = strings.TrimSpace(p); p == "" {
@@ -144,8 +157,11 @@ func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error
 		jc.RS256Keys = append(jc.RS256Keys, k)
 	}
 	if len(jc.HS256Secret) > 0 || len(jc.RS256Keys) > 0 {
-		jc.Issuer = f.JWTIssuer
+		jc.Issuer, jc.Audience = f.JWTIssuer, f.JWTAudience
+		jc.MaxLifetime = f.JWTMaxLifetime // 0: auth's default
 		cfg.Auth.JWT = &jc
+	} else if f.JWTIssuer != "" || f.JWTAudience != "" {
+		return "", errors.New("--jwt-issuer and --jwt-audience need --jwt-hs256-secret-file or --jwt-rs256-public-keys")
 	}
 	admin := os.Getenv("LPMOS_ADMIN_TOKEN")
 	if admin == "" && len(cfg.Auth.HashedTokens) == 0 && cfg.Auth.JWT == nil {
@@ -159,6 +175,42 @@ func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error
 		cfg.Auth.Tokens = append(cfg.Auth.Tokens, auth.StaticToken{Token: admin, Subject: "admin", Role: auth.RoleAdmin})
 	}
 	return generated, nil
+}
+
+// ErrSecretFileMode is returned for a secret file that users other than
+// its owner may read or write.
+var ErrSecretFileMode = errors.New("secret file is accessible by group or others")
+
+// checkSecretFile refuses, as ssh does for private keys, a secret file
+// that group or others may read or write: a warning in a log nobody reads
+// would leave the secret exposed, and chmod 600 is an easy fix.
+func checkSecretFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s: %w (mode %04o; chmod 600 it, or set defaultMode 0400 on a Kubernetes secret volume)", path, ErrSecretFileMode, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// readSecretFile reads a secret file checked by checkSecretFile, without
+// surrounding white space, and refuses an empty one. Errors never include
+// the file's content.
+func readSecretFile(path, flagName string) ([]byte, error) {
+	if err := checkSecretFile(path); err != nil {
+		return nil, fmt.Errorf("%s: %w", flagName, err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flagName, err)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%s: %s is empty", flagName, path)
+	}
+	return b, nil
 }
 
 // Logger builds the process logger: "text" or "json" on stderr.
@@ -196,14 +248,13 @@ func (f *WebhookFlags) Apply(cfg *controlplane.Config) error {
 			cfg.Webhooks.URLs = append(cfg.Webhooks.URLs, u)
 		}
 	}
-	secret := os.Getenv("LPMOS_WEBHOOK_SECRET")
+	secret := []byte(os.Getenv("LPMOS_WEBHOOK_SECRET"))
 	if f.SecretFile != "" {
-		b, err := os.ReadFile(f.SecretFile)
-		if err != nil {
-			return fmt.Errorf("read webhook secret: %w", err)
+		var err error
+		if secret, err = readSecretFile(f.SecretFile, "--webhook-secret-file"); err != nil {
+			return err
 		}
-		secret = strings.TrimSpace(string(b))
 	}
-	cfg.Webhooks.Secret = []byte(secret)
+	cfg.Webhooks.Secret = secret
 	return nil
 }

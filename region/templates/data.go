@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
-	"unicode/utf8"
 
 	"github.com/lpmos/lpmos"
 )
@@ -78,7 +77,6 @@ type Data struct {
 const (
 	maxURLLen   = 1024
 	maxTokenLen = 256
-	maxKeyLen   = 16 << 10
 	maxKeys     = 64
 	maxPackages = 256
 	maxTags     = 64
@@ -88,7 +86,6 @@ const (
 var (
 	urlChars     = regexp.MustCompile(`^[A-Za-z0-9._~:/?&=%+,@\[\]-]+$`)
 	tokenRE      = regexp.MustCompile(`^[A-Za-z0-9._~-]+$`)
-	labelRE      = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	osTypeRE     = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 	osVersionRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$`)
 	diskRE       = regexp.MustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$`)
@@ -97,9 +94,6 @@ var (
 	packageRE    = regexp.MustCompile(`^@?\^?[A-Za-z0-9][A-Za-z0-9._+~:-]{0,127}$`)
 	tagKeyRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
 	passwdHashRE = regexp.MustCompile(`^\$[0-9a-z]{1,2}\$[A-Za-z0-9./$=,]{1,512}$`)
-	// sshKeyRE is "type base64 [comment]"; the comment is free text,
-	// checked separately for control characters.
-	sshKeyRE = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?$`)
 )
 
 func invalid(field, value, reason string) error {
@@ -130,19 +124,9 @@ func checkURL(field, s string) error {
 	return nil
 }
 
-// printable reports whether s is valid UTF-8 without control characters
-// (C0, DEL, C1) or Unicode line and paragraph separators.
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || (r >= 0x7f && r <= 0x9f) || r == '\u2028' || r == '\u2029' {
-			return false
-		}
-	}
-	return true
-}
+// printable reports whether s is single-line text without control or
+// bidirectional formatting characters (lpmos.ValidateText).
+func printable(s string) bool { return lpmos.ValidateText(s, false) == nil }
 
 // Validate reports the first problem with d, wrapping ErrInvalid; Render
 // calls it.
@@ -165,13 +149,9 @@ func (d Data) normalize() (Data, error) {
 	if d.Hostname == "" {
 		d.Hostname = "lpmos-" + strings.ReplaceAll(d.MAC, ":", "")
 	}
-	if len(d.Hostname) > 253 {
-		return Data{}, invalid("Hostname", d.Hostname, "longer than 253 characters")
-	}
-	for _, l := range strings.Split(d.Hostname, ".") {
-		if !labelRE.MatchString(l) {
-			return Data{}, invalid("Hostname", d.Hostname, "want dot-separated labels of a-z, 0-9 and '-' (lowercase)")
-		}
+	// The same check as at task creation: lpmos owns it so both agree.
+	if err := lpmos.ValidateHostname(d.Hostname); err != nil {
+		return Data{}, fmt.Errorf("%w: Hostname: %w", ErrInvalid, err)
 	}
 	if d.OSType != "" && !osTypeRE.MatchString(d.OSType) {
 		return Data{}, invalid("OSType", d.OSType, "want a-z, 0-9 and '-'")
@@ -212,8 +192,8 @@ func (d Data) normalize() (Data, error) {
 		return Data{}, fmt.Errorf("%w: SSHAuthorizedKeys: %d keys, at most %d allowed", ErrInvalid, len(d.SSHAuthorizedKeys), maxKeys)
 	}
 	for i, k := range d.SSHAuthorizedKeys {
-		if len(k) > maxKeyLen || !sshKeyRE.MatchString(k) || !printable(k) {
-			return Data{}, invalid(fmt.Sprintf("SSHAuthorizedKeys[%d]", i), k, "want one authorized_keys line: key type, base64 key, optional comment without control characters")
+		if err := lpmos.ValidateSSHAuthorizedKey(k); err != nil {
+			return Data{}, fmt.Errorf("%w: SSHAuthorizedKeys[%d]: %w", ErrInvalid, i, err)
 		}
 	}
 	d.SSHAuthorizedKeys = slices.Clone(d.SSHAuthorizedKeys)
