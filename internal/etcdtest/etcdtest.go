@@ -8,9 +8,11 @@ package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,14 +70,31 @@ func StartMember(t testing.TB, opts ...Option) *etcd.Embedded {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cfg := memberConfig(t, "solo")
-	for _, o := range opts {
-		o(&cfg)
+	for attempt := 1; ; attempt++ {
+		cfg := memberConfig(t, "solo")
+		for _, o := range opts {
+			o(&cfg)
+		}
+		m, err := etcd.StartEmbedded(ctx, cfg)
+		if portTaken(err) && attempt < startAttempts {
+			continue
+		}
+		require.NoError(t, err)
+		t.Cleanup(m.Close)
+		return m
 	}
-	m, err := etcd.StartEmbedded(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(m.Close)
-	return m
+}
+
+// startAttempts bounds the retries of a member whose port was taken.
+const startAttempts = 5
+
+// portTaken reports whether a member failed because one of its ports was
+// taken between freePort and the member's listen: the ports come from the
+// ephemeral range, which the outgoing connections of every test running
+// in parallel (other packages' tests run as other processes) draw from
+// too. Then the member is started again on fresh ports.
+func portTaken(err error) bool {
+	return err != nil && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use"))
 }
 
 // Cluster is a running multi-member etcd cluster.
@@ -105,6 +124,11 @@ func (c *Cluster) Leader() int {
 // StartCluster starts an n-member cluster in this process.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return startCluster(t, n, 1)
+}
+
+func startCluster(t testing.TB, n, attempt int) *Cluster {
+	t.Helper()
 	cfgs := make([]etcd.EmbeddedConfig, n)
 	peers := make([]string, n)
 	for i := range cfgs {
@@ -127,8 +151,22 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			errs <- err
 		}(i)
 	}
+	var err error
 	for range cfgs {
-		require.NoError(t, <-errs)
+		if e := <-errs; e != nil && (err == nil || portTaken(e)) {
+			err = e
+		}
+	}
+	if err != nil {
+		for _, m := range c.Members {
+			if m != nil {
+				m.Close()
+			}
+		}
+		if portTaken(err) && attempt < startAttempts {
+			return startCluster(t, n, attempt+1)
+		}
+		require.NoError(t, err)
 	}
 	t.Cleanup(func() {
 		for _, m := range c.Members {
