@@ -162,6 +162,27 @@ func TestAllInOneRuns(t *testing.T) {
 	assert.Error(t, err, "TLS without the client certificate")
 	_, err = count(fmt.Sprintf("http://127.0.0.1:%d", etcdPort), nil)
 	assert.Error(t, err, "plain HTTP")
+
+	// The README's etcdctl command works as written (paths relative to the
+	// data directory's parent); without the client certificate it fails.
+	etcdctl, err := exec.LookPath("etcdctl")
+	require.NoError(t, err, "etcdctl (Debian etcd-client) is installed by ./scripts/test.sh")
+	run := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, etcdctl, append([]string{"--endpoints", fmt.Sprintf("https://127.0.0.1:%d", etcdPort),
+			"--dial-timeout", "3s", "--command-timeout", "5s"}, args...)...)
+		cmd.Dir = filepath.Dir(data)
+		cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	rel := filepath.Join(filepath.Base(data), "etcd-pki")
+	out, err := run("--cacert", filepath.Join(rel, "ca.crt"), "--cert", filepath.Join(rel, "client.crt"),
+		"--key", filepath.Join(rel, "client.key"), "get", "--prefix", "--keys-only", "/lpmos/")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "/lpmos/tasks/"+id+"/status")
+	out, err = run("--cacert", filepath.Join(rel, "ca.crt"), "get", "--prefix", "--keys-only", "/lpmos/")
+	assert.Error(t, err, "etcdctl without the client certificate: %s", out)
+	assert.NotContains(t, out, "/lpmos/tasks/")
 }
 
 // quick are the flags of an allinone that starts in a moment: nothing
