@@ -188,35 +188,11 @@ func (l *lab) report(id, mac, token string) {
 	l.waitStatus(id, task.StatusPendingApproval)
 }
 
-// call makes an agent API request and decodes the answer.
+// call makes an agent API request from the machine's address and decodes
+// the answer.
 func (l *lab) call(method, path, token string, body any) (int, map[string]any) {
 	l.t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	default:
-		data, _ := json.Marshal(b)
-		rd = bytes.NewReader(data)
-	}
-	req, err := http.NewRequest(method, l.ts.URL+path, rd)
-	require.NoError(l.t, err)
-	if rd != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(l.t, err)
-	defer resp.Body.Close()
-	var out map[string]any
-	data, _ := io.ReadAll(resp.Body)
-	if len(data) > 0 {
-		require.NoError(l.t, json.Unmarshal(data, &out), "%s", data)
-	}
-	return resp.StatusCode, out
+	return l.callFrom(peer{c: http.DefaultClient, base: l.ts.URL}, method, path, token, body)
 }
 
 // dump records every task and agent key with its mod revision. The region

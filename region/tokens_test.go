@@ -1,6 +1,7 @@
 package region_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -71,17 +72,24 @@ func (l *lab) fetchScript(p peer, mac string) (int, string, string) {
 	return code, string(body), tok
 }
 
-// callFrom makes an agent API request from c.
+// callFrom makes an agent API request from p and decodes the answer (a
+// string body is sent as is, anything else as JSON).
 func (l *lab) callFrom(p peer, method, path, token string, body any) (int, map[string]any) {
 	l.t.Helper()
 	var rd io.Reader
-	if body != nil {
-		data, _ := json.Marshal(body)
-		rd = strings.NewReader(string(data))
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		data, _ := json.Marshal(b)
+		rd = bytes.NewReader(data)
 	}
 	req, err := http.NewRequest(method, p.base+path, rd)
 	require.NoError(l.t, err)
-	req.Header.Set("Content-Type", "application/json")
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
