@@ -49,6 +49,9 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	req.CreatedBy = principal(r).Subject
+	if err := s.admission().admit(req); err != nil {
+		return err
+	}
 	t, err := s.svc.Create(r.Context(), req)
 	if err != nil {
 		return err

@@ -47,7 +47,7 @@ func (s *Server) createTasks(w http.ResponseWriter, r *http.Request) error {
 	for i := range req.Tasks {
 		req.Tasks[i].CreatedBy = p.Subject
 	}
-	results, err := s.svc.CreateBatch(r.Context(), req.Tasks)
+	results, err := s.svc.CreateBatchAdmitting(r.Context(), req.Tasks, s.admission().admit)
 	if err != nil {
 		return err
 	}

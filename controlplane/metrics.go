@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -8,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -21,7 +24,7 @@ type metrics struct {
 	watchLag prometheus.Gauge
 }
 
-func newMetrics(reg *prometheus.Registry, view *task.View) *metrics {
+func newMetrics(reg *prometheus.Registry, view *task.View, st store.Store, log *slog.Logger) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lpmos_http_requests_total", Help: "HTTP requests by route and status code.",
@@ -37,7 +40,43 @@ func newMetrics(reg *prometheus.Registry, view *task.View) *metrics {
 	reg.MustRegister(m.requests, m.duration, m.watchLag,
 		&taskCollector{view: view, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
 	)
+	if db, ok := st.(dbSizer); ok {
+		reg.MustRegister(&dbCollector{db: db, log: log,
+			size:  prometheus.NewDesc("lpmos_store_db_size_bytes", "Size of the store's database file (etcd: the largest of its members'), read at scrape time.", nil, nil),
+			quota: prometheus.NewDesc("lpmos_store_db_quota_bytes", "The store's quota: once the database reaches it, etcd refuses every write.", nil, nil),
+		})
+	}
 	return m
+}
+
+// dbSizer is a store that can tell how full it is: the etcd store. The
+// memory store has no quota and does not implement it.
+type dbSizer interface {
+	DBSize(ctx context.Context) (used, quota int64, err error)
+}
+
+// dbCollector reports the store's size and quota at scrape time, so that
+// an alert can fire well before the quota stops every write.
+type dbCollector struct {
+	db          dbSizer
+	log         *slog.Logger
+	size, quota *prometheus.Desc
+}
+
+func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.size; ch <- c.quota }
+
+func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
+	// A scrape has no context of its own; bound it so that an unreachable
+	// store cannot hold the scrape.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	used, quota, err := c.db.DBSize(ctx)
+	if err != nil {
+		c.log.Warn("cannot read the store's size for /metrics", "err", err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(used))
+	ch <- prometheus.MustNewConstMetric(c.quota, prometheus.GaugeValue, float64(quota))
 }
 
 // taskCollector counts tasks by status at scrape time.

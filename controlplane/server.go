@@ -83,6 +83,17 @@ type Config struct {
 	Retention     time.Duration
 	PurgeInterval time.Duration
 
+	// MaxActiveTasks and MaxActiveTasksPerRegion cap the tasks not yet
+	// ended (in all, and in one region), so that creates cannot grow the
+	// store until etcd's quota stops every write: a create over a cap is
+	// answered 409 with code "capacity". Zero takes the default (100,000
+	// and 20,000, about 10 KiB each: 1 GiB of etcd's default 2 GiB quota
+	// at most); negative means no cap. The count is this replica's view
+	// of the tasks, so with several replicas a cap can be passed by the
+	// creates in flight at once on the others.
+	MaxActiveTasks          int
+	MaxActiveTasksPerRegion int
+
 	// Now is the clock the control plane decides on time with (retention,
 	// audit records, watch lag; default TaskConfig.Now, else time.Now).
 	// The task service, Auth and Webhooks use it unless their own
@@ -139,6 +150,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SignInFailureBurst <= 0 {
 		cfg.SignInFailureBurst = 20
 	}
+	if cfg.MaxActiveTasks == 0 {
+		cfg.MaxActiveTasks = DefaultMaxActiveTasks
+	}
+	if cfg.MaxActiveTasksPerRegion == 0 {
+		cfg.MaxActiveTasksPerRegion = DefaultMaxActiveTasksPerRegion
+	}
 	if cfg.Now == nil {
 		cfg.Now = cfg.TaskConfig.Now
 	}
@@ -168,7 +185,7 @@ func New(cfg Config) (*Server, error) {
 	// hub and the notifier, so a replica costs the store one watch,
 	// whatever its traffic.
 	s.view = task.NewView(s.svc, task.ViewConfig{Logger: cfg.Logger, OnChange: s.taskChanged})
-	s.metrics = newMetrics(cfg.Registry, s.view)
+	s.metrics = newMetrics(cfg.Registry, s.view, cfg.Store, cfg.Logger)
 	hc := cfg.Hub
 	hc.Logger, hc.Registerer = cfg.Logger, cfg.Registry
 	s.hub = hub.New(hc)

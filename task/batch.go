@@ -35,6 +35,16 @@ type BatchResult struct {
 // (nothing written) if it is empty or has more than MaxBatch requests.
 // Results are in the order of reqs.
 func (s *Service) CreateBatch(ctx context.Context, reqs []CreateRequest) ([]BatchResult, error) {
+	return s.CreateBatchAdmitting(ctx, reqs, nil)
+}
+
+// CreateBatchAdmitting is CreateBatch with admit asked, before anything is
+// written, about each request not already refused (a bad MAC or one an
+// earlier request names), one after another in the batch's order; an
+// item it refuses fails with its error and writes nothing. The control
+// plane caps active tasks this way: the first items take the free slots,
+// whatever the timing of the writes. A nil admit admits everything.
+func (s *Service) CreateBatchAdmitting(ctx context.Context, reqs []CreateRequest, admit func(CreateRequest) error) ([]BatchResult, error) {
 	if err := checkBatch("tasks", len(reqs)); err != nil {
 		return nil, err
 	}
@@ -50,6 +60,9 @@ func (s *Service) CreateBatch(ctx context.Context, reqs []CreateRequest) ([]Batc
 			continue
 		}
 		first[mac] = i
+		if admit != nil {
+			results[i].Err = admit(r)
+		}
 	}
 	s.each(ctx, results, func(ctx context.Context, i int) (*Task, error) {
 		return s.Create(ctx, reqs[i])

@@ -430,3 +430,18 @@ func (v *View) CountByStatus() map[Status]int {
 	}
 	return out
 }
+
+// CountActive counts the active (not terminal) tasks the view holds, in
+// all and by region.
+func (v *View) CountActive() (total int, byRegion map[string]int) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	byRegion = map[string]int{}
+	for _, e := range v.tasks {
+		if !e.task.Status.Terminal() {
+			total++
+			byRegion[e.task.Metadata.RegionID]++
+		}
+	}
+	return total, byRegion
+}

@@ -31,6 +31,7 @@ const (
 	CodeRequestTimeout       = "request_timeout"        // 408: the body did not arrive in time
 	CodeInvalidTransition    = "invalid_transition"     // 409: the task's status does not allow this
 	CodeConflict             = "conflict"               // 409: the task changed under the caller; re-read
+	CodeCapacity             = "capacity"               // 409: too many active tasks (in all or in the region); retry once some end
 	CodeTooLarge             = "too_large"              // 413
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
 	CodeRateLimited          = "rate_limited"           // 429

@@ -58,6 +58,11 @@ type EmbeddedConfig struct {
 	// CompactionRetention keeps this much history for watches to resume
 	// from (default 1 h); older revisions are compacted periodically.
 	CompactionRetention time.Duration
+	// QuotaBackendBytes is the database size at which the member raises
+	// its NOSPACE alarm and refuses every write (default etcd's, 2 GiB).
+	// The control plane exports the size and quota (Store.DBSize) so that
+	// an alert fires before.
+	QuotaBackendBytes int64
 	// UnsafeNoFsync skips fsync: only for throwaway test clusters.
 	UnsafeNoFsync bool
 	// Verbose lets etcd log at info level to stderr; by default etcd's own
@@ -172,6 +177,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
+	ec.QuotaBackendBytes = cfg.QuotaBackendBytes
 	ec.Logger = "zap"
 	if cfg.Verbose {
 		ec.LogLevel = "info"

@@ -128,6 +128,32 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// defaultQuotaBytes is etcd's quota when a member does not report its own
+// (members before 3.6 leave StatusResponse.DbSizeQuota zero).
+const defaultQuotaBytes = 2 << 30
+
+// DBSize reports how full the cluster's storage is: the largest database
+// file of its members (each member refuses writes once its own reaches
+// the quota) and the smallest quota. Every endpoint must answer, so that
+// a member left behind is not overlooked.
+func (s *Store) DBSize(ctx context.Context) (used, quota int64, err error) {
+	for _, ep := range s.c.Endpoints() {
+		st, err := s.c.Status(ctx, ep)
+		if err != nil {
+			return 0, 0, mapErr("status of "+ep, err)
+		}
+		q := st.DbSizeQuota
+		if q <= 0 {
+			q = defaultQuotaBytes
+		}
+		used = max(used, st.DbSize)
+		if quota == 0 || q < quota {
+			quota = q
+		}
+	}
+	return used, quota, nil
+}
+
 // mapErr translates etcd errors into the store package's sentinels, keeping
 // the original text.
 func mapErr(op string, err error) error {
