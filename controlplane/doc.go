@@ -63,6 +63,8 @@
 // spelling) an earlier item of the batch already names fails with
 // invalid_request on target_mac, whatever became of the earlier item; a
 // MAC with an active task fails with conflict, as a single create does.
+// Items take the free slots under the active-task caps (below) in their
+// order; every item past them fails alike with capacity.
 // The whole batch is refused (400, field tasks; nothing written) when it
 // is empty or longer than 1,000, and as any request is when its body is
 // malformed or larger than Config.MaxBatchBodyBytes (413, default 4 MiB).
@@ -99,9 +101,25 @@
 // OS), 401 unauthorized, 403 forbidden, 404 not_found, 409
 // invalid_transition (the task's status does not allow the call) or
 // conflict (the task changed since If-Match, or the MAC already has an
-// active task), 413 too_large, 415 unsupported_media_type, 429
+// active task) or capacity (too many active tasks), 413 too_large, 415 unsupported_media_type, 429
 // rate_limited, 503 unavailable. Nothing is written when an error is
 // returned. The region's agent API answers its errors the same way.
+//
+// # Capacity
+//
+// Every task and its history live in the store, and etcd refuses every
+// write once its database reaches its quota (2 GiB by default), including
+// the regions' progress reports. So a create is refused with 409 capacity
+// (naming the cap) when Config.MaxActiveTasks tasks that have not ended
+// exist (default 100,000), or Config.MaxActiveTasksPerRegion in its region
+// (default 20,000); a task that ends frees its slot, and Retention deletes
+// ended ones. The count comes from this replica's task view, which holds
+// its own earlier creates (each create waits for the view to reach its
+// write), so with several replicas a cap can be passed by the creates in
+// flight on the others at that moment: the caps are soft by that much.
+// With an etcd store, /metrics exports lpmos_store_db_size_bytes and
+// lpmos_store_db_quota_bytes, read from etcd at scrape time, for an alert
+// well before the quota.
 //
 // # Webhooks
 //

@@ -37,6 +37,7 @@ func run() error {
 		storeFlags   cmdutil.StoreFlags
 		authFlags    cmdutil.AuthFlags
 		webhookFlags cmdutil.WebhookFlags
+		capFlags     cmdutil.CapacityFlags
 		regionFlags  cmdutil.RegionFlags
 	)
 	fs := flag.CommandLine
@@ -52,6 +53,7 @@ func run() error {
 	storeFlags.Register(fs, true)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
+	capFlags.Register(fs)
 	regionFlags.Register(fs)
 	flag.Parse()
 	if err := cmdutil.NoArgs(fs); err != nil {
@@ -76,6 +78,7 @@ func run() error {
 	defer closeStore()
 
 	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention}
+	capFlags.Apply(&cfg)
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
 		err = webhookFlags.Apply(&cfg)

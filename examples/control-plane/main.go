@@ -33,6 +33,7 @@ func run() error {
 		storeFlags   cmdutil.StoreFlags
 		authFlags    cmdutil.AuthFlags
 		webhookFlags cmdutil.WebhookFlags
+		capFlags     cmdutil.CapacityFlags
 	)
 	fs := flag.CommandLine
 	listen := fs.String("listen-addr", ":8080", "REST /api/v1, /ws, dashboard /, /metrics, /healthz")
@@ -45,6 +46,7 @@ func run() error {
 	storeFlags.Register(fs, false)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
+	capFlags.Register(fs)
 	flag.Parse()
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
@@ -67,6 +69,7 @@ func run() error {
 	defer closeStore()
 
 	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention}
+	capFlags.Apply(&cfg)
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
 		err = webhookFlags.Apply(&cfg)

@@ -258,3 +258,20 @@ func (f *WebhookFlags) Apply(cfg *controlplane.Config) error {
 	cfg.Webhooks.Secret = secret
 	return nil
 }
+
+// CapacityFlags bound how many tasks may be active at once, so that
+// creates cannot fill the store up to etcd's quota.
+type CapacityFlags struct {
+	MaxActive, MaxActivePerRegion int
+}
+
+// Register adds the capacity flags.
+func (f *CapacityFlags) Register(fs *flag.FlagSet) {
+	fs.IntVar(&f.MaxActive, "max-active-tasks", controlplane.DefaultMaxActiveTasks, "most tasks not yet ended at once, in all (creates over it get 409 capacity); negative: no cap")
+	fs.IntVar(&f.MaxActivePerRegion, "max-active-tasks-per-region", controlplane.DefaultMaxActiveTasksPerRegion, "most tasks not yet ended at once in one region; negative: no cap")
+}
+
+// Apply sets the caps in cfg.
+func (f *CapacityFlags) Apply(cfg *controlplane.Config) {
+	cfg.MaxActiveTasks, cfg.MaxActiveTasksPerRegion = f.MaxActive, f.MaxActivePerRegion
+}
