@@ -2,6 +2,7 @@ package task_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -311,4 +312,39 @@ func BenchmarkCreateBatch(b *testing.B) {
 			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "creates/s")
 		})
 	}
+}
+
+// TestCreateBatchAdmitting: admit is asked in order about each item not
+// refused already (a bad or repeated MAC), and an item it refuses fails
+// with its error and writes nothing.
+func TestCreateBatchAdmitting(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		full := errors.New("full")
+		var asked []string
+		admit := func(r task.CreateRequest) error {
+			asked = append(asked, r.TargetMAC)
+			if len(asked) > 2 {
+				return full
+			}
+			return nil
+		}
+		results, err := svc.CreateBatchAdmitting(ctx, []task.CreateRequest{
+			validRequest("00:1a:2b:3c:71:01"),
+			validRequest("00:1a:2b:3c:71"),    // not a MAC
+			validRequest("00-1a-2b-3c-71-01"), // item 0's machine
+			validRequest("00:1a:2b:3c:71:02"),
+			validRequest("00:1a:2b:3c:71:03"),
+		}, admit)
+		require.NoError(t, err)
+		assert.Equal(t, []string{"00:1a:2b:3c:71:01", "00:1a:2b:3c:71:02", "00:1a:2b:3c:71:03"}, asked)
+		require.NoError(t, results[0].Err)
+		require.NoError(t, results[3].Err)
+		assert.ErrorIs(t, results[4].Err, full)
+		assert.Nil(t, results[4].Task)
+		mac, err := lpmos.ParseMAC("00:1a:2b:3c:71:03")
+		require.NoError(t, err)
+		_, err = svc.ActiveTask(ctx, mac)
+		assert.ErrorIs(t, err, task.ErrNotFound, "a refused item writes nothing")
+	})
 }
