@@ -49,7 +49,7 @@ type lab struct {
 type labOption func(*region.Config)
 
 // writeBootDir creates the agent's boot files and a small image entry.
-func writeBootDir(t *testing.T) (dir string, image []byte) {
+func writeBootDir(t testing.TB) (dir string, image []byte) {
 	dir = t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "vmlinuz"), []byte("kernel"), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "initramfs.cpio.zst"), []byte("initramfs"), 0o644))
