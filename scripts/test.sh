@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every LPMOS test on a fresh Debian machine: installs what the tests
 # need, checks formatting and vet, runs all tests (race detector on) and a
-# one-iteration pass over every benchmark so they cannot rot.
+# one-iteration pass over every benchmark so they cannot rot, and every
+# fuzz target for a few seconds.
 # Needs root for apt-get (and, in later suites, network namespaces and QEMU).
 # Nothing is skipped: a test that cannot run fails.
 set -euo pipefail
@@ -42,5 +43,23 @@ go test -race -count=1 -timeout 25m ./...
 
 log "benchmarks (one iteration each, as a smoke test)"
 go test -run '^$' -bench . -benchtime 1x -timeout 10m ./... >/dev/null
+
+# Each fuzz target runs for a short while (FUZZTIME, default 10s) on top
+# of its seeds and its corpus under testdata/fuzz. go test -fuzz takes one
+# package and one target at a time.
+fuzztime=${FUZZTIME:-10s}
+log "fuzz targets (${fuzztime} each)"
+mapfile -t fuzzdirs < <(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u)
+for dir in "${fuzzdirs[@]}"; do
+	list=$(go test -list '^Fuzz' "$dir")
+	for target in $(grep '^Fuzz' <<<"$list"); do
+		echo "$dir $target"
+		# A failure prints the failing input and where it was saved under
+		# testdata/fuzz (commit it with the fix).
+		if ! out=$(go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$dir" 2>&1); then
+			echo "$out"; exit 1
+		fi
+	done
+done
 
 log "all tests passed"
