@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -41,6 +42,11 @@ func main() {
 	fmt.Printf("LPMOS-PLACEHOLDER nics=%s disks=%s\n", list("/sys/class/net", "lo"), list("/sys/block", ""))
 	// Power off only inside a u-root initramfs, never on a host by mistake.
 	if _, err := os.Stat("/bbin/bb"); err == nil && os.Getppid() == 1 {
+		// Let the serial console send what is written before the power
+		// goes: the last line was sometimes lost in the UART's queue.
+		// TCSBRK with a non-zero argument is tcdrain(3).
+		syscall.Syscall(syscall.SYS_IOCTL, os.Stdout.Fd(), tcsbrk, 1)
+		time.Sleep(200 * time.Millisecond)
 		syscall.Sync()
 		syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
 	}
@@ -73,3 +79,7 @@ func load(path string) error {
 	}
 	return nil
 }
+
+// tcsbrk is the TCSBRK ioctl on linux/amd64 (the syscall package does not
+// name it).
+const tcsbrk = 0x5409
