@@ -2,11 +2,13 @@ package region_test
 
 import (
 	"context"
-	"strings"
+	"io"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos"
@@ -33,11 +35,19 @@ func TestEndedTasksAreForgottenOnTheRegionsClock(t *testing.T) {
 
 	policy := l.reg.DHCPPolicy()
 	req := dhcp.Request{MAC: mac, IsPXE: true, HasArch: true, Firmware: lpmos.FirmwareBIOS}
-	require.Eventually(t, func() bool {
-		_, body := getText(t, l.ts.URL+"/boot/"+mac.String()+".ipxe")
+	// Assertions collected per try (EventuallyWithT): a failing call is
+	// reported as itself, not as a condition that never held.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		resp, err := http.Get(l.ts.URL + "/boot/" + mac.String() + ".ipxe")
+		if !assert.NoError(c, err) {
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
 		got, err := policy.Boot(ctx, req)
-		require.NoError(t, err)
-		return !got.Ignore && strings.Contains(body, "was cancelled")
+		assert.NoError(c, err)
+		assert.False(c, got.Ignore)
+		assert.Contains(c, string(body), "was cancelled")
 	}, 10*time.Second, 10*time.Millisecond, "the machine of an ended task is answered")
 
 	ahead.Add(int64(6*time.Hour + time.Minute))
