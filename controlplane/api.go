@@ -49,7 +49,11 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	req.CreatedBy = principal(r).Subject
-	if err := s.admission().admit(req); err != nil {
+	adm, err := s.admission(w)
+	if err != nil {
+		return err
+	}
+	if err := adm.admit(req); err != nil {
 		return err
 	}
 	t, err := s.svc.Create(r.Context(), req)

@@ -47,7 +47,11 @@ func (s *Server) createTasks(w http.ResponseWriter, r *http.Request) error {
 	for i := range req.Tasks {
 		req.Tasks[i].CreatedBy = p.Subject
 	}
-	results, err := s.svc.CreateBatchAdmitting(r.Context(), req.Tasks, s.admission().admit)
+	adm, err := s.admission(w)
+	if err != nil {
+		return err
+	}
+	results, err := s.svc.CreateBatchAdmitting(r.Context(), req.Tasks, adm.admit)
 	if err != nil {
 		return err
 	}

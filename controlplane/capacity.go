@@ -23,12 +23,21 @@ type admission struct {
 	byRegion       map[string]int
 }
 
-func (s *Server) admission() *admission {
+// admission counts the active tasks for one request. Until the view is
+// first filled it cannot count, so a capped create is
+// refused with 503 and Retry-After (as a list is) instead of passing
+// every cap after a restart.
+func (s *Server) admission(w http.ResponseWriter) (*admission, error) {
 	a := &admission{max: s.cfg.MaxActiveTasks, maxRegion: s.cfg.MaxActiveTasksPerRegion}
 	if a.max >= 0 || a.maxRegion >= 0 {
+		if !s.tasksSynced() {
+			w.Header().Set("Retry-After", "1")
+			return nil, httpjson.Errorf(http.StatusServiceUnavailable, httpjson.CodeUnavailable,
+				"task cache is loading: the active-task caps cannot be checked yet")
+		}
 		a.total, a.byRegion = s.view.CountActive()
 	}
-	return a
+	return a, nil
 }
 
 // admit takes a slot for a task in region, or says which cap is full.
