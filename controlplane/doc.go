@@ -116,7 +116,12 @@
 // ended ones. The count comes from this replica's task view, which holds
 // its own earlier creates (each create waits for the view to reach its
 // write), so with several replicas a cap can be passed by the creates in
-// flight on the others at that moment: the caps are soft by that much.
+// flight at that moment (on other replicas, or concurrent requests on this
+// one, each counting from the view as it found it): the caps are soft by
+// that much. A batch item takes its slot before the task service has
+// checked the rest of it, so an item refused for other reasons (an unknown
+// OS, a machine with an active task) still uses up a slot of that batch.
+// While the view is first loading, a capped create is 503.
 // With an etcd store, /metrics exports lpmos_store_db_size_bytes and
 // lpmos_store_db_quota_bytes, read from etcd at scrape time, for an alert
 // well before the quota.
