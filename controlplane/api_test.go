@@ -551,6 +551,11 @@ func wsDial(t *testing.T, cp *testCP, token string) *websocket.Conn {
 	assert.Equal(t, "lpmos.v1", resp.Header.Get("Sec-WebSocket-Protocol"))
 	t.Cleanup(func() { conn.Close() })
 	require.NoError(t, conn.WriteJSON(map[string]string{"type": "subscribe", "task_id": "*"}))
+	// Every change after the acknowledgement reaches the client.
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	var ack map[string]any
+	require.NoError(t, conn.ReadJSON(&ack))
+	require.Equal(t, map[string]any{"type": "subscribed", "task_id": "*"}, ack)
 	return conn
 }
 
@@ -561,7 +566,6 @@ func TestTwoReplicas(t *testing.T) {
 	a := startCP(t, st)
 	b := startCP(t, st)
 	ws := wsDial(t, b, viewerToken)
-	time.Sleep(200 * time.Millisecond) // let the subscription land before the change
 
 	start := time.Now()
 	id := a.create("00:1a:2b:3c:7d:01")

@@ -145,9 +145,14 @@
 // "lpmos.v1". Client messages: {"type": "subscribe"|"unsubscribe",
 // "task_id": "<id>" or "*" for all tasks}. Server messages:
 //
-//	{"type": "status",   "task_id", "status", "region_id", "revision"}
+//	{"type": "subscribed"|"unsubscribed", "task_id"}
+//	{"type": "status",   "task_id", "status", "region_id", "revision", "at"}
 //	{"type": "progress", "task_id", "stage", "percentage", "message"}
 //	{"type": "hardware", "task_id", "hardware": {...}}
+//
+// The acknowledgement marks where a subscription took effect: every
+// change after it is delivered, none before. A client loads over REST once
+// it is acknowledged and misses nothing. "at" is the time of the change.
 //
 // Status messages are never dropped (a client too slow to take them is
 // disconnected and resyncs over REST when it reconnects); progress is

@@ -22,9 +22,8 @@ type wsWatch struct {
 }
 
 // watch connects to /ws as the admin, subscribes to "*" and returns once
-// the subscription is in force: the hub handles a client's messages in
-// order, so the answer to a second, invalid message proves the first was
-// applied.
+// the subscription is in force: the hub's acknowledgement ("subscribed")
+// comes before every change it will deliver.
 func (s *server) watch() *wsWatch {
 	s.t.Helper()
 	d := websocket.Dialer{
@@ -44,10 +43,8 @@ func (s *server) watch() *wsWatch {
 		_ = conn.Close()
 		<-w.closed
 	})
-	for _, m := range []string{`{"type":"subscribe","task_id":"*"}`, `{"type":"e2e-barrier"}`} {
-		if err := conn.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
-			s.t.Fatalf("websocket: %v", err)
-		}
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"subscribe","task_id":"*"}`)); err != nil {
+		s.t.Fatalf("websocket: %v", err)
 	}
 	ready := make(chan struct{})
 	go func() { // owned: ends when the connection is closed at cleanup
@@ -67,7 +64,7 @@ func (s *server) watch() *wsWatch {
 			var m map[string]any
 			_ = json.Unmarshal(data, &m)
 			if !barrier {
-				if m["type"] == "error" {
+				if m["type"] == "subscribed" {
 					barrier = true
 					close(ready)
 				}

@@ -10,10 +10,17 @@
 // server selects "lpmos.v1". Client messages are {"type": "subscribe" or
 // "unsubscribe", "task_id": a task ID or "*"}; server messages are
 //
-//	{"type": "status",   "task_id", "status", "region_id", "revision"}
+//	{"type": "subscribed" or "unsubscribed", "task_id"}
+//	{"type": "status",   "task_id", "status", "region_id", "revision", "at"}
 //	{"type": "progress", "task_id", "stage", "percentage", "message"}
 //	{"type": "hardware", "task_id", "hardware": {...}}
 //	{"type": "error",    "message"}
+//
+// A "subscribed" message acknowledges a subscription at the exact point it
+// took effect: every change published after it reaches the client, none
+// before it does. A client that loads over REST once the acknowledgement
+// arrived misses nothing. "at" is when the change was made (its newest
+// timeline entry), so a client can tell how late a message reached it.
 package hub
 
 import (
@@ -109,10 +116,11 @@ const (
 	kindProgress
 	kindHardware
 	kindError
+	kindAck
 	numKinds
 )
 
-var kindNames = [numKinds]string{"status", "progress", "hardware", "error"}
+var kindNames = [numKinds]string{"status", "progress", "hardware", "error", "ack"}
 
 // Reasons for lpmos_ws_clients_dropped_total: the hub closed a client.
 const (
@@ -354,6 +362,7 @@ type (
 		Status   task.Status `json:"status"`
 		RegionID string      `json:"region_id,omitempty"`
 		Revision int64       `json:"revision"`
+		At       time.Time   `json:"at,omitzero"`
 	}
 	progressMsg struct {
 		Type       string     `json:"type"`
@@ -370,6 +379,10 @@ type (
 	errorMsg struct {
 		Type    string `json:"type"`
 		Message string `json:"message"`
+	}
+	ackMsg struct {
+		Type   string `json:"type"` // "subscribed" or "unsubscribed"
+		TaskID string `json:"task_id"`
 	}
 )
 
@@ -394,7 +407,7 @@ func (h *Hub) translate(ch task.Change, msgs []outMsg) []outMsg {
 	}
 	region := h.region(ch)
 	if ch.Status != "" {
-		add(kindStatus, statusMsg{Type: "status", TaskID: ch.TaskID, Status: ch.Status, RegionID: region, Revision: ch.Revision})
+		add(kindStatus, statusMsg{Type: "status", TaskID: ch.TaskID, Status: ch.Status, RegionID: region, Revision: ch.Revision, At: ch.At()})
 	}
 	return msgs
 }
@@ -769,7 +782,11 @@ func (c *client) readLoop() {
 		}
 		msg := "binary messages are not supported"
 		if typ == websocket.TextMessage {
-			msg = c.handle(data)
+			var ok bool
+			if msg, ok = c.handle(data); !ok {
+				c.hub.remove(c, dropSlow)
+				return
+			}
 		}
 		if msg != "" && !c.reply(msg) {
 			return
@@ -793,22 +810,30 @@ func (c *client) readFailed(err error) {
 	}
 }
 
-// handle applies a client message and returns the error to report, if any.
-func (c *client) handle(data []byte) string {
+// handle applies a client message and returns the error to report, if
+// any. A subscription that took effect is acknowledged in the same critical
+// section as it changed, so the acknowledgement sits exactly between the
+// changes the client gets and those it does not; ok is false if the
+// acknowledgement did not fit in the queue (c is then closing and must be
+// removed).
+func (c *client) handle(data []byte) (reply string, ok bool) {
 	var m clientMsg
 	if err := json.Unmarshal(data, &m); err != nil {
-		return `malformed message: want {"type": "subscribe" or "unsubscribe", "task_id": a task ID or "*"}`
+		return `malformed message: want {"type": "subscribe" or "unsubscribe", "task_id": a task ID or "*"}`, true
 	}
 	if m.Type != "subscribe" && m.Type != "unsubscribe" {
-		return fmt.Sprintf("unknown message type %q: want subscribe or unsubscribe", truncate(m.Type))
+		return fmt.Sprintf("unknown message type %q: want subscribe or unsubscribe", truncate(m.Type)), true
 	}
 	if m.TaskID != "*" {
 		if err := lpmos.ValidateTaskID(m.TaskID); err != nil {
-			return fmt.Sprintf(`task_id: %v; want a task ID or "*"`, err)
+			return fmt.Sprintf(`task_id: %v; want a task ID or "*"`, err), true
 		}
 	}
+	ack, err := json.Marshal(ackMsg{Type: m.Type + "d", TaskID: m.TaskID})
+	if err != nil { // cannot happen: two strings
+		return "", true
+	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	switch {
 	case m.TaskID == "*":
 		c.all = m.Type == "subscribe"
@@ -816,14 +841,20 @@ func (c *client) handle(data []byte) string {
 		delete(c.subs, m.TaskID)
 	default:
 		if _, ok := c.subs[m.TaskID]; !ok && len(c.subs) >= c.hub.maxSubs {
-			return fmt.Sprintf(`too many subscriptions (at most %d): subscribe to "*" instead`, c.hub.maxSubs)
+			c.mu.Unlock()
+			return fmt.Sprintf(`too many subscriptions (at most %d): subscribe to "*" instead`, c.hub.maxSubs), true
 		}
 		if c.subs == nil {
 			c.subs = map[string]struct{}{}
 		}
 		c.subs[m.TaskID] = struct{}{}
 	}
-	return ""
+	ok = c.closing || c.pushLocked(outMsg{kind: kindAck, taskID: m.TaskID, data: ack})
+	c.mu.Unlock()
+	if ok {
+		c.signal()
+	}
+	return "", ok
 }
 
 // reply queues an error message for the client. Like a status it must not

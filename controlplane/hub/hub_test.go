@@ -146,6 +146,7 @@ type hubTestMsg struct {
 	Percentage int             `json:"percentage"`
 	Message    string          `json:"message"`
 	Hardware   json.RawMessage `json:"hardware"`
+	At         time.Time       `json:"at"`
 }
 
 // hubTestClient reads its connection in a goroutine into msgs.
@@ -217,10 +218,13 @@ func (c *hubTestClient) sync(t *testing.T) {
 	require.Contains(t, m.Message, "unknown message type")
 }
 
+// subscribe subscribes and waits for the acknowledgement: from then on
+// every published change reaches the client.
 func (c *hubTestClient) subscribe(t *testing.T, id string) {
 	t.Helper()
 	c.send(t, map[string]string{"type": "subscribe", "task_id": id})
-	c.sync(t)
+	m := c.next(t)
+	require.Equal(t, hubTestMsg{Type: "subscribed", TaskID: id}, m, "expected the acknowledgement first")
 }
 
 // ended waits for the connection to end and returns why.
@@ -414,9 +418,9 @@ func TestHubSubscriptions(t *testing.T) {
 	})
 	t.Run("unsubscribe", func(t *testing.T) {
 		one.send(t, map[string]string{"type": "unsubscribe", "task_id": hubTestTask1})
-		one.sync(t)
+		assert.Equal(t, hubTestMsg{Type: "unsubscribed", TaskID: hubTestTask1}, one.next(t))
 		all.send(t, map[string]string{"type": "unsubscribe", "task_id": "*"})
-		all.sync(t)
+		assert.Equal(t, hubTestMsg{Type: "unsubscribed", TaskID: "*"}, all.next(t))
 		ts.hub.Publish(hubTestStatus(hubTestTask1, 20, task.StatusPending))
 		ts.hub.Publish(hubTestProgress(hubTestTask1, 21, 10))
 		ts.hub.Publish(hubTestStatus(hubTestTask1, 22, task.StatusReady))
@@ -592,10 +596,9 @@ func TestHubSlowClient(t *testing.T) {
 	resp.Body.Close()
 	defer slowConn.Close()
 	require.NoError(t, slowConn.WriteJSON(map[string]string{"type": "subscribe", "task_id": "*"}))
-	require.NoError(t, slowConn.WriteJSON(map[string]string{"type": "sync"}))
 	_, data, err := slowConn.ReadMessage()
 	require.NoError(t, err)
-	require.Contains(t, string(data), `"error"`)
+	require.JSONEq(t, `{"type":"subscribed","task_id":"*"}`, string(data))
 
 	healthy := ts.dial(t)
 	healthy.subscribe(t, "*")
@@ -782,4 +785,28 @@ func TestToken(t *testing.T) {
 			assert.Equal(t, tt.want, Token(r))
 		})
 	}
+}
+
+// A status message carries when the change was made (its newest timeline
+// entry), so that a client can tell how late it arrived; a change without a
+// timeline sends none.
+func TestHubStatusAt(t *testing.T) {
+	ts := newHubTest(t, Config{})
+	c := ts.dial(t)
+	c.subscribe(t, "*")
+	at := time.Date(2026, 12, 4, 10, 0, 0, 123_000_000, time.UTC)
+	ch := hubTestStatus(hubTestTask1, 7, task.StatusInstalling)
+	ch.Timeline = []task.TimelineEntry{
+		{Timestamp: at.Add(-time.Minute), Event: "created", Status: task.StatusPending},
+		{Timestamp: at, Event: "installing", Status: task.StatusInstalling},
+	}
+	ts.hub.Publish(ch)
+	m := c.next(t)
+	require.Equal(t, "status", m.Type)
+	assert.True(t, at.Equal(m.At), "at %v, want %v", m.At, at)
+
+	ts.hub.Publish(hubTestStatus(hubTestTask1, 8, task.StatusCompleted))
+	m = c.next(t)
+	require.Equal(t, "completed", m.Status)
+	assert.True(t, m.At.IsZero(), "at %v for a change without a timeline", m.At)
 }
