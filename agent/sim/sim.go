@@ -38,8 +38,15 @@ type Machine struct {
 	// (default 3 s), like a machine stuck in a PXE retry loop.
 	PollInterval time.Duration
 	Logger       *slog.Logger
-	Client       *http.Client
+	// Client makes every request of the machine, its boot and its agent's
+	// (default: a client of its own). The region binds the agent's token
+	// to the address the script was fetched from, so a load test that
+	// gives each machine its own source address does it here.
+	Client *http.Client
 }
+
+// bootTimeout bounds one script fetch.
+const bootTimeout = 30 * time.Second
 
 // MACs returns n locally administered MACs 02:00:00:00:xx:xx, stable across
 // runs so that tasks can be created for them in advance.
@@ -75,6 +82,8 @@ var kernelLine = regexp.MustCompile(`(?m)^kernel (.*)$`)
 // boot fetches the machine's script; ok is false when it is not an agent
 // boot (no task, or local boot after completion).
 func (m *Machine) boot(ctx context.Context) (agent.Config, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.RegionURL+"/boot/"+m.MAC.String()+".ipxe?platform=pcbios", nil)
 	if err != nil {
 		return agent.Config{}, false, err
@@ -99,9 +108,7 @@ func (m *Machine) boot(ctx context.Context) (agent.Config, bool, error) {
 	return cfg, true, nil
 }
 
-// Run boots the machine again and again until ctx ends: whenever the
-// region gives it the agent, it runs the agent to the end.
-func (m *Machine) Run(ctx context.Context) error {
+func (m *Machine) defaults() {
 	if m.PollInterval <= 0 {
 		m.PollInterval = 3 * time.Second
 	}
@@ -109,27 +116,65 @@ func (m *Machine) Run(ctx context.Context) error {
 		m.Logger = slog.Default()
 	}
 	if m.Client == nil {
-		m.Client = &http.Client{Timeout: 30 * time.Second}
+		m.Client = &http.Client{}
 	}
+}
+
+// Run boots the machine again and again until ctx ends: whenever the
+// region gives it the agent, it runs the agent to the end.
+func (m *Machine) Run(ctx context.Context) error {
+	m.defaults()
 	log := m.Logger.With("sim_mac", m.MAC.String())
 	hw := m.hardware()
 	for ctx.Err() == nil {
-		cfg, ok, err := m.boot(ctx)
+		cfg, ok, _ := m.boot(ctx)
 		if ok {
 			cfg.Logger = log
-			if err = m.runAgent(ctx, cfg, hw); err != nil && !errors.Is(err, agent.ErrRejected) && ctx.Err() == nil {
+			if err := m.runAgent(ctx, cfg, hw); err != nil && !errors.Is(err, agent.ErrRejected) && ctx.Err() == nil {
 				log.Warn("simulated agent ended with an error", "err", err)
 			}
 		}
-		select {
-		case <-time.After(m.PollInterval):
-		case <-ctx.Done():
+		if !sleep(ctx, m.PollInterval) {
+			break
 		}
 	}
 	return nil
 }
 
+// RunOnce boots the machine until the region gives it the agent, runs the
+// agent to the end and returns its outcome: nil when the install
+// completed, agent.ErrRejected when the operator rejected or cancelled the
+// task, ctx's error when ctx ended first. A load test runs each machine's
+// one install this way.
+func (m *Machine) RunOnce(ctx context.Context) error {
+	m.defaults()
+	log := m.Logger.With("sim_mac", m.MAC.String())
+	for {
+		cfg, ok, _ := m.boot(ctx)
+		if ok {
+			cfg.Logger = log
+			return m.runAgent(ctx, cfg, m.hardware())
+		}
+		if !sleep(ctx, m.PollInterval) {
+			return ctx.Err()
+		}
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 func (m *Machine) runAgent(ctx context.Context, cfg agent.Config, hw hardware.Info) error {
+	cfg.HTTPClient = m.Client
 	client, err := agent.NewClient(cfg)
 	if err != nil {
 		return err

@@ -99,7 +99,7 @@ func run() error {
 		rcfg.Region.SkipBootFileCheck = true
 		// The simulated machines all connect from this host.
 		rcfg.HTTPLimits.MaxConnsPerSource = -1
-		rcfg.HTTPLimits.MaxConns = max(region.DefaultHTTPLimits().MaxConns, 8*(*simulate))
+		rcfg.HTTPLimits.MaxConns = max(rcfg.HTTPLimits.MaxConns, 8*(*simulate))
 	}
 	reg, err := region.NewServer(rcfg)
 	if err != nil {

@@ -34,6 +34,9 @@ type RegionFlags struct {
 	Unknown    string
 	LeaseFile  string
 	Timeouts   string
+	// MaxConns and MaxConnsPerSource cap the region's HTTP connections
+	// (0: region.DefaultHTTPLimits).
+	MaxConns, MaxConnsPerSource int
 }
 
 // Register adds the region flags.
@@ -56,6 +59,9 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "DHCP for machines without a task: ignore or record")
 	fs.StringVar(&f.Timeouts, "task-timeouts", "", "status timeouts overriding the defaults, e.g. installing=30m,booting=10m (0 disables one)")
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
+	lim := region.DefaultHTTPLimits()
+	fs.IntVar(&f.MaxConns, "http-max-conns", lim.MaxConns, "most region HTTP connections open at once (machines booting and agents at once; more are closed on accept)")
+	fs.IntVar(&f.MaxConnsPerSource, "http-max-conns-per-source", lim.MaxConnsPerSource, "most region HTTP connections from one source address (raise it behind a NAT or relay; -1: no cap)")
 }
 
 // ipv4Of returns the first IPv4 address of an interface, or of any
@@ -131,7 +137,8 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 			RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
 			UnknownMachines: f.Unknown, Logger: log,
 		},
-		HTTPAddr: f.Listen,
+		HTTPAddr:   f.Listen,
+		HTTPLimits: region.HTTPLimits{MaxConns: f.MaxConns, MaxConnsPerSource: f.MaxConnsPerSource},
 	}
 	if f.TFTPListen != "" {
 		cfg.TFTP = &pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log}
