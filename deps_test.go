@@ -66,6 +66,8 @@ var depRules = []depRule{
 		why: "httpserve protects any HTTP server; it knows nothing of what the servers serve"},
 	{pkgs: []string{"internal/..."}, allow: []string{"*"}},
 	{pkgs: []string{"examples/..."}, allow: []string{"*"}},
+	{pkgs: []string{"bench/..."}, allow: []string{"*"},
+		why: "benchmarks drive the binaries (built, never imported) and the libraries"},
 	{pkgs: []string{"e2e"}, allow: []string{"*"},
 		why: "end-to-end tests drive the binaries; the directory holds tests only"},
 }

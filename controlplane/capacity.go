@@ -13,6 +13,14 @@ const (
 	DefaultMaxActiveTasksPerRegion = 20_000
 )
 
+// Defaults of Config.RateLimit (requests a second) and Config.RateBurst:
+// a person or a dashboard stays far below; automation that moves
+// thousands of tasks raises them (or uses the batch and bulk calls).
+const (
+	DefaultRateLimit = 50
+	DefaultRateBurst = 100
+)
+
 // admission hands out the free slots under the active-task caps to one
 // request's creates, in order. It counts from the view when the request
 // starts; the view already holds this replica's earlier creates (each

@@ -58,7 +58,7 @@ type Config struct {
 	// times a typical create request).
 	MaxBatchBodyBytes int64
 	// RateLimit and RateBurst bound each caller's API requests
-	// (default 50/s, burst 100).
+	// (default DefaultRateLimit, DefaultRateBurst).
 	RateLimit rate.Limit
 	RateBurst int
 	// SignInFailureLimit and SignInFailureBurst bound failed sign-ins per
@@ -139,10 +139,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxBatchBodyBytes = 4 << 20
 	}
 	if cfg.RateLimit <= 0 {
-		cfg.RateLimit = 50
+		cfg.RateLimit = DefaultRateLimit
 	}
 	if cfg.RateBurst <= 0 {
-		cfg.RateBurst = 100
+		cfg.RateBurst = DefaultRateBurst
 	}
 	if cfg.SignInFailureLimit <= 0 {
 		cfg.SignInFailureLimit = 2

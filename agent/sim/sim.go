@@ -53,10 +53,13 @@ const bootTimeout = 30 * time.Second
 func MACs(n int) []lpmos.MAC {
 	out := make([]lpmos.MAC, n)
 	for i := range out {
-		out[i] = lpmos.MAC{0x02, 0, 0, 0, byte((i + 1) >> 8), byte(i + 1)}
+		out[i] = MAC(i)
 	}
 	return out
 }
+
+// MAC returns the i-th of the MACs MACs returns (i < 65535).
+func MAC(i int) lpmos.MAC { return lpmos.MAC{0x02, 0, 0, 0, byte((i + 1) >> 8), byte(i + 1)} }
 
 func (m *Machine) hardware() hardware.Info {
 	if m.Hardware != nil {

@@ -22,6 +22,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/store"
@@ -263,15 +265,21 @@ func (f *WebhookFlags) Apply(cfg *controlplane.Config) error {
 // creates cannot fill the store up to etcd's quota.
 type CapacityFlags struct {
 	MaxActive, MaxActivePerRegion int
+	// RateLimit and RateBurst bound each caller's API requests.
+	RateLimit float64
+	RateBurst int
 }
 
 // Register adds the capacity flags.
 func (f *CapacityFlags) Register(fs *flag.FlagSet) {
 	fs.IntVar(&f.MaxActive, "max-active-tasks", controlplane.DefaultMaxActiveTasks, "most tasks not yet ended at once, in all (creates over it get 409 capacity); negative: no cap")
 	fs.IntVar(&f.MaxActivePerRegion, "max-active-tasks-per-region", controlplane.DefaultMaxActiveTasksPerRegion, "most tasks not yet ended at once in one region; negative: no cap")
+	fs.Float64Var(&f.RateLimit, "api-rate", controlplane.DefaultRateLimit, "API requests a second each caller (token subject) may make before 429 rate_limited; raise it for automation that creates or moves tasks in bulk")
+	fs.IntVar(&f.RateBurst, "api-burst", controlplane.DefaultRateBurst, "API requests a caller may make at once above --api-rate")
 }
 
 // Apply sets the caps in cfg.
 func (f *CapacityFlags) Apply(cfg *controlplane.Config) {
 	cfg.MaxActiveTasks, cfg.MaxActiveTasksPerRegion = f.MaxActive, f.MaxActivePerRegion
+	cfg.RateLimit, cfg.RateBurst = rate.Limit(f.RateLimit), f.RateBurst
 }
