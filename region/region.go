@@ -115,6 +115,9 @@ type Region struct {
 	catalog *Catalogue
 
 	endedTasks *endedTasks
+	// toPrepare queues new tasks for the preparers (see prepareLoop), so
+	// that the watch that finds them never waits on the store.
+	toPrepare chan *task.Task
 
 	progressMu sync.Mutex
 	progress   map[string]*progressState
@@ -199,7 +202,7 @@ func New(cfg Config) (*Region, error) {
 		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
 		catalog: cat, progress: map[string]*progressState{}, endedTasks: newEndedTasks(),
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
-		fetches: newFetchLimits(),
+		fetches: newFetchLimits(), toPrepare: make(chan *task.Task, prepareQueue),
 	}
 	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now})
 	r.tasks = task.NewView(r.svc, task.ViewConfig{
@@ -250,6 +253,9 @@ func (r *Region) Run(ctx context.Context) error {
 	g.Go(func() error { return r.heartbeat(ctx) })
 	g.Go(func() error { return r.enforceTimeouts(ctx) })
 	g.Go(func() error { return r.flushProgressLoop(ctx) })
+	for range preparers {
+		g.Go(func() error { r.prepareLoop(ctx); return nil })
+	}
 	return g.Wait()
 }
 

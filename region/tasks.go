@@ -74,7 +74,7 @@ func (r *Region) ended(mac lpmos.MAC) (endedTask, bool) {
 func (r *Region) tasksListed(ctx context.Context, tasks []*task.Task) {
 	for _, t := range tasks {
 		if t.Status == task.StatusPending {
-			r.prepare(ctx, t)
+			r.queuePrepare(ctx, t)
 		}
 	}
 }
@@ -87,7 +87,39 @@ func (r *Region) taskChanged(ctx context.Context, ch task.Change, t *task.Task) 
 	case t.Status.Terminal():
 		r.endedTasks.record(t, r.cfg.Now())
 	case ch.Created && t.Status == task.StatusPending:
-		r.prepare(ctx, t)
+		r.queuePrepare(ctx, t)
+	}
+}
+
+// Preparing a task is a store round trip. Done in the watch's hook, one
+// after the other, it held up the watch (and with it every later task and
+// every status the region learns) by one round trip per new task: with a
+// thousand tasks created at once, the last waited seconds before its
+// machine could boot. The hook queues instead, and preparers work the
+// queue side by side.
+const (
+	preparers    = 8
+	prepareQueue = 1 << 14 // past it the watch waits: back-pressure, not loss
+)
+
+// queuePrepare hands t to the preparers; it waits only if the queue is
+// full.
+func (r *Region) queuePrepare(ctx context.Context, t *task.Task) {
+	select {
+	case r.toPrepare <- t:
+	case <-ctx.Done():
+	}
+}
+
+// prepareLoop prepares queued tasks until ctx ends.
+func (r *Region) prepareLoop(ctx context.Context) {
+	for {
+		select {
+		case t := <-r.toPrepare:
+			r.prepare(ctx, t)
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -116,7 +148,8 @@ func (r *Region) prepare(ctx context.Context, t *task.Task) {
 		return
 	}
 	r.retry(ctx, "mark task ready", func() error {
-		_, err := r.svc.MarkReady(ctx, t.ID, r.actor)
+		ready, err := r.svc.MarkReady(ctx, t.ID, r.actor)
+		r.observe(ready) // the machine may boot now, before the watch tells
 		return err
 	})
 }

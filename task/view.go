@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"sync"
 
 	"github.com/lpmos/lpmos"
@@ -55,11 +56,16 @@ type View struct {
 	log *slog.Logger
 	src viewSource
 
-	mu      sync.RWMutex
-	tasks   map[string]*viewEntry
-	byMAC   map[lpmos.MAC]string // active tasks only
-	rev     int64
-	updated chan struct{} // closed and replaced whenever rev advances
+	mu    sync.RWMutex
+	tasks map[string]*viewEntry
+	byMAC map[lpmos.MAC]string // active tasks only
+	// active and activeIn count the active tasks held, in all and by
+	// region, kept with every change so that counting is not a scan (the
+	// control plane counts at every create).
+	active   int
+	activeIn map[string]int
+	rev      int64
+	updated  chan struct{} // closed and replaced whenever rev advances
 
 	synced     chan struct{}
 	syncedOnce sync.Once
@@ -87,7 +93,7 @@ func NewView(svc *Service, cfg ViewConfig) *View {
 	}
 	v := &View{
 		svc: svc, cfg: cfg, log: cfg.Logger,
-		tasks: map[string]*viewEntry{}, byMAC: map[lpmos.MAC]string{},
+		tasks: map[string]*viewEntry{}, byMAC: map[lpmos.MAC]string{}, activeIn: map[string]int{},
 		updated: make(chan struct{}), synced: make(chan struct{}),
 	}
 	v.src = allTasks{svc}
@@ -180,6 +186,7 @@ func (v *View) reset(snaps []*snapshot, rev int64) []*Task {
 		close(e.changed) // waiters read again from the new content
 	}
 	v.tasks, v.byMAC = make(map[string]*viewEntry, len(snaps)), map[lpmos.MAC]string{}
+	v.active, v.activeIn = 0, map[string]int{}
 	kept := make([]*Task, 0, len(snaps))
 	for _, snap := range snaps {
 		if v.keeps(snap.task) {
@@ -285,7 +292,9 @@ func (v *View) Observe(t *Task) {
 }
 
 func (v *View) putLocked(t *Task, rev, created int64) {
+	v.countLocked(t, 1)
 	if old := v.tasks[t.ID]; old != nil {
+		v.countLocked(old.task, -1)
 		close(old.changed)
 		if mac := old.task.Metadata.TargetMAC; mac != t.Metadata.TargetMAC && v.byMAC[mac] == t.ID {
 			delete(v.byMAC, mac)
@@ -311,10 +320,25 @@ func (v *View) removeLocked(id string) {
 	if old == nil {
 		return
 	}
+	v.countLocked(old.task, -1)
 	close(old.changed)
 	delete(v.tasks, id)
 	if mac := old.task.Metadata.TargetMAC; v.byMAC[mac] == id {
 		delete(v.byMAC, mac)
+	}
+}
+
+// countLocked adds delta to the active counts if t is active.
+func (v *View) countLocked(t *Task, delta int) {
+	if t.Status.Terminal() {
+		return
+	}
+	v.active += delta
+	r := t.Metadata.RegionID
+	if n := v.activeIn[r] + delta; n > 0 {
+		v.activeIn[r] = n
+	} else {
+		delete(v.activeIn, r)
 	}
 }
 
@@ -436,12 +460,5 @@ func (v *View) CountByStatus() map[Status]int {
 func (v *View) CountActive() (total int, byRegion map[string]int) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	byRegion = map[string]int{}
-	for _, e := range v.tasks {
-		if !e.task.Status.Terminal() {
-			total++
-			byRegion[e.task.Metadata.RegionID]++
-		}
-	}
-	return total, byRegion
+	return v.active, maps.Clone(v.activeIn)
 }

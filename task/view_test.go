@@ -559,3 +559,70 @@ func TestLastActivity(t *testing.T) {
 		})
 	}
 }
+
+// CountActive keeps its counts with every change (creates, moves to a
+// terminal status, purges, a fresh listing) and agrees with a scan of the
+// view.
+func TestViewCountActive(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		create := func(region, mac string) *task.Task {
+			req := validRequest(mac)
+			req.RegionID = region
+			tk, err := svc.Create(ctx, req)
+			require.NoError(t, err)
+			return tk
+		}
+		scan := func(v *task.View) (int, map[string]int) {
+			n, by := 0, map[string]int{}
+			for _, tk := range v.Tasks() {
+				if !tk.Status.Terminal() {
+					n++
+					by[tk.Metadata.RegionID]++
+				}
+			}
+			return n, by
+		}
+		check := func(v *task.View, total int, byRegion map[string]int) {
+			t.Helper()
+			_, rev := dump(t, st)
+			caughtUp(t, v, rev)
+			n, by := v.CountActive()
+			assert.Equal(t, total, n)
+			assert.Equal(t, byRegion, by)
+			sn, sby := scan(v)
+			assert.Equal(t, sn, n, "counts agree with a scan")
+			assert.Equal(t, sby, by, "counts agree with a scan")
+		}
+
+		early := create("dc1", "00:1a:2b:3c:72:01") // listed, not watched
+		v, _ := startView(t, svc, task.ViewConfig{})
+		check(v, 1, map[string]int{"dc1": 1})
+
+		a := create("dc1", "00:1a:2b:3c:72:02")
+		create("dc2", "00:1a:2b:3c:72:03")
+		create("dc2", "00:1a:2b:3c:72:04")
+		check(v, 4, map[string]int{"dc1": 2, "dc2": 2})
+
+		_, err := svc.Cancel(ctx, a.ID, "ops", "")
+		require.NoError(t, err)
+		_, err = svc.MarkReady(ctx, early.ID, "region:dc1") // a move that stays active
+		require.NoError(t, err)
+		check(v, 3, map[string]int{"dc1": 1, "dc2": 2})
+
+		_, err = svc.Purge(ctx, time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC), 0)
+		require.NoError(t, err)
+		check(v, 3, map[string]int{"dc1": 1, "dc2": 2})
+
+		counts, _ := v.CountActive()
+		_, by := v.CountActive()
+		by["dc9"] = 100 // the caller's copy
+		n, fresh := v.CountActive()
+		assert.Equal(t, counts, n)
+		assert.NotContains(t, fresh, "dc9")
+
+		// Another view of the same store, filled by one listing.
+		v2, _ := startView(t, svc, task.ViewConfig{})
+		check(v2, 3, map[string]int{"dc1": 1, "dc2": 2})
+	})
+}

@@ -40,6 +40,7 @@ const roleEnv = "LPMOS_FLEET_ETCD_MEMBER"
 type memberConfig struct {
 	Dir, Name, ClientURL, PeerURL, InitialCluster string
 	Quota                                         int64
+	Pprof                                         bool
 }
 
 // runRole runs the etcd member if this process was started as one; it
@@ -63,6 +64,7 @@ func runRole() (code int, isMember bool) {
 		// measures the store, not TLS.
 		Insecure:          true,
 		QuotaBackendBytes: mc.Quota,
+		Pprof:             mc.Pprof,
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "etcd member %s: %v\n", mc.Name, err)

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,7 +49,12 @@ type Config struct {
 	// WorkDir keeps the processes' data and logs; empty: a temporary
 	// directory removed after the run.
 	WorkDir string
-	Log     *slog.Logger
+	// ProfileDir, if set, receives CPU profiles (pprof) of the first etcd
+	// member, the first region and the first control plane, taken over
+	// ProfileFor starting ProfileAfter into the load (defaults 15 s, 5 s).
+	ProfileDir               string
+	ProfileFor, ProfileAfter time.Duration
+	Log                      *slog.Logger
 }
 
 func (c *Config) defaults() {
@@ -76,6 +82,12 @@ func (c *Config) defaults() {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
+	if c.ProfileFor <= 0 {
+		c.ProfileFor = 15 * time.Second
+	}
+	if c.ProfileAfter <= 0 {
+		c.ProfileAfter = 5 * time.Second
+	}
 }
 
 // Result is what a run measured.
@@ -88,11 +100,14 @@ type Result struct {
 	LifecyclesPerSec   float64
 	// CreateToCompleted are the tasks' creation → completion times.
 	CreateToCompleted []time.Duration
-	REST              map[string]restFigure
-	Store             etcdMetrics // deltas over the load, on the first member
-	WS                wsCheck
-	WSWait            error // the dashboards' final statuses did not all arrive
-	Procs             []procFigure
+	// Dwell is how long completed tasks stayed in each status of the
+	// lifecycle (from their timelines): where the time goes.
+	Dwell  map[task.Status][]time.Duration
+	REST   map[string]restFigure
+	Store  etcdMetrics // deltas over the load, on the first member
+	WS     wsCheck
+	WSWait error // the dashboards' final statuses did not all arrive
+	Procs  []procFigure
 	// DBAfterRun and DBAfterRetention are the first member's database
 	// size; Purged counts the tasks the retention deleted.
 	DBAfterRun, DBInUseAfterRun, DBAfterRetention int64
@@ -130,6 +145,7 @@ type fleet struct {
 	regURL  []string
 	cps     []*proc
 	cpAPI   []*controlPlane
+	pprof   map[string]string // process → profiler base URL
 	dbs     []*dashboard
 
 	mu       sync.Mutex
@@ -145,7 +161,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Machines > 62_500 {
 		return nil, errors.New("at most 62,500 machines (one loopback address each)")
 	}
-	f := &fleet{cfg: cfg, log: cfg.Log, lat: newLatencies(),
+	f := &fleet{cfg: cfg, log: cfg.Log, lat: newLatencies(), pprof: map[string]string{},
 		taskOf: make([]string, cfg.Machines), outcomes: make([]error, cfg.Machines)}
 	f.dir = cfg.WorkDir
 	if f.dir == "" {
@@ -200,7 +216,7 @@ func (f *fleet) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ports, err := freePorts(2*cfg.EtcdMembers + cfg.Regions + cfg.ControlPlanes)
+	ports, err := freePorts(2*cfg.EtcdMembers + 2*cfg.Regions + 2*cfg.ControlPlanes)
 	if err != nil {
 		return err
 	}
@@ -217,7 +233,7 @@ func (f *fleet) start(ctx context.Context) error {
 		mc, _ := json.Marshal(memberConfig{
 			Dir: filepath.Join(f.dir, fmt.Sprintf("etcd-%d", i)), Name: fmt.Sprintf("etcd-%d", i),
 			ClientURL: url, PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
-			InitialCluster: strings.Join(cluster, ","), Quota: 8 << 30,
+			InitialCluster: strings.Join(cluster, ","), Quota: 8 << 30, Pprof: i == 0 && cfg.ProfileDir != "",
 		})
 		p, err := startProc(fmt.Sprintf("etcd-%d", i), self, filepath.Join(f.dir, fmt.Sprintf("etcd-%d.log", i)),
 			[]string{roleEnv + "=" + string(mc)})
@@ -225,6 +241,9 @@ func (f *fleet) start(ctx context.Context) error {
 			return err
 		}
 		f.etcds, f.etcdURL = append(f.etcds, p), append(f.etcdURL, url)
+		if i == 0 && cfg.ProfileDir != "" {
+			f.pprof[p.name] = url
+		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -239,6 +258,12 @@ func (f *fleet) start(ctx context.Context) error {
 	for i := range cfg.Regions {
 		addr := fmt.Sprintf("127.0.0.1:%d", ports[i])
 		name := regionName(i)
+		var extra []string
+		if i == 0 && cfg.ProfileDir != "" {
+			pp := fmt.Sprintf("127.0.0.1:%d", ports[cfg.Regions+i])
+			extra = append(extra, "--pprof-listen", pp)
+			f.pprof[name] = "http://" + pp
+		}
 		boot := filepath.Join(f.dir, name, "boot")
 		// The agent's boot files must exist for tasks to become ready; the
 		// simulated machines never download them.
@@ -250,21 +275,21 @@ func (f *fleet) start(ctx context.Context) error {
 				return err
 			}
 		}
-		p, err := startProc(name, regionBin, filepath.Join(f.dir, name+".log"), nil,
+		p, err := startProc(name, regionBin, filepath.Join(f.dir, name+".log"), nil, append(extra,
 			"--region", name, "--region-listen", addr, "--region-url", "http://"+addr,
 			"--tftp-listen", "", "--boot-dir", boot, "--ipxe-dir", boot,
 			"--dhcp-lease-file", filepath.Join(f.dir, name, "leases.json"),
 			"--etcd-endpoints", endpoints, "--log-level", "warn",
 			// Each simulated machine has its own address; a region takes
 			// all of its machines' connections at once.
-			"--http-max-conns", fmt.Sprint(max(1024, 4*cfg.Machines/cfg.Regions)))
+			"--http-max-conns", fmt.Sprint(max(1024, 4*cfg.Machines/cfg.Regions)))...)
 		if err != nil {
 			return err
 		}
 		f.regions, f.regURL = append(f.regions, p), append(f.regURL, "http://"+addr)
 		g.Go(func() error { return waitHTTP(wctx, p, "http://"+addr+"/health") })
 	}
-	ports = ports[cfg.Regions:]
+	ports = ports[2*cfg.Regions:]
 	tokens, err := f.writeTokens()
 	if err != nil {
 		return err
@@ -273,11 +298,17 @@ func (f *fleet) start(ctx context.Context) error {
 	for i := range cfg.ControlPlanes {
 		addr := fmt.Sprintf("127.0.0.1:%d", ports[i])
 		name := fmt.Sprintf("control-plane-%d", i)
-		p, err := startProc(name, cpBin, filepath.Join(f.dir, name+".log"), nil,
+		var extra []string
+		if i == 0 && cfg.ProfileDir != "" {
+			pp := fmt.Sprintf("127.0.0.1:%d", ports[cfg.ControlPlanes+i])
+			extra = append(extra, "--pprof-listen", pp)
+			f.pprof[name] = "http://" + pp
+		}
+		p, err := startProc(name, cpBin, filepath.Join(f.dir, name+".log"), nil, append(extra,
 			"--listen-addr", addr, "--etcd-endpoints", endpoints, "--log-level", "warn", "--token-file", tokens,
 			// The operator is automation creating and approving thousands
 			// of tasks: far above a person's request rate.
-			"--api-rate", "100000", "--api-burst", "100000")
+			"--api-rate", "100000", "--api-burst", "100000")...)
 		if err != nil {
 			return err
 		}
@@ -357,7 +388,7 @@ func (f *fleet) problem(format string, args ...any) {
 // approves and lists while the machines install, then checks everything.
 func (f *fleet) load(ctx context.Context) (*Result, error) {
 	cfg := f.cfg
-	res := &Result{Config: cfg, REST: map[string]restFigure{}}
+	res := &Result{Config: cfg, REST: map[string]restFigure{}, Dwell: map[task.Status][]time.Duration{}}
 	if err := f.connectDashboards(ctx); err != nil {
 		return nil, err
 	}
@@ -372,6 +403,9 @@ func (f *fleet) load(ctx context.Context) (*Result, error) {
 	bg.Go(func() error { f.approveLoop(bgctx, stopBG); return nil })
 	bg.Go(func() error { f.listLoop(bgctx, stopBG); return nil })
 	bg.Go(func() error { f.sampleLoop(bgctx, stopBG); return nil })
+	if cfg.ProfileDir != "" {
+		bg.Go(func() error { f.profile(bgctx); return nil })
+	}
 
 	f.log.Info("creating tasks and booting machines", "machines", cfg.Machines)
 	var machines sync.WaitGroup
@@ -727,6 +761,9 @@ func (f *fleet) check(res *Result, tasks []*task.Task) map[string][]task.Status 
 			}
 		}
 		res.Completed++
+		for st, d := range dwell(t) {
+			res.Dwell[st] = append(res.Dwell[st], d)
+		}
 		res.CreateToCompleted = append(res.CreateToCompleted, done.Sub(created))
 		if first.IsZero() || created.Before(first) {
 			first = created
@@ -766,4 +803,61 @@ func timelineStatuses(t *task.Task) (statuses []task.Status, twice, backwards bo
 		statuses = append(statuses, e.Status)
 	}
 	return statuses, twice, backwards
+}
+
+// profile takes a CPU profile of each process that serves the profiler,
+// all over the same window of the load.
+func (f *fleet) profile(ctx context.Context) {
+	select {
+	case <-time.After(f.cfg.ProfileAfter):
+	case <-ctx.Done():
+		return
+	}
+	if err := os.MkdirAll(f.cfg.ProfileDir, 0o755); err != nil {
+		f.problem("profile: %v", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for name, base := range f.pprof {
+		wg.Go(func() {
+			url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(f.cfg.ProfileFor.Seconds()))
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				f.problem("profile %s: %v", name, err)
+				return
+			}
+			defer resp.Body.Close()
+			out, err := os.Create(filepath.Join(f.cfg.ProfileDir, name+".cpu.pprof"))
+			if err != nil {
+				f.problem("profile %s: %v", name, err)
+				return
+			}
+			defer out.Close()
+			if _, err := io.Copy(out, resp.Body); err != nil {
+				f.problem("profile %s: %v", name, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// dwell returns how long the task stayed in each status it left.
+func dwell(t *task.Task) map[task.Status]time.Duration {
+	out := map[task.Status]time.Duration{}
+	var cur task.Status
+	var since time.Time
+	for _, e := range t.Timeline {
+		if e.Status == "" || e.Status == cur {
+			continue
+		}
+		if cur != "" {
+			out[cur] += e.Timestamp.Sub(since)
+		}
+		cur, since = e.Status, e.Timestamp
+	}
+	return out
 }

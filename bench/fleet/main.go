@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -52,6 +53,9 @@ func run() int {
 	fs.DurationVar(&cfg.ListEvery, "list-every", 100*time.Millisecond, "period of the list calls (a page of one region's tasks)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 15*time.Minute, "bound on the load: tasks not completed by then are stuck")
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "keep the processes' data and logs here (default: a temporary directory, removed)")
+	fs.StringVar(&cfg.ProfileDir, "profile-dir", "", "take CPU profiles of the first etcd member, region and control plane during the load, into this directory")
+	fs.DurationVar(&cfg.ProfileFor, "profile-for", 15*time.Second, "length of the CPU profiles")
+	fs.DurationVar(&cfg.ProfileAfter, "profile-after", 5*time.Second, "when the profiles start, from the first create")
 	verbose := fs.Bool("v", false, "log the run's progress to stderr")
 	flag.Parse()
 	if fs.NArg() > 0 {
@@ -95,6 +99,12 @@ func (r *Result) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "fleet: create_to_completed p50=%.2fs p99=%.2fs over %s (first create to last completion)\n",
 		quantile(r.CreateToCompleted, 0.5).Seconds(), quantile(r.CreateToCompleted, 0.99).Seconds(), r.Elapsed.Round(time.Millisecond))
+	var dw []string
+	for _, st := range lifecycle[:len(lifecycle)-1] {
+		ds := r.Dwell[st]
+		dw = append(dw, fmt.Sprintf("%s=%.2f/%.2f", st, quantile(ds, 0.5).Seconds(), quantile(ds, 0.99).Seconds()))
+	}
+	fmt.Fprintf(w, "fleet: time in status p50/p99 (s): %s\n", strings.Join(dw, " "))
 	if n := float64(max(r.Completed, 1)); r.Completed > 0 {
 		fmt.Fprintf(w, "fleet: store per lifecycle (all writers and readers, etcd counters): txns=%.1f puts=%.1f deletes=%.1f ranges=%.1f raft_proposals=%.1f wal_bytes=%.0f\n",
 			r.Store.Txns/n, r.Store.Puts/n, r.Store.Deletes/n, r.Store.Ranges/n, r.Store.Proposals/n, r.Store.WALBytes/n)

@@ -54,7 +54,7 @@ type Config struct {
 	// Registerer receives the hub's metrics; nil means no metrics.
 	Registerer prometheus.Registerer
 	// QueueSize is how many messages may wait for one client before it is
-	// too slow to keep (default 256).
+	// too slow to keep (default DefaultQueueSize).
 	QueueSize int
 	// ProgressInterval is the coalescing window of progress messages per
 	// client (default 1s).
@@ -71,6 +71,13 @@ type Config struct {
 	// the operator's browser cannot ride on its credentials.
 	CheckOrigin func(*http.Request) bool
 }
+
+// DefaultQueueSize is Config.QueueSize's default. A bulk approval moves up
+// to a thousand tasks within a second, and a client following "*" gets a
+// status message for each at once: the queue holds a few such bursts
+// (about 48 bytes a message, the message itself being shared), so that
+// only a client that really stopped reading is dropped.
+const DefaultQueueSize = 4096
 
 // Subprotocol is the one subprotocol the hub selects. A client offers it
 // along with "bearer.<token>", which is never echoed back (see Token).
@@ -211,7 +218,7 @@ func New(cfg Config) *Hub {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.QueueSize <= 0 {
-		cfg.QueueSize = 256
+		cfg.QueueSize = DefaultQueueSize
 	}
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = time.Second

@@ -43,6 +43,7 @@ func run() error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	retention := fs.Duration("retention", 0, "delete tasks that ended longer ago than this, e.g. 720h (0 keeps them forever)")
 	version := fs.Bool("version", false, "print the version and exit")
+	pprofAddr := cmdutil.PprofFlag(fs)
 	storeFlags.Register(fs, false)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
@@ -60,6 +61,11 @@ func run() error {
 	if err != nil {
 		return cmdutil.Usage(err)
 	}
+	stopPprof, err := cmdutil.ServePprof(*pprofAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	st, closeStore, err := storeFlags.Open(ctx, log)

@@ -34,6 +34,7 @@ func run() error {
 	logFormat := fs.String("log-format", "json", "text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	version := fs.Bool("version", false, "print the version and exit")
+	pprofAddr := cmdutil.PprofFlag(fs)
 	storeFlags.Register(fs, false)
 	regionFlags.Register(fs)
 	flag.Parse()
@@ -49,6 +50,11 @@ func run() error {
 	if err != nil {
 		return cmdutil.Usage(err)
 	}
+	stopPprof, err := cmdutil.ServePprof(*pprofAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	st, closeStore, err := storeFlags.Open(ctx, log)

@@ -68,6 +68,9 @@ type EmbeddedConfig struct {
 	// Verbose lets etcd log at info level to stderr; by default etcd's own
 	// logs are discarded (its errors still surface through this package).
 	Verbose bool
+	// Pprof serves Go's profiler at /debug/pprof/ on the client URL, for
+	// benchmarks (as etcd's --enable-pprof).
+	Pprof bool
 	// StartTimeout bounds the wait for the member to become ready
 	// (default 60 s; a member of a new cluster waits for its peers).
 	StartTimeout time.Duration
@@ -172,6 +175,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.AdvertisePeerUrls = []url.URL{*purl}
 	ec.InitialCluster = cfg.InitialCluster
 	ec.InitialClusterToken = cfg.ClusterToken
+	ec.EnablePprof = cfg.Pprof
 	ec.TickMs = uint(cfg.HeartbeatInterval / time.Millisecond)
 	ec.ElectionMs = uint(cfg.ElectionTimeout / time.Millisecond)
 	ec.AutoCompactionMode = "periodic"
