@@ -15,7 +15,7 @@ const MaxBatch = 1000
 // batchWorkers bounds the transactions one batch has in flight: enough for
 // etcd to commit several in one fsync, few enough that one operator's batch
 // does not crowd out the regions' writes.
-const batchWorkers = 8
+const batchWorkers = 16
 
 // BatchResult is the outcome of one item of a batch, at the item's index:
 // the task as the single call would have returned it, or why that item

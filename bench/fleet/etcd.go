@@ -81,6 +81,8 @@ type etcdMetrics struct {
 	Txns, Puts, Deletes, Ranges float64 // etcd_mvcc_*_total
 	Proposals                   float64 // etcd_server_proposals_committed_total
 	WALBytes                    float64 // etcd_disk_wal_write_bytes_total
+	// Fsyncs and FsyncSeconds: the WAL's fsyncs (count and total time).
+	Fsyncs, FsyncSeconds float64
 }
 
 func scrapeEtcd(ctx context.Context, clientURL string) (etcdMetrics, error) {
@@ -98,12 +100,14 @@ func scrapeEtcd(ctx context.Context, clientURL string) (etcdMetrics, error) {
 		return m, fmt.Errorf("etcd metrics: %s", resp.Status)
 	}
 	fields := map[string]*float64{
-		"etcd_mvcc_txn_total":                   &m.Txns,
-		"etcd_mvcc_put_total":                   &m.Puts,
-		"etcd_mvcc_delete_total":                &m.Deletes,
-		"etcd_mvcc_range_total":                 &m.Ranges,
-		"etcd_server_proposals_committed_total": &m.Proposals,
-		"etcd_disk_wal_write_bytes_total":       &m.WALBytes,
+		"etcd_mvcc_txn_total":                        &m.Txns,
+		"etcd_mvcc_put_total":                        &m.Puts,
+		"etcd_mvcc_delete_total":                     &m.Deletes,
+		"etcd_mvcc_range_total":                      &m.Ranges,
+		"etcd_server_proposals_committed_total":      &m.Proposals,
+		"etcd_disk_wal_write_bytes_total":            &m.WALBytes,
+		"etcd_disk_wal_fsync_duration_seconds_count": &m.Fsyncs,
+		"etcd_disk_wal_fsync_duration_seconds_sum":   &m.FsyncSeconds,
 	}
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 16<<20))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -127,6 +131,7 @@ func (m etcdMetrics) sub(o etcdMetrics) etcdMetrics {
 	return etcdMetrics{
 		Txns: m.Txns - o.Txns, Puts: m.Puts - o.Puts, Deletes: m.Deletes - o.Deletes, Ranges: m.Ranges - o.Ranges,
 		Proposals: m.Proposals - o.Proposals, WALBytes: m.WALBytes - o.WALBytes,
+		Fsyncs: m.Fsyncs - o.Fsyncs, FsyncSeconds: m.FsyncSeconds - o.FsyncSeconds,
 	}
 }
 

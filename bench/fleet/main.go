@@ -48,8 +48,8 @@ func run() int {
 	fs.IntVar(&cfg.EtcdMembers, "etcd-members", 1, "etcd member processes (3 for a cluster)")
 	fs.Float64Var(&cfg.Speed, "speed", 10, "speed-up of the simulated installs (1: about 20 s each)")
 	fs.DurationVar(&cfg.BootRetry, "boot-retry", time.Second, "how often a machine fetches its script again while its task is not ready")
-	fs.IntVar(&cfg.CreateWorkers, "create-workers", 16, "concurrent task creations (one REST call each)")
-	fs.DurationVar(&cfg.ApproveEvery, "approve-every", 250*time.Millisecond, "period of the bulk approvals (one call per region)")
+	fs.IntVar(&cfg.CreateWorkers, "create-workers", 64, "concurrent task creations (one REST call each)")
+	fs.DurationVar(&cfg.ApproveEvery, "approve-every", 250*time.Millisecond, "period of each region's bulk approvals (one caller per region)")
 	fs.DurationVar(&cfg.ListEvery, "list-every", 100*time.Millisecond, "period of the list calls (a page of one region's tasks)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 15*time.Minute, "bound on the load: tasks not completed by then are stuck")
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "keep the processes' data and logs here (default: a temporary directory, removed)")
@@ -108,6 +108,10 @@ func (r *Result) Print(w io.Writer) {
 	if n := float64(max(r.Completed, 1)); r.Completed > 0 {
 		fmt.Fprintf(w, "fleet: store per lifecycle (all writers and readers, etcd counters): txns=%.1f puts=%.1f deletes=%.1f ranges=%.1f raft_proposals=%.1f wal_bytes=%.0f\n",
 			r.Store.Txns/n, r.Store.Puts/n, r.Store.Deletes/n, r.Store.Ranges/n, r.Store.Proposals/n, r.Store.WALBytes/n)
+	}
+	if r.Store.Fsyncs > 0 {
+		fmt.Fprintf(w, "fleet: etcd wal fsyncs=%.0f mean=%s (raft batches many writes into one)\n",
+			r.Store.Fsyncs, ms(time.Duration(r.Store.FsyncSeconds/r.Store.Fsyncs*float64(time.Second))))
 	}
 	ws := r.WS
 	fmt.Fprintf(w, "fleet: websocket status delivery p50=%s p99=%s statuses=%d messages=%d expected=%d lost=%d misordered=%d watched_tasks=%d dropped_dashboards=%d\n",
