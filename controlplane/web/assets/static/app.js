@@ -228,7 +228,8 @@
   // ------------------------------------------------------------------
   // Live updates: one WebSocket per tab.
   //
-  // Subscriptions follow the view: the task list subscribes to "*", a task
+  // Subscriptions follow the view: the task list and the regions page
+  // (whose counts move with every status change) subscribe to "*", a task
   // page to its own task only, the create form and sign-in to nothing. A
   // task page thus never pays for the rest of a busy fleet (thousands of
   // installs each sending progress), and the list, which shows every task,
@@ -727,6 +728,7 @@
         if (!v.alive || err.signedOut) return;
         confirmBtn.disabled = false;
         fill(bulkResult, alertBox('error', m.verb + ' did not work', err.message));
+        refresh(); // after a lost answer some tasks may have moved
         return;
       }
       if (!v.alive) return;
@@ -916,8 +918,8 @@
     }
 
     // matches says whether a status change can concern this page. Status
-    // messages carry no MAC, so with a MAC search every change of a task
-    // not shown may be one that now matches it.
+    // messages carry no MAC, so with a MAC search a task not shown (a new
+    // one, say) is refetched for in case it matches.
     function matches(status, region) {
       if (filter.region && region && region !== filter.region) return false;
       if (filter.status && !filter.status.split(',').includes(status)) return false;
