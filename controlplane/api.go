@@ -271,7 +271,18 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
-	httpjson.WriteJSON(w, http.StatusOK, map[string][]Region{"regions": s.regions.list()})
+	regions := s.regions.list()
+	if s.tasksSynced() {
+		counts := countActive(s.view.Tasks())
+		for i := range regions {
+			c := counts[regions[i].ID]
+			if c == nil {
+				c = map[task.Status]int{}
+			}
+			regions[i].ActiveTasks = c
+		}
+	}
+	httpjson.WriteJSON(w, http.StatusOK, map[string][]Region{"regions": regions})
 	return nil
 }
 

@@ -277,6 +277,44 @@ func TestAPIRegions(t *testing.T) {
 	require.Equal(t, http.StatusCreated, code)
 }
 
+// The regions list counts each region's active tasks by status, so the
+// dashboard's regions page needs one request.
+func TestAPIRegionsCountActiveTasks(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	cp := startCP(t, st)
+	ctx := context.Background()
+	for key, value := range map[string]string{
+		task.RegionStatusKey("dc1"):    task.RegionOnline,
+		task.RegionHeartbeatKey("dc1"): "2026-01-29T10:00:00Z",
+		task.RegionStatusKey("dc2"):    task.RegionOnline,
+	} {
+		_, err := st.Put(ctx, key, []byte(value))
+		require.NoError(t, err)
+	}
+	create := func(region, mac string) string {
+		tk, err := cp.svc.Create(ctx, task.CreateRequest{RegionID: region, TargetMAC: mac, OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "test"})
+		require.NoError(t, err)
+		return tk.ID
+	}
+	create("dc1", "00:1a:2b:3c:4d:01")
+	cp.toPendingApproval(create("dc1", "00:1a:2b:3c:4d:02"))
+	ended := create("dc1", "00:1a:2b:3c:4d:03")
+	_, err := cp.svc.Cancel(ctx, ended, "test", "")
+	require.NoError(t, err)
+	create("dc3", "00:1a:2b:3c:4d:04") // a region that never registered is not listed
+
+	want := []any{
+		map[string]any{"region_id": "dc1", "status": "online", "last_heartbeat": "2026-01-29T10:00:00Z",
+			"active_tasks": map[string]any{"pending": float64(1), "pending_approval": float64(1)}},
+		map[string]any{"region_id": "dc2", "status": "offline", "active_tasks": map[string]any{}},
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		code, body := cp.do("GET", "/api/v1/regions", viewerToken, nil)
+		assert.Equal(c, http.StatusOK, code)
+		assert.Equal(c, want, body["regions"])
+	}, 10*time.Second, 20*time.Millisecond)
+}
+
 func TestAPIErrorsWriteNothing(t *testing.T) {
 	st := etcdtest.NewStore(t)
 	cp := startCP(t, st)

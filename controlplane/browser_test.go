@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -42,6 +43,7 @@ import (
 const (
 	browserChromium   = "/usr/bin/chromium"
 	browserAdminToken = "s3cret-admin-token"
+	browserViewToken  = "s3cret-viewer-token"
 	browserMAC        = "52:54:00:12:34:56"
 	browserXSSTag     = "<img src=x onerror=window.__xss=1>"
 	browserXSSBoard   = "<img src=x onerror=window.__xss=2>"
@@ -224,8 +226,11 @@ func TestBrowserDashboard(t *testing.T) {
 
 	st := etcdtest.NewStore(t)
 	srv, err := controlplane.New(controlplane.Config{
-		Store:  st,
-		Auth:   auth.Config{Tokens: []auth.StaticToken{{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin}}},
+		Store: st,
+		Auth: auth.Config{Tokens: []auth.StaticToken{
+			{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin},
+			{Token: browserViewToken, Subject: "victor@example.com", Role: auth.RoleViewer},
+		}},
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	require.NoError(t, err)
@@ -434,9 +439,172 @@ func TestBrowserDashboard(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, task.StatusRejected, tk.Status)
 
+	// --- Many machines at once: select tasks in the list and approve or
+	// cancel them in one call; search by MAC; the regions page.
+	toApproval := func(mac string) string {
+		tk, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: mac, OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
+		require.NoError(t, err)
+		_, err = svc.MarkReady(ctx, tk.ID, "region:dc1")
+		require.NoError(t, err)
+		_, err = svc.MarkBooting(ctx, tk.ID, "region:dc1")
+		require.NoError(t, err)
+		_, err = svc.ReportHardware(ctx, tk.ID, "agent:"+mac, hardware.Info{CPU: hardware.CPU{Model: "QEMU Virtual CPU", Cores: 2, Threads: 2}, Memory: hardware.Memory{TotalGB: 8}})
+		require.NoError(t, err)
+		return tk.ID
+	}
+	a1 := toApproval("52:54:00:00:00:a1")
+	a2 := toApproval("52:54:00:00:00:a2")
+	a3 := toApproval("52:54:00:00:00:a3")
+	c1, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: "0c:c4:7a:00:00:01", OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	rowOf := func(id string) string { return `document.querySelector('tr[data-task-id="` + id + `"]')` }
+	statusOf := func(id string) string { return rowOf(id) + `.querySelector('.badge').textContent` }
+	checkOf := func(id string) chromedp.CSS { return chromedp.CSS(`tr[data-task-id="` + id + `"] input.select-task`) }
+	bulkResult := `document.getElementById('bulk-result').textContent`
+	p.step("back to the list for bulk moves", chromedp.Click(chromedp.CSS(`#mainnav a[href="/tasks"]`)), chromedp.WaitVisible(chromedp.ID("tasks")))
+	p.waitJS("the tasks to decide on are listed", rowOf(a1)+` && `+rowOf(a2)+` && `+rowOf(a3)+` && `+rowOf(c1.ID)+` &&
+		[`+jsString(a1)+`, `+jsString(a2)+`, `+jsString(a3)+`].every(id => document.querySelector('tr[data-task-id="' + id + '"] .badge').textContent === 'pending approval') &&
+		document.getElementById('bulk-bar').hidden && `+browserNoReload)
+	assert.True(t, browserEval[bool](p, rowOf(id)+`.querySelector('input.select-task').disabled && `+rowOf(other.ID)+`.querySelector('input.select-task').disabled`),
+		"tasks that ended cannot be selected")
+
+	// Two selected, approved together.
+	p.step("select two tasks", chromedp.Click(checkOf(a1)), chromedp.Click(checkOf(a2)))
+	p.waitJS("the bulk bar counts them", `!document.getElementById('bulk-bar').hidden &&
+		document.getElementById('bulk-count').textContent === '2 tasks selected · 2 waiting for approval' &&
+		document.getElementById('select-all').indeterminate`)
+	p.step("ask to approve them", chromedp.Click(chromedp.ID("bulk-approve")))
+	p.waitJS("approving asks for confirmation", `!document.getElementById('bulk-confirm').hidden &&
+		document.getElementById('bulk-confirm-title').textContent === 'Approve 2 selected tasks?' && `+statusOf(a1)+` === 'pending approval'`)
+	p.screenshot("bulk-approve-confirm")
+	p.step("confirm the approval",
+		chromedp.SendKeys(chromedp.ID("bulk-text"), "Rack r7 verified in bulk"),
+		chromedp.Click(chromedp.ID("bulk-confirm-btn")))
+	p.waitJS("both are approved", bulkResult+`.includes('Approved 2 of 2 tasks.') && document.getElementById('bulk-bar').hidden &&
+		`+statusOf(a1)+` === 'approved' && `+statusOf(a2)+` === 'approved' && `+statusOf(a3)+` === 'pending approval' &&
+		!document.querySelector('input.select-task:checked') && `+browserNoReload)
+	p.screenshot("bulk-approved")
+	for _, tid := range []string{a1, a2} {
+		tk, err := svc.Get(ctx, tid)
+		require.NoError(t, err)
+		assert.Equal(t, task.StatusApproved, tk.Status, tid)
+		require.NotNil(t, tk.Approval, tid)
+		assert.Equal(t, "token:alice@example.com", tk.Approval.ApprovedBy, tid)
+		assert.Equal(t, "Rack r7 verified in bulk", tk.Approval.Notes, tid)
+	}
+
+	// Everything on the page: only the task waiting for approval moves,
+	// and the answer says why each other one did not.
+	p.step("select the whole page", chromedp.Click(chromedp.ID("select-all")))
+	p.waitJS("every task that has not ended is selected", `document.getElementById('bulk-count').textContent === '4 tasks selected · 1 waiting for approval' &&
+		document.getElementById('select-all').checked`)
+	p.step("reject the page without a reason", chromedp.Click(chromedp.ID("bulk-reject")), chromedp.Click(chromedp.ID("bulk-confirm-btn")))
+	p.waitJS("a reason is asked for", `document.getElementById('bulk-text').classList.contains('invalid') &&
+		document.querySelector('label[for="bulk-text"]').textContent === 'Reason (required)' && `+statusOf(a3)+` === 'pending approval'`)
+	p.step("approve the page", chromedp.Click(chromedp.ID("bulk-approve")))
+	p.waitJS("the confirmation warns about the others", `document.getElementById('bulk-confirm-note').textContent.startsWith('3 of them are not waiting for approval')`)
+	p.step("confirm", chromedp.Click(chromedp.ID("bulk-confirm-btn")))
+	p.waitJS("one moved, three did not, each with its reason", bulkResult+`.includes('Approved 1 of 4 tasks.') &&
+		`+bulkResult+`.includes('3 tasks did not move') &&
+		document.querySelectorAll('#bulk-result .bulk-failed li').length === 3 &&
+		[...document.querySelectorAll('#bulk-result .bulk-failed li')].every(li => li.textContent.includes('invalid_transition')) &&
+		[`+jsString(a1)+`, `+jsString(a2)+`, `+jsString(c1.ID)+`].every(id => document.querySelector('#bulk-result li[data-task-id="' + id + '"]')) &&
+		`+statusOf(a3)+` === 'approved'`)
+	p.screenshot("bulk-approve-partial")
+	tk, err = svc.Get(ctx, a3)
+	require.NoError(t, err)
+	assert.Equal(t, task.StatusApproved, tk.Status)
+	tk, err = svc.Get(ctx, c1.ID)
+	require.NoError(t, err)
+	assert.Equal(t, task.StatusPending, tk.Status, "a task the bulk approve does not apply to is not written")
+
+	// Bulk cancel with a reason.
+	p.step("select two tasks to cancel", chromedp.Click(checkOf(a1)), chromedp.Click(checkOf(c1.ID)))
+	p.waitJS("the bar counts them", `document.getElementById('bulk-count').textContent === '2 tasks selected · 0 waiting for approval' &&
+		document.getElementById('bulk-approve').disabled && !document.getElementById('bulk-cancel').disabled`)
+	p.step("ask to cancel them", chromedp.Click(chromedp.ID("bulk-cancel")))
+	p.waitJS("cancelling asks for confirmation", `document.getElementById('bulk-confirm-title').textContent === 'Cancel 2 selected tasks?'`)
+	p.step("confirm the cancel",
+		chromedp.SendKeys(chromedp.ID("bulk-text"), "Rack r7 decommissioned"),
+		chromedp.Click(chromedp.ID("bulk-confirm-btn")))
+	p.waitJS("both are cancelled", bulkResult+`.includes('Cancelled 2 of 2 tasks.') &&
+		`+statusOf(a1)+` === 'cancelled' && `+statusOf(c1.ID)+` === 'cancelled' && `+statusOf(a2)+` === 'approved' &&
+		`+rowOf(a1)+`.querySelector('input.select-task').disabled && `+browserNoReload)
+	p.screenshot("bulk-cancelled")
+	for _, tid := range []string{a1, c1.ID} {
+		tk, err := svc.Get(ctx, tid)
+		require.NoError(t, err)
+		assert.Equal(t, task.StatusCancelled, tk.Status, tid)
+		require.NotEmpty(t, tk.Timeline, tid)
+		assert.Equal(t, "Rack r7 decommissioned", tk.Timeline[len(tk.Timeline)-1].Message, tid)
+	}
+
+	// Search by MAC: a prefix, then one machine in another spelling.
+	shown := `[...document.querySelectorAll('#tasks tbody tr[data-task-id]')].map(tr => tr.dataset.taskId).sort().join(',')`
+	want := func(ids ...string) string {
+		slices.Sort(ids)
+		return shown + ` === ` + jsString(strings.Join(ids, ","))
+	}
+	// (SetValue refuses an empty value.)
+	clearMAC := chromedp.Evaluate[chromedp.Void](`document.getElementById('filter-mac').value = ''`)
+	p.step("search a MAC prefix", chromedp.SendKeys(chromedp.ID("filter-mac"), "52-54-00-00-00"))
+	p.waitJS("the prefix narrows the list", want(a1, a2, a3)+` && new URLSearchParams(location.search).get('mac_prefix') === '52-54-00-00-00' &&
+		document.getElementById('task-count').textContent === '3 tasks'`)
+	p.screenshot("mac-prefix")
+	p.step("search one MAC", clearMAC, chromedp.SendKeys(chromedp.ID("filter-mac"), "5254.0000.00A2\r"))
+	p.waitJS("the MAC finds its task", want(a2)+` && new URLSearchParams(location.search).get('mac') === '5254.0000.00A2'`)
+	p.step("search something that is no MAC", clearMAC, chromedp.SendKeys(chromedp.ID("filter-mac"), "52:zz\r"))
+	p.waitJS("the search says what is wrong", `document.getElementById('filter-mac').classList.contains('invalid') &&
+		document.querySelector('.alert-error') !== null && document.querySelector('.alert-error').textContent.includes('MAC')`)
+	p.step("clear the search", clearMAC, chromedp.SendKeys(chromedp.ID("filter-mac"), "\r"))
+	p.waitJS("the whole list is back", want(id, other.ID, a1, a2, a3, c1.ID)+` && location.search === '' &&
+		!document.getElementById('filter-mac').classList.contains('invalid') && `+browserNoReload)
+
+	// --- The regions page: dc1 online with its active tasks by status,
+	// updated live, dc2 offline.
+	regionRow := func(r string) string { return `document.querySelector('tr[data-region-id="` + r + `"]')` }
+	activeOf := func(r, status string) string {
+		return `(() => { const c = ` + regionRow(r) + `.querySelector('.count-chip[data-status="` + status + `"] .count'); return c ? c.textContent : ''; })()`
+	}
+	// The region renews its heartbeat every few seconds; the test renews it
+	// once, so that it is recent however long the steps above took.
+	_, err = st.Put(ctx, task.RegionHeartbeatKey("dc1"), []byte(time.Now().UTC().Format(time.RFC3339)))
+	require.NoError(t, err)
+	p.step("open the regions page", chromedp.Click(chromedp.ID("nav-regions")), chromedp.WaitVisible(chromedp.ID("regions")))
+	p.waitJS("dc1 is online with its active tasks", regionRow("dc1")+` !== null &&
+		`+regionRow("dc1")+`.querySelector('.region-status').textContent === 'online' &&
+		/^(just now|\d+ s ago)$/.test(`+regionRow("dc1")+`.querySelector('time').textContent) &&
+		`+regionRow("dc1")+`.textContent.includes('ubuntu 24.04 (image)') &&
+		`+regionRow("dc1")+`.textContent.includes('debian 12 (installer)') &&
+		`+activeOf("dc1", "approved")+` === '2' && `+regionRow("dc1")+`.querySelector('.active-total').textContent === '2 active' &&
+		`+regionRow("dc2")+` !== null && `+regionRow("dc2")+`.querySelector('.region-status').textContent === 'offline' &&
+		`+regionRow("dc2")+`.querySelector('.active-cell').textContent === 'none' &&
+		document.getElementById('region-count').textContent === '2 regions · 1 online' && `+browserNoReload)
+	p.screenshot("regions")
+	_, err = svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: "0c:c4:7a:00:00:02", OSType: "debian", OSVersion: "12", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	p.waitJS("a new task is counted without a reload", activeOf("dc1", "pending")+` === '1' &&
+		`+regionRow("dc1")+`.querySelector('.active-total').textContent === '3 active' && `+browserNoReload)
+	p.step("follow a count to its tasks", chromedp.Click(chromedp.CSS(`tr[data-region-id="dc1"] .count-chip[data-status="approved"]`)))
+	p.waitJS("the list shows dc1's approved tasks", want(a2, a3)+` && document.getElementById('filter-region').value === 'dc1' &&
+		document.getElementById('filter-status').value === 'approved' && `+browserNoReload)
+	p.screenshot("regions-to-list")
+
 	// --- Sign out forgets the token.
 	p.step("sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("token")))
 	assert.True(t, browserEval[bool](p, `sessionStorage.getItem('lpmos.token') === null && document.getElementById('conn').hidden`))
+
+	// --- A viewer sees the list and the regions but cannot select or move
+	// tasks.
+	p.step("sign in as a viewer",
+		chromedp.SendKeys(chromedp.ID("token"), browserViewToken),
+		chromedp.Click(chromedp.ID("signin-submit")),
+		chromedp.WaitVisible(chromedp.ID("tasks")))
+	p.waitJS("the viewer's list has no selection", rowOf(a2)+` !== null && document.querySelector('#tasks input[type=checkbox]') === null &&
+		document.getElementById('bulk-bar') === null && document.getElementById('nav-create').hidden`)
+	p.step("the viewer opens the regions page", chromedp.Click(chromedp.ID("nav-regions")), chromedp.WaitVisible(chromedp.ID("regions")))
+	p.waitJS("the viewer sees the regions", activeOf("dc1", "approved")+` === '2'`)
+	p.step("the viewer signs out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("token")))
 
 	// Nothing was blocked by the CSP, nothing threw, nothing ran.
 	assert.Empty(t, browserEval[[]string](p, `window.__cspViolations`), "CSP violations")

@@ -25,7 +25,7 @@
 //	PUT    /api/v1/tasks/{id}/approve   approve (operator)  {approved: true, notes} → {task_id, status, approval, next_status}
 //	PUT    /api/v1/tasks/{id}/reject    reject (operator)   {reason} → {task_id, status, approval}
 //	DELETE /api/v1/tasks/{id}           cancel (operator)   204; ?reason= is recorded
-//	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, capabilities}]}
+//	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, capabilities, active_tasks}]}
 //	GET    /api/v1/whoami               (viewer)            {subject, role}
 //
 // A caller's subject says how it signed in and who it is: "token:<name>"
@@ -39,6 +39,13 @@
 // region_id, target_mac, os_type, os_version, created_at, created_by, tags,
 // progress, error}; GET of one task returns the whole task with its fields
 // under metadata, plus hardware, approval and timeline.
+//
+// A region is listed once it has written any of its keys (heartbeat,
+// status, capabilities); status is "online" while its heartbeat key lives
+// and it has not said "offline". active_tasks counts its tasks that have not
+// ended, by status ({"pending_approval": 3, ...}; {} for none), from this
+// replica's task view; it is null while that view is still loading. Tasks
+// of a region that never registered are not counted anywhere.
 //
 // List filters combine (a task passes all that are given): status is
 // repeatable or comma-separated and matches any of them; mac is one

@@ -22,6 +22,10 @@ type Region struct {
 	Status        string             `json:"status"`
 	LastHeartbeat string             `json:"last_heartbeat,omitempty"`
 	Capabilities  *task.Capabilities `json:"capabilities,omitempty"`
+	// ActiveTasks counts the region's tasks that have not ended, by
+	// status, from this replica's task view: {} when there are none, nil
+	// (null) while the view is still loading and cannot tell.
+	ActiveTasks map[task.Status]int `json:"active_tasks"`
 }
 
 type regionState struct {
@@ -108,6 +112,24 @@ func (c *regionCache) list() []Region {
 		out = append(out, Region{ID: id, Status: status, LastHeartbeat: r.heartbeat, Capabilities: r.capabilities})
 	}
 	slices.SortFunc(out, func(a, b Region) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// countActive counts the tasks that have not ended by region and status,
+// so that the regions page needs one request instead of one list per
+// region and status.
+func countActive(tasks []*task.Task) map[string]map[task.Status]int {
+	out := map[string]map[task.Status]int{}
+	for _, t := range tasks {
+		if t.Status.Terminal() {
+			continue
+		}
+		r := t.Metadata.RegionID
+		if out[r] == nil {
+			out[r] = map[task.Status]int{}
+		}
+		out[r][t.Status]++
+	}
 	return out
 }
 

@@ -1,12 +1,14 @@
 // Package web is the LPMOS dashboard: a static single-page application
 // (vanilla JavaScript and CSS, no framework, nothing from a CDN) embedded
 // into the binary with embed, which operators use to create install tasks,
-// review the hardware a machine reported, approve or reject it and watch
-// the install progress live.
+// review the hardware a machine reported, approve or reject it (one task or
+// many selected at once), watch the install progress live and see which
+// regions are online and how busy they are.
 //
 // Handler serves the HTML shell for every page route of the dashboard
-// (/, /dashboard, /tasks, /tasks/create, /tasks/{id}, /tasks/{id}/approve;
-// the script renders the view from the URL) and the assets under /static/.
+// (/, /dashboard, /tasks, /tasks/create, /tasks/{id}, /tasks/{id}/approve,
+// /regions; the script renders the view from the URL) and the assets under
+// /static/.
 // Everything else is 404, and every response carries a strict Content
 // Security Policy that allows no inline script or style.
 //
@@ -160,7 +162,7 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // probes get a real 404 rather than an empty shell.
 func isPage(p string) bool {
 	switch p {
-	case "/", "/dashboard", "/tasks", "/tasks/create":
+	case "/", "/dashboard", "/tasks", "/tasks/create", "/regions":
 		return true
 	}
 	rest, ok := strings.CutPrefix(p, "/tasks/")

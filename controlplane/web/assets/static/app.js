@@ -228,7 +228,8 @@
   // ------------------------------------------------------------------
   // Live updates: one WebSocket per tab.
   //
-  // Subscriptions follow the view: the task list subscribes to "*", a task
+  // Subscriptions follow the view: the task list and the regions page
+  // (whose counts move with every status change) subscribe to "*", a task
   // page to its own task only, the create form and sign-in to nothing. A
   // task page thus never pays for the rest of a busy fleet (thousands of
   // installs each sending progress), and the list, which shows every task,
@@ -385,6 +386,7 @@
   function parseRoute(path) {
     if (path === '/' || path === '/dashboard' || path === '/tasks') return { name: 'list' };
     if (path === '/tasks/create') return { name: 'create' };
+    if (path === '/regions') return { name: 'regions' };
     const m = /^\/tasks\/([^/]+)(\/approve)?$/.exec(path);
     if (m && TASK_ID_RE.test(m[1])) return { name: 'detail', id: m[1], approve: Boolean(m[2]) };
     return { name: 'notfound' };
@@ -416,11 +418,13 @@
     const r = parseRoute(location.pathname);
     for (const a of mainnav.querySelectorAll('a')) {
       const target = a.getAttribute('href');
-      a.classList.toggle('active', (r.name === 'list' && target === '/tasks') || (r.name === 'create' && target === '/tasks/create'));
+      a.classList.toggle('active', (r.name === 'list' && target === '/tasks') || (r.name === 'create' && target === '/tasks/create') ||
+        (r.name === 'regions' && target === '/regions'));
     }
     switch (r.name) {
       case 'list': view = listView(); break;
       case 'create': view = createView(); break;
+      case 'regions': view = regionsView(); break;
       case 'detail': view = detailView(r.id, r.approve); break;
       default: view = notFoundView();
     }
@@ -510,16 +514,35 @@
   // Task list: /, /dashboard, /tasks. Filters live in the query string, so
   // a reload or a shared link shows the same page.
 
+  // macQuery says how the list API is asked for what was typed in the MAC
+  // search: a whole address (in any spelling the API parses: colons,
+  // dashes, Cisco dots or bare hex) is the exact filter mac, anything else
+  // is sent as mac_prefix and the API says if it is not the start of a MAC.
+  const FULL_MAC_RE = /^(?:[0-9a-f]{2}(?:[:-][0-9a-f]{2}){5}|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}|[0-9a-f]{12})$/i;
+
+  function macQuery(text) {
+    const t = String(text || '').trim();
+    if (!t) return null;
+    return [FULL_MAC_RE.test(t) ? 'mac' : 'mac_prefix', t];
+  }
+
   function listView() {
     document.title = 'Tasks · LPMOS';
     const q = new URLSearchParams(location.search);
     const filter = {
       region: q.get('region_id') || '',
       status: q.get('status') || '',
+      mac: q.get('mac') || q.get('mac_prefix') || '',
       offset: Math.max(0, parseInt(q.get('offset') || '0', 10) || 0),
     };
     const v = { sub: '*', alive: true };
-    const rows = new Map(); // task id → { task, tr, badge, progressCell, widget }
+    const rows = new Map(); // task id → { task, tr, badge, check, progressCell, widget }
+    // Operators select tasks on the page for a bulk approve, reject or
+    // cancel. The selection only ever holds tasks shown on this page that
+    // have not ended: a refresh drops the others, so a bulk call never acts
+    // on a task the operator cannot see.
+    const operator = canOperate();
+    const selected = new Set();
 
     const regionSel = el('select', { id: 'filter-region', name: 'region_id' }, el('option', { value: '', text: 'All regions' }));
     if (filter.region) append(regionSel, [el('option', { value: filter.region, text: filter.region })]);
@@ -533,6 +556,7 @@
       append(statusSel, [el('option', { value: filter.status, text: filter.status })]);
       statusSel.value = filter.status;
     }
+    const macInput = el('input', { type: 'text', id: 'filter-mac', name: 'mac', value: filter.mac, placeholder: '52:54:00 or a whole MAC', autocomplete: 'off', spellcheck: 'false' });
 
     const countEl = el('span', { class: 'muted', id: 'task-count' });
     const alerts = el('div');
@@ -542,37 +566,215 @@
     function applyFilters() {
       filter.region = regionSel.value;
       filter.status = statusSel.value;
+      filter.mac = macInput.value.trim();
       filter.offset = 0;
+      bulkResult.replaceChildren(); // it spoke of tasks this page may no longer show
       history.replaceState(null, '', listURL());
       refresh();
     }
     regionSel.addEventListener('change', applyFilters);
     statusSel.addEventListener('change', applyFilters);
+    // The MAC search applies as the operator types (after a pause), or at
+    // once on Enter.
+    let macTimer = null;
+    macInput.addEventListener('input', () => {
+      macInput.classList.remove('invalid');
+      clearTimeout(macTimer);
+      macTimer = setTimeout(applyFilters, 300);
+    });
+    macInput.addEventListener('keydown', (e) => {
+      if (e.key !== 'Enter') return;
+      e.preventDefault();
+      clearTimeout(macTimer);
+      applyFilters();
+    });
 
     function listURL() {
       const p = new URLSearchParams();
       if (filter.region) p.set('region_id', filter.region);
       if (filter.status) p.set('status', filter.status);
+      const mq = macQuery(filter.mac);
+      if (mq) p.set(mq[0], mq[1]);
       if (filter.offset) p.set('offset', String(filter.offset));
       const s = p.toString();
       return location.pathname + (s ? '?' + s : '');
     }
 
+    // --- Bulk actions (operators only).
+    const selectAll = el('input', { type: 'checkbox', id: 'select-all', 'aria-label': 'Select every task on this page' });
+    const bulkCount = el('span', { id: 'bulk-count', class: 'bulk-count' });
+    const bulkApprove = el('button', { type: 'button', class: 'btn btn-ok btn-small', id: 'bulk-approve', text: 'Approve…' });
+    const bulkReject = el('button', { type: 'button', class: 'btn btn-danger btn-small', id: 'bulk-reject', text: 'Reject…' });
+    const bulkCancel = el('button', { type: 'button', class: 'btn btn-secondary btn-small', id: 'bulk-cancel', text: 'Cancel tasks…' });
+    const bulkClear = el('button', { type: 'button', class: 'btn btn-secondary btn-small', id: 'bulk-clear', text: 'Clear selection' });
+    const confirmTitle = el('h2', { id: 'bulk-confirm-title' });
+    const confirmNote = el('p', { class: 'muted', id: 'bulk-confirm-note' });
+    const confirmLabel = el('label', { for: 'bulk-text' });
+    const confirmText = el('input', { type: 'text', id: 'bulk-text', name: 'bulk-text', autocomplete: 'off' });
+    const confirmBtn = el('button', { type: 'button', class: 'btn', id: 'bulk-confirm-btn' });
+    const confirmKeep = el('button', { type: 'button', class: 'btn btn-secondary', id: 'bulk-keep', text: 'Go back' });
+    const confirmBox = el('div', { class: 'bulk-confirm', id: 'bulk-confirm', hidden: true },
+      confirmTitle, confirmNote,
+      el('div', { class: 'field' }, confirmLabel, confirmText),
+      el('div', { class: 'btn-row' }, confirmBtn, confirmKeep));
+    const bulkBar = el('section', { class: 'panel bulk-bar', id: 'bulk-bar', hidden: true },
+      el('div', { class: 'btn-row' }, bulkCount, el('div', { class: 'spacer' }), bulkApprove, bulkReject, bulkCancel, bulkClear),
+      confirmBox);
+    const bulkResult = el('div', { id: 'bulk-result' });
+
+    // The three moves: the endpoint, what the text field means, and the
+    // words of the confirmation and of the result.
+    const MOVES = {
+      approve: { path: '/api/v1/tasks/approve', field: 'notes', label: 'Notes (optional)', verb: 'Approve', done: 'Approved', btn: 'btn btn-ok' },
+      reject: { path: '/api/v1/tasks/reject', field: 'reason', label: 'Reason (required)', verb: 'Reject', done: 'Rejected', btn: 'btn btn-danger', required: true },
+      cancel: { path: '/api/v1/tasks/cancel', field: 'reason', label: 'Reason (optional)', verb: 'Cancel', done: 'Cancelled', btn: 'btn btn-danger' },
+    };
+    let pending = null; // the move being confirmed
+
+    function plural(n, word) {
+      return n + ' ' + word + (n === 1 ? '' : 's');
+    }
+
+    function waitingCount() {
+      let n = 0;
+      for (const id of selected) {
+        const row = rows.get(id);
+        if (row && row.task.status === 'pending_approval') n++;
+      }
+      return n;
+    }
+
+    function updateBulk() {
+      if (!operator) return;
+      const n = selected.size;
+      bulkBar.hidden = n === 0;
+      if (n === 0) closeConfirm();
+      const waiting = waitingCount();
+      bulkCount.textContent = plural(n, 'task') + ' selected' + (n ? ' · ' + waiting + ' waiting for approval' : '');
+      bulkApprove.disabled = waiting === 0;
+      bulkReject.disabled = waiting === 0;
+      let selectable = 0;
+      for (const row of rows.values()) if (row.check && !row.check.disabled) selectable++;
+      selectAll.disabled = selectable === 0;
+      selectAll.checked = selectable > 0 && n === selectable;
+      selectAll.indeterminate = n > 0 && n < selectable;
+    }
+
+    function openConfirm(name) {
+      const m = MOVES[name];
+      const n = selected.size;
+      const waiting = waitingCount();
+      pending = name;
+      confirmTitle.textContent = m.verb + ' ' + plural(n, 'selected task') + '?';
+      confirmNote.textContent = name === 'cancel'
+        ? 'Each machine stops being provisioned; a new task can be created for it afterwards.'
+        : (waiting < n ? (n - waiting) + ' of them ' + (n - waiting === 1 ? 'is' : 'are') + ' not waiting for approval and will not move. ' : '') +
+          'Check each machine’s hardware before you ' + m.verb.toLowerCase() + ' in bulk.';
+      confirmLabel.textContent = m.label;
+      confirmText.value = '';
+      confirmText.classList.remove('invalid');
+      confirmBtn.className = m.btn;
+      confirmBtn.textContent = m.verb + ' ' + plural(n, 'task');
+      confirmBtn.disabled = false;
+      confirmBox.hidden = false;
+      confirmText.focus();
+    }
+
+    function closeConfirm() {
+      pending = null;
+      confirmBox.hidden = true;
+    }
+
+    bulkApprove.addEventListener('click', () => openConfirm('approve'));
+    bulkReject.addEventListener('click', () => openConfirm('reject'));
+    bulkCancel.addEventListener('click', () => openConfirm('cancel'));
+    confirmKeep.addEventListener('click', closeConfirm);
+    bulkClear.addEventListener('click', () => { setSelection([]); });
+    confirmText.addEventListener('input', () => confirmText.classList.remove('invalid'));
+    confirmText.addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); confirmBtn.click(); } });
+    selectAll.addEventListener('change', () => {
+      const ids = [];
+      if (selectAll.checked) for (const [id, row] of rows) if (row.check && !row.check.disabled) ids.push(id);
+      setSelection(ids);
+    });
+
+    function setSelection(ids) {
+      selected.clear();
+      for (const id of ids) selected.add(id);
+      for (const [id, row] of rows) if (row.check) row.check.checked = selected.has(id);
+      closeConfirm();
+      updateBulk();
+    }
+
+    confirmBtn.addEventListener('click', async () => {
+      const name = pending;
+      if (!name) return;
+      const m = MOVES[name];
+      const text = confirmText.value.trim();
+      if (m.required && !text) {
+        confirmText.classList.add('invalid');
+        confirmText.focus();
+        return;
+      }
+      const ids = [...selected];
+      const body = { ids };
+      if (text) body[m.field] = text;
+      confirmBtn.disabled = true;
+      bulkResult.replaceChildren();
+      let res;
+      try {
+        res = await api('POST', m.path, { body });
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        confirmBtn.disabled = false;
+        fill(bulkResult, alertBox('error', m.verb + ' did not work', err.message));
+        refresh(); // after a lost answer some tasks may have moved
+        return;
+      }
+      if (!v.alive) return;
+      showResult(m, ids.length, res.data || {});
+      setSelection([]);
+      refresh();
+    });
+
+    // showResult says how many tasks moved and, for each one that did not,
+    // why (as the API explains it).
+    function showResult(m, asked, data) {
+      const moved = Array.isArray(data.moved) ? data.moved : [];
+      const failed = Array.isArray(data.failed) ? data.failed : [];
+      const title = m.done + ' ' + moved.length + ' of ' + plural(asked, 'task') + '.';
+      fill(bulkResult, el('div', { class: 'alert alert-' + (failed.length ? 'warn' : 'info'), role: 'status' },
+        el('div', { class: 'alert-title', text: title }),
+        failed.length ? el('div', { text: plural(failed.length, 'task') + ' did not move:' }) : null,
+        failed.length ? el('ul', { class: 'bulk-failed' }, failed.map((f) => {
+          const id = f && typeof f.task_id === 'string' ? f.task_id : '';
+          const e = (f && f.error) || {};
+          return el('li', { dataset: { taskId: id } },
+            TASK_ID_RE.test(id) ? link(taskPath(id), shortID(id), 'mono') : el('span', { class: 'mono', text: id || '?' }),
+            ': ', String(e.message || 'not moved'), e.code ? el('span', { class: 'muted', text: ' (' + e.code + ')' }) : null);
+        })) : null));
+    }
+
+    const columns = ['Status', 'Task', 'Region', 'MAC', 'OS', 'Created', 'Progress'];
     fill(app,
       el('div', { class: 'page-head' },
         el('h1', { text: 'Install tasks' }), countEl,
         el('div', { class: 'spacer' }),
-        canOperate() ? link('/tasks/create', 'New task', 'btn') : null),
+        operator ? link('/tasks/create', 'New task', 'btn') : null),
       alerts,
       el('div', { class: 'panel' },
         el('div', { class: 'filters' },
           el('div', { class: 'field' }, el('label', { for: 'filter-region', text: 'Region' }), regionSel),
-          el('div', { class: 'field' }, el('label', { for: 'filter-status', text: 'Status' }), statusSel))),
+          el('div', { class: 'field' }, el('label', { for: 'filter-status', text: 'Status' }), statusSel),
+          el('div', { class: 'field' }, el('label', { for: 'filter-mac', text: 'MAC address' }), macInput))),
+      operator ? bulkBar : null,
+      bulkResult,
       el('div', { class: 'panel' },
         el('div', { class: 'table-wrap' },
           el('table', { class: 'tasks', id: 'tasks' },
             el('thead', null, el('tr', null,
-              ['Status', 'Task', 'Region', 'MAC', 'OS', 'Created', 'Progress'].map((h) => el('th', { text: h })))),
+              operator ? el('th', { class: 'select-cell' }, selectAll) : null,
+              columns.map((h) => el('th', { text: h })))),
             tbody)),
         pager));
 
@@ -607,12 +809,33 @@
       }
     }
 
+    // checkState follows a row's status: a task that has ended cannot be
+    // selected (no bulk move applies to it).
+    function checkState(row) {
+      if (!row.check) return;
+      const ended = TERMINAL.has(row.task.status);
+      row.check.disabled = ended;
+      if (ended && selected.delete(row.task.task_id)) closeConfirm();
+      row.check.checked = selected.has(row.task.task_id);
+    }
+
     function renderRow(t) {
       // List entries are summaries with the request's fields at the top
       // level; a full task nests them under metadata. Accept both.
       const md = t.metadata || t;
-      const row = { task: t, badge: badge(t.status), progressCell: el('td', { class: 'progress-cell' }) };
+      const row = { task: t, badge: badge(t.status), progressCell: el('td', { class: 'progress-cell' }), check: null };
+      if (operator) {
+        row.check = el('input', { type: 'checkbox', class: 'select-task', 'aria-label': 'Select task ' + shortID(t.task_id) });
+        row.check.addEventListener('change', () => {
+          if (row.check.checked) selected.add(t.task_id);
+          else selected.delete(t.task_id);
+          closeConfirm();
+          updateBulk();
+        });
+        checkState(row);
+      }
       row.tr = el('tr', { dataset: { taskId: t.task_id } },
+        operator ? el('td', { class: 'select-cell' }, row.check) : null,
         el('td', { class: 'status-cell' }, row.badge),
         el('td', null, link(taskPath(t.task_id), shortID(t.task_id), 'mono'), tagChips(md.tags)),
         el('td', { text: dash(md.region_id) }),
@@ -628,15 +851,24 @@
       const p = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(filter.offset) });
       if (filter.region) p.set('region_id', filter.region);
       if (filter.status) p.set('status', filter.status);
+      const mq = macQuery(filter.mac);
+      if (mq) p.set(mq[0], mq[1]);
       let res;
       try {
         res = await api('GET', '/api/v1/tasks?' + p.toString());
       } catch (err) {
-        if (v.alive && !err.signedOut) fill(alerts, alertBox('error', 'Could not load tasks', err.message));
+        if (!v.alive || err.signedOut) return;
+        if (err.field === 'mac' || err.field === 'mac_prefix') {
+          macInput.classList.add('invalid');
+          fill(alerts, alertBox('error', 'Not a MAC address to search for', err.message));
+        } else {
+          fill(alerts, alertBox('error', 'Could not load tasks', err.message));
+        }
         return;
       }
       if (!v.alive) return;
       alerts.replaceChildren();
+      macInput.classList.remove('invalid');
       const page = res.data || {};
       const tasks = Array.isArray(page.tasks) ? page.tasks : [];
       const total = Number(page.total) || 0;
@@ -655,10 +887,19 @@
         rows.set(t.task_id, row);
         trs.push(row.tr);
       }
+      // Keep only the selected tasks this page still shows.
+      for (const id of [...selected]) {
+        if (!rows.has(id)) {
+          selected.delete(id);
+          closeConfirm();
+        }
+      }
+      updateBulk();
+      const filtered = filter.region || filter.status || filter.mac;
       if (!trs.length) {
-        trs.push(el('tr', null, el('td', { colspan: '7', class: 'empty' },
-          filter.region || filter.status ? 'No tasks match these filters.' : 'No tasks yet. ',
-          !filter.region && !filter.status && canOperate() ? link('/tasks/create', 'Create the first one.') : null)));
+        trs.push(el('tr', null, el('td', { colspan: String(columns.length + (operator ? 1 : 0)), class: 'empty' },
+          filtered ? 'No tasks match these filters.' : 'No tasks yet. ',
+          !filtered && operator ? link('/tasks/create', 'Create the first one.') : null)));
       }
       fill(tbody, trs);
       countEl.textContent = total === 1 ? '1 task' : total + ' tasks';
@@ -676,6 +917,9 @@
       fill(pager, prev, el('span', { class: 'muted', text: from + '–' + to + ' of ' + total }), next);
     }
 
+    // matches says whether a status change can concern this page. Status
+    // messages carry no MAC, so with a MAC search a task not shown (a new
+    // one, say) is refetched for in case it matches.
     function matches(status, region) {
       if (filter.region && region && region !== filter.region) return false;
       if (filter.status && !filter.status.split(',').includes(status)) return false;
@@ -695,6 +939,8 @@
           if (typeof msg.revision === 'number') row.task.revision = msg.revision;
           setBadge(row.badge, msg.status);
           progressCell(row);
+          checkState(row);
+          updateBulk();
           if (!matches(msg.status, msg.region_id)) refresh.soon();
           break;
         case 'progress':
@@ -705,7 +951,127 @@
       }
     };
     v.resync = () => refresh();
-    v.destroy = () => { v.alive = false; refresh.cancel(); };
+    v.destroy = () => { v.alive = false; refresh.cancel(); clearTimeout(macTimer); };
+    return v;
+  }
+
+  // ------------------------------------------------------------------
+  // Regions: /regions. Each region's liveness, what it can install and how
+  // many of its tasks are in each active status. Status changes arrive over
+  // the socket and refetch the counts; heartbeats do not (a region renews
+  // its heartbeat every few seconds), so the page also refetches on a timer
+  // and ages the "last heartbeat" times in between.
+
+  function fmtAgo(s) {
+    if (!s || String(s).startsWith('0001-')) return 'never';
+    const d = new Date(s);
+    if (isNaN(d.getTime())) return String(s);
+    const secs = Math.max(0, Math.round((Date.now() - d.getTime()) / 1000));
+    if (secs < 5) return 'just now';
+    if (secs < 90) return secs + ' s ago';
+    if (secs < 90 * 60) return Math.round(secs / 60) + ' min ago';
+    if (secs < 36 * 3600) return Math.round(secs / 3600) + ' h ago';
+    return Math.round(secs / 86400) + ' d ago';
+  }
+
+  function regionsView() {
+    document.title = 'Regions · LPMOS';
+    const v = { sub: '*', alive: true };
+    const REFRESH_MS = 5000;
+
+    const countEl = el('span', { class: 'muted', id: 'region-count' });
+    const alerts = el('div');
+    const tbody = el('tbody');
+    let ages = []; // [time element, heartbeat] to re-age every second
+
+    fill(app,
+      el('div', { class: 'page-head' },
+        el('h1', { text: 'Regions' }), countEl),
+      alerts,
+      el('div', { class: 'panel' },
+        el('div', { class: 'table-wrap' },
+          el('table', { class: 'regions', id: 'regions' },
+            el('thead', null, el('tr', null,
+              ['Region', 'Status', 'Last heartbeat', 'Capabilities', 'Active tasks'].map((h) => el('th', { text: h })))),
+            tbody))));
+
+    function capabilitiesCell(caps) {
+      if (!caps || typeof caps !== 'object') return el('span', { class: 'muted', text: 'none published' });
+      const os = Array.isArray(caps.os) ? caps.os.filter((o) => o && o.os_type) : [];
+      const services = caps.services && typeof caps.services === 'object' ? Object.keys(caps.services).sort() : [];
+      return [
+        os.length
+          ? el('div', { class: 'tags' }, os.map((o) => el('span', { class: 'tag', text: o.os_type + ' ' + (o.os_version || '') + (o.kind ? ' (' + o.kind + ')' : '') })))
+          : el('div', { class: 'muted', text: 'no OS catalogue' }),
+        services.length
+          ? el('div', { class: 'tags' }, services.map((k) => el('span', { class: 'tag tag-service', text: k + ': ' + caps.services[k] })))
+          : null,
+        caps.region_url ? el('div', { class: 'cap-line' }, 'Machines reach it at ', el('span', { class: 'mono', text: caps.region_url })) : null,
+        caps.version ? el('div', { class: 'cap-line muted', text: 'Version ' + caps.version }) : null,
+      ];
+    }
+
+    function activeCell(id, counts) {
+      if (counts === null || counts === undefined || typeof counts !== 'object') {
+        return el('span', { class: 'muted', text: 'counting…' });
+      }
+      const shown = ACTIVE.filter((s) => Number(counts[s]) > 0);
+      if (!shown.length) return el('span', { class: 'muted active-none', text: 'none' });
+      const total = shown.reduce((n, s) => n + Number(counts[s]), 0);
+      return el('div', { class: 'active-counts' },
+        el('span', { class: 'active-total', text: total + ' active' }),
+        shown.map((s) => el('a', {
+          class: 'count-chip',
+          href: '/tasks?region_id=' + encodeURIComponent(id) + '&status=' + encodeURIComponent(s),
+          'data-nav': true,
+          dataset: { status: s },
+          title: 'List the ' + s.replace(/_/g, ' ') + ' tasks of ' + id,
+        }, badge(s), el('span', { class: 'count', text: String(Number(counts[s])) }))));
+    }
+
+    function renderRow(r) {
+      const online = r.status === 'online';
+      const when = el('time', { datetime: r.last_heartbeat || '', title: fmtTime(r.last_heartbeat) }, fmtAgo(r.last_heartbeat));
+      if (r.last_heartbeat) ages.push([when, r.last_heartbeat]);
+      return el('tr', { dataset: { regionId: r.region_id } },
+        el('td', null, el('a', { href: '/tasks?region_id=' + encodeURIComponent(r.region_id), 'data-nav': true, class: 'mono', text: r.region_id })),
+        el('td', null, el('span', { class: 'badge region-status ' + (online ? 'region-online' : 'region-offline'), text: online ? 'online' : 'offline' })),
+        el('td', { class: 'nowrap' }, when),
+        el('td', { class: 'caps-cell' }, capabilitiesCell(r.capabilities)),
+        el('td', { class: 'active-cell' }, activeCell(r.region_id, r.active_tasks)));
+    }
+
+    const refresh = refresher(async () => {
+      let res;
+      try {
+        res = await api('GET', '/api/v1/regions');
+      } catch (err) {
+        if (v.alive && !err.signedOut) fill(alerts, alertBox('error', 'Could not load the regions', err.message));
+        return;
+      }
+      if (!v.alive) return;
+      alerts.replaceChildren();
+      const regions = ((res.data && res.data.regions) || []).filter((r) => r && typeof r.region_id === 'string');
+      ages = [];
+      const trs = regions.map(renderRow);
+      if (!trs.length) {
+        trs.push(el('tr', null, el('td', { colspan: '5', class: 'empty', text: 'No region has registered with the control plane yet.' })));
+      }
+      fill(tbody, trs);
+      const online = regions.filter((r) => r.status === 'online').length;
+      countEl.textContent = (regions.length === 1 ? '1 region' : regions.length + ' regions') + ' · ' + online + ' online';
+    });
+
+    const poll = setInterval(() => refresh(), REFRESH_MS);
+    const tick = setInterval(() => {
+      for (const [e, s] of ages) e.textContent = fmtAgo(s);
+    }, 1000);
+
+    v.onMessage = function (msg) {
+      if (msg.type === 'status') refresh.soon();
+    };
+    v.resync = () => refresh();
+    v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); clearInterval(tick); };
     return v;
   }
 
