@@ -45,13 +45,20 @@ type testCP struct {
 // startCP runs a control plane on st (a memory store if nil).
 func startCP(t *testing.T, st store.Store, opts ...func(*controlplane.Config)) *testCP {
 	t.Helper()
+	return startCPServer(t, st, httptest.NewServer, opts...)
+}
+
+// startCPServer is startCP with the test server's constructor
+// (httptest.NewTLSServer for HTTPS).
+func startCPServer(t *testing.T, st store.Store, newServer func(http.Handler) *httptest.Server, opts ...func(*controlplane.Config)) *testCP {
+	t.Helper()
 	if st == nil {
 		mem := memory.New()
 		t.Cleanup(func() { mem.Close() })
 		st = mem
 	}
 	cp := &testCP{t: t, st: st, opts: opts, svc: task.NewService(st, task.Config{})}
-	cp.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	cp.ts = newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*cp.handler.Load()).ServeHTTP(w, r)
 	}))
 	cp.start()

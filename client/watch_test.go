@@ -5,7 +5,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -340,4 +343,53 @@ func TestWatchStopsWithItsContext(t *testing.T) {
 func allStacks() string {
 	buf := make([]byte, 1<<20)
 	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// TestOverTLS: REST and the WebSocket over HTTPS, with the TLS
+// configuration of the HTTP client given.
+func TestOverTLS(t *testing.T) {
+	cp := startCPServer(t, nil, httptest.NewTLSServer)
+	ctx := context.Background()
+	require.True(t, strings.HasPrefix(cp.ts.URL, "https://"))
+
+	_, err := cp.client(operatorToken).WhoAmI(ctx)
+	require.Error(t, err, "the test server's certificate is not trusted by default")
+
+	op := cp.client(operatorToken, client.WithHTTPClient(cp.ts.Client()))
+	c, err := op.Create(ctx, createReq("52:54:00:aa:50:01"))
+	require.NoError(t, err)
+	w, err := op.Watch(ctx, client.Subscription{TaskIDs: []string{c.TaskID}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = w.Close() })
+	require.NoError(t, op.Cancel(ctx, c.TaskID, ""))
+	evs := until(t, w, statusIs(task.StatusCancelled))
+	assert.Equal(t, []task.Status{task.StatusPending, task.StatusCancelled}, statuses(evs))
+}
+
+// TestConcurrentUse shares one client between goroutines (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	cp := startCP(t, nil)
+	ctx := context.Background()
+	op := cp.client(operatorToken)
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Go(func() {
+			c, err := op.Create(ctx, createReq(fmt.Sprintf("52:54:00:aa:60:%02x", i)))
+			if err == nil {
+				_, err = op.Get(ctx, c.TaskID)
+			}
+			if err == nil {
+				_, err = op.List(ctx, client.ListOptions{})
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		assert.NoError(t, err)
+	}
+	page, err := op.List(ctx, client.ListOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, 8, page.Total)
 }
