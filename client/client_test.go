@@ -194,6 +194,8 @@ func TestErrors(t *testing.T) {
 			409, client.CodeConflict, "", []error{client.ErrConflict, task.ErrConflict}, 0},
 		{"stale If-Match", func() error { return op.Cancel(ctx, pending.TaskID, "", client.IfMatch(pending.Revision-1)) },
 			409, client.CodeConflict, "", []error{client.ErrConflict, task.ErrConflict}, 0},
+		{"If-Match without a revision", func() error { return op.Cancel(ctx, pending.TaskID, "", client.IfMatch(0)) },
+			400, client.CodeInvalidRequest, "", []error{client.ErrInvalidRequest}, 0},
 		{"unknown token", func() error { _, err := cp.client("nobody-0123456789").WhoAmI(ctx); return err },
 			401, client.CodeUnauthorized, "", []error{client.ErrUnauthorized}, 0},
 		{"viewer may not create", func() error { _, err := cp.client(viewerToken).Create(ctx, createReq("52:54:00:ee:00:09")); return err },

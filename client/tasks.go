@@ -272,24 +272,31 @@ func (c *Client) ListAll(ctx context.Context, opts ListOptions) ([]*task.Task, e
 }
 
 // MoveOption qualifies a single-task approve, reject or cancel.
-type MoveOption func(http.Header)
+type MoveOption func(*moveOptions)
+
+type moveOptions struct {
+	ifMatch    int64
+	hasIfMatch bool
+}
 
 // IfMatch makes a move happen only if the task's status has not moved
 // since the read that returned revision (Task.Revision, a list entry's
 // or an event's); otherwise it fails with ErrConflict and writes nothing.
 func IfMatch(revision int64) MoveOption {
-	return func(h http.Header) { h.Set("If-Match", strconv.Quote(strconv.FormatInt(revision, 10))) }
+	return func(o *moveOptions) { o.ifMatch, o.hasIfMatch = revision, true }
 }
 
+// moveHeader turns the options into request headers.
 func moveHeader(opts []MoveOption) http.Header {
-	if len(opts) == 0 {
+	var o moveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if !o.hasIfMatch {
 		return nil
 	}
-	h := http.Header{}
-	for _, o := range opts {
-		o(h)
-	}
-	return h
+	// Quoted, as the ETag of a GET is.
+	return http.Header{"If-Match": {strconv.Quote(strconv.FormatInt(o.ifMatch, 10))}}
 }
 
 // Decision is the answer to an approve or reject.
