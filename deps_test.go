@@ -31,6 +31,9 @@ type depRule struct {
 	pkgs  []string // the packages this rule governs; the first matching rule wins
 	allow []string // the module packages their non-test code may import
 	why   string   // added to a violation message, to point at the fix
+	// testAllow is what their tests may import on top of allow and
+	// testOnlyAllow, e.g. a server to run the package against.
+	testAllow []string
 }
 
 var depRules = []depRule{
@@ -60,6 +63,9 @@ var depRules = []depRule{
 	{pkgs: []string{"controlplane/..."},
 		allow: []string{".", "task", "store", "hardware", "controlplane/...", "internal/httpjson", "internal/httpserve"},
 		why:   "the control plane talks to regions only through the store, through the store.Store interface"},
+	{pkgs: []string{"client"}, allow: []string{".", "task", "hardware"},
+		why:       "the client knows the API only over HTTP, in the shared vocabulary; it never links the control plane, a region or a store",
+		testAllow: []string{"controlplane/...", "store"}},
 	{pkgs: []string{"internal/httpjson"}, allow: []string{".", "task"},
 		why: "the HTTP/JSON layer maps task errors for both APIs; it knows neither of them"},
 	{pkgs: []string{"internal/httpserve"}, allow: nil,
@@ -208,6 +214,14 @@ func TestDependencyRules(t *testing.T) {
 			withTests(pkg("task"), []string{"region"}, []string{"controlplane"}),
 			[]string{"task (test) imports " + mod("region"), "task (test) imports " + mod("controlplane")}},
 		{"tests may not import examples", withTests(pkg("region"), nil, []string{"examples/allinone"}), []string{"nothing may import examples"}},
+		{"client speaks the vocabulary", pkg("client", ".", "task", "hardware", "github.com/gorilla/websocket"), nil},
+		{"client imports controlplane", pkg("client", "controlplane"), []string{"client imports " + mod("controlplane")}},
+		{"client imports region", pkg("client", "region"), []string{"client imports " + mod("region")}},
+		{"client imports store/etcd", pkg("client", "store/etcd"), []string{"client imports " + mod("store/etcd")}},
+		{"client imports httpjson", pkg("client", "internal/httpjson"), []string{"client imports " + mod("internal/httpjson")}},
+		{"client tests run a control plane", withTests(pkg("client", "task"), nil, []string{"client", "controlplane", "controlplane/auth", "store", "store/memory", "internal/etcdtest"}), nil},
+		{"client tests may not import region", withTests(pkg("client"), nil, []string{"region"}), []string{"client (test) imports " + mod("region")}},
+		{"other packages' tests may not import controlplane", withTests(pkg("task"), nil, []string{"controlplane"}), []string{"task (test) imports " + mod("controlplane")}},
 		{"other modules are ignored", pkg("dhcp", ".", "github.com/insomniacslk/dhcp/dhcpv4", "github.com/lpmos/lpmosx"), nil},
 	}
 	for _, tt := range tests {
@@ -281,7 +295,7 @@ func checkImport(pkg string, rule *depRule, imp string, test bool) string {
 	if slices.ContainsFunc(rule.allow, func(pat string) bool { return matches(pat, target) }) {
 		return ""
 	}
-	if test && slices.ContainsFunc(testOnlyAllow, func(pat string) bool { return matches(pat, target) }) {
+	if test && slices.ContainsFunc(append(slices.Clone(testOnlyAllow), rule.testAllow...), func(pat string) bool { return matches(pat, target) }) {
 		return ""
 	}
 	msg := fmt.Sprintf("%s imports %s, but %s may import only %s", who, imp, displayName(pkg), describe(rule.allow))
