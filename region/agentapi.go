@@ -186,19 +186,27 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 }
 
 // throttle decides whether a progress report is written now: the first,
-// every stage change, and otherwise at most one per ProgressInterval; a
+// every stage change, and otherwise at most one per progress interval; a
 // report held back is kept (the latest wins) and flushed by the loop.
 func (r *Region) throttle(id string, p task.Progress) bool {
 	r.progressMu.Lock()
 	defer r.progressMu.Unlock()
 	st := r.progress[id]
 	now := r.cfg.Now()
-	if st == nil || st.lastStage != p.Stage || now.Sub(st.lastWrite) >= r.cfg.ProgressInterval {
+	if st == nil || st.lastStage != p.Stage || now.Sub(st.lastWrite) >= r.progressIntervalLocked() {
 		r.progress[id] = &progressState{lastWrite: now, lastStage: p.Stage}
 		return true
 	}
 	st.pending = &p
 	return false
+}
+
+// progressIntervalLocked is how often one task's progress is written:
+// ProgressInterval, or longer when that many installs at once would write
+// more than ProgressWriteRate a second.
+func (r *Region) progressIntervalLocked() time.Duration {
+	spread := time.Duration(float64(len(r.progress)) / r.cfg.ProgressWriteRate * float64(time.Second))
+	return max(r.cfg.ProgressInterval, spread)
 }
 
 func (r *Region) dropProgress(id string) {
@@ -220,12 +228,13 @@ func (r *Region) flushProgressLoop(ctx context.Context) error {
 		now := r.cfg.Now()
 		due := map[string]task.Progress{}
 		r.progressMu.Lock()
+		interval := r.progressIntervalLocked()
 		for id, st := range r.progress {
 			if _, _, active := r.tasks.Get(id); !active {
 				delete(r.progress, id)
 				continue
 			}
-			if st.pending != nil && now.Sub(st.lastWrite) >= r.cfg.ProgressInterval {
+			if st.pending != nil && now.Sub(st.lastWrite) >= interval {
 				due[id] = *st.pending
 				st.pending, st.lastWrite = nil, now
 			}

@@ -104,4 +104,5 @@ func (r *Region) recordDiscovered(ctx context.Context, req dhcp.Request) {
 	if _, err := r.cfg.Store.Put(ctx, task.AgentKey(req.MAC, task.AgentFieldInfo), b); err != nil {
 		r.log.Warn("record discovered machine", "mac", req.MAC, "err", err)
 	}
+	r.tokens.forget(req.MAC) // the token record, if any, was replaced
 }

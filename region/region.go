@@ -76,6 +76,13 @@ type Config struct {
 	// ProgressInterval: progress of one task is written to the store at
 	// most this often; stage changes always (default 1 s).
 	ProgressInterval time.Duration
+	// ProgressWriteRate bounds the progress writes (other than stage
+	// changes) of all the region's installing tasks together, per second
+	// on average (default 50): with many installs at once each task's
+	// interval grows (1,000 installs: one write every 20 s each), so that
+	// percentages cannot crowd the store. Stage changes, completions and
+	// failures are written at once whatever the load.
+	ProgressWriteRate float64
 	// ApprovalWait bounds one approval long-poll (default 30 s).
 	ApprovalWait time.Duration
 	// Services is reported in capabilities and /health (e.g. "dhcp":
@@ -173,6 +180,9 @@ func New(cfg Config) (*Region, error) {
 	}
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = time.Second
+	}
+	if cfg.ProgressWriteRate <= 0 {
+		cfg.ProgressWriteRate = 50
 	}
 	if cfg.ApprovalWait <= 0 {
 		cfg.ApprovalWait = 30 * time.Second

@@ -56,7 +56,23 @@ type tokens struct {
 	mu    sync.Mutex
 	clear map[lpmos.MAC]string // the clear token this process issued, per machine
 	used  map[lpmos.MAC]string // the hash of the token known to be used, per machine
+	// records caches the token records this process read or wrote: every
+	// agent call checks its token, and reading the record from the store
+	// each time was a store round trip per call (most of an install's
+	// reads, at fleet scale). An entry is trusted for recordTTL, so that
+	// a record another process wrote (a region taking over) is seen soon.
+	records map[lpmos.MAC]cachedRecord
 }
+
+type cachedRecord struct {
+	info agentInfo
+	rev  int64
+	at   time.Time
+}
+
+// recordTTL bounds how long a cached token record is used without reading
+// the store again.
+const recordTTL = 30 * time.Second
 
 // maxClearTokens bounds tokens.clear; one entry per machine that fetched
 // a script for an active task, so it is reached only by a huge region.
@@ -78,6 +94,14 @@ func hashToken(tok string) string {
 // nil if the machine has none (no record, or a discovered-machine
 // record).
 func (tk *tokens) current(ctx context.Context, mac lpmos.MAC) (*agentInfo, int64, error) {
+	now := tk.now()
+	tk.mu.Lock()
+	c, ok := tk.records[mac]
+	tk.mu.Unlock()
+	if ok && now.Sub(c.at) < recordTTL && now.Sub(c.at) >= 0 {
+		info := c.info // the caller's copy
+		return &info, c.rev, nil
+	}
 	kv, err := tk.st.Get(ctx, task.AgentKey(mac, task.AgentFieldInfo))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, 0, nil
@@ -89,7 +113,21 @@ func (tk *tokens) current(ctx context.Context, mac lpmos.MAC) (*agentInfo, int64
 	if err := json.Unmarshal(kv.Value, &info); err != nil || info.TokenSHA256 == "" {
 		return nil, 0, nil
 	}
+	tk.remember(mac, info, kv.ModRevision, now)
 	return &info, kv.ModRevision, nil
+}
+
+// remember caches a token record read or written at revision rev.
+func (tk *tokens) remember(mac lpmos.MAC, info agentInfo, rev int64, now time.Time) {
+	tk.mu.Lock()
+	defer tk.mu.Unlock()
+	if c, ok := tk.records[mac]; ok && c.rev > rev {
+		return // a newer record is known
+	}
+	if tk.records == nil || len(tk.records) >= maxClearTokens {
+		tk.records = map[lpmos.MAC]cachedRecord{}
+	}
+	tk.records[mac] = cachedRecord{info: info, rev: rev, at: now}
 }
 
 // issue makes a token for a machine's task, bound to the address bound,
@@ -100,11 +138,14 @@ func (tk *tokens) issue(ctx context.Context, mac lpmos.MAC, taskID, firmware, fr
 		return "", err
 	}
 	tok := hex.EncodeToString(b[:])
-	info, _ := json.Marshal(agentInfo{TaskID: taskID, TokenSHA256: hashToken(tok), IssuedAt: tk.now().UTC(),
-		Firmware: firmware, RemoteAddr: from, BoundAddr: bound.String()})
-	if _, err := tk.st.Put(ctx, task.AgentKey(mac, task.AgentFieldInfo), info); err != nil {
+	rec := agentInfo{TaskID: taskID, TokenSHA256: hashToken(tok), IssuedAt: tk.now().UTC(),
+		Firmware: firmware, RemoteAddr: from, BoundAddr: bound.String()}
+	info, _ := json.Marshal(rec)
+	rev, err := tk.st.Put(ctx, task.AgentKey(mac, task.AgentFieldInfo), info)
+	if err != nil {
 		return "", fmt.Errorf("store agent token: %w", err)
 	}
+	tk.remember(mac, rec, rev, tk.now())
 	tk.mu.Lock()
 	if tk.clear == nil || len(tk.clear) >= maxClearTokens {
 		tk.clear = map[lpmos.MAC]string{}
@@ -187,8 +228,10 @@ func (tk *tokens) markUsed(ctx context.Context, mac lpmos.MAC, tok string) {
 		key := task.AgentKey(mac, task.AgentFieldInfo)
 		res, err := tk.st.Txn(ctx, store.Txn{If: []store.Compare{store.ModRevisionIs(key, rev)}, Then: []store.Op{store.OpPut(key, b)}})
 		if err != nil || !res.Succeeded {
+			tk.forget(mac) // read it again next time
 			return
 		}
+		tk.remember(mac, *info, res.Revision, tk.now())
 	}
 	tk.mu.Lock()
 	if tk.used == nil || len(tk.used) >= maxClearTokens {
@@ -213,4 +256,11 @@ func sourceAddr(req *http.Request) netip.Addr {
 		return netip.Addr{}
 	}
 	return ap.Addr().Unmap()
+}
+
+// forget drops a machine's cached token record.
+func (tk *tokens) forget(mac lpmos.MAC) {
+	tk.mu.Lock()
+	delete(tk.records, mac)
+	tk.mu.Unlock()
 }

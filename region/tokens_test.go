@@ -388,3 +388,41 @@ func TestScriptFetchesAreLimitedAndCheap(t *testing.T) {
 	assert.Positive(t, codes[http.StatusTooManyRequests], "fetches beyond the limits are refused")
 	assert.LessOrEqual(t, writes, int64(40), "2,000 fetches must not make 2,000 store writes")
 }
+
+// countingGets counts the store reads of one key.
+type countingGets struct {
+	store.Store
+	key string
+	n   atomic.Int64
+}
+
+func (c *countingGets) Get(ctx context.Context, key string) (store.KV, error) {
+	if key == c.key {
+		c.n.Add(1)
+	}
+	return c.Store.Get(ctx, key)
+}
+
+// An install's agent calls check the token against the record this
+// region wrote, not by reading the store at every call.
+func TestTokenRecordCached(t *testing.T) {
+	mac := "52:54:00:aa:bb:21"
+	hw, err := lpmos.ParseMAC(mac)
+	require.NoError(t, err)
+	st := &countingGets{Store: memStore(t), key: task.AgentKey(hw, task.AgentFieldInfo)}
+	l := startRegion(t, st)
+	tk := l.create(mac)
+	l.waitStatus(tk.ID, task.StatusReady)
+	_, token := l.boot(mac)
+	require.NotEmpty(t, token)
+	before := st.n.Load()
+	l.report(tk.ID, mac, token)
+	_, err = l.svc.Approve(context.Background(), tk.ID, "ops", "")
+	require.NoError(t, err)
+	l.waitStatus(tk.ID, task.StatusApproved)
+	for pct := range 10 {
+		code, body := l.call("POST", agent.PathProgress, token, agent.ProgressRequest{MACAddress: mac, TaskID: tk.ID, Stage: "writing", Percentage: pct * 10})
+		require.Equal(t, http.StatusOK, code, "%v", body)
+	}
+	assert.Zero(t, st.n.Load()-before, "agent calls read the token record from the store")
+}
