@@ -159,10 +159,12 @@ func (d *dashboard) follow(ctx context.Context, id string) error {
 	if err := d.subscribe(ctx, id); err != nil {
 		return err
 	}
-	var t struct {
-		Status task.Status `json:"status"`
-	}
-	if err := d.cp.call(ctx, opGet, "GET", "/api/v1/tasks/"+id, nil, &t); err != nil {
+	var t *task.Task
+	err := d.cp.timed(opGet, func() (err error) {
+		t, err = d.cp.c.Get(ctx, id)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("dashboard %d: load %s: %w", d.n, id, err)
 	}
 	d.mu.Lock()

@@ -23,6 +23,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent/sim"
+	"github.com/lpmos/lpmos/client"
 	"github.com/lpmos/lpmos/store/etcd"
 	"github.com/lpmos/lpmos/task"
 )
@@ -313,7 +314,11 @@ func (f *fleet) start(ctx context.Context) error {
 			return err
 		}
 		f.cps = append(f.cps, p)
-		f.cpAPI = append(f.cpAPI, &controlPlane{base: "http://" + addr, token: f.token, hc: hc, lat: f.lat})
+		cp, err := newControlPlane("http://"+addr, f.token, hc, f.lat)
+		if err != nil {
+			return err
+		}
+		f.cpAPI = append(f.cpAPI, cp)
 		g.Go(func() error { return waitHTTP(wctx, p, "http://"+addr+"/readyz") })
 	}
 	if err := g.Wait(); err != nil {
@@ -322,15 +327,9 @@ func (f *fleet) start(ctx context.Context) error {
 	// Every region online in the control planes' view.
 	for _, cp := range f.cpAPI {
 		for {
-			var regs struct {
-				Regions []struct {
-					ID     string `json:"region_id"`
-					Status string `json:"status"`
-				} `json:"regions"`
-			}
 			online := 0
-			if err := cp.call(wctx, "", "GET", "/api/v1/regions", nil, &regs); err == nil {
-				for _, r := range regs.Regions {
+			if regs, err := cp.c.Regions(wctx); err == nil {
+				for _, r := range regs {
 					if r.Status == "online" {
 						online++
 					}
@@ -528,16 +527,13 @@ func (f *fleet) create(ctx context.Context, i int) (string, error) {
 		RegionID: regionName(i % f.cfg.Regions), TargetMAC: macOf(i).String(),
 		OSType: "ubuntu", OSVersion: "24.04", Tags: map[string]string{"fleet": "bench"},
 	}
-	var out struct {
-		TaskID string `json:"task_id"`
-	}
 	var err error
 	for attempt := range 5 {
-		if err = cp.call(ctx, opCreate, "POST", "/api/v1/tasks", req, &out); err == nil {
+		var out *client.Created
+		if err = cp.timed(opCreate, func() (err error) { out, err = cp.c.Create(ctx, req); return err }); err == nil {
 			return out.TaskID, nil
 		}
-		var ae *apiError
-		if !errors.As(err, &ae) || (ae.Status != http.StatusServiceUnavailable && ae.Status != http.StatusConflict) {
+		if !errors.Is(err, client.ErrUnavailable) && !errors.Is(err, client.ErrCapacity) {
 			return "", err
 		}
 		select {
@@ -614,33 +610,28 @@ func (f *fleet) approveLoop(ctx context.Context, stop <-chan struct{}, r int) {
 		case <-ctx.Done():
 			return
 		}
-		{
-			body := map[string]any{
-				"filter": map[string]any{"region_id": regionName(r), "status": []string{"pending_approval"}},
-				"notes":  "fleet bench",
-			}
-			var out struct {
-				Failed []struct {
-					TaskID string `json:"task_id"`
-					Error  struct {
-						Code string `json:"code"`
-					} `json:"error"`
-				} `json:"failed"`
-			}
-			err := f.cpAPI[(n+r)%len(f.cpAPI)].call(ctx, opApprove, "POST", "/api/v1/tasks/approve", body, &out)
-			var ae *apiError
-			if errors.As(err, &ae) && expected(opApprove, ae.Status) {
-				err = nil // nothing waiting for approval in this region
-			}
-			if err != nil && ctx.Err() == nil {
+		cp := f.cpAPI[(n+r)%len(f.cpAPI)]
+		var out *client.BulkResult
+		err := cp.timed(opApprove, func() (err error) {
+			out, err = cp.c.BulkApprove(ctx, client.ByFilter(client.BulkFilter{
+				RegionID: regionName(r), Statuses: []task.Status{task.StatusPendingApproval},
+			}), "fleet bench")
+			return err
+		})
+		if expected(opApprove, err) {
+			continue // nothing waiting for approval in this region
+		}
+		if err != nil {
+			if ctx.Err() == nil {
 				f.problem("bulk approve %s: %v", regionName(r), err)
 			}
-			for _, fail := range out.Failed {
-				// A filter selects from the replica's view, which may
-				// trail the other replica's approval of the same task.
-				if fail.Error.Code != "invalid_transition" {
-					f.problem("bulk approve %s: %s not moved: %s", regionName(r), fail.TaskID, fail.Error.Code)
-				}
+			continue
+		}
+		for _, fail := range out.Failed {
+			// A filter selects from the replica's view, which may
+			// trail the other replica's approval of the same task.
+			if !errors.Is(fail.Err, client.ErrInvalidTransition) {
+				f.problem("bulk approve %s: %s not moved: %v", regionName(r), fail.TaskID, fail.Err)
 			}
 		}
 	}
@@ -659,8 +650,12 @@ func (f *fleet) listLoop(ctx context.Context, stop <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		}
-		path := fmt.Sprintf("/api/v1/tasks?region_id=%s&limit=50", regionName(n%f.cfg.Regions))
-		if err := f.cpAPI[n%len(f.cpAPI)].call(ctx, opList, "GET", path, nil, nil); err != nil && ctx.Err() == nil {
+		cp := f.cpAPI[n%len(f.cpAPI)]
+		err := cp.timed(opList, func() error {
+			_, err := cp.c.List(ctx, client.ListOptions{RegionID: regionName(n % f.cfg.Regions), Limit: 50})
+			return err
+		})
+		if err != nil && ctx.Err() == nil {
 			f.problem("list: %v", err)
 		}
 	}
@@ -688,22 +683,12 @@ func (f *fleet) sampleLoop(ctx context.Context, stop <-chan struct{}) {
 
 // listAll pages through every task at one control plane.
 func listAll(ctx context.Context, cp *controlPlane, want int) error {
-	seen := 0
-	for offset := 0; ; offset += task.MaxLimit {
-		var page struct {
-			Tasks []json.RawMessage `json:"tasks"`
-			Total int               `json:"total"`
-		}
-		if err := cp.call(ctx, "", "GET", fmt.Sprintf("/api/v1/tasks?limit=%d&offset=%d&sort=created_at", task.MaxLimit, offset), nil, &page); err != nil {
-			return err
-		}
-		seen += len(page.Tasks)
-		if len(page.Tasks) == 0 || offset+len(page.Tasks) >= page.Total {
-			break
-		}
+	all, err := cp.c.ListAll(ctx, client.ListOptions{Limit: task.MaxLimit})
+	if err != nil {
+		return err
 	}
-	if seen < want {
-		return fmt.Errorf("listed %d tasks, want %d", seen, want)
+	if len(all) < want {
+		return fmt.Errorf("listed %d tasks, want %d", len(all), want)
 	}
 	return nil
 }

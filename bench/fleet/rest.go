@@ -1,15 +1,13 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"fmt"
-	"io"
+	"errors"
 	"net/http"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/lpmos/lpmos/client"
 )
 
 // The REST operations whose latency the fleet reports.
@@ -57,72 +55,33 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 	return s[min(max(i, 0), len(s)-1)]
 }
 
-// expected reports whether a non-2xx answer is a normal one: a bulk
-// approval whose filter matched nothing is answered 404.
-func expected(op string, status int) bool {
-	return op == opApprove && status == http.StatusNotFound
-}
-
-// apiError is a non-2xx answer of the control plane.
-type apiError struct {
-	Op, Method, Path string
-	Status           int
-	Body             string
-}
-
-func (e *apiError) Error() string {
-	return fmt.Sprintf("%s %s: %d: %s", e.Method, e.Path, e.Status, e.Body)
-}
-
-// controlPlane calls one control-plane process's REST API as the operator.
+// controlPlane is one control-plane process as one caller sees it: the
+// typed client (client package), timing every call it makes.
 type controlPlane struct {
 	base, token string
-	hc          *http.Client
+	c           *client.Client
 	lat         *latencies
 }
 
-// call sends in as JSON (nil: no body), decodes a 2xx answer into out (nil:
-// discarded) and records the latency under op ("" records nothing).
-func (c *controlPlane) call(ctx context.Context, op, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		data, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(data)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+func newControlPlane(base, token string, hc *http.Client, lat *latencies) (*controlPlane, error) {
+	c, err := client.New(base, client.WithToken(token), client.WithHTTPClient(hc), client.WithUserAgent("lpmos-fleet"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
+	return &controlPlane{base: base, token: token, c: c, lat: lat}, nil
+}
+
+// timed runs one call and records its latency under op, as an error
+// unless the error is a normal answer (see expected).
+func (cp *controlPlane) timed(op string, call func() error) error {
 	start := time.Now()
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if op != "" {
-			c.lat.add(op, time.Since(start), true)
-		}
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if op != "" {
-		c.lat.add(op, time.Since(start), err != nil || (resp.StatusCode >= 300 && !expected(op, resp.StatusCode)))
-	}
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if resp.StatusCode >= 300 {
-		return &apiError{Op: op, Method: method, Path: path, Status: resp.StatusCode, Body: string(bytes.TrimSpace(data))}
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode: %w", method, path, err)
-		}
-	}
-	return nil
+	err := call()
+	cp.lat.add(op, time.Since(start), err != nil && !expected(op, err))
+	return err
+}
+
+// expected reports whether an error is a normal answer: a bulk approval
+// whose filter matched nothing is answered 404.
+func expected(op string, err error) bool {
+	return op == opApprove && errors.Is(err, client.ErrNotFound)
 }
