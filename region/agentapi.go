@@ -171,13 +171,9 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	if write := r.throttle(t.ID, p); write {
-		moved, err := r.svc.ReportProgress(req.Context(), t.ID, r.actor, p)
-		if err != nil {
+	if write, sameStage := r.throttle(t.ID, p); write {
+		if err := r.writeProgress(req.Context(), t, p, sameStage); err != nil {
 			return err
-		}
-		if t.Status == task.StatusApproved {
-			r.observe(moved) // now installing
 		}
 	}
 	r.touch(req, mac)
@@ -188,17 +184,42 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 // throttle decides whether a progress report is written now: the first,
 // every stage change, and otherwise at most one per progress interval; a
 // report held back is kept (the latest wins) and flushed by the loop.
-func (r *Region) throttle(id string, p task.Progress) bool {
+// sameStage says the stage is the one this process last wrote for the
+// task (see writeProgress).
+func (r *Region) throttle(id string, p task.Progress) (write, sameStage bool) {
 	r.progressMu.Lock()
 	defer r.progressMu.Unlock()
 	st := r.progress[id]
 	now := r.cfg.Now()
-	if st == nil || st.lastStage != p.Stage || now.Sub(st.lastWrite) >= r.progressIntervalLocked() {
+	sameStage = st != nil && st.lastStage == p.Stage
+	if !sameStage || now.Sub(st.lastWrite) >= r.progressIntervalLocked() {
 		r.progress[id] = &progressState{lastWrite: now, lastStage: p.Stage}
-		return true
+		return true, sameStage
 	}
 	st.pending = &p
-	return false
+	return false, sameStage
+}
+
+// writeProgress writes a progress report. Within a stage this process
+// wrote itself and while the task is installing, only the progress key is
+// written, without reading the task (task.Service.PutProgress: most of an
+// install's writes); otherwise, or if the status moved meanwhile, through
+// ReportProgress, which moves an approved task to installing and records
+// a new stage in the timeline.
+func (r *Region) writeProgress(ctx context.Context, t *task.Task, p task.Progress, sameStage bool) error {
+	if sameStage && t.Status == task.StatusInstalling {
+		if ok, err := r.svc.PutProgress(ctx, t.ID, p, t.Revision); err != nil || ok {
+			return err
+		}
+	}
+	moved, err := r.svc.ReportProgress(ctx, t.ID, r.actor, p)
+	if err != nil {
+		return err
+	}
+	if t.Status != moved.Status {
+		r.observe(moved) // now installing
+	}
+	return nil
 }
 
 // progressIntervalLocked is how often one task's progress is written:
@@ -226,7 +247,7 @@ func (r *Region) flushProgressLoop(ctx context.Context) error {
 		case <-tick.C:
 		}
 		now := r.cfg.Now()
-		due := map[string]task.Progress{}
+		due := map[string]task.Progress{} // all in the stage last written
 		r.progressMu.Lock()
 		interval := r.progressIntervalLocked()
 		for id, st := range r.progress {
@@ -241,7 +262,11 @@ func (r *Region) flushProgressLoop(ctx context.Context) error {
 		}
 		r.progressMu.Unlock()
 		for id, p := range due {
-			if _, err := r.svc.ReportProgress(ctx, id, r.actor, p); err != nil && ctx.Err() == nil {
+			t, _, ok := r.tasks.Get(id)
+			if !ok {
+				continue
+			}
+			if err := r.writeProgress(ctx, t, p, true); err != nil && ctx.Err() == nil {
 				r.log.Warn("write held-back progress", "task_id", id, "err", err)
 			}
 		}

@@ -636,6 +636,32 @@ func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts 
 	})
 }
 
+// PutProgress writes a progress report of a task installing, in the
+// stage its stored progress already has, without reading the task: only
+// the progress key, and only if the task's status has not changed since
+// statusRev (its Revision as the caller last saw it). It reports false,
+// having written nothing, when the status moved; the caller then goes
+// through ReportProgress. The caller vouches for the stage (a region knows
+// the stage it last wrote): a new stage must go through ReportProgress,
+// which adds its timeline entry.
+func (s *Service) PutProgress(ctx context.Context, id string, p Progress, statusRev int64) (bool, error) {
+	if err := p.Validate(); err != nil {
+		return false, err
+	}
+	if err := checkID(id); err != nil {
+		return false, err
+	}
+	p.UpdatedAt = s.now()
+	res, err := s.st.Txn(ctx, store.Txn{
+		If:   []store.Compare{store.ModRevisionIs(TaskKey(id, FieldStatus), statusRev)},
+		Then: []store.Op{store.OpPut(TaskKey(id, FieldProgress), mustJSON(p))},
+	})
+	if err != nil {
+		return false, fmt.Errorf("progress for task %s: %w", id, err)
+	}
+	return res.Succeeded, nil
+}
+
 // ReportProgress records the install's progress. The first report after
 // approval also moves the task to installing; a new stage adds a timeline
 // entry; a report within the same stage writes only the progress key. It is

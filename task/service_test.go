@@ -841,3 +841,63 @@ func TestPurge(t *testing.T) {
 		require.NoError(t, err)
 	})
 }
+
+// PutProgress writes only the progress key of an installing task, and
+// nothing once its status moved or for a bad report.
+func TestPutProgress(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		tk, err := svc.Create(ctx, validRequest("00:1a:2b:3c:4d:5e")) // sampleHardware's machine
+		require.NoError(t, err)
+		toPendingApprovalFrom(t, svc, tk.ID)
+		_, err = svc.Approve(ctx, tk.ID, "ops", "")
+		require.NoError(t, err)
+		tk, err = svc.ReportProgress(ctx, tk.ID, "region:dc1", task.Progress{Stage: task.StageWriting, Percentage: 10})
+		require.NoError(t, err)
+		require.Equal(t, task.StatusInstalling, tk.Status)
+
+		before, _ := dump(t, st)
+		ok, err := svc.PutProgress(ctx, tk.ID, task.Progress{Stage: task.StageWriting, Percentage: 60, Message: "half"}, tk.Revision)
+		require.NoError(t, err)
+		require.True(t, ok)
+		after, _ := dump(t, st)
+		progressKey := task.TaskKey(tk.ID, task.FieldProgress)
+		for k, v := range before {
+			if k != progressKey {
+				assert.Equal(t, v, after[k], "only the progress key is written: %s", k)
+			}
+		}
+		got, err := svc.Get(ctx, tk.ID)
+		require.NoError(t, err)
+		assert.Equal(t, 60, got.Progress.Percentage)
+		assert.Equal(t, "half", got.Progress.Message)
+		assert.Equal(t, tk.Timeline, got.Timeline, "no timeline entry within a stage")
+
+		for _, tc := range []struct {
+			name string
+			p    task.Progress
+			id   string
+		}{
+			{"bad percentage", task.Progress{Stage: task.StageWriting, Percentage: 101}, tk.ID},
+			{"bad stage", task.Progress{Stage: "nope", Percentage: 1}, tk.ID},
+			{"bad id", task.Progress{Stage: task.StageWriting, Percentage: 1}, "../x"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				before, _ := dump(t, st)
+				_, err := svc.PutProgress(ctx, tc.id, tc.p, tk.Revision)
+				require.ErrorIs(t, err, task.ErrInvalid)
+				after, _ := dump(t, st)
+				assert.Equal(t, before, after)
+			})
+		}
+
+		_, err = svc.Cancel(ctx, tk.ID, "ops", "")
+		require.NoError(t, err)
+		before, _ = dump(t, st)
+		ok, err = svc.PutProgress(ctx, tk.ID, task.Progress{Stage: task.StageWriting, Percentage: 70}, tk.Revision)
+		require.NoError(t, err)
+		assert.False(t, ok, "the status moved")
+		after, _ = dump(t, st)
+		assert.Equal(t, before, after, "nothing written")
+	})
+}
