@@ -104,6 +104,11 @@ func (f *RegionFlags) publicURL() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--region-listen: %w", err)
 	}
+	if port == "0" {
+		// The port is chosen only when the server listens, after the URL
+		// went into every boot script: machines would be told port 0.
+		return "", fmt.Errorf("--region-listen %q: a chosen port (0) needs --region-url, the URL machines use", f.Listen)
+	}
 	ip, err := ipv4Of(f.DHCPIface)
 	if err != nil {
 		ip = net.IPv4(127, 0, 0, 1)

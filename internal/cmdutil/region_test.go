@@ -1,34 +1,45 @@
-package cmdutil_test
+package cmdutil
 
 import (
+	"flag"
+	"io"
+	"log/slog"
 	"testing"
-	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/lpmos/lpmos/internal/cmdutil"
-	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/store/memory"
 )
 
-func TestParseTimeouts(t *testing.T) {
+func TestRegionFlagsPublicURL(t *testing.T) {
+	st := memory.New()
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, tc := range []struct {
-		in   string
-		want map[task.Status]time.Duration
-		err  string
+		name    string
+		args    []string
+		want    string
+		wantErr string
 	}{
-		{"", map[task.Status]time.Duration{}, ""},
-		{"installing=20s", map[task.Status]time.Duration{task.StatusInstalling: 20 * time.Second}, ""},
-		{" installing = 1h , booting=0 ", map[task.Status]time.Duration{task.StatusInstalling: time.Hour, task.StatusBooting: 0}, ""},
-		{"completed=1h", nil, "want status=duration"},
-		{"installing", nil, "want status=duration"},
-		{"installing=soon", nil, "installing"},
+		{"explicit URL", []string{"--region-listen", ":0", "--region-url", "http://10.0.0.1:8081/"}, "http://10.0.0.1:8081", ""},
+		{"port from the listen address", []string{"--region-listen", "127.0.0.1:18081", "--dhcp-iface", "lo"}, "http://127.0.0.1:18081", ""},
+		{"chosen port without a URL", []string{"--region-listen", "127.0.0.1:0"}, "", "needs --region-url"},
+		{"bad listen address", []string{"--region-listen", "nonsense"}, "", "--region-listen"},
 	} {
-		got, err := cmdutil.ParseTimeouts(tc.in)
-		if tc.err != "" {
-			require.ErrorContains(t, err, tc.err, tc.in)
-			continue
-		}
-		require.NoError(t, err, tc.in)
-		require.Equal(t, tc.want, got, tc.in)
+		t.Run(tc.name, func(t *testing.T) {
+			var f RegionFlags
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			f.Register(fs)
+			require.NoError(t, fs.Parse(append([]string{"--boot-dir", t.TempDir(), "--tftp-listen", ""}, tc.args...)))
+			cfg, err := f.ServerConfig(st, log)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, cfg.Region.PublicURL)
+		})
 	}
 }
