@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -47,6 +48,11 @@ type Config struct {
 	ApproveEvery, ListEvery time.Duration
 	// Timeout bounds the load: tasks not completed by then are stuck.
 	Timeout time.Duration
+	// KillEtcdLeaderAt, between 0 and 1 (0: never), kills (SIGKILL) the
+	// etcd member leading the cluster once that fraction of the machines
+	// has completed: with 3 members the cluster keeps its quorum, and
+	// every client must fail over and every watch resume.
+	KillEtcdLeaderAt float64
 	// WorkDir keeps the processes' data and logs; empty: a temporary
 	// directory removed after the run.
 	WorkDir string
@@ -120,6 +126,10 @@ type Result struct {
 	// in time. Problems names the first few.
 	Lost, Duplicated, Stuck, TimelineBad int
 	Problems                             []string
+	// Killed names the etcd member killed as leader, and how many machines
+	// had completed then.
+	Killed          string
+	KilledAfterDone int
 }
 
 type restFigure struct {
@@ -142,6 +152,8 @@ type fleet struct {
 	lat     *latencies
 	etcds   []*proc
 	etcdURL []string
+	done    atomic.Int64 // machines whose install completed
+	killed  string       // the etcd member killed, if any
 	regions []*proc
 	regURL  []string
 	cps     []*proc
@@ -391,10 +403,19 @@ func (f *fleet) load(ctx context.Context) (*Result, error) {
 	if err := f.connectDashboards(ctx); err != nil {
 		return nil, err
 	}
-	before, err := scrapeEtcd(ctx, f.etcdURL[0])
+	var before []etcdMetrics
+	for _, u := range f.etcdURL {
+		m, err := scrapeEtcd(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		before = append(before, m)
+	}
+	st, err := etcd.Dial(ctx, etcd.Config{Endpoints: f.etcdURL})
 	if err != nil {
 		return nil, err
 	}
+	defer st.Close()
 	lctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	bg, bgctx := errgroup.WithContext(lctx)
@@ -406,6 +427,9 @@ func (f *fleet) load(ctx context.Context) (*Result, error) {
 	bg.Go(func() error { f.sampleLoop(bgctx, stopBG); return nil })
 	if cfg.ProfileDir != "" {
 		bg.Go(func() error { f.profile(bgctx); return nil })
+	}
+	if cfg.KillEtcdLeaderAt > 0 {
+		bg.Go(func() error { f.killLeader(bgctx, stopBG, st, res); return nil })
 	}
 
 	f.log.Info("creating tasks and booting machines", "machines", cfg.Machines)
@@ -450,11 +474,7 @@ func (f *fleet) load(ctx context.Context) (*Result, error) {
 	f.log.Info("load done; checking")
 
 	// What the store holds, from the store itself.
-	st, err := etcd.Dial(ctx, etcd.Config{Endpoints: f.etcdURL})
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
+	live := f.liveEtcd()
 	tasks, err := readTasks(ctx, task.NewService(st, task.Config{}))
 	if err != nil {
 		return nil, err
@@ -469,12 +489,12 @@ func (f *fleet) load(ctx context.Context) (*Result, error) {
 		ds, errs := f.lat.get(op)
 		res.REST[op] = restFigure{N: len(ds), Errors: errs, P50: quantile(ds, 0.5), P99: quantile(ds, 0.99)}
 	}
-	after, err := scrapeEtcd(ctx, f.etcdURL[0])
+	after, err := scrapeEtcd(ctx, f.etcdURL[live])
 	if err != nil {
 		return nil, err
 	}
-	res.Store = after.sub(before)
-	if res.DBAfterRun, res.DBInUseAfterRun, err = dbSize(ctx, st, f.etcdURL[0]); err != nil {
+	res.Store = after.sub(before[live])
+	if res.DBAfterRun, res.DBInUseAfterRun, err = dbSize(ctx, st, f.etcdURL[live]); err != nil {
 		return nil, err
 	}
 
@@ -507,10 +527,16 @@ func (f *fleet) load(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("purge: %w", err)
 	}
 	res.Purged = len(purged)
-	if err := compactAndDefrag(ctx, st, f.etcdURL); err != nil {
+	var alive []string
+	for i, u := range f.etcdURL {
+		if !f.etcds[i].exited() {
+			alive = append(alive, u)
+		}
+	}
+	if err := compactAndDefrag(ctx, st, alive); err != nil {
 		return nil, err
 	}
-	if res.DBAfterRetention, _, err = dbSize(ctx, st, f.etcdURL[0]); err != nil {
+	if res.DBAfterRetention, _, err = dbSize(ctx, st, f.etcdURL[live]); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
@@ -570,6 +596,9 @@ func (f *fleet) boot(ctx context.Context, i int) {
 	f.mu.Lock()
 	f.outcomes[i] = err
 	f.mu.Unlock()
+	if err == nil {
+		f.done.Add(1)
+	}
 	if err != nil && ctx.Err() == nil {
 		f.problem("machine %s: %v", m.MAC, err)
 	}
@@ -857,4 +886,50 @@ func dwell(t *task.Task) map[task.Status]time.Duration {
 		cur, since = e.Status, e.Timestamp
 	}
 	return out
+}
+
+// liveEtcd is the index of the first etcd member still running.
+func (f *fleet) liveEtcd() int {
+	for i, p := range f.etcds {
+		if !p.exited() {
+			return i
+		}
+	}
+	return 0
+}
+
+// killLeader kills the etcd leader once the configured share of machines
+// has completed.
+func (f *fleet) killLeader(ctx context.Context, stop <-chan struct{}, st *etcd.Store, res *Result) {
+	want := int64(f.cfg.KillEtcdLeaderAt * float64(f.cfg.Machines))
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for f.done.Load() < want {
+		select {
+		case <-t.C:
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+	for i, u := range f.etcdURL {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s, err := st.Client().Status(sctx, u)
+		cancel()
+		if err != nil || s.Header.MemberId != s.Leader {
+			continue
+		}
+		p := f.etcds[i]
+		p.sample()
+		done := int(f.done.Load())
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		f.mu.Lock()
+		res.Killed, res.KilledAfterDone = p.name, done
+		f.mu.Unlock()
+		f.log.Info("killed the etcd leader", "member", p.name, "completed", res.KilledAfterDone)
+		return
+	}
+	f.problem("no etcd leader found to kill")
 }

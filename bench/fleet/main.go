@@ -51,6 +51,7 @@ func run() int {
 	fs.IntVar(&cfg.CreateWorkers, "create-workers", 64, "concurrent task creations (one REST call each)")
 	fs.DurationVar(&cfg.ApproveEvery, "approve-every", 250*time.Millisecond, "period of each region's bulk approvals (one caller per region)")
 	fs.DurationVar(&cfg.ListEvery, "list-every", 100*time.Millisecond, "period of the list calls (a page of one region's tasks)")
+	fs.Float64Var(&cfg.KillEtcdLeaderAt, "kill-etcd-leader-at", 0, "kill (SIGKILL) the etcd leader once this share of the machines completed, e.g. 0.5 with --etcd-members 3 (0: never)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 15*time.Minute, "bound on the load: tasks not completed by then are stuck")
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "keep the processes' data and logs here (default: a temporary directory, removed)")
 	fs.StringVar(&cfg.ProfileDir, "profile-dir", "", "take CPU profiles of the first etcd member, region and control plane during the load, into this directory")
@@ -118,6 +119,9 @@ func (r *Result) Print(w io.Writer) {
 		ms(quantile(ws.Delays, 0.5)), ms(quantile(ws.Delays, 0.99)), ws.Statuses, ws.Messages, ws.Expected, ws.Lost, ws.Misorder, ws.Watched, len(ws.Ended))
 	for _, p := range r.Procs {
 		fmt.Fprintf(w, "fleet: process %-40s peak_rss=%s rss=%s cpu=%.1fs\n", p.Name, mb(p.PeakRSS), mb(p.RSS), p.CPU.Seconds())
+	}
+	if r.Killed != "" {
+		fmt.Fprintf(w, "fleet: etcd leader %s killed (SIGKILL) after %d machines had completed\n", r.Killed, r.KilledAfterDone)
 	}
 	fmt.Fprintf(w, "fleet: etcd db after run=%s (in use %s); after retention (%d tasks purged) + compaction + defragmentation=%s\n",
 		mb(r.DBAfterRun), mb(r.DBInUseAfterRun), r.Purged, mb(r.DBAfterRetention))

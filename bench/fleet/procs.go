@@ -77,7 +77,7 @@ func (p *proc) sample() procUsage {
 		return p.usage
 	}
 	u, err := readUsage(p.cmd.Process.Pid)
-	if err == nil {
+	if err == nil && u.PeakRSS > 0 { // an exited, not yet reaped process has no memory figures
 		p.usage = u
 	}
 	return p.usage
