@@ -112,6 +112,12 @@
 // rate_limited, 503 unavailable. Nothing is written when an error is
 // returned. The region's agent API answers its errors the same way.
 //
+// # Tasks no region picks up
+//
+// A task no region picks up (its region is down, or was never deployed)
+// would stay pending for ever: Config.PendingTimeout (default 1 h) fails
+// it with code "region_unavailable".
+//
 // # Capacity
 //
 // Every task and its history live in the store, and etcd refuses every

@@ -83,6 +83,15 @@ type Config struct {
 	Retention     time.Duration
 	PurgeInterval time.Duration
 
+	// PendingTimeout fails a task still pending this long after its
+	// creation, with code "region_unavailable": no process of its region
+	// picked it up (the region is down, or was never deployed). Zero takes
+	// DefaultPendingTimeout; negative never times out. Checked every
+	// PendingCheckInterval (default 1 min) by every replica; each task is
+	// failed once (the move requires its status unchanged).
+	PendingTimeout       time.Duration
+	PendingCheckInterval time.Duration
+
 	// MaxActiveTasks and MaxActiveTasksPerRegion cap the tasks not yet
 	// ended (in all, and in one region), so that creates cannot grow the
 	// store until etcd's quota stops every write: a create over a cap is
@@ -149,6 +158,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.SignInFailureBurst <= 0 {
 		cfg.SignInFailureBurst = 20
+	}
+	if cfg.PendingTimeout == 0 {
+		cfg.PendingTimeout = DefaultPendingTimeout
 	}
 	if cfg.MaxActiveTasks == 0 {
 		cfg.MaxActiveTasks = DefaultMaxActiveTasks
@@ -245,7 +257,51 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.Retention > 0 {
 		g.Go(func() error { s.purge(ctx); return nil })
 	}
+	if s.cfg.PendingTimeout > 0 {
+		g.Go(func() error { s.failUnclaimed(ctx); return nil })
+	}
 	return g.Wait()
+}
+
+// DefaultPendingTimeout is Config.PendingTimeout's default: a region
+// prepares its new tasks within a second, so an hour is far past a
+// restart or a failover.
+const DefaultPendingTimeout = time.Hour
+
+// failUnclaimed fails, every PendingCheckInterval, the tasks still pending
+// longer than PendingTimeout after their creation.
+func (s *Server) failUnclaimed(ctx context.Context) {
+	every := s.cfg.PendingCheckInterval
+	if every <= 0 {
+		every = time.Minute
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.cfg.Now()
+		for _, tk := range s.view.Tasks() {
+			if tk.Status != task.StatusPending || now.Sub(tk.Metadata.CreatedAt) < s.cfg.PendingTimeout {
+				continue
+			}
+			_, err := s.svc.Fail(ctx, tk.ID, "control-plane", task.ErrorInfo{
+				Code: "region_unavailable", Stage: string(task.StatusPending),
+				Message: fmt.Sprintf("region %s did not pick the task up within %v", tk.Metadata.RegionID, s.cfg.PendingTimeout),
+			}, task.ExpectRevision(tk.Revision))
+			switch {
+			case err == nil:
+				s.log.Warn("task failed: its region never picked it up", "task_id", tk.ID, "region", tk.Metadata.RegionID, "after", s.cfg.PendingTimeout)
+			case errors.Is(err, task.ErrConflict), errors.Is(err, task.ErrInvalidTransition), errors.Is(err, task.ErrNotFound):
+				// moved or failed meanwhile (another replica, or the region at last)
+			case ctx.Err() == nil:
+				s.log.Warn("failing an unclaimed task", "task_id", tk.ID, "err", err)
+			}
+		}
+	}
 }
 
 // purge deletes ended tasks past Config.Retention until ctx ends, a

@@ -268,6 +268,8 @@ type CapacityFlags struct {
 	// RateLimit and RateBurst bound each caller's API requests.
 	RateLimit float64
 	RateBurst int
+	// PendingTimeout fails tasks no region picked up.
+	PendingTimeout time.Duration
 }
 
 // Register adds the capacity flags.
@@ -276,10 +278,12 @@ func (f *CapacityFlags) Register(fs *flag.FlagSet) {
 	fs.IntVar(&f.MaxActivePerRegion, "max-active-tasks-per-region", controlplane.DefaultMaxActiveTasksPerRegion, "most tasks not yet ended at once in one region; negative: no cap")
 	fs.Float64Var(&f.RateLimit, "api-rate", controlplane.DefaultRateLimit, "API requests a second each caller (token subject) may make before 429 rate_limited; raise it for automation that creates or moves tasks in bulk")
 	fs.IntVar(&f.RateBurst, "api-burst", controlplane.DefaultRateBurst, "API requests a caller may make at once above --api-rate")
+	fs.DurationVar(&f.PendingTimeout, "pending-timeout", controlplane.DefaultPendingTimeout, "fail a task still pending this long after its creation (its region never picked it up) with code region_unavailable; negative: never")
 }
 
 // Apply sets the caps in cfg.
 func (f *CapacityFlags) Apply(cfg *controlplane.Config) {
 	cfg.MaxActiveTasks, cfg.MaxActiveTasksPerRegion = f.MaxActive, f.MaxActivePerRegion
 	cfg.RateLimit, cfg.RateBurst = rate.Limit(f.RateLimit), f.RateBurst
+	cfg.PendingTimeout = f.PendingTimeout
 }
