@@ -27,6 +27,7 @@ import (
 	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/internal/syncbuf"
 	"github.com/lpmos/lpmos/store"
+	"github.com/lpmos/lpmos/store/memory"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -720,4 +721,41 @@ func TestConfigValidation(t *testing.T) {
 		_, err := controlplane.New(cfg)
 		assert.Error(t, err, name)
 	}
+}
+
+// A region whose heartbeat expired (it died without saying goodbye) stays
+// listed, offline, with the time of its last heartbeat from the
+// capabilities it wrote with it.
+func TestAPIRegionDiedStaysListed(t *testing.T) {
+	st := memory.New()
+	t.Cleanup(func() { st.Close() })
+	cp := startCP(t, st)
+	ctx := context.Background()
+	last := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	caps, _ := json.Marshal(task.Capabilities{OS: []task.OSOffering{{Type: "ubuntu", Version: "24.04", Kind: "image"}}, UpdatedAt: last})
+	_, err := st.Put(ctx, task.RegionCapabilitiesKey("dc3"), caps)
+	require.NoError(t, err)
+	_, err = st.Put(ctx, task.RegionStatusKey("dc3"), []byte("online"))
+	require.NoError(t, err)
+	lease, err := st.Grant(ctx, time.Hour)
+	require.NoError(t, err)
+	_, err = st.Put(ctx, task.RegionHeartbeatKey("dc3"), []byte(last.Format(time.RFC3339Nano)), store.WithLease(lease))
+	require.NoError(t, err)
+	region := func() map[string]any {
+		code, body := cp.do("GET", "/api/v1/regions", viewerToken, nil)
+		require.Equal(t, http.StatusOK, code)
+		regions, _ := body["regions"].([]any)
+		if len(regions) != 1 {
+			return nil
+		}
+		return regions[0].(map[string]any)
+	}
+	require.Eventually(t, func() bool { r := region(); return r != nil && r["status"] == "online" }, 10*time.Second, 10*time.Millisecond)
+
+	require.NoError(t, st.Revoke(ctx, lease)) // as if the lease expired
+	require.Eventually(t, func() bool { r := region(); return r != nil && r["status"] == "offline" }, 10*time.Second, 10*time.Millisecond)
+	r := region()
+	assert.Equal(t, "dc3", r["region_id"])
+	assert.Equal(t, "2026-12-04T10:00:00Z", r["last_heartbeat"])
+	assert.NotNil(t, r["capabilities"])
 }

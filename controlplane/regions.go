@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
@@ -19,7 +20,10 @@ type Region struct {
 	ID string `json:"region_id"`
 	// Status is "online" while the region's heartbeat key lives (it is on
 	// a lease with a 30 s TTL) and the region has not said "offline".
-	Status        string             `json:"status"`
+	// A region that died stays listed, offline.
+	Status string `json:"status"`
+	// LastHeartbeat is the heartbeat's time; once it expired, the time of
+	// the last one (from the capabilities the region wrote with it).
 	LastHeartbeat string             `json:"last_heartbeat,omitempty"`
 	Capabilities  *task.Capabilities `json:"capabilities,omitempty"`
 	// ActiveTasks counts the region's tasks that have not ended, by
@@ -105,11 +109,14 @@ func (c *regionCache) list() []Region {
 	defer c.mu.RUnlock()
 	out := make([]Region, 0, len(c.regions))
 	for id, r := range c.regions {
-		status := task.RegionOffline
+		status, last := task.RegionOffline, r.heartbeat
 		if r.heartbeat != "" && r.status != task.RegionOffline {
 			status = task.RegionOnline
 		}
-		out = append(out, Region{ID: id, Status: status, LastHeartbeat: r.heartbeat, Capabilities: r.capabilities})
+		if last == "" && r.capabilities != nil && !r.capabilities.UpdatedAt.IsZero() {
+			last = r.capabilities.UpdatedAt.UTC().Format(time.RFC3339Nano)
+		}
+		out = append(out, Region{ID: id, Status: status, LastHeartbeat: last, Capabilities: r.capabilities})
 	}
 	slices.SortFunc(out, func(a, b Region) int { return strings.Compare(a.ID, b.ID) })
 	return out

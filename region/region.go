@@ -293,10 +293,11 @@ func (r *Region) capabilities() task.Capabilities {
 	}
 }
 
-// heartbeat keeps the region's client keys on a lease: heartbeat (a
-// timestamp), status and capabilities vanish 30 s after the region does, so
-// the control plane sees it offline. On a clean stop it says "offline" at
-// once.
+// heartbeat writes the region's client keys: the heartbeat (a timestamp)
+// on a lease, so that it vanishes 30 s after the region does and the
+// control plane sees it offline; status and capabilities (stamped with the
+// heartbeat's time) stay, so that a dead region is still listed. On a
+// clean stop it says "offline" at once.
 func (r *Region) heartbeat(ctx context.Context) error {
 	st := r.cfg.Store
 	var lease store.LeaseID
@@ -317,8 +318,11 @@ func (r *Region) heartbeat(ctx context.Context) error {
 		now := r.cfg.Now().UTC()
 		_, err := st.Txn(ctx, store.Txn{Then: []store.Op{
 			store.OpPut(task.RegionHeartbeatKey(r.cfg.RegionID), []byte(now.Format(time.RFC3339Nano)), store.WithLease(lease)),
-			store.OpPut(task.RegionStatusKey(r.cfg.RegionID), []byte(task.RegionOnline), store.WithLease(lease)),
-			store.OpPut(task.RegionCapabilitiesKey(r.cfg.RegionID), caps, store.WithLease(lease)),
+			// Only the heartbeat is on the lease: a region that dies
+			// stays listed, offline, with what it last said it can do
+			// (capabilities carry the time of the last heartbeat).
+			store.OpPut(task.RegionStatusKey(r.cfg.RegionID), []byte(task.RegionOnline)),
+			store.OpPut(task.RegionCapabilitiesKey(r.cfg.RegionID), caps),
 		}})
 		if err == nil {
 			r.hbMu.Lock()

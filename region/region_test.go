@@ -480,8 +480,9 @@ func TestMissingBootFilesFailTheTask(t *testing.T) {
 	assert.Contains(t, got.Error.Message, "mkinitramfs")
 }
 
-// The heartbeat publishes status and capabilities on a lease; a clean stop
-// says offline, a dead region's keys expire.
+// The heartbeat publishes status and capabilities, the heartbeat key on a
+// lease; a clean stop says offline, a dead region's heartbeat expires and
+// its status and capabilities stay (the control plane shows it offline).
 func TestHeartbeatAndCapabilities(t *testing.T) {
 	st := memStore(t)
 	l := startRegion(t, st)
@@ -501,6 +502,7 @@ func TestHeartbeatAndCapabilities(t *testing.T) {
 	hb, err := st.Get(ctx, task.RegionHeartbeatKey("dc1"))
 	require.NoError(t, err)
 	assert.NotEqual(t, store.NoLease, hb.Lease, "the heartbeat lives on a lease")
+	assert.Equal(t, store.NoLease, kv.Lease, "the capabilities outlive the region")
 
 	code, body := l.call("GET", "/health", "", nil)
 	assert.Equal(t, http.StatusOK, code)
@@ -513,6 +515,8 @@ func TestHeartbeatAndCapabilities(t *testing.T) {
 	assert.Equal(t, "offline", string(kv.Value))
 	_, err = st.Get(ctx, task.RegionHeartbeatKey("dc1"))
 	assert.ErrorIs(t, err, store.ErrNotFound)
+	_, err = st.Get(ctx, task.RegionCapabilitiesKey("dc1"))
+	assert.NoError(t, err, "still listed")
 }
 
 // A restarted region resumes from the store: tasks it had keep going.
