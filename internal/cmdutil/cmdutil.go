@@ -40,6 +40,11 @@ type StoreFlags struct {
 	Endpoints     string
 	CA, Cert, Key string
 	EtcdVerbose   bool
+	// Backups of the embedded member.
+	SnapshotDir      string
+	SnapshotInterval time.Duration
+	SnapshotKeep     int
+	RestoreFrom      string
 }
 
 // Register adds the store flags (README.md lists them). embedded says whether the
@@ -51,6 +56,10 @@ func (f *StoreFlags) Register(fs *flag.FlagSet, embedded bool) {
 		fs.StringVar(&f.ClientURL, "etcd-client-url", "https://127.0.0.1:2379", "where the embedded etcd serves clients (etcdctl), with client certificates from <data-dir>/etcd-pki")
 		fs.StringVar(&f.PeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "where the embedded etcd listens for peers")
 		fs.BoolVar(&f.EtcdVerbose, "etcd-verbose", false, "let the embedded etcd log")
+		fs.StringVar(&f.SnapshotDir, "etcd-snapshot-dir", "", "take snapshots of the embedded etcd into this directory (empty: none)")
+		fs.DurationVar(&f.SnapshotInterval, "etcd-snapshot-interval", time.Hour, "time between snapshots (the first at start)")
+		fs.IntVar(&f.SnapshotKeep, "etcd-snapshot-keep", 24, "newest snapshots kept")
+		fs.StringVar(&f.RestoreFrom, "etcd-restore", "", "restore this snapshot into <data-dir>/etcd (which must not exist) before starting")
 	} else {
 		f.Kind = "etcd"
 	}
@@ -86,8 +95,15 @@ func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store
 	case f.DataDir == "":
 		return nil, nil, errors.New("--etcd-endpoints is required (this binary does not embed etcd)")
 	}
+	dir := filepath.Join(f.DataDir, "etcd")
+	if f.RestoreFrom != "" {
+		if err := etcd.RestoreSnapshot(f.RestoreFrom, dir, "", f.PeerURL); err != nil {
+			return nil, nil, err
+		}
+		log.Info("restored the embedded etcd from a snapshot", "snapshot", f.RestoreFrom, "dir", dir)
+	}
 	m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
-		Dir: filepath.Join(f.DataDir, "etcd"), PKIDir: filepath.Join(f.DataDir, "etcd-pki"),
+		Dir: dir, PKIDir: filepath.Join(f.DataDir, "etcd-pki"),
 		ClientURL: f.ClientURL, PeerURL: f.PeerURL, Verbose: f.EtcdVerbose,
 	})
 	if err != nil {
@@ -101,7 +117,17 @@ func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store
 	pki, _ := m.PKI()
 	log.Info("embedded etcd started", "dir", filepath.Join(f.DataDir, "etcd"), "client_url", m.ClientURL(),
 		"ca", pki.CAFile, "client_cert", pki.ClientCertFile, "client_key", pki.ClientKeyFile)
-	return s, func() { s.Close(); m.Close() }, nil
+	stopSnapshots := func() {}
+	if f.SnapshotDir != "" {
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { // owned: stopped by the returned close
+			defer close(done)
+			_ = s.RunSnapshots(sctx, etcd.SnapshotConfig{Dir: f.SnapshotDir, Interval: f.SnapshotInterval, Keep: f.SnapshotKeep, Logger: log})
+		}()
+		stopSnapshots = func() { cancel(); <-done }
+	}
+	return s, func() { stopSnapshots(); s.Close(); m.Close() }, nil
 }
 
 // AuthFlags configure how callers sign in to the control plane.
