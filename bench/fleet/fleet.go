@@ -629,16 +629,7 @@ func (f *fleet) connectDashboards(ctx context.Context) error {
 // approveLoop approves, in bulk, region r's tasks waiting for approval
 // (an operator, or the automation, of each data center).
 func (f *fleet) approveLoop(ctx context.Context, stop <-chan struct{}, r int) {
-	t := time.NewTicker(f.cfg.ApproveEvery)
-	defer t.Stop()
-	for n := 0; ; n++ {
-		select {
-		case <-t.C:
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return
-		}
+	every(ctx, stop, f.cfg.ApproveEvery, func(n int) {
 		cp := f.cpAPI[(n+r)%len(f.cpAPI)]
 		var out *client.BulkResult
 		err := cp.timed(opApprove, func() (err error) {
@@ -648,13 +639,13 @@ func (f *fleet) approveLoop(ctx context.Context, stop <-chan struct{}, r int) {
 			return err
 		})
 		if expected(opApprove, err) {
-			continue // nothing waiting for approval in this region
+			return // nothing waiting for approval in this region
 		}
 		if err != nil {
 			if ctx.Err() == nil {
 				f.problem("bulk approve %s: %v", regionName(r), err)
 			}
-			continue
+			return
 		}
 		for _, fail := range out.Failed {
 			// A filter selects from the replica's view, which may
@@ -663,13 +654,13 @@ func (f *fleet) approveLoop(ctx context.Context, stop <-chan struct{}, r int) {
 				f.problem("bulk approve %s: %s not moved: %v", regionName(r), fail.TaskID, fail.Err)
 			}
 		}
-	}
+	})
 }
 
-// listLoop lists a page of one region's tasks at a time, as dashboards
-// and scripts do.
-func (f *fleet) listLoop(ctx context.Context, stop <-chan struct{}) {
-	t := time.NewTicker(f.cfg.ListEvery)
+// every calls do(n), n counting from 0, every d until stop is closed or
+// ctx ends.
+func every(ctx context.Context, stop <-chan struct{}, d time.Duration, do func(n int)) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for n := 0; ; n++ {
 		select {
@@ -679,6 +670,14 @@ func (f *fleet) listLoop(ctx context.Context, stop <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		}
+		do(n)
+	}
+}
+
+// listLoop lists a page of one region's tasks at a time, as dashboards
+// and scripts do.
+func (f *fleet) listLoop(ctx context.Context, stop <-chan struct{}) {
+	every(ctx, stop, f.cfg.ListEvery, func(n int) {
 		cp := f.cpAPI[n%len(f.cpAPI)]
 		err := cp.timed(opList, func() error {
 			_, err := cp.c.List(ctx, client.ListOptions{RegionID: regionName(n % f.cfg.Regions), Limit: 50})
@@ -687,27 +686,18 @@ func (f *fleet) listLoop(ctx context.Context, stop <-chan struct{}) {
 		if err != nil && ctx.Err() == nil {
 			f.problem("list: %v", err)
 		}
-	}
+	})
 }
 
 // sampleLoop reads the processes' memory and CPU while they run.
 func (f *fleet) sampleLoop(ctx context.Context, stop <-chan struct{}) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
+	every(ctx, stop, time.Second, func(int) {
 		for _, group := range [][]*proc{f.etcds, f.regions, f.cps} {
 			for _, p := range group {
 				p.sample()
 			}
 		}
-		select {
-		case <-t.C:
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
+	})
 }
 
 // listAll pages through every task at one control plane.
