@@ -42,7 +42,12 @@ log "go test (race)"
 go test -race -count=1 -timeout 25m ./...
 
 log "benchmarks (one iteration each, as a smoke test)"
-go test -run '^$' -bench . -benchtime 1x -timeout 10m ./... >/dev/null
+# Quiet when they pass; a failure prints the output (it used to vanish
+# into /dev/null, leaving only the exit status).
+if ! out=$(go test -run '^$' -bench . -benchtime 1x -timeout 10m ./... 2>&1); then
+	echo "$out" | grep -v '^Benchmark'
+	exit 1
+fi
 
 # Each fuzz target runs a fixed number of inputs (FUZZTIME, default
 # 20000x: 3 to 30 s each here) on top of its seeds and its corpus under

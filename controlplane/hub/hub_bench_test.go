@@ -272,14 +272,12 @@ func hubBenchDial(ctx context.Context, dialer websocket.Dialer, url string) (*hu
 		return nil, err
 	}
 	resp.Body.Close()
-	// Subscribe; the error reply to an invalid message says it was done.
-	for _, m := range []string{`{"type":"subscribe","task_id":"*"}`, `{"type":"sync"}`} {
-		if err := conn.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
-			conn.Close()
-			return nil, err
-		}
+	// Subscribe; the acknowledgement says it is in force.
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"subscribe","task_id":"*"}`)); err != nil {
+		conn.Close()
+		return nil, err
 	}
-	if _, data, err := conn.ReadMessage(); err != nil || !strings.Contains(string(data), `"error"`) {
+	if _, data, err := conn.ReadMessage(); err != nil || !strings.Contains(string(data), `"subscribed"`) {
 		conn.Close()
 		return nil, fmt.Errorf("subscribing: %q, %v", data, err)
 	}
