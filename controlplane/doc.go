@@ -35,6 +35,11 @@
 // the audit log's actor and the key of the per-caller rate limit, so a JWT
 // whose sub is "admin" is never mistaken for the admin token.
 //
+// JWTs may be verified against an identity provider's JWKS URL (OIDC ID
+// tokens): Run keeps the key set fresh, and a token's role can come from
+// any claim (e.g. "groups") through a value → role map; see
+// auth.JWTConfig.
+//
 // A list entry is flat, what a table row needs: {task_id, status, revision,
 // region_id, target_mac, os_type, os_version, created_at, created_by, tags,
 // progress, error}; GET of one task returns the whole task with its fields

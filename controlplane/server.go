@@ -178,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 	if ac.Now == nil {
 		ac.Now = cfg.Now
 	}
+	if ac.Logger == nil {
+		ac.Logger = cfg.Logger
+	}
 	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
@@ -246,10 +249,12 @@ func (s *Server) Tasks() *task.Service { return s.svc }
 // /metrics.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Run starts the task and region watches, the hub and the notifier, and
-// returns when ctx ends and all of them have stopped.
+// Run starts the task and region watches, the hub, the notifier and the
+// refresh of the JWKS, and returns when ctx ends and all of them have
+// stopped.
 func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.auth.Run(ctx) })
 	g.Go(func() error { return s.view.Run(ctx) })
 	g.Go(func() error { s.regions.run(ctx, s.cfg.Store); return nil })
 	g.Go(func() error { return s.hub.Run(ctx) })
@@ -424,7 +429,7 @@ func (s *Server) guard(role auth.Role, action string, h http.HandlerFunc) http.H
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		ip := clientIP(r)
-		p, err := s.auth.Authenticate(bearer(r))
+		p, err := s.auth.Authenticate(r.Context(), bearer(r))
 		if err != nil {
 			// Failed sign-ins are throttled per address against guessing.
 			if !s.limits.allow("ip:"+ip, s.cfg.SignInFailureLimit, s.cfg.SignInFailureBurst) {

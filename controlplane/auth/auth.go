@@ -1,21 +1,27 @@
 // Package auth is how callers of the control plane prove who they are:
 // static bearer tokens (given in clear or known only by their SHA-256, as
-// token files hold them), and JWTs signed with HS256 or RS256, each
-// yielding a Principal with a Role. It turns a token into a Principal and
+// token files hold them), and JWTs signed with HS256, RS256 or keys of an
+// identity provider's JWKS URL (OIDC ID tokens), each yielding a Principal
+// with a Role, from a claim through an optional mapping. It turns a token into a Principal and
 // nothing more: where the token comes from (a header, a WebSocket
 // subprotocol), which role an endpoint needs and what happens on refusal
 // stay with the control plane. There is no anonymous access.
 package auth
 
 import (
+	"context"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -81,13 +87,40 @@ func LoadTokenFile(path string) ([]HashedToken, error) {
 
 // JWTConfig accepts signed JWTs as bearer tokens. The "sub" claim names the
 // caller and the "role" claim (viewer, operator, admin) says what it may
-// do; "exp" is required, an "iat" in the future is refused, and a token
-// may not live longer than MaxLifetime.
+// do, unless RoleClaim and RoleMap say otherwise; "exp" is required, an
+// "iat" in the future is refused, and a token may not live longer than
+// MaxLifetime.
 type JWTConfig struct {
 	// HS256Secret verifies HS256 tokens (at least 32 bytes).
 	HS256Secret []byte
 	// RS256Keys verify RS256 tokens.
 	RS256Keys []*rsa.PublicKey
+
+	// JWKSURL, when set, is an identity provider's JSON Web Key Set:
+	// its RSA and EC keys verify RS256/384/512 and ES256/384/512
+	// tokens, chosen by the token's kid. It must be https (http only to
+	// a loopback address). Authenticator.Run fetches it at start and
+	// every JWKSRefreshInterval (default 15 min); a kid the set does not
+	// hold fetches it again, at most once per JWKSMinRefreshInterval
+	// (default 30 s), so a key the IdP rotated in works at once and
+	// made-up kids cannot make us hammer the IdP. A failed fetch keeps
+	// the last good set (and is logged).
+	JWKSURL                string
+	JWKSRefreshInterval    time.Duration
+	JWKSMinRefreshInterval time.Duration
+	// HTTPClient fetches the JWKS (default: one with a 10 s timeout).
+	HTTPClient *http.Client
+
+	// RoleClaim names the claim the role is read from (default "role"):
+	// a string or an array of strings, e.g. an IdP's "groups". A name
+	// that is not a top-level claim is followed as a dotted path
+	// ("realm_access.roles").
+	RoleClaim string
+	// RoleMap maps the claim's values to roles; the key "*" gives a
+	// role to every token. The highest role any value maps to wins; a
+	// token none maps is refused. Without a map the values are role
+	// names (viewer, operator, admin).
+	RoleMap map[string]Role
 	// Issuer and Audience, when set, must match the token's: a token
 	// without "iss" or "aud" is then refused.
 	Issuer, Audience string
@@ -124,19 +157,103 @@ func LoadRSAPublicKey(path string) (*rsa.PublicKey, error) {
 	return x509.ParsePKCS1PublicKey(block.Bytes)
 }
 
+// ParseRoleMap parses "value=role,value=role,*=role", as the
+// --jwt-role-map flag takes it, into a JWTConfig.RoleMap.
+func ParseRoleMap(s string) (map[string]Role, error) {
+	m := map[string]Role{}
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		i := strings.LastIndex(item, "=")
+		if i <= 0 {
+			return nil, fmt.Errorf("role map entry %q: want value=role", item)
+		}
+		role, err := ParseRole(strings.TrimSpace(item[i+1:]))
+		if err != nil {
+			return nil, fmt.Errorf("role map entry %q: %w", item, err)
+		}
+		m[strings.TrimSpace(item[:i])] = role
+	}
+	if len(m) == 0 {
+		return nil, errors.New("empty role map")
+	}
+	return m, nil
+}
+
 // Config says who may sign in. At least one token or a JWT configuration
 // is required.
 type Config struct {
 	Tokens       []StaticToken
 	HashedTokens []HashedToken
 	JWT          *JWTConfig
-	// Now is the clock JWT expiry is checked against (default time.Now).
+	// Now is the clock JWT expiry is checked against (default time.Now);
+	// it also spaces the JWKS fetches unknown kids trigger.
 	Now func() time.Time
+	// Logger receives failed JWKS fetches (default slog.Default()).
+	Logger *slog.Logger
 }
 
+// jwtClaims are the registered claims, which the parser validates, and
+// all claims, where the role claim is found.
 type jwtClaims struct {
-	Role string `json:"role"`
 	jwt.RegisteredClaims
+	all map[string]any
+}
+
+func (c *jwtClaims) UnmarshalJSON(b []byte) error {
+	if err := json.Unmarshal(b, &c.RegisteredClaims); err != nil {
+		return err
+	}
+	return json.Unmarshal(b, &c.all)
+}
+
+// claim returns a claim by name or, failing that, by dotted path.
+func (c *jwtClaims) claim(name string) any {
+	if v, ok := c.all[name]; ok {
+		return v
+	}
+	var cur any = c.all
+	for _, part := range strings.Split(name, ".") {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[part]
+	}
+	return cur
+}
+
+// role is the highest role the claim's values give, RoleNone for none.
+func (j *JWTConfig) role(c *jwtClaims) Role {
+	var values []string
+	switch v := c.claim(j.RoleClaim).(type) {
+	case string:
+		values = []string{v}
+	case []any:
+		for _, e := range v {
+			if s, ok := e.(string); ok {
+				values = append(values, s)
+			}
+		}
+	}
+	best := RoleNone
+	if j.RoleMap != nil {
+		best = j.RoleMap["*"]
+	}
+	for _, v := range values {
+		var r Role
+		if j.RoleMap != nil {
+			if v == "*" {
+				continue // only the map's own "*" means everyone
+			}
+			r = j.RoleMap[v]
+		} else {
+			r, _ = ParseRole(v)
+		}
+		best = max(best, r)
+	}
+	return best
 }
 
 // Authenticator turns a bearer token into a Principal. It is safe for
@@ -145,6 +262,7 @@ type Authenticator struct {
 	static map[string]Principal // by token hash
 	jwt    *JWTConfig
 	parser *jwt.Parser
+	jwks   *jwks // nil without JWTConfig.JWKSURL
 	now    func() time.Time
 }
 
@@ -159,6 +277,9 @@ const maxTokenLen = 8192
 func New(cfg Config) (*Authenticator, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
 	a := &Authenticator{static: map[string]Principal{}, now: cfg.Now}
 	add := func(hash, method, subject string, role Role) error {
@@ -186,6 +307,14 @@ func New(cfg Config) (*Authenticator, error) {
 		if j.MaxLifetime == 0 {
 			j.MaxLifetime = DefaultMaxJWTLifetime
 		}
+		if j.RoleClaim == "" {
+			j.RoleClaim = "role"
+		}
+		for v, r := range j.RoleMap {
+			if r < RoleViewer || r > RoleAdmin {
+				return nil, fmt.Errorf("JWT role map: %q maps to no role", v)
+			}
+		}
 		a.jwt = &j
 		if len(j.HS256Secret) > 0 && len(j.HS256Secret) < 32 {
 			return nil, errors.New("JWT HS256 secret: at least 32 bytes")
@@ -197,8 +326,19 @@ func New(cfg Config) (*Authenticator, error) {
 		if len(j.RS256Keys) > 0 {
 			methods = append(methods, "RS256")
 		}
+		if j.JWKSURL != "" {
+			var err error
+			if a.jwks, err = newJWKS(&j, cfg.Logger, cfg.Now); err != nil {
+				return nil, err
+			}
+			for alg := range jwksAlgs {
+				if !slices.Contains(methods, alg) {
+					methods = append(methods, alg)
+				}
+			}
+		}
 		if len(methods) == 0 {
-			return nil, errors.New("JWT: no HS256 secret and no RS256 key")
+			return nil, errors.New("JWT: no HS256 secret, RS256 key or JWKS URL")
 		}
 		opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithExpirationRequired(),
 			jwt.WithIssuedAt(), jwt.WithLeeway(jwtLeeway), jwt.WithTimeFunc(cfg.Now)}
@@ -216,9 +356,20 @@ func New(cfg Config) (*Authenticator, error) {
 	return a, nil
 }
 
-// Authenticate returns the caller a bearer token stands for. Its errors
-// wrap ErrUnauthenticated.
-func (a *Authenticator) Authenticate(token string) (Principal, error) {
+// Run keeps the JWKS current: it fetches it at once and then every
+// JWTConfig.JWKSRefreshInterval until ctx ends. Without a JWKS URL it
+// returns at once. Tokens are verified without it too, but then the set
+// is fetched only when a token needs a key it does not hold.
+func (a *Authenticator) Run(ctx context.Context) error {
+	if a.jwks != nil {
+		a.jwks.run(ctx)
+	}
+	return nil
+}
+
+// Authenticate returns the caller a bearer token stands for; ctx bounds a
+// JWKS fetch the token may trigger. Its errors wrap ErrUnauthenticated.
+func (a *Authenticator) Authenticate(ctx context.Context, token string) (Principal, error) {
 	if token == "" || len(token) > maxTokenLen {
 		return Principal{}, ErrUnauthenticated
 	}
@@ -230,13 +381,22 @@ func (a *Authenticator) Authenticate(token string) (Principal, error) {
 	}
 	var claims jwtClaims
 	_, err := a.parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
-		switch t.Method.Alg() {
-		case "HS256":
+		alg := t.Method.Alg()
+		if alg == "HS256" {
 			return a.jwt.HS256Secret, nil
-		case "RS256":
-			return jwt.VerificationKeySet{Keys: toVerificationKeys(a.jwt.RS256Keys)}, nil
 		}
-		return nil, fmt.Errorf("unexpected signing method %s", t.Method.Alg())
+		var keys []jwt.VerificationKey
+		if alg == "RS256" {
+			keys = toVerificationKeys(a.jwt.RS256Keys)
+		}
+		if _, ok := jwksAlgs[alg]; ok && a.jwks != nil {
+			kid, _ := t.Header["kid"].(string)
+			keys = append(keys, a.jwks.keysFor(ctx, alg, kid)...)
+		}
+		if len(keys) == 0 {
+			return nil, fmt.Errorf("no key for %s token", alg)
+		}
+		return jwt.VerificationKeySet{Keys: keys}, nil
 	})
 	if err != nil {
 		return Principal{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
@@ -250,9 +410,9 @@ func (a *Authenticator) Authenticate(token string) (Principal, error) {
 			return Principal{}, fmt.Errorf("%w: token lives longer than %v", ErrUnauthenticated, max)
 		}
 	}
-	role, err := ParseRole(claims.Role)
-	if err != nil || claims.Subject == "" {
-		return Principal{}, fmt.Errorf("%w: token needs a sub and a role claim", ErrUnauthenticated)
+	role := a.jwt.role(&claims)
+	if role == RoleNone || claims.Subject == "" {
+		return Principal{}, fmt.Errorf("%w: token needs a sub and a %s claim that gives a role", ErrUnauthenticated, a.jwt.RoleClaim)
 	}
 	return newPrincipal(MethodJWT, claims.Subject, role), nil
 }

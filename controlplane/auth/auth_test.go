@@ -103,7 +103,7 @@ func TestAuthenticate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := a.Authenticate(tt.token)
+			got, err := a.Authenticate(context.Background(), tt.token)
 			if tt.want == (auth.Principal{}) {
 				assert.ErrorIs(t, err, auth.ErrUnauthenticated)
 				return
@@ -129,7 +129,7 @@ func TestJWTMaxLifetime(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			a, err := auth.New(auth.Config{JWT: &auth.JWTConfig{HS256Secret: hsSecret, MaxLifetime: tt.max}, Now: func() time.Time { return now }})
 			require.NoError(t, err)
-			_, err = a.Authenticate(tok)
+			_, err = a.Authenticate(context.Background(), tok)
 			if tt.ok {
 				assert.NoError(t, err)
 			} else {

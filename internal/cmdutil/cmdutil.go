@@ -138,6 +138,10 @@ type AuthFlags struct {
 	JWTIssuer      string
 	JWTAudience    string
 	JWTMaxLifetime time.Duration
+	JWKSURL        string
+	JWKSRefresh    time.Duration
+	JWTRoleClaim   string
+	JWTRoleMap     string
 }
 
 // Register adds the sign-in flags.
@@ -147,6 +151,10 @@ func (f *AuthFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.RS256KeyFiles, "jwt-rs256-public-keys", "", "comma-separated PEM RSA public keys: accept RS256 JWTs they verify")
 	fs.StringVar(&f.JWTIssuer, "jwt-issuer", "", "required JWT issuer (iss)")
 	fs.StringVar(&f.JWTAudience, "jwt-audience", "", "required JWT audience (aud): tokens minted for another service are refused")
+	fs.StringVar(&f.JWKSURL, "jwt-jwks-url", "", "accept JWTs (e.g. OIDC ID tokens) signed by a key of this JSON Web Key Set (https; RS256/ES256 and kin, by kid)")
+	fs.DurationVar(&f.JWKSRefresh, "jwt-jwks-refresh", auth.DefaultJWKSRefreshInterval, "how often the JWKS is fetched again (an unknown kid also fetches it, at most every 30s)")
+	fs.StringVar(&f.JWTRoleClaim, "jwt-role-claim", "role", `JWT claim the role comes from: a string or an array of strings (e.g. "groups"; a dotted path for nested claims)`)
+	fs.StringVar(&f.JWTRoleMap, "jwt-role-map", "", `map the role claim's values to roles, e.g. "ops-admins=admin,ops=operator,*=viewer" (highest wins; without it the values are role names)`)
 	fs.DurationVar(&f.JWTMaxLifetime, "jwt-max-lifetime", auth.DefaultMaxJWTLifetime, "refuse JWTs whose exp is further than this from their iat (or from now, without iat); negative: no bound")
 }
 
@@ -184,12 +192,19 @@ func (f *AuthFlags) Apply(cfg *controlplane.Config) (generated string, err error
 		}
 		jc.RS256Keys = append(jc.RS256Keys, k)
 	}
-	if len(jc.HS256Secret) > 0 || len(jc.RS256Keys) > 0 {
+	if f.JWTRoleMap != "" {
+		if jc.RoleMap, err = auth.ParseRoleMap(f.JWTRoleMap); err != nil {
+			return "", fmt.Errorf("--jwt-role-map: %w", err)
+		}
+	}
+	if len(jc.HS256Secret) > 0 || len(jc.RS256Keys) > 0 || f.JWKSURL != "" {
 		jc.Issuer, jc.Audience = f.JWTIssuer, f.JWTAudience
 		jc.MaxLifetime = f.JWTMaxLifetime // 0: auth's default
+		jc.JWKSURL, jc.JWKSRefreshInterval = f.JWKSURL, f.JWKSRefresh
+		jc.RoleClaim = f.JWTRoleClaim
 		cfg.Auth.JWT = &jc
-	} else if f.JWTIssuer != "" || f.JWTAudience != "" {
-		return "", errors.New("--jwt-issuer and --jwt-audience need --jwt-hs256-secret-file or --jwt-rs256-public-keys")
+	} else if f.JWTIssuer != "" || f.JWTAudience != "" || f.JWTRoleMap != "" {
+		return "", errors.New("--jwt-issuer, --jwt-audience and --jwt-role-map need --jwt-hs256-secret-file, --jwt-rs256-public-keys or --jwt-jwks-url")
 	}
 	admin := os.Getenv("LPMOS_ADMIN_TOKEN")
 	if admin == "" && len(cfg.Auth.HashedTokens) == 0 && cfg.Auth.JWT == nil {
