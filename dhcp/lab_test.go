@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,6 +74,24 @@ func (r *runningServer) stop() error {
 	}
 }
 
+// listenAgain is ListenPacket for a port a server in this process has just
+// released. It retries for a few seconds on EADDRINUSE only: the other
+// tests of the package fork processes all the time, and a child between
+// fork and exec holds a copy of every descriptor of this process (close-on-
+// exec only closes it at exec), so a socket closed in that window keeps its
+// port for a moment. Any other error, or a port still taken after 5 s, is
+// returned.
+func listenAgain(iface string, port int) (net.PacketConn, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := ListenPacket(context.Background(), iface, port)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return conn, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // serve builds cfg inside ns (the interface and its address are only
 // visible there), opens the sockets there and serves from this process.
 func serve(t *testing.T, ns *netns.NS, cfg Config) *runningServer {
@@ -80,11 +99,11 @@ func serve(t *testing.T, ns *netns.NS, cfg Config) *runningServer {
 	var s *Server
 	require.NoError(t, ns.Do(func() error {
 		var err error
-		if cfg.Conn, err = ListenPacket(context.Background(), cfg.Interface, ServerPort); err != nil {
+		if cfg.Conn, err = listenAgain(cfg.Interface, ServerPort); err != nil {
 			return err
 		}
 		if cfg.Mode == ModeProxy {
-			if cfg.ProxyConn, err = ListenPacket(context.Background(), cfg.Interface, ProxyPort); err != nil {
+			if cfg.ProxyConn, err = listenAgain(cfg.Interface, ProxyPort); err != nil {
 				return err
 			}
 		}

@@ -316,7 +316,7 @@ func TestServeOwnsItsSockets(t *testing.T) {
 	// The ports are free again.
 	require.NoError(t, l.srv.Do(func() error {
 		for _, port := range []int{ServerPort, ProxyPort} {
-			conn, err := ListenPacket(context.Background(), l.srvIf, port)
+			conn, err := listenAgain(l.srvIf, port)
 			if err != nil {
 				return fmt.Errorf("port %d: %w", port, err)
 			}
