@@ -29,7 +29,8 @@ const (
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
 	CodeRateLimited          = "rate_limited"           // 429
 	CodeInternal             = "internal"               // 500
-	CodeUnavailable          = "unavailable"            // 503
+	CodeUnavailable          = "unavailable"            // 503: retry after Retry-After
+	CodeIdempotencyKeyReused = "idempotency_key_reused" // 422: the Idempotency-Key was used for another request
 )
 
 // codeError is a sentinel that matches every *Error with its code.
@@ -50,6 +51,8 @@ var (
 	ErrRateLimited       error = codeError(CodeRateLimited)
 	ErrInternal          error = codeError(CodeInternal)
 	ErrUnavailable       error = codeError(CodeUnavailable)
+	// ErrIdempotencyKeyReused: see IdempotencyKey.
+	ErrIdempotencyKeyReused error = codeError(CodeIdempotencyKeyReused)
 )
 
 // taskSentinels are the task service's sentinels an API code stands for,

@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"sort"
@@ -26,19 +28,77 @@ type Created struct {
 		Self    string `json:"self"`
 		Approve string `json:"approve"`
 	} `json:"links"`
+	// Replayed: the create carried an idempotency key the control plane
+	// had already seen, and this is the task that first create made (its
+	// status is the task's status now).
+	Replayed bool `json:"-"`
+}
+
+// CreateOption modifies a Create.
+type CreateOption func(*createOptions)
+
+type createOptions struct {
+	key      string
+	attempts int
+}
+
+// IdempotencyKey sends key as the create's Idempotency-Key (at most 255
+// printable ASCII characters, unique per intended task, e.g. an order
+// number and the MAC). The control plane then makes at most one task per
+// key and caller: a repeat is answered with the task the first one made
+// (Created.Replayed), and a repeat with another request is refused
+// (ErrIdempotencyKeyReused). That makes the create safe to repeat, so Create
+// repeats it, up to attempts times in all (default 5), when the answer is
+// lost (a connection error) or is 503 (the store electing a leader),
+// waiting Retry-After or the client's backoff between attempts.
+func IdempotencyKey(key string, attempts ...int) CreateOption {
+	return func(o *createOptions) {
+		o.key = key
+		o.attempts = 5
+		if len(attempts) > 0 && attempts[0] > 0 {
+			o.attempts = attempts[0]
+		}
+	}
 }
 
 // Create asks for an install (POST /api/v1/tasks). The control plane
 // records the caller as the creator; req.CreatedBy is not sent.
-func (c *Client) Create(ctx context.Context, req task.CreateRequest) (*Created, error) {
-	var out Created
-	if _, err := c.call(ctx, http.MethodPost, "/api/v1/tasks", nil, nil, req, &out); err != nil {
-		return nil, err
+func (c *Client) Create(ctx context.Context, req task.CreateRequest, opts ...CreateOption) (*Created, error) {
+	o := createOptions{attempts: 1}
+	for _, opt := range opts {
+		opt(&o)
 	}
-	if out.TaskID == "" {
-		return nil, fmt.Errorf("POST /api/v1/tasks: %w", errNoBody)
+	var header http.Header
+	if o.key != "" {
+		header = http.Header{"Idempotency-Key": {o.key}}
 	}
-	return &out, nil
+	wait := c.minBackoff
+	for attempt := 1; ; attempt++ {
+		var out Created
+		resp, err := c.call(ctx, http.MethodPost, "/api/v1/tasks", nil, header, req, &out)
+		if err == nil {
+			if out.TaskID == "" {
+				return nil, fmt.Errorf("POST /api/v1/tasks: %w", errNoBody)
+			}
+			out.Replayed = resp.Header.Get("Idempotent-Replayed") == "true"
+			return &out, nil
+		}
+		var ae *Error
+		retryable := o.key != "" && (resp == nil || errors.As(err, &ae) && ae.Code == CodeUnavailable)
+		if !retryable || attempt >= o.attempts || ctx.Err() != nil {
+			return nil, err
+		}
+		d := wait/2 + rand.N(wait/2+1)
+		if ae != nil && ae.RetryAfter > 0 {
+			d = ae.RetryAfter
+		}
+		wait = min(2*wait, c.maxBackoff)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(d):
+		}
+	}
 }
 
 // BatchItem is the outcome of one request of a batch create, at its index:

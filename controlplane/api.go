@@ -2,12 +2,15 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/controlplane/auth"
@@ -49,6 +52,20 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	req.CreatedBy = principal(r).Subject
+	if key := r.Header.Get(IdempotencyKeyHeader); key != "" {
+		id, err := idempotentID(req.CreatedBy, key)
+		if err != nil {
+			return err
+		}
+		req.ID = id
+		// A repeat of a create that was applied: answer as the first did
+		// (even when the task has moved on, or capacity is full by now).
+		if t, err := s.svc.Get(r.Context(), id); err == nil {
+			return s.replayCreate(w, r, req, t)
+		} else if !errors.Is(err, task.ErrNotFound) {
+			return err
+		}
+	}
 	adm, err := s.admission(w)
 	if err != nil {
 		return err
@@ -57,18 +74,70 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t, err := s.svc.Create(r.Context(), req)
+	var exists *task.ExistsError
+	if errors.As(err, &exists) && req.ID != "" {
+		// The same key raced with itself; the other one made it.
+		return s.replayCreate(w, r, req, exists.Task)
+	}
 	if err != nil {
 		return err
 	}
+	s.writeCreated(w, r, t, http.StatusCreated)
+	return nil
+}
+
+// IdempotencyKeyHeader makes a create safe to repeat (the IETF
+// httpapi-idempotency-key-header draft): the task ID is derived from the
+// caller's subject and the key, so a repeat of an applied create finds its
+// task and is answered 200 with Idempotent-Replayed: true, and a create
+// that failed or was never applied is simply made. A key is the caller's
+// for as long as the task is kept (retention); the same key with a
+// different request is refused with 422. Clients retrying after a 503, a
+// timeout or a lost connection should always send one.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// CodeIdempotencyKeyReused answers a key repeated with another request.
+const CodeIdempotencyKeyReused = "idempotency_key_reused"
+
+// idempotencyNamespace is the UUID namespace of task IDs derived from
+// idempotency keys (RFC 9562 name-based UUIDs, version 5).
+var idempotencyNamespace = uuid.MustParse("4f0c8a5e-2f4e-4b8e-9d3a-6c1b7e2a9d10")
+
+// idempotentID is the task ID of a create by subject with key.
+func idempotentID(subject, key string) (string, error) {
+	if len(key) > 255 {
+		return "", &task.ValidationError{Field: IdempotencyKeyHeader, Reason: "longer than 255 bytes"}
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return "", &task.ValidationError{Field: IdempotencyKeyHeader, Reason: "only printable ASCII is allowed"}
+		}
+	}
+	return uuid.NewSHA1(idempotencyNamespace, []byte(subject+"\x00"+key)).String(), nil
+}
+
+// replayCreate answers a repeated idempotent create with the task the
+// first one made, or refuses a key reused for another request.
+func (s *Server) replayCreate(w http.ResponseWriter, r *http.Request, req task.CreateRequest, t *task.Task) error {
+	if !req.SameAs(t) {
+		return httpjson.Errorf(http.StatusUnprocessableEntity, CodeIdempotencyKeyReused,
+			"%s was used for task %s, created with another request", IdempotencyKeyHeader, t.ID)
+	}
+	w.Header().Set("Idempotent-Replayed", "true")
+	s.writeCreated(w, r, t, http.StatusOK)
+	return nil
+}
+
+// writeCreated answers a create with the task's ID, status and links.
+func (s *Server) writeCreated(w http.ResponseWriter, r *http.Request, t *task.Task, status int) {
 	auditTaskID(r, t.ID)
 	s.caughtUp(r.Context(), t.Revision)
 	self := "/api/v1/tasks/" + t.ID
 	w.Header().Set("Location", self)
-	httpjson.WriteJSON(w, http.StatusCreated, createResponse{
+	httpjson.WriteJSON(w, status, createResponse{
 		TaskID: t.ID, Status: t.Status, CreatedAt: t.Metadata.CreatedAt, Revision: t.Revision,
 		Links: links{Self: self, Approve: self + "/approve"},
 	})
-	return nil
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {

@@ -141,7 +141,12 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 	if err := httpjson.Decode(w, req, agent.MaxBodyBytes, &body); err != nil {
 		return err
 	}
+	completion := task.Stage(body.Stage) == task.StageCompleted && body.Percentage == 100
 	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
+	if completion && r.alreadyEnded(req, err, body.MACAddress, body.TaskID, task.StatusCompleted) {
+		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": body.TaskID})
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -154,10 +159,12 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 			}
 		}
 		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message, Details: body.Details})
-		if err != nil {
+		if err != nil && !r.endedAs(req.Context(), err, t.ID, task.StatusCompleted) {
 			return err
 		}
-		r.observe(done)
+		if done != nil {
+			r.observe(done)
+		}
 		r.touch(req, mac)
 		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": t.ID})
 		return nil
@@ -279,6 +286,11 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 		return err
 	}
 	mac, t, err := r.authAgent(req.Context(), req, body.MACAddress, body.TaskID)
+	if (body.Status == string(task.StatusFailed) || body.Status == string(task.StatusCompleted)) &&
+		r.alreadyEnded(req, err, body.MACAddress, body.TaskID, task.Status(body.Status)) {
+		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "received", "task_id": body.TaskID})
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -290,17 +302,21 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 			code = "agent_error"
 		}
 		failed, err := r.svc.Fail(req.Context(), t.ID, r.actor, task.ErrorInfo{Code: code, Stage: body.Stage, Message: body.Message})
-		if err != nil {
+		if err != nil && !r.endedAs(req.Context(), err, t.ID, task.StatusFailed) {
 			return err
 		}
-		r.observe(failed)
+		if failed != nil {
+			r.observe(failed)
+		}
 	case string(task.StatusCompleted):
 		r.dropProgress(t.ID)
 		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message})
-		if err != nil {
+		if err != nil && !r.endedAs(req.Context(), err, t.ID, task.StatusCompleted) {
 			return err
 		}
-		r.observe(done)
+		if done != nil {
+			r.observe(done)
+		}
 	default:
 		return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "status must be %q or %q", task.StatusFailed, task.StatusCompleted)
 	}
@@ -381,6 +397,32 @@ func (r *Region) endedTaskOf(req *http.Request, macText string) *task.Task {
 		return nil
 	}
 	return t
+}
+
+// alreadyEnded reports whether an agent call refused by authAgent with
+// authErr repeats the end its task already has: the agent's first report
+// of that end was applied, but its answer was lost (a connection cut, or
+// a 503 while etcd elected a leader after the write was committed), and
+// the agent retried with the token of the task that has now ended. Such
+// a repeat is answered as the first one should have been; anything else
+// stays refused.
+func (r *Region) alreadyEnded(req *http.Request, authErr error, macText, taskID string, end task.Status) bool {
+	if !errors.Is(authErr, errUnauthorized) || taskID == "" {
+		return false
+	}
+	t := r.endedTaskOf(req, macText)
+	return t != nil && t.ID == taskID && t.Status == end
+}
+
+// endedAs reports whether a move to end that failed with err found the
+// task already ended so (the region's view had not caught up with the
+// first report of that end yet): see alreadyEnded.
+func (r *Region) endedAs(ctx context.Context, err error, id string, end task.Status) bool {
+	if !errors.Is(err, task.ErrInvalidTransition) {
+		return false
+	}
+	t, gerr := r.svc.Get(ctx, id)
+	return gerr == nil && t.Status == end
 }
 
 // decision is what the agent is told about its task.

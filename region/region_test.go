@@ -751,3 +751,52 @@ func TestStartingRegionAsksToRetry(t *testing.T) {
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, string(body), "has no active task", "once synced, an unknown machine gets the unknown script")
 }
+
+// An agent whose report of its task's end was applied but whose answer was
+// lost (a cut connection, a 503 while etcd elected a leader) repeats the
+// report: it is answered as the first was, whether or not the region has
+// seen the end yet, and nothing is written twice. Another end stays
+// refused.
+func TestRepeatedEndIsAnsweredAsTheFirst(t *testing.T) {
+	l := startRegion(t, memStore(t))
+	ctx := context.Background()
+	const mac = "52:54:00:12:34:7a"
+	tk := l.create(mac)
+	l.waitStatus(tk.ID, task.StatusReady)
+	_, token := l.boot(mac)
+	l.report(tk.ID, mac, token)
+	_, err := l.svc.Approve(ctx, tk.ID, "ops", "")
+	require.NoError(t, err)
+	l.waitStatus(tk.ID, task.StatusApproved)
+
+	done := agent.ProgressRequest{MACAddress: mac, TaskID: tk.ID, Stage: string(task.StageCompleted), Percentage: 100, Message: "installed"}
+	for i := range 3 {
+		code, body := l.call("POST", agent.PathProgress, token, done)
+		require.Equal(t, http.StatusOK, code, "attempt %d: %v", i, body)
+		assert.Equal(t, "completed", body["status"])
+		assert.Equal(t, tk.ID, body["task_id"])
+		if i == 1 {
+			// From here on the region has surely seen the end.
+			l.waitStatus(tk.ID, task.StatusCompleted)
+			require.Eventually(t, func() bool {
+				_, body := getText(t, l.ts.URL+"/boot/"+mac+".ipxe?platform=pcbios")
+				return strings.Contains(body, "sanboot") // local boot: the view has the end
+			}, 10*time.Second, 20*time.Millisecond)
+		}
+	}
+	code, _ := l.call("POST", agent.PathStatus, token, agent.StatusRequest{MACAddress: mac, TaskID: tk.ID, Status: "completed"})
+	assert.Equal(t, http.StatusOK, code, "the same end by the status endpoint")
+	code, _ = l.call("POST", agent.PathStatus, token, agent.StatusRequest{MACAddress: mac, TaskID: tk.ID, Status: "failed", Code: "late"})
+	assert.Equal(t, http.StatusUnauthorized, code, "another end is refused")
+
+	got, err := l.svc.Get(ctx, tk.ID)
+	require.NoError(t, err)
+	assert.Equal(t, task.StatusCompleted, got.Status)
+	ends := 0
+	for _, e := range got.Timeline {
+		if e.Status == task.StatusCompleted {
+			ends++
+		}
+	}
+	assert.Equal(t, 1, ends, "completed once: %+v", got.Timeline)
+}

@@ -52,6 +52,12 @@ var (
 	ErrInvalid = errors.New("store: invalid request")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
+	// ErrUnavailable: the store cannot answer now (an etcd cluster without
+	// a leader, electing one, or out of reach); the same request may
+	// succeed later. For a write the outcome is unknown: it may have been
+	// applied before the error, so a caller that retries must make the
+	// retry safe (a compare in the transaction, an idempotent request).
+	ErrUnavailable = errors.New("store: unavailable")
 )
 
 // LeaseID identifies a lease. The zero value means "no lease".

@@ -3,6 +3,7 @@ package task
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -57,6 +58,20 @@ func (e *ActiveTaskError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrConflict) hold.
 func (e *ActiveTaskError) Unwrap() error { return ErrConflict }
+
+// ExistsError: a create named a task ID (CreateRequest.ID) that is
+// already taken; Task is that task as it is now. An idempotent create
+// that is repeated gets it and compares (SameRequest).
+type ExistsError struct {
+	Task *Task
+}
+
+func (e *ExistsError) Error() string {
+	return fmt.Sprintf("%v: task %s already exists", ErrConflict, e.Task.ID)
+}
+
+// Unwrap makes errors.Is(err, ErrConflict) hold.
+func (e *ExistsError) Unwrap() error { return ErrConflict }
 
 // Metadata is what the operator asked for; written once at creation.
 type Metadata struct {
@@ -191,6 +206,12 @@ type CreateRequest struct {
 	// CreatedBy is the authenticated caller, set by the API layer, never
 	// taken from the request body.
 	CreatedBy string `json:"-"`
+	// ID, when set, is the new task's ID instead of a random one (a valid
+	// task ID, see lpmos.ValidateTaskID). The API layer derives it from an
+	// Idempotency-Key, so that a repeated create finds the task the first
+	// one made (an *ExistsError) instead of making a second. Never taken
+	// from the request body.
+	ID string `json:"-"`
 }
 
 // Tags the installers read: the machine's hostname and one authorized_keys
@@ -269,6 +290,21 @@ func checkActor(by string) error {
 }
 
 // normalize validates a create request and fills its defaults.
+// SameAs reports whether t is what this request creates: same region,
+// machine, OS, disk layout, network configuration and tags (defaults
+// applied), whoever made it and whatever happened to it since. A repeated
+// idempotent create must be the same request as the first.
+func (r CreateRequest) SameAs(t *Task) bool {
+	mac, err := r.normalize()
+	if err != nil {
+		return false
+	}
+	m := t.Metadata
+	return r.RegionID == m.RegionID && mac == m.TargetMAC && r.OSType == m.OSType &&
+		r.OSVersion == m.OSVersion && r.DiskLayout == m.DiskLayout &&
+		r.NetworkConfig == m.NetworkConfig && maps.Equal(r.Tags, m.Tags)
+}
+
 func (r *CreateRequest) normalize() (lpmos.MAC, error) {
 	if r.RegionID == "" {
 		return lpmos.MAC{}, invalid("region_id", "is required")

@@ -127,8 +127,12 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 		return nil, err
 	}
 	now := s.now()
+	id := req.ID
+	if id == "" {
+		id = s.cfg.NewID()
+	}
 	t := &Task{
-		ID:     s.cfg.NewID(),
+		ID:     id,
 		Status: StatusPending,
 		Metadata: Metadata{
 			RegionID:      req.RegionID,
@@ -145,6 +149,9 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 	}
 	t.Metadata.ID = t.ID
 	if err := lpmos.ValidateTaskID(t.ID); err != nil {
+		if req.ID != "" {
+			return nil, invalid("id", "%v", err)
+		}
 		return nil, fmt.Errorf("task ID generator: %w", err)
 	}
 	macKey := AgentKey(mac, AgentFieldTaskID)
@@ -162,6 +169,15 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 		return nil, fmt.Errorf("create task: %w", err)
 	}
 	if !res.Succeeded {
+		if req.ID != "" {
+			existing, gerr := s.Get(ctx, req.ID)
+			switch {
+			case gerr == nil:
+				return nil, &ExistsError{Task: existing}
+			case !errors.Is(gerr, ErrNotFound):
+				return nil, fmt.Errorf("create task %s: %w", req.ID, gerr)
+			}
+		}
 		active, gerr := s.st.Get(ctx, macKey)
 		if gerr != nil {
 			// The claim went away between the two reads: report a plain

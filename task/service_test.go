@@ -901,3 +901,41 @@ func TestPutProgress(t *testing.T) {
 		assert.Equal(t, before, after, "nothing written")
 	})
 }
+
+// A create that names its ID makes that task once; naming it again gives
+// the task as it is (ExistsError), which SameAs compares with the request.
+func TestCreateWithID(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := context.Background()
+		req := validRequest("00:1a:2b:3c:7e:01")
+		req.ID = "6f1d2c3b-4a5e-5f60-8a7b-9c0d1e2f3a4b"
+		tk, err := svc.Create(ctx, req)
+		require.NoError(t, err)
+		assert.Equal(t, req.ID, tk.ID)
+
+		_, err = svc.Cancel(ctx, tk.ID, "ops", "done with it")
+		require.NoError(t, err)
+		again := validRequest("00-1A-2B-3C-7E-01")
+		again.ID = req.ID
+		_, err = svc.Create(ctx, again)
+		var ee *task.ExistsError
+		require.ErrorAs(t, err, &ee)
+		assert.ErrorIs(t, err, task.ErrConflict)
+		assert.Equal(t, task.StatusCancelled, ee.Task.Status)
+		assert.True(t, again.SameAs(ee.Task), "same request, MAC spelled otherwise")
+		other := again
+		other.OSVersion = "24.04"
+		assert.False(t, other.SameAs(ee.Task))
+
+		bad := validRequest("00:1a:2b:3c:7e:02")
+		bad.ID = "not-a-task-id"
+		before, rev := dump(t, st)
+		_, err = svc.Create(ctx, bad)
+		var ve *task.ValidationError
+		require.ErrorAs(t, err, &ve)
+		assert.Equal(t, "id", ve.Field)
+		after, rev2 := dump(t, st)
+		assert.Equal(t, before, after)
+		assert.Equal(t, rev, rev2)
+	})
+}

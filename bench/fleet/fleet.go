@@ -130,6 +130,10 @@ type Result struct {
 	// had completed then.
 	Killed          string
 	KilledAfterDone int
+	// Unavailable counts answers 503 "store unavailable" (an etcd leader
+	// election) that the operator retried: creates repeated with their
+	// idempotency key, approvals left to the next bulk call.
+	Unavailable int64
 }
 
 type restFigure struct {
@@ -153,13 +157,15 @@ type fleet struct {
 	etcds   []*proc
 	etcdURL []string
 	done    atomic.Int64 // machines whose install completed
-	killed  string       // the etcd member killed, if any
-	regions []*proc
-	regURL  []string
-	cps     []*proc
-	cpAPI   []*controlPlane
-	pprof   map[string]string // process → profiler base URL
-	dbs     []*dashboard
+	// unavailable counts 503s the operator retried (Result.Unavailable).
+	unavailable atomic.Int64
+	killed      string // the etcd member killed, if any
+	regions     []*proc
+	regURL      []string
+	cps         []*proc
+	cpAPI       []*controlPlane
+	pprof       map[string]string // process → profiler base URL
+	dbs         []*dashboard
 
 	mu       sync.Mutex
 	taskOf   []string // machine → task ID
@@ -541,12 +547,14 @@ func (f *fleet) load(ctx context.Context) (*Result, error) {
 	}
 	f.mu.Lock()
 	res.Problems = append(res.Problems, f.problems...)
+	res.Unavailable = f.unavailable.Load()
 	f.mu.Unlock()
 	return res, nil
 }
 
 // create creates machine i's task through a control plane, retrying what
-// a loaded control plane may answer (503 while loading, 409 capacity).
+// a loaded control plane may answer (503 while loading or while etcd
+// elects a leader, 409 capacity) with the same idempotency key.
 func (f *fleet) create(ctx context.Context, i int) (string, error) {
 	cp := f.cpAPI[i%len(f.cpAPI)]
 	req := task.CreateRequest{
@@ -556,11 +564,17 @@ func (f *fleet) create(ctx context.Context, i int) (string, error) {
 	var err error
 	for attempt := range 5 {
 		var out *client.Created
-		if err = cp.timed(opCreate, func() (err error) { out, err = cp.c.Create(ctx, req); return err }); err == nil {
+		// The key makes a repeat safe when the answer was lost or was a
+		// 503 from an etcd election after the write was applied.
+		key := client.IdempotencyKey("fleet/"+req.TargetMAC, 1)
+		if err = cp.timed(opCreate, func() (err error) { out, err = cp.c.Create(ctx, req, key); return err }); err == nil {
 			return out.TaskID, nil
 		}
 		if !errors.Is(err, client.ErrUnavailable) && !errors.Is(err, client.ErrCapacity) {
 			return "", err
+		}
+		if errors.Is(err, client.ErrUnavailable) {
+			f.unavailable.Add(1)
 		}
 		select {
 		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
@@ -641,6 +655,10 @@ func (f *fleet) approveLoop(ctx context.Context, stop <-chan struct{}, r int) {
 		if expected(opApprove, err) {
 			return // nothing waiting for approval in this region
 		}
+		if errors.Is(err, client.ErrUnavailable) {
+			f.unavailable.Add(1)
+			return // the next call approves them
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				f.problem("bulk approve %s: %v", regionName(r), err)
@@ -649,7 +667,13 @@ func (f *fleet) approveLoop(ctx context.Context, stop <-chan struct{}, r int) {
 		}
 		for _, fail := range out.Failed {
 			// A filter selects from the replica's view, which may
-			// trail the other replica's approval of the same task.
+			// trail the other replica's approval of the same task. An
+			// unavailable store (etcd electing a leader) leaves the task
+			// to the next call.
+			if errors.Is(fail.Err, client.ErrUnavailable) {
+				f.unavailable.Add(1)
+				continue
+			}
 			if !errors.Is(fail.Err, client.ErrInvalidTransition) {
 				f.problem("bulk approve %s: %s not moved: %v", regionName(r), fail.TaskID, fail.Err)
 			}

@@ -72,3 +72,36 @@ func TestFleetSmoke(t *testing.T) {
 	}
 	assert.True(t, res.OK())
 }
+
+// TestFleetEtcdLeaderKilled kills (SIGKILL) the leader of a 3-member etcd
+// cluster halfway through a small fleet run: the clients of the regions
+// and control planes fail over, their watches resume, and nothing is
+// lost, duplicated, stuck or missed by a dashboard.
+func TestFleetEtcdLeaderKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd, region and control-plane processes (run without -short)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{
+		Machines: 150, Regions: 2, ControlPlanes: 2, Dashboards: 10, Firehose: 2, EtcdMembers: 3,
+		KillEtcdLeaderAt: 0.5, Speed: 20, BootRetry: 200 * time.Millisecond, CreateWorkers: 8,
+		Timeout: 3 * time.Minute, WorkDir: t.TempDir(),
+	})
+	require.NoError(t, err)
+	var out bytes.Buffer
+	res.Print(&out)
+	t.Log("\n" + out.String())
+
+	require.NotEmpty(t, res.Killed, "a leader was killed")
+	assert.GreaterOrEqual(t, res.KilledAfterDone, 75)
+	assert.Less(t, res.KilledAfterDone, 150, "killed while machines were still installing")
+	assert.Equal(t, 150, res.Completed)
+	assert.Zero(t, res.Lost+res.Duplicated+res.Stuck+res.TimelineBad)
+	assert.Zero(t, res.WS.Lost, "status messages lost")
+	assert.Zero(t, res.WS.Misorder)
+	assert.Empty(t, res.WS.Ended)
+	assert.NoError(t, res.WSWait)
+	assert.Equal(t, 150, res.Purged)
+	assert.True(t, res.OK())
+}

@@ -123,6 +123,9 @@ func (r *Result) Print(w io.Writer) {
 	if r.Killed != "" {
 		fmt.Fprintf(w, "fleet: etcd leader %s killed (SIGKILL) after %d machines had completed\n", r.Killed, r.KilledAfterDone)
 	}
+	if r.Unavailable > 0 {
+		fmt.Fprintf(w, "fleet: answers 503 store unavailable, retried by the operator: %d\n", r.Unavailable)
+	}
 	fmt.Fprintf(w, "fleet: etcd db after run=%s (in use %s); after retention (%d tasks purged) + compaction + defragmentation=%s\n",
 		mb(r.DBAfterRun), mb(r.DBInUseAfterRun), r.Purged, mb(r.DBAfterRetention))
 	if r.WSWait != nil {

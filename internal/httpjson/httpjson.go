@@ -5,7 +5,7 @@
 // request decoder, JSON answers with the same security headers, and bearer
 // token parsing.
 //
-// It knows HTTP and the task errors, nothing of routes, roles or stores:
+// It knows HTTP and the task and store errors, nothing of routes, roles or stores:
 // which endpoints exist and who may call them stays with the two APIs.
 package httpjson
 
@@ -14,11 +14,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -36,8 +40,12 @@ const (
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
 	CodeRateLimited          = "rate_limited"           // 429
 	CodeInternal             = "internal"               // 500; the message never says more
-	CodeUnavailable          = "unavailable"            // 503
+	CodeUnavailable          = "unavailable"            // 503: retry after Retry-After (the store is electing a leader, or out of reach)
 )
+
+// UnavailableRetryAfter is the Retry-After of a 503 for an unavailable
+// store: an etcd leader election takes about a second or two.
+const UnavailableRetryAfter = 2 * time.Second
 
 // Error is a refused request: the status it is answered with and the
 // body's error object. Handlers return it (or any error, mapped by From).
@@ -48,6 +56,8 @@ type Error struct {
 	Field   string `json:"field,omitempty"`
 	// Challenge is the WWW-Authenticate value of a 401 (default "Bearer").
 	Challenge string `json:"-"`
+	// RetryAfter, when positive, is sent as Retry-After (whole seconds).
+	RetryAfter time.Duration `json:"-"`
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -64,7 +74,9 @@ type Body struct {
 
 // From maps an error to its answer, in one place for both APIs. An *Error
 // anywhere in the chain is answered as is; the task service's sentinels
-// get their status and code; anything else is a 500 whose message hides
+// get their status and code; an unavailable store is a 503 with
+// Retry-After (the request may succeed later; for a create, retry it with
+// the same Idempotency-Key); anything else is a 500 whose message hides
 // the cause (the caller logs it).
 func From(err error) *Error {
 	var e *Error
@@ -85,6 +97,9 @@ func From(err error) *Error {
 		return &Error{Status: http.StatusConflict, Code: CodeConflict, Message: err.Error()}
 	case errors.As(err, &mbe):
 		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge, Message: fmt.Sprintf("request body larger than %d bytes", mbe.Limit)}
+	case errors.Is(err, store.ErrUnavailable):
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: "the store is unavailable for a moment; retry", RetryAfter: UnavailableRetryAfter}
 	}
 	return &Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error"}
 }
@@ -111,6 +126,9 @@ func WriteError(w http.ResponseWriter, err error) *Error {
 			challenge = "Bearer"
 		}
 		w.Header().Set("WWW-Authenticate", challenge)
+	}
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
 	WriteJSON(w, e.Status, Body{Error: e})
 	return e

@@ -16,6 +16,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/internal/httpjson"
+	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -36,6 +37,7 @@ func TestFrom(t *testing.T) {
 		{"active task", &task.ActiveTaskError{MAC: lpmos.MAC{}, TaskID: "t"}, 409, httpjson.CodeConflict, ""},
 		{"body too large", fmt.Errorf("x: %w", &http.MaxBytesError{Limit: 10}), 413, httpjson.CodeTooLarge, ""},
 		{"own error, wrapped", fmt.Errorf("x: %w", own), http.StatusTeapot, "teapot", ""},
+		{"store unavailable", fmt.Errorf("create task: %w", fmt.Errorf("txn: %w (etcdserver: leader changed)", store.ErrUnavailable)), 503, httpjson.CodeUnavailable, ""},
 		{"anything else", errors.New("disk on fire"), 500, httpjson.CodeInternal, ""},
 	}
 	for _, tt := range tests {
@@ -48,6 +50,15 @@ func TestFrom(t *testing.T) {
 		})
 	}
 	assert.Equal(t, "internal error", httpjson.From(errors.New("secret detail")).Message, "a 500 does not leak its cause")
+}
+
+func TestWriteErrorUnavailableSaysWhenToRetry(t *testing.T) {
+	w := httptest.NewRecorder()
+	got := httpjson.WriteError(w, fmt.Errorf("get: %w", store.ErrUnavailable))
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+	assert.Equal(t, "2", w.Header().Get("Retry-After"))
+	assert.Equal(t, httpjson.CodeUnavailable, got.Code)
+	assert.NotContains(t, w.Body.String(), "store: unavailable", "the cause stays in the server's log")
 }
 
 func TestWriteError(t *testing.T) {

@@ -24,6 +24,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/lpmos/lpmos/store"
 )
@@ -172,12 +174,38 @@ func mapErr(op string, err error) error {
 		sentinel = store.ErrTooLarge
 	case errors.Is(err, rpctypes.ErrDuplicateKey), errors.Is(err, rpctypes.ErrEmptyKey), errors.Is(err, rpctypes.ErrLeaseTTLTooLarge):
 		sentinel = store.ErrInvalid
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case unavailable(err):
+		sentinel = store.ErrUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		// The caller's deadline passed while etcd did not answer: to the
+		// caller the store is unavailable, and it may still tell a timeout.
+		return fmt.Errorf("%s: %w: %w", op, store.ErrUnavailable, err)
+	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s: %w", op, err)
 	default:
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	return fmt.Errorf("%s: %w (%v)", op, sentinel, err)
+	return fmt.Errorf("%s: %w: %w", op, sentinel, err)
+}
+
+// unavailable reports whether err says the cluster cannot answer now but
+// may later: no leader, a leader change or election in progress, a proposal
+// that timed out, or no connection to any member.
+func unavailable(err error) bool {
+	for _, e := range []error{
+		rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged, rpctypes.ErrNotCapable, rpctypes.ErrStopped,
+		rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost,
+		rpctypes.ErrTimeoutWaitAppliedIndex, rpctypes.ErrUnhealthy, rpctypes.ErrTooManyRequests,
+	} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
 }
 
 func fromKV(kv *mvccpb.KeyValue) store.KV {
