@@ -15,7 +15,7 @@
 //
 // # REST API (JSON, under /api/v1, "Authorization: Bearer <token>")
 //
-//	POST   /api/v1/tasks                create (operator)   201 {task_id, status, created_at, links{self, approve}}
+//	POST   /api/v1/tasks                create (operator)   201 {task_id, status, created_at, links{self, approve}}; Idempotency-Key: a repeat → 200
 //	POST   /api/v1/tasks/batch          create many (operator) {tasks: [create bodies]} → 200 {created, failed, results}
 //	POST   /api/v1/tasks/approve        approve many (operator) {ids | filter, limit, notes} → 200 {matched, truncated, moved, failed}
 //	POST   /api/v1/tasks/reject         reject many (operator)  {ids | filter, limit, reason}
@@ -114,8 +114,23 @@
 // invalid_transition (the task's status does not allow the call) or
 // conflict (the task changed since If-Match, or the MAC already has an
 // active task) or capacity (too many active tasks), 413 too_large, 415 unsupported_media_type, 429
-// rate_limited, 503 unavailable. Nothing is written when an error is
-// returned. The region's agent API answers its errors the same way.
+// rate_limited, 422 idempotency_key_reused, 503 unavailable (with
+// Retry-After: the store is electing a leader or out of reach, or the
+// replica is still loading). Nothing is written when an error is
+// returned, except that a write answered 503 may have been applied before
+// the store stopped answering. The region's agent API answers its errors
+// the same way.
+//
+// # Idempotent creates
+//
+// POST /api/v1/tasks takes an Idempotency-Key header (IdempotencyKeyHeader):
+// the new task's ID is a name-based UUID of the caller's subject and the
+// key, so a repeat of a create that was applied finds that task and is
+// answered 200 with Idempotent-Replayed: true (the task as it is now),
+// while a create that was not applied is simply made. The same key with
+// another request (region, MAC, OS, disk layout, network, tags) is 422
+// idempotency_key_reused. A caller that retries after a 503, a timeout or
+// a lost connection should always send a key.
 //
 // # Tasks no region picks up
 //
