@@ -124,6 +124,12 @@ type Health struct {
 	Services      map[string]string `json:"services"`
 	EtcdConnected bool              `json:"etcd_connected"`
 	LastHeartbeat time.Time         `json:"last_heartbeat,omitzero"`
+	// Role is "leader" or "standby": of the processes that run a region,
+	// only the leader answers machines. Instance names this process,
+	// Leader the one that leads ("" while none does).
+	Role     string `json:"role,omitempty"`
+	Instance string `json:"instance,omitempty"`
+	Leader   string `json:"leader,omitempty"`
 }
 
 // Error is the body of a refused agent request, the same shape as the

@@ -520,9 +520,12 @@ type Region struct {
 	ID string `json:"region_id"`
 	// Status is "online" while the region's heartbeat lives and it has
 	// not said it is going offline, else "offline".
-	Status        string             `json:"status"`
-	LastHeartbeat string             `json:"last_heartbeat,omitempty"`
-	Capabilities  *task.Capabilities `json:"capabilities,omitempty"`
+	Status        string `json:"status"`
+	LastHeartbeat string `json:"last_heartbeat,omitempty"`
+	// Leader is the instance ID of the region process that leads it (of
+	// several run for one region, only the leader answers machines).
+	Leader       string             `json:"leader,omitempty"`
+	Capabilities *task.Capabilities `json:"capabilities,omitempty"`
 }
 
 // Regions lists the regions the control plane knows, by ID.

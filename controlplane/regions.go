@@ -24,8 +24,12 @@ type Region struct {
 	Status string `json:"status"`
 	// LastHeartbeat is the heartbeat's time; once it expired, the time of
 	// the last one (from the capabilities the region wrote with it).
-	LastHeartbeat string             `json:"last_heartbeat,omitempty"`
-	Capabilities  *task.Capabilities `json:"capabilities,omitempty"`
+	LastHeartbeat string `json:"last_heartbeat,omitempty"`
+	// Leader names the region process that leads the region (its
+	// instance ID), "" while none does: of several processes started for
+	// one region, only the leader answers machines.
+	Leader       string             `json:"leader,omitempty"`
+	Capabilities *task.Capabilities `json:"capabilities,omitempty"`
 	// ActiveTasks counts the region's tasks that have not ended, by
 	// status, from this replica's task view: {} when there are none, nil
 	// (null) while the view is still loading and cannot tell.
@@ -33,6 +37,7 @@ type Region struct {
 }
 
 type regionState struct {
+	leader       string
 	heartbeat    string
 	status       string
 	capabilities *task.Capabilities
@@ -84,6 +89,8 @@ func (c *regionCache) putLocked(key string, value []byte) {
 		c.regions[region] = r
 	}
 	switch field {
+	case "leader":
+		r.leader = string(value)
 	case "heartbeat":
 		r.heartbeat = string(value)
 	case "status":
@@ -99,7 +106,7 @@ func (c *regionCache) putLocked(key string, value []byte) {
 			}
 		}
 	}
-	if r.heartbeat == "" && r.status == "" && r.capabilities == nil {
+	if r.heartbeat == "" && r.status == "" && r.capabilities == nil && r.leader == "" {
 		delete(c.regions, region)
 	}
 }
@@ -116,7 +123,7 @@ func (c *regionCache) list() []Region {
 		if last == "" && r.capabilities != nil && !r.capabilities.UpdatedAt.IsZero() {
 			last = r.capabilities.UpdatedAt.UTC().Format(time.RFC3339Nano)
 		}
-		out = append(out, Region{ID: id, Status: status, LastHeartbeat: last, Capabilities: r.capabilities})
+		out = append(out, Region{ID: id, Status: status, LastHeartbeat: last, Leader: r.leader, Capabilities: r.capabilities})
 	}
 	slices.SortFunc(out, func(a, b Region) int { return strings.Compare(a.ID, b.ID) })
 	return out

@@ -130,6 +130,13 @@ type Config struct {
 	// Logger receives debug logs per packet and warnings; default: discard.
 	Logger *slog.Logger
 
+	// Active, if set, is asked before every packet is answered: while it
+	// says false the server answers nothing (Stats.Inactive). A region
+	// process that is a standby of its region's leader is such a server:
+	// it keeps its sockets and starts answering the moment it leads, and a
+	// leader stops the moment its term ends.
+	Active func() bool
+
 	// Conn, when set, is used instead of opening port 67 on Interface;
 	// ProxyConn likewise replaces port 4011 in proxy mode. The server owns
 	// them and closes them when Serve returns. ListenPacket opens sockets

@@ -235,6 +235,10 @@ func (s *Server) read(conn net.PacketConn, proxy bool, queue chan<- inbound, sto
 
 // process answers one packet; it runs on a worker.
 func (s *Server) process(ctx context.Context, in inbound) {
+	if s.cfg.Active != nil && !s.cfg.Active() {
+		s.stats.inactive.Add(1)
+		return
+	}
 	reply, dst := s.handle(ctx, in.data, in.src, in.onProxyPort)
 	if reply == nil {
 		return
@@ -255,6 +259,7 @@ type Stats struct {
 	// Dropped unread.
 	QueueFull uint64 // no worker free and the queue full
 	Malformed uint64 // not a valid DHCP client message
+	Inactive  uint64 // read while Config.Active said no (a standby)
 	// Valid client messages by type.
 	Discovers, Requests, Releases, Declines, Informs uint64
 	// Valid messages not answered.
@@ -273,6 +278,7 @@ type counters struct {
 	discovers, requests, releases, declines, informs atomic.Uint64
 	ignored, noPool, poolExhausted, policyErrors     atomic.Uint64
 	offers, acks, naks, sendErrors                   atomic.Uint64
+	inactive                                         atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -280,8 +286,8 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Received: c.received.Load(), QueueFull: c.queueFull.Load(), Malformed: c.malformed.Load(),
-		UnsupportedArch: c.unsupportedArch.Load(),
-		Discovers:       c.discovers.Load(), Requests: c.requests.Load(), Releases: c.releases.Load(),
+		UnsupportedArch: c.unsupportedArch.Load(), Inactive: c.inactive.Load(),
+		Discovers: c.discovers.Load(), Requests: c.requests.Load(), Releases: c.releases.Load(),
 		Declines: c.declines.Load(), Informs: c.informs.Load(),
 		Ignored: c.ignored.Load(), NoPool: c.noPool.Load(), PoolExhausted: c.poolExhausted.Load(),
 		PolicyErrors: c.policyErrors.Load(),

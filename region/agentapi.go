@@ -480,6 +480,10 @@ func (r *Region) health(w http.ResponseWriter, req *http.Request) {
 	h := agent.Health{Status: "healthy", RegionID: r.cfg.RegionID, Services: map[string]string{"http": "running"},
 		EtcdConnected: r.storeOK, LastHeartbeat: r.lastHeartbeat}
 	r.hbMu.RUnlock()
+	h.Role, h.Instance = r.Role(), r.cfg.InstanceID
+	if h.EtcdConnected {
+		h.Leader = r.lead.leader(req.Context())
+	}
 	for k, v := range r.cfg.Services {
 		h.Services[k] = v
 	}

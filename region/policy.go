@@ -8,6 +8,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/dhcp"
+	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -101,7 +102,7 @@ func (r *Region) recordDiscovered(ctx context.Context, req dhcp.Request) {
 		d.RelayAddr = req.RelayAddr.String()
 	}
 	b, _ := json.Marshal(d)
-	if _, err := r.cfg.Store.Put(ctx, task.AgentKey(req.MAC, task.AgentFieldInfo), b); err != nil {
+	if _, err := r.cfg.Store.Txn(ctx, store.Txn{If: r.lead.Compares(), Then: []store.Op{store.OpPut(task.AgentKey(req.MAC, task.AgentFieldInfo), b)}}); err != nil {
 		r.log.Warn("record discovered machine", "mac", req.MAC, "err", err)
 	}
 	r.tokens.forget(req.MAC) // the token record, if any, was replaced

@@ -101,6 +101,14 @@ type Config struct {
 	// the script.
 	Leases LeaseLookup
 
+	// InstanceID names this process among its region's processes
+	// (default: the host name and PublicURL). Processes of one region
+	// elect a leader (see leader.go); only it answers machines and writes.
+	InstanceID string
+	// LeaderTTL is the lease on the leadership (default 10 s): a standby
+	// takes over within about this long after the leader died.
+	LeaderTTL time.Duration
+
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -138,6 +146,12 @@ type Region struct {
 	relays   relays
 
 	handler http.Handler
+
+	lead *leadership
+	// becameLeader wakes leaderLoop, and hbWake the heartbeat, when this
+	// process starts a term; hbStopped is closed once the heartbeat said
+	// goodbye, which the election waits for before it resigns.
+	becameLeader, hbWake, hbStopped chan struct{}
 
 	hbMu          sync.RWMutex
 	lastHeartbeat time.Time
@@ -203,6 +217,13 @@ func New(cfg Config) (*Region, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.LeaderTTL <= 0 {
+		cfg.LeaderTTL = 10 * time.Second
+	}
+	if cfg.InstanceID == "" {
+		host, _ := os.Hostname()
+		cfg.InstanceID = host + " " + cfg.PublicURL
+	}
 	log := cfg.Logger.With("region", cfg.RegionID)
 	cat, problems := ScanCatalogue(cfg.BootDir, cfg.PublicURL)
 	for _, p := range problems {
@@ -214,12 +235,20 @@ func New(cfg Config) (*Region, error) {
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
 		fetches: newFetchLimits(), toPrepare: make(chan *task.Task, prepareQueue),
 	}
-	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now})
+	r.becameLeader, r.hbWake, r.hbStopped = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
+	r.lead = newLeadership(cfg.Store, cfg.RegionID, cfg.InstanceID, cfg.LeaderTTL, r.leadershipChanged)
+	r.lead.beforeResign = func() {
+		select {
+		case <-r.hbStopped:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead})
 	r.tasks = task.NewView(r.svc, task.ViewConfig{
 		Region: cfg.RegionID, ActiveOnly: true, Logger: log,
 		OnFill: r.tasksListed, OnChange: r.taskChanged,
 	})
-	r.tokens = &tokens{st: cfg.Store, now: cfg.Now}
+	r.tokens = &tokens{st: cfg.Store, now: cfg.Now, fence: r.lead.Compares}
 	mux := http.NewServeMux()
 	r.agentRoutes(mux)
 	if err := r.bootRoutes(mux); err != nil {
@@ -241,17 +270,76 @@ func (r *Region) Catalogue() *Catalogue { return r.catalog }
 // is just (re)starting retries instead of being told it has no task.
 func (r *Region) Synced() <-chan struct{} { return r.tasks.Synced() }
 
-// starting answers 503 while the region is not Synced, and reports
-// whether it did.
+// starting answers 503 while the region is not Synced, or while this
+// process is not its region's leader (a standby), and reports whether it
+// did: machines retry, and reach the leader once it answers at this
+// address or the standby took over.
 func (r *Region) starting(w http.ResponseWriter) bool {
 	select {
 	case <-r.tasks.Synced():
-		return false
 	default:
+		w.Header().Set("Retry-After", "1")
+		httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, "starting", "the region is starting; retry"))
+		return true
 	}
-	w.Header().Set("Retry-After", "1")
-	httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, "starting", "the region is starting; retry"))
-	return true
+	if !r.lead.leading() {
+		w.Header().Set("Retry-After", "1")
+		httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, "standby", "this region process is a standby; retry"))
+		return true
+	}
+	return false
+}
+
+// Leading reports whether this process is its region's leader now: only
+// then does it answer machines (DHCP, scripts, agent API) and write.
+func (r *Region) Leading() bool { return r.lead.leading() }
+
+// Role is RoleLeader or RoleStandby.
+func (r *Region) Role() string {
+	if r.Leading() {
+		return RoleLeader
+	}
+	return RoleStandby
+}
+
+// InstanceID names this process among its region's processes.
+func (r *Region) InstanceID() string { return r.cfg.InstanceID }
+
+// leadershipChanged is the election's hook.
+func (r *Region) leadershipChanged(leading bool) {
+	if leading {
+		r.log.Info("leading the region", "instance", r.cfg.InstanceID)
+		for _, c := range []chan struct{}{r.becameLeader, r.hbWake} {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	r.log.Warn("no longer leading the region", "instance", r.cfg.InstanceID)
+}
+
+// leaderLoop takes over, at the start of each term, what a standby left
+// alone: tasks still pending are prepared.
+func (r *Region) leaderLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.becameLeader:
+		}
+		select {
+		case <-r.tasks.Synced():
+		case <-ctx.Done():
+			return nil
+		}
+		for _, t := range r.tasks.Tasks() {
+			if t.Status == task.StatusPending {
+				r.queuePrepare(ctx, t)
+			}
+		}
+	}
 }
 
 // Run watches the region's tasks, heartbeats and enforces timeouts until
@@ -260,6 +348,8 @@ func (r *Region) starting(w http.ResponseWriter) bool {
 func (r *Region) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.tasks.Run(ctx) })
+	g.Go(func() error { return r.lead.run(ctx) })
+	g.Go(func() error { return r.leaderLoop(ctx) })
 	g.Go(func() error { return r.heartbeat(ctx) })
 	g.Go(func() error { return r.enforceTimeouts(ctx) })
 	g.Go(func() error { return r.flushProgressLoop(ctx) })
@@ -302,6 +392,24 @@ func (r *Region) heartbeat(ctx context.Context) error {
 	st := r.cfg.Store
 	var lease store.LeaseID
 	write := func() error {
+		if !r.lead.leading() {
+			// A standby writes nothing: it only checks that it
+			// reaches the store, for /health.
+			if lease != store.NoLease { // a term of ours ended
+				_ = st.Revoke(ctx, lease)
+				lease = store.NoLease
+			}
+			_, err := st.Get(ctx, task.RegionLeaderKey(r.cfg.RegionID))
+			if errors.Is(err, store.ErrNotFound) {
+				err = nil
+			}
+			if err == nil {
+				r.hbMu.Lock()
+				r.storeOK = true
+				r.hbMu.Unlock()
+			}
+			return err
+		}
 		if lease == store.NoLease {
 			id, err := st.Grant(ctx, r.cfg.HeartbeatTTL)
 			if err != nil {
@@ -316,7 +424,7 @@ func (r *Region) heartbeat(ctx context.Context) error {
 		}
 		caps, _ := json.Marshal(r.capabilities())
 		now := r.cfg.Now().UTC()
-		_, err := st.Txn(ctx, store.Txn{Then: []store.Op{
+		res, err := st.Txn(ctx, store.Txn{If: r.lead.Compares(), Then: []store.Op{
 			store.OpPut(task.RegionHeartbeatKey(r.cfg.RegionID), []byte(now.Format(time.RFC3339Nano)), store.WithLease(lease)),
 			// Only the heartbeat is on the lease: a region that dies
 			// stays listed, offline, with what it last said it can do
@@ -324,6 +432,9 @@ func (r *Region) heartbeat(ctx context.Context) error {
 			store.OpPut(task.RegionStatusKey(r.cfg.RegionID), []byte(task.RegionOnline)),
 			store.OpPut(task.RegionCapabilitiesKey(r.cfg.RegionID), caps),
 		}})
+		if err == nil && !res.Succeeded {
+			return nil // deposed since: the election notices
+		}
 		if err == nil {
 			r.hbMu.Lock()
 			r.lastHeartbeat, r.storeOK = now, true
@@ -342,14 +453,21 @@ func (r *Region) heartbeat(ctx context.Context) error {
 		}
 		select {
 		case <-tick.C:
+		case <-r.hbWake:
 		case <-ctx.Done():
 			// Say goodbye with a fresh deadline: ctx is already done.
+			// Only a leader does, before it resigns (see Run); a
+			// standby that takes over says online again.
+			defer close(r.hbStopped)
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
 			defer cancel()
 			if lease != store.NoLease {
 				_ = st.Revoke(sctx, lease)
 			}
-			_, _ = st.Put(sctx, task.RegionStatusKey(r.cfg.RegionID), []byte(task.RegionOffline))
+			if r.lead.leading() {
+				_, _ = st.Txn(sctx, store.Txn{If: r.lead.Compares(), Then: []store.Op{
+					store.OpPut(task.RegionStatusKey(r.cfg.RegionID), []byte(task.RegionOffline))}})
+			}
 			return nil
 		}
 	}

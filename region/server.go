@@ -110,6 +110,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.DHCP != nil {
 		dc := *cfg.DHCP
 		dc.Policy = reg.DHCPPolicy()
+		dc.Active = reg.Leading
 		dc.Logger = cmp.Or(dc.Logger, reg.cfg.Logger)
 		if s.dhcp, err = dhcp.New(dc); err != nil {
 			return nil, fmt.Errorf("region: DHCP: %w", err)

@@ -139,6 +139,9 @@ func (r *Region) observe(t *task.Task) {
 // prepare readies a new task for its machine: the agent boot files must be
 // there (the script is rendered per request), then the task is ready.
 func (r *Region) prepare(ctx context.Context, t *task.Task) {
+	if !r.lead.leading() {
+		return // the leader prepares it (a new leader looks for pending tasks)
+	}
 	if err := r.checkBootFiles(t); err != nil {
 		r.log.Error("cannot prepare task", "task_id", t.ID, "err", err)
 		r.retry(ctx, "fail unpreparable task", func() error {
@@ -190,6 +193,9 @@ func (r *Region) enforceTimeouts(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+		if !r.lead.leading() {
+			continue
 		}
 		now := r.cfg.Now()
 		for _, t := range r.tasks.Tasks() {

@@ -52,6 +52,9 @@ type agentInfo struct {
 type tokens struct {
 	st  store.Store
 	now func() time.Time
+	// fence guards the token writes as task.Config.Fence guards the
+	// task writes: a deposed leader issues no token.
+	fence func() []store.Compare
 
 	mu    sync.Mutex
 	clear map[lpmos.MAC]string // the clear token this process issued, per machine
@@ -141,11 +144,14 @@ func (tk *tokens) issue(ctx context.Context, mac lpmos.MAC, taskID, firmware, fr
 	rec := agentInfo{TaskID: taskID, TokenSHA256: hashToken(tok), IssuedAt: tk.now().UTC(),
 		Firmware: firmware, RemoteAddr: from, BoundAddr: bound.String()}
 	info, _ := json.Marshal(rec)
-	rev, err := tk.st.Put(ctx, task.AgentKey(mac, task.AgentFieldInfo), info)
+	res, err := tk.st.Txn(ctx, store.Txn{If: tk.fence(), Then: []store.Op{store.OpPut(task.AgentKey(mac, task.AgentFieldInfo), info)}})
 	if err != nil {
 		return "", fmt.Errorf("store agent token: %w", err)
 	}
-	tk.remember(mac, rec, rev, tk.now())
+	if !res.Succeeded {
+		return "", fmt.Errorf("store agent token: %w: %w", task.ErrFenced, ErrNotLeader)
+	}
+	tk.remember(mac, rec, res.Revision, tk.now())
 	tk.mu.Lock()
 	if tk.clear == nil || len(tk.clear) >= maxClearTokens {
 		tk.clear = map[lpmos.MAC]string{}
@@ -226,7 +232,7 @@ func (tk *tokens) markUsed(ctx context.Context, mac lpmos.MAC, tok string) {
 		info.UsedAt = &now
 		b, _ := json.Marshal(info)
 		key := task.AgentKey(mac, task.AgentFieldInfo)
-		res, err := tk.st.Txn(ctx, store.Txn{If: []store.Compare{store.ModRevisionIs(key, rev)}, Then: []store.Op{store.OpPut(key, b)}})
+		res, err := tk.st.Txn(ctx, store.Txn{If: append(tk.fence(), store.ModRevisionIs(key, rev)), Then: []store.Op{store.OpPut(key, b)}})
 		if err != nil || !res.Succeeded {
 			tk.forget(mac) // read it again next time
 			return
@@ -243,7 +249,8 @@ func (tk *tokens) markUsed(ctx context.Context, mac lpmos.MAC, tok string) {
 
 // seen records the agent's last contact (best effort).
 func (tk *tokens) seen(ctx context.Context, mac lpmos.MAC) {
-	_, _ = tk.st.Put(ctx, task.AgentKey(mac, task.AgentFieldLastSeen), []byte(tk.now().UTC().Format(time.RFC3339Nano)))
+	_, _ = tk.st.Txn(ctx, store.Txn{If: tk.fence(), Then: []store.Op{
+		store.OpPut(task.AgentKey(mac, task.AgentFieldLastSeen), []byte(tk.now().UTC().Format(time.RFC3339Nano)))}})
 }
 
 // sourceAddr is the address a request came from (IPv4-mapped IPv6

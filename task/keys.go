@@ -80,6 +80,10 @@ func RegionHeartbeatKey(region string) string { return RegionsPrefix + region + 
 // RegionStatusKey holds "online" or "offline".
 func RegionStatusKey(region string) string { return RegionsPrefix + region + "/client/status" }
 
+// RegionLeaderKey holds the instance ID of the region process that leads
+// its region, on that process's lease (see region's active-passive mode).
+func RegionLeaderKey(region string) string { return RegionsPrefix + region + "/client/leader" }
+
 // RegionCapabilitiesKey holds the region's capabilities (JSON).
 func RegionCapabilitiesKey(region string) string {
 	return RegionsPrefix + region + "/client/capabilities"

@@ -42,7 +42,7 @@ func (s *Service) Purge(ctx context.Context, cutoff time.Time, limit int) ([]str
 		if limit > 0 && len(purged) >= limit {
 			break
 		}
-		res, err := s.st.Txn(ctx, store.Txn{
+		res, err := s.txn(ctx, store.Txn{
 			If:   []store.Compare{store.ModRevisionIs(TaskKey(t.ID, FieldStatus), t.Revision)},
 			Then: []store.Op{store.OpDeletePrefix(TaskPrefix(t.ID))},
 		})

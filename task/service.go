@@ -45,7 +45,29 @@ type Config struct {
 	ValidateOS func(ctx context.Context, regionID, osType, osVersion string) error
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// Fence, if set, guards every write of the service: a writer that may
+	// lose its right to write (a region process deposed as its region's
+	// leader) cannot write after it lost it, whatever it believes.
+	Fence Fence
 }
+
+// Fence guards a Service's writes (Config.Fence): its compares are added to
+// every transaction, so that a transaction of a writer that lost its
+// right fails in the store itself, and when a transaction fails, Check says
+// whether the fence is why.
+type Fence interface {
+	// Compares hold while the writer may write (for a region, its
+	// leadership key still being the one it created).
+	Compares() []store.Compare
+	// Check is called after a transaction failed: a non-nil error means
+	// the writer may no longer write, and the service returns it wrapped
+	// with ErrFenced instead of retrying.
+	Check(ctx context.Context) error
+}
+
+// ErrFenced: the service's Fence refused the write (see Config.Fence);
+// the write was not made.
+var ErrFenced = errors.New("task: fenced: this writer may no longer write")
 
 // Service runs the task lifecycle over a store. It holds no state of its
 // own: any number of Services may share one store.
@@ -69,6 +91,22 @@ func NewService(st store.Store, cfg Config) *Service {
 		cfg.Logger = slog.Default()
 	}
 	return &Service{st: st, cfg: cfg}
+}
+
+// txn runs a transaction of the service: with the fence's compares, and
+// ErrFenced when it failed because of them.
+func (s *Service) txn(ctx context.Context, t store.Txn) (store.TxnResult, error) {
+	if s.cfg.Fence == nil {
+		return s.st.Txn(ctx, t)
+	}
+	t.If = append(slices.Clip(t.If), s.cfg.Fence.Compares()...)
+	res, err := s.st.Txn(ctx, t)
+	if err == nil && !res.Succeeded {
+		if ferr := s.cfg.Fence.Check(ctx); ferr != nil {
+			return res, fmt.Errorf("%w: %w", ErrFenced, ferr)
+		}
+	}
+	return res, err
 }
 
 // DefaultValidateOS accepts the OSFamilies, any version.
@@ -155,7 +193,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 		return nil, fmt.Errorf("task ID generator: %w", err)
 	}
 	macKey := AgentKey(mac, AgentFieldTaskID)
-	res, err := s.st.Txn(ctx, store.Txn{
+	res, err := s.txn(ctx, store.Txn{
 		If: []store.Compare{store.Missing(macKey), store.Missing(TaskKey(t.ID, FieldMetadata))},
 		Then: []store.Op{
 			store.OpPut(TaskKey(t.ID, FieldMetadata), mustJSON(t.Metadata)),
@@ -352,7 +390,7 @@ func (s *Service) update(ctx context.Context, id, what string, plan func(snap *s
 		if err != nil || w == nil {
 			return t, err
 		}
-		res, err := s.st.Txn(ctx, w.txn)
+		res, err := s.txn(ctx, w.txn)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s: %w", what, id, err)
 		}
@@ -668,7 +706,7 @@ func (s *Service) PutProgress(ctx context.Context, id string, p Progress, status
 		return false, err
 	}
 	p.UpdatedAt = s.now()
-	res, err := s.st.Txn(ctx, store.Txn{
+	res, err := s.txn(ctx, store.Txn{
 		If:   []store.Compare{store.ModRevisionIs(TaskKey(id, FieldStatus), statusRev)},
 		Then: []store.Op{store.OpPut(TaskKey(id, FieldProgress), mustJSON(p))},
 	})

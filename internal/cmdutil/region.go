@@ -34,6 +34,8 @@ type RegionFlags struct {
 	Unknown    string
 	LeaseFile  string
 	Timeouts   string
+	InstanceID string
+	LeaderTTL  time.Duration
 	// MaxConns and MaxConnsPerSource cap the region's HTTP connections
 	// (0: region.DefaultHTTPLimits).
 	MaxConns, MaxConnsPerSource int
@@ -59,6 +61,8 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "DHCP for machines without a task: ignore or record")
 	fs.StringVar(&f.Timeouts, "task-timeouts", "", "status timeouts overriding the defaults, e.g. installing=30m,booting=10m (0 disables one)")
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
+	fs.StringVar(&f.InstanceID, "instance-id", "", "this process's name among its region's processes (default: host name and region URL)")
+	fs.DurationVar(&f.LeaderTTL, "leader-ttl", 10*time.Second, "lease on the region's leadership: start two or more processes with the same --region and one leads, the others take over within about this long after it dies")
 	lim := region.DefaultHTTPLimits()
 	fs.IntVar(&f.MaxConns, "http-max-conns", lim.MaxConns, "most region HTTP connections open at once (machines booting and agents at once; more are closed on accept)")
 	fs.IntVar(&f.MaxConnsPerSource, "http-max-conns-per-source", lim.MaxConnsPerSource, "most region HTTP connections from one source address (raise it behind a NAT or relay; -1: no cap)")
@@ -140,7 +144,7 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 	cfg := region.ServerConfig{
 		Region: region.Config{Timeouts: timeouts,
 			RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
-			UnknownMachines: f.Unknown, Logger: log,
+			UnknownMachines: f.Unknown, Logger: log, InstanceID: f.InstanceID, LeaderTTL: f.LeaderTTL,
 		},
 		HTTPAddr:   f.Listen,
 		HTTPLimits: region.HTTPLimits{MaxConns: f.MaxConns, MaxConnsPerSource: f.MaxConnsPerSource},

@@ -97,6 +97,11 @@ func From(err error) *Error {
 		return &Error{Status: http.StatusConflict, Code: CodeConflict, Message: err.Error()}
 	case errors.As(err, &mbe):
 		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge, Message: fmt.Sprintf("request body larger than %d bytes", mbe.Limit)}
+	case errors.Is(err, task.ErrFenced):
+		// A region process deposed as its region's leader: the machine
+		// retries and reaches the new leader.
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: "this region process no longer leads its region; retry", RetryAfter: time.Second}
 	case errors.Is(err, store.ErrUnavailable):
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 			Message: "the store is unavailable for a moment; retry", RetryAfter: UnavailableRetryAfter}
