@@ -463,6 +463,9 @@ type Region struct {
 	Status        string             `json:"status"`
 	LastHeartbeat string             `json:"last_heartbeat,omitempty"`
 	Capabilities  *task.Capabilities `json:"capabilities,omitempty"`
+	// ActiveTasks counts the region's tasks that have not ended, by
+	// status; nil while the control plane's task view is still loading.
+	ActiveTasks map[task.Status]int `json:"active_tasks"`
 }
 
 // Regions lists the regions the control plane knows, by ID.
