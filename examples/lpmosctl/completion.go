@@ -73,9 +73,11 @@ _lpmosctl() {
     --status|-status) COMPREPLY=($(compgen -W %q -- "$cur")); return ;;
     -o|--output|-output) COMPREPLY=($(compgen -W "table json" -- "$cur")); return ;;
   esac
-  # The command is the first one or two words that are not flags.
+  # The command is the first one or two words that are not flags (or a
+  # global flag's value).
   for ((i = 1; i < COMP_CWORD && n < 2; i++)); do
     case "${COMP_WORDS[i]}" in
+      -o|--output|-output|--url|-url|--token|-token|--timeout|-timeout) i=$((i + 1)) ;; # and its value
       -*) ;;
       *) cmd="${cmd:+$cmd }${COMP_WORDS[i]}"; n=$((n + 1)) ;;
     esac

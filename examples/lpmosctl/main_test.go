@@ -429,3 +429,100 @@ func TestAgainstAllInOne(t *testing.T) {
 	code, _, errOut = s.ctl(t, "tasks", "cancel", "--mac-prefix", "52:54:00")
 	assert.Equal(t, 3, code, "a filter that selects no task: %s", errOut)
 }
+
+// What a person sees: tasks watch in a real terminal (tmux) draws one line
+// per task and redraws it in place, here from the approval to a full bar.
+func TestWatchScreen(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: drives tmux")
+	}
+	tmux, err := exec.LookPath("tmux")
+	require.NoError(t, err, "tmux (Debian tmux) is installed by ./scripts/test.sh")
+	s := startServer(t, 1)
+	id := s.createOne(t, "02:00:00:00:00:01")
+	got := s.waitStatus(t, id, "pending_approval")
+
+	sock := filepath.Join(t.TempDir(), "tmux.sock")
+	tm := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(tmux, append([]string{"-S", sock}, args...)...)
+		cmd.Env = append(cleanEnv(), "TERM=xterm-256color")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "tmux %s: %s", strings.Join(args, " "), out)
+		return string(out)
+	}
+	// The shell stays after lpmosctl exits, so that its last screen and
+	// exit status can be read.
+	tm("new-session", "-d", "-x", "120", "-y", "30",
+		fmt.Sprintf("LPMOS_URL=%s LPMOS_TOKEN=%s %s tasks watch %s; echo EXIT=$?; sleep 600", s.url, adminToken, bin, id))
+	t.Cleanup(func() { _ = exec.Command(tmux, "-S", sock, "kill-server").Run() })
+	var screen string
+	require.Eventually(t, func() bool {
+		screen = tm("capture-pane", "-p")
+		return strings.Contains(screen, "watching 1 tasks: live")
+	}, 30*time.Second, 50*time.Millisecond, "the watch never went live:\n%s", screen)
+	assert.Regexp(t, `(?m)^`+id+`\s+02:00:00:00:00:01\s+pending_approval\s+\[\.{20}\]   0%$`, screen)
+
+	s.ok(t, "tasks", "approve", id, "--revision", strconv.FormatInt(got.Revision, 10))
+	require.Eventually(t, func() bool {
+		screen = tm("capture-pane", "-p")
+		return strings.Contains(screen, "EXIT=")
+	}, 60*time.Second, 50*time.Millisecond, "the watch never ended:\n%s", screen)
+	t.Logf("the screen:\n%s", strings.TrimRight(screen, "\n"))
+	assert.Contains(t, screen, "EXIT=0")
+	assert.Regexp(t, `(?m)^TASK ID\s+MAC\s+STATUS\s+PROGRESS$`, screen)
+	assert.Regexp(t, `(?m)^`+id+`\s+02:00:00:00:00:01\s+completed\s+\[#{20}\] 100%$`, screen)
+	assert.Equal(t, 1, strings.Count(screen, id), "the task's line is redrawn in place, not repeated")
+	assert.Contains(t, screen, "watching 1 tasks: every task ended")
+}
+
+// The completion scripts complete commands, subcommands, flags and flag
+// values in a real bash, and register with a real zsh.
+func TestCompletion(t *testing.T) {
+	code, script, errOut := run(t, nil, "completion", "bash")
+	require.Equal(t, 0, code, errOut)
+	path := filepath.Join(t.TempDir(), "lpmosctl.bash")
+	require.NoError(t, os.WriteFile(path, []byte(script), 0o644))
+	for _, tc := range []struct {
+		line string // what was typed; the last word is completed
+		want string
+	}{
+		{"lpmosctl ta", "tasks"},
+		{"lpmosctl tasks ap", "approve"},
+		{"lpmosctl tasks ", "create list get approve reject cancel watch"},
+		{"lpmosctl regions ", "list"},
+		{"lpmosctl completion ", "bash zsh"},
+		{"lpmosctl tasks list --st", "--status"},
+		{"lpmosctl tasks approve --rev", "--revision"},
+		{"lpmosctl tasks list --status pending", "pending pending_approval"},
+		{"lpmosctl -o j", "json"},
+		{"lpmosctl --ur", "--url"},
+		{"lpmosctl -o json ta", "tasks"},
+		{"lpmosctl --url http://cp:8080 tasks wa", "watch"},
+	} {
+		t.Run(tc.line, func(t *testing.T) {
+			words := strings.Fields(tc.line)
+			if strings.HasSuffix(tc.line, " ") {
+				words = append(words, "")
+			}
+			out, err := exec.Command("bash", append([]string{"-c",
+				`source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _lpmosctl; echo "${COMPREPLY[*]}"`,
+				"bash", path}, words...)...).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.Equal(t, tc.want, strings.TrimSpace(string(out)))
+		})
+	}
+
+	if testing.Short() {
+		t.Skip("-short: runs zsh")
+	}
+	zsh, err := exec.LookPath("zsh")
+	require.NoError(t, err, "zsh (Debian zsh) is installed by ./scripts/test.sh")
+	code, script, errOut = run(t, nil, "completion", "zsh")
+	require.Equal(t, 0, code, errOut)
+	path = filepath.Join(t.TempDir(), "_lpmosctl")
+	require.NoError(t, os.WriteFile(path, []byte(script), 0o644))
+	out, err := exec.Command(zsh, "-f", "-c", `autoload -U compinit && compinit -u -D; source "$1"; print -r -- $_comps[lpmosctl]`, "zsh", path).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Equal(t, "_bash_complete -F _lpmosctl", strings.TrimSpace(string(out)))
+}
