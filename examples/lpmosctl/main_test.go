@@ -206,6 +206,9 @@ func TestCommandLine(t *testing.T) {
 		{"bad status", []string{"tasks", "list", "--status", "done"}, 2, `--status "done": not a status`},
 		{"get without an ID", []string{"tasks", "get"}, 2, "give one task ID"},
 		{"create without a MAC", []string{"tasks", "create", "--region", "dc1", "--os", "debian", "--os-version", "12"}, 2, "give the MAC"},
+		{"hostname of two machines", []string{"tasks", "create", "--region", "dc1", "--os", "debian", "--os-version", "12", "--hostname", "web1", "02:00:00:00:00:01", "02:00:00:00:00:02"}, 2, "--hostname names one machine"},
+		{"bad tag", []string{"tasks", "create", "--region", "dc1", "--os", "debian", "--os-version", "12", "--tag", "rack", "02:00:00:00:00:01"}, 2, `--tag "rack": KEY=VALUE`},
+		{"watch as JSON", []string{"tasks", "watch", "-o", "json"}, 2, "tasks watch draws progress for people"},
 		{"create without an OS", []string{"tasks", "create", "--region", "dc1", "02:00:00:00:00:01"}, 2, "--os and --os-version are required"},
 		{"reject without a reason", []string{"tasks", "reject", noSuchTask}, 2, "--reason is required"},
 		{"approve without a selection", []string{"tasks", "approve"}, 2, "give task IDs, or filter flags"},
@@ -416,6 +419,8 @@ func TestAgainstAllInOne(t *testing.T) {
 			} `json:"error"`
 		} `json:"failed"`
 	}
+	// (A watch of every task follows them, ended ones left out.)
+	all := cmdtest.Start(t, bin, []string{"LPMOS_URL=" + s.url, "LPMOS_TOKEN=" + adminToken}, "tasks", "watch")
 	idA, idB := s.createOne(t, "52:54:00:00:00:0a"), s.createOne(t, "52:54:00:00:00:0b")
 	code, out, errOut = s.ctl(t, "tasks", "approve", idA, idB, "-o", "json")
 	assert.Equal(t, 4, code, errOut)
@@ -428,6 +433,17 @@ func TestAgainstAllInOne(t *testing.T) {
 	assert.Regexp(t, `(?m)^`+idB+`\s+cancelled\s+\d+\s+-$`, out)
 	code, _, errOut = s.ctl(t, "tasks", "cancel", "--mac-prefix", "52:54:00")
 	assert.Equal(t, 3, code, "a filter that selects no task: %s", errOut)
+
+	// The watch of every task saw both cancelled, showed none of the
+	// tasks that had ended before it began, and ends 0 when interrupted.
+	for _, id := range []string{idA, idB} {
+		require.Eventually(t, func() bool {
+			return regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d ` + id + `\s+52:54:00:00:00:0[ab]\s+cancelled\s`).MatchString(all.Output())
+		}, 30*time.Second, 20*time.Millisecond, "the watch of every task never showed %s cancelled:\n%s", id, all.Output())
+	}
+	all.Signal(os.Interrupt)
+	assert.Equal(t, 0, all.Wait(30*time.Second), all.Output())
+	assert.NotContains(t, all.Output(), id1, "ended before the watch began")
 }
 
 // What a person sees: tasks watch in a real terminal (tmux) draws one line
