@@ -78,6 +78,13 @@ func TestBarAndPercent(t *testing.T) {
 	assert.Equal(t, 0, percent("pending", nil))
 }
 
+func TestPrintable(t *testing.T) {
+	assert.Equal(t, "a?[2Jb?c", printable("a\x1b[2Jb\tc"))
+	assert.Equal(t, "héllo", printable("héllo"))
+	assert.Equal(t, "hé", truncate("héllo", 2))
+	assert.Equal(t, "ab", truncate("ab", 5))
+}
+
 // The environment gives the defaults; flags, before or after the command,
 // win over it.
 func TestFlagsOverEnvironment(t *testing.T) {

@@ -209,9 +209,9 @@ func (b *board) line(r *row) string {
 			what += ": " + r.progress.Message
 		}
 	}
-	s := strings.TrimRight(fmt.Sprintf("%-36s  %-17s  %-16s  %s %3d%%  %s", r.id, orDash(r.mac), r.status, bar(pct, 20), pct, what), " ")
-	if b.tty && b.width > 0 && len(s) > b.width-1 {
-		s = s[:b.width-1]
+	s := printable(strings.TrimRight(fmt.Sprintf("%-36s  %-17s  %-16s  %s %3d%%  %s", r.id, orDash(r.mac), r.status, bar(pct, 20), pct, what), " "))
+	if b.tty && b.width > 0 {
+		s = truncate(s, b.width-1) // a wrapped line would break the redraw
 	}
 	return s
 }
@@ -243,7 +243,7 @@ func (b *board) render(changed []*row) {
 	for _, r := range rows {
 		lines = append(lines, b.line(r))
 	}
-	lines = append(lines, fmt.Sprintf("watching %d tasks: %s", len(b.rows), b.note))
+	lines = append(lines, truncate(printable(fmt.Sprintf("watching %d tasks: %s", len(b.rows), b.note)), max(b.width-1, 1)))
 	var sb strings.Builder
 	if b.drawn > 0 {
 		fmt.Fprintf(&sb, "\x1b[%dA", b.drawn) // back to the board's first line
