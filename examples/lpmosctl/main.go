@@ -8,9 +8,18 @@
 //	lpmosctl tasks approve <id>
 //	lpmosctl tasks watch <id>
 //
-// Tables are for people; -o json prints what scripts parse. The exit
-// status says what went wrong (see exitCodesHelp), so that a script can
-// branch on "not found" or "conflict" without reading the message.
+// LPMOS_URL and LPMOS_TOKEN (or --url and --token, which win) say where
+// and as whom. Tables are for people; -o json prints what scripts parse.
+// tasks watch draws a progress bar per task, redrawn in place on a
+// terminal, a line per change elsewhere. The exit status says what went
+// wrong, so that a script can branch on it without reading the message:
+//
+//	0 ok, 1 failure, 2 usage (or input the API refused as invalid, 400),
+//	3 not found (404), 4 conflict (409/412), 5 auth (401/403),
+//	6 unreachable (no answer, or 502/503/504)
+//
+// There are no machines or images commands: the API has neither yet.
+// "lpmosctl completion bash|zsh" prints a completion script.
 //
 // It is a thin binary: the HTTP and WebSocket work is the client
 // package's; this command only parses the command line and renders the
