@@ -59,7 +59,8 @@
 //	                      etcdtest, netns, testlab (QEMU), cmdtest, agenttest,
 //	                      apicontract, testimage, syncbuf
 //	examples/...          thin binaries (allinone, control-plane, region, agent,
-//	                      mkinitramfs, embed) that wire the packages together
+//	                      mkinitramfs, embed) that wire the packages together,
+//	                      and lpmosctl, the command-line client
 //	e2e                   end-to-end tests: QEMU machines provisioned through
 //	                      the real binaries
 //

@@ -142,19 +142,24 @@ func TestRegions(t *testing.T) {
 	require.NoError(t, err)
 	_, err = cp.st.Put(ctx, task.RegionStatusKey("dc2"), []byte("online"))
 	require.NoError(t, err)
+	req := createReq("52:54:00:aa:00:01")
+	req.CreatedBy = "test"
+	_, err = cp.svc.Create(ctx, req)
+	require.NoError(t, err)
 
 	c := cp.client(viewerToken)
 	var regions []client.Region
 	require.Eventually(t, func() bool {
 		regions, err = c.Regions(ctx)
-		return err == nil && len(regions) == 2
+		return err == nil && len(regions) == 2 && regions[0].ActiveTasks[task.StatusPending] == 1
 	}, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, map[task.Status]int{task.StatusPending: 1}, regions[0].ActiveTasks)
 	assert.Equal(t, "dc1", regions[0].ID)
 	assert.Equal(t, "online", regions[0].Status)
 	assert.Equal(t, "2026-01-29T10:00:00Z", regions[0].LastHeartbeat)
 	require.NotNil(t, regions[0].Capabilities)
 	assert.True(t, regions[0].Capabilities.Supports("ubuntu", "24.04"))
-	assert.Equal(t, client.Region{ID: "dc2", Status: "offline"}, regions[1])
+	assert.Equal(t, client.Region{ID: "dc2", Status: "offline", ActiveTasks: map[task.Status]int{}}, regions[1])
 }
 
 // TestErrors checks that refusals come back as *client.Error with the

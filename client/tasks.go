@@ -526,6 +526,9 @@ type Region struct {
 	// several run for one region, only the leader answers machines).
 	Leader       string             `json:"leader,omitempty"`
 	Capabilities *task.Capabilities `json:"capabilities,omitempty"`
+	// ActiveTasks counts the region's tasks that have not ended, by
+	// status; nil while the control plane's task view is still loading.
+	ActiveTasks map[task.Status]int `json:"active_tasks"`
 }
 
 // Regions lists the regions the control plane knows, by ID.
