@@ -273,6 +273,8 @@ type counters struct {
 	discovers, requests, releases, declines, informs atomic.Uint64
 	ignored, noPool, poolExhausted, policyErrors     atomic.Uint64
 	offers, acks, naks, sendErrors                   atomic.Uint64
+	packets                                          packetCounters
+	latency                                          latency
 }
 
 // Stats returns a snapshot of the counters.

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
@@ -101,6 +102,11 @@ type Config struct {
 	// the script.
 	Leases LeaseLookup
 
+	// Registerer receives the region's metrics (HTTP boot and agent API
+	// requests, tasks by status, watch lag, heartbeat latency); nil
+	// registers none. Server sets it to its Registry.
+	Registerer prometheus.Registerer
+
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -138,6 +144,7 @@ type Region struct {
 	relays   relays
 
 	handler http.Handler
+	metrics *metrics
 
 	hbMu          sync.RWMutex
 	lastHeartbeat time.Time
@@ -225,7 +232,8 @@ func New(cfg Config) (*Region, error) {
 	if err := r.bootRoutes(mux); err != nil {
 		return nil, fmt.Errorf("region: %w", err)
 	}
-	r.handler = mux
+	r.metrics = newMetrics(r, cfg.Registerer)
+	r.handler = r.metrics.instrument(mux)
 	return r, nil
 }
 
@@ -334,7 +342,10 @@ func (r *Region) heartbeat(ctx context.Context) error {
 	tick := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	for {
-		if err := write(); err != nil && ctx.Err() == nil {
+		start := time.Now()
+		err := write()
+		r.metrics.observeHeartbeat(time.Since(start))
+		if err != nil && ctx.Err() == nil {
 			r.hbMu.Lock()
 			r.storeOK = false
 			r.hbMu.Unlock()

@@ -82,6 +82,9 @@ func (r *Region) tasksListed(ctx context.Context, tasks []*task.Task) {
 // taskChanged is the view's change hook: a new task is prepared, an ended
 // one remembered.
 func (r *Region) taskChanged(ctx context.Context, ch task.Change, t *task.Task) {
+	if at := ch.At(); !at.IsZero() {
+		r.metrics.watchLag.Set(r.cfg.Now().Sub(at).Seconds())
+	}
 	switch {
 	case t == nil:
 	case t.Status.Terminal():

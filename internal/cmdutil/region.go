@@ -34,6 +34,9 @@ type RegionFlags struct {
 	Unknown    string
 	LeaseFile  string
 	Timeouts   string
+	// MetricsTokenFile holds the bearer token for the region's /metrics;
+	// empty: the region serves no /metrics.
+	MetricsTokenFile string
 	// MaxConns and MaxConnsPerSource cap the region's HTTP connections
 	// (0: region.DefaultHTTPLimits).
 	MaxConns, MaxConnsPerSource int
@@ -59,6 +62,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "DHCP for machines without a task: ignore or record")
 	fs.StringVar(&f.Timeouts, "task-timeouts", "", "status timeouts overriding the defaults, e.g. installing=30m,booting=10m (0 disables one)")
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
+	fs.StringVar(&f.MetricsTokenFile, "metrics-token-file", "", "file (mode 0600) holding the bearer token Prometheus sends to GET /metrics on --region-listen; empty: no /metrics there")
 	lim := region.DefaultHTTPLimits()
 	fs.IntVar(&f.MaxConns, "http-max-conns", lim.MaxConns, "most region HTTP connections open at once (machines booting and agents at once; more are closed on accept)")
 	fs.IntVar(&f.MaxConnsPerSource, "http-max-conns-per-source", lim.MaxConnsPerSource, "most region HTTP connections from one source address (raise it behind a NAT or relay; -1: no cap)")
@@ -144,6 +148,13 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 		},
 		HTTPAddr:   f.Listen,
 		HTTPLimits: region.HTTPLimits{MaxConns: f.MaxConns, MaxConnsPerSource: f.MaxConnsPerSource},
+	}
+	if f.MetricsTokenFile != "" {
+		tok, err := readSecretFile(f.MetricsTokenFile, "--metrics-token-file")
+		if err != nil {
+			return region.ServerConfig{}, err
+		}
+		cfg.MetricsToken = string(tok)
 	}
 	if f.TFTPListen != "" {
 		cfg.TFTP = &pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log}
