@@ -2,6 +2,8 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -24,6 +26,8 @@ type metrics struct {
 	watchLag prometheus.Gauge
 	// ended counts the tasks this replica saw end, by final status.
 	ended *prometheus.CounterVec
+	// certExpiry is set by ListenAndServe when it serves TLS.
+	certExpiry *prometheus.GaugeVec
 }
 
 func newMetrics(reg *prometheus.Registry, view *task.View, regions *regionCache, st store.Store, log *slog.Logger) *metrics {
@@ -42,12 +46,16 @@ func newMetrics(reg *prometheus.Registry, view *task.View, regions *regionCache,
 			Name: "lpmos_tasks_ended_total", Help: "Tasks this replica saw end, by final status (completed, failed, cancelled...); every replica counts every task.",
 		}, []string{"status"}),
 	}
+	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "lpmos_tls_certificate_expiry_timestamp_seconds",
+		Help: "When the certificate the control plane serves HTTPS with expires (Unix time), by certificate file; absent without TLS. The file is read at start: restart after renewing it.",
+	}, []string{"file"})
 	for _, st := range task.Statuses() {
 		if st.Terminal() {
 			m.ended.WithLabelValues(string(st)) // every series from the start, so that rate() sees the first one
 		}
 	}
-	reg.MustRegister(m.requests, m.duration, m.watchLag, m.ended,
+	reg.MustRegister(m.requests, m.duration, m.watchLag, m.ended, m.certExpiry,
 		&regionsCollector{regions: regions, up: prometheus.NewDesc("lpmos_region_up",
 			"1 while the region heartbeats (its heartbeat key, on a 30 s lease, exists and it did not sign off), else 0.", []string{"region"}, nil)},
 		&taskCollector{view: view, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
@@ -142,4 +150,20 @@ func (m *metrics) instrument(next http.Handler) http.Handler {
 		m.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
 		m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
+}
+
+// tlsServed records the expiry of the certificate ListenAndServe serves.
+func (m *metrics) tlsServed(certFile, keyFile string) error {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	leaf := pair.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return err
+		}
+	}
+	m.certExpiry.WithLabelValues(certFile).Set(float64(leaf.NotAfter.Unix()))
+	return nil
 }

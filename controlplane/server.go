@@ -379,6 +379,9 @@ func (s *Server) ListenAndServe(ctx context.Context, opts ServeOptions) error {
 	if tlsOn {
 		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
 		cfg.CertFile, cfg.KeyFile = opts.CertFile, opts.KeyFile
+		if err := s.metrics.tlsServed(opts.CertFile, opts.KeyFile); err != nil {
+			return fmt.Errorf("TLS certificate: %w", err)
+		}
 	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
