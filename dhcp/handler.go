@@ -49,7 +49,7 @@ func (s *Server) handle(ctx context.Context, b []byte, src *net.UDPAddr, onProxy
 func (s *Server) note(out *Outcome, o Outcome) {
 	*out = o
 	switch o {
-	case OutcomeIgnored:
+	case OutcomeIgnored, OutcomePolicyIgnored, OutcomeNotBootClient, OutcomeNotForUs, OutcomeNoAddress:
 		s.stats.ignored.Add(1)
 	case OutcomeUnsupportedArch:
 		s.stats.unsupportedArch.Add(1)
@@ -105,7 +105,7 @@ func (s *Server) decide(ctx context.Context, b []byte, src *net.UDPAddr, onProxy
 			return nil, nil
 		}
 		if d.Ignore {
-			s.note(out, OutcomeIgnored)
+			s.note(out, OutcomePolicyIgnored)
 			log.Debug("dhcp: policy ignores this machine")
 			return nil, nil
 		}
@@ -155,7 +155,7 @@ func (s *Server) countRequest(mt dhcpv4.MessageType) {
 // it has an address.
 func (s *Server) proxyReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request, d Decision, onProxyPort bool, log *slog.Logger, out *Outcome) *dhcpv4.DHCPv4 {
 	if !req.Boot() || d.BootFile == "" {
-		s.note(out, OutcomeIgnored)
+		s.note(out, OutcomeNotBootClient)
 		log.Debug("dhcp: proxy mode: not a network-boot client, or no boot file for it")
 		return nil
 	}
@@ -168,7 +168,7 @@ func (s *Server) proxyReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request
 	case !onProxyPort && mt == dhcpv4.MessageTypeRequest && s.cfg.ServerIP.Equal(p.ServerIdentifier()):
 		rt = dhcpv4.MessageTypeAck
 	default:
-		s.note(out, OutcomeIgnored)
+		s.note(out, OutcomeNotForUs)
 		log.Debug("dhcp: proxy mode: message is for the DHCP server")
 		return nil
 	}
@@ -201,7 +201,7 @@ func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request,
 				s.note(out, OutcomePoolExhausted)
 				s.warnExhausted.Do(func() { log.Warn("dhcp: address pool exhausted", "pool", pl.cidr()) })
 			} else {
-				s.note(out, OutcomeIgnored)
+				s.note(out, OutcomeNoAddress)
 				log.Debug("dhcp: no address to offer", "err", err)
 			}
 			return nil
@@ -216,7 +216,7 @@ func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request,
 		if !forUs {
 			// The client took another server's offer: free ours now.
 			s.leases.forget(req.MAC, now)
-			s.note(out, OutcomeIgnored)
+			s.note(out, OutcomeNotForUs)
 			log.Debug("dhcp: client chose another server", "server", sid)
 			return nil
 		}

@@ -16,7 +16,11 @@ type Outcome string
 const (
 	OutcomeAnswered        Outcome = "answered"         // a reply was sent (or its sending failed: see Stats.SendErrors)
 	OutcomeHandled         Outcome = "handled"          // RELEASE or DECLINE processed; these get no reply
-	OutcomeIgnored         Outcome = "ignored"          // policy said Ignore, not for this server, or nothing to say
+	OutcomePolicyIgnored   Outcome = "policy_ignored"   // the BootPolicy said Ignore (for a region: the machine has no task)
+	OutcomeNotBootClient   Outcome = "not_boot_client"  // proxy mode: not a network-boot client, or no boot file for it
+	OutcomeNotForUs        Outcome = "not_for_us"       // addressed to another DHCP server
+	OutcomeNoAddress       Outcome = "no_address"       // full mode: no address for this client (other than pool exhaustion)
+	OutcomeIgnored         Outcome = "ignored"          // nothing to say (an INFORM without address or pool)
 	OutcomeUnsupportedArch Outcome = "unsupported_arch" // network-boot client of an architecture LPMOS cannot boot
 	OutcomeNoPool          Outcome = "no_pool"          // from a subnet without a pool
 	OutcomePoolExhausted   Outcome = "pool_exhausted"   // no free address to offer
@@ -24,7 +28,8 @@ const (
 	OutcomeMalformed       Outcome = "malformed"        // not a valid DHCP client message
 )
 
-var outcomes = [...]Outcome{OutcomeAnswered, OutcomeHandled, OutcomeIgnored, OutcomeUnsupportedArch,
+var outcomes = [...]Outcome{OutcomeAnswered, OutcomeHandled, OutcomePolicyIgnored, OutcomeNotBootClient,
+	OutcomeNotForUs, OutcomeNoAddress, OutcomeIgnored, OutcomeUnsupportedArch,
 	OutcomeNoPool, OutcomePoolExhausted, OutcomePolicyError, OutcomeMalformed}
 
 // The message types Packets tells apart; "other" is anything else,

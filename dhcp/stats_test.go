@@ -33,7 +33,7 @@ func TestPacketsLatencyAndPoolUsage(t *testing.T) {
 		}
 	}
 	assert.Equal(t, map[[2]string]uint64{
-		{"discover", "answered"}: 1, {"request", "answered"}: 1, {"request", "ignored"}: 1,
+		{"discover", "answered"}: 1, {"request", "answered"}: 1, {"request", "not_for_us"}: 1,
 		{"other", "malformed"}: 1, {"discover", "unsupported_arch"}: 1,
 	}, got)
 	assert.Len(t, s.Packets(), len(packetTypes)*len(outcomes), "every series, zero or not")

@@ -6,10 +6,9 @@ import (
 )
 
 // TFTPStats are a TFTP server's counters since NewTFTPServer, for the
-// caller to export (the package keeps no metrics registry). Every read
-// request (except one repeated while its transfer runs) ends in exactly
-// one of Refused, Busy, NotFound, Completed,
-// Failed, Probes and Stopped.
+// caller to export (the package keeps no metrics registry). Every request
+// (except one repeated while its transfer runs) ends in exactly one of
+// Refused, Busy, NotFound, Completed, Failed, Probes and Stopped.
 type TFTPStats struct {
 	Refused  uint64 // write requests, unsupported modes, unsafe paths
 	Busy     uint64 // refused because MaxTransfers were running

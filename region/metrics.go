@@ -192,7 +192,7 @@ type dhcpCollector struct {
 func newDHCPCollector(s *dhcp.Server, labels prometheus.Labels) *dhcpCollector {
 	return &dhcpCollector{s: s,
 		packets: prometheus.NewDesc("lpmos_dhcp_packets_total",
-			"DHCP packets handled, by message type and outcome (answered, handled, ignored, unsupported_arch, no_pool, pool_exhausted, policy_error, malformed).",
+			"DHCP packets handled, by message type and outcome (answered; handled: release, decline; or why not answered: policy_ignored, not_boot_client, not_for_us, no_address, ignored, unsupported_arch, no_pool, pool_exhausted, policy_error, malformed).",
 			[]string{"type", "outcome"}, labels),
 		queueFull: prometheus.NewDesc("lpmos_dhcp_queue_dropped_total",
 			"DHCP packets dropped unread because every worker was busy and the queue full.", nil, labels),

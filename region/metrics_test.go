@@ -128,7 +128,7 @@ func TestRegionMetrics(t *testing.T) {
 		{`process_resident_memory_bytes`, 1},
 		{`process_open_fds`, 1},
 		{`lpmos_dhcp_packets_total{outcome="answered",region="dc1",type="request"}`, 1},
-		{`lpmos_dhcp_packets_total{outcome="ignored",region="dc1",type="discover"}`, 1},
+		{`lpmos_dhcp_packets_total{outcome="policy_ignored",region="dc1",type="discover"}`, 1},
 		{`lpmos_dhcp_packets_total{outcome="malformed",region="dc1",type="other"}`, 1},
 		{`lpmos_dhcp_replies_total{region="dc1",type="ack"}`, 1},
 		{`lpmos_dhcp_decision_duration_seconds_count{region="dc1"}`, 3},
