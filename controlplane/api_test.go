@@ -25,6 +25,7 @@ import (
 	"github.com/lpmos/lpmos/controlplane/webhook"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
+	"github.com/lpmos/lpmos/internal/promlint"
 	"github.com/lpmos/lpmos/internal/syncbuf"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/memory"
@@ -636,17 +637,38 @@ func TestTwoReplicas(t *testing.T) {
 }
 
 func TestMetricsEndpoint(t *testing.T) {
-	cp := startCP(t, etcdtest.NewStore(t))
+	st := etcdtest.NewStore(t)
+	cp := startCP(t, st)
 	cp.create("00:1a:2b:3c:8d:01")
-	req, _ := http.NewRequest("GET", cp.ts.URL+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+viewerToken)
-	resp, err := http.DefaultClient.Do(req)
+	gone := cp.create("00:1a:2b:3c:8d:02")
+	code, body := cp.do("DELETE", "/api/v1/tasks/"+gone, operatorToken, nil)
+	require.Equal(t, http.StatusNoContent, code, "%v", body)
+	_, err := st.Put(context.Background(), task.RegionHeartbeatKey("dc1"), []byte("2026-01-29T10:00:00Z"))
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	text := string(data)
-	assert.Contains(t, text, `lpmos_http_requests_total{code="201",route="POST /api/v1/tasks"} 1`)
+	scrape := func() string {
+		req, _ := http.NewRequest("GET", cp.ts.URL+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+viewerToken)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return string(data)
+	}
+	var text string
+	require.Eventually(t, func() bool {
+		text = scrape()
+		return strings.Contains(text, `lpmos_region_up{region="dc1"} 1`) &&
+			strings.Contains(text, `lpmos_tasks_ended_total{status="cancelled"} 1`)
+	}, 10*time.Second, 10*time.Millisecond, "no region up or ended task in:\n%s", text)
+	fams, err := promlint.Parse(text)
+	require.NoError(t, err)
+	for _, err := range promlint.Lint(fams, "lpmos_") {
+		t.Error(err)
+	}
+	assert.Contains(t, text, `lpmos_tasks_ended_total{status="failed"} 0`, "every final status from the start")
+	assert.Contains(t, text, `lpmos_http_requests_total{code="201",route="POST /api/v1/tasks"} 2`)
 	assert.Contains(t, text, `lpmos_tasks{status="pending"} 1`)
+	assert.Contains(t, text, `lpmos_tasks{status="cancelled"} 1`)
 	assert.Contains(t, text, "lpmos_ws_clients")
 	assert.Contains(t, text, "lpmos_watch_lag_seconds")
 	assert.Contains(t, text, "lpmos_webhook_failures_total")

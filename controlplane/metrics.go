@@ -2,6 +2,8 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -22,9 +24,13 @@ type metrics struct {
 	// watchLag is the delay between a task change being made and this
 	// replica processing it, for the last change.
 	watchLag prometheus.Gauge
+	// ended counts the tasks this replica saw end, by final status.
+	ended *prometheus.CounterVec
+	// certExpiry is set by ListenAndServe when it serves TLS.
+	certExpiry *prometheus.GaugeVec
 }
 
-func newMetrics(reg *prometheus.Registry, view *task.View, st store.Store, log *slog.Logger) *metrics {
+func newMetrics(reg *prometheus.Registry, view *task.View, regions *regionCache, st store.Store, log *slog.Logger) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lpmos_http_requests_total", Help: "HTTP requests by route and status code.",
@@ -36,8 +42,22 @@ func newMetrics(reg *prometheus.Registry, view *task.View, st store.Store, log *
 		watchLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lpmos_watch_lag_seconds", Help: "Delay between a task change being made and this replica processing it (last change).",
 		}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lpmos_tasks_ended_total", Help: "Tasks this replica saw end, by final status (completed, failed, cancelled...); every replica counts every task.",
+		}, []string{"status"}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.watchLag,
+	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "lpmos_tls_certificate_expiry_timestamp_seconds",
+		Help: "When the certificate the control plane serves HTTPS with expires (Unix time), by certificate file; absent without TLS. The file is read at start: restart after renewing it.",
+	}, []string{"file"})
+	for _, st := range task.Statuses() {
+		if st.Terminal() {
+			m.ended.WithLabelValues(string(st)) // every series from the start, so that rate() sees the first one
+		}
+	}
+	reg.MustRegister(m.requests, m.duration, m.watchLag, m.ended, m.certExpiry,
+		&regionsCollector{regions: regions, up: prometheus.NewDesc("lpmos_region_up",
+			"1 while the region heartbeats (its heartbeat key, on a 30 s lease, exists and it did not sign off), else 0.", []string{"region"}, nil)},
 		&taskCollector{view: view, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
 	)
 	if db, ok := st.(dbSizer); ok {
@@ -79,6 +99,24 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.quota, prometheus.GaugeValue, float64(quota))
 }
 
+// regionsCollector reports every known region's liveness at scrape time.
+type regionsCollector struct {
+	regions *regionCache
+	up      *prometheus.Desc
+}
+
+func (c *regionsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.up }
+
+func (c *regionsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range c.regions.list() {
+		v := 0.0
+		if r.Status == task.RegionOnline {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, v, r.ID)
+	}
+}
+
 // taskCollector counts tasks by status at scrape time.
 type taskCollector struct {
 	view *task.View
@@ -112,4 +150,20 @@ func (m *metrics) instrument(next http.Handler) http.Handler {
 		m.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
 		m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
+}
+
+// tlsServed records the expiry of the certificate ListenAndServe serves.
+func (m *metrics) tlsServed(certFile, keyFile string) error {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	leaf := pair.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return err
+		}
+	}
+	m.certExpiry.WithLabelValues(certFile).Set(float64(leaf.NotAfter.Unix()))
+	return nil
 }

@@ -200,7 +200,7 @@ func New(cfg Config) (*Server, error) {
 	// hub and the notifier, so a replica costs the store one watch,
 	// whatever its traffic.
 	s.view = task.NewView(s.svc, task.ViewConfig{Logger: cfg.Logger, OnChange: s.taskChanged})
-	s.metrics = newMetrics(cfg.Registry, s.view, cfg.Store, cfg.Logger)
+	s.metrics = newMetrics(cfg.Registry, s.view, s.regions, cfg.Store, cfg.Logger)
 	hc := cfg.Hub
 	hc.Logger, hc.Registerer = cfg.Logger, cfg.Registry
 	s.hub = hub.New(hc)
@@ -223,6 +223,9 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) taskChanged(_ context.Context, ch task.Change, t *task.Task) {
 	if at := ch.At(); !at.IsZero() {
 		s.metrics.watchLag.Set(s.cfg.Now().Sub(at).Seconds())
+	}
+	if ch.Status.Terminal() && !ch.Deleted {
+		s.metrics.ended.WithLabelValues(string(ch.Status)).Inc()
 	}
 	pub := ch
 	if pub.Metadata == nil && t != nil {
@@ -376,6 +379,9 @@ func (s *Server) ListenAndServe(ctx context.Context, opts ServeOptions) error {
 	if tlsOn {
 		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
 		cfg.CertFile, cfg.KeyFile = opts.CertFile, opts.KeyFile
+		if err := s.metrics.tlsServed(opts.CertFile, opts.KeyFile); err != nil {
+			return fmt.Errorf("TLS certificate: %w", err)
+		}
 	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -87,6 +89,17 @@ func TestTLS13(t *testing.T) {
 		resp.Body.Close()
 		assert.Equal(t, "max-age=31536000", resp.Header.Get("Strict-Transport-Security"), path)
 	}
+
+	// The certificate's expiry is exported, for an alert before it.
+	req, _ = http.NewRequest("GET", "https://"+addr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err = client.Do(req)
+	require.NoError(t, err)
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	leaf, err := tls.LoadX509KeyPair(certFile, keyFile)
+	require.NoError(t, err)
+	assert.Contains(t, string(metrics), fmt.Sprintf("lpmos_tls_certificate_expiry_timestamp_seconds{file=%q} %g\n", certFile, float64(leaf.Leaf.NotAfter.Unix())))
 
 	// TLS 1.2 is refused.
 	old := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MaxVersion: tls.VersionTLS12}}}

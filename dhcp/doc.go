@@ -58,8 +58,9 @@
 // dropped and counted); listen on more than the one interface it is given
 // (SO_BINDTODEVICE, and never SO_REUSEADDR/SO_REUSEPORT, so a second server
 // on the same port fails loudly instead of silently sharing the packets);
-// keep global state such as loggers or metric registries (Stats returns the
-// counters, and the caller exports them); or crash on bad input: malformed
+// keep global state such as loggers or metric registries (Stats, Packets,
+// DecisionLatency and PoolUsage return the counters, and the caller
+// exports them); or crash on bad input: malformed
 // packets are dropped, logged at debug level and counted.
 //
 // Replies follow RFC 2131 §4.1: to the relay at giaddr:67 when relayed, to

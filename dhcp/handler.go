@@ -33,20 +33,55 @@ var ipxeNoProxyWait = []byte{ipxeNoPXEDHCP, 1, 1}
 // send it, or nil when the packet gets no answer. It never panics on any
 // input (FuzzHandlePacket checks this).
 func (s *Server) handle(ctx context.Context, b []byte, src *net.UDPAddr, onProxyPort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	start := time.Now()
+	mt, out := dhcpv4.MessageType(0), OutcomeHandled
+	reply, dst := s.decide(ctx, b, src, onProxyPort, &mt, &out)
+	if reply != nil {
+		out = OutcomeAnswered
+	}
+	s.stats.packets[typeIndex(mt)][outcomeIndex(out)].Add(1)
+	s.stats.latency.observe(time.Since(start))
+	return reply, dst
+}
+
+// note records why a packet got no answer: in *out, for Packets, and in
+// the matching total of Stats.
+func (s *Server) note(out *Outcome, o Outcome) {
+	*out = o
+	switch o {
+	case OutcomeIgnored, OutcomePolicyIgnored, OutcomeNotBootClient, OutcomeNotForUs, OutcomeNoAddress:
+		s.stats.ignored.Add(1)
+	case OutcomeUnsupportedArch:
+		s.stats.unsupportedArch.Add(1)
+	case OutcomeNoPool:
+		s.stats.noPool.Add(1)
+	case OutcomePoolExhausted:
+		s.stats.poolExhausted.Add(1)
+	case OutcomePolicyError:
+		s.stats.policyErrors.Add(1)
+	case OutcomeMalformed:
+		s.stats.malformed.Add(1)
+	}
+}
+
+// decide is handle's work; it sets *mtOut to the packet's type once known
+// and *out to why it gets no answer.
+func (s *Server) decide(ctx context.Context, b []byte, src *net.UDPAddr, onProxyPort bool, mtOut *dhcpv4.MessageType, out *Outcome) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	p, err := parsePacket(b)
 	if err != nil {
-		s.stats.malformed.Add(1)
+		s.note(out, OutcomeMalformed)
 		s.log.Debug("dhcp: dropped packet", "from", src, "err", err)
 		return nil, nil
 	}
 	mt := p.MessageType()
+	*mtOut = mt
 	s.countRequest(mt)
 	req, err := describe(p, s.cfg.ServerIP)
 	if err != nil {
 		if errors.Is(err, errUnsupportedArch) {
-			s.stats.unsupportedArch.Add(1)
+			s.note(out, OutcomeUnsupportedArch)
 		} else {
-			s.stats.malformed.Add(1)
+			s.note(out, OutcomeMalformed)
 		}
 		s.log.Debug("dhcp: dropped packet", "from", src, "type", mt, "mac", p.ClientHWAddr, "err", err)
 		return nil, nil
@@ -65,12 +100,12 @@ func (s *Server) handle(ctx context.Context, b []byte, src *net.UDPAddr, onProxy
 			if ctx.Err() != nil { // shutting down: not the policy's fault
 				return nil, nil
 			}
-			s.stats.policyErrors.Add(1)
+			s.note(out, OutcomePolicyError)
 			log.Warn("dhcp: boot policy failed; not answering", "err", err)
 			return nil, nil
 		}
 		if d.Ignore {
-			s.stats.ignored.Add(1)
+			s.note(out, OutcomePolicyIgnored)
 			log.Debug("dhcp: policy ignores this machine")
 			return nil, nil
 		}
@@ -78,9 +113,9 @@ func (s *Server) handle(ctx context.Context, b []byte, src *net.UDPAddr, onProxy
 
 	var reply *dhcpv4.DHCPv4
 	if s.cfg.Mode == ModeProxy {
-		reply = s.proxyReply(p, mt, req, d, onProxyPort, log)
+		reply = s.proxyReply(p, mt, req, d, onProxyPort, log, out)
 	} else if !onProxyPort {
-		reply = s.fullReply(p, mt, req, d, log)
+		reply = s.fullReply(p, mt, req, d, log, out)
 	}
 	if reply == nil {
 		return nil, nil
@@ -118,9 +153,9 @@ func (s *Server) countRequest(mt dhcpv4.MessageType) {
 // clients only. On port 67 it answers DISCOVER (and a REQUEST addressed to
 // it); on ProxyPort, the REQUEST or INFORM a PXE client or iPXE sends once
 // it has an address.
-func (s *Server) proxyReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request, d Decision, onProxyPort bool, log *slog.Logger) *dhcpv4.DHCPv4 {
+func (s *Server) proxyReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request, d Decision, onProxyPort bool, log *slog.Logger, out *Outcome) *dhcpv4.DHCPv4 {
 	if !req.Boot() || d.BootFile == "" {
-		s.stats.ignored.Add(1)
+		s.note(out, OutcomeNotBootClient)
 		log.Debug("dhcp: proxy mode: not a network-boot client, or no boot file for it")
 		return nil
 	}
@@ -133,7 +168,7 @@ func (s *Server) proxyReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request
 	case !onProxyPort && mt == dhcpv4.MessageTypeRequest && s.cfg.ServerIP.Equal(p.ServerIdentifier()):
 		rt = dhcpv4.MessageTypeAck
 	default:
-		s.stats.ignored.Add(1)
+		s.note(out, OutcomeNotForUs)
 		log.Debug("dhcp: proxy mode: message is for the DHCP server")
 		return nil
 	}
@@ -146,7 +181,7 @@ func (s *Server) proxyReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request
 }
 
 // fullReply runs the lease state machine of RFC 2131 §4.3.
-func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request, d Decision, log *slog.Logger) *dhcpv4.DHCPv4 {
+func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request, d Decision, log *slog.Logger, out *Outcome) *dhcpv4.DHCPv4 {
 	now := s.now()
 	ciaddr := ipToU32(p.ClientIPAddr)
 	sid := p.ServerIdentifier()
@@ -156,17 +191,17 @@ func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request,
 	case dhcpv4.MessageTypeDiscover:
 		pl := s.poolFor(p)
 		if pl == nil {
-			s.stats.noPool.Add(1)
+			s.note(out, OutcomeNoPool)
 			log.Debug("dhcp: no pool for this subnet")
 			return nil
 		}
 		ip, err := s.leases.offer(pl, req.MAC, ipToU32(p.RequestedIPAddress()), now)
 		if err != nil {
 			if errors.Is(err, errExhausted) {
-				s.stats.poolExhausted.Add(1)
+				s.note(out, OutcomePoolExhausted)
 				s.warnExhausted.Do(func() { log.Warn("dhcp: address pool exhausted", "pool", pl.cidr()) })
 			} else {
-				s.stats.ignored.Add(1)
+				s.note(out, OutcomeNoAddress)
 				log.Debug("dhcp: no address to offer", "err", err)
 			}
 			return nil
@@ -181,7 +216,7 @@ func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request,
 		if !forUs {
 			// The client took another server's offer: free ours now.
 			s.leases.forget(req.MAC, now)
-			s.stats.ignored.Add(1)
+			s.note(out, OutcomeNotForUs)
 			log.Debug("dhcp: client chose another server", "server", sid)
 			return nil
 		}
@@ -190,13 +225,13 @@ func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request,
 			want = ciaddr
 		}
 		if want == 0 {
-			s.stats.malformed.Add(1)
+			s.note(out, OutcomeMalformed)
 			log.Debug("dhcp: REQUEST names no address")
 			return nil
 		}
 		pl := s.poolFor(p)
 		if pl == nil {
-			s.stats.noPool.Add(1)
+			s.note(out, OutcomeNoPool)
 			log.Debug("dhcp: REQUEST from a subnet without a pool")
 			return nil
 		}
@@ -228,7 +263,7 @@ func (s *Server) fullReply(p *dhcpv4.DHCPv4, mt dhcpv4.MessageType, req Request,
 	case dhcpv4.MessageTypeInform:
 		pl := s.poolFor(p)
 		if ciaddr == 0 || pl == nil {
-			s.stats.ignored.Add(1)
+			s.note(out, OutcomeIgnored)
 			return nil
 		}
 		r := s.newReply(p, dhcpv4.MessageTypeAck)

@@ -279,6 +279,8 @@ type counters struct {
 	ignored, noPool, poolExhausted, policyErrors     atomic.Uint64
 	offers, acks, naks, sendErrors                   atomic.Uint64
 	inactive                                         atomic.Uint64
+	packets                                          packetCounters
+	latency                                          latency
 }
 
 // Stats returns a snapshot of the counters.

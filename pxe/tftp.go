@@ -74,6 +74,8 @@ type TFTPServer struct {
 	bindIP net.IP           // the listener's own IP when it is not a wildcard
 	slots  chan struct{}    // one token per transfer in flight
 
+	stats tftpCounters
+
 	mu      sync.Mutex
 	active  map[string]*activeTransfer // by client address
 	serving bool
@@ -274,17 +276,20 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 		s.conn.WriteTo(errorPacket(code, msg), client)
 	}
 	if req.op == opWRQ {
+		s.stats.refused.Add(1)
 		s.refuse.warn(log, "tftp write request refused: read-only server")
 		reply(errAccessViolation, "access violation: read-only server")
 		return
 	}
 	if req.mode != "octet" && req.mode != "netascii" {
+		s.stats.refused.Add(1)
 		s.refuse.warn(log, "tftp request refused: unsupported mode", "mode", req.mode)
 		reply(errIllegalOp, "unsupported transfer mode")
 		return
 	}
 	name, err := CleanPath(req.filename)
 	if err != nil {
+		s.stats.refused.Add(1)
 		s.refuse.warn(log, "tftp request refused", "err", err)
 		reply(errAccessViolation, "access violation")
 		return
@@ -307,6 +312,7 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 	case s.slots <- struct{}{}:
 	default:
 		s.mu.Unlock()
+		s.stats.busy.Add(1)
 		s.refuse.warn(log, "tftp request refused: too many transfers", "max", s.cfg.MaxTransfers)
 		reply(errNotDefined, "server busy, try again later")
 		return
@@ -364,6 +370,7 @@ func (s *TFTPServer) localIP(dst net.IP) net.IP {
 func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request, name string, client *net.UDPAddr, local net.IP) (abortedByClient bool) {
 	conn, err := net.DialUDP("udp", &net.UDPAddr{IP: local}, client)
 	if err != nil {
+		s.stats.failed.Add(1)
 		log.Warn("tftp transfer socket", "err", err)
 		return false
 	}
@@ -377,6 +384,7 @@ func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request
 		if errors.Is(err, ErrOutsideRoot) || errors.Is(err, ErrInvalidPath) || errors.Is(err, fs.ErrPermission) {
 			code, msg = errAccessViolation, "access violation"
 		}
+		s.stats.notFound.Add(1)
 		s.refuse.warn(log, "tftp request refused", "err", err)
 		conn.Write(errorPacket(code, msg))
 		return false
@@ -399,19 +407,26 @@ func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request
 
 	start := time.Now()
 	err = t.run(oack)
+	took := time.Since(start)
+	s.stats.bytes.Add(uint64(t.sent))
 	attrs := []any{"bytes", t.sent, "blksize", t.blksize, "windowsize", t.window,
-		"duration", time.Since(start).Round(time.Millisecond)}
+		"duration", took.Round(time.Millisecond)}
 	var ce *clientError
 	abortedByClient = errors.As(err, &ce)
 	switch {
 	case err == nil:
+		s.stats.completed.Add(1)
+		s.stats.durationNs.Add(uint64(took))
 		log.Info("tftp transfer complete", attrs...)
 	case ctx.Err() != nil:
+		s.stats.stopped.Add(1)
 		log.Info("tftp transfer stopped: server shutting down", attrs...)
 	case abortedByClient && ce.code == errOptionsRefused && t.sent == 0:
 		// EDK2 asks for the tsize and aborts; it comes back for the file.
+		s.stats.probes.Add(1)
 		log.Debug("tftp client ended the transfer after the option negotiation (a tsize probe)", "client_msg", ce.msg)
 	default:
+		s.stats.failed.Add(1)
 		s.refuse.warn(log, "tftp transfer failed", append(attrs, "err", err)...)
 	}
 	return abortedByClient

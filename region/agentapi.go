@@ -25,9 +25,10 @@ func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.H
 		if r.starting(w) {
 			return
 		}
-		if err := h(w, req); err != nil {
+		ctx, who := withCaller(req.Context())
+		if err := h(w, req.WithContext(ctx)); err != nil {
 			if e := httpjson.WriteError(w, err); e.Status >= 500 {
-				r.log.Error("agent API request failed", "path", req.URL.Path, "err", err)
+				r.log.Error("agent API request failed", append(who.attrs(), "path", req.URL.Path, "err", err)...)
 			}
 		}
 	}
@@ -51,6 +52,7 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 		e.Field = "mac_address"
 		return mac, nil, e
 	}
+	noteCaller(ctx, mac, "")
 	from := sourceAddr(req)
 	boundTo, err := r.tokens.check(ctx, mac, httpjson.BearerToken(req), from)
 	if errors.Is(err, errWrongAddress) {
@@ -73,6 +75,7 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 		// The task ended (or moved on): its token is dead.
 		return mac, nil, errUnauthorized
 	}
+	noteCaller(ctx, mac, t.ID)
 	return mac, t, nil
 }
 
@@ -274,7 +277,7 @@ func (r *Region) flushProgressLoop(ctx context.Context) error {
 				continue
 			}
 			if err := r.writeProgress(ctx, t, p, true); err != nil && ctx.Err() == nil {
-				r.log.Warn("write held-back progress", "task_id", id, "err", err)
+				r.log.Warn("write held-back progress", append(machineAttrs(t), "err", err)...)
 			}
 		}
 	}
@@ -547,7 +550,7 @@ func (r *Region) phoneHome(w http.ResponseWriter, req *http.Request) error {
 	if err != nil {
 		return err
 	}
-	r.log.Info("installed system phoned home", "task_id", id, "mac", t.Metadata.TargetMAC, "remote", host)
+	r.log.Info("installed system phoned home", append(machineAttrs(t), "remote", host)...)
 	httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "recorded", "task_id": id, "task_status": string(moved.Status)})
 	return nil
 }

@@ -102,11 +102,11 @@ func (r *Region) scriptToken(req *http.Request, mac lpmos.MAC, t *task.Task) (to
 // task by the task service.
 func (r *Region) refuse(ctx context.Context, id string, from netip.Addr, what string) {
 	if !r.refusals.due(refusalKey{taskID: id, from: from, what: what}, r.cfg.Now()) {
-		r.log.Debug("request refused", "task_id", id, "remote", from, "what", what)
+		r.log.Debug("request refused", append(r.taskAttrs(id), "remote", from, "what", what)...)
 		return
 	}
-	r.log.Warn("request refused", "task_id", id, "remote", from, "what", what)
+	r.log.Warn("request refused", append(r.taskAttrs(id), "remote", from, "what", what)...)
 	if _, err := r.svc.RecordRefusal(ctx, id, r.actor, from.String(), what); err != nil {
-		r.log.Warn("record refused request", "task_id", id, "err", err)
+		r.log.Warn("record refused request", append(r.taskAttrs(id), "err", err)...)
 	}
 }

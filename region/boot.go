@@ -95,7 +95,7 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 	}
 	body, err := templates.Render(name, d, overrides)
 	if err != nil {
-		r.log.Error("render answer file", "task_id", t.ID, "template", name, "err", err)
+		r.log.Error("render answer file", append(machineAttrs(t), "template", name, "err", err)...)
 		http.Error(w, "cannot render the answer file: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
@@ -144,7 +144,7 @@ func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 			http.Error(w, he.Message, he.Status)
 			return
 		}
-		r.log.Error("render iPXE script", "mac", mac, "err", err)
+		r.log.Error("render iPXE script", append(r.macAttrs(mac), "err", err)...)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}

@@ -103,7 +103,7 @@ func (r *Region) recordDiscovered(ctx context.Context, req dhcp.Request) {
 	}
 	b, _ := json.Marshal(d)
 	if _, err := r.cfg.Store.Txn(ctx, store.Txn{If: r.lead.Compares(), Then: []store.Op{store.OpPut(task.AgentKey(req.MAC, task.AgentFieldInfo), b)}}); err != nil {
-		r.log.Warn("record discovered machine", "mac", req.MAC, "err", err)
+		r.log.Warn("record discovered machine", "mac", req.MAC.String(), "err", err)
 	}
 	r.tokens.forget(req.MAC) // the token record, if any, was replaced
 }

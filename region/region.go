@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
@@ -108,6 +109,10 @@ type Config struct {
 	// LeaderTTL is the lease on the leadership (default 10 s): a standby
 	// takes over within about this long after the leader died.
 	LeaderTTL time.Duration
+	// Registerer receives the region's metrics (HTTP boot and agent API
+	// requests, tasks by status, watch lag, heartbeat latency); nil
+	// registers none. Server sets it to its Registry.
+	Registerer prometheus.Registerer
 
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -146,6 +151,7 @@ type Region struct {
 	relays   relays
 
 	handler http.Handler
+	metrics *metrics
 
 	lead *leadership
 	// becameLeader wakes leaderLoop, and hbWake the heartbeat, when this
@@ -254,7 +260,8 @@ func New(cfg Config) (*Region, error) {
 	if err := r.bootRoutes(mux); err != nil {
 		return nil, fmt.Errorf("region: %w", err)
 	}
-	r.handler = mux
+	r.metrics = newMetrics(r, cfg.Registerer)
+	r.handler = r.metrics.instrument(mux)
 	return r, nil
 }
 
@@ -445,7 +452,10 @@ func (r *Region) heartbeat(ctx context.Context) error {
 	tick := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	for {
-		if err := write(); err != nil && ctx.Err() == nil {
+		start := time.Now()
+		err := write()
+		r.metrics.observeHeartbeat(time.Since(start))
+		if err != nil && ctx.Err() == nil {
 			r.hbMu.Lock()
 			r.storeOK = false
 			r.hbMu.Unlock()

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
@@ -66,6 +68,16 @@ type ServerConfig struct {
 	// (DHCPPolicy) and its Logger defaults to Region.Logger.
 	DHCP *dhcp.Config
 
+	// Registry receives the metrics of the region and of its DHCP and TFTP
+	// servers (default: a new registry of its own). A binary adds the Go
+	// and process collectors and the build information to it.
+	Registry *prometheus.Registry
+	// MetricsToken, if set, serves Registry at GET /metrics on the HTTP
+	// listener to callers that send it as a bearer token. Without it the
+	// region serves no /metrics: its listener faces the provisioning
+	// network, where anyone can connect.
+	MetricsToken string
+
 	// Ready, if set, is called once the HTTP server (and TFTP) listen,
 	// with the HTTP server's address: a caller that asked for ":0" learns
 	// its port here.
@@ -97,7 +109,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.services = map[string]string{}
 	}
 	s.services["http"] = "running"
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+		s.cfg.Registry = cfg.Registry
+	}
 	rc := cfg.Region
+	if rc.Registerer == nil {
+		rc.Registerer = cfg.Registry
+	}
 	rc.Services = s.services
 	if cfg.DHCP != nil && rc.Leases == nil {
 		rc.Leases = serverLeases{s}
@@ -116,8 +135,28 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			return nil, fmt.Errorf("region: DHCP: %w", err)
 		}
 		s.services["dhcp"] = string(cmp.Or(dc.Mode, dhcp.ModeProxy))
+		if err := cfg.Registry.Register(newDHCPCollector(s.dhcp, s.labels())); err != nil {
+			return nil, fmt.Errorf("region: DHCP metrics: %w", err)
+		}
 	}
 	return s, nil
+}
+
+// labels are the constant labels of the region's metrics.
+func (s *Server) labels() prometheus.Labels {
+	return prometheus.Labels{"region": s.reg.cfg.RegionID}
+}
+
+// handler is the region's handler with, when a metrics token is set,
+// GET /metrics in front of it.
+func (s *Server) handler() http.Handler {
+	if s.cfg.MetricsToken == "" {
+		return s.reg.Handler()
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsHandler(s.cfg.Registry, s.cfg.MetricsToken))
+	mux.Handle("/", s.reg.Handler())
+	return mux
 }
 
 // Region is the region the server runs: its handler, catalogue, public
@@ -158,6 +197,11 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("region: TFTP: %w", err)
 		default:
 			s.services["tftp"] = "running"
+			if err := s.cfg.Registry.Register(newTFTPCollector(tftp, s.labels())); err != nil {
+				tftp.Close()
+				ln.Close()
+				return fmt.Errorf("region: TFTP metrics: %w", err)
+			}
 		}
 	}
 	log.Info("region started", "url", s.reg.PublicURL(), "http", ln.Addr().String(),
@@ -169,7 +213,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.reg.Run(gctx) })
 	g.Go(func() error {
-		err := httpserve.Serve(gctx, ln, s.reg.Handler(), httpserve.Config{
+		err := httpserve.Serve(gctx, ln, s.handler(), httpserve.Config{
 			Limits: s.cfg.HTTPLimits, ShutdownTimeout: s.cfg.ShutdownTimeout, Logger: log.With("component", "http"),
 		})
 		if err != nil {

@@ -3,6 +3,7 @@ package region
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,6 +83,9 @@ func (r *Region) tasksListed(ctx context.Context, tasks []*task.Task) {
 // taskChanged is the view's change hook: a new task is prepared, an ended
 // one remembered.
 func (r *Region) taskChanged(ctx context.Context, ch task.Change, t *task.Task) {
+	if at := ch.At(); !at.IsZero() {
+		r.metrics.watchLag.Set(r.cfg.Now().Sub(at).Seconds())
+	}
 	switch {
 	case t == nil:
 	case t.Status.Terminal():
@@ -143,14 +147,14 @@ func (r *Region) prepare(ctx context.Context, t *task.Task) {
 		return // the leader prepares it (a new leader looks for pending tasks)
 	}
 	if err := r.checkBootFiles(t); err != nil {
-		r.log.Error("cannot prepare task", "task_id", t.ID, "err", err)
-		r.retry(ctx, "fail unpreparable task", func() error {
+		r.log.Error("cannot prepare task", append(machineAttrs(t), "err", err)...)
+		r.retry(ctx, "fail unpreparable task", machineAttrs(t), func() error {
 			_, err := r.svc.Fail(ctx, t.ID, r.actor, task.ErrorInfo{Code: "boot_files_missing", Stage: string(task.StatusPending), Message: err.Error()})
 			return err
 		})
 		return
 	}
-	r.retry(ctx, "mark task ready", func() error {
+	r.retry(ctx, "mark task ready", machineAttrs(t), func() error {
 		ready, err := r.svc.MarkReady(ctx, t.ID, r.actor)
 		r.observe(ready) // the machine may boot now, before the watch tells
 		return err
@@ -159,22 +163,24 @@ func (r *Region) prepare(ctx context.Context, t *task.Task) {
 
 // retry runs a store operation with exponential backoff while it fails
 // for reasons other than the task's state or the input (those are final).
-func (r *Region) retry(ctx context.Context, what string, op func() error) error {
+// attrs say which machine it is about, for the log.
+func (r *Region) retry(ctx context.Context, what string, attrs []any, op func() error) error {
+	attrs = slices.Clip(attrs) // appended to per line: never into a shared array
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := op()
 		if err == nil || errors.Is(err, task.ErrInvalid) || errors.Is(err, task.ErrNotFound) ||
 			errors.Is(err, task.ErrConflict) || errors.Is(err, task.ErrInvalidTransition) {
 			if err != nil && !errors.Is(err, task.ErrInvalidTransition) && !errors.Is(err, task.ErrConflict) {
-				r.log.Warn(what, "err", err)
+				r.log.Warn(what, append(attrs, "err", err)...)
 			}
 			return err
 		}
 		if attempt == 8 || ctx.Err() != nil {
-			r.log.Error(what+": giving up", "attempts", attempt, "err", err)
+			r.log.Error(what+": giving up", append(attrs, "attempts", attempt, "err", err)...)
 			return err
 		}
-		r.log.Warn(what+": retrying", "err", err, "retry_in", backoff)
+		r.log.Warn(what+": retrying", append(attrs, "err", err, "retry_in", backoff)...)
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
@@ -204,8 +210,8 @@ func (r *Region) enforceTimeouts(ctx context.Context) error {
 				continue
 			}
 			id, status := t.ID, t.Status
-			r.log.Warn("task timed out", "task_id", id, "status", status, "after", limit)
-			r.retry(ctx, "fail timed-out task", func() error {
+			r.log.Warn("task timed out", append(machineAttrs(t), "status", status, "after", limit)...)
+			r.retry(ctx, "fail timed-out task", machineAttrs(t), func() error {
 				_, err := r.svc.Fail(ctx, id, r.actor, task.ErrorInfo{
 					Code: "timeout", Stage: string(status),
 					Message: "no progress in status " + string(status) + " for " + limit.String(),

@@ -21,6 +21,11 @@ if ((${#missing[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	# Only promtool is wanted from the prometheus package: a Prometheus
+	# server started by systemd would hold port 9090 and scrape for ever.
+	if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+		systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+	fi
 fi
 
 command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin

@@ -22,6 +22,7 @@ import (
 	"github.com/lpmos/lpmos/agent/sim"
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/cmdutil"
+	"github.com/lpmos/lpmos/internal/promreg"
 	"github.com/lpmos/lpmos/region"
 )
 
@@ -77,7 +78,11 @@ func run() error {
 	}
 	defer closeStore()
 
-	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention}
+	// One registry for the process: the control plane's /metrics shows
+	// the region's series too, and the region's (with a token) the
+	// control plane's.
+	metrics := promreg.New()
+	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: metrics}
 	capFlags.Apply(&cfg)
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
@@ -94,6 +99,7 @@ func run() error {
 	if err != nil {
 		return cmdutil.Usage(err)
 	}
+	rcfg.Registry = metrics
 	rcfg.TFTPOptional = true // the demo runs without port 69 or iPXE binaries
 	if *simulate > 0 {
 		rcfg.Region.SkipBootFileCheck = true

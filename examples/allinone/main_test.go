@@ -130,6 +130,13 @@ func TestAllInOneRuns(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, "%v", body)
 	waitFor("completed")
 
+	// One registry for the process: the control plane's /metrics has the
+	// region's series and the process figures.
+	fams := cmdtest.CheckMetrics(t, dashboard+"metrics", token)
+	for _, name := range []string{"lpmos_tasks", "lpmos_region_tasks", "lpmos_region_agent_requests_total", "lpmos_http_requests_total"} {
+		assert.Contains(t, fams, name)
+	}
+
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", rp))
 	require.NoError(t, err)
 	resp.Body.Close()

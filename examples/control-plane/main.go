@@ -19,6 +19,7 @@ import (
 
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/cmdutil"
+	"github.com/lpmos/lpmos/internal/promreg"
 )
 
 func main() {
@@ -74,7 +75,7 @@ func run() error {
 	}
 	defer closeStore()
 
-	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention}
+	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: promreg.New()}
 	capFlags.Apply(&cfg)
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {

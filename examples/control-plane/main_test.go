@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +37,8 @@ func TestControlPlaneBinary(t *testing.T) {
 		addr := cmdtest.FreeAddr(t)
 		p := cmdtest.Start(t, bin, []string{adminToken}, "--etcd-endpoints", etcd, "--listen-addr", addr)
 		p.WaitOK("http://" + addr + "/healthz")
+		fams := cmdtest.CheckMetrics(t, "http://"+addr+"/metrics", strings.TrimPrefix(adminToken, "LPMOS_ADMIN_TOKEN="))
+		assert.Contains(t, fams, "lpmos_tasks")
 		p.Signal(syscall.SIGTERM)
 		assert.Equal(t, 0, p.Wait(30*time.Second), p.Output())
 	})

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/lpmos/lpmos/internal/cmdutil"
+	"github.com/lpmos/lpmos/internal/promreg"
 	"github.com/lpmos/lpmos/region"
 )
 
@@ -67,6 +68,7 @@ func run() error {
 	if err != nil {
 		return cmdutil.Usage(err)
 	}
+	cfg.Registry = promreg.New()
 	srv, err := region.NewServer(cfg)
 	if err != nil {
 		return fmt.Errorf("cannot start the region: %w", err)

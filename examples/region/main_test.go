@@ -2,11 +2,13 @@ package main_test
 
 import (
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/internal/cmdtest"
 	"github.com/lpmos/lpmos/internal/etcdtest"
@@ -35,8 +37,12 @@ func TestRegionBinary(t *testing.T) {
 
 	t.Run("SIGTERM", func(t *testing.T) {
 		addr := cmdtest.FreeAddr(t)
-		p := cmdtest.Start(t, bin, nil, args(addr)...)
+		tokenFile := filepath.Join(t.TempDir(), "metrics-token")
+		require.NoError(t, os.WriteFile(tokenFile, []byte("scrape-me\n"), 0o600))
+		p := cmdtest.Start(t, bin, nil, append(args(addr), "--metrics-token-file", tokenFile)...)
 		p.WaitOK("http://" + addr + "/health")
+		fams := cmdtest.CheckMetrics(t, "http://"+addr+"/metrics", "scrape-me")
+		assert.Contains(t, fams, "lpmos_region_tasks")
 		p.Signal(syscall.SIGTERM)
 		assert.Equal(t, 0, p.Wait(30*time.Second), p.Output())
 	})
@@ -51,6 +57,7 @@ func TestRegionBinary(t *testing.T) {
 		{"unknown flag", []string{"--no-such-flag"}, 2, "flag provided but not defined"},
 		{"bad dhcp mode", []string{"--dhcp-iface", "lo", "--dhcp-mode", "relay", "--etcd-endpoints", etcd}, 2, "relay"},
 		{"version", []string{"--version"}, 0, "region github.com/lpmos/lpmos "},
+		{"metrics token file readable by others", []string{"--etcd-endpoints", etcd, "--metrics-token-file", worldReadable(t)}, 2, "chmod 600"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out := cmdtest.Run(t, 10*time.Second, bin, tc.args...)
@@ -58,4 +65,12 @@ func TestRegionBinary(t *testing.T) {
 			assert.Contains(t, out, tc.want)
 		})
 	}
+}
+
+func worldReadable(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(p, []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -55,7 +55,7 @@ func (f *StoreFlags) Register(fs *flag.FlagSet, embedded bool) {
 		fs.StringVar(&f.DataDir, "data-dir", "./lpmos-data", "embedded etcd data and region state")
 		fs.StringVar(&f.ClientURL, "etcd-client-url", "https://127.0.0.1:2379", "where the embedded etcd serves clients (etcdctl), with client certificates from <data-dir>/etcd-pki")
 		fs.StringVar(&f.PeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "where the embedded etcd listens for peers")
-		fs.BoolVar(&f.EtcdVerbose, "etcd-verbose", false, "let the embedded etcd log")
+		fs.BoolVar(&f.EtcdVerbose, "etcd-verbose", false, "let the embedded etcd log at info level (by default only its warnings and errors reach the log)")
 		fs.StringVar(&f.SnapshotDir, "etcd-snapshot-dir", "", "take snapshots of the embedded etcd into this directory (empty: none)")
 		fs.DurationVar(&f.SnapshotInterval, "etcd-snapshot-interval", time.Hour, "time between snapshots (the first at start)")
 		fs.IntVar(&f.SnapshotKeep, "etcd-snapshot-keep", 24, "newest snapshots kept")
@@ -105,6 +105,7 @@ func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store
 	m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
 		Dir: dir, PKIDir: filepath.Join(f.DataDir, "etcd-pki"),
 		ClientURL: f.ClientURL, PeerURL: f.PeerURL, Verbose: f.EtcdVerbose,
+		Logger: log.With("component", "etcd"),
 	})
 	if err != nil {
 		return nil, nil, err

@@ -36,6 +36,9 @@ type RegionFlags struct {
 	Timeouts   string
 	InstanceID string
 	LeaderTTL  time.Duration
+	// MetricsTokenFile holds the bearer token for the region's /metrics;
+	// empty: the region serves no /metrics.
+	MetricsTokenFile string
 	// MaxConns and MaxConnsPerSource cap the region's HTTP connections
 	// (0: region.DefaultHTTPLimits).
 	MaxConns, MaxConnsPerSource int
@@ -63,6 +66,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
 	fs.StringVar(&f.InstanceID, "instance-id", "", "this process's name among its region's processes (default: host name and region URL)")
 	fs.DurationVar(&f.LeaderTTL, "leader-ttl", 10*time.Second, "lease on the region's leadership: start two or more processes with the same --region and one leads, the others take over within about this long after it dies")
+	fs.StringVar(&f.MetricsTokenFile, "metrics-token-file", "", "file (mode 0600) holding the bearer token Prometheus sends to GET /metrics on --region-listen; empty: no /metrics there")
 	lim := region.DefaultHTTPLimits()
 	fs.IntVar(&f.MaxConns, "http-max-conns", lim.MaxConns, "most region HTTP connections open at once (machines booting and agents at once; more are closed on accept)")
 	fs.IntVar(&f.MaxConnsPerSource, "http-max-conns-per-source", lim.MaxConnsPerSource, "most region HTTP connections from one source address (raise it behind a NAT or relay; -1: no cap)")
@@ -148,6 +152,13 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 		},
 		HTTPAddr:   f.Listen,
 		HTTPLimits: region.HTTPLimits{MaxConns: f.MaxConns, MaxConnsPerSource: f.MaxConnsPerSource},
+	}
+	if f.MetricsTokenFile != "" {
+		tok, err := readSecretFile(f.MetricsTokenFile, "--metrics-token-file")
+		if err != nil {
+			return region.ServerConfig{}, err
+		}
+		cfg.MetricsToken = string(tok)
 	}
 	if f.TFTPListen != "" {
 		cfg.TFTP = &pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -65,8 +66,13 @@ type EmbeddedConfig struct {
 	QuotaBackendBytes int64
 	// UnsafeNoFsync skips fsync: only for throwaway test clusters.
 	UnsafeNoFsync bool
-	// Verbose lets etcd log at info level to stderr; by default etcd's own
-	// logs are discarded (its errors still surface through this package).
+	// Logger, if set, receives etcd's own logs at warn level and above
+	// (info and above with Verbose), with their fields as attributes.
+	// Without it they are discarded (unless Verbose), and etcd's errors
+	// surface only through this package's.
+	Logger *slog.Logger
+	// Verbose lets etcd log at info level: to Logger if set, else to
+	// stderr in etcd's own format.
 	Verbose bool
 	// Pprof serves Go's profiler at /debug/pprof/ on the client URL, for
 	// benchmarks (as etcd's --enable-pprof).
@@ -183,10 +189,17 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	ec.QuotaBackendBytes = cfg.QuotaBackendBytes
 	ec.Logger = "zap"
-	if cfg.Verbose {
+	switch {
+	case cfg.Logger != nil:
+		min := slog.LevelWarn
+		if cfg.Verbose {
+			min = slog.LevelInfo
+		}
+		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(SlogLogger(cfg.Logger, min))
+	case cfg.Verbose:
 		ec.LogLevel = "info"
 		ec.LogOutputs = []string{"stderr"}
-	} else {
+	default:
 		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	}
 
