@@ -59,6 +59,8 @@ type leadership struct {
 	// beforeResign, if set, runs before a clean stop resigns (the
 	// heartbeat's goodbye, which needs the term).
 	beforeResign func()
+	// campaigned is closed after the first campaign (won or not).
+	campaigned chan struct{}
 
 	mu        sync.Mutex
 	term      int64 // the key's create revision while this process leads, else 0
@@ -70,6 +72,7 @@ func newLeadership(st store.Store, region, instance string, ttl time.Duration, o
 	return &leadership{
 		st: st, key: task.RegionLeaderKey(region), instance: instance, ttl: ttl,
 		poll: min(ttl/5, time.Second), now: time.Now, onChange: onChange,
+		campaigned: make(chan struct{}),
 	}
 }
 
@@ -122,6 +125,11 @@ func (l *leadership) run(ctx context.Context) error {
 			if l.leading() {
 				wait = l.ttl / 3
 			}
+		}
+		select {
+		case <-l.campaigned:
+		default:
+			close(l.campaigned)
 		}
 		select {
 		case <-ctx.Done():

@@ -158,6 +158,9 @@ type Region struct {
 	// process starts a term; hbStopped is closed once the heartbeat said
 	// goodbye, which the election waits for before it resigns.
 	becameLeader, hbWake, hbStopped chan struct{}
+	// synced is closed once the view is synced and the first campaign
+	// is over (Synced).
+	synced chan struct{}
 
 	hbMu          sync.RWMutex
 	lastHeartbeat time.Time
@@ -242,6 +245,7 @@ func New(cfg Config) (*Region, error) {
 		fetches: newFetchLimits(), toPrepare: make(chan *task.Task, prepareQueue),
 	}
 	r.becameLeader, r.hbWake, r.hbStopped = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
+	r.synced = make(chan struct{})
 	r.lead = newLeadership(cfg.Store, cfg.RegionID, cfg.InstanceID, cfg.LeaderTTL, r.leadershipChanged)
 	r.lead.beforeResign = func() {
 		select {
@@ -275,7 +279,11 @@ func (r *Region) Catalogue() *Catalogue { return r.catalog }
 // store after Run started). Before that, boot scripts and the agent API
 // answer 503 with Retry-After, so that a machine talking to a region that
 // is just (re)starting retries instead of being told it has no task.
-func (r *Region) Synced() <-chan struct{} { return r.tasks.Synced() }
+//
+// Synced also waits for this process's first campaign for its region's
+// leadership: a process that is to lead (the only one of its region)
+// answers machines from the moment it is Synced.
+func (r *Region) Synced() <-chan struct{} { return r.synced }
 
 // starting answers 503 while the region is not Synced, or while this
 // process is not its region's leader (a standby), and reports whether it
@@ -283,7 +291,7 @@ func (r *Region) Synced() <-chan struct{} { return r.tasks.Synced() }
 // address or the standby took over.
 func (r *Region) starting(w http.ResponseWriter) bool {
 	select {
-	case <-r.tasks.Synced():
+	case <-r.synced:
 	default:
 		w.Header().Set("Retry-After", "1")
 		httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, "starting", "the region is starting; retry"))
@@ -357,6 +365,17 @@ func (r *Region) Run(ctx context.Context) error {
 	g.Go(func() error { return r.tasks.Run(ctx) })
 	g.Go(func() error { return r.lead.run(ctx) })
 	g.Go(func() error { return r.leaderLoop(ctx) })
+	g.Go(func() error {
+		for _, c := range []<-chan struct{}{r.tasks.Synced(), r.lead.campaigned} {
+			select {
+			case <-c:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		close(r.synced)
+		return nil
+	})
 	g.Go(func() error { return r.heartbeat(ctx) })
 	g.Go(func() error { return r.enforceTimeouts(ctx) })
 	g.Go(func() error { return r.flushProgressLoop(ctx) })
