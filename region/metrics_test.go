@@ -113,8 +113,11 @@ func TestRegionMetrics(t *testing.T) {
 		require.Equal(t, http.StatusOK, code)
 		fams, err = promlint.Parse(body)
 		require.NoError(t, err)
+		// A transfer is counted when the server has the client's last
+		// ACK, which may be after the client returned.
 		return promlint.Sum(fams, "lpmos_dhcp_packets_total") >= 3 &&
-			promlint.Sum(fams, "lpmos_tftp_requests_refused_total", `reason="not_found"`) >= 1
+			promlint.Sum(fams, "lpmos_tftp_requests_refused_total", `reason="not_found"`) >= 1 &&
+			promlint.Sum(fams, "lpmos_tftp_transfers_total", `result="completed"`) >= 1
 	}, 10*time.Second, 20*time.Millisecond, "DHCP and TFTP traffic never counted")
 
 	for _, err := range promlint.Lint(fams, "lpmos_") {
