@@ -34,6 +34,7 @@ func TestFrom(t *testing.T) {
 		{"invalid transition", fmt.Errorf("x: %w", &task.TransitionError{From: task.StatusPending, Event: task.EventApproved}), 409, httpjson.CodeInvalidTransition, ""},
 		{"conflict", fmt.Errorf("x: %w", task.ErrConflict), 409, httpjson.CodeConflict, ""},
 		{"active task", &task.ActiveTaskError{MAC: lpmos.MAC{}, TaskID: "t"}, 409, httpjson.CodeConflict, ""},
+		{"retry refused", fmt.Errorf("x: %w", &task.RetryError{Reason: task.RetryAttemptsExhausted, Message: "no attempts left"}), 409, httpjson.CodeAttemptsExhausted, ""},
 		{"body too large", fmt.Errorf("x: %w", &http.MaxBytesError{Limit: 10}), 413, httpjson.CodeTooLarge, ""},
 		{"own error, wrapped", fmt.Errorf("x: %w", own), http.StatusTeapot, "teapot", ""},
 		{"anything else", errors.New("disk on fire"), 500, httpjson.CodeInternal, ""},
