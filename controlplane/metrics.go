@@ -22,6 +22,9 @@ type metrics struct {
 	// watchLag is the delay between a task change being made and this
 	// replica processing it, for the last change.
 	watchLag prometheus.Gauge
+	// retries counts the retries this replica made, by trigger (manual,
+	// auto).
+	retries *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, view *task.View, st store.Store, log *slog.Logger) *metrics {
@@ -36,8 +39,13 @@ func newMetrics(reg *prometheus.Registry, view *task.View, st store.Store, log *
 		watchLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lpmos_watch_lag_seconds", Help: "Delay between a task change being made and this replica processing it (last change).",
 		}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lpmos_task_retries_total", Help: "Retries of failed or cancelled tasks this replica started, by trigger (manual, auto).",
+		}, []string{"trigger"}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.watchLag,
+	m.retries.WithLabelValues(retryManual) // export zeros, not absence
+	m.retries.WithLabelValues(retryAuto)
+	reg.MustRegister(m.requests, m.duration, m.watchLag, m.retries,
 		&taskCollector{view: view, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
 	)
 	if db, ok := st.(dbSizer); ok {
@@ -48,6 +56,42 @@ func newMetrics(reg *prometheus.Registry, view *task.View, st store.Store, log *
 	}
 	return m
 }
+
+// registerCaches exports what the region and dead-letter caches know, read
+// at scrape time.
+func (m *metrics) registerCaches(reg *prometheus.Registry, regions *regionCache, dlq *dlqCache) {
+	reg.MustRegister(
+		&funcCollector{desc: prometheus.NewDesc("lpmos_regions_offline",
+			"Regions listed offline: their heartbeat lease expired or they said so (from this replica's cache).", nil, nil),
+			collect: func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
+				n := 0
+				for _, r := range regions.list() {
+					if r.Status == task.RegionOffline {
+						n++
+					}
+				}
+				ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(n))
+			}},
+		&funcCollector{desc: prometheus.NewDesc("lpmos_dead_letters",
+			"Entries of the dead-letter list by kind (tasks, webhooks), from this replica's cache.", []string{"kind"}, nil),
+			collect: func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
+				counts := dlq.count()
+				for _, k := range task.DLQKinds() {
+					ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(counts[k]), string(k))
+				}
+			}},
+	)
+}
+
+// funcCollector is one metric computed at scrape time.
+type funcCollector struct {
+	desc    *prometheus.Desc
+	collect func(*prometheus.Desc, chan<- prometheus.Metric)
+}
+
+func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *funcCollector) Collect(ch chan<- prometheus.Metric) { c.collect(c.desc, ch) }
 
 // dbSizer is a store that can tell how full it is: the etcd store. The
 // memory store has no quota and does not implement it.
