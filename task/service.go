@@ -12,6 +12,13 @@
 // plane (operator moves) and the regions (machine moves) use Service; they
 // never talk to each other, only through the store.
 //
+// A failed or cancelled task never moves again: Retry starts its next
+// attempt as a new task linked to it (Metadata.RetryOf, Attempt), in one
+// transaction with the old task's retried timeline entry. A chain makes
+// at most Metadata.MaxAttempts attempts; the failure of the last writes a
+// dead-letter record (DeadTask, under DLQPrefix) in the failing
+// transaction itself, so it is recorded exactly once whoever fails it.
+//
 // The package does not know about HTTP, DHCP or agents' wire formats.
 package task
 
