@@ -732,6 +732,8 @@ func TestConfigValidation(t *testing.T) {
 		"nobody can sign in": {Store: st},
 		"bad webhook URL":    {Store: st, Auth: admin, Webhooks: webhook.Config{URLs: []string{"ftp://example.com/hook"}, Secret: []byte("s")}},
 		"unsigned webhooks":  {Store: st, Auth: admin, Webhooks: webhook.Config{URLs: []string{"http://example.com/hook"}}},
+		"negative attempts":  {Store: st, Auth: admin, MaxAttempts: -1},
+		"too many attempts":  {Store: st, Auth: admin, MaxAttempts: 101},
 	} {
 		_, err := controlplane.New(cfg)
 		assert.Error(t, err, name)
