@@ -1,6 +1,7 @@
 // Package client is the typed Go client of the LPMOS control plane: its
-// REST API under /api/v1 (tasks, batch creates, bulk moves, regions,
-// whoami) and its WebSocket /ws of live task changes. Tools, tests, the
+// REST API under /api/v1 (tasks, batch creates, bulk moves, retries, the
+// dead-letter list, regions, whoami) and its WebSocket /ws of live task
+// changes. Tools, tests, the
 // fleet bench and lpmosctl drive LPMOS through it rather than through
 // hand-written HTTP, so that they share one reading of the API's answers.
 //

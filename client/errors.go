@@ -25,6 +25,10 @@ const (
 	CodeInvalidTransition    = "invalid_transition"     // 409: the task's status does not allow this
 	CodeConflict             = "conflict"               // 409: the task changed (If-Match), or the MAC has an active task
 	CodeCapacity             = "capacity"               // 409: too many active tasks; retry once some end
+	CodeNotRetryable         = "not_retryable"          // 409: only failed or cancelled tasks can be retried
+	CodeAlreadyRetried       = "already_retried"        // 409: the task was retried already
+	CodeAttemptsExhausted    = "attempts_exhausted"     // 409: the task was its last allowed attempt
+	CodeActiveTask           = "active_task"            // 409: a retry's machine has an active task
 	CodeTooLarge             = "too_large"              // 413
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415
 	CodeRateLimited          = "rate_limited"           // 429
@@ -47,6 +51,10 @@ var (
 	ErrInvalidTransition error = codeError(CodeInvalidTransition)
 	ErrConflict          error = codeError(CodeConflict)
 	ErrCapacity          error = codeError(CodeCapacity)
+	ErrNotRetryable      error = codeError(CodeNotRetryable)
+	ErrAlreadyRetried    error = codeError(CodeAlreadyRetried)
+	ErrAttemptsExhausted error = codeError(CodeAttemptsExhausted)
+	ErrActiveTask        error = codeError(CodeActiveTask)
 	ErrTooLarge          error = codeError(CodeTooLarge)
 	ErrRateLimited       error = codeError(CodeRateLimited)
 	ErrInternal          error = codeError(CodeInternal)
@@ -62,6 +70,10 @@ var taskSentinels = map[string]error{
 	CodeNotFound:          task.ErrNotFound,
 	CodeInvalidTransition: task.ErrInvalidTransition,
 	CodeConflict:          task.ErrConflict,
+	CodeNotRetryable:      task.ErrConflict,
+	CodeAlreadyRetried:    task.ErrConflict,
+	CodeAttemptsExhausted: task.ErrConflict,
+	CodeActiveTask:        task.ErrConflict,
 }
 
 // Error is a refused request: the HTTP status and the API's error body

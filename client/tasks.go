@@ -226,7 +226,9 @@ func (o ListOptions) query() url.Values {
 // Page is one page of a list and the number of tasks matching the filters.
 // A list entry is a summary: of its task it carries ID, Status, Revision,
 // Progress, Error and, in Metadata, ID, RegionID, TargetMAC, OSType,
-// OSVersion, CreatedAt, CreatedBy and Tags; Get returns the rest.
+// OSVersion, CreatedAt, CreatedBy, Tags, Attempt, MaxAttempts and
+// RetryOf; its Timeline holds only the retried entry, if any (so that
+// Task.RetriedAs works); Get returns the rest.
 type Page struct {
 	Tasks  []*task.Task
 	Total  int
@@ -236,28 +238,39 @@ type Page struct {
 
 // summary is a list entry as the API sends it.
 type summary struct {
-	TaskID    string            `json:"task_id"`
-	Status    task.Status       `json:"status"`
-	Revision  int64             `json:"revision"`
-	RegionID  string            `json:"region_id"`
-	TargetMAC lpmos.MAC         `json:"target_mac"`
-	OSType    string            `json:"os_type"`
-	OSVersion string            `json:"os_version"`
-	CreatedAt time.Time         `json:"created_at"`
-	CreatedBy string            `json:"created_by"`
-	Tags      map[string]string `json:"tags"`
-	Progress  *task.Progress    `json:"progress"`
-	Error     *task.ErrorInfo   `json:"error"`
+	TaskID      string            `json:"task_id"`
+	Status      task.Status       `json:"status"`
+	Revision    int64             `json:"revision"`
+	RegionID    string            `json:"region_id"`
+	TargetMAC   lpmos.MAC         `json:"target_mac"`
+	OSType      string            `json:"os_type"`
+	OSVersion   string            `json:"os_version"`
+	CreatedAt   time.Time         `json:"created_at"`
+	CreatedBy   string            `json:"created_by"`
+	Tags        map[string]string `json:"tags"`
+	Progress    *task.Progress    `json:"progress"`
+	Error       *task.ErrorInfo   `json:"error"`
+	Attempt     int               `json:"attempt"`
+	MaxAttempts int               `json:"max_attempts"`
+	RetryOf     string            `json:"retry_of"`
+	RetriedAs   string            `json:"retried_as"`
 }
 
 func (s *summary) task() *task.Task {
-	return &task.Task{
+	t := &task.Task{
 		ID: s.TaskID, Status: s.Status, Revision: s.Revision, Progress: s.Progress, Error: s.Error,
 		Metadata: task.Metadata{
 			ID: s.TaskID, RegionID: s.RegionID, TargetMAC: s.TargetMAC, OSType: s.OSType, OSVersion: s.OSVersion,
 			CreatedAt: s.CreatedAt, CreatedBy: s.CreatedBy, Tags: s.Tags,
+			Attempt: s.Attempt, MaxAttempts: s.MaxAttempts, RetryOf: s.RetryOf,
 		},
 	}
+	if s.RetriedAs != "" {
+		// The one timeline entry a summary carries: so that RetriedAs
+		// answers on a list entry as on a whole task.
+		t.Timeline = []task.TimelineEntry{{Event: task.TimelineRetried, Status: s.Status, RetriedAs: s.RetriedAs}}
+	}
+	return t
 }
 
 // List returns one page of tasks (GET /api/v1/tasks).

@@ -165,6 +165,12 @@ type taskSummary struct {
 	Tags      map[string]string `json:"tags,omitempty"`
 	Progress  *task.Progress    `json:"progress,omitempty"`
 	Error     *task.ErrorInfo   `json:"error,omitempty"`
+	// Attempt of MaxAttempts; RetryOf the attempt it retries, RetriedAs
+	// the one that retries it.
+	Attempt     int    `json:"attempt"`
+	MaxAttempts int    `json:"max_attempts"`
+	RetryOf     string `json:"retry_of,omitempty"`
+	RetriedAs   string `json:"retried_as,omitempty"`
 }
 
 type listResponse struct {
@@ -254,6 +260,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 			TargetMAC: t.Metadata.TargetMAC.String(), OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion,
 			CreatedAt: t.Metadata.CreatedAt, CreatedBy: t.Metadata.CreatedBy, Tags: t.Metadata.Tags,
 			Progress: t.Progress, Error: t.Error,
+			Attempt: t.Attempt(), MaxAttempts: t.MaxAttempts(), RetryOf: t.Metadata.RetryOf, RetriedAs: t.RetriedAs(),
 		})
 	}
 	httpjson.WriteJSON(w, http.StatusOK, resp)

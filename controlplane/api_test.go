@@ -391,6 +391,17 @@ func TestAPIErrorsWriteNothing(t *testing.T) {
 		{"bad list status", "GET", "/api/v1/tasks?status=done", nil, nil, 400, "invalid_request", "status"},
 		{"huge list limit", "GET", "/api/v1/tasks?limit=100000", nil, nil, 400, "invalid_request", "limit"},
 		{"unknown endpoint", "GET", "/api/v1/nothing", nil, nil, 404, "not_found", ""},
+		{"retry a pending task", "POST", "/api/v1/tasks/" + pending + "/retry", nil, nil, 409, "not_retryable", ""},
+		{"retry unknown task", "POST", "/api/v1/tasks/00000000-0000-4000-8000-000000000001/retry", nil, nil, 404, "not_found", ""},
+		{"retry malformed task ID", "POST", "/api/v1/tasks/not-a-uuid/retry", nil, nil, 400, "invalid_request", "task_id"},
+		{"retry with garbage If-Match", "POST", "/api/v1/tasks/" + pending + "/retry", nil, []string{"If-Match", "abc"}, 400, "invalid_request", ""},
+		{"dead letters of unknown kind", "GET", "/api/v1/dlq?kind=machines", nil, nil, 400, "invalid_request", "kind"},
+		{"bad dead-letter limit", "GET", "/api/v1/dlq?limit=-1", nil, nil, 400, "invalid_request", "limit"},
+		{"bad dead-letter offset", "GET", "/api/v1/dlq?offset=x", nil, nil, 400, "invalid_request", "offset"},
+		{"acknowledge unknown kind", "DELETE", "/api/v1/dlq/machines/" + pending, nil, nil, 400, "invalid_request", "kind"},
+		{"acknowledge malformed task ID", "DELETE", "/api/v1/dlq/tasks/x", nil, nil, 400, "invalid_request", "id"},
+		{"acknowledge malformed delivery ID", "DELETE", "/api/v1/dlq/webhooks/msg_zz", nil, nil, 400, "invalid_request", "id"},
+		{"acknowledge unknown dead letter", "DELETE", "/api/v1/dlq/tasks/" + pending, nil, nil, 404, "not_found", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -672,6 +683,10 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.Contains(t, text, "lpmos_ws_clients")
 	assert.Contains(t, text, "lpmos_watch_lag_seconds")
 	assert.Contains(t, text, "lpmos_webhook_failures_total")
+	assert.Contains(t, text, "lpmos_regions_offline 0")
+	assert.Contains(t, text, `lpmos_dead_letters{kind="tasks"} 0`)
+	assert.Contains(t, text, `lpmos_dead_letters{kind="webhooks"} 0`)
+	assert.Contains(t, text, `lpmos_task_retries_total{trigger="auto"} 0`)
 }
 
 // TestRetentionPurgesEndedTasks: with a retention, ended tasks disappear
@@ -739,6 +754,8 @@ func TestConfigValidation(t *testing.T) {
 		"nobody can sign in": {Store: st},
 		"bad webhook URL":    {Store: st, Auth: admin, Webhooks: webhook.Config{URLs: []string{"ftp://example.com/hook"}, Secret: []byte("s")}},
 		"unsigned webhooks":  {Store: st, Auth: admin, Webhooks: webhook.Config{URLs: []string{"http://example.com/hook"}}},
+		"negative attempts":  {Store: st, Auth: admin, MaxAttempts: -1},
+		"too many attempts":  {Store: st, Auth: admin, MaxAttempts: 101},
 	} {
 		_, err := controlplane.New(cfg)
 		assert.Error(t, err, name)
@@ -773,6 +790,7 @@ func TestAPIRegionDiedStaysListed(t *testing.T) {
 		return regions[0].(map[string]any)
 	}
 	require.Eventually(t, func() bool { r := region(); return r != nil && r["status"] == "online" }, 10*time.Second, 10*time.Millisecond)
+	assert.Contains(t, cp.metricsText(), "lpmos_regions_offline 0\n")
 
 	require.NoError(t, st.Revoke(ctx, lease)) // as if the lease expired
 	require.Eventually(t, func() bool { r := region(); return r != nil && r["status"] == "offline" }, 10*time.Second, 10*time.Millisecond)
@@ -780,4 +798,5 @@ func TestAPIRegionDiedStaysListed(t *testing.T) {
 	assert.Equal(t, "dc3", r["region_id"])
 	assert.Equal(t, "2026-12-04T10:00:00Z", r["last_heartbeat"])
 	assert.NotNil(t, r["capabilities"])
+	assert.Contains(t, cp.metricsText(), "lpmos_regions_offline 1\n", "the metric counts it")
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
+	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -589,6 +590,52 @@ func TestBrowserDashboard(t *testing.T) {
 	p.waitJS("the list shows dc1's approved tasks", want(a2, a3)+` && document.getElementById('filter-region').value === 'dc1' &&
 		document.getElementById('filter-status').value === 'approved' && `+browserNoReload)
 	p.screenshot("regions-to-list")
+
+	// --- Retry a failed task: the button starts a new attempt and the page
+	// follows it.
+	goTo := func(path string) {
+		browserEval[chromedp.Void](p, `history.pushState(null, '', `+jsString(path)+`); dispatchEvent(new PopStateEvent('popstate'))`)
+	}
+	failedTask, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: "0c:c4:7a:00:00:03", OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	_, err = svc.Fail(ctx, failedTask.ID, "region:dc1", task.ErrorInfo{Code: "download_failed", Message: "mirror down"})
+	require.NoError(t, err)
+	goTo("/tasks/" + failedTask.ID)
+	p.waitJS("a failed task offers a retry", `document.getElementById('task-status').textContent === 'failed' &&
+		!document.getElementById('retry-btn').hidden && document.getElementById('task-attempt').textContent === '1 of 3' && `+browserNoReload)
+	p.step("retry it", chromedp.Click(chromedp.ID("retry-btn")))
+	p.waitJS("the new attempt's page opens", `/^\/tasks\/[0-9a-f-]{36}$/.test(location.pathname) && location.pathname !== '/tasks/`+failedTask.ID+`' &&
+		document.getElementById('task-status').textContent === 'pending' && document.getElementById('task-attempt').textContent === '2 of 3' &&
+		document.getElementById('retry-btn').hidden && `+browserNoReload)
+	retryID := strings.TrimPrefix(browserEval[string](p, `location.pathname`), "/tasks/")
+	retried, err := svc.Get(ctx, retryID)
+	require.NoError(t, err)
+	assert.Equal(t, failedTask.ID, retried.Metadata.RetryOf)
+	assert.Equal(t, "token:alice@example.com", retried.Metadata.CreatedBy)
+	p.screenshot("retried")
+	goTo("/tasks/" + failedTask.ID)
+	p.waitJS("the old attempt links to its retry and offers no second one", `document.getElementById('task-status').textContent === 'failed' &&
+		document.querySelector('a.retried-as') !== null && document.querySelector('a.retried-as').getAttribute('href') === '/tasks/`+retryID+`' &&
+		document.getElementById('retry-btn').hidden && `+browserNoReload)
+
+	// --- The dead-letter list: a task failed on its last attempt (with a
+	// hostile error message), acknowledged from the page.
+	lastOnly := task.NewService(st, task.Config{MaxAttempts: 1})
+	deadTask, err := lastOnly.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: "0c:c4:7a:00:00:04", OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	_, err = svc.Fail(ctx, deadTask.ID, "region:dc1", task.ErrorInfo{Code: "checksum_mismatch", Message: browserXSSTag})
+	require.NoError(t, err)
+	dlqRow := `document.querySelector('tr[data-kind="tasks"][data-id="` + deadTask.ID + `"]')`
+	p.step("open the dead letters", chromedp.Click(chromedp.ID("nav-dlq")), chromedp.WaitVisible(chromedp.ID("dlq")))
+	p.waitJS("the dead task is listed, inert", dlqRow+` !== null && `+dlqRow+`.textContent.includes('checksum_mismatch') &&
+		`+dlqRow+`.textContent.includes(`+jsString(browserXSSTag)+`) && `+dlqRow+`.textContent.includes('1 of 1') &&
+		document.getElementById('dlq-count').textContent === '1 entry' && `+browserInert+` && `+browserNoReload)
+	p.screenshot("dead-letters")
+	p.step("acknowledge it", chromedp.Click(chromedp.CSS(`tr[data-id="`+deadTask.ID+`"] .dlq-ack`)))
+	p.waitJS("it leaves the list", dlqRow+` === null && document.getElementById('dlq-count').textContent === '0 entries' && `+browserNoReload)
+	_, err = st.Get(ctx, task.DLQKey(task.DLQTasks, deadTask.ID))
+	require.ErrorIs(t, err, store.ErrNotFound)
+	p.step("back to the list", chromedp.Click(chromedp.CSS(`#mainnav a[href="/tasks"]`)), chromedp.WaitVisible(chromedp.ID("tasks")))
 
 	// --- Sign out forgets the token.
 	p.step("sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("token")))

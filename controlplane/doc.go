@@ -25,6 +25,9 @@
 //	PUT    /api/v1/tasks/{id}/approve   approve (operator)  {approved: true, notes} → {task_id, status, approval, next_status}
 //	PUT    /api/v1/tasks/{id}/reject    reject (operator)   {reason} → {task_id, status, approval}
 //	DELETE /api/v1/tasks/{id}           cancel (operator)   204; ?reason= is recorded
+//	POST   /api/v1/tasks/{id}/retry     retry (operator)    no body → 201 {task_id, status, created_at, revision, links, retry_of, attempt, max_attempts}
+//	GET    /api/v1/dlq                  dead letters (viewer) ?kind=tasks|webhooks&limit=&offset= → {entries, total, limit, offset}
+//	DELETE /api/v1/dlq/{kind}/{id}      acknowledge (operator) 204; 404 if there is none
 //	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, capabilities, active_tasks}]}
 //	GET    /api/v1/whoami               (viewer)            {subject, role}
 //
@@ -42,7 +45,7 @@
 //
 // A list entry is flat, what a table row needs: {task_id, status, revision,
 // region_id, target_mac, os_type, os_version, created_at, created_by, tags,
-// progress, error}; GET of one task returns the whole task with its fields
+// progress, error, attempt, max_attempts, retry_of, retried_as}; GET of one task returns the whole task with its fields
 // under metadata, plus hardware, approval and timeline.
 //
 // A region is listed once it has written any of its keys (heartbeat,
@@ -113,7 +116,8 @@
 // OS), 401 unauthorized, 403 forbidden, 404 not_found, 409
 // invalid_transition (the task's status does not allow the call) or
 // conflict (the task changed since If-Match, or the MAC already has an
-// active task) or capacity (too many active tasks), 413 too_large, 415 unsupported_media_type, 429
+// active task) or capacity (too many active tasks) or a retry's refusal
+// (above), 413 too_large, 415 unsupported_media_type, 429
 // rate_limited, 422 idempotency_key_reused, 503 unavailable (with
 // Retry-After: the store is electing a leader or out of reach, or the
 // replica is still loading). Nothing is written when an error is
@@ -131,6 +135,54 @@
 // another request (region, MAC, OS, disk layout, network, tags) is 422
 // idempotency_key_reused. A caller that retries after a 503, a timeout or
 // a lost connection should always send a key.
+//
+// # Retries and the dead-letter list
+//
+// POST /api/v1/tasks/{id}/retry starts a new attempt of a failed or
+// cancelled task: a NEW task (new ID, status pending, created_by the
+// caller) with the same region, machine, OS, disk, network and tags, its
+// metadata naming the task it retries (retry_of) and its attempt number
+// (attempt: 1 for a fresh task, one more per retry). The old task stays
+// as it ended; its timeline gets a "retried" entry whose retried_as names
+// the new task. Both are one transaction, which also claims the machine
+// as a create does, so of two retries racing exactly one wins. A chain
+// makes at most max_attempts attempts (Config.MaxAttempts, --max-attempts,
+// default 3), fixed in the metadata of its first attempt and handed down.
+// Refusals are 409 with their own codes: not_retryable (the task is not
+// failed or cancelled), already_retried, attempts_exhausted (it was the
+// last allowed attempt) and active_task (its machine has an active task:
+// one active task per MAC); they write nothing. A retry counts against
+// the active-task caps as a create does, and If-Match applies to the task
+// retried.
+//
+// With Config.AutoRetry (--auto-retry, off by default) failed tasks are
+// retried automatically, by actor "control-plane:auto-retry", after 30 s
+// doubled per attempt up to 10 min (AutoRetryBase, AutoRetryCap), the
+// second half of it jitter drawn from the task ID so that every replica
+// agrees on the time. Every replica checks; the retry transaction is the
+// claim, so each failure is retried once. Left to the operator: failures
+// whose code retrying cannot fix (Config.NoAutoRetryCodes, by default
+// no_disk, disk_too_small, bad_image, no_checksum, boot_files_missing), a
+// machine given a newer task meanwhile, and a retry that fell due more
+// than an hour ago (turning auto-retry on does not retry old failures).
+//
+// A task that fails on its last allowed attempt gets a dead-letter record
+// under /lpmos/dlq/tasks/{id}, written by the very transaction that fails
+// it, whoever fails it (a region, the pending timeout): {task_id,
+// region_id, target_mac, os_type, os_version, attempts, max_attempts,
+// retry_of, error {code, stage, message, occurred_at}, timeline, dead_at}.
+// It outlives the task's retention purge. A webhook delivery that gave up
+// is recorded under /lpmos/dlq/webhooks/{delivery id} by the replica that
+// made it: {id, url (without credentials, query or fragment), event,
+// task_id, status, revision, attempts, error, first_attempt_at,
+// gave_up_at, replica_id}, on a lease of webhook.Config.DeadLetterTTL
+// (7 days). GET /api/v1/dlq lists both, newest first, each entry {kind,
+// id, at, task | webhook}, from a watch-fed cache; DELETE acknowledges
+// one. A task cancelled on its last attempt is the operator's doing and
+// gets no record.
+//
+// /metrics exports lpmos_regions_offline (regions listed offline),
+// lpmos_dead_letters{kind} and lpmos_task_retries_total{trigger="manual"|"auto"}.
 //
 // # Tasks no region picks up
 //

@@ -125,6 +125,7 @@ func FuzzAPIBodies(f *testing.F) {
 		{"POST", "/api/v1/tasks/cancel"},
 		{"PUT", "/api/v1/tasks/$TASK/approve"},
 		{"PUT", "/api/v1/tasks/$TASK/reject"},
+		{"POST", "/api/v1/tasks/$TASK/retry"}, // the task is pending: never retried
 	}
 	create := `{"region_id":"dc1","target_mac":"00:1a:2b:3c:4d:5e","os_type":"ubuntu","os_version":"22.04","tags":{"environment":"production"}}`
 	for _, s := range []struct {
@@ -154,6 +155,7 @@ func FuzzAPIBodies(f *testing.F) {
 		{5, `{}`},
 		{6, `{"reason":"wrong disks"}`},
 		{6, `{"reason":""}`},
+		{7, ``}, {7, `{"x":1}`},
 		{0, ``}, {1, `[]`}, {2, `null`}, {3, `{`}, {4, `"x"`}, {5, "\x00\xff"}, {6, `{"reason":1}`},
 	} {
 		f.Add(s.endpoint, s.body)
@@ -205,5 +207,50 @@ func FuzzListQuery(f *testing.F) {
 		} else {
 			require.True(t, json.Valid(rec.Body.Bytes()), "%s", rec.Body)
 		}
+	})
+}
+
+// FuzzDLQ lists the dead letters with fuzzed query strings and
+// acknowledges fuzzed kinds and IDs: never a 5xx, a JSON error with a code
+// when refused, and a refused acknowledgement writes nothing.
+func FuzzDLQ(f *testing.F) {
+	for _, s := range []struct{ query, kind, id string }{
+		{"", "tasks", "00000000-0000-4000-8000-000000000001"},
+		{"kind=tasks&limit=10&offset=5", "webhooks", "msg_0123456789abcdef01234567"},
+		{"kind=webhooks", "machines", "x"},
+		{"kind=bogus", "tasks", "not-a-uuid"},
+		{"limit=-1&offset=x", "webhooks", "msg_ZZ"},
+		{"limit=100000", "", ""},
+		{"%zz", "tasks", "%2e%2e"},
+	} {
+		f.Add(s.query, s.kind, s.id)
+	}
+	cp := startFuzzCP(f)
+	cp.ensurePending()
+	f.Fuzz(func(t *testing.T, query, kind, id string) {
+		req := httptest.NewRequest("GET", "/api/v1/dlq", nil)
+		req.URL.RawQuery = query
+		req.Header.Set("Authorization", "Bearer "+operatorToken)
+		rec := cp.serve(req)
+		require.Less(t, rec.Code, 500, "%s", rec.Body)
+		if rec.Code >= 400 {
+			requireAPIError(t, rec)
+		} else {
+			require.True(t, json.Valid(rec.Body.Bytes()), "%s", rec.Body)
+		}
+
+		req = httptest.NewRequest("DELETE", "/api/v1/dlq/x/y", nil)
+		req.URL.Path = "/api/v1/dlq/" + kind + "/" + id
+		req.URL.RawPath = ""
+		req.Header.Set("Authorization", "Bearer "+operatorToken)
+		before := cp.revision(t)
+		rec = cp.serve(req)
+		require.Less(t, rec.Code, 500, "%s", rec.Body)
+		// A path the mux cleans first ("//", "/./") is redirected (3xx).
+		require.GreaterOrEqual(t, rec.Code, 300, "there is no dead letter to acknowledge: %s", rec.Body)
+		if rec.Header().Get("Content-Type") == "application/json" {
+			requireAPIError(t, rec)
+		}
+		require.Equal(t, before, cp.revision(t), "a refused request wrote to the store")
 	})
 }

@@ -28,6 +28,9 @@ type metrics struct {
 	ended *prometheus.CounterVec
 	// certExpiry is set by ListenAndServe when it serves TLS.
 	certExpiry *prometheus.GaugeVec
+	// retries counts the retries this replica made, by trigger (manual,
+	// auto).
+	retries *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, view *task.View, regions *regionCache, st store.Store, log *slog.Logger) *metrics {
@@ -45,7 +48,12 @@ func newMetrics(reg *prometheus.Registry, view *task.View, regions *regionCache,
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lpmos_tasks_ended_total", Help: "Tasks this replica saw end, by final status (completed, failed, cancelled...); every replica counts every task.",
 		}, []string{"status"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lpmos_task_retries_total", Help: "Retries of failed or cancelled tasks this replica started, by trigger (manual, auto).",
+		}, []string{"trigger"}),
 	}
+	m.retries.WithLabelValues(retryManual) // export zeros, not absence
+	m.retries.WithLabelValues(retryAuto)
 	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "lpmos_tls_certificate_expiry_timestamp_seconds",
 		Help: "When the certificate the control plane serves HTTPS with expires (Unix time), by certificate file; absent without TLS. The file is read at start: restart after renewing it.",
@@ -55,7 +63,7 @@ func newMetrics(reg *prometheus.Registry, view *task.View, regions *regionCache,
 			m.ended.WithLabelValues(string(st)) // every series from the start, so that rate() sees the first one
 		}
 	}
-	reg.MustRegister(m.requests, m.duration, m.watchLag, m.ended, m.certExpiry,
+	reg.MustRegister(m.requests, m.duration, m.watchLag, m.ended, m.certExpiry, m.retries,
 		&regionsCollector{regions: regions, up: prometheus.NewDesc("lpmos_region_up",
 			"1 while the region heartbeats (its heartbeat key, on a 30 s lease, exists and it did not sign off), else 0.", []string{"region"}, nil)},
 		&taskCollector{view: view, desc: prometheus.NewDesc("lpmos_tasks", "Tasks by status, from this replica's cache.", []string{"status"}, nil)},
@@ -68,6 +76,42 @@ func newMetrics(reg *prometheus.Registry, view *task.View, regions *regionCache,
 	}
 	return m
 }
+
+// registerCaches exports what the region and dead-letter caches know, read
+// at scrape time.
+func (m *metrics) registerCaches(reg *prometheus.Registry, regions *regionCache, dlq *dlqCache) {
+	reg.MustRegister(
+		&funcCollector{desc: prometheus.NewDesc("lpmos_regions_offline",
+			"Regions listed offline: their heartbeat lease expired or they said so (from this replica's cache).", nil, nil),
+			collect: func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
+				n := 0
+				for _, r := range regions.list() {
+					if r.Status == task.RegionOffline {
+						n++
+					}
+				}
+				ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(n))
+			}},
+		&funcCollector{desc: prometheus.NewDesc("lpmos_dead_letters",
+			"Entries of the dead-letter list by kind (tasks, webhooks), from this replica's cache.", []string{"kind"}, nil),
+			collect: func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
+				counts := dlq.count()
+				for _, k := range task.DLQKinds() {
+					ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(counts[k]), string(k))
+				}
+			}},
+	)
+}
+
+// funcCollector is one metric computed at scrape time.
+type funcCollector struct {
+	desc    *prometheus.Desc
+	collect func(*prometheus.Desc, chan<- prometheus.Metric)
+}
+
+func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *funcCollector) Collect(ch chan<- prometheus.Metric) { c.collect(c.desc, ch) }
 
 // dbSizer is a store that can tell how full it is: the etcd store. The
 // memory store has no quota and does not implement it.

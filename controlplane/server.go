@@ -103,6 +103,27 @@ type Config struct {
 	MaxActiveTasks          int
 	MaxActiveTasksPerRegion int
 
+	// MaxAttempts is the most attempts (the first and its retries, by
+	// POST /api/v1/tasks/{id}/retry or automatic) a task created here may
+	// make (default task.DefaultMaxAttempts, 3). It is fixed in each
+	// task's metadata when its first attempt is created, so that a region
+	// failing the last one writes its dead-letter record at once. It is
+	// TaskConfig.MaxAttempts unless that is set.
+	MaxAttempts int
+
+	// AutoRetry retries failed tasks automatically, each failure once
+	// across replicas, after AutoRetryBase (default 30 s) doubled per
+	// attempt up to AutoRetryCap (default 10 min), the second half of it
+	// jitter; failures with a code in NoAutoRetryCodes (nil: the
+	// DefaultNoAutoRetryCodes) are left to the operator, as is a machine
+	// given a newer task meanwhile and a retry due over an hour ago.
+	// Checked every AutoRetryCheckInterval (default 5 s).
+	AutoRetry              bool
+	AutoRetryBase          time.Duration
+	AutoRetryCap           time.Duration
+	AutoRetryCheckInterval time.Duration
+	NoAutoRetryCodes       []string
+
 	// Now is the clock the control plane decides on time with (retention,
 	// audit records, watch lag; default TaskConfig.Now, else time.Now).
 	// The task service, Auth and Webhooks use it unless their own
@@ -119,6 +140,7 @@ type Server struct {
 	auth     *auth.Authenticator
 	view     *task.View
 	regions  *regionCache
+	dlq      *dlqCache
 	hub      *hub.Hub
 	notifier *webhook.Notifier
 	metrics  *metrics
@@ -168,6 +190,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxActiveTasksPerRegion == 0 {
 		cfg.MaxActiveTasksPerRegion = DefaultMaxActiveTasksPerRegion
 	}
+	if cfg.AutoRetryBase <= 0 {
+		cfg.AutoRetryBase = DefaultAutoRetryBase
+	}
+	if cfg.AutoRetryCap <= 0 {
+		cfg.AutoRetryCap = DefaultAutoRetryCap
+	}
+	if cfg.NoAutoRetryCodes == nil {
+		cfg.NoAutoRetryCodes = DefaultNoAutoRetryCodes()
+	}
+	if cfg.MaxAttempts < 0 || cfg.MaxAttempts > task.MaxMaxAttempts {
+		return nil, fmt.Errorf("controlplane: max attempts %d is not within 1..%d", cfg.MaxAttempts, task.MaxMaxAttempts)
+	}
 	if cfg.Now == nil {
 		cfg.Now = cfg.TaskConfig.Now
 	}
@@ -187,7 +221,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, audit: cfg.AuditLogger, auth: authn}
 	s.regions = newRegionCache(cfg.Logger)
+	s.dlq = newDLQCache(cfg.Logger)
 	tc := cfg.TaskConfig
+	if tc.MaxAttempts == 0 {
+		tc.MaxAttempts = cfg.MaxAttempts
+	}
 	tc.ValidateOS = s.regions.validateOS
 	if tc.Logger == nil {
 		tc.Logger = cfg.Logger
@@ -201,6 +239,7 @@ func New(cfg Config) (*Server, error) {
 	// whatever its traffic.
 	s.view = task.NewView(s.svc, task.ViewConfig{Logger: cfg.Logger, OnChange: s.taskChanged})
 	s.metrics = newMetrics(cfg.Registry, s.view, s.regions, cfg.Store, cfg.Logger)
+	s.metrics.registerCaches(cfg.Registry, s.regions, s.dlq)
 	hc := cfg.Hub
 	hc.Logger, hc.Registerer = cfg.Logger, cfg.Registry
 	s.hub = hub.New(hc)
@@ -252,14 +291,16 @@ func (s *Server) Tasks() *task.Service { return s.svc }
 // /metrics.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Run starts the task and region watches, the hub, the notifier and the
-// refresh of the JWKS, and returns when ctx ends and all of them have
+// Run starts the task, region and dead-letter watches, the hub, the
+// notifier, the refresh of the JWKS and, if configured, the purge, the
+// pending timeout and the automatic retry, and returns when ctx ends and all of them have
 // stopped.
 func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.auth.Run(ctx) })
 	g.Go(func() error { return s.view.Run(ctx) })
 	g.Go(func() error { s.regions.run(ctx, s.cfg.Store); return nil })
+	g.Go(func() error { s.dlq.run(ctx, s.cfg.Store); return nil })
 	g.Go(func() error { return s.hub.Run(ctx) })
 	g.Go(func() error { return s.notifier.Run(ctx) })
 	if s.cfg.Retention > 0 {
@@ -267,6 +308,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if s.cfg.PendingTimeout > 0 {
 		g.Go(func() error { s.failUnclaimed(ctx); return nil })
+	}
+	if s.cfg.AutoRetry {
+		g.Go(func() error { s.autoRetry(ctx); return nil })
 	}
 	return g.Wait()
 }
@@ -415,6 +459,9 @@ func (s *Server) routes() http.Handler {
 	api("PUT /api/v1/tasks/{id}/approve", auth.RoleOperator, "task.approve", s.approveTask)
 	api("PUT /api/v1/tasks/{id}/reject", auth.RoleOperator, "task.reject", s.rejectTask)
 	api("DELETE /api/v1/tasks/{id}", auth.RoleOperator, "task.cancel", s.cancelTask)
+	api("POST /api/v1/tasks/{id}/retry", auth.RoleOperator, "task.retry", s.retryTask)
+	api("GET /api/v1/dlq", auth.RoleViewer, "", s.listDLQ)
+	api("DELETE /api/v1/dlq/{kind}/{id}", auth.RoleOperator, "dlq.acknowledge", s.ackDLQ)
 	api("GET /api/v1/regions", auth.RoleViewer, "", s.listRegions)
 	api("GET /api/v1/whoami", auth.RoleViewer, "", s.whoami)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {

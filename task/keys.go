@@ -15,6 +15,11 @@ import (
 //	/lpmos/regions/{r}/tasks/{id}      (empty value while the task is active)
 //	/lpmos/agents/{mac}/info|last_seen|task_id
 //	/lpmos/config/global, /lpmos/config/templates/...
+//
+// Keys beyond the seeds' schema live under prefixes of their own:
+//
+//	/lpmos/dlq/tasks/{id}              (a task that failed on its last allowed attempt)
+//	/lpmos/dlq/webhooks/{delivery id}  (a webhook delivery that gave up)
 const (
 	Root          = "/lpmos/"
 	TasksPrefix   = Root + "tasks/"
@@ -23,7 +28,48 @@ const (
 	ConfigGlobal  = Root + "config/global"
 	// TemplatesPrefix holds install template overrides, one key per name.
 	TemplatesPrefix = Root + "config/templates/"
+	// DLQPrefix holds the dead-letter list: one record per kind and ID,
+	// kept until an operator acknowledges (deletes) it.
+	DLQPrefix = Root + "dlq/"
 )
+
+// DLQKind is a kind of dead letter: the second segment of its key.
+type DLQKind string
+
+// The dead-letter kinds.
+const (
+	// DLQTasks: a task that failed on its last allowed attempt
+	// (DeadTask), written in the transaction that failed it.
+	DLQTasks DLQKind = "tasks"
+	// DLQWebhooks: a webhook delivery that gave up (written by the
+	// control-plane replica that made it).
+	DLQWebhooks DLQKind = "webhooks"
+)
+
+// DLQKinds lists the dead-letter kinds.
+func DLQKinds() []DLQKind { return []DLQKind{DLQTasks, DLQWebhooks} }
+
+// Valid reports whether k is one of the kinds.
+func (k DLQKind) Valid() bool { return k == DLQTasks || k == DLQWebhooks }
+
+// DLQKindPrefix holds the dead letters of one kind.
+func DLQKindPrefix(kind DLQKind) string { return DLQPrefix + string(kind) + "/" }
+
+// DLQKey is the key of one dead letter.
+func DLQKey(kind DLQKind, id string) string { return DLQKindPrefix(kind) + id }
+
+// ParseDLQKey splits a key under DLQPrefix into kind and ID.
+func ParseDLQKey(key string) (kind DLQKind, id string, ok bool) {
+	rest, found := strings.CutPrefix(key, DLQPrefix)
+	if !found {
+		return "", "", false
+	}
+	k, id, found := strings.Cut(rest, "/")
+	if !found || id == "" || strings.Contains(id, "/") || !DLQKind(k).Valid() {
+		return "", "", false
+	}
+	return DLQKind(k), id, true
+}
 
 // Field is one key of a task.
 type Field string

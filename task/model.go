@@ -85,6 +85,19 @@ type Metadata struct {
 	CreatedAt     time.Time         `json:"created_at"`
 	CreatedBy     string            `json:"created_by"`
 	Tags          map[string]string `json:"tags,omitempty"`
+	// RetryOf is the ID of the attempt this task retries (Service.Retry);
+	// empty for a first attempt.
+	RetryOf string `json:"retry_of,omitempty"`
+	// Attempt numbers the attempts at one spec: 1 for a fresh task, one
+	// more for each retry. Tasks created before attempts were counted
+	// have none (Task.Attempt reads that as 1).
+	Attempt int `json:"attempt,omitempty"`
+	// MaxAttempts is the most attempts the task's chain may make, fixed
+	// when its first attempt was created (Config.MaxAttempts) and handed
+	// down to its retries, so that whoever fails a task (a region) knows
+	// whether it was the last one without the control plane's
+	// configuration.
+	MaxAttempts int `json:"max_attempts,omitempty"`
 }
 
 // Approval is the operator's decision on a task's hardware.
@@ -150,6 +163,8 @@ type TimelineEntry struct {
 	// Source is the network address the event came from, where the
 	// region knows it: the agent's hardware report, refused requests.
 	Source string `json:"source,omitempty"`
+	// RetriedAs names the task that retries this one (TimelineRetried).
+	RetriedAs string `json:"retried_as,omitempty"`
 }
 
 // Task is the assembled view of a task's keys.
@@ -166,6 +181,108 @@ type Task struct {
 	Error    *ErrorInfo      `json:"error,omitempty"`
 	Logs     string          `json:"logs,omitempty"`
 	Timeline []TimelineEntry `json:"timeline"`
+}
+
+// Attempt is the task's attempt number (Metadata.Attempt; 1 if unset).
+func (t *Task) Attempt() int { return max(t.Metadata.Attempt, 1) }
+
+// MaxAttempts is the most attempts the task's chain may make
+// (Metadata.MaxAttempts; DefaultMaxAttempts if unset).
+func (t *Task) MaxAttempts() int {
+	if t.Metadata.MaxAttempts > 0 {
+		return t.Metadata.MaxAttempts
+	}
+	return DefaultMaxAttempts
+}
+
+// RetriedAs is the ID of the task that retries this one, or "".
+func (t *Task) RetriedAs() string {
+	for _, e := range t.Timeline {
+		if e.Event == TimelineRetried {
+			return e.RetriedAs
+		}
+	}
+	return ""
+}
+
+// FailedAt is when a failed task failed: its error's time, else its last
+// timeline entry of event failed. Zero for a task that has not failed.
+func (t *Task) FailedAt() time.Time {
+	if t.Status != StatusFailed {
+		return time.Time{}
+	}
+	if t.Error != nil && !t.Error.OccurredAt.IsZero() {
+		return t.Error.OccurredAt
+	}
+	for i := len(t.Timeline) - 1; i >= 0; i-- {
+		if t.Timeline[i].Event == string(EventFailed) {
+			return t.Timeline[i].Timestamp
+		}
+	}
+	return time.Time{}
+}
+
+// DefaultMaxAttempts is Config.MaxAttempts' default.
+const DefaultMaxAttempts = 3
+
+// MaxMaxAttempts bounds Config.MaxAttempts.
+const MaxMaxAttempts = 100
+
+// DeadTask is the dead-letter record of a task that failed on its last
+// allowed attempt (DLQKey(DLQTasks, id)): enough to investigate after
+// the task itself was purged.
+type DeadTask struct {
+	TaskID    string    `json:"task_id"`
+	RegionID  string    `json:"region_id"`
+	TargetMAC lpmos.MAC `json:"target_mac"`
+	OSType    string    `json:"os_type"`
+	OSVersion string    `json:"os_version"`
+	// Attempts is how many attempts the chain made (this one's number),
+	// MaxAttempts how many it was allowed; RetryOf the previous one.
+	Attempts    int             `json:"attempts"`
+	MaxAttempts int             `json:"max_attempts"`
+	RetryOf     string          `json:"retry_of,omitempty"`
+	Error       ErrorInfo       `json:"error"`
+	Timeline    []TimelineEntry `json:"timeline"`
+	DeadAt      time.Time       `json:"dead_at"`
+}
+
+// Why a retry was refused (RetryError.Reason); the HTTP API answers
+// 409 with the reason as its error code.
+const (
+	// RetryNotRetryable: the task is neither failed nor cancelled.
+	RetryNotRetryable = "not_retryable"
+	// RetryAlreadyRetried: the task was retried already (by someone
+	// else, or a retry that raced this one); RetryError.TaskID names the
+	// retry.
+	RetryAlreadyRetried = "already_retried"
+	// RetryAttemptsExhausted: the task was its chain's last allowed
+	// attempt.
+	RetryAttemptsExhausted = "attempts_exhausted"
+	// RetryActiveTask: the machine has an active task already
+	// (RetryError.TaskID); one active task per MAC.
+	RetryActiveTask = "active_task"
+)
+
+// RetryError says why Service.Retry refused. It wraps ErrConflict (and,
+// for RetryActiveTask, the *ActiveTaskError).
+type RetryError struct {
+	Reason string
+	// TaskID names the task in the way: the retry that exists already,
+	// or the machine's active task.
+	TaskID  string
+	Message string
+	err     error
+}
+
+func (e *RetryError) Error() string { return fmt.Sprintf("%v: %s", ErrConflict, e.Message) }
+
+// Unwrap makes errors.Is(err, ErrConflict) hold.
+func (e *RetryError) Unwrap() error {
+	if e.err != nil {
+		return e.err
+	}
+	return ErrConflict
 }
 
 // LastActivity is when the task last moved: its newest timeline entry or

@@ -12,6 +12,13 @@
 // plane (operator moves) and the regions (machine moves) use Service; they
 // never talk to each other, only through the store.
 //
+// A failed or cancelled task never moves again: Retry starts its next
+// attempt as a new task linked to it (Metadata.RetryOf, Attempt), in one
+// transaction with the old task's retried timeline entry. A chain makes
+// at most Metadata.MaxAttempts attempts; the failure of the last writes a
+// dead-letter record (DeadTask, under DLQPrefix) in the failing
+// transaction itself, so it is recorded exactly once whoever fails it.
+//
 // The package does not know about HTTP, DHCP or agents' wire formats.
 package task
 
@@ -49,6 +56,12 @@ type Config struct {
 	// lose its right to write (a region process deposed as its region's
 	// leader) cannot write after it lost it, whatever it believes.
 	Fence Fence
+	// MaxAttempts is the most attempts (the first and its retries) a task
+	// created here may make (default DefaultMaxAttempts, at most
+	// MaxMaxAttempts). It is written into the task's metadata and handed
+	// down to its retries; a task that fails on its last attempt gets a
+	// dead-letter record (DeadTask) in the transaction that fails it.
+	MaxAttempts int
 }
 
 // Fence guards a Service's writes (Config.Fence): its compares are added to
@@ -90,6 +103,10 @@ func NewService(st store.Store, cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	cfg.MaxAttempts = min(cfg.MaxAttempts, MaxMaxAttempts)
 	return &Service{st: st, cfg: cfg}
 }
 
@@ -164,44 +181,26 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 	if err := s.cfg.ValidateOS(ctx, req.RegionID, req.OSType, req.OSVersion); err != nil {
 		return nil, err
 	}
-	now := s.now()
-	id := req.ID
-	if id == "" {
-		id = s.cfg.NewID()
-	}
-	t := &Task{
-		ID:     id,
-		Status: StatusPending,
-		Metadata: Metadata{
-			RegionID:      req.RegionID,
-			TargetMAC:     mac,
-			OSType:        req.OSType,
-			OSVersion:     req.OSVersion,
-			DiskLayout:    req.DiskLayout,
-			NetworkConfig: req.NetworkConfig,
-			CreatedAt:     now,
-			CreatedBy:     req.CreatedBy,
-			Tags:          req.Tags,
-		},
-		Timeline: []TimelineEntry{{Timestamp: now, Event: TimelineCreated, Status: StatusPending, Actor: req.CreatedBy}},
-	}
-	t.Metadata.ID = t.ID
-	if err := lpmos.ValidateTaskID(t.ID); err != nil {
-		if req.ID != "" {
-			return nil, invalid("id", "%v", err)
-		}
-		return nil, fmt.Errorf("task ID generator: %w", err)
+	t, err := s.newTask(Metadata{
+		RegionID:      req.RegionID,
+		TargetMAC:     mac,
+		OSType:        req.OSType,
+		OSVersion:     req.OSVersion,
+		DiskLayout:    req.DiskLayout,
+		NetworkConfig: req.NetworkConfig,
+		CreatedBy:     req.CreatedBy,
+		Tags:          req.Tags,
+		Attempt:       1,
+		MaxAttempts:   s.cfg.MaxAttempts,
+		ID:            req.ID,
+	}, "")
+	if err != nil {
+		return nil, err
 	}
 	macKey := AgentKey(mac, AgentFieldTaskID)
 	res, err := s.txn(ctx, store.Txn{
-		If: []store.Compare{store.Missing(macKey), store.Missing(TaskKey(t.ID, FieldMetadata))},
-		Then: []store.Op{
-			store.OpPut(TaskKey(t.ID, FieldMetadata), mustJSON(t.Metadata)),
-			store.OpPut(TaskKey(t.ID, FieldStatus), []byte(t.Status)),
-			store.OpPut(TaskKey(t.ID, FieldTimeline), mustJSON(t.Timeline)),
-			store.OpPut(RegionTaskKey(req.RegionID, t.ID), nil),
-			store.OpPut(macKey, []byte(t.ID)),
-		},
+		If:   []store.Compare{store.Missing(macKey), store.Missing(TaskKey(t.ID, FieldMetadata))},
+		Then: createOps(t),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create task: %w", err)
@@ -226,6 +225,41 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 	}
 	t.Revision = res.Revision
 	return t, nil
+}
+
+// newTask makes a pending task of meta with a new ID, created now by
+// meta.CreatedBy; note goes into its created entry.
+func (s *Service) newTask(meta Metadata, note string) (*Task, error) {
+	now := s.now()
+	given := meta.ID != ""
+	if !given {
+		meta.ID = s.cfg.NewID()
+	}
+	meta.CreatedAt = now
+	if err := lpmos.ValidateTaskID(meta.ID); err != nil {
+		if given {
+			return nil, invalid("id", "%v", err)
+		}
+		return nil, fmt.Errorf("task ID generator: %w", err)
+	}
+	return &Task{
+		ID:       meta.ID,
+		Status:   StatusPending,
+		Metadata: meta,
+		Timeline: []TimelineEntry{{Timestamp: now, Event: TimelineCreated, Status: StatusPending, Actor: meta.CreatedBy, Message: note}},
+	}, nil
+}
+
+// createOps writes a new task t: its keys, its region's assignment and
+// its machine's claim. The caller compares the claim missing.
+func createOps(t *Task) []store.Op {
+	return []store.Op{
+		store.OpPut(TaskKey(t.ID, FieldMetadata), mustJSON(t.Metadata)),
+		store.OpPut(TaskKey(t.ID, FieldStatus), []byte(t.Status)),
+		store.OpPut(TaskKey(t.ID, FieldTimeline), mustJSON(t.Timeline)),
+		store.OpPut(RegionTaskKey(t.Metadata.RegionID, t.ID), nil),
+		store.OpPut(AgentKey(t.Metadata.TargetMAC, AgentFieldTaskID), []byte(t.ID)),
+	}
 }
 
 // snapshot is a task as read, with the revisions the next move compares.
@@ -359,6 +393,9 @@ type change struct {
 	note   string        // timeline message
 	source string        // timeline source address (FromAddress)
 	extra  []TimelineEntry
+	// dead, when set, is written as the task's dead-letter record, with
+	// the timeline as the move leaves it.
+	dead *DeadTask
 }
 
 // maxRetries bounds the retries of a write whose transaction lost to a
@@ -471,6 +508,11 @@ func (s *Service) transition(snap *snapshot, ev Event, by string, build func(t *
 		store.OpPut(TaskKey(t.ID, FieldStatus), []byte(next)),
 		store.OpPut(TaskKey(t.ID, FieldTimeline), mustJSON(timeline)),
 	}, ch.ops...)
+	if ch.dead != nil {
+		d := *ch.dead
+		d.Timeline, d.DeadAt = timeline, now
+		ops = append(ops, store.OpPut(DLQKey(DLQTasks, t.ID), mustJSON(d)))
+	}
 	if next.Terminal() {
 		// The machine is free for a new task; the region forgets it.
 		ops = append(ops,
@@ -682,11 +724,90 @@ func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts 
 			}
 		}
 		info.OccurredAt = now
-		return change{
+		ch := change{
 			ops:   []store.Op{store.OpPut(TaskKey(t.ID, FieldError), mustJSON(info))},
 			apply: func(t *Task) { t.Error = &info },
 			note:  info.Code + ": " + info.Message,
-		}, nil
+		}
+		if t.Attempt() >= t.MaxAttempts() {
+			// The last allowed attempt: nothing retries it, so it goes
+			// to the dead-letter list, in this very transaction (it is
+			// recorded once, by whoever failed it).
+			ch.dead = &DeadTask{
+				TaskID: t.ID, RegionID: t.Metadata.RegionID, TargetMAC: t.Metadata.TargetMAC,
+				OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion,
+				Attempts: t.Attempt(), MaxAttempts: t.MaxAttempts(), RetryOf: t.Metadata.RetryOf, Error: info,
+			}
+		}
+		return ch, nil
+	})
+}
+
+// Retry starts a new attempt of a failed or cancelled task: a new pending
+// task with the same spec (region, machine, OS, disk, network, tags),
+// Metadata.RetryOf naming task id and the next attempt number, created
+// by by. In the same transaction the old task's timeline gets a retried
+// entry naming the new one, and the machine is claimed as Create claims
+// it. It is refused with a *RetryError (ErrConflict) when the task is
+// not failed or cancelled, was retried already, was its chain's last
+// allowed attempt (its MaxAttempts), or its machine has an active task;
+// of two retries racing, exactly one wins and the other gets
+// RetryAlreadyRetried. ExpectRevision applies to the old task. The OS is
+// checked again (Config.ValidateOS): the region may no longer offer it.
+func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) (*Task, error) {
+	if err := checkActor(by); err != nil {
+		return nil, err
+	}
+	var o moveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return s.update(ctx, id, "retry task", func(snap *snapshot) (*write, *Task, error) {
+		old := snap.task
+		if o.expectRev != 0 && snap.statusRev != o.expectRev {
+			return nil, nil, fmt.Errorf("retry task %s: status changed since revision %d: %w", id, o.expectRev, ErrConflict)
+		}
+		if old.Status != StatusFailed && old.Status != StatusCancelled {
+			return nil, nil, &RetryError{Reason: RetryNotRetryable,
+				Message: fmt.Sprintf("task %s is %s: only failed or cancelled tasks can be retried", id, old.Status)}
+		}
+		if next := old.RetriedAs(); next != "" {
+			return nil, nil, &RetryError{Reason: RetryAlreadyRetried, TaskID: next,
+				Message: fmt.Sprintf("task %s was retried already as task %s", id, next)}
+		}
+		attempt := old.Attempt() + 1
+		if attempt > old.MaxAttempts() {
+			return nil, nil, &RetryError{Reason: RetryAttemptsExhausted,
+				Message: fmt.Sprintf("task %s was attempt %d of at most %d: no attempts left", id, old.Attempt(), old.MaxAttempts())}
+		}
+		macKey := AgentKey(old.Metadata.TargetMAC, AgentFieldTaskID)
+		if kv, err := s.st.Get(ctx, macKey); err == nil {
+			ae := &ActiveTaskError{MAC: old.Metadata.TargetMAC, TaskID: string(kv.Value)}
+			return nil, nil, &RetryError{Reason: RetryActiveTask, TaskID: ae.TaskID, err: ae,
+				Message: fmt.Sprintf("machine %s already has active task %s", ae.MAC, ae.TaskID)}
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, nil, fmt.Errorf("retry task %s: %w", id, err)
+		}
+		m := old.Metadata
+		if err := s.cfg.ValidateOS(ctx, m.RegionID, m.OSType, m.OSVersion); err != nil {
+			return nil, nil, err
+		}
+		m.ID = "" // a new one
+		m.CreatedBy, m.RetryOf, m.Attempt, m.MaxAttempts = by, id, attempt, old.MaxAttempts()
+		nt, err := s.newTask(m, fmt.Sprintf("attempt %d of %d, retrying task %s", attempt, m.MaxAttempts, id))
+		if err != nil {
+			return nil, nil, err
+		}
+		timeline := append(slices.Clone(old.Timeline), TimelineEntry{
+			Timestamp: nt.Metadata.CreatedAt, Event: TimelineRetried, Status: old.Status, Actor: by,
+			Message: fmt.Sprintf("retried as task %s (attempt %d)", nt.ID, attempt), RetriedAs: nt.ID,
+		})
+		cmps := append(unchanged(snap), store.Missing(macKey), store.Missing(TaskKey(nt.ID, FieldMetadata)))
+		ops := append(createOps(nt), store.OpPut(TaskKey(id, FieldTimeline), mustJSON(timeline)))
+		return &write{
+			txn:    store.Txn{If: cmps, Then: ops},
+			result: func(rev int64) *Task { nt.Revision = rev; return nt },
+		}, nil, nil
 	})
 }
 

@@ -124,7 +124,7 @@ func TestLifecycle(t *testing.T) {
 		}, keys)
 		assert.JSONEq(t, `{"id":"`+id+`","region_id":"dc1","target_mac":"00:1a:2b:3c:4d:5e","os_type":"ubuntu",
 			"os_version":"22.04","disk_layout":"auto","network_config":"dhcp","created_at":"2026-01-29T10:00:01Z",
-			"created_by":"admin@example.com","tags":{"environment":"production"}}`, keys["/lpmos/tasks/"+id+"/metadata"])
+			"created_by":"admin@example.com","tags":{"environment":"production"},"attempt":1,"max_attempts":3}`, keys["/lpmos/tasks/"+id+"/metadata"])
 
 		active, err := svc.ActiveTask(ctx, lpmos.MAC{0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e})
 		require.NoError(t, err)

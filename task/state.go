@@ -92,6 +92,9 @@ const (
 	// token is not bound to); Source says from where. Bounded per task by
 	// MaxRefusals (see Service.RecordRefusal).
 	TimelineRefused = "refused"
+	// TimelineRetried: an ended task was retried as a new task
+	// (TimelineEntry.RetriedAs; see Service.Retry). At most one per task.
+	TimelineRetried = "retried"
 )
 
 // transitions is the whole state machine: (status, event) → next status.

@@ -2,12 +2,14 @@
 // (vanilla JavaScript and CSS, no framework, nothing from a CDN) embedded
 // into the binary with embed, which operators use to create install tasks,
 // review the hardware a machine reported, approve or reject it (one task or
-// many selected at once), watch the install progress live and see which
-// regions are online and how busy they are.
+// many selected at once), watch the install progress live, retry a failed
+// or cancelled task, see which regions are online and how busy they are,
+// and go through the dead-letter list (tasks that failed on their last
+// attempt, webhook deliveries that gave up).
 //
 // Handler serves the HTML shell for every page route of the dashboard
 // (/, /dashboard, /tasks, /tasks/create, /tasks/{id}, /tasks/{id}/approve,
-// /regions; the script renders the view from the URL) and the assets under
+// /regions, /dlq; the script renders the view from the URL) and the assets under
 // /static/.
 // Everything else is 404, and every response carries a strict Content
 // Security Policy that allows no inline script or style.
@@ -162,7 +164,7 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // probes get a real 404 rather than an empty shell.
 func isPage(p string) bool {
 	switch p {
-	case "/", "/dashboard", "/tasks", "/tasks/create", "/regions":
+	case "/", "/dashboard", "/tasks", "/tasks/create", "/regions", "/dlq":
 		return true
 	}
 	rest, ok := strings.CutPrefix(p, "/tasks/")

@@ -51,7 +51,7 @@ func assertSecurityHeaders(t *testing.T, res *http.Response, target string) {
 func TestPageRoutesServeTheShell(t *testing.T) {
 	routes := []string{"/", "/dashboard", "/tasks", "/tasks/create",
 		"/tasks/" + someTaskID, "/tasks/" + someTaskID + "/approve",
-		"/tasks?status=installing&region_id=dc1", "/tasks?mac_prefix=52:54:00", "/regions"}
+		"/tasks?status=installing&region_id=dc1", "/tasks?mac_prefix=52:54:00", "/regions", "/dlq", "/dlq?kind=tasks"}
 	for _, target := range routes {
 		res := serve(t, http.MethodGet, target)
 		require.Equal(t, http.StatusOK, res.StatusCode, target)
@@ -97,7 +97,7 @@ func TestUnknownPathsAndTraversalAre404(t *testing.T) {
 		"/static/", "/static", "/static/../web.go", "/static/../assets/index.html",
 		"/static/%2e%2e/web.go", "/static/..%2fweb.go", "/static/./app.js", "/static//app.js",
 		"/static/app.js/", "/static/nope.js", "/static/index.html", "/index.html", "/assets/index.html",
-		"/web.go", "/nope", "/dashboard/", "/tasks/", "/regions/", "/regions/dc1", "/tasks/create/", "/tasks/not-a-task",
+		"/web.go", "/nope", "/dashboard/", "/tasks/", "/regions/", "/regions/dc1", "/dlq/", "/dlq/tasks", "/tasks/create/", "/tasks/not-a-task",
 		"/tasks/" + strings.ToUpper(someTaskID), "/tasks/" + someTaskID + "/", "/tasks/" + someTaskID + "/edit",
 		"/tasks/" + someTaskID + "/approve/x", "/favicon.ico",
 	} {

@@ -6,7 +6,9 @@
 // plane's task watch (Handle) and never blocks it: deliveries wait in a
 // bounded queue and a slow or failing endpoint delays only its own. With
 // several control-plane replicas, each event is sent once: the replica that
-// claims it in the store sends it.
+// claims it in the store sends it. A delivery that gives up is recorded in
+// the dead-letter list (DeadDelivery, under /lpmos/dlq/webhooks/) by the
+// replica that made it.
 package webhook
 
 import (
@@ -77,6 +79,51 @@ type Config struct {
 	// Now is the clock of payload timestamps and of the claim lease's age
 	// (default time.Now).
 	Now func() time.Time
+	// DeadLetterTTL is how long the dead-letter record of a delivery that
+	// gave up is kept unless acknowledged first (default 7 days, on a
+	// lease): an endpoint down for good must not fill the store.
+	DeadLetterTTL time.Duration
+}
+
+// DeadDelivery is the dead-letter record of a delivery that gave up, under
+// task.DLQKey(task.DLQWebhooks, ID).
+type DeadDelivery struct {
+	// ID is the delivery's webhook-id.
+	ID string `json:"id"`
+	// URL is the endpoint without user information, query or fragment
+	// (they may hold credentials; viewers read the dead-letter list).
+	URL      string      `json:"url"`
+	Event    string      `json:"event"`
+	TaskID   string      `json:"task_id"`
+	Status   task.Status `json:"status"`
+	Revision int64       `json:"revision"`
+	Attempts int         `json:"attempts"`
+	// Error is the last attempt's.
+	Error     string    `json:"error"`
+	FirstAt   time.Time `json:"first_attempt_at"`
+	GaveUpAt  time.Time `json:"gave_up_at"`
+	ReplicaID string    `json:"replica_id"`
+}
+
+// RedactURL is u without user information, query and fragment.
+func RedactURL(u string) string {
+	pu, err := url.Parse(u)
+	if err != nil {
+		return ""
+	}
+	pu.User, pu.RawQuery, pu.ForceQuery, pu.Fragment, pu.RawFragment = nil, "", false, "", ""
+	return pu.String()
+}
+
+// DeliveryIDValid reports whether id has the form of a delivery ID
+// ("msg_" and 24 lowercase hex digits).
+func DeliveryIDValid(id string) bool {
+	hexPart, ok := strings.CutPrefix(id, "msg_")
+	if !ok || len(hexPart) != 24 {
+		return false
+	}
+	_, err := hex.DecodeString(hexPart)
+	return err == nil && strings.ToLower(hexPart) == hexPart
 }
 
 // Payload is the JSON body of a notification.
@@ -170,6 +217,15 @@ type Notifier struct {
 	leaseMu      sync.Mutex
 	lease        store.LeaseID
 	leaseGranted time.Time
+	dead         leaseCache
+}
+
+// leaseCache hands out one lease of a TTL, granting a new one every
+// refresh, so that keys put on it live between TTL-refresh and TTL
+// without keep-alives.
+type leaseCache struct {
+	id      store.LeaseID
+	granted time.Time
 }
 
 // New checks cfg and returns a Notifier; start it with Run.
@@ -216,6 +272,9 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.DeadLetterTTL <= 0 {
+		cfg.DeadLetterTTL = 7 * 24 * time.Hour
 	}
 	return &Notifier{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), queue: make(chan delivery, cfg.QueueSize)}, nil
 }
@@ -332,6 +391,7 @@ func (n *Notifier) deliver(ctx context.Context, d delivery) {
 func (n *Notifier) deliverTo(ctx context.Context, u string, d delivery) {
 	id := deliveryID()
 	backoff := n.cfg.InitialBackoff
+	first := n.cfg.Now()
 	for attempt := 1; ; attempt++ {
 		retry, err := n.post(ctx, u, id, d)
 		if err == nil {
@@ -341,7 +401,14 @@ func (n *Notifier) deliverTo(ctx context.Context, u string, d delivery) {
 		n.metrics.failed(failAttempt)
 		if !retry || attempt == n.cfg.MaxAttempts || ctx.Err() != nil {
 			n.metrics.failed(failGaveUp)
-			n.log.Warn("webhook delivery failed", "url", u, "event", d.payload.Event, "task_id", d.payload.TaskID, "attempts", attempt, "err", err)
+			n.log.Warn("webhook delivery failed", "url", RedactURL(u), "event", d.payload.Event, "task_id", d.payload.TaskID, "attempts", attempt, "err", err)
+			if ctx.Err() == nil {
+				n.recordDead(ctx, DeadDelivery{
+					ID: id, URL: RedactURL(u), Event: d.payload.Event, TaskID: d.payload.TaskID,
+					Status: d.payload.Status, Revision: d.payload.Revision, Attempts: attempt,
+					Error: truncate(err.Error(), 1024), FirstAt: first.UTC(), GaveUpAt: n.cfg.Now().UTC(), ReplicaID: n.cfg.ReplicaID,
+				})
+			}
 			return
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
@@ -352,6 +419,55 @@ func (n *Notifier) deliverTo(ctx context.Context, u string, d delivery) {
 		}
 		backoff = min(2*backoff, time.Minute)
 	}
+}
+
+// recordDead writes a delivery that gave up into the dead-letter list.
+// Only the replica that claimed the event delivers it, so each record is
+// written once; the compare keeps a record from being overwritten.
+func (n *Notifier) recordDead(ctx context.Context, dd DeadDelivery) {
+	err := func() error {
+		lease, err := n.deadLease(ctx)
+		if err != nil {
+			return err
+		}
+		body, err := json.Marshal(dd)
+		if err != nil {
+			return err
+		}
+		key := task.DLQKey(task.DLQWebhooks, dd.ID)
+		_, err = n.cfg.Store.Txn(ctx, store.Txn{
+			If:   []store.Compare{store.Missing(key)},
+			Then: []store.Op{store.OpPut(key, body, store.WithLease(lease))},
+		})
+		return err
+	}()
+	if err != nil && ctx.Err() == nil {
+		n.log.Warn("cannot record a webhook delivery that gave up", "task_id", dd.TaskID, "err", err)
+	}
+}
+
+// deadLease returns the lease dead letters go on, granting a new one once
+// a tenth of DeadLetterTTL has passed.
+func (n *Notifier) deadLease(ctx context.Context) (store.LeaseID, error) {
+	n.leaseMu.Lock()
+	defer n.leaseMu.Unlock()
+	now := n.cfg.Now()
+	if n.dead.id != store.NoLease && now.Sub(n.dead.granted) < n.cfg.DeadLetterTTL/10 {
+		return n.dead.id, nil
+	}
+	id, err := n.cfg.Store.Grant(ctx, n.cfg.DeadLetterTTL)
+	if err != nil {
+		return store.NoLease, fmt.Errorf("grant webhook dead-letter lease: %w", err)
+	}
+	n.dead = leaseCache{id: id, granted: now}
+	return id, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
 
 // post makes one attempt; retry says whether another may succeed.

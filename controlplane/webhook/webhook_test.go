@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -269,4 +270,80 @@ func TestWebhookSignature(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
 		webhook.Sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", time.Unix(1614265330, 0), []byte(`{"test": 2432232314}`)))
+}
+
+// A delivery that gives up is recorded once in the dead-letter list, by
+// the replica that claimed it, with its URL stripped of credentials.
+func TestDeadDeliveries(t *testing.T) {
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "go away", http.StatusBadRequest)
+	}))
+	defer refusing.Close()
+	failing := &receiver{}
+	failing.fail.Store(1000)
+	failingSrv := httptest.NewServer(failing)
+	defer failingSrv.Close()
+	good := &receiver{}
+	goodSrv := httptest.NewServer(good)
+	defer goodSrv.Close()
+
+	st := memStore(t)
+	secretURL := "http://hook:s3cret@" + strings.TrimPrefix(refusing.URL, "http://") + "/in?token=abc#x"
+	cfg := func(replica string) webhook.Config {
+		return webhook.Config{
+			URLs:   []string{secretURL, failingSrv.URL, goodSrv.URL},
+			Secret: []byte("s"), InitialBackoff: 10 * time.Millisecond, MaxAttempts: 3,
+			Store: st, ReplicaID: replica,
+		}
+	}
+	replicas := []*webhook.Notifier{start(t, cfg("a")), start(t, cfg("b"))}
+	for _, n := range replicas {
+		n.Handle(task.Change{TaskID: task1, Revision: 7, Status: task.StatusCompleted}, testTask(task1, task.StatusCompleted))
+	}
+	ctx := context.Background()
+	var dead []webhook.DeadDelivery
+	require.Eventually(t, func() bool {
+		res, err := st.List(ctx, task.DLQKindPrefix(task.DLQWebhooks), store.ListOptions{})
+		require.NoError(t, err)
+		dead = dead[:0]
+		for _, kv := range res.KVs {
+			var d webhook.DeadDelivery
+			require.NoError(t, json.Unmarshal(kv.Value, &d))
+			kind, id, ok := task.ParseDLQKey(kv.Key)
+			require.True(t, ok)
+			assert.Equal(t, task.DLQWebhooks, kind)
+			assert.Equal(t, d.ID, id)
+			assert.True(t, webhook.DeliveryIDValid(id), id)
+			assert.NotZero(t, kv.Lease, "dead letters of webhooks expire")
+			dead = append(dead, d)
+		}
+		return len(dead) == 2 && len(good.events()) == 1
+	}, 30*time.Second, 10*time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // room for a duplicate to show up
+	res, err := st.List(ctx, task.DLQKindPrefix(task.DLQWebhooks), store.ListOptions{})
+	require.NoError(t, err)
+	assert.Len(t, res.KVs, 2, "one record per endpoint that gave up, across two replicas")
+	byURL := map[string]webhook.DeadDelivery{}
+	for _, d := range dead {
+		byURL[d.URL] = d
+		assert.Equal(t, task1, d.TaskID)
+		assert.Equal(t, "task.completed", d.Event)
+		assert.Equal(t, task.StatusCompleted, d.Status)
+		assert.Equal(t, int64(7), d.Revision)
+		assert.Contains(t, []string{"a", "b"}, d.ReplicaID)
+		assert.False(t, d.GaveUpAt.Before(d.FirstAt))
+	}
+	refused, ok := byURL[refusing.URL+"/in"]
+	require.True(t, ok, "credentials, query and fragment are not recorded: %v", byURL)
+	assert.Equal(t, 1, refused.Attempts, "a refusal is not retried")
+	assert.Contains(t, refused.Error, "400")
+	assert.Equal(t, 3, byURL[failingSrv.URL].Attempts)
+}
+
+func TestDeliveryIDValid(t *testing.T) {
+	assert.True(t, webhook.DeliveryIDValid("msg_0123456789abcdef01234567"))
+	for _, id := range []string{"", "msg_", "msg_0123456789ABCDEF01234567", "msg_0123456789abcdef0123456", "xyz_0123456789abcdef01234567", "msg_0123456789abcdef0123456g"} {
+		assert.False(t, webhook.DeliveryIDValid(id), id)
+	}
+	assert.Equal(t, "https://example.com/hook", webhook.RedactURL("https://u:p@example.com/hook?k=v#f"))
 }

@@ -31,3 +31,25 @@ func TestCapacityFlags(t *testing.T) {
 		assert.Equal(t, [2]int{tt.wantTotal, tt.wantByReg}, [2]int{cfg.MaxActiveTasks, cfg.MaxActiveTasksPerRegion}, "%v", tt.args)
 	}
 }
+
+func TestRetryFlags(t *testing.T) {
+	tests := []struct {
+		args        []string
+		maxAttempts int
+		autoRetry   bool
+	}{
+		{nil, 3, false},
+		{[]string{"--max-attempts=5", "--auto-retry"}, 5, true},
+	}
+	for _, tt := range tests {
+		var f cmdutil.CapacityFlags
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		f.Register(fs)
+		require.NoError(t, fs.Parse(tt.args))
+		var cfg controlplane.Config
+		f.Apply(&cfg)
+		assert.Equal(t, tt.maxAttempts, cfg.MaxAttempts, "%v", tt.args)
+		assert.Equal(t, tt.autoRetry, cfg.AutoRetry, "%v", tt.args)
+	}
+}

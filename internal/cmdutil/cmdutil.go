@@ -29,6 +29,7 @@ import (
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/etcd"
 	"github.com/lpmos/lpmos/store/memory"
+	"github.com/lpmos/lpmos/task"
 )
 
 // StoreFlags choose the store.
@@ -312,6 +313,10 @@ type CapacityFlags struct {
 	RateBurst int
 	// PendingTimeout fails tasks no region picked up.
 	PendingTimeout time.Duration
+	// MaxAttempts bounds a task's attempts (the first and its retries);
+	// AutoRetry retries failed tasks by policy.
+	MaxAttempts int
+	AutoRetry   bool
 }
 
 // Register adds the capacity flags.
@@ -321,6 +326,8 @@ func (f *CapacityFlags) Register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.RateLimit, "api-rate", controlplane.DefaultRateLimit, "API requests a second each caller (token subject) may make before 429 rate_limited; raise it for automation that creates or moves tasks in bulk")
 	fs.IntVar(&f.RateBurst, "api-burst", controlplane.DefaultRateBurst, "API requests a caller may make at once above --api-rate")
 	fs.DurationVar(&f.PendingTimeout, "pending-timeout", controlplane.DefaultPendingTimeout, "fail a task still pending this long after its creation (its region never picked it up) with code region_unavailable; negative: never")
+	fs.IntVar(&f.MaxAttempts, "max-attempts", task.DefaultMaxAttempts, "most attempts per task, the first and its retries (POST /api/v1/tasks/{id}/retry, --auto-retry); a task that fails on its last goes to the dead-letter list")
+	fs.BoolVar(&f.AutoRetry, "auto-retry", false, "retry failed tasks automatically, with exponential backoff (30 s doubling to 10 min, jittered), except failures retrying cannot fix (no_disk, disk_too_small, bad_image, no_checksum, boot_files_missing)")
 }
 
 // Apply sets the caps in cfg.
@@ -328,4 +335,5 @@ func (f *CapacityFlags) Apply(cfg *controlplane.Config) {
 	cfg.MaxActiveTasks, cfg.MaxActiveTasksPerRegion = f.MaxActive, f.MaxActivePerRegion
 	cfg.RateLimit, cfg.RateBurst = rate.Limit(f.RateLimit), f.RateBurst
 	cfg.PendingTimeout = f.PendingTimeout
+	cfg.MaxAttempts, cfg.AutoRetry = f.MaxAttempts, f.AutoRetry
 }

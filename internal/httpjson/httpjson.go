@@ -28,19 +28,23 @@ import (
 
 // The error codes, what clients branch on besides the status.
 const (
-	CodeInvalidRequest       = "invalid_request"        // 400: malformed or invalid input; Field names it when known
-	CodeUnauthorized         = "unauthorized"           // 401
-	CodeForbidden            = "forbidden"              // 403
-	CodeNotFound             = "not_found"              // 404
-	CodeRequestTimeout       = "request_timeout"        // 408: the body did not arrive in time
-	CodeInvalidTransition    = "invalid_transition"     // 409: the task's status does not allow this
-	CodeConflict             = "conflict"               // 409: the task changed under the caller; re-read
-	CodeCapacity             = "capacity"               // 409: too many active tasks (in all or in the region); retry once some end
-	CodeTooLarge             = "too_large"              // 413
-	CodeUnsupportedMediaType = "unsupported_media_type" // 415
-	CodeRateLimited          = "rate_limited"           // 429
-	CodeInternal             = "internal"               // 500; the message never says more
-	CodeUnavailable          = "unavailable"            // 503: retry after Retry-After (the store is electing a leader, or out of reach)
+	CodeInvalidRequest       = "invalid_request"           // 400: malformed or invalid input; Field names it when known
+	CodeUnauthorized         = "unauthorized"              // 401
+	CodeForbidden            = "forbidden"                 // 403
+	CodeNotFound             = "not_found"                 // 404
+	CodeRequestTimeout       = "request_timeout"           // 408: the body did not arrive in time
+	CodeInvalidTransition    = "invalid_transition"        // 409: the task's status does not allow this
+	CodeConflict             = "conflict"                  // 409: the task changed under the caller; re-read
+	CodeCapacity             = "capacity"                  // 409: too many active tasks (in all or in the region); retry once some end
+	CodeNotRetryable         = task.RetryNotRetryable      // 409: only failed or cancelled tasks can be retried
+	CodeAlreadyRetried       = task.RetryAlreadyRetried    // 409: the task was retried already
+	CodeAttemptsExhausted    = task.RetryAttemptsExhausted // 409: the task was its last allowed attempt
+	CodeActiveTask           = task.RetryActiveTask        // 409: a retry's machine has an active task
+	CodeTooLarge             = "too_large"                 // 413
+	CodeUnsupportedMediaType = "unsupported_media_type"    // 415
+	CodeRateLimited          = "rate_limited"              // 429
+	CodeInternal             = "internal"                  // 500; the message never says more
+	CodeUnavailable          = "unavailable"               // 503: retry after Retry-After (the store is electing a leader, or out of reach)
 )
 
 // UnavailableRetryAfter is the Retry-After of a 503 for an unavailable
@@ -82,9 +86,12 @@ func From(err error) *Error {
 	var e *Error
 	var ve *task.ValidationError
 	var mbe *http.MaxBytesError
+	var re *task.RetryError
 	switch {
 	case errors.As(err, &e):
 		return e
+	case errors.As(err, &re):
+		return &Error{Status: http.StatusConflict, Code: re.Reason, Message: err.Error()}
 	case errors.As(err, &ve):
 		return &Error{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Message: err.Error(), Field: ve.Field}
 	case errors.Is(err, task.ErrInvalid):

@@ -35,6 +35,7 @@ func TestFrom(t *testing.T) {
 		{"invalid transition", fmt.Errorf("x: %w", &task.TransitionError{From: task.StatusPending, Event: task.EventApproved}), 409, httpjson.CodeInvalidTransition, ""},
 		{"conflict", fmt.Errorf("x: %w", task.ErrConflict), 409, httpjson.CodeConflict, ""},
 		{"active task", &task.ActiveTaskError{MAC: lpmos.MAC{}, TaskID: "t"}, 409, httpjson.CodeConflict, ""},
+		{"retry refused", fmt.Errorf("x: %w", &task.RetryError{Reason: task.RetryAttemptsExhausted, Message: "no attempts left"}), 409, httpjson.CodeAttemptsExhausted, ""},
 		{"body too large", fmt.Errorf("x: %w", &http.MaxBytesError{Limit: 10}), 413, httpjson.CodeTooLarge, ""},
 		{"own error, wrapped", fmt.Errorf("x: %w", own), http.StatusTeapot, "teapot", ""},
 		{"store unavailable", fmt.Errorf("create task: %w", fmt.Errorf("txn: %w (etcdserver: leader changed)", store.ErrUnavailable)), 503, httpjson.CodeUnavailable, ""},

@@ -387,6 +387,7 @@
     if (path === '/' || path === '/dashboard' || path === '/tasks') return { name: 'list' };
     if (path === '/tasks/create') return { name: 'create' };
     if (path === '/regions') return { name: 'regions' };
+    if (path === '/dlq') return { name: 'dlq' };
     const m = /^\/tasks\/([^/]+)(\/approve)?$/.exec(path);
     if (m && TASK_ID_RE.test(m[1])) return { name: 'detail', id: m[1], approve: Boolean(m[2]) };
     return { name: 'notfound' };
@@ -419,12 +420,13 @@
     for (const a of mainnav.querySelectorAll('a')) {
       const target = a.getAttribute('href');
       a.classList.toggle('active', (r.name === 'list' && target === '/tasks') || (r.name === 'create' && target === '/tasks/create') ||
-        (r.name === 'regions' && target === '/regions'));
+        (r.name === 'regions' && target === '/regions') || (r.name === 'dlq' && target === '/dlq'));
     }
     switch (r.name) {
       case 'list': view = listView(); break;
       case 'create': view = createView(); break;
       case 'regions': view = regionsView(); break;
+      case 'dlq': view = dlqView(); break;
       case 'detail': view = detailView(r.id, r.approve); break;
       default: view = notFoundView();
     }
@@ -1076,6 +1078,130 @@
   }
 
   // ------------------------------------------------------------------
+  // Dead letters: /dlq. Tasks that failed on their last allowed attempt
+  // and webhook deliveries that gave up, newest first, until an operator
+  // acknowledges them.
+
+  function dlqView() {
+    document.title = 'Dead letters · LPMOS';
+    const v = { sub: '*', alive: true };
+    const REFRESH_MS = 10000;
+    const params = new URLSearchParams(location.search);
+    let kind = ['tasks', 'webhooks'].includes(params.get('kind')) ? params.get('kind') : '';
+    let offset = 0;
+
+    const countEl = el('span', { class: 'muted', id: 'dlq-count' });
+    const alerts = el('div', { id: 'dlq-alerts' });
+    const tbody = el('tbody');
+    const kindSel = el('select', { id: 'dlq-kind', name: 'kind' },
+      [['', 'All kinds'], ['tasks', 'Tasks'], ['webhooks', 'Webhook deliveries']].map(([k, label]) =>
+        el('option', { value: k, selected: k === kind, text: label })));
+    const prev = el('button', { type: 'button', class: 'btn btn-secondary btn-small', id: 'dlq-prev', text: '← Newer' });
+    const next = el('button', { type: 'button', class: 'btn btn-secondary btn-small', id: 'dlq-next', text: 'Older →' });
+
+    fill(app,
+      el('div', { class: 'page-head' },
+        el('h1', { text: 'Dead letters' }), countEl, el('div', { class: 'spacer' }), kindSel),
+      el('p', { class: 'muted', text: 'Tasks that failed on their last allowed attempt, and webhook deliveries that gave up. Acknowledge an entry once it has been dealt with.' }),
+      alerts,
+      el('div', { class: 'panel' },
+        el('div', { class: 'table-wrap' },
+          el('table', { class: 'dlq', id: 'dlq' },
+            el('thead', null, el('tr', null,
+              ['When', 'Kind', 'What', 'Error', 'Attempts', ''].map((h) => el('th', { text: h })))),
+            tbody)),
+        el('div', { class: 'btn-row' }, prev, next)));
+
+    kindSel.addEventListener('change', () => {
+      kind = kindSel.value;
+      offset = 0;
+      history.replaceState(null, '', '/dlq' + (kind ? '?kind=' + encodeURIComponent(kind) : ''));
+      refresh();
+    });
+    prev.addEventListener('click', () => { offset = Math.max(0, offset - PAGE_SIZE); refresh(); });
+    next.addEventListener('click', () => { offset += PAGE_SIZE; refresh(); });
+
+    async function acknowledge(e, button) {
+      button.disabled = true;
+      try {
+        await api('DELETE', '/api/v1/dlq/' + encodeURIComponent(e.kind) + '/' + encodeURIComponent(e.id));
+        if (!v.alive) return;
+        fill(alerts, alertBox('info', null, 'Acknowledged.'));
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        if (err.status !== 404) fill(alerts, alertBox('error', 'Could not acknowledge it', err.message));
+      } finally {
+        button.disabled = false;
+      }
+      refresh();
+    }
+
+    function renderRow(e) {
+      let what, error, attempts;
+      if (e.kind === 'tasks' && e.task && typeof e.task === 'object') {
+        const t = e.task;
+        const err = t.error || {};
+        what = [TASK_ID_RE.test(e.id) ? link(taskPath(e.id), shortID(e.id), 'mono') : el('span', { class: 'mono', text: e.id }),
+          el('div', { class: 'muted', text: [t.region_id, t.target_mac, [t.os_type, t.os_version].filter(Boolean).join(' ')].filter(Boolean).join(' · ') })];
+        error = [el('span', { class: 'mono', text: dash(err.code) }), err.stage ? ' in ' + err.stage : '',
+          el('div', { class: 'msg', text: dash(err.message) })];
+        attempts = (Number(t.attempts) || 1) + ' of ' + (Number(t.max_attempts) || 1);
+      } else if (e.kind === 'webhooks' && e.webhook && typeof e.webhook === 'object') {
+        const w = e.webhook;
+        what = [el('span', { text: dash(w.event) + ' → ' }), el('span', { class: 'mono', text: dash(w.url) }),
+          el('div', { class: 'muted' }, 'task ', TASK_ID_RE.test(w.task_id || '') ? link(taskPath(w.task_id), shortID(w.task_id), 'mono') : dash(w.task_id))];
+        error = el('div', { class: 'msg', text: dash(w.error) });
+        attempts = String(Number(w.attempts) || 0);
+      } else {
+        return null;
+      }
+      const ack = canOperate()
+        ? el('button', { type: 'button', class: 'btn btn-secondary btn-small dlq-ack', text: 'Acknowledge' })
+        : null;
+      if (ack) ack.addEventListener('click', () => acknowledge(e, ack));
+      return el('tr', { dataset: { kind: e.kind, id: e.id } },
+        el('td', { class: 'when' }, timeEl(e.at)),
+        el('td', { text: e.kind === 'tasks' ? 'task' : 'webhook' }),
+        el('td', null, what),
+        el('td', null, error),
+        el('td', { text: attempts }),
+        el('td', null, ack));
+    }
+
+    const refresh = refresher(async () => {
+      let res;
+      const q = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(offset) });
+      if (kind) q.set('kind', kind);
+      try {
+        res = await api('GET', '/api/v1/dlq?' + q.toString());
+      } catch (err) {
+        if (v.alive && !err.signedOut) fill(alerts, alertBox('error', 'Could not load the dead letters', err.message));
+        return;
+      }
+      if (!v.alive) return;
+      const data = res.data || {};
+      const entries = (Array.isArray(data.entries) ? data.entries : []).filter((e) => e && typeof e.id === 'string');
+      const total = Number(data.total) || 0;
+      if (!entries.length && offset > 0 && total > 0) { offset = Math.max(0, offset - PAGE_SIZE); refresh.soon(); return; }
+      const trs = entries.map(renderRow).filter(Boolean);
+      if (!trs.length) trs.push(el('tr', null, el('td', { colspan: '6', class: 'empty', text: 'No dead letters.' })));
+      fill(tbody, trs);
+      countEl.textContent = total === 1 ? '1 entry' : total + ' entries';
+      prev.disabled = offset === 0;
+      next.disabled = offset + entries.length >= total;
+    });
+
+    const poll = setInterval(() => refresh(), REFRESH_MS);
+    // A task failing on its last attempt is a status change: refresh then.
+    v.onMessage = function (msg) {
+      if (msg.type === 'status' && msg.status === 'failed') refresh.soon();
+    };
+    v.resync = () => refresh();
+    v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); };
+    return v;
+  }
+
+  // ------------------------------------------------------------------
   // Create form: /tasks/create.
 
   function createView() {
@@ -1322,7 +1448,10 @@
     const cancelBtn = el('button', { type: 'button', class: 'btn btn-secondary', id: 'cancel-btn', text: 'Cancel task…', hidden: true });
     cancelBtn.addEventListener('click', () => { cancelPanel.hidden = false; cancelReason.focus(); });
     cancelKeep.addEventListener('click', () => { cancelPanel.hidden = true; });
-    append(actions, [cancelBtn]);
+    // Retry starts a new task (a new attempt) with the same request; the
+    // page then follows the new task.
+    const retryBtn = el('button', { type: 'button', class: 'btn', id: 'retry-btn', text: 'Retry', hidden: true });
+    append(actions, [retryBtn, cancelBtn]);
 
     fill(app,
       el('div', { class: 'page-head' },
@@ -1387,8 +1516,42 @@
       mutate([cancelConfirm], 'DELETE', '/api/v1/tasks/' + encodeURIComponent(id) + q, undefined, 'Cancelled.');
     });
 
+    retryBtn.addEventListener('click', async () => {
+      retryBtn.disabled = true;
+      try {
+        const res = await api('POST', '/api/v1/tasks/' + encodeURIComponent(id) + '/retry',
+          { headers: { 'If-Match': etag || String(task.revision) } });
+        if (!v.alive) return;
+        const next = res.data && res.data.task_id;
+        if (typeof next === 'string' && TASK_ID_RE.test(next)) {
+          navigate(taskPath(next));
+          return;
+        }
+        refresh();
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        say(err.status === 409 ? 'warn' : 'error', 'Could not retry the task', err.message);
+        refresh();
+      } finally {
+        retryBtn.disabled = false;
+      }
+    });
+
+    function retriedAs(t) {
+      const entries = Array.isArray(t.timeline) ? t.timeline : [];
+      const e = entries.find((x) => x && x.event === 'retried' && typeof x.retried_as === 'string');
+      return e ? e.retried_as : '';
+    }
+
+    function attemptOf(t) {
+      const md = t.metadata || {};
+      return { n: Number(md.attempt) || 1, max: Number(md.max_attempts) || 3 };
+    }
+
     function renderSummary(t) {
       const md = t.metadata || {};
+      const a = attemptOf(t);
+      const next = retriedAs(t);
       fill(summaryBox, kv([
         ['Region', dash(md.region_id)],
         ['Target MAC', el('span', { class: 'mono', text: dash(md.target_mac) })],
@@ -1397,6 +1560,9 @@
         ['Network', dash(md.network_config)],
         ['Created', [timeEl(md.created_at), md.created_by ? ' by ' + md.created_by : '']],
         ['Tags', tagChips(md.tags) || '—'],
+        ['Attempt', el('span', { id: 'task-attempt', text: a.n + ' of ' + a.max })],
+        ['Retry of', TASK_ID_RE.test(md.retry_of || '') ? link(taskPath(md.retry_of), shortID(md.retry_of), 'mono') : undefined],
+        ['Retried as', TASK_ID_RE.test(next) ? link(taskPath(next), shortID(next), 'mono retried-as') : undefined],
         ['Revision', el('span', { class: 'mono', text: dash(t.revision) })],
       ]));
     }
@@ -1540,6 +1706,8 @@
       const waiting = t.status === 'pending_approval';
       approvalPanel.hidden = !(waiting && operator);
       cancelBtn.hidden = !(operator && !TERMINAL.has(t.status));
+      const a = attemptOf(t);
+      retryBtn.hidden = !(operator && (t.status === 'failed' || t.status === 'cancelled') && !retriedAs(t) && a.n < a.max);
       if (TERMINAL.has(t.status)) cancelPanel.hidden = true;
       renderSummary(t);
       renderProgress(t);
