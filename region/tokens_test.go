@@ -420,6 +420,12 @@ func TestTokenRecordCached(t *testing.T) {
 	_, err = l.svc.Approve(context.Background(), tk.ID, "ops", "")
 	require.NoError(t, err)
 	l.waitStatus(tk.ID, task.StatusApproved)
+	// The region learns of the approval through its watch, a moment
+	// after the store: until then progress is refused (409, not installing).
+	require.Eventually(t, func() bool {
+		code, _ := l.call("POST", agent.PathProgress, token, agent.ProgressRequest{MACAddress: mac, TaskID: tk.ID, Stage: "writing", Percentage: 0})
+		return code == http.StatusOK
+	}, 10*time.Second, 10*time.Millisecond)
 	for pct := range 10 {
 		code, body := l.call("POST", agent.PathProgress, token, agent.ProgressRequest{MACAddress: mac, TaskID: tk.ID, Stage: "writing", Percentage: pct * 10})
 		require.Equal(t, http.StatusOK, code, "%v", body)
