@@ -74,6 +74,7 @@ func commands() []command {
 		{"tasks approve", "[ID...]", "approve tasks' hardware (several IDs or filter flags: one bulk call)", tasksApprove},
 		{"tasks reject", "[ID...]", "reject tasks' hardware (--reason is required)", tasksReject},
 		{"tasks cancel", "[ID...]", "cancel tasks that have not ended", tasksCancel},
+		{"tasks retry", "ID", "start a new attempt of a failed or cancelled task", tasksRetry},
 		{"tasks watch", "[ID...]", "follow tasks live with progress bars (no ID: every task)", tasksWatch},
 		{"regions list", "", "list regions, their status, OS offerings and active tasks", regionsList},
 		{"whoami", "", "show who the token signs in as", whoami},

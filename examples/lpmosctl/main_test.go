@@ -396,6 +396,20 @@ func TestAgainstAllInOne(t *testing.T) {
 	code, _, errOut = s.ctl(t, "tasks", "cancel", id3)
 	assert.Equal(t, 4, code, errOut)
 
+	// Retry the cancelled task 3 once: a second attempt; again: conflict.
+	var retried struct {
+		TaskID  string `json:"task_id"`
+		RetryOf string `json:"retry_of"`
+		Attempt int    `json:"attempt"`
+	}
+	s.jsonOut(t, &retried, "tasks", "retry", id3)
+	assert.Equal(t, id3, retried.RetryOf)
+	assert.Equal(t, 2, retried.Attempt)
+	code, _, errOut = s.ctl(t, "tasks", "retry", id3)
+	assert.Equal(t, 4, code, errOut)
+	assert.Contains(t, errOut, "already_retried")
+	s.ok(t, "tasks", "cancel", retried.TaskID, "--reason", "not needed")
+
 	// A watch of a task that ended other than completed fails.
 	code, out, errOut = s.ctl(t, "tasks", "watch", id2, id3)
 	assert.Equal(t, 1, code, errOut)
@@ -505,7 +519,7 @@ func TestCompletion(t *testing.T) {
 	}{
 		{"lpmosctl ta", "tasks"},
 		{"lpmosctl tasks ap", "approve"},
-		{"lpmosctl tasks ", "create list get approve reject cancel watch"},
+		{"lpmosctl tasks ", "create list get approve reject cancel retry watch"},
 		{"lpmosctl regions ", "list"},
 		{"lpmosctl completion ", "bash zsh"},
 		{"lpmosctl tasks list --st", "--status"},

@@ -498,3 +498,31 @@ func (a *app) bulkResult(verb string, res *client.BulkResult) error {
 	}
 	return err
 }
+
+// tasksRetry starts a new attempt of a failed or cancelled task.
+func tasksRetry(fs *flag.FlagSet) runner {
+	var rev int64
+	fs.Int64Var(&rev, "revision", -1, "retry only if the task has not moved since this revision (If-Match)")
+	return func(ctx context.Context, a *app, args []string) error {
+		if len(args) != 1 {
+			return usagef("give one task ID")
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		var opts []client.MoveOption
+		if rev >= 0 {
+			opts = append(opts, client.IfMatch(rev))
+		}
+		r, err := c.Retry(ctx, args[0], opts...)
+		if err != nil {
+			return err
+		}
+		if a.g.output == "json" {
+			return a.json(r)
+		}
+		_, err = fmt.Fprintf(a.stdout, "%s retried as %s (attempt %d of %d, %s)\n", args[0], r.TaskID, r.Attempt, r.MaxAttempts, r.Status)
+		return err
+	}
+}
