@@ -67,6 +67,8 @@ func newMetrics(r *Region, reg prometheus.Registerer) *metrics {
 				"1 when the region's last heartbeat reached the store, else 0.", nil, labels),
 			lastHeartbeat: prometheus.NewDesc("lpmos_region_last_heartbeat_timestamp_seconds",
 				"When the region last wrote its heartbeat to the store (Unix time; 0: never).", nil, labels),
+			leader: prometheus.NewDesc("lpmos_region_leader",
+				"1 while this process leads its region (answers machines and writes), 0 while it is a standby.", nil, labels),
 		})
 	return m
 }
@@ -74,8 +76,8 @@ func newMetrics(r *Region, reg prometheus.Registerer) *metrics {
 // regionCollector reads the region's task view and heartbeat state at
 // scrape time.
 type regionCollector struct {
-	r                                   *Region
-	tasks, idle, storeUp, lastHeartbeat *prometheus.Desc
+	r                                           *Region
+	tasks, idle, storeUp, lastHeartbeat, leader *prometheus.Desc
 }
 
 func (c *regionCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -83,6 +85,7 @@ func (c *regionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.idle
 	ch <- c.storeUp
 	ch <- c.lastHeartbeat
+	ch <- c.leader
 }
 
 func (c *regionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -114,6 +117,11 @@ func (c *regionCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.storeUp, prometheus.GaugeValue, up)
 	ch <- prometheus.MustNewConstMetric(c.lastHeartbeat, prometheus.GaugeValue, at)
+	leading := 0.0
+	if r.Leading() {
+		leading = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, leading)
 }
 
 // bootKinds name the region's boot routes for the metrics.
