@@ -256,6 +256,7 @@ func TestBrowserDashboard(t *testing.T) {
 		task.RegionCapabilitiesKey("dc1"): string(caps),
 		task.RegionStatusKey("dc1"):       task.RegionOnline,
 		task.RegionHeartbeatKey("dc1"):    time.Now().UTC().Format(time.RFC3339),
+		task.RegionLeaderKey("dc1"):       "rack7 http://10.0.7.2:8081",
 		task.RegionStatusKey("dc2"):       task.RegionOffline,
 	} {
 		_, err := st.Put(ctx, key, []byte(value))
@@ -577,6 +578,8 @@ func TestBrowserDashboard(t *testing.T) {
 		/^(just now|\d+ s ago)$/.test(`+regionRow("dc1")+`.querySelector('time').textContent) &&
 		`+regionRow("dc1")+`.textContent.includes('ubuntu 24.04 (image)') &&
 		`+regionRow("dc1")+`.textContent.includes('debian 12 (installer)') &&
+		`+regionRow("dc1")+`.querySelector('.region-leader').textContent === 'led by rack7 http://10.0.7.2:8081' &&
+		`+regionRow("dc2")+`.querySelector('.region-leader') === null &&
 		`+activeOf("dc1", "approved")+` === '2' && `+regionRow("dc1")+`.querySelector('.active-total').textContent === '2 active' &&
 		`+regionRow("dc2")+` !== null && `+regionRow("dc2")+`.querySelector('.region-status').textContent === 'offline' &&
 		`+regionRow("dc2")+`.querySelector('.active-cell').textContent === 'none' &&

@@ -1037,7 +1037,10 @@
       if (r.last_heartbeat) ages.push([when, r.last_heartbeat]);
       return el('tr', { dataset: { regionId: r.region_id } },
         el('td', null, el('a', { href: '/tasks?region_id=' + encodeURIComponent(r.region_id), 'data-nav': true, class: 'mono', text: r.region_id })),
-        el('td', null, el('span', { class: 'badge region-status ' + (online ? 'region-online' : 'region-offline'), text: online ? 'online' : 'offline' })),
+        el('td', null, el('span', { class: 'badge region-status ' + (online ? 'region-online' : 'region-offline'), text: online ? 'online' : 'offline' }),
+          typeof r.leader === 'string' && r.leader
+            ? el('div', { class: 'cap-line muted region-leader', title: 'The region process that leads it (the others are standbys)' }, 'led by ', el('span', { class: 'mono', text: r.leader }))
+            : null),
         el('td', { class: 'nowrap' }, when),
         el('td', { class: 'caps-cell' }, capabilitiesCell(r.capabilities)),
         el('td', { class: 'active-cell' }, activeCell(r.region_id, r.active_tasks)));
