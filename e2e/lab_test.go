@@ -38,6 +38,11 @@ const (
 // measure what a network without any IPv6 router costs a boot without it.
 func regionRA() bool { return os.Getenv("LPMOS_E2E_REGION_RA") != "off" }
 
+// ipv6Router reports whether the lab plays a site's IPv6 router
+// (LPMOS_E2E_IPV6_ROUTER=dnsmasq; see testlab.StartIPv6Router), for
+// bench/e2e's comparison.
+func ipv6Router() bool { return os.Getenv("LPMOS_E2E_IPV6_ROUTER") == "dnsmasq" }
+
 // server is an allinone process in the lab's server namespace.
 type server struct {
 	t    *testing.T

@@ -311,3 +311,35 @@ func (l *Lab) SolicitRouter(tries int) (string, bool) {
 	out, err := probe.Run(context.Background(), "rdisc6", "-1", "-r", fmt.Sprint(tries), "-w", "500", probeIf)
 	return out, err == nil && strings.Contains(out, "Router lifetime")
 }
+
+// routerIPv6 is the server's address when StartIPv6Router plays a site's
+// IPv6 router: dnsmasq advertises its prefix.
+const routerIPv6 = "fd99::1/64"
+
+// StartIPv6Router plays a site's IPv6 router, for comparisons with the
+// region's own responder (which should then be off, --ipv6-ra=false):
+// dnsmasq on the server interface sends router advertisements of
+// fd99::/64 for SLAAC and nothing else (no DNS, no DHCPv4, ra-only so no
+// DHCPv6). Its log is kept as the artifact ipv6-router.log; it stops when
+// the test ends.
+func (l *Lab) StartIPv6Router() *netns.Proc {
+	t := l.t
+	t.Helper()
+	l.Server.MustRun(t, "ip", "addr", "add", routerIPv6, "dev", l.ServerIf, "nodad")
+	dir := t.TempDir()
+	p, err := l.Server.Start(context.Background(), "dnsmasq", "--keep-in-foreground",
+		"--conf-file=/dev/null", "--port=0", "--user=root",
+		"--interface="+l.ServerIf, "--bind-interfaces",
+		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"),
+		"--dhcp-leasefile="+filepath.Join(dir, "dnsmasq.leases"),
+		"--log-facility=-",
+		"--enable-ra", "--dhcp-range=::,constructor:"+l.ServerIf+",ra-only,64,1h")
+	if err != nil {
+		t.Fatalf("testlab: IPv6 router (dnsmasq): %v", err)
+	}
+	l.keepLog("ipv6-router.log", p)
+	if !netns.WaitFor(10*time.Second, func() bool { return strings.Contains(p.Output(), "router advertisement on") }) {
+		t.Fatalf("testlab: dnsmasq does not advertise:\n%s", p.Output())
+	}
+	return p
+}

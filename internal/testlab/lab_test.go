@@ -83,6 +83,12 @@ func TestLabUpAndDown(t *testing.T) {
 			t.Errorf("responder: %v", err)
 		}
 
+		// A site's IPv6 router, for comparisons: its RAs carry a prefix.
+		router := l.StartIPv6Router()
+		if out, ok := l.SolicitRouter(3); !ok || !strings.Contains(out, "fd99::") {
+			t.Errorf("no advertisement of fd99::/64 from the IPv6 router:\n%s\ndnsmasq:\n%s", out, router.Output())
+		}
+
 		// A server on the link address in the server namespace is reachable
 		// from this (root namespace) process through HTTPClient only.
 		ln, err := l.Server.Listen("tcp", ServerIP+":8081")
