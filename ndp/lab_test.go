@@ -281,3 +281,29 @@ func TestListenWithoutIPv6(t *testing.T) {
 	})
 	require.Error(t, err)
 }
+
+// A socket that fails under the server (here: closed by someone else) ends
+// Serve with an error rather than leaving it deaf; ending its context ends
+// it with nil (the other tests' cleanup checks that).
+func TestServeReportsASocketFailure(t *testing.T) {
+	l := newLab(t)
+	var conn *Conn
+	require.NoError(t, l.srv.Do(func() (err error) {
+		conn, err = Listen(context.Background(), l.srvIf)
+		return err
+	}))
+	s, err := New(Config{Conn: conn, Unsolicited: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background()) }()
+	<-s.Ready()
+	require.NoError(t, conn.Close())
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), l.srvIf)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after its socket was closed")
+	}
+	assert.ErrorContains(t, s.Serve(context.Background()), "twice")
+}

@@ -138,20 +138,20 @@ func (s *Server) Serve(ctx context.Context) error {
 		"iface", conn.ifi.Name)
 	close(s.ready)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	// One goroutine advertises; this one reads until the socket is closed,
-	// which ctx's end does.
+	// which ctx's end does, or fails, which stops the advertiser.
+	actx, stopAdvertising := context.WithCancel(ctx)
+	defer stopAdvertising()
 	want := make(chan struct{}, 1)
 	var wg sync.WaitGroup
-	wg.Go(func() { s.advertise(ctx, conn, want) })
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	wg.Go(func() { s.advertise(actx, conn, want) })
+	stopClosing := context.AfterFunc(ctx, func() { conn.Close() })
 	err := s.read(conn, want)
-	stop()
-	cancel()
+	stopClosing()
+	stopAdvertising()
 	wg.Wait()
 	if ctx.Err() != nil {
-		return nil
+		return nil // the socket was closed because ctx ended
 	}
 	return err
 }
