@@ -3,7 +3,7 @@
 // network (internal/testlab), and the tests drive and check it through the
 // REST API, the VM's serial console and its disk.
 //
-// They need root, QEMU, the iPXE ROMs, dnsmasq and a Debian mirror (the
+// They need root, QEMU, the iPXE ROMs, dnsmasq, rdisc6 and a Debian mirror (the
 // agent kernel, downloaded once and cached): run them with ./scripts/test.sh.
 // They fail, never skip, when something is missing, except with -short.
 package e2e_test
@@ -33,6 +33,16 @@ const (
 	regionURL    = "http://" + testlab.ServerIP + ":8081"
 )
 
+// regionRA reports whether the region answers IPv6 router solicitations
+// (its default). LPMOS_E2E_REGION_RA=off turns that off, so bench/e2e can
+// measure what a network without any IPv6 router costs a boot without it.
+func regionRA() bool { return os.Getenv("LPMOS_E2E_REGION_RA") != "off" }
+
+// ipv6Router reports whether the lab plays a site's IPv6 router
+// (LPMOS_E2E_IPV6_ROUTER=dnsmasq; see testlab.StartIPv6Router), for
+// bench/e2e's comparison.
+func ipv6Router() bool { return os.Getenv("LPMOS_E2E_IPV6_ROUTER") == "dnsmasq" }
+
 // server is an allinone process in the lab's server namespace.
 type server struct {
 	t    *testing.T
@@ -55,6 +65,9 @@ func startAllinone(t *testing.T, lab *testlab.Lab, bootDir string, extra ...stri
 		"--dhcp-iface", lab.ServerIf, "--dhcp-mode", "full", "--dhcp-range", testlab.DHCPRange,
 		"--dhcp-lease-file", filepath.Join(data, "dhcp-leases.json"),
 		"--boot-dir", bootDir}
+	if !regionRA() {
+		args = append(args, "--ipv6-ra=false")
+	}
 	p := lab.Start("allinone", []string{"LPMOS_ADMIN_TOKEN=" + adminToken}, bin, append(args, extra...)...)
 	s := &server{t: t, lab: lab, proc: p}
 	lab.WaitHTTP(controlPlane+"/healthz", 30*time.Second, p)

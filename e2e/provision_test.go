@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -162,6 +163,9 @@ type rig struct {
 func newRig(t *testing.T, sc scenario, images func(bootDir string), extra ...string) *rig {
 	t.Helper()
 	r := &rig{start: time.Now(), lab: testlab.New(t)}
+	if ipv6Router() {
+		r.lab.StartIPv6Router()
+	}
 	if sc.proxy {
 		r.site = r.lab.StartSiteDHCP()
 		extra = append([]string{"--dhcp-mode", "proxy"}, extra...)
@@ -254,7 +258,12 @@ func provision(t *testing.T, sc scenario) {
 	waitSerial(t, vm, localBoot, 2*time.Minute)
 	testlab.Logf(t, r.start, "after the reboot the region sent the VM to its local disk")
 	res := vm.Stop()
-	t.Logf("E2E-TIMING mode=%s poweron_to_report=%.1f approval_to_completed=%.1f", sc.name(), toReport.Seconds(), toCompleted.Seconds())
+	// iPXE asked for an IPv6 router and the region answered (the lab has
+	// no other): that is what spares it the wait.
+	if out := srv.proc.Output(); regionRA() && (!strings.Contains(out, "IPv6 router advertisement sent") || !strings.Contains(out, "solicited=true")) {
+		t.Errorf("the region answered no IPv6 router solicitation (LPMOS_E2E_REGION_RA=%q)", os.Getenv("LPMOS_E2E_REGION_RA"))
+	}
+	t.Logf("E2E-TIMING mode=%s poweron_to_report=%.1f approval_to_completed=%.1f region_ra=%v ipv6_router=%s", sc.name(), toReport.Seconds(), toCompleted.Seconds(), regionRA(), cmp.Or(os.Getenv("LPMOS_E2E_IPV6_ROUTER"), "none"))
 
 	serial := strings.ReplaceAll(res.Serial, "\r", "")
 	checkBootPath(t, sc, serial, id, mac)

@@ -17,6 +17,7 @@ import (
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/internal/httpserve"
+	"github.com/lpmos/lpmos/ndp"
 	"github.com/lpmos/lpmos/pxe"
 )
 
@@ -77,6 +78,14 @@ type ServerConfig struct {
 	// region serves no /metrics: its listener faces the provisioning
 	// network, where anyone can connect.
 	MetricsToken string
+	// RA, if set, answers IPv6 router solicitations on its Interface
+	// (normally DHCP's) with an advertisement that configures nothing, so
+	// that iPXE does not wait ~16 s for IPv6 on networks without an IPv6
+	// router (see package ndp). Leave it nil where a real IPv6 router
+	// advertises. Its Logger defaults to Region.Logger. It is best effort:
+	// if it cannot run (no IPv6 on the interface), the region logs a
+	// warning and runs without it.
+	RA *ndp.Config
 
 	// Ready, if set, is called once the HTTP server (and TFTP) listen,
 	// with the HTTP server's address: a caller that asked for ":0" learns
@@ -137,6 +146,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.services["dhcp"] = string(cmp.Or(dc.Mode, dhcp.ModeProxy))
 		if err := cfg.Registry.Register(newDHCPCollector(s.dhcp, s.labels())); err != nil {
 			return nil, fmt.Errorf("region: DHCP metrics: %w", err)
+		}
+	}
+	if cfg.RA != nil {
+		if _, err := ndp.New(*cfg.RA); err != nil {
+			return nil, fmt.Errorf("region: IPv6 RA: %w", err)
 		}
 	}
 	return s, nil
@@ -204,8 +218,9 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 	}
+	ra := s.openRA(ctx)
 	log.Info("region started", "url", s.reg.PublicURL(), "http", ln.Addr().String(),
-		"tftp", tftpAddr(tftp), "dhcp", s.services["dhcp"])
+		"tftp", tftpAddr(tftp), "dhcp", s.services["dhcp"], "ipv6_ra", s.services["ipv6_ra"])
 	if s.cfg.Ready != nil {
 		s.cfg.Ready(ln.Addr())
 	}
@@ -232,7 +247,43 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if ra != nil {
+		g.Go(func() error {
+			// Best effort: without it machines boot, only slower.
+			if err := ra.Serve(gctx); err != nil {
+				log.Warn("IPv6 router advertisements off: iPXE will wait ~16 s for IPv6 on every boot", "err", err)
+			}
+			return nil
+		})
+	}
 	return g.Wait()
+}
+
+// openRA opens the IPv6 RA responder's socket, if one is configured. It
+// is best effort: when that fails (no IPv6 on the interface) the region
+// warns and runs without it.
+func (s *Server) openRA(ctx context.Context) *ndp.Server {
+	if s.cfg.RA == nil {
+		return nil
+	}
+	rc := *s.cfg.RA
+	rc.Logger = cmp.Or(rc.Logger, s.reg.cfg.Logger)
+	if rc.Conn == nil {
+		conn, err := ndp.Listen(ctx, rc.Interface)
+		if err != nil {
+			s.reg.log.Warn("IPv6 router advertisements off: iPXE will wait ~16 s for IPv6 on every boot (where that is intended, leave them off: --ipv6-ra=false)", "err", err)
+			return nil
+		}
+		rc.Conn = conn
+	}
+	ra, err := ndp.New(rc) // checked by NewServer
+	if err != nil {
+		rc.Conn.Close()
+		s.reg.log.Warn("IPv6 router advertisements off", "err", err)
+		return nil
+	}
+	s.services["ipv6_ra"] = "running"
+	return ra
 }
 
 // serverLeases asks the Server's DHCP server, built after the region

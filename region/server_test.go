@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/internal/netns"
+	"github.com/lpmos/lpmos/ndp"
 	"github.com/lpmos/lpmos/pxe"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store"
@@ -234,4 +238,57 @@ func TestTrickledAgentStatusIsCutOff(t *testing.T) {
 	if answer.Len() > 0 {
 		assert.Regexp(t, `^HTTP/1.1 408`, answer.String())
 	}
+}
+
+// The IPv6 RA responder is best effort: on an interface where it cannot
+// run, the region warns and serves without it; a bad configuration is
+// refused up front.
+func TestServerRAIsBestEffort(t *testing.T) {
+	cfg := serverConfig(t, memStore(t))
+	cfg.RA = &ndp.Config{Interface: "nosuch0"}
+	srv := runServer(t, cfg)
+	h := health(t, srv.Region().PublicURL())
+	assert.NotContains(t, h.Services, "ipv6_ra")
+	assert.Equal(t, "running", h.Services["http"])
+
+	cfg = serverConfig(t, memStore(t))
+	cfg.RA = &ndp.Config{}
+	_, err := region.NewServer(cfg)
+	require.ErrorIs(t, err, ndp.ErrInvalidConfig)
+}
+
+// On an interface with IPv6 the region runs the responder, reports it as
+// a service, and a machine on the link gets its advertisement.
+func TestServerRunsRA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("network namespaces (root); not in -short mode")
+	}
+	netns.Require(t)
+	srvNS, cli := netns.New(t), netns.New(t)
+	for _, ns := range []*netns.NS{srvNS, cli} {
+		ns.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	}
+	srvIf, cliIf := netns.Veth(t, srvNS, "", cli, "")
+	for _, ns := range []*netns.NS{srvNS, cli} {
+		require.True(t, netns.WaitFor(10*time.Second, func() bool {
+			out, _ := ns.Run(context.Background(), "ip", "-6", "-o", "addr", "show", "scope", "link")
+			return strings.Contains(out, "fe80::") && !strings.Contains(out, "tentative")
+		}), "no usable link-local address in %s", ns)
+	}
+	var conn *ndp.Conn
+	require.NoError(t, srvNS.Do(func() (err error) {
+		conn, err = ndp.Listen(context.Background(), srvIf)
+		return err
+	}))
+	cfg := serverConfig(t, memStore(t))
+	cfg.RA = &ndp.Config{Conn: conn}
+	srv := runServer(t, cfg)
+	assert.Equal(t, "running", health(t, srv.Region().PublicURL()).Services["ipv6_ra"])
+
+	if _, err := exec.LookPath("rdisc6"); err != nil {
+		t.Fatal("rdisc6 is not installed: run ./scripts/test.sh (see README.md), which installs Debian package ndisc6")
+	}
+	out, err := cli.Run(context.Background(), "rdisc6", "-1", "-r", "3", "-w", "1000", cliIf)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "Router lifetime")
 }

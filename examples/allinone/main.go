@@ -1,7 +1,8 @@
 // Command allinone runs LPMOS in one process: an embedded etcd (or an
 // external cluster, or memory), the control plane with its REST API,
 // WebSocket hub and dashboard, and one region with its boot services
-// (HTTP, TFTP, and DHCP when --dhcp-iface is given). It is the README's
+// (HTTP, TFTP, and DHCP plus IPv6 router-advertisement answers when
+// --dhcp-iface is given). It is the README's
 // main command:
 //
 //	go run ./examples/allinone

@@ -1,6 +1,7 @@
 // Command region runs one region's boot services against an etcd cluster:
 // the HTTP server (boot files, per-machine iPXE scripts, the agent API),
-// TFTP for the iPXE binaries and, with --dhcp-iface, DHCP or ProxyDHCP.
+// TFTP for the iPXE binaries and, with --dhcp-iface, DHCP or ProxyDHCP and
+// answers to IPv6 router solicitations there (--ipv6-ra, see package ndp).
 //
 //	region --region dc1 --etcd-endpoints http://etcd:2379 \
 //	    --dhcp-iface eth1 --dhcp-mode proxy --boot-dir /srv/lpmos/boot

@@ -11,6 +11,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/dhcp"
+	"github.com/lpmos/lpmos/ndp"
 	"github.com/lpmos/lpmos/pxe"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store"
@@ -28,6 +29,8 @@ type RegionFlags struct {
 	DHCPRange  string
 	DHCPRouter string
 	DHCPDNS    string
+	// IPv6RA answers IPv6 router solicitations on DHCPIface (package ndp).
+	IPv6RA     bool
 	RegionURL  string
 	BootDir    string
 	IPXEDir    string
@@ -58,6 +61,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.DHCPRange, "dhcp-range", "", "FIRST-LAST addresses for full mode, e.g. 10.0.0.100-10.0.0.200")
 	fs.StringVar(&f.DHCPRouter, "dhcp-router", "", "default gateway handed out in full mode")
 	fs.StringVar(&f.DHCPDNS, "dhcp-dns", "", "comma-separated DNS servers handed out in full mode")
+	fs.BoolVar(&f.IPv6RA, "ipv6-ra", true, "with --dhcp-iface: answer IPv6 router solicitations there with an advertisement that configures nothing (no prefix, not a router), so iPXE does not wait ~16 s for IPv6; set false where a real IPv6 router advertises")
 	fs.StringVar(&f.RegionURL, "region-url", "", "URL machines use to reach the region (default: from the DHCP interface's address)")
 	fs.StringVar(&f.BootDir, "boot-dir", "./lpmos-data/boot", "kernels, initramfs and OS images served over HTTP")
 	fs.StringVar(&f.IPXEDir, "ipxe-dir", lpmos.DefaultIPXEDir, "directory of the iPXE binaries")
@@ -182,6 +186,9 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 			dc.LeaseFile = f.LeaseFile
 		}
 		cfg.DHCP = &dc
+		if f.IPv6RA {
+			cfg.RA = &ndp.Config{Interface: f.DHCPIface, Logger: log}
+		}
 	}
 	return cfg, nil
 }

@@ -43,3 +43,36 @@ func TestRegionFlagsPublicURL(t *testing.T) {
 		})
 	}
 }
+
+// The IPv6 RA responder runs on the DHCP interface unless --ipv6-ra=false,
+// and never without DHCP.
+func TestRegionFlagsIPv6RA(t *testing.T) {
+	st := memory.New()
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		wantIface string // "": no responder
+	}{
+		{"on with DHCP by default", []string{"--dhcp-iface", "lo"}, "lo"},
+		{"on with full DHCP", []string{"--dhcp-iface", "lo", "--dhcp-mode", "full", "--dhcp-range", "127.0.0.100-127.0.0.200"}, "lo"},
+		{"turned off", []string{"--dhcp-iface", "lo", "--ipv6-ra=false"}, ""},
+		{"no DHCP, no RA", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var f RegionFlags
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			f.Register(fs)
+			require.NoError(t, fs.Parse(append([]string{"--boot-dir", t.TempDir(), "--tftp-listen", "", "--region-url", "http://127.0.0.1:8081"}, tc.args...)))
+			cfg, err := f.ServerConfig(st, log)
+			require.NoError(t, err)
+			if tc.wantIface == "" {
+				assert.Nil(t, cfg.RA)
+				return
+			}
+			require.NotNil(t, cfg.RA)
+			assert.Equal(t, tc.wantIface, cfg.RA.Interface)
+		})
+	}
+}

@@ -2,13 +2,16 @@
 // network namespaces, boot servers on one side and a QEMU virtual machine on
 // the other, so a test can PXE-boot a VM from a real region process and
 // watch it run the agent. The bridge has no STP, forward delay or multicast
-// snooping so the firmware's first DHCP packets are not dropped, and dnsmasq
-// only sends IPv6 router advertisements, without which iPXE waits about 16 s
-// for one.
+// snooping so the firmware's first DHCP packets are not dropped. Like the
+// networks of most users, the lab has no IPv6 router: the region's own
+// router-advertisement responder (package ndp, on by default with
+// --dhcp-iface) is what spares iPXE its ~16 s wait for IPv6, so the tests
+// see the boot times users see. The server side has IPv6 on (a link-local
+// address, usable at once: no duplicate address detection) for it.
 //
 //	server namespace                           VM namespace (pure L2, IPv6 off)
-//	  veth 10.99.0.1/24 + fd99::1/64 <--veth--> veth --+
-//	  region/allinone, dnsmasq (IPv6 RA only)          br0 (no STP, no forward delay, no snooping)
+//	  veth 10.99.0.1/24 + fe80::/64  <--veth--> veth --+
+//	  region/allinone (DHCP, TFTP, HTTP, IPv6 RA)      br0 (no STP, no forward delay, no snooping)
 //	                                           tap0  --+  <- qemu-system-x86_64 -netdev tap
 //
 // Every namespace, process and file the lab creates is torn down by
@@ -16,7 +19,8 @@
 // root namespace and reaches servers in the server namespace through
 // [Lab.HTTPClient], whose connections are dialled from inside it.
 //
-// It needs root, iproute2, QEMU, the iPXE ROMs, dnsmasq and network access
+// It needs root, iproute2, QEMU, the iPXE ROMs, dnsmasq (the site DHCP
+// server of ProxyDHCP scenarios), rdisc6 (ndisc6) and network access
 // to a Debian mirror for the agent kernel; without them a test fails (it is
 // never skipped silently) with a message naming ./scripts/test.sh, except
 // under -short, where [Require] skips. It is test support, not API: it must
@@ -47,9 +51,6 @@ const (
 	ServerCIDR = ServerIP + "/24"
 	// DHCPRange is a pool on the link for full-mode DHCP, in --dhcp-range form.
 	DHCPRange = "10.99.0.100-10.99.0.199"
-	// serverIPv6 lets the RA daemon advertise a prefix, so iPXE's IPv6
-	// autoconfiguration finishes at once instead of waiting ~16 s.
-	serverIPv6 = "fd99::1/64"
 )
 
 // Lab is one lab network. Create it with [New].
@@ -66,7 +67,6 @@ type Lab struct {
 	Bridge, Tap string
 
 	t      testing.TB
-	ra     *netns.Proc
 	client *http.Client
 }
 
@@ -80,9 +80,9 @@ func Require(t testing.TB) {
 	if err := netns.Check(); err != nil {
 		t.Fatalf("testlab: %v: the end-to-end tests need root; run them with ./scripts/test.sh (see README.md)", err)
 	}
-	for _, bin := range []string{"ip", "qemu-system-x86_64", "dnsmasq", "go", "apt-get", "dpkg"} {
+	for _, bin := range []string{"ip", "qemu-system-x86_64", "dnsmasq", "rdisc6", "go", "apt-get", "dpkg"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("testlab: %s is not installed: run ./scripts/test.sh (see README.md), which installs the lab's tools (qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, iproute2)", bin)
+			t.Fatalf("testlab: %s is not installed: run ./scripts/test.sh (see README.md), which installs the lab's tools (qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, ndisc6, iproute2)", bin)
 		}
 	}
 	for _, f := range []string{"/dev/net/tun", "/usr/lib/ipxe/qemu/efi-virtio.rom"} {
@@ -92,21 +92,26 @@ func Require(t testing.TB) {
 	}
 }
 
-// New builds the lab network and starts the IPv6 router advertisements on
-// it. Everything is removed again when the test ends.
+// New builds the lab network. No IPv6 router advertises on it. Everything
+// is removed again when the test ends.
 func New(t testing.TB) *Lab {
 	t.Helper()
 	Require(t)
 	srv, vm := netns.New(t), netns.New(t)
 	l := &Lab{Server: srv, VM: vm, Bridge: "br0", Tap: "tap0", t: t}
 
-	// Addresses must be usable at once (the RA daemon sends from the
-	// link-local address), and the VM side must stay silent at L3.
+	// The link-local address must be usable at once (the region's RAs go
+	// out from it), and the VM side must stay silent at L3.
 	srv.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	vm.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 	srvIf, vmIf := netns.Veth(t, srv, ServerCIDR, vm, "")
 	l.ServerIf = srvIf
-	srv.MustRun(t, "ip", "addr", "add", serverIPv6, "dev", srvIf, "nodad")
+	if !netns.WaitFor(10*time.Second, func() bool {
+		out, _ := srv.Run(context.Background(), "ip", "-6", "-o", "addr", "show", "dev", srvIf, "scope", "link")
+		return strings.Contains(out, "fe80::") && !strings.Contains(out, "tentative")
+	}) {
+		t.Fatalf("testlab: %s has no usable IPv6 link-local address", srvIf)
+	}
 
 	vm.MustRun(t, "ip", "link", "add", l.Bridge, "type", "bridge",
 		"stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
@@ -115,38 +120,11 @@ func New(t testing.TB) *Lab {
 	vm.MustRun(t, "ip", "link", "set", l.Tap, "master", l.Bridge, "up")
 	vm.MustRun(t, "ip", "link", "set", l.Bridge, "up")
 
-	l.startRA()
 	l.client = &http.Client{
 		Timeout:   30 * time.Second,
 		Transport: &http.Transport{DialContext: l.DialContext, DisableKeepAlives: true},
 	}
 	return l
-}
-
-// startRA runs dnsmasq as an IPv6 router advertiser only: no DNS
-// (port 0), no DHCPv4, and ra-only, so iPXE does not start DHCPv6 either.
-func (l *Lab) startRA() {
-	t := l.t
-	t.Helper()
-	dir := t.TempDir()
-	p, err := l.Server.Start(context.Background(), "dnsmasq", "--keep-in-foreground",
-		"--conf-file=/dev/null", "--port=0", "--user=root",
-		"--interface="+l.ServerIf, "--bind-interfaces",
-		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"),
-		"--dhcp-leasefile="+filepath.Join(dir, "dnsmasq.leases"),
-		"--log-facility=-",
-		"--enable-ra", "--dhcp-range=::,constructor:"+l.ServerIf+",ra-only,64,1h")
-	if err != nil {
-		t.Fatalf("testlab: %v", err)
-	}
-	l.ra = p
-	// dnsmasq fails at start-up or not at all: give it a moment to say so.
-	select {
-	case <-p.Done():
-		t.Fatalf("testlab: dnsmasq (IPv6 RA) exited at once: %v\n%s", p.Wait(), p.Output())
-	case <-time.After(200 * time.Millisecond):
-	}
-	l.keepLog("dnsmasq-ra.log", p)
 }
 
 // keepLog saves a process's output into the test's artifacts when the test
@@ -308,6 +286,60 @@ func (l *Lab) StartSiteDHCP() *netns.Proc {
 	l.keepLog("site-dhcp.log", p)
 	if !netns.WaitFor(10*time.Second, func() bool { return strings.Contains(p.Output(), "DHCP, IP range") }) {
 		t.Fatalf("testlab: dnsmasq did not start:\n%s", p.Output())
+	}
+	return p
+}
+
+// SolicitRouter asks the VM link for an IPv6 router as a booting machine
+// does: rdisc6 in a namespace of its own, plugged into the VM's bridge,
+// sends router solicitations (tries of them, 500 ms apart) and stops at the
+// first router advertisement. It returns rdisc6's output and whether an
+// advertisement came.
+func (l *Lab) SolicitRouter(tries int) (string, bool) {
+	t := l.t
+	t.Helper()
+	probe := netns.New(t)
+	probe.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	probeIf, vmIf := netns.Veth(t, probe, "", l.VM, "")
+	l.VM.MustRun(t, "ip", "link", "set", vmIf, "master", l.Bridge, "up")
+	if !netns.WaitFor(10*time.Second, func() bool {
+		out, _ := probe.Run(context.Background(), "ip", "-6", "-o", "addr", "show", "dev", probeIf, "scope", "link")
+		return strings.Contains(out, "fe80::") && !strings.Contains(out, "tentative")
+	}) {
+		t.Fatalf("testlab: the probe's %s has no usable IPv6 link-local address", probeIf)
+	}
+	out, err := probe.Run(context.Background(), "rdisc6", "-1", "-r", fmt.Sprint(tries), "-w", "500", probeIf)
+	return out, err == nil && strings.Contains(out, "Router lifetime")
+}
+
+// routerIPv6 is the server's address when StartIPv6Router plays a site's
+// IPv6 router: dnsmasq advertises its prefix.
+const routerIPv6 = "fd99::1/64"
+
+// StartIPv6Router plays a site's IPv6 router, for comparisons with the
+// region's own responder (which should then be off, --ipv6-ra=false):
+// dnsmasq on the server interface sends router advertisements of
+// fd99::/64 for SLAAC and nothing else (no DNS, no DHCPv4, ra-only so no
+// DHCPv6). Its log is kept as the artifact ipv6-router.log; it stops when
+// the test ends.
+func (l *Lab) StartIPv6Router() *netns.Proc {
+	t := l.t
+	t.Helper()
+	l.Server.MustRun(t, "ip", "addr", "add", routerIPv6, "dev", l.ServerIf, "nodad")
+	dir := t.TempDir()
+	p, err := l.Server.Start(context.Background(), "dnsmasq", "--keep-in-foreground",
+		"--conf-file=/dev/null", "--port=0", "--user=root",
+		"--interface="+l.ServerIf, "--bind-interfaces",
+		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"),
+		"--dhcp-leasefile="+filepath.Join(dir, "dnsmasq.leases"),
+		"--log-facility=-",
+		"--enable-ra", "--dhcp-range=::,constructor:"+l.ServerIf+",ra-only,64,1h")
+	if err != nil {
+		t.Fatalf("testlab: IPv6 router (dnsmasq): %v", err)
+	}
+	l.keepLog("ipv6-router.log", p)
+	if !netns.WaitFor(10*time.Second, func() bool { return strings.Contains(p.Output(), "router advertisement on") }) {
+		t.Fatalf("testlab: dnsmasq does not advertise:\n%s", p.Output())
 	}
 	return p
 }

@@ -2,17 +2,18 @@ package testlab
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/lpmos/lpmos/internal/netns"
+	"github.com/lpmos/lpmos/ndp"
 )
 
 func nsExists(name string) bool {
@@ -26,15 +27,15 @@ func nsExists(name string) bool {
 }
 
 // The lab's topology is up while the test runs (bridge and tap in the VM
-// namespace, IPv6 off there, the RA daemon advertising on the server side,
-// servers reachable through HTTPClient) and all gone afterwards.
+// namespace, IPv6 off there, servers reachable through HTTPClient), the
+// link has no IPv6 router unless the region answers (so the e2e tests see
+// the boot times of users without one), and all is gone afterwards.
 func TestLabUpAndDown(t *testing.T) {
 	Require(t)
-	var srvName, vmName, art string
-	var ra *netns.Proc
+	var srvName, vmName string
 	t.Run("up", func(t *testing.T) {
 		l := New(t)
-		srvName, vmName, ra, art = l.Server.Name, l.VM.Name, l.ra, ArtifactDir(t)
+		srvName, vmName = l.Server.Name, l.VM.Name
 
 		links := l.VM.MustRun(t, "ip", "-o", "link", "show", "master", l.Bridge)
 		if !strings.Contains(links, l.Tap) || strings.Count(links, "\n") != 2 {
@@ -44,13 +45,48 @@ func TestLabUpAndDown(t *testing.T) {
 			t.Errorf("IPv6 is on in the VM namespace (disable_ipv6=%s)", v)
 		}
 		addrs := l.Server.MustRun(t, "ip", "-o", "addr", "show", "dev", l.ServerIf)
-		for _, want := range []string{ServerCIDR, serverIPv6} {
+		for _, want := range []string{ServerCIDR, "inet6 fe80::"} {
 			if !strings.Contains(addrs, want) {
 				t.Errorf("%s lacks %s:\n%s", l.ServerIf, want, addrs)
 			}
 		}
-		if !netns.WaitFor(5*time.Second, func() bool { return strings.Contains(ra.Output(), "router advertisement on") }) {
-			t.Errorf("dnsmasq does not advertise:\n%s", ra.Output())
+		if global := l.Server.MustRun(t, "ip", "-6", "-o", "addr", "show", "scope", "global"); strings.TrimSpace(global) != "" {
+			t.Errorf("%s has a global IPv6 address: the lab is IPv4-only, like most provisioning networks:\n%s", l.ServerIf, global)
+		}
+
+		// No IPv6 router on the link: a solicitation goes unanswered.
+		if out, ok := l.SolicitRouter(2); ok {
+			t.Errorf("something advertises on the lab's link:\n%s", out)
+		}
+		// The region's responder on the server interface answers a machine
+		// on the bridge.
+		ctx, cancel := context.WithCancel(context.Background())
+		var conn *ndp.Conn
+		if err := l.Server.Do(func() (err error) {
+			conn, err = ndp.Listen(ctx, l.ServerIf)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ra, err := ndp.New(ndp.Config{Conn: conn, Unsolicited: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- ra.Serve(ctx) }()
+		<-ra.Ready()
+		if out, ok := l.SolicitRouter(3); !ok || !strings.Contains(out, "Stateful other conf.      :           No") {
+			t.Errorf("no advertisement through the bridge from the region's responder:\n%s", out)
+		}
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("responder: %v", err)
+		}
+
+		// A site's IPv6 router, for comparisons: its RAs carry a prefix.
+		router := l.StartIPv6Router()
+		if out, ok := l.SolicitRouter(3); !ok || !strings.Contains(out, "fd99::") {
+			t.Errorf("no advertisement of fd99::/64 from the IPv6 router:\n%s\ndnsmasq:\n%s", out, router.Output())
 		}
 
 		// A server on the link address in the server namespace is reachable
@@ -83,14 +119,6 @@ func TestLabUpAndDown(t *testing.T) {
 		if nsExists(name) {
 			t.Errorf("namespace %s is left over", name)
 		}
-	}
-	select {
-	case <-ra.Done():
-	default:
-		t.Error("dnsmasq still runs after the test")
-	}
-	if _, err := os.Stat(filepath.Join(art, "dnsmasq-ra.log")); err != nil {
-		t.Errorf("the RA daemon's log was not kept: %v", err)
 	}
 }
 
