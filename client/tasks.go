@@ -554,3 +554,11 @@ func (c *Client) Regions(ctx context.Context) ([]Region, error) {
 	}
 	return out.Regions, nil
 }
+
+// DeleteRegion forgets a decommissioned region (DELETE
+// /api/v1/regions/{id}, admin): refused with 409 while it is online or has
+// tasks that have not ended (codes region_online, region_active_tasks).
+func (c *Client) DeleteRegion(ctx context.Context, id string) error {
+	_, err := c.call(ctx, http.MethodDelete, "/api/v1/regions/"+url.PathEscape(id), nil, nil, nil, nil)
+	return err
+}

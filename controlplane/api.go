@@ -15,6 +15,7 @@ import (
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/internal/httpjson"
+	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -359,6 +360,54 @@ func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	httpjson.WriteJSON(w, http.StatusOK, map[string][]Region{"regions": regions})
+	return nil
+}
+
+// Codes of a refused region deletion.
+const (
+	CodeRegionOnline      = "region_online"       // 409: its heartbeat lives or a process leads it
+	CodeRegionActiveTasks = "region_active_tasks" // 409: it has tasks that have not ended
+)
+
+// deleteRegion forgets a decommissioned region: its status, capabilities
+// and last heartbeat, which keep a dead region listed offline for ever.
+// A region that is online (its heartbeat lives, or a process of it leads)
+// or has tasks that have not ended is refused with 409; its ended tasks
+// are left to retention.
+func (s *Server) deleteRegion(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := lpmos.ValidateRegionID(id); err != nil {
+		return &task.ValidationError{Field: "region_id", Reason: err.Error()}
+	}
+	ctx := r.Context()
+	active, err := s.cfg.Store.List(ctx, task.RegionTasksPrefix(id), store.ListOptions{Limit: 1})
+	if err != nil {
+		return err
+	}
+	if len(active.KVs) > 0 {
+		return httpjson.Errorf(http.StatusConflict, CodeRegionActiveTasks,
+			"region %s has tasks that have not ended: cancel them first", id)
+	}
+	clientKeys := task.RegionsPrefix + id + "/client/"
+	known, err := s.cfg.Store.List(ctx, clientKeys, store.ListOptions{Limit: 1})
+	if err != nil {
+		return err
+	}
+	if len(known.KVs) == 0 {
+		return httpjson.Errorf(http.StatusNotFound, httpjson.CodeNotFound, "no region %s", id)
+	}
+	res, err := s.cfg.Store.Txn(ctx, store.Txn{
+		If:   []store.Compare{store.Missing(task.RegionHeartbeatKey(id)), store.Missing(task.RegionLeaderKey(id))},
+		Then: []store.Op{store.OpDeletePrefix(clientKeys)},
+	})
+	if err != nil {
+		return err
+	}
+	if !res.Succeeded {
+		return httpjson.Errorf(http.StatusConflict, CodeRegionOnline,
+			"region %s is online (its heartbeat lives or one of its processes leads it): stop it first", id)
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

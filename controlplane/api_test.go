@@ -800,3 +800,51 @@ func TestAPIRegionDiedStaysListed(t *testing.T) {
 	assert.NotNil(t, r["capabilities"])
 	assert.Contains(t, cp.metricsText(), "lpmos_regions_offline 1\n", "the metric counts it")
 }
+
+// A decommissioned region is forgotten by an admin, once it is offline
+// and has no task that has not ended; refusals write nothing.
+func TestAPIDeleteRegion(t *testing.T) {
+	st := memory.New()
+	t.Cleanup(func() { st.Close() })
+	cp := startCP(t, st)
+	ctx := context.Background()
+	put := func(key, value string, opts ...store.PutOption) {
+		_, err := st.Put(ctx, key, []byte(value), opts...)
+		require.NoError(t, err)
+	}
+	put(task.RegionCapabilitiesKey("dc4"), `{"os":[]}`)
+	put(task.RegionStatusKey("dc4"), task.RegionOnline)
+	lease, err := st.Grant(ctx, time.Hour)
+	require.NoError(t, err)
+	put(task.RegionHeartbeatKey("dc4"), time.Now().UTC().Format(time.RFC3339Nano), store.WithLease(lease))
+	put(task.RegionLeaderKey("dc4"), "rack4 http://10.0.4.2:8081", store.WithLease(lease))
+	id := cp.create("00:1a:2b:3c:9d:01") // in dc1
+	_ = id
+
+	refused := func(name, path, token string, status int, code string) {
+		t.Helper()
+		before := storeRevision(t, st)
+		got, body := cp.do("DELETE", path, token, nil)
+		assert.Equal(t, status, got, "%s: %v", name, body)
+		assert.Equal(t, code, errCode(body), name)
+		assert.Equal(t, before, storeRevision(t, st), "%s writes nothing", name)
+	}
+	refused("operator", "/api/v1/regions/dc4", operatorToken, http.StatusForbidden, "forbidden")
+	refused("online", "/api/v1/regions/dc4", adminToken, http.StatusConflict, "region_online")
+	refused("bad ID", "/api/v1/regions/DC_4", adminToken, http.StatusBadRequest, "invalid_request")
+	refused("unknown", "/api/v1/regions/dc9", adminToken, http.StatusNotFound, "not_found")
+	refused("active tasks", "/api/v1/regions/dc1", adminToken, http.StatusConflict, "region_active_tasks")
+
+	require.NoError(t, st.Revoke(ctx, lease)) // dc4 died
+	code, body := cp.do("DELETE", "/api/v1/regions/dc4", adminToken, nil)
+	require.Equal(t, http.StatusNoContent, code, "%v", body)
+	res, err := st.List(ctx, task.RegionsPrefix+"dc4/", store.ListOptions{})
+	require.NoError(t, err)
+	assert.Empty(t, res.KVs)
+	require.Eventually(t, func() bool {
+		_, body := cp.do("GET", "/api/v1/regions", viewerToken, nil)
+		regions, _ := body["regions"].([]any)
+		return len(regions) == 0
+	}, 10*time.Second, 10*time.Millisecond, "the region is no longer listed")
+	assert.Contains(t, cp.audit.String(), `"action":"region.delete"`)
+}

@@ -28,7 +28,8 @@
 //	POST   /api/v1/tasks/{id}/retry     retry (operator)    no body → 201 {task_id, status, created_at, revision, links, retry_of, attempt, max_attempts}
 //	GET    /api/v1/dlq                  dead letters (viewer) ?kind=tasks|webhooks&limit=&offset= → {entries, total, limit, offset}
 //	DELETE /api/v1/dlq/{kind}/{id}      acknowledge (operator) 204; 404 if there is none
-//	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, capabilities, active_tasks}]}
+//	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, leader, capabilities, active_tasks}]}
+//	DELETE /api/v1/regions/{id}         forget a region (admin) 204; 409 region_online or region_active_tasks
 //	GET    /api/v1/whoami               (viewer)            {subject, role}
 //
 // A caller's subject says how it signed in and who it is: "token:<name>"

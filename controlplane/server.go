@@ -463,6 +463,7 @@ func (s *Server) routes() http.Handler {
 	api("GET /api/v1/dlq", auth.RoleViewer, "", s.listDLQ)
 	api("DELETE /api/v1/dlq/{kind}/{id}", auth.RoleOperator, "dlq.acknowledge", s.ackDLQ)
 	api("GET /api/v1/regions", auth.RoleViewer, "", s.listRegions)
+	api("DELETE /api/v1/regions/{id}", auth.RoleAdmin, "region.delete", s.deleteRegion)
 	api("GET /api/v1/whoami", auth.RoleViewer, "", s.whoami)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, httpjson.Errorf(http.StatusNotFound, httpjson.CodeNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path))
