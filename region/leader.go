@@ -155,6 +155,8 @@ func (l *leadership) campaign(ctx context.Context) {
 			Then: []store.Op{store.OpDelete(l.key)},
 		})
 	}
+	ctx, cancel := context.WithTimeout(ctx, l.ttl/2)
+	defer cancel()
 	start := l.now()
 	lease, err := l.st.Grant(ctx, l.ttl)
 	if err != nil {
@@ -180,6 +182,10 @@ func (l *leadership) renew(ctx context.Context) {
 	l.mu.Lock()
 	lease, term := l.lease, l.term
 	l.mu.Unlock()
+	// A renewal that takes longer than the rest of the term is useless:
+	// the term ends at its deadline anyway.
+	ctx, cancel := context.WithTimeout(ctx, l.ttl/2)
+	defer cancel()
 	start := l.now()
 	err := l.st.KeepAliveOnce(ctx, lease)
 	if err == nil {

@@ -170,7 +170,8 @@ func (r *Region) retry(ctx context.Context, what string, attrs []any, op func() 
 	for attempt := 1; ; attempt++ {
 		err := op()
 		if err == nil || errors.Is(err, task.ErrInvalid) || errors.Is(err, task.ErrNotFound) ||
-			errors.Is(err, task.ErrConflict) || errors.Is(err, task.ErrInvalidTransition) {
+			errors.Is(err, task.ErrConflict) || errors.Is(err, task.ErrInvalidTransition) || errors.Is(err, task.ErrFenced) {
+			// Fenced: this process no longer leads; the new leader acts.
 			if err != nil && !errors.Is(err, task.ErrInvalidTransition) && !errors.Is(err, task.ErrConflict) {
 				r.log.Warn(what, append(attrs, "err", err)...)
 			}
