@@ -46,6 +46,8 @@ var depRules = []depRule{
 	{pkgs: []string{"store/etcd", "store/memory", "store/storetest"}, allow: []string{".", "store"}},
 	{pkgs: []string{"task"}, allow: []string{".", "store", "hardware"},
 		why: "task works over the store.Store interface; only binaries and tests pick an implementation"},
+	{pkgs: []string{"machine"}, allow: []string{".", "store", "hardware"},
+		why: "machine records live beside tasks over the store.Store interface; they know no tasks, HTTP or BMC protocols"},
 	{pkgs: []string{"ipxe", "dhcp", "pxe", "ndp"}, allow: []string{"."},
 		why: "boot protocol packages ask small consumer-side interfaces instead of importing tasks or the store"},
 	{pkgs: []string{"agent/..."}, allow: []string{".", "hardware", "agent/..."},

@@ -1,0 +1,46 @@
+package machine
+
+import (
+	"strings"
+
+	"github.com/lpmos/lpmos"
+)
+
+// Prefix is where every machine record lives.
+const Prefix = "/lpmos/machines/"
+
+// The keys of one record, each owned by one writer.
+const (
+	// keySpec: what the operator says (region, tags, BMC); the control
+	// plane writes it.
+	keySpec = "spec"
+	// keyReport: the last hardware report; the region writes it.
+	keyReport = "report"
+	// keyPower: the last power action and the state the BMC reported; the
+	// region writes it.
+	keyPower = "power"
+	// keyPowerRequest: an operator's power action waiting for the region
+	// (the control plane writes it, the region deletes it once done).
+	keyPowerRequest = "power_request"
+)
+
+func machinePrefix(mac lpmos.MAC) string { return Prefix + mac.String() + "/" }
+
+func key(mac lpmos.MAC, field string) string { return machinePrefix(mac) + field }
+
+// splitKey parses a key under Prefix into its MAC and field.
+func splitKey(k string) (lpmos.MAC, string, bool) {
+	rest, ok := strings.CutPrefix(k, Prefix)
+	if !ok {
+		return lpmos.MAC{}, "", false
+	}
+	m, field, ok := strings.Cut(rest, "/")
+	if !ok {
+		return lpmos.MAC{}, "", false
+	}
+	mac, err := lpmos.ParseMAC(m)
+	if err != nil || mac.String() != m {
+		return lpmos.MAC{}, "", false
+	}
+	return mac, field, true
+}
