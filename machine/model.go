@@ -169,7 +169,7 @@ type Machine struct {
 	// known only from a report (discovered) has none.
 	Registered bool `json:"registered"`
 	// Hardware and LastSeen come from the last report.
-	Hardware *Report `json:"last_report,omitempty"`
+	Hardware *Report   `json:"last_report,omitempty"`
 	LastSeen time.Time `json:"last_seen,omitzero"`
 	Power    *Power    `json:"power,omitempty"`
 	// PendingPower is an operator's power action not yet carried out.

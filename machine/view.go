@@ -243,7 +243,9 @@ func (f *Filter) Match(m *Machine) bool {
 	return true
 }
 
-func containsFold(s, sub string) bool { return strings.Contains(strings.ToLower(s), strings.ToLower(sub)) }
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
 
 // Page is one page of List.
 type Page struct {
