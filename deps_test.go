@@ -63,7 +63,7 @@ var depRules = []depRule{
 	{pkgs: []string{"controlplane/webhook"}, allow: []string{".", "task", "store"},
 		why: "webhooks are fed task changes by the control plane and claim deliveries in the store; they never import the control plane"},
 	{pkgs: []string{"controlplane/..."},
-		allow: []string{".", "task", "store", "hardware", "controlplane/...", "internal/httpjson", "internal/httpserve"},
+		allow: []string{".", "task", "machine", "store", "hardware", "controlplane/...", "internal/httpjson", "internal/httpserve"},
 		why:   "the control plane talks to regions only through the store, through the store.Store interface"},
 	{pkgs: []string{"client"}, allow: []string{".", "task", "hardware"},
 		why:       "the client knows the API only over HTTP, in the shared vocabulary; it never links the control plane, a region or a store",

@@ -48,9 +48,20 @@ type createResponse struct {
 }
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
+	return s.create(w, r, nil)
+}
+
+// create answers a task create: the request body, adjusted by adjust if
+// set (a create from a machine fills in its MAC and region).
+func (s *Server) create(w http.ResponseWriter, r *http.Request, adjust func(*task.CreateRequest) error) error {
 	var req task.CreateRequest
 	if err := httpjson.Decode(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
 		return err
+	}
+	if adjust != nil {
+		if err := adjust(&req); err != nil {
+			return err
+		}
 	}
 	req.CreatedBy = principal(r).Subject
 	if key := r.Header.Get(IdempotencyKeyHeader); key != "" {

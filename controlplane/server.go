@@ -24,6 +24,7 @@ import (
 	"github.com/lpmos/lpmos/controlplane/webhook"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/internal/httpserve"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -36,6 +37,11 @@ type Config struct {
 	// Auth says who may sign in: tokens, hashed tokens or JWTs. There is
 	// no anonymous access. Its clock defaults to Now.
 	Auth auth.Config
+
+	// BMCSealer seals the BMC passwords operators give for machines
+	// (machine.LoadKeyFile); nil refuses passwords with a clear error.
+	// The regions that drive the BMCs need the same key.
+	BMCSealer *machine.Sealer
 
 	// Webhooks notify external systems of tasks needing approval,
 	// completed and failed. Its Store, ReplicaID, Logger and Registerer
@@ -139,6 +145,8 @@ type Server struct {
 	svc      *task.Service
 	auth     *auth.Authenticator
 	view     *task.View
+	machines *machine.Service
+	mview    *machine.View
 	regions  *regionCache
 	dlq      *dlqCache
 	hub      *hub.Hub
@@ -234,6 +242,8 @@ func New(cfg Config) (*Server, error) {
 		tc.Now = cfg.Now
 	}
 	s.svc = task.NewService(cfg.Store, tc)
+	s.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Logger: cfg.Logger})
+	s.mview = machine.NewView(cfg.Store, machine.ViewConfig{Logger: cfg.Logger})
 	// One view of every task serves the lists; its watch also feeds the
 	// hub and the notifier, so a replica costs the store one watch,
 	// whatever its traffic.
@@ -299,6 +309,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.auth.Run(ctx) })
 	g.Go(func() error { return s.view.Run(ctx) })
+	g.Go(func() error { return s.mview.Run(ctx) })
 	g.Go(func() error { s.regions.run(ctx, s.cfg.Store); return nil })
 	g.Go(func() error { s.dlq.run(ctx, s.cfg.Store); return nil })
 	g.Go(func() error { return s.hub.Run(ctx) })
@@ -464,6 +475,13 @@ func (s *Server) routes() http.Handler {
 	api("DELETE /api/v1/dlq/{kind}/{id}", auth.RoleOperator, "dlq.acknowledge", s.ackDLQ)
 	api("GET /api/v1/regions", auth.RoleViewer, "", s.listRegions)
 	api("DELETE /api/v1/regions/{id}", auth.RoleAdmin, "region.delete", s.deleteRegion)
+	api("GET /api/v1/machines", auth.RoleViewer, "", s.listMachines)
+	api("POST /api/v1/machines", auth.RoleOperator, "machine.create", s.createMachine)
+	api("GET /api/v1/machines/{mac}", auth.RoleViewer, "", s.getMachine)
+	api("PATCH /api/v1/machines/{mac}", auth.RoleOperator, "machine.update", s.patchMachine)
+	api("DELETE /api/v1/machines/{mac}", auth.RoleOperator, "machine.delete", s.deleteMachine)
+	api("POST /api/v1/machines/{mac}/power", auth.RoleOperator, "machine.power", s.powerMachine)
+	api("POST /api/v1/machines/{mac}/tasks", auth.RoleOperator, "machine.create_task", s.createMachineTask)
 	api("GET /api/v1/whoami", auth.RoleViewer, "", s.whoami)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, httpjson.Errorf(http.StatusNotFound, httpjson.CodeNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path))
