@@ -53,7 +53,7 @@ var depRules = []depRule{
 	{pkgs: []string{"agent/..."}, allow: []string{".", "hardware", "agent/..."},
 		why: "the agent runs on the machine and talks to its region only over HTTP"},
 	{pkgs: []string{"region/..."},
-		allow: []string{".", "task", "dhcp", "ndp", "pxe", "ipxe", "agent", "store", "hardware", "region/...", "internal/httpjson", "internal/httpserve"},
+		allow: []string{".", "task", "machine", "dhcp", "ndp", "pxe", "ipxe", "agent", "store", "hardware", "region/...", "internal/httpjson", "internal/httpserve"},
 		why:   "region talks to the control plane only through the store, through the store.Store interface"},
 	{pkgs: []string{"controlplane/auth"}, allow: []string{"."},
 		why: "auth turns tokens into principals; it knows nothing of tasks, the store or HTTP routes"},

@@ -13,6 +13,7 @@ import (
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/internal/httpjson"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -120,6 +121,7 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 			return err
 		}
 		r.observe(moved)
+		r.recordMachine(req.Context(), mac, machine.Report{Hardware: &body.Hardware, Source: sourceAddr(req).String(), TaskID: t.ID})
 	case task.StatusPendingApproval:
 		// A restarted agent reports again: the first report stands.
 	case task.StatusApproved, task.StatusInstalling:

@@ -30,6 +30,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/internal/httpjson"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -102,6 +103,11 @@ type Config struct {
 	// the script.
 	Leases LeaseLookup
 
+	// BMCSealer opens the BMC passwords of machine records (the key the
+	// control plane sealed them with); nil: the region drives only BMCs
+	// without a password.
+	BMCSealer *machine.Sealer
+
 	// InstanceID names this process among its region's processes
 	// (default: the host name and PublicURL). Processes of one region
 	// elect a leader (see leader.go); only it answers machines and writes.
@@ -126,13 +132,15 @@ type LeaseLookup interface {
 
 // Region is a running regional client.
 type Region struct {
-	cfg     Config
-	log     *slog.Logger
-	svc     *task.Service
-	actor   string
-	tasks   *task.View // the region's active tasks
-	tokens  *tokens
-	catalog *Catalogue
+	cfg Config
+	log *slog.Logger
+	svc *task.Service
+	// machines writes the inventory: the hardware each machine reported.
+	machines *machine.Service
+	actor    string
+	tasks    *task.View // the region's active tasks
+	tokens   *tokens
+	catalog  *Catalogue
 
 	endedTasks *endedTasks
 	// toPrepare queues new tasks for the preparers (see prepareLoop), so
@@ -254,6 +262,7 @@ func New(cfg Config) (*Region, error) {
 		}
 	}
 	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead})
+	r.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Fence: r.lead, Logger: log})
 	r.tasks = task.NewView(r.svc, task.ViewConfig{
 		Region: cfg.RegionID, ActiveOnly: true, Logger: log,
 		OnFill: r.tasksListed, OnChange: r.taskChanged,

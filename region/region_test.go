@@ -29,6 +29,7 @@ import (
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/memory"
@@ -232,6 +233,16 @@ func TestAgentFlow(t *testing.T) {
 	assert.Equal(t, "QEMU", got.Hardware.CPU.Model)
 	assert.Equal(t, mac, got.Hardware.MACAddress)
 
+	// The report also lands in the machine's inventory record.
+	rec, err := machine.NewService(l.st, machine.Config{}).Get(context.Background(), got.Metadata.TargetMAC)
+	require.NoError(t, err)
+	require.NotNil(t, rec.Hardware)
+	assert.Equal(t, "QEMU", rec.Hardware.Hardware.CPU.Model)
+	assert.Equal(t, tk.ID, rec.Hardware.TaskID)
+	assert.Equal(t, "dc1", rec.Region)
+	assert.NotEmpty(t, rec.Hardware.Source)
+	assert.False(t, rec.Registered)
+
 	// Long-poll: nothing decided yet.
 	code, body = l.call("GET", agent.PathApproval+mac+"?wait=0", token, nil)
 	require.Equal(t, http.StatusOK, code)
@@ -245,7 +256,7 @@ func TestAgentFlow(t *testing.T) {
 		answered <- body
 	}()
 	time.Sleep(100 * time.Millisecond)
-	_, err := l.svc.Approve(context.Background(), tk.ID, "ops", "go")
+	_, err = l.svc.Approve(context.Background(), tk.ID, "ops", "go")
 	require.NoError(t, err)
 	select {
 	case body = <-answered:

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -220,5 +221,15 @@ func (r *Region) enforceTimeouts(ctx context.Context) error {
 				return err
 			})
 		}
+	}
+}
+
+// recordMachine writes a hardware report into the machine's inventory
+// record. The task already holds the report; the record is the machine's
+// memory across tasks, so a failure here is logged, never the agent's.
+func (r *Region) recordMachine(ctx context.Context, mac lpmos.MAC, rep machine.Report) {
+	rep.Region = r.cfg.RegionID
+	if err := r.machines.Observe(ctx, mac, rep); err != nil {
+		r.log.Warn("record machine inventory", "mac", mac.String(), "err", err)
 	}
 }
