@@ -26,6 +26,9 @@ var (
 	// ErrRejected: the operator rejected or cancelled the task; the agent
 	// reports nothing more and the machine should power off.
 	ErrRejected = errors.New("task rejected: power off")
+	// ErrInventoried: an inventory agent's report was recorded; the
+	// machine should power off.
+	ErrInventoried = errors.New("hardware inventoried: power off")
 )
 
 // APIError is a final (4xx) refusal by the region. It unwraps to
@@ -71,6 +74,14 @@ func (c *Client) Close() { c.cfg.HTTPClient.CloseIdleConnections() }
 func (c *Client) Report(ctx context.Context, hw hardware.Info) (ReportResponse, error) {
 	var out ReportResponse
 	err := c.do(ctx, http.MethodPost, PathReport, ReportRequest{MACAddress: c.cfg.MAC.String(), TaskID: c.cfg.TaskID, Hardware: hw}, &out, c.cfg.RequestTimeout)
+	return out, err
+}
+
+// Inventory sends the hardware report of a machine without a task
+// (ModeInventory).
+func (c *Client) Inventory(ctx context.Context, hw hardware.Info) (ReportResponse, error) {
+	var out ReportResponse
+	err := c.do(ctx, http.MethodPost, PathInventory, ReportRequest{MACAddress: c.cfg.MAC.String(), Hardware: hw}, &out, c.cfg.RequestTimeout)
 	return out, err
 }
 

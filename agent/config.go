@@ -24,6 +24,11 @@ type Config struct {
 	MAC       lpmos.MAC
 	TaskID    string
 	Token     string
+	// Mode is ModeInstall (the default: a task's agent) or ModeInventory
+	// (a machine without a task, booted by a region in discovery mode:
+	// it reports its hardware, the region records it, and it powers off).
+	// lpmos.mode= on the kernel line.
+	Mode string
 
 	// HTTPClient is used for every agent API call (nil: a client with
 	// sensible dial/TLS timeouts). Per-call timeouts come from
@@ -90,7 +95,14 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Validate checks the four identity fields.
+// The agent's modes (Config.Mode).
+const (
+	ModeInstall   = ""
+	ModeInventory = "inventory"
+)
+
+// Validate checks the four identity fields (an inventory agent has no
+// task).
 func (c Config) Validate() error {
 	if err := validateRegionURL(c.RegionURL); err != nil {
 		return err
@@ -98,8 +110,17 @@ func (c Config) Validate() error {
 	if c.MAC.IsZero() {
 		return fmt.Errorf("%w: lpmos.mac is missing", ErrInvalidConfig)
 	}
-	if err := lpmos.ValidateTaskID(c.TaskID); err != nil {
-		return fmt.Errorf("%w: lpmos.task: %w", ErrInvalidConfig, err)
+	switch c.Mode {
+	case ModeInstall:
+		if err := lpmos.ValidateTaskID(c.TaskID); err != nil {
+			return fmt.Errorf("%w: lpmos.task: %w", ErrInvalidConfig, err)
+		}
+	case ModeInventory:
+		if c.TaskID != "" {
+			return fmt.Errorf("%w: lpmos.task is given in inventory mode", ErrInvalidConfig)
+		}
+	default:
+		return fmt.Errorf("%w: lpmos.mode %q is not %q", ErrInvalidConfig, c.Mode, ModeInventory)
 	}
 	return validateToken(c.Token)
 }
@@ -139,7 +160,7 @@ func validateToken(s string) error {
 
 // ParseCmdline reads the agent's identity from a kernel command line
 // (/proc/cmdline): lpmos.region=URL lpmos.mac=MAC lpmos.task=ID
-// lpmos.token=TOKEN. Words without "=" (the UEFI line starts with a bare
+// lpmos.token=TOKEN, or lpmos.mode=inventory instead of lpmos.task. Words without "=" (the UEFI line starts with a bare
 // image name such as "vmlinuz") and other parameters are skipped; a
 // repeated lpmos.* key is an error, since which one wins would be a guess.
 func ParseCmdline(cmdline string) (Config, error) {
@@ -168,6 +189,8 @@ func ParseCmdline(cmdline string) (Config, error) {
 			c.TaskID = v
 		case "lpmos.token":
 			c.Token = v
+		case "lpmos.mode":
+			c.Mode = v
 		}
 	}
 	if err := c.Validate(); err != nil {

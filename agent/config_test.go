@@ -36,6 +36,8 @@ func TestParseCmdline(t *testing.T) {
 		{"short token", strings.Replace(good, testToken, "abc", 1), "16..1024"},
 		{"token with a quote", strings.Replace(good, testToken, testToken+`'x`, 1), "outside"},
 		{"repeated key", good + " lpmos.mac=52:54:00:12:34:57", "given twice"},
+		{"inventory with a task", good + " lpmos.mode=inventory", "lpmos.task is given in inventory mode"},
+		{"unknown mode", good + " lpmos.mode=rescue", `lpmos.mode "rescue"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -53,4 +55,13 @@ func TestParseCmdline(t *testing.T) {
 			assert.False(t, strings.HasSuffix(cfg.RegionURL, "/"))
 		})
 	}
+}
+
+func TestParseCmdlineInventory(t *testing.T) {
+	cfg, err := agent.ParseCmdline("vmlinuz lpmos.region=http://10.0.0.1:8081 lpmos.mac=52:54:00:12:34:56 lpmos.mode=inventory lpmos.token=" + testToken)
+	require.NoError(t, err)
+	assert.Equal(t, agent.ModeInventory, cfg.Mode)
+	assert.Empty(t, cfg.TaskID)
+	_, err = agent.ParseCmdline("lpmos.region=http://10.0.0.1:8081 lpmos.mac=52:54:00:12:34:56 lpmos.mode=inventory")
+	require.ErrorContains(t, err, "lpmos.token is missing", "an inventory agent still needs its token")
 }

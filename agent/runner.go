@@ -93,7 +93,8 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 
 // Run goes through the task once. It returns nil when the task completed,
 // ErrRejected when the operator rejected or cancelled it (the machine
-// should power off), ctx's error when ctx ended, or the failure, which it
+// should power off), ErrInventoried in inventory mode once the report is
+// recorded (power off too), ctx's error when ctx ended, or the failure, which it
 // has reported to the region as status "failed" when it still could.
 func (r *Runner) Run(ctx context.Context) error {
 	c := r.cfg.Client
@@ -106,6 +107,13 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	if hw.CollectedAt.IsZero() {
 		hw.CollectedAt = time.Now().UTC()
+	}
+	if c.cfg.Mode == ModeInventory {
+		if _, err := c.Inventory(ctx, hw); err != nil {
+			return fmt.Errorf("report inventory: %w", err)
+		}
+		r.log.Info("hardware inventoried: power off")
+		return ErrInventoried
 	}
 	rep, err := c.Report(ctx, hw)
 	if err != nil {

@@ -28,6 +28,9 @@ const (
 	// first boot reports there (POST, cloud-init phone_home style), with
 	// the task's agent token in the token query parameter.
 	PathPhoneHome = "/api/v1/agent/phone-home/"
+	// PathInventory takes the hardware report of a machine without a
+	// task (ModeInventory); the answer is always to power off.
+	PathInventory = "/api/v1/agent/inventory"
 )
 
 // MaxBodyBytes bounds an agent request body (hardware reports of large

@@ -82,6 +82,8 @@ func TestGolden(t *testing.T) {
 	custom.Consoles = []string{"ttyS1,115200n8"}
 	custom.ExtraArgs = []string{"quiet", "lpmos_debug=1", "--", "single"}
 	custom.Attempts = 1
+	inventory := agentParams(t)
+	inventory.TaskID, inventory.Inventory = "", true
 
 	cases := []struct {
 		name   string
@@ -89,6 +91,7 @@ func TestGolden(t *testing.T) {
 	}{
 		{"agent", func() ([]byte, error) { return Agent(agentParams(t)) }},
 		{"agent-custom", func() ([]byte, error) { return Agent(custom) }},
+		{"agent-inventory", func() ([]byte, error) { return Agent(inventory) }},
 		{"installer-preseed", func() ([]byte, error) { return Installer(installerParams(t, Preseed)) }},
 		{"installer-autoinstall", func() ([]byte, error) { return Installer(installerParams(t, Autoinstall)) }},
 		{"installer-kickstart", func() ([]byte, error) { return Installer(installerParams(t, Kickstart)) }},
@@ -209,6 +212,7 @@ func TestInvalidInputs(t *testing.T) {
 	agentCases := map[string]agentMod{
 		"zero MAC":               func(p *AgentParams) { p.MAC = lpmos.MAC{} },
 		"multicast MAC":          func(p *AgentParams) { p.MAC = lpmos.MAC{1, 2, 3, 4, 5, 6} },
+		"inventory with a task":  func(p *AgentParams) { p.Inventory = true },
 		"empty task":             func(p *AgentParams) { p.TaskID = "" },
 		"uppercase task":         func(p *AgentParams) { p.TaskID = strings.ToUpper(testTask) },
 		"task with newline":      func(p *AgentParams) { p.TaskID = testTask[:35] + "\n" },

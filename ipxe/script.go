@@ -144,8 +144,12 @@ func kernelArgs(args []string) error {
 type AgentParams struct {
 	// MAC is the machine's boot NIC.
 	MAC lpmos.MAC
-	// TaskID is the task the machine boots for.
+	// TaskID is the task the machine boots for; empty with Inventory.
 	TaskID string
+	// Inventory boots the agent for a machine without a task (a region
+	// in discovery mode): it reports its hardware and powers off. The
+	// kernel line carries lpmos.mode=inventory instead of lpmos.task.
+	Inventory bool
 	// Token is the per-task bearer token the agent sends to the region's
 	// agent API. It travels only in this script, on the kernel command
 	// line as lpmos.token=.
@@ -201,7 +205,11 @@ func Agent(p AgentParams) ([]byte, error) {
 	if err := checkMAC("MAC", p.MAC); err != nil {
 		return nil, err
 	}
-	if err := checkTaskID("TaskID", p.TaskID); err != nil {
+	if p.Inventory {
+		if p.TaskID != "" {
+			return nil, fmt.Errorf("%w: TaskID: an inventory boot has no task", ErrInvalid)
+		}
+	} else if err := checkTaskID("TaskID", p.TaskID); err != nil {
 		return nil, err
 	}
 	if err := checkToken("Token", p.Token); err != nil {
@@ -216,10 +224,14 @@ func Agent(p AgentParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	which, what := "lpmos.task="+p.TaskID, "task "+p.TaskID
+	if p.Inventory {
+		which, what = "lpmos.mode=inventory", "inventory (no task)"
+	}
 	args, attempts, err := commandLine([]string{
 		"lpmos.region=" + p.RegionURL,
 		"lpmos.mac=" + p.MAC.String(),
-		"lpmos.task=" + p.TaskID,
+		which,
 		"lpmos.token=" + p.Token,
 	}, p.Consoles, p.ExtraArgs, name, p.Attempts)
 	if err != nil {
@@ -227,9 +239,9 @@ func Agent(p AgentParams) ([]byte, error) {
 	}
 
 	s := newScript()
-	s.comment("LPMOS: boot the agent on " + p.MAC.String() + " for task " + p.TaskID + ".")
-	s.comment("Rendered per machine by the region. The token on the kernel line is this task's agent credential.")
-	s.echo("LPMOS: booting the agent for task " + p.TaskID + " on " + p.MAC.String())
+	s.comment("LPMOS: boot the agent on " + p.MAC.String() + " for " + what + ".")
+	s.comment("Rendered per machine by the region. The token on the kernel line is this boot's agent credential.")
+	s.echo("LPMOS: booting the agent for " + what + " on " + p.MAC.String())
 	s.bootKernel("agent", p.KernelURL, args, p.InitrdURL, name, attempts)
 	return s.render()
 }

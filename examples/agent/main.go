@@ -44,6 +44,7 @@ func run() error {
 		mac      = flag.String("mac", "", "MAC of the boot NIC (default: lpmos.mac=)")
 		taskID   = flag.String("task", "", "task ID (default: lpmos.task=)")
 		token    = flag.String("token", "", "agent token (default: lpmos.token=)")
+		mode     = flag.String("mode", "", "\"inventory\": report the hardware of a machine without a task, then power off (default: lpmos.mode=)")
 		cmdline  = flag.String("cmdline", "/proc/cmdline", "kernel command line to read the lpmos.* parameters from")
 		demo     = flag.Bool("demo", false, "simulate the install (writes nothing)")
 		poweroff = flag.Bool("poweroff", false, "power the machine off when the task is rejected (implied when PID 1)")
@@ -53,7 +54,7 @@ func run() error {
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
-	cfg, err := config(*cmdline, *region, *mac, *taskID, *token)
+	cfg, err := config(*cmdline, *region, *mac, *taskID, *token, *mode)
 	if err != nil {
 		return err
 	}
@@ -115,8 +116,8 @@ func runAgent(log *slog.Logger, cfg agent.Config, demo, poweroff bool) error {
 	defer stop()
 	err = runner.Run(ctx)
 	switch {
-	case errors.Is(err, agent.ErrRejected):
-		fmt.Println("task not approved:", err)
+	case errors.Is(err, agent.ErrRejected), errors.Is(err, agent.ErrInventoried):
+		fmt.Println("powering off:", err)
 		if poweroff || os.Getpid() == 1 || (os.Getppid() == 1 && fileExists(netup.ModulesFile)) {
 			syscall.Sync()
 			return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
@@ -131,16 +132,16 @@ func runAgent(log *slog.Logger, cfg agent.Config, demo, poweroff bool) error {
 
 // config reads the kernel command line, if there is one, and lets flags
 // override it.
-func config(path, region, mac, taskID, token string) (agent.Config, error) {
+func config(path, region, mac, taskID, token, mode string) (agent.Config, error) {
 	var line string
-	if region == "" || mac == "" || taskID == "" || token == "" {
+	if region == "" || mac == "" || (taskID == "" && mode == "") || token == "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return agent.Config{}, fmt.Errorf("read %s (or pass --region, --mac, --task, --token): %w", path, err)
 		}
 		line = string(b)
 	}
-	for k, v := range map[string]string{"lpmos.region": region, "lpmos.mac": mac, "lpmos.task": taskID, "lpmos.token": token} {
+	for k, v := range map[string]string{"lpmos.region": region, "lpmos.mac": mac, "lpmos.task": taskID, "lpmos.token": token, "lpmos.mode": mode} {
 		if v != "" {
 			line = dropParam(line, k) + " " + k + "=" + v
 		}
