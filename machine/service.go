@@ -246,6 +246,15 @@ func (s *Service) Observe(ctx context.Context, mac lpmos.MAC, rep Report) error 
 	return err
 }
 
+// Reported reports whether the machine has a hardware report on record.
+func (s *Service) Reported(ctx context.Context, mac lpmos.MAC) (bool, error) {
+	_, err := s.st.Get(ctx, key(mac, keyReport))
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // Credentials is what a region needs to drive a machine's BMC. Its
 // String and LogValue never show the password.
 type Credentials struct {

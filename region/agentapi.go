@@ -42,6 +42,7 @@ func (r *Region) agentRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+agent.PathApproval+"{mac}", r.handle(r.approval))
 	mux.HandleFunc("GET "+agent.PathHealth, r.health)
 	mux.HandleFunc("POST "+agent.PathPhoneHome+"{task}", r.handle(r.phoneHome))
+	mux.HandleFunc("POST "+agent.PathInventory, r.handle(r.inventoryReport))
 }
 
 // authAgent checks the machine's token and returns its active task. The

@@ -165,6 +165,9 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) 
 				return ipxe.Stop(ipxe.StopParams{MAC: mac, TaskID: ended.ID, Reason: ipxe.StopReason(ended.Status)})
 			}
 		}
+		if r.cfg.UnknownMachines == UnknownDiscover {
+			return r.inventoryScript(req, mac)
+		}
 		return ipxe.Unknown(ipxe.UnknownParams{MAC: mac, Region: r.cfg.RegionID, Sleep: 10})
 	}
 	switch t.Status {

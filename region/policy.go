@@ -20,6 +20,10 @@ const (
 	// UnknownRecord: also record them under /lpmos/agents/{mac}/info as
 	// discovered, so an operator can create tasks for them.
 	UnknownRecord = "record"
+	// UnknownDiscover: boot them into the agent in inventory mode: it
+	// reports the hardware into the machine's record
+	// (/lpmos/machines/{mac}) and powers off (inventory.go).
+	UnknownDiscover = "discover"
 )
 
 // discovered is the record of a machine that asked to boot without a task.
@@ -62,7 +66,11 @@ func (p *dhcpPolicy) Boot(ctx context.Context, req dhcp.Request) (dhcp.Decision,
 	_, _, active := r.tasks.Active(req.MAC)
 	_, ended := r.ended(req.MAC)
 	if !active && !ended {
-		if r.cfg.UnknownMachines == UnknownRecord {
+		switch r.cfg.UnknownMachines {
+		case UnknownDiscover:
+			r.relays.note(req.MAC, req.RelayAddr != nil)
+			return p.static.Boot(ctx, req)
+		case UnknownRecord:
 			r.recordDiscovered(ctx, req)
 		}
 		return dhcp.Decision{Ignore: true}, nil

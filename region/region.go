@@ -91,7 +91,7 @@ type Config struct {
 	// "proxy"); the composing binary fills it.
 	Services map[string]string
 	// UnknownMachines says what DHCP does with machines without an active
-	// task: UnknownIgnore (default) or UnknownRecord.
+	// task: UnknownIgnore (default), UnknownRecord or UnknownDiscover.
 	UnknownMachines string
 	// IPXEDir holds the iPXE binaries, served over HTTP for UEFI HTTP boot
 	// (default lpmos.DefaultIPXEDir, where Debian's ipxe package puts them).
@@ -154,9 +154,10 @@ type Region struct {
 	lastSeen     map[lpmos.MAC]time.Time
 	discoveredAt map[lpmos.MAC]time.Time
 
-	fetches  *fetchLimits
-	refusals refusals
-	relays   relays
+	fetches   *fetchLimits
+	inventory *inventory
+	refusals  refusals
+	relays    relays
 
 	handler http.Handler
 	metrics *metrics
@@ -224,9 +225,9 @@ func New(cfg Config) (*Region, error) {
 	switch cfg.UnknownMachines {
 	case "":
 		cfg.UnknownMachines = UnknownIgnore
-	case UnknownIgnore, UnknownRecord:
+	case UnknownIgnore, UnknownRecord, UnknownDiscover:
 	default:
-		return nil, fmt.Errorf("region: unknown machines: %q is neither %q nor %q", cfg.UnknownMachines, UnknownIgnore, UnknownRecord)
+		return nil, fmt.Errorf("region: unknown machines: %q is not %q, %q or %q", cfg.UnknownMachines, UnknownIgnore, UnknownRecord, UnknownDiscover)
 	}
 	if cfg.IPXEDir == "" {
 		cfg.IPXEDir = lpmos.DefaultIPXEDir
@@ -250,7 +251,7 @@ func New(cfg Config) (*Region, error) {
 		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
 		catalog: cat, progress: map[string]*progressState{}, endedTasks: newEndedTasks(),
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
-		fetches: newFetchLimits(), toPrepare: make(chan *task.Task, prepareQueue),
+		fetches: newFetchLimits(), inventory: newInventory(), toPrepare: make(chan *task.Task, prepareQueue),
 	}
 	r.becameLeader, r.hbWake, r.hbStopped = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
 	r.synced = make(chan struct{})
