@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -41,6 +42,7 @@ func run() error {
 		webhookFlags cmdutil.WebhookFlags
 		capFlags     cmdutil.CapacityFlags
 		regionFlags  cmdutil.RegionFlags
+		bmcKey       cmdutil.BMCKeyFlag
 	)
 	fs := flag.CommandLine
 	listen := fs.String("listen-addr", ":8080", "control plane: REST /api/v1, /ws, dashboard /, /metrics, /healthz")
@@ -57,6 +59,7 @@ func run() error {
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)
 	regionFlags.Register(fs)
+	bmcKey.Register(fs, "<data-dir>/bmc.key")
 	flag.Parse()
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
@@ -82,8 +85,12 @@ func run() error {
 	// One registry for the process: the control plane's /metrics shows
 	// the region's series too, and the region's (with a token) the
 	// control plane's.
+	sealer, err := bmcKey.Sealer(filepath.Join(storeFlags.DataDir, "bmc.key"))
+	if err != nil {
+		return cmdutil.Usage(err)
+	}
 	metrics := promreg.New()
-	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: metrics}
+	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: metrics, BMCSealer: sealer}
 	capFlags.Apply(&cfg)
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
@@ -101,6 +108,7 @@ func run() error {
 		return cmdutil.Usage(err)
 	}
 	rcfg.Registry = metrics
+	rcfg.Region.BMCSealer = sealer
 	rcfg.TFTPOptional = true // the demo runs without port 69 or iPXE binaries
 	if *simulate > 0 {
 		rcfg.Region.SkipBootFileCheck = true

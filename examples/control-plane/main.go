@@ -35,6 +35,7 @@ func run() error {
 		authFlags    cmdutil.AuthFlags
 		webhookFlags cmdutil.WebhookFlags
 		capFlags     cmdutil.CapacityFlags
+		bmcKey       cmdutil.BMCKeyFlag
 	)
 	fs := flag.CommandLine
 	listen := fs.String("listen-addr", ":8080", "REST /api/v1, /ws, dashboard /, /metrics, /healthz")
@@ -49,6 +50,7 @@ func run() error {
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)
+	bmcKey.Register(fs, "")
 	flag.Parse()
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
@@ -77,6 +79,9 @@ func run() error {
 
 	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: promreg.New()}
 	capFlags.Apply(&cfg)
+	if cfg.BMCSealer, err = bmcKey.Sealer(""); err != nil {
+		return cmdutil.Usage(err)
+	}
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
 		err = webhookFlags.Apply(&cfg)

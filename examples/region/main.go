@@ -31,6 +31,7 @@ func run() error {
 	var (
 		storeFlags  cmdutil.StoreFlags
 		regionFlags cmdutil.RegionFlags
+		bmcKey      cmdutil.BMCKeyFlag
 	)
 	fs := flag.CommandLine
 	logFormat := fs.String("log-format", "json", "text or json")
@@ -39,6 +40,7 @@ func run() error {
 	pprofAddr := cmdutil.PprofFlag(fs)
 	storeFlags.Register(fs, false)
 	regionFlags.Register(fs)
+	bmcKey.Register(fs, "")
 	flag.Parse()
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
@@ -70,6 +72,9 @@ func run() error {
 		return cmdutil.Usage(err)
 	}
 	cfg.Registry = promreg.New()
+	if cfg.Region.BMCSealer, err = bmcKey.Sealer(""); err != nil {
+		return cmdutil.Usage(err)
+	}
 	srv, err := region.NewServer(cfg)
 	if err != nil {
 		return fmt.Errorf("cannot start the region: %w", err)

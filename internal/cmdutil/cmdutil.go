@@ -26,6 +26,7 @@ import (
 
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/controlplane/auth"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/etcd"
 	"github.com/lpmos/lpmos/store/memory"
@@ -336,4 +337,35 @@ func (f *CapacityFlags) Apply(cfg *controlplane.Config) {
 	cfg.RateLimit, cfg.RateBurst = rate.Limit(f.RateLimit), f.RateBurst
 	cfg.PendingTimeout = f.PendingTimeout
 	cfg.MaxAttempts, cfg.AutoRetry = f.MaxAttempts, f.AutoRetry
+}
+
+// BMCKeyFlag is --bmc-key-file: the key that seals the BMC passwords of
+// machine records (machine.Sealer). The control plane seals with it and
+// the regions open with it, so every process that runs either needs the
+// same file.
+type BMCKeyFlag struct{ File string }
+
+// Register adds --bmc-key-file; generated, if set, says where the key is
+// kept when the flag is empty (the all-in-one binary's data directory).
+func (f *BMCKeyFlag) Register(fs *flag.FlagSet, generated string) {
+	help := "file (mode 0600) with the 32-byte key (raw, hex or base64) that seals BMC passwords in machine records; the control plane and every region need the same; empty: BMC passwords are refused"
+	if generated != "" {
+		help = "file (mode 0600) with the 32-byte key (raw, hex or base64) that seals BMC passwords in machine records (default: " + generated + ", generated on first start)"
+	}
+	fs.StringVar(&f.File, "bmc-key-file", "", help)
+}
+
+// Sealer loads the key; with f.File empty it generates one at generated
+// (0600) if that is set, and otherwise returns nil (no BMC passwords).
+func (f *BMCKeyFlag) Sealer(generated string) (*machine.Sealer, error) {
+	switch {
+	case f.File != "":
+		return machine.LoadKeyFile(f.File)
+	case generated != "":
+		if err := os.MkdirAll(filepath.Dir(generated), 0o700); err != nil {
+			return nil, err
+		}
+		return machine.EnsureKeyFile(generated)
+	}
+	return nil, nil
 }

@@ -65,7 +65,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.RegionURL, "region-url", "", "URL machines use to reach the region (default: from the DHCP interface's address)")
 	fs.StringVar(&f.BootDir, "boot-dir", "./lpmos-data/boot", "kernels, initramfs and OS images served over HTTP")
 	fs.StringVar(&f.IPXEDir, "ipxe-dir", lpmos.DefaultIPXEDir, "directory of the iPXE binaries")
-	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "DHCP for machines without a task: ignore or record")
+	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "machines without a task: ignore (no DHCP answer), record (note them, no answer) or discover (boot the agent in inventory mode: it reports the hardware into the machine record and powers off)")
 	fs.StringVar(&f.Timeouts, "task-timeouts", "", "status timeouts overriding the defaults, e.g. installing=30m,booting=10m (0 disables one)")
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
 	fs.StringVar(&f.InstanceID, "instance-id", "", "this process's name among its region's processes (default: host name and region URL)")
