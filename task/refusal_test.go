@@ -87,3 +87,38 @@ func TestRecordRefusal(t *testing.T) {
 		require.ErrorIs(t, err, task.ErrInvalid)
 	})
 }
+
+func TestRecordPower(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store, svc *task.Service) {
+		ctx := ctxT(t)
+		tk := toPendingApproval(t, svc, "00:1a:2b:3c:60:04")
+		got, err := svc.RecordPower(ctx, tk.ID, "region:dc1", "powered on over IPMI (next boot: PXE)")
+		require.NoError(t, err)
+		assert.Equal(t, task.StatusPendingApproval, got.Status, "a power entry moves nothing")
+		last := got.Timeline[len(got.Timeline)-1]
+		assert.Equal(t, task.TimelinePower, last.Event)
+		assert.Equal(t, "powered on over IPMI (next boot: PXE)", last.Message)
+
+		_, err = svc.RecordPower(ctx, tk.ID, "region:dc1", "bad\x1b[2J")
+		require.ErrorIs(t, err, task.ErrInvalid)
+
+		// Recorded on an ended task (the power-off after a rejection),
+		// and bounded.
+		_, err = svc.Reject(ctx, tk.ID, "ops", "wrong box")
+		require.NoError(t, err)
+		for range task.MaxPowerEntries + 5 {
+			_, err = svc.RecordPower(ctx, tk.ID, "region:dc1", "powered off")
+			require.NoError(t, err)
+		}
+		stored, err := svc.Get(ctx, tk.ID)
+		require.NoError(t, err)
+		n := 0
+		for _, e := range stored.Timeline {
+			if e.Event == task.TimelinePower {
+				n++
+			}
+		}
+		assert.Equal(t, task.MaxPowerEntries, n)
+		assert.Equal(t, task.StatusRejected, stored.Status)
+	})
+}

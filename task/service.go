@@ -711,6 +711,44 @@ func (s *Service) RecordRefusal(ctx context.Context, id, by, source, message str
 	})
 }
 
+// MaxPowerEntries bounds the TimelinePower entries of one task: a BMC that
+// keeps failing cannot grow the timeline without end.
+const MaxPowerEntries = 32
+
+// PowerCodeFailed is the ErrorInfo.Code of a task failed because its
+// machine's BMC did not do what the task needed (power on for the boot).
+const PowerCodeFailed = "power_failed"
+
+// RecordPower adds a TimelinePower entry to a task's timeline without
+// moving its status; unlike a refusal it is recorded on an ended task
+// too (the power-off after a rejection). Beyond MaxPowerEntries nothing is
+// written and the task is returned as it is.
+func (s *Service) RecordPower(ctx context.Context, id, by, message string) (*Task, error) {
+	if err := checkActor(by); err != nil {
+		return nil, err
+	}
+	if err := checkText("message", message, MaxTextLen); err != nil {
+		return nil, err
+	}
+	return s.update(ctx, id, "power entry for task", func(snap *snapshot) (*write, *Task, error) {
+		t := snap.task
+		n := 0
+		for _, e := range t.Timeline {
+			if e.Event == TimelinePower {
+				n++
+			}
+		}
+		if n >= MaxPowerEntries {
+			return nil, t, nil
+		}
+		t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: s.now(), Event: TimelinePower, Status: t.Status, Actor: by, Message: message})
+		return &write{
+			txn:    store.Txn{If: unchanged(snap), Then: []store.Op{store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline))}},
+			result: func(int64) *Task { return t },
+		}, nil, nil
+	})
+}
+
 // Fail ends a task with error information, from any non-terminal status.
 func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts ...MoveOption) (*Task, error) {
 	if err := info.validate(); err != nil {

@@ -95,6 +95,11 @@ const (
 	// TimelineRetried: an ended task was retried as a new task
 	// (TimelineEntry.RetriedAs; see Service.Retry). At most one per task.
 	TimelineRetried = "retried"
+	// TimelinePower: the region drove the machine's BMC (power on, off,
+	// next boot device) for the task, or failed to; Message says what
+	// and how it went. Bounded per task by MaxPowerEntries (see
+	// Service.RecordPower).
+	TimelinePower = "power"
 )
 
 // transitions is the whole state machine: (status, event) → next status.
