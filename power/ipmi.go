@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -143,14 +145,22 @@ func ipmiError(ctx context.Context, op string, err error) error {
 		resp *types.ResponseError
 		nerr net.Error
 	)
+	authCodes := []types.RmcpStatusCode{types.RmcpStatusCodeUnauthorizedName, types.RmcpStatusCodeInvalidNameLength,
+		types.RmcpStatusCodeUnauthorizedRoleOfPriLevel, types.RmcpStatusCodeUnauthorizedGUID}
+	// go-ipmi's Connect20 formats the errors of the cipher suites it
+	// tried with %v, so errors.Is/As cannot see them: match their text.
+	msg := err.Error()
+	for _, code := range authCodes {
+		if strings.Contains(msg, types.NewRmcpStatusError(code).Error()) {
+			return fmt.Errorf("power: ipmi %s: %w: %w", op, ErrAuth, err)
+		}
+	}
 	switch {
-	case errors.Is(err, client.ErrRAKPAuthentication):
+	case errors.Is(err, client.ErrRAKPAuthentication), strings.Contains(msg, client.ErrRAKPAuthentication.Error()):
 		// The RAKP 2 HMAC did not match: the password is wrong.
 		return fmt.Errorf("power: ipmi %s: %w: wrong password (%w)", op, ErrAuth, err)
 	case errors.As(err, &rmcp):
-		switch rmcp.StatusCode() {
-		case types.RmcpStatusCodeUnauthorizedName, types.RmcpStatusCodeInvalidNameLength,
-			types.RmcpStatusCodeUnauthorizedRoleOfPriLevel, types.RmcpStatusCodeUnauthorizedGUID:
+		if slices.Contains(authCodes, rmcp.StatusCode()) {
 			return fmt.Errorf("power: ipmi %s: %w: %w", op, ErrAuth, err)
 		}
 	case errors.As(err, &resp):
@@ -164,7 +174,10 @@ func ipmiError(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
 		return fmt.Errorf("power: ipmi %s: %w", op, err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ECONNREFUSED),
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		// go-ipmi's read timeout error is unexported; its text is stable.
+		strings.Contains(msg, "before deadline"), strings.Contains(msg, "before UDP read deadline"),
+		errors.Is(err, syscall.ECONNREFUSED),
 		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
 		errors.As(err, &nerr):
 		return fmt.Errorf("power: ipmi %s: %w: %w", op, ErrUnreachable, err)
