@@ -86,7 +86,7 @@ type Server struct {
 
 	resetMu sync.Mutex // one reset at a time: the state read and the action belong together
 
-	mu          sync.Mutex // guards the fields below; never held across a backend call
+	mu          sync.Mutex        // guards the fields below; never held across a backend call
 	sessions    map[string]string // token → session ID
 	nextSession int
 	bootTarget  string // BootSourceOverrideTarget
