@@ -1,0 +1,382 @@
+// Package ipmisim runs OpenIPMI's ipmi_sim (Debian package openipmi) as the
+// BMC of a test machine: a real IPMI 2.0 implementation listening for RMCP+
+// on a free loopback UDP port, with one administrator account.
+//
+// ipmi_sim switches the machine's power through a chassis control program
+// this package writes: powering on starts Config.Machine (a command, e.g.
+// a QEMU virtual machine) in its own process group, powering off kills it,
+// and the power state is whether it runs. So a test never starts the
+// machine itself; whoever speaks IPMI to the simulator does.
+//
+// Why a chassis control program and not ipmi_sim's own startcmd: ipmi_sim
+// (2.0.33, Debian 12) stores the boot flags of Set System Boot Options
+// only through a chassis control program (or a loaded module); without
+// one it answers them with completion code 0xCC, so "boot from PXE next"
+// could not be tested. And once a chassis control program is configured,
+// ipmi_sim asks it, not startcmd, for power on, off and state. The program
+// gives the machine the boot device in the environment variable
+// LPMOS_IPMI_BOOT ("pxe", "disk" or empty) and clears the flag when it
+// starts the machine, as firmware does with a next-boot-only override.
+//
+// The simulator also listens for a virtual machine's BMC connection
+// (ipmi_sim's "serial 15 ... codec VM", on SerialPort): a QEMU machine
+// given -device ipmi-bmc-extern with a socket chardev to that port gets an
+// IPMI system interface (KCS) backed by this simulator. See QEMUArgs.
+//
+// It is a test helper: everything listens on 127.0.0.1 only, state lives
+// in the test's temporary directory, and the test's cleanup stops the
+// simulator and the machine.
+package ipmisim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Binary is the simulator ipmi_sim, found on PATH.
+const Binary = "ipmi_sim"
+
+// Config describes the simulated BMC. Zero values are sensible defaults.
+type Config struct {
+	// Username and Password of the BMC's administrator (user 2); default
+	// "admin" and "lpmos-ipmi".
+	Username, Password string
+	// Machine is the command (argv) started when the chassis is powered
+	// on; empty means a placeholder process ("sleep 3600").
+	Machine []string
+	// StartTimeout bounds waiting for the simulator to listen; default
+	// 10 s.
+	StartTimeout time.Duration
+}
+
+// Sim is a running ipmi_sim.
+type Sim struct {
+	// Addr is the RMCP+ address, 127.0.0.1:port (UDP).
+	Addr string
+	// Host and Port are Addr's parts.
+	Host string
+	Port int
+	// SerialPort is the TCP port on 127.0.0.1 where the simulator waits
+	// for a virtual machine's ipmi-bmc-extern connection.
+	SerialPort int
+	Username   string
+	Password   string
+
+	dir string
+}
+
+// Start writes the configuration into a temporary directory, starts
+// ipmi_sim and waits until it listens. It fails the test (it does not skip)
+// if ipmi_sim is not installed. The test's cleanup stops the simulator and
+// the machine.
+func Start(t testing.TB, cfg Config) *Sim {
+	t.Helper()
+	bin, err := exec.LookPath(Binary)
+	if err != nil {
+		t.Fatalf("ipmisim: %s not found (Debian package openipmi): %v", Binary, err)
+	}
+	if cfg.Username == "" {
+		cfg.Username = "admin"
+	}
+	if cfg.Password == "" {
+		cfg.Password = "lpmos-ipmi"
+	}
+	if len(cfg.Machine) == 0 {
+		cfg.Machine = []string{"sleep", "3600"}
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 10 * time.Second
+	}
+	dir := t.TempDir()
+	s := &Sim{Host: "127.0.0.1", Username: cfg.Username, Password: cfg.Password, dir: dir}
+	if s.Port, err = freePort("udp"); err == nil {
+		s.SerialPort, err = freePort("tcp")
+	}
+	if err != nil {
+		t.Fatalf("ipmisim: %v", err)
+	}
+	s.Addr = net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		t.Fatalf("ipmisim: %v", err)
+	}
+	files := map[string]string{
+		"lan.conf":   lanConf(s, filepath.Join(dir, "chassis.sh")),
+		"sim.emu":    simEmu,
+		"chassis.sh": chassisScript(dir),
+		"machine.sh": machineScript(cfg.Machine),
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o700); err != nil {
+			t.Fatalf("ipmisim: %v", err)
+		}
+	}
+
+	logf, err := os.Create(filepath.Join(dir, "ipmi_sim.log"))
+	if err != nil {
+		t.Fatalf("ipmisim: %v", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "-c", "lan.conf", "-f", "sim.emu", "-s", "state", "-n")
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("ipmisim: start %s: %v", bin, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		s.killMachine()
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
+	defer cancel()
+	for !s.listening() {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("ipmisim: ipmi_sim exited at start: %v\n%s", err, s.Log())
+		case <-ctx.Done():
+			t.Fatalf("ipmisim: ipmi_sim not listening on %s after %v\n%s", s.Addr, cfg.StartTimeout, s.Log())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return s
+}
+
+// listening reports whether ipmi_sim holds both its ports, by trying to
+// bind them. It must not connect to the serial port: ipmi_sim greets a
+// virtual machine there at once, and if the connection is already closed
+// the write kills ipmi_sim with SIGPIPE (it does not ignore the signal).
+func (s *Sim) listening() bool {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s.Port})
+	if err == nil {
+		c.Close()
+		return false
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(s.Host, strconv.Itoa(s.SerialPort)))
+	if err == nil {
+		l.Close()
+		return false
+	}
+	return true
+}
+
+// Log is the simulator's output and the chassis control program's log.
+func (s *Sim) Log() string {
+	var b strings.Builder
+	for _, name := range []string{"ipmi_sim.log", "chassis.log", "machine.log"} {
+		data, _ := os.ReadFile(filepath.Join(s.dir, name))
+		fmt.Fprintf(&b, "--- %s\n%s", name, data)
+	}
+	return b.String()
+}
+
+// MachinePID returns the process ID of the running machine, or 0 if it
+// does not run (the chassis is off).
+func (s *Sim) MachinePID() int {
+	data, err := os.ReadFile(filepath.Join(s.dir, "machine.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}
+
+// Starts lists, one per power-on, the boot device the machine was started
+// with: "pxe", "disk" or "" (no override).
+func (s *Sim) Starts() []string {
+	data, err := os.ReadFile(filepath.Join(s.dir, "starts.log"))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		if line != "" {
+			out = append(out, strings.TrimPrefix(line, "boot="))
+		}
+	}
+	return out
+}
+
+// NextBoot is the pending boot override ("pxe", "disk" or "" for none)
+// that the machine's next start will get.
+func (s *Sim) NextBoot() string {
+	data, _ := os.ReadFile(filepath.Join(s.dir, "boot"))
+	return bootName(strings.TrimSpace(string(data)))
+}
+
+// bootName maps ipmi_sim's names for boot device selectors (its boot_map:
+// 1 "pxe", 2 "default" (force hard drive), 5 "cdrom", 6 "bios") to ours.
+func bootName(v string) string {
+	switch v {
+	case "pxe":
+		return "pxe"
+	case "default":
+		return "disk"
+	case "", "none":
+		return ""
+	}
+	return v
+}
+
+func (s *Sim) killMachine() {
+	if pid := s.MachinePID(); pid > 0 {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
+
+func freePort(network string) (int, error) {
+	switch network {
+	case "udp":
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port, nil
+	default:
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port, nil
+	}
+}
+
+func lanConf(s *Sim, chassis string) string {
+	return fmt.Sprintf(`# Written by lpmos internal/ipmisim: an ipmi_sim BMC for tests.
+name "lpmos"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 %d
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  # A virtual machine's BMC connection (QEMU ipmi-bmc-extern).
+  serial 15 127.0.0.1 %d codec VM
+  # Power and boot flags go through this program (see the package doc).
+  chassis_control "%s"
+  user 2 true "%s" "%s" admin 10 none md2 md5 straight
+`, s.Port, s.SerialPort, chassis, s.Username, s.Password)
+}
+
+// simEmu is the simulated hardware: just the BMC.
+const simEmu = `mc_setbmc 0x20
+mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02
+mc_enable 0x20
+`
+
+// chassisScript is ipmi_sim's chassis control program: ipmi_sim runs it
+// (popen, and waits for its output to end) as "chassis.sh get power boot"
+// and expects "power:1" lines, or "chassis.sh set power 1 boot pxe". It
+// must return quickly: ipmi_sim does nothing else meanwhile.
+func chassisScript(dir string) string {
+	return `#!/bin/sh
+# Written by lpmos internal/ipmisim: ipmi_sim's chassis control program.
+d='` + dir + `'
+echo "$*" >> "$d/chassis.log"
+running() { [ -f "$d/machine.pid" ] && kill -0 "$(cat "$d/machine.pid")" 2>/dev/null; }
+start() {
+	running && return 0
+	boot=$(cat "$d/boot" 2>/dev/null)
+	case $boot in pxe) boot=pxe ;; default) boot=disk ;; *) boot= ;; esac
+	rm -f "$d/boot" # the override is for the next boot only
+	echo "boot=$boot" >> "$d/starts.log"
+	LPMOS_IPMI_BOOT=$boot setsid "$d/machine.sh" >> "$d/machine.log" 2>&1 </dev/null &
+	echo $! > "$d/machine.pid"
+}
+stop() {
+	running || { rm -f "$d/machine.pid"; return 0; }
+	pid=$(cat "$d/machine.pid")
+	kill -TERM -- "-$pid" 2>/dev/null
+	for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+	kill -KILL -- "-$pid" 2>/dev/null
+	rm -f "$d/machine.pid"
+}
+op=$1; shift
+case $op in
+get)
+	for k in "$@"; do
+		case $k in
+		power) if running; then echo power:1; else echo power:0; fi ;;
+		boot) b=$(cat "$d/boot" 2>/dev/null); echo "boot:${b:-none}" ;;
+		esac
+	done ;;
+set)
+	while [ $# -ge 2 ]; do
+		k=$1; v=$2; shift 2
+		case $k in
+		power) if [ "$v" = 1 ]; then start; else stop; fi ;;
+		reset) stop; start ;;
+		boot) echo "$v" > "$d/boot" ;;
+		esac
+	done ;;
+esac
+exit 0
+`
+}
+
+func machineScript(argv []string) string {
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return "#!/bin/sh\n# Written by lpmos internal/ipmisim: the machine ipmi_sim powers on.\nexec " + strings.Join(quoted, " ") + "\n"
+}
+
+// QEMUArgs returns the arguments that give a QEMU x86 machine an IPMI BMC
+// backed by s: an ipmi-bmc-extern device whose socket chardev connects to
+// s.SerialPort (and reconnects every second if the simulator restarts),
+// and a KCS system interface for the guest.
+func (s *Sim) QEMUArgs() []string {
+	return []string{
+		"-chardev", fmt.Sprintf("socket,id=ipmi0,host=127.0.0.1,port=%d,reconnect=1", s.SerialPort),
+		"-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0",
+		"-device", "isa-ipmi-kcs,bmc=bmc0",
+	}
+}
+
+// errNotRunning is returned by WaitMachine when the deadline passes.
+var errNotRunning = errors.New("ipmisim: machine state did not change")
+
+// WaitMachine waits until the machine runs (running true) or does not,
+// bounded by ctx.
+func (s *Sim) WaitMachine(ctx context.Context, running bool) error {
+	for {
+		if (s.MachinePID() != 0) == running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (want running=%v): %w", errNotRunning, running, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
