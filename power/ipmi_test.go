@@ -30,7 +30,12 @@ func TestIPMIAgainstIPMISim(t *testing.T) {
 	defer cancel()
 	d, err := power.Open(ctx, ipmiBMC(sim))
 	require.NoError(t, err, sim.Log())
-	defer func() { assert.NoError(t, d.Close()) }()
+	defer func() {
+		assert.NoError(t, d.Close())
+		assert.NoError(t, d.Close(), "a second Close")
+		_, err := d.PowerState(ctx)
+		assert.ErrorIs(t, err, power.ErrInvalid, "a closed driver")
+	}()
 
 	st, err := d.PowerState(ctx)
 	require.NoError(t, err)
