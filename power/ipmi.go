@@ -19,10 +19,14 @@ import (
 
 // ipmiDriver drives a BMC over IPMI 2.0 RMCP+ (lanplus).
 type ipmiDriver struct {
-	mu  sync.Mutex // go-ipmi's session state (sequence numbers) is not safe for concurrent calls
-	c   *client.Client
-	log *slog.Logger
+	mu     sync.Mutex // go-ipmi's session state (sequence numbers) is not safe for concurrent calls
+	c      *client.Client
+	closed bool
+	log    *slog.Logger
 }
+
+// errClosed is returned by a driver's calls after its Close.
+var errClosed = fmt.Errorf("power: driver closed: %w", ErrInvalid)
 
 func openIPMI(ctx context.Context, b BMC, o options) (*ipmiDriver, error) {
 	host, port, err := b.hostPort()
@@ -58,6 +62,9 @@ func (d *ipmiDriver) PowerState(ctx context.Context) (State, error) {
 }
 
 func (d *ipmiDriver) powerState(ctx context.Context) (State, error) {
+	if d.closed {
+		return StateUnknown, errClosed
+	}
 	st, err := d.c.GetChassisStatus(ctx)
 	if err != nil {
 		return StateUnknown, ipmiError(ctx, "get chassis status", err)
@@ -74,6 +81,9 @@ func (d *ipmiDriver) SetPower(ctx context.Context, a Action) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return errClosed
+	}
 	var ctl chassis.ChassisControl
 	switch a {
 	case ActionOn:
@@ -109,6 +119,9 @@ func (d *ipmiDriver) SetNextBoot(ctx context.Context, dev BootDevice) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return errClosed
+	}
 	// Keep the BIOS boot type (legacy or EFI) the BMC has: writing
 	// "legacy" to a UEFI machine's boot flags would make it boot in
 	// legacy mode, or not at all.
@@ -126,9 +139,15 @@ func (d *ipmiDriver) SetNextBoot(ctx context.Context, dev BootDevice) error {
 	return nil
 }
 
+// Close closes the session; it may be called more than once (go-ipmi's
+// own Close panics the second time).
 func (d *ipmiDriver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
 	// Close has no context: bound the Close Session exchange.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

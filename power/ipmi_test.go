@@ -30,7 +30,12 @@ func TestIPMIAgainstIPMISim(t *testing.T) {
 	defer cancel()
 	d, err := power.Open(ctx, ipmiBMC(sim))
 	require.NoError(t, err, sim.Log())
-	defer func() { assert.NoError(t, d.Close()) }()
+	defer func() {
+		assert.NoError(t, d.Close())
+		assert.NoError(t, d.Close(), "a second Close")
+		_, err := d.PowerState(ctx)
+		assert.ErrorIs(t, err, power.ErrInvalid, "a closed driver")
+	}()
 
 	st, err := d.PowerState(ctx)
 	require.NoError(t, err)
@@ -58,12 +63,15 @@ func TestIPMIAgainstIPMISim(t *testing.T) {
 		return pid != 0 && pid != first
 	}, 10*time.Second, 50*time.Millisecond, sim.Log())
 	assert.Equal(t, []string{"pxe", ""}, sim.Starts())
+	assert.Eventually(t, func() bool { return !ipmisim.Alive(first) }, 5*time.Second, 20*time.Millisecond, "the cycle ended the first machine")
+	second := sim.MachinePID()
 
 	require.NoError(t, d.SetNextBoot(ctx, power.BootDisk))
 	assert.Equal(t, "disk", sim.NextBoot())
 
 	require.NoError(t, d.SetPower(ctx, power.ActionOff))
 	require.NoError(t, sim.WaitMachine(ctx, false), sim.Log())
+	assert.Eventually(t, func() bool { return !ipmisim.Alive(second) }, 5*time.Second, 20*time.Millisecond, "off ended the machine")
 	st, err = d.PowerState(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, power.StateOff, st)

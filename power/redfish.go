@@ -365,7 +365,7 @@ func (d *redfishDriver) Close() error {
 // in again and retries once. Called with d.mu held.
 func (d *redfishDriver) do(ctx context.Context, method, p string, body any, hdr http.Header, out any) (http.Header, error) {
 	if d.closed {
-		return nil, fmt.Errorf("power: redfish driver closed: %w", ErrInvalid)
+		return nil, errClosed
 	}
 	h, err := d.request(ctx, method, p, body, hdr, out, true)
 	if errors.Is(err, errUnauthorized) && d.token != "" {

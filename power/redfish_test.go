@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -337,4 +338,35 @@ func TestRedfishHostileBMC(t *testing.T) {
 			assert.Zero(t, inner.Sessions())
 		})
 	}
+}
+
+func TestRedfishConcurrentCalls(t *testing.T) {
+	ctx := ctxT(t)
+	l := newRFLab(t, redfishsim.Config{}, false)
+	d, err := power.Open(ctx, l.bmc())
+	require.NoError(t, err)
+	defer d.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := range 16 {
+		wg.Go(func() {
+			var err error
+			switch i % 3 {
+			case 0:
+				_, err = d.PowerState(ctx)
+			case 1:
+				err = d.SetNextBoot(ctx, power.BootPXE)
+			default:
+				err = d.SetPower(ctx, power.ActionOn)
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		assert.NoError(t, err)
+	}
+	assert.True(t, l.mem.On())
+	assert.Len(t, l.mem.Boots(), 1, "one power-on")
 }

@@ -16,12 +16,13 @@
 // ipmi_sim asks it, not startcmd, for power on, off and state. The program
 // gives the machine the boot device in the environment variable
 // LPMOS_IPMI_BOOT ("pxe", "disk" or empty) and clears the flag when it
-// starts the machine, as firmware does with a next-boot-only override.
+// starts the machine, as firmware does with a next-boot-only override;
+// LPMOS_IPMI_SERIAL_PORT is SerialPort.
 //
 // The simulator also listens for a virtual machine's BMC connection
 // (ipmi_sim's "serial 15 ... codec VM", on SerialPort): a QEMU machine
 // given -device ipmi-bmc-extern with a socket chardev to that port gets an
-// IPMI system interface (KCS) backed by this simulator. See QEMUArgs.
+// IPMI system interface (KCS) backed by this simulator. See QEMU.
 //
 // It is a test helper: everything listens on 127.0.0.1 only, state lives
 // in the test's temporary directory, and the test's cleanup stops the
@@ -113,7 +114,7 @@ func Start(t testing.TB, cfg Config) *Sim {
 	files := map[string]string{
 		"lan.conf":   lanConf(s, filepath.Join(dir, "chassis.sh")),
 		"sim.emu":    simEmu,
-		"chassis.sh": chassisScript(dir),
+		"chassis.sh": chassisScript(dir, s.SerialPort),
 		"machine.sh": machineScript(cfg.Machine),
 	}
 	for name, content := range files {
@@ -198,10 +199,22 @@ func (s *Sim) MachinePID() int {
 		return 0
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+	if err != nil || pid <= 0 || !Alive(pid) {
 		return 0
 	}
 	return pid
+}
+
+// Alive reports whether process pid exists and is not a zombie. The
+// machine's parent is the chassis control program, which has exited, so
+// whoever inherited the machine reaps it, maybe late.
+func Alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, ok := strings.Cut(string(stat), ") ")
+	return ok && !strings.HasPrefix(rest, "Z")
 }
 
 // Starts lists, one per power-on, the boot device the machine was started
@@ -297,27 +310,33 @@ mc_enable 0x20
 // (popen, and waits for its output to end) as "chassis.sh get power boot"
 // and expects "power:1" lines, or "chassis.sh set power 1 boot pxe". It
 // must return quickly: ipmi_sim does nothing else meanwhile.
-func chassisScript(dir string) string {
+func chassisScript(dir string, serialPort int) string {
 	return `#!/bin/sh
 # Written by lpmos internal/ipmisim: ipmi_sim's chassis control program.
 d='` + dir + `'
 echo "$*" >> "$d/chassis.log"
-running() { [ -f "$d/machine.pid" ] && kill -0 "$(cat "$d/machine.pid")" 2>/dev/null; }
+# Running: the process exists and is not a zombie (the machine's parent,
+# this script, is gone, and whoever inherits it may reap it late).
+running() {
+	[ -f "$d/machine.pid" ] || return 1
+	st=$(cut -d')' -f2 "/proc/$(cat "$d/machine.pid")/stat" 2>/dev/null | cut -c2)
+	[ -n "$st" ] && [ "$st" != Z ]
+}
 start() {
 	running && return 0
 	boot=$(cat "$d/boot" 2>/dev/null)
 	case $boot in pxe) boot=pxe ;; default) boot=disk ;; *) boot= ;; esac
 	rm -f "$d/boot" # the override is for the next boot only
 	echo "boot=$boot" >> "$d/starts.log"
-	LPMOS_IPMI_BOOT=$boot setsid "$d/machine.sh" >> "$d/machine.log" 2>&1 </dev/null &
+	LPMOS_IPMI_BOOT=$boot LPMOS_IPMI_SERIAL_PORT=` + strconv.Itoa(serialPort) + ` setsid "$d/machine.sh" >> "$d/machine.log" 2>&1 </dev/null &
 	echo $! > "$d/machine.pid"
 }
 stop() {
 	running || { rm -f "$d/machine.pid"; return 0; }
 	pid=$(cat "$d/machine.pid")
-	kill -TERM -- "-$pid" 2>/dev/null
-	for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-	kill -KILL -- "-$pid" 2>/dev/null
+	kill -TERM "-$pid" 2>/dev/null
+	for i in 1 2 3 4 5 6 7 8 9 10; do running || break; sleep 0.05; done
+	kill -KILL "-$pid" 2>/dev/null
 	rm -f "$d/machine.pid"
 }
 op=$1; shift
@@ -351,16 +370,39 @@ func machineScript(argv []string) string {
 	return "#!/bin/sh\n# Written by lpmos internal/ipmisim: the machine ipmi_sim powers on.\nexec " + strings.Join(quoted, " ") + "\n"
 }
 
-// QEMUArgs returns the arguments that give a QEMU x86 machine an IPMI BMC
-// backed by s: an ipmi-bmc-extern device whose socket chardev connects to
-// s.SerialPort (and reconnects every second if the simulator restarts),
-// and a KCS system interface for the guest.
-func (s *Sim) QEMUArgs() []string {
-	return []string{
-		"-chardev", fmt.Sprintf("socket,id=ipmi0,host=127.0.0.1,port=%d,reconnect=1", s.SerialPort),
-		"-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0",
-		"-device", "isa-ipmi-kcs,bmc=bmc0",
+// QEMU returns a Config.Machine command: a QEMU x86 machine (q35, TCG,
+// 128 MiB, no disk) whose SeaBIOS and iPXE screens go to the returned
+// serial log (SeaBIOS's sercon), with a virtio NIC on QEMU's user network
+// (restrict=on: the guest reaches nothing outside; QEMU's own DHCP and
+// TFTP server answer it, serving tftpDir and offering bootFile), and an
+// IPMI BMC backed by the simulator: an ipmi-bmc-extern device connected to
+// SerialPort (reconnecting every second) and a KCS system interface for
+// the guest. It boots from the network first when the boot flag says
+// "pxe", else from the (absent) disk first. It fails the test if QEMU is
+// not installed.
+func QEMU(t testing.TB, tftpDir, bootFile string) (argv []string, serialLog string) {
+	t.Helper()
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatalf("ipmisim: qemu-system-x86_64 not found (Debian package qemu-system-x86): %v", err)
 	}
+	dir := t.TempDir()
+	serialLog = filepath.Join(dir, "serial.log")
+	sercon := filepath.Join(dir, "sercon-port")
+	// SeaBIOS copies its screen (and the iPXE ROM's) to this I/O port:
+	// 0x3f8, little endian.
+	if err := os.WriteFile(sercon, []byte{0xf8, 0x03}, 0o644); err != nil {
+		t.Fatalf("ipmisim: %v", err)
+	}
+	script := `order=c; [ "$LPMOS_IPMI_BOOT" = pxe ] && order=n
+exec "$0" -nodefaults -machine q35 -accel tcg -m 128 -display none -monitor none \
+	-serial "file:$1" -boot "order=$order" \
+	-netdev "user,id=n0,restrict=on,tftp=$2,bootfile=$3" -device virtio-net-pci,netdev=n0 \
+	-fw_cfg "name=etc/sercon-port,file=$4" \
+	-chardev "socket,id=ipmi0,host=127.0.0.1,port=$LPMOS_IPMI_SERIAL_PORT,reconnect=1" \
+	-device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0
+`
+	return []string{"sh", "-c", script, bin, serialLog, tftpDir, bootFile, sercon}, serialLog
 }
 
 // errNotRunning is returned by WaitMachine when the deadline passes.
