@@ -60,7 +60,18 @@ const (
 	// NetworkConfig is NoCloud network-config (netplan version 2) for
 	// image installs.
 	NetworkConfig = "network-config"
+	// NoCloudUserData is the user-data of the NoCloud seed the agent
+	// writes after an image: host name, root's SSH keys and password,
+	// the first-boot report (phone_home), merged with the task's
+	// user_data. Unlike CloudInit it sets nothing the image chose itself
+	// (time zone, locale, packages), and reports no progress: the agent
+	// reported the install complete already.
+	NoCloudUserData = "nocloud-user-data"
 )
+
+// mergesUserData are the templates whose output is cloud-config that the
+// task's user_data is merged into (merge.go).
+var mergesUserData = []string{CloudInit, Autoinstall, NoCloudUserData}
 
 //go:embed builtin/*.tmpl
 var builtinFS embed.FS
@@ -68,12 +79,13 @@ var builtinFS embed.FS
 // builtinFiles maps template names to their files; common.tmpl holds the
 // pieces several templates share ({{template "network-v2" .}}).
 var builtinFiles = map[string]string{
-	Preseed:       "builtin/preseed.cfg.tmpl",
-	Kickstart:     "builtin/kickstart.cfg.tmpl",
-	Autoinstall:   "builtin/autoinstall.yaml.tmpl",
-	CloudInit:     "builtin/cloud-init.yaml.tmpl",
-	MetaData:      "builtin/meta-data.yaml.tmpl",
-	NetworkConfig: "builtin/network-config.yaml.tmpl",
+	Preseed:         "builtin/preseed.cfg.tmpl",
+	Kickstart:       "builtin/kickstart.cfg.tmpl",
+	Autoinstall:     "builtin/autoinstall.yaml.tmpl",
+	CloudInit:       "builtin/cloud-init.yaml.tmpl",
+	MetaData:        "builtin/meta-data.yaml.tmpl",
+	NetworkConfig:   "builtin/network-config.yaml.tmpl",
+	NoCloudUserData: "builtin/nocloud-user-data.yaml.tmpl",
 }
 
 const commonFile = "builtin/common.tmpl"
@@ -127,7 +139,9 @@ const maxOutput = 1 << 20
 // overrides[name] when present, parsed with the same functions and able to
 // use the built-in shared definitions, or else the built-in. A parse or
 // execution error is an error wrapping ErrTemplate, never a panic. Overrides
-// may also add templates under names that are not built in.
+// may also add templates under names that are not built in. For CloudInit,
+// Autoinstall and NoCloudUserData (overridden or not) the task's user_data
+// is merged into the output (merge.go), which must then be a YAML mapping.
 func Render(name string, d Data, overrides map[string]string) ([]byte, error) {
 	nd, err := d.normalize()
 	if err != nil {
@@ -145,6 +159,9 @@ func Render(name string, d Data, overrides map[string]string) ([]byte, error) {
 	var buf limitedBuffer
 	if err := t.ExecuteTemplate(&buf, name, nd); err != nil {
 		return nil, fmt.Errorf("%w: executing %s: %w", ErrTemplate, name, err)
+	}
+	if nd.UserData != "" && slices.Contains(mergesUserData, name) {
+		return nd.mergeUserData(name, buf.Bytes())
 	}
 	return buf.Bytes(), nil
 }

@@ -54,6 +54,53 @@ func fullData() Data {
 	return d
 }
 
+// operatorUserData is an operator's cloud-config as a task's user_data:
+// it names the host too, sets a scalar LPMOS also sets, adds a key, a
+// list item and a root password, and uses YAML 1.1 scalars that must
+// survive the merge as written.
+const operatorUserData = `#cloud-config
+# the operator's own comment
+hostname: operator-name
+disable_root: true
+ssh_pwauth: yes
+packages: [nginx]
+ssh_authorized_keys:
+  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@example.com
+write_files:
+  - path: /etc/motd
+    permissions: '0644'
+    content: |
+      Welcome.
+runcmd:
+  - [touch, /etc/operator-was-here]
+`
+
+// variants are the data sets every template is rendered with (golden
+// files, validators): DHCP and static, on a NIC, a VLAN and a bond, with
+// and without the operator's user-data.
+func variants() map[string]Data {
+	staticVLAN := fullData()
+	staticVLAN.VLANID = 100
+
+	everything := fullData()
+	everything.VLANID = 100
+	everything.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno2"}, Mode: "802.3ad"}
+	everything.UserData = operatorUserData
+
+	dhcpBond := basicData()
+	dhcpBond.Bond = Bond{Name: "bond0", Interfaces: []string{"enp1s0f0", "enp1s0f1"}}
+	dhcpBond.Nameservers = []string{"9.9.9.9"}
+
+	userData := basicData()
+	userData.UserData = operatorUserData
+
+	staticBare := basicData()
+	staticBare.Network, staticBare.Address = "static", "192.168.10.20/23"
+
+	return map[string]Data{"basic": basicData(), "full": fullData(), "static-vlan": staticVLAN,
+		"static-bond-vlan-userdata": everything, "dhcp-bond": dhcpBond, "userdata": userData, "static-bare": staticBare}
+}
+
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
 	p := filepath.Join("testdata", name)
@@ -67,7 +114,7 @@ func golden(t *testing.T, name string, got []byte) {
 }
 
 func TestGolden(t *testing.T) {
-	for variant, d := range map[string]Data{"basic": basicData(), "full": fullData()} {
+	for variant, d := range variants() {
 		for _, name := range Names() {
 			t.Run(name+"-"+variant, func(t *testing.T) {
 				got, err := Render(name, d, nil)
@@ -79,7 +126,7 @@ func TestGolden(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	assert.Equal(t, []string{"autoinstall", "cloud-init", "kickstart", "meta-data", "network-config", "preseed"}, Names())
+	assert.Equal(t, []string{"autoinstall", "cloud-init", "kickstart", "meta-data", "network-config", "nocloud-user-data", "preseed"}, Names())
 	for _, n := range Names() {
 		text, err := Builtin(n)
 		require.NoError(t, err)
@@ -192,29 +239,47 @@ func TestBrokenOverride(t *testing.T) {
 
 func TestInvalidData(t *testing.T) {
 	cases := map[string]func(*Data){
-		"no task":                 func(d *Data) { d.TaskID = "" },
-		"bad task":                func(d *Data) { d.TaskID = "x" },
-		"no MAC":                  func(d *Data) { d.MAC = "" },
-		"bad MAC":                 func(d *Data) { d.MAC = "52:54:00:12:34:56\nx" },
-		"hostname newline":        func(d *Data) { d.Hostname = "web\nd-i preseed/late_command string reboot" },
-		"hostname space":          func(d *Data) { d.Hostname = "web 01" },
-		"hostname quote":          func(d *Data) { d.Hostname = `web"01` },
-		"hostname shell":          func(d *Data) { d.Hostname = "$(reboot)" },
-		"hostname template":       func(d *Data) { d.Hostname = "{{.Token}}" },
-		"hostname upper":          func(d *Data) { d.Hostname = "Web01" },
-		"hostname dash end":       func(d *Data) { d.Hostname = "web-" },
-		"hostname too long":       func(d *Data) { d.Hostname = strings.Repeat("a.", 127) + "a" },
-		"os type":                 func(d *Data) { d.OSType = "Debian 12" },
-		"os version":              func(d *Data) { d.OSVersion = "12;reboot" },
-		"disk relative":           func(d *Data) { d.Disk = "sda" },
-		"disk dotdot":             func(d *Data) { d.Disk = "/dev/../etc/passwd" },
-		"disk space":              func(d *Data) { d.Disk = "/dev/sda --drives=sdb" },
-		"network":                 func(d *Data) { d.Network = "bond" },
-		"dhcp with address":       func(d *Data) { d.Address = "10.0.0.5/24" },
-		"static no address":       func(d *Data) { d.Network = "static" },
-		"static ipv6":             func(d *Data) { static(d); d.Address = "2001:db8::5/64" },
-		"static bad gateway":      func(d *Data) { static(d); d.Gateway = "10.0.0.1 --nameserver=evil" },
-		"static no nameserver":    func(d *Data) { static(d); d.Nameservers = nil },
+		"no task":                func(d *Data) { d.TaskID = "" },
+		"bad task":               func(d *Data) { d.TaskID = "x" },
+		"no MAC":                 func(d *Data) { d.MAC = "" },
+		"bad MAC":                func(d *Data) { d.MAC = "52:54:00:12:34:56\nx" },
+		"hostname newline":       func(d *Data) { d.Hostname = "web\nd-i preseed/late_command string reboot" },
+		"hostname space":         func(d *Data) { d.Hostname = "web 01" },
+		"hostname quote":         func(d *Data) { d.Hostname = `web"01` },
+		"hostname shell":         func(d *Data) { d.Hostname = "$(reboot)" },
+		"hostname template":      func(d *Data) { d.Hostname = "{{.Token}}" },
+		"hostname upper":         func(d *Data) { d.Hostname = "Web01" },
+		"hostname dash end":      func(d *Data) { d.Hostname = "web-" },
+		"hostname too long":      func(d *Data) { d.Hostname = strings.Repeat("a.", 127) + "a" },
+		"os type":                func(d *Data) { d.OSType = "Debian 12" },
+		"os version":             func(d *Data) { d.OSVersion = "12;reboot" },
+		"disk relative":          func(d *Data) { d.Disk = "sda" },
+		"disk dotdot":            func(d *Data) { d.Disk = "/dev/../etc/passwd" },
+		"disk space":             func(d *Data) { d.Disk = "/dev/sda --drives=sdb" },
+		"network":                func(d *Data) { d.Network = "bond" },
+		"dhcp with address":      func(d *Data) { d.Address = "10.0.0.5/24" },
+		"static no address":      func(d *Data) { d.Network = "static" },
+		"static ipv6":            func(d *Data) { static(d); d.Address = "2001:db8::5/64" },
+		"static bad gateway":     func(d *Data) { static(d); d.Gateway = "10.0.0.1 --nameserver=evil" },
+		"static gateway outside": func(d *Data) { static(d); d.Gateway = "10.0.1.1" },
+		"too many nameservers": func(d *Data) {
+			static(d)
+			d.Nameservers = []string{"1.1.1.1", "1.0.0.1", "8.8.8.8", "8.8.4.4", "9.9.9.9"}
+		},
+		"dhcp with gateway":       func(d *Data) { d.Gateway = "10.0.0.1" },
+		"vlan too big":            func(d *Data) { d.VLANID = 4095 },
+		"vlan negative":           func(d *Data) { d.VLANID = -1 },
+		"bond one nic":            func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1"}} },
+		"bond no name":            func(d *Data) { d.Bond = Bond{Interfaces: []string{"eno1", "eno2"}} },
+		"bond nic quote":          func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno'2"}} },
+		"bond nic newline":        func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno2\nx"}} },
+		"bond name long":          func(d *Data) { d.Bond = Bond{Name: "bond0123456789abc", Interfaces: []string{"eno1", "eno2"}} },
+		"bond nic twice":          func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno1"}} },
+		"bond mode":               func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno2"}, Mode: "lacp"} },
+		"user-data script":        func(d *Data) { d.UserData = "#!/bin/sh\nreboot\n" },
+		"user-data bad yaml":      func(d *Data) { d.UserData = "#cloud-config\na: [\n" },
+		"user-data list":          func(d *Data) { d.UserData = "#cloud-config\n- a\n" },
+		"password md5":            func(d *Data) { d.RootPasswordHash = "$1$abcdefgh$0123456789abcdefghijkl" },
 		"static bad nameserver":   func(d *Data) { static(d); d.Nameservers = []string{"dns.example.com"} },
 		"mirror ftp":              func(d *Data) { d.MirrorURL = "ftp://mirror/debian" },
 		"mirror space":            func(d *Data) { d.MirrorURL = "http://mirror/de bian" },
