@@ -49,7 +49,7 @@ type createResponse struct {
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 	var req task.CreateRequest
-	if err := httpjson.Decode(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+	if err := httpjson.Decode(w, r, s.cfg.MaxCreateBodyBytes, &req); err != nil {
 		return err
 	}
 	req.CreatedBy = principal(r).Subject
