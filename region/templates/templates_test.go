@@ -693,3 +693,59 @@ func TestConcurrentRender(t *testing.T) {
 		assert.True(t, bytes.Contains(out, []byte("--hostname=host-")), string(out))
 	}
 }
+
+// The preseed's late_command writes the installed system's
+// /etc/network/interfaces for every network but plain DHCP: run in a
+// shell against a fake /sys/class/net that has the task's NIC.
+func TestPreseedNetworkLateCommandRuns(t *testing.T) {
+	want := map[string]string{
+		"full":        "auto lo\niface lo inet loopback\n\nallow-hotplug ens3\niface ens3 inet static\n    address 10.0.0.5/24\n    gateway 10.0.0.1\n",
+		"static-bare": "auto lo\niface lo inet loopback\n\nallow-hotplug ens3\niface ens3 inet static\n    address 192.168.10.20/23\n",
+		"static-vlan": "auto lo\niface lo inet loopback\n\nallow-hotplug ens3\niface ens3 inet manual\n\n" +
+			"auto vlan100\niface vlan100 inet static\n    vlan-raw-device ens3\n    address 10.0.0.5/24\n    gateway 10.0.0.1\n",
+		"static-bond-vlan-userdata": "auto lo\niface lo inet loopback\n\nauto bond0\niface bond0 inet manual\n" +
+			"    bond-slaves eno1 eno2\n    bond-mode 802.3ad\n    bond-miimon 100\n\n" +
+			"auto vlan100\niface vlan100 inet static\n    vlan-raw-device bond0\n    address 10.0.0.5/24\n    gateway 10.0.0.1\n",
+		"dhcp-bond": "auto lo\niface lo inet loopback\n\nauto bond0\niface bond0 inet dhcp\n" +
+			"    bond-slaves enp1s0f0 enp1s0f1\n    bond-mode active-backup\n    bond-miimon 100\n",
+	}
+	vs := variants()
+	for variant, interfaces := range want {
+		t.Run(variant, func(t *testing.T) {
+			d, err := vs[variant].normalize()
+			require.NoError(t, err)
+			out, err := Render(Preseed, d, nil)
+			require.NoError(t, err)
+			text := string(out)
+			i := strings.Index(text, "d-i preseed/late_command string ")
+			require.GreaterOrEqual(t, i, 0)
+			var cmd strings.Builder
+			for _, line := range strings.Split(text[i+len("d-i preseed/late_command string "):], "\n") {
+				cont := strings.HasSuffix(line, `\`)
+				cmd.WriteString(strings.TrimSuffix(line, `\`))
+				if !cont {
+					break
+				}
+			}
+			r := newShellRun(t)
+			nic := filepath.Join(r.dir, "sys/class/net/ens3")
+			require.NoError(t, os.MkdirAll(nic, 0o755))
+			require.NoError(t, os.WriteFile(filepath.Join(nic, "address"), []byte(d.MAC+"\n"), 0o644))
+			r.run(t, r.inFakeRoot(cmd.String(), "/target/", "/sys/"))
+			assert.Equal(t, interfaces, r.file(t, "target/etc/network/interfaces"))
+			var resolv string
+			for _, ns := range d.Nameservers {
+				resolv += "nameserver " + ns + "\n"
+			}
+			if resolv == "" {
+				assert.NoFileExists(t, filepath.Join(r.dir, "target/etc/resolv.conf"))
+			} else {
+				assert.Equal(t, resolv, r.file(t, "target/etc/resolv.conf"))
+			}
+		})
+	}
+	// Plain DHCP on the NIC: the installer's own configuration stays.
+	out, err := Render(Preseed, basicData(), nil)
+	require.NoError(t, err)
+	assert.NotContains(t, string(out), "/etc/network/interfaces;")
+}
