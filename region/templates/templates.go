@@ -6,6 +6,13 @@
 // overrides, which it reads from /lpmos/config/templates/<name> in the
 // store.
 //
+// The task's per-machine configuration reaches every file: a DHCP or static
+// network (address, gateway, name servers) on the NIC matched by MAC, on a
+// VLAN or on a bond; the host name; root's SSH keys and password hash; and
+// the operator's cloud-config (Data.UserData), merged into the cloud-config
+// files (merge.go). The full test suite checks the output with the tools
+// that read it: debconf-set-selections, cloud-init schema and netplan.
+//
 // Each answer file reports back to the region's agent API as the install
 // ends: a POST of {"mac_address", "task_id", "stage", "percentage",
 // "message"} with the task's bearer token, stage "configuring" at 95 %,
