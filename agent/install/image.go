@@ -54,9 +54,10 @@ const (
 //
 // When the plan has a hostname, SSH keys, a phone-home URL or seed files
 // the region rendered (Plan.SeedUserData, Plan.SeedNetworkConfig), a
-// cloud-init NoCloud seed (a CIDATA FAT partition after the image's partitions, see
-// SeedNoCloud) is written after the image is verified; the final details
-// say "cloud_init": "seeded: ..." or "not_seeded: <why>" (not a failure).
+// cloud-init NoCloud seed (a CIDATA FAT partition after the image's
+// partitions, see SeedNoCloud) is written after the image is verified; the
+// final details say "cloud_init": "seeded: ..." or "not_seeded: <why>"
+// (not a failure).
 type Image struct {
 	HTTPClient *http.Client // nil: http.DefaultClient semantics with no overall timeout
 	Disks      DiskLister   // nil: SysfsDisks{}
@@ -240,10 +241,10 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 
 // seed writes the cloud-init NoCloud seed (SeedNoCloud) after the image
 // if the plan asks for one (hostname, SSH keys, a phone-home URL or seed
-// files), and
-// says what happened for the final details ("" when not asked). A seed
-// that cannot be written does not fail the install: the image is written
-// and verified, and may well configure itself; the details say why.
+// files), and says what happened for the final details ("" when not
+// asked). A seed that cannot be written does not fail the install: the
+// image is written and verified, and may well configure itself; the
+// details say why.
 func (im *Image) seed(f *os.File, disk Disk, written int64, plan agent.Plan, progress agent.ProgressFunc, log *slog.Logger) string {
 	if plan.Hostname == "" && len(plan.SSHAuthorizedKeys) == 0 && plan.PhoneHomeURL == "" && plan.SeedUserData == "" && plan.SeedNetworkConfig == "" {
 		return ""
