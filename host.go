@@ -59,3 +59,52 @@ func ValidateSSHAuthorizedKey(s string) error {
 	}
 	return nil
 }
+
+// ErrInvalidInterfaceName is wrapped by ValidateInterfaceName's errors.
+var ErrInvalidInterfaceName = errors.New("invalid network interface name")
+
+// ErrInvalidPasswordHash is wrapped by ValidatePasswordHash's errors.
+var ErrInvalidPasswordHash = errors.New("invalid password hash")
+
+var (
+	// ifaceRE is a Linux interface name as netplan, ifupdown and
+	// Anaconda take it: at most 15 bytes (IFNAMSIZ-1), no '/', ':',
+	// spaces or quotes.
+	ifaceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+	// passwordHashREs are the crypt(3) formats installers accept:
+	// SHA-512 and SHA-256 crypt (optionally with rounds=), yescrypt and
+	// bcrypt, each with exactly its hash length.
+	passwordHashREs = []*regexp.Regexp{
+		regexp.MustCompile(`^\$6\$(rounds=[1-9][0-9]{3,8}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$`),
+		regexp.MustCompile(`^\$5\$(rounds=[1-9][0-9]{3,8}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{43}$`),
+		regexp.MustCompile(`^\$y\$[./0-9A-Za-z]{1,32}\$[./0-9A-Za-z]{1,86}\$[./0-9A-Za-z]{43}$`),
+		regexp.MustCompile(`^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./0-9A-Za-z]{53}$`),
+	}
+)
+
+// ValidateInterfaceName checks a network interface name (a bond's name
+// or one of its NICs): 1 to 15 of letters, digits and '_', '.', '-',
+// starting with a letter or digit.
+func ValidateInterfaceName(s string) error {
+	if !ifaceRE.MatchString(s) {
+		return fmt.Errorf("%w %s: want 1 to 15 of letters, digits and _.- (such as eno1)", ErrInvalidInterfaceName, quoteInput(s))
+	}
+	return nil
+}
+
+// ValidatePasswordHash checks a root password as installers take it
+// hashed: a crypt(3) string of SHA-512 ($6$), SHA-256 ($5$), yescrypt
+// ($y$) or bcrypt ($2b$, $2a$, $2y$), such as `mkpasswd -m sha-512` or
+// `openssl passwd -6` print. Anything else, a clear-text password above
+// all, is refused; the error never repeats the input.
+func ValidatePasswordHash(s string) error {
+	for _, re := range passwordHashREs {
+		if re.MatchString(s) {
+			return nil
+		}
+	}
+	if strings.HasPrefix(s, "$") {
+		return fmt.Errorf("%w: not a well-formed SHA-512 ($6$), SHA-256 ($5$), yescrypt ($y$) or bcrypt ($2b$) crypt(3) hash", ErrInvalidPasswordHash)
+	}
+	return fmt.Errorf("%w: want a crypt(3) hash such as `mkpasswd -m sha-512` prints ($6$...), never a clear-text password", ErrInvalidPasswordHash)
+}

@@ -119,3 +119,40 @@ func TestValidateSSHAuthorizedKey(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateInterfaceName(t *testing.T) {
+	for _, s := range []string{"eno1", "enp1s0f0", "bond0", "eth0.100", "ib_0", "a", "enx0123456789ab"} {
+		assert.NoError(t, lpmos.ValidateInterfaceName(s), s)
+	}
+	for _, s := range []string{"", "eno 1", "eno1;reboot", "eth0:1", "../eth0", "-eth0", "enx0123456789abc", "eno'1", "eno1\n"} {
+		assert.ErrorIs(t, lpmos.ValidateInterfaceName(s), lpmos.ErrInvalidInterfaceName, s)
+	}
+}
+
+func TestValidatePasswordHash(t *testing.T) {
+	// Made with openssl passwd -6/-5 and perl's crypt (libxcrypt).
+	for _, s := range []string{
+		"$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.",
+		"$6$rounds=5000$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.",
+		"$5$abcdefgh$gruCpC7VkOTspMQTTSAR8mtlO9Upms.fwqE5y16JVM.",
+		"$y$j9T$F5Jx5fExrKuPp53xLKQ..1$GmcwIgvdUC9qLWcKCi6gklUa1dM3ziD43YxYNURLKy0",
+		"$2b$12$abcdefghijklmnopqrstuuT1Iwu6o8Wx7BoOyIMHfgVJq6JO/IJhW",
+	} {
+		assert.NoError(t, lpmos.ValidatePasswordHash(s), s)
+	}
+	for _, s := range []string{
+		"", "hunter2", "correct horse battery staple", "$6$hunter2",
+		"$1$abcdefgh$0123456789abcdefghijkl",                     // MD5 crypt: too weak
+		"$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk", // cut short
+		"$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG. ",
+		"$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.\nx",
+		"$6$rounds=10$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.",
+		"$2b$12$short",
+	} {
+		err := lpmos.ValidatePasswordHash(s)
+		assert.ErrorIs(t, err, lpmos.ErrInvalidPasswordHash, s)
+		if err != nil && s != "" {
+			assert.NotContains(t, err.Error(), s, "the input is never repeated")
+		}
+	}
+}

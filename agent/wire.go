@@ -118,6 +118,16 @@ type Plan struct {
 	// seed it writes (phone_home). Empty: no seed unless Hostname or
 	// SSHAuthorizedKeys ask for one.
 	PhoneHomeURL string `json:"phone_home_url,omitempty"`
+	// SeedUserData and SeedNetworkConfig, when set, are the NoCloud
+	// seed's user-data and network-config files as the region rendered
+	// them (with the task's static network, VLAN or bond, root password
+	// hash and the operator's user-data); the image installer writes
+	// them as they are. Without SeedUserData the installer builds
+	// user-data from Hostname, SSHAuthorizedKeys and PhoneHomeURL, as
+	// for regions that predate these fields; without SeedNetworkConfig
+	// the seed has no network-config and cloud-init uses DHCP.
+	SeedUserData      string `json:"seed_user_data,omitempty"`
+	SeedNetworkConfig string `json:"seed_network_config,omitempty"`
 }
 
 // Health is the region's GET /health answer.

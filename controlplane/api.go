@@ -55,7 +55,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 // set (a create from a machine fills in its MAC and region).
 func (s *Server) create(w http.ResponseWriter, r *http.Request, adjust func(*task.CreateRequest) error) error {
 	var req task.CreateRequest
-	if err := httpjson.Decode(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+	if err := httpjson.Decode(w, r, s.cfg.MaxCreateBodyBytes, &req); err != nil {
 		return err
 	}
 	if adjust != nil {

@@ -327,7 +327,7 @@ func TestAPIErrorsWriteNothing(t *testing.T) {
 	staleRev := fmt.Sprint(int64(body["revision"].(float64)) - 1)
 
 	big := createBody("00:1a:2b:3c:4d:03")
-	big["tags"] = map[string]string{"k": strings.Repeat("x", 70<<10)}
+	big["tags"] = map[string]string{"k": strings.Repeat("x", 1<<20)}
 	withCreator := createBody("00:1a:2b:3c:4d:04")
 	withCreator["created_by"] = "someone-else"
 	unknownField := createBody("00:1a:2b:3c:4d:05")

@@ -304,8 +304,19 @@ func TestBrowserDashboard(t *testing.T) {
 	p.waitJS("the bad MAC is highlighted", `document.getElementById('f-mac').classList.contains('invalid') &&
 		document.querySelector('#create-form .alert-error') !== null && location.pathname === '/tasks/create'`)
 	p.screenshot("create-form-error")
+	// The static network's fields show only for "Static"; an address is
+	// required for it, and the API's 400 highlights the address field.
+	assert.True(t, browserEval[bool](p, `document.getElementById('f-static').hidden`), "static fields hidden for DHCP")
+	browserEval[chromedp.Void](p, `(() => { const s = document.getElementById('f-network'); s.value = 'static'; s.dispatchEvent(new Event('change', { bubbles: true })); })()`)
+	p.waitJS("the static fields show", `!document.getElementById('f-static').hidden`)
+	p.step("submit static without an address", chromedp.SetValue(chromedp.ID("f-mac"), browserMAC), chromedp.Click(chromedp.ID("f-submit")))
+	p.waitJS("the missing address is highlighted", `document.getElementById('f-address').classList.contains('invalid') &&
+		document.querySelector('#create-form .alert-error').textContent.includes('network.address') && location.pathname === '/tasks/create'`)
 	p.step("fill in the form",
-		chromedp.SetValue(chromedp.ID("f-mac"), browserMAC),
+		chromedp.SetValue(chromedp.ID("f-address"), "10.0.0.5/24"),
+		chromedp.SetValue(chromedp.ID("f-gateway"), "10.0.0.1"),
+		chromedp.SetValue(chromedp.ID("f-dns"), "1.1.1.1, 9.9.9.9"),
+		chromedp.SetValue(chromedp.ID("f-hostname"), "web-01"),
 		chromedp.SetValue(chromedp.ID("f-tags"), "rack=r12\nnote="+browserXSSTag))
 	p.screenshot("create-form")
 	p.step("submit the form", chromedp.Click(chromedp.ID("f-submit")))
@@ -319,6 +330,8 @@ func TestBrowserDashboard(t *testing.T) {
 	assert.Equal(t, browserXSSTag, tk.Metadata.Tags["note"])
 	assert.Equal(t, "ubuntu", tk.Metadata.OSType)
 	assert.Equal(t, "24.04", tk.Metadata.OSVersion)
+	assert.Equal(t, &task.Network{Mode: "static", Address: "10.0.0.5/24", Gateway: "10.0.0.1", DNS: []string{"1.1.1.1", "9.9.9.9"}}, tk.Metadata.Network)
+	assert.Equal(t, "web-01", tk.Metadata.Hostname)
 
 	p.waitJS("the task page shows the task", `document.getElementById('task-status').textContent === 'pending' &&
 		[...document.querySelectorAll('.tag')].some(e => e.textContent === 'note=' + `+jsString(browserXSSTag)+`)`)

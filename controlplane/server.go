@@ -59,6 +59,10 @@ type Config struct {
 
 	// MaxBodyBytes caps request bodies (default 64 KiB).
 	MaxBodyBytes int64
+	// MaxCreateBodyBytes caps the body of a single create (default 1 MiB),
+	// which may carry the per-machine configuration: up to 64 KiB of
+	// user_data and task.MaxSSHKeys SSH keys, JSON-escaped.
+	MaxCreateBodyBytes int64
 	// MaxBatchBodyBytes caps the bodies of batch creates and bulk moves
 	// (default 4 MiB: about 4 KiB for each of task.MaxBatch items, ten
 	// times a typical create request).
@@ -176,6 +180,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxBatchBodyBytes <= 0 {
 		cfg.MaxBatchBodyBytes = 4 << 20
+	}
+	if cfg.MaxCreateBodyBytes <= 0 {
+		cfg.MaxCreateBodyBytes = 1 << 20
 	}
 	if cfg.RateLimit <= 0 {
 		cfg.RateLimit = DefaultRateLimit

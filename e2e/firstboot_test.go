@@ -3,8 +3,10 @@ package e2e_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -22,16 +24,35 @@ const installedOS = "lpmos-e2e-os"
 // phone-home URL) in a new partition; the VM reboots, the region sends it
 // to its local disk, the installed system boots, reads the seed, phones
 // home, and the task's timeline gets its first_boot entry.
-func TestInstalledSystemPhonesHome(t *testing.T) { installedSystemPhonesHome(t, bios) }
+func TestInstalledSystemPhonesHome(t *testing.T) { installedSystemPhonesHome(t, bios, nil) }
+
+// staticAddress is the installed system's address in
+// TestInstalledSystemStaticNetwork: in the lab's subnet, outside the
+// region's DHCP range.
+const staticAddress = "10.99.0.50/24"
+
+// TestInstalledSystemStaticNetwork gives the task a static network: the
+// region renders it as the seed's network-config, the agent writes it into
+// the CIDATA partition, and the installed system (the test image's
+// stand-in for cloud-init) configures the address from it instead of
+// DHCP and phones home from there.
+func TestInstalledSystemStaticNetwork(t *testing.T) {
+	installedSystemPhonesHome(t, bios, map[string]any{
+		"network": map[string]any{"mode": "static", "address": staticAddress, "gateway": testlab.ServerIP, "dns": []string{testlab.ServerIP}},
+	})
+}
 
 // TestInstalledSystemPhonesHomeUEFI is the same under OVMF: after the
 // install the region's script exits iPXE and the firmware boots the disk's
 // EFI system partition (syslinux.efi).
 func TestInstalledSystemPhonesHomeUEFI(t *testing.T) {
-	installedSystemPhonesHome(t, scenario{firmware: lpmos.FirmwareUEFI, bootPath: pathUEFI})
+	installedSystemPhonesHome(t, scenario{firmware: lpmos.FirmwareUEFI, bootPath: pathUEFI}, nil)
 }
 
-func installedSystemPhonesHome(t *testing.T, sc scenario) {
+// installedSystemPhonesHome installs the bootable image for a task with
+// the hostname tag and fields (more of the create request) and follows
+// the installed system to its first boot.
+func installedSystemPhonesHome(t *testing.T, sc scenario, fields map[string]any) {
 	var img []byte
 	r := newRig(t, sc, func(bootDir string) {
 		zst, sum := testlab.BootableImageZstd(t)
@@ -46,7 +67,12 @@ func installedSystemPhonesHome(t *testing.T, sc scenario) {
 	})
 	srv := r.srv
 	const hostname = "e2e-installed"
-	m, _ := r.bootForTask(t, sc, installedOS, map[string]string{"hostname": hostname}, testlab.VMConfig{Reboot: true, Timeout: 6 * time.Minute})
+	create := map[string]any{"tags": map[string]string{"hostname": hostname}}
+	for k, v := range fields {
+		create[k] = v
+	}
+	_, static := fields["network"]
+	m, _ := r.bootForTaskWith(t, sc, installedOS, create, testlab.VMConfig{Reboot: true, Timeout: 6 * time.Minute})
 	id, vm, disk := m.id, m.vm, m.disk
 	r.approve(t, id)
 	task := waitStatusWhileVM(t, srv, vm, id, "completed", 3*time.Minute)
@@ -86,6 +112,11 @@ func installedSystemPhonesHome(t *testing.T, sc scenario) {
 	if msg, _ := firstBoot["message"].(string); !strings.Contains(msg, `"`+hostname+`"`) {
 		t.Errorf("first_boot message %q does not name the seeded hostname %q", msg, hostname)
 	}
+	if ip, _, _ := strings.Cut(staticAddress, "/"); static {
+		if msg, _ := firstBoot["message"].(string); !strings.Contains(msg, "from "+ip) {
+			t.Errorf("first_boot message %q: want it from the static address %s", msg, ip)
+		}
+	}
 	// The stand-in powers off after phoning home.
 	select {
 	case <-vm.Done():
@@ -94,10 +125,20 @@ func installedSystemPhonesHome(t *testing.T, sc scenario) {
 	}
 	res := vm.Stop()
 	serial := strings.NewReplacer("\r", "", "\n", "").Replace(res.Serial)
-	for _, want := range []string{
+	wants := []string{
 		"is installed (task " + id + " completed), booting from the local disk",
 		"LPMOS-FIRSTBOOT: phoned home",
-	} {
+	}
+	if static {
+		// The address came from the seed's network-config, not DHCP.
+		wants = append(wants, "LPMOS-FIRSTBOOT: network up (static): ")
+		if !regexp.MustCompile(`LPMOS-FIRSTBOOT: network up \(static\): \S+ ` + regexp.QuoteMeta(staticAddress)).MatchString(serial) {
+			t.Errorf("the serial console does not show the static address %s", staticAddress)
+		}
+	} else {
+		wants = append(wants, "LPMOS-FIRSTBOOT: network up: ")
+	}
+	for _, want := range wants {
 		if !strings.Contains(serial, want) {
 			t.Errorf("the serial console does not show %q", want)
 		}
@@ -122,6 +163,19 @@ func installedSystemPhonesHome(t *testing.T, sc scenario) {
 	}
 	if seed.Start < p1.Start+p1.Size || seed.Start%2048 != 0 {
 		t.Errorf("seed partition %+v: want 1 MiB aligned after partition 1 %+v", seed, p1)
+	}
+	// The seed has a network-config exactly when the task's network
+	// needs one.
+	mtype := exec.Command("mtype", "-i", fmt.Sprintf("%s@@%d", disk, seed.Start*512), "::network-config")
+	mtype.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	nc, err := mtype.CombinedOutput()
+	switch {
+	case static && err != nil:
+		t.Errorf("the seed has no network-config: %v: %s", err, nc)
+	case static && !strings.Contains(string(nc), `"`+staticAddress+`"`):
+		t.Errorf("the seed's network-config does not hold %s:\n%s", staticAddress, nc)
+	case !static && err == nil:
+		t.Errorf("a DHCP task's seed has a network-config:\n%s", nc)
 	}
 	checkTimeline(t, srv.task(id), []string{"pending", "ready", "booting", "pending_approval", "approved", "installing", "completed"},
 		[]string{"partitioning", "downloading", "writing", "configuring"})

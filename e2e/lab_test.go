@@ -114,7 +114,18 @@ func (s *server) api(method, path, body string) (int, map[string]any) {
 // createTask creates a task for mac and returns its ID.
 func (s *server) createTask(mac, osType, osVersion string, tags map[string]string) string {
 	s.t.Helper()
-	req, _ := json.Marshal(map[string]any{"region_id": regionID, "target_mac": mac, "os_type": osType, "os_version": osVersion, "tags": tags})
+	return s.createTaskWith(mac, osType, osVersion, map[string]any{"tags": tags})
+}
+
+// createTaskWith creates a task for mac with more fields of the create
+// request (tags, network, hostname, ...) and returns its ID.
+func (s *server) createTaskWith(mac, osType, osVersion string, fields map[string]any) string {
+	s.t.Helper()
+	body := map[string]any{"region_id": regionID, "target_mac": mac, "os_type": osType, "os_version": osVersion}
+	for k, v := range fields {
+		body[k] = v
+	}
+	req, _ := json.Marshal(body)
 	code, body := s.api("POST", "/api/v1/tasks", string(req))
 	if code != http.StatusCreated {
 		s.t.Fatalf("creating a task: %d %v", code, body)

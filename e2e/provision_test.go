@@ -193,7 +193,14 @@ type machine struct {
 // the test fails, the serial console's tail is logged.
 func (r *rig) bootForTask(t *testing.T, sc scenario, osName string, tags map[string]string, cfg testlab.VMConfig) (machine, map[string]any) {
 	t.Helper()
-	m := machine{id: r.srv.createTask(testlab.DefaultMAC, osName, imageVersion, tags), disk: testlab.Disk(t, vmDiskSize)}
+	return r.bootForTaskWith(t, sc, osName, map[string]any{"tags": tags}, cfg)
+}
+
+// bootForTaskWith is bootForTask with more fields of the create request
+// (network, hostname, ...).
+func (r *rig) bootForTaskWith(t *testing.T, sc scenario, osName string, fields map[string]any, cfg testlab.VMConfig) (machine, map[string]any) {
+	t.Helper()
+	m := machine{id: r.srv.createTaskWith(testlab.DefaultMAC, osName, imageVersion, fields), disk: testlab.Disk(t, vmDiskSize)}
 	r.srv.waitStatus(m.id, "ready", 30*time.Second)
 	cfg.Firmware, cfg.MAC, cfg.Memory, cfg.CPUs, cfg.Disk = sc.firmware, testlab.DefaultMAC, vmMemoryMiB, vmCPUs, m.disk
 	if cfg.Timeout == 0 {

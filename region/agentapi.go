@@ -14,6 +14,7 @@ import (
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/region/templates"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -462,10 +463,8 @@ const TagCloudInit = "cloud_init"
 // credential (it can only record that one task's first boot).
 func (r *Region) plan(t *task.Task, token string) *agent.Plan {
 	p := &agent.Plan{TaskID: t.ID, OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion,
-		Disk: t.Metadata.DiskLayout, Network: t.Metadata.NetworkConfig, Hostname: t.Metadata.Tags["hostname"]}
-	if k := t.Metadata.Tags["ssh_key"]; k != "" {
-		p.SSHAuthorizedKeys = []string{k}
-	}
+		Disk: t.Metadata.DiskLayout, Network: t.Metadata.NetworkConfig, Hostname: t.Metadata.EffectiveHostname(),
+		SSHAuthorizedKeys: t.Metadata.SSHAuthorizedKeys()}
 	e, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion)
 	switch {
 	case !ok:
@@ -474,11 +473,42 @@ func (r *Region) plan(t *task.Task, token string) *agent.Plan {
 		p.Method, p.ImageURL, p.SHA256, p.ImageSize = KindImage, r.cfg.PublicURL+"/boot/files/"+e.ImagePath, e.SHA256, e.Size
 		if t.Metadata.Tags[TagCloudInit] != "off" && token != "" {
 			p.PhoneHomeURL = r.cfg.PublicURL + agent.PathPhoneHome + t.ID + "?token=" + url.QueryEscape(token)
+			r.seedFiles(t, token, p)
 		}
 	default:
 		p.Method = KindInstaller
 	}
 	return p
+}
+
+// seedFiles renders the NoCloud seed's user-data and network-config into
+// p when the task asks for more than the agent writes by itself (its
+// host name, SSH keys and phone-home): a static or otherwise non-default
+// network, a root password hash or the operator's user-data. The built-in
+// templates are used (nocloud-user-data, network-config), not overrides.
+// A task that cannot be rendered (one created before static networks
+// had an address) gets no seed files and the agent's own seed, and the
+// region logs why.
+func (r *Region) seedFiles(t *task.Task, token string, p *agent.Plan) {
+	m := &t.Metadata
+	n := m.EffectiveNetwork()
+	plainDHCP := !n.Static() && n.VLANID == 0 && n.Bond == nil && len(n.DNS) == 0
+	if plainDHCP && m.RootPasswordHash == "" && m.UserData == "" {
+		return
+	}
+	d := r.templateData(t, token)
+	ud, err := templates.Render(templates.NoCloudUserData, d, nil)
+	if err == nil && !plainDHCP {
+		var nc []byte
+		nc, err = templates.Render(templates.NetworkConfig, d, nil)
+		p.SeedNetworkConfig = string(nc)
+	}
+	if err != nil {
+		p.SeedNetworkConfig = ""
+		r.log.Error("render the cloud-init seed; the agent writes its own", append(machineAttrs(t), "err", err)...)
+		return
+	}
+	p.SeedUserData = string(ud)
 }
 
 func (r *Region) health(w http.ResponseWriter, req *http.Request) {

@@ -82,18 +82,7 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 	if kv, err := r.cfg.Store.Get(req.Context(), task.TemplatesPrefix+name); err == nil {
 		overrides[name] = string(kv.Value)
 	}
-	d := templates.Data{
-		TaskID: t.ID, MAC: t.Metadata.TargetMAC.String(), Hostname: t.Metadata.Tags["hostname"],
-		OSType: t.Metadata.OSType, OSVersion: t.Metadata.OSVersion, Disk: t.Metadata.DiskLayout,
-		Network: t.Metadata.NetworkConfig, RegionURL: r.cfg.PublicURL, Token: token,
-	}
-	if e, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion); ok {
-		d.RepoURL, d.MirrorURL = e.RepoURL, e.RepoURL
-	}
-	if k := t.Metadata.Tags["ssh_key"]; k != "" {
-		d.SSHAuthorizedKeys = []string{k}
-	}
-	body, err := templates.Render(name, d, overrides)
+	body, err := templates.Render(name, r.templateData(t, token), overrides)
 	if err != nil {
 		r.log.Error("render answer file", append(machineAttrs(t), "template", name, "err", err)...)
 		http.Error(w, "cannot render the answer file: "+err.Error(), http.StatusInternalServerError)
@@ -103,6 +92,30 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(body)
+}
+
+// templateData is what the templates know of task t, whose agent token
+// is token: the per-machine configuration of its metadata (network, host
+// name, SSH keys, root password hash, user-data; for tasks created before
+// those fields, the network_config string and the hostname and ssh_key
+// tags) and the catalogue's mirror.
+func (r *Region) templateData(t *task.Task, token string) templates.Data {
+	m := &t.Metadata
+	n := m.EffectiveNetwork()
+	d := templates.Data{
+		TaskID: t.ID, MAC: m.TargetMAC.String(), Hostname: m.EffectiveHostname(),
+		OSType: m.OSType, OSVersion: m.OSVersion, Disk: m.DiskLayout,
+		Network: n.Mode, Address: n.Address, Gateway: n.Gateway, Nameservers: n.DNS, VLANID: n.VLANID,
+		RegionURL: r.cfg.PublicURL, Token: token,
+		SSHAuthorizedKeys: m.SSHAuthorizedKeys(), RootPasswordHash: m.RootPasswordHash, UserData: m.UserData,
+	}
+	if n.Bond != nil {
+		d.Bond = templates.Bond{Name: n.Bond.Name, Interfaces: n.Bond.Interfaces, Mode: n.Bond.Mode}
+	}
+	if e, ok := r.catalog.Lookup(m.OSType, m.OSVersion); ok {
+		d.RepoURL, d.MirrorURL = e.RepoURL, e.RepoURL
+	}
+	return d
 }
 
 // platform maps iPXE's ${platform} (sent as ?platform=) to firmware; an

@@ -26,6 +26,11 @@ if ((${#missing[@]})); then
 	if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
 		systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 	fi
+	# Only `cloud-init schema` is wanted: cloud-init must not configure
+	# this machine on its next boot.
+	if [[ " ${missing[*]} " == *" cloud-init "* ]]; then
+		mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+	fi
 fi
 
 command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -75,16 +76,26 @@ func (e *ExistsError) Unwrap() error { return ErrConflict }
 
 // Metadata is what the operator asked for; written once at creation.
 type Metadata struct {
-	ID            string            `json:"id"`
-	RegionID      string            `json:"region_id"`
-	TargetMAC     lpmos.MAC         `json:"target_mac"`
-	OSType        string            `json:"os_type"`
-	OSVersion     string            `json:"os_version"`
-	DiskLayout    string            `json:"disk_layout"`
-	NetworkConfig string            `json:"network_config"`
-	CreatedAt     time.Time         `json:"created_at"`
-	CreatedBy     string            `json:"created_by"`
-	Tags          map[string]string `json:"tags,omitempty"`
+	ID            string    `json:"id"`
+	RegionID      string    `json:"region_id"`
+	TargetMAC     lpmos.MAC `json:"target_mac"`
+	OSType        string    `json:"os_type"`
+	OSVersion     string    `json:"os_version"`
+	DiskLayout    string    `json:"disk_layout"`
+	NetworkConfig string    `json:"network_config"`
+	// Network, Hostname, SSHKeys, RootPasswordHash and UserData are the
+	// per-machine configuration (CreateRequest); empty in tasks created
+	// without it or before it existed: read them through
+	// EffectiveNetwork, EffectiveHostname and SSHAuthorizedKeys, which
+	// fall back to NetworkConfig and the tags.
+	Network          *Network          `json:"network,omitempty"`
+	Hostname         string            `json:"hostname,omitempty"`
+	SSHKeys          []string          `json:"ssh_keys,omitempty"`
+	RootPasswordHash string            `json:"root_password_hash,omitempty"`
+	UserData         string            `json:"user_data,omitempty"`
+	CreatedAt        time.Time         `json:"created_at"`
+	CreatedBy        string            `json:"created_by"`
+	Tags             map[string]string `json:"tags,omitempty"`
 	// RetryOf is the ID of the attempt this task retries (Service.Retry);
 	// empty for a first attempt.
 	RetryOf string `json:"retry_of,omitempty"`
@@ -320,6 +331,22 @@ type CreateRequest struct {
 	DiskLayout    string            `json:"disk_layout,omitempty"`
 	NetworkConfig string            `json:"network_config,omitempty"`
 	Tags          map[string]string `json:"tags,omitempty"`
+	// Network is the machine's network (mode, static address, gateway,
+	// DNS, VLAN, bond); nil means network_config's mode alone.
+	Network *Network `json:"network,omitempty"`
+	// Hostname is the installed system's host name (lpmos.ValidateHostname);
+	// the hostname tag still works, and must agree when both are given.
+	Hostname string `json:"hostname,omitempty"`
+	// SSHKeys are authorized_keys lines for root, at most MaxSSHKeys of
+	// MaxSSHKeyLen bytes; the ssh_key tag's key is added to them.
+	SSHKeys []string `json:"ssh_keys,omitempty"`
+	// RootPasswordHash is root's password as a crypt(3) hash
+	// (lpmos.ValidatePasswordHash); empty leaves root's password locked.
+	// Never logged.
+	RootPasswordHash string `json:"root_password_hash,omitempty"`
+	// UserData is the operator's cloud-config (CheckUserData), merged into
+	// the cloud-init user-data and autoinstall user-data LPMOS writes.
+	UserData string `json:"user_data,omitempty"`
 	// CreatedBy is the authenticated caller, set by the API layer, never
 	// taken from the request body.
 	CreatedBy string `json:"-"`
@@ -419,7 +446,10 @@ func (r CreateRequest) SameAs(t *Task) bool {
 	m := t.Metadata
 	return r.RegionID == m.RegionID && mac == m.TargetMAC && r.OSType == m.OSType &&
 		r.OSVersion == m.OSVersion && r.DiskLayout == m.DiskLayout &&
-		r.NetworkConfig == m.NetworkConfig && maps.Equal(r.Tags, m.Tags)
+		r.NetworkConfig == m.NetworkConfig && maps.Equal(r.Tags, m.Tags) &&
+		reflect.DeepEqual(r.Network, m.Network) && r.Hostname == m.Hostname &&
+		slices.Equal(r.SSHKeys, m.SSHKeys) && r.RootPasswordHash == m.RootPasswordHash &&
+		r.UserData == m.UserData
 }
 
 func (r *CreateRequest) normalize() (lpmos.MAC, error) {
@@ -448,12 +478,6 @@ func (r *CreateRequest) normalize() (lpmos.MAC, error) {
 	if r.DiskLayout != DiskLayoutAuto && (!diskDeviceRe.MatchString(r.DiskLayout) || strings.Contains(r.DiskLayout, "..")) {
 		return mac, invalid("disk_layout", "%q is neither %q nor a /dev/ path", truncate(r.DiskLayout), DiskLayoutAuto)
 	}
-	if r.NetworkConfig == "" {
-		r.NetworkConfig = NetworkDHCP
-	}
-	if r.NetworkConfig != NetworkDHCP && r.NetworkConfig != NetworkStatic {
-		return mac, invalid("network_config", "%q is neither %q nor %q", truncate(r.NetworkConfig), NetworkDHCP, NetworkStatic)
-	}
 	if len(r.Tags) > MaxTags {
 		return mac, invalid("tags", "%d tags, at most %d allowed", len(r.Tags), MaxTags)
 	}
@@ -477,6 +501,9 @@ func (r *CreateRequest) normalize() (lpmos.MAC, error) {
 		if err := lpmos.ValidateSSHAuthorizedKey(k); err != nil {
 			return mac, invalid("tags."+TagSSHKey, "%v", err)
 		}
+	}
+	if err := r.normalizeMachine(); err != nil {
+		return mac, err
 	}
 	if err := checkActor(r.CreatedBy); err != nil {
 		return mac, err

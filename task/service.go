@@ -182,17 +182,22 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 		return nil, err
 	}
 	t, err := s.newTask(Metadata{
-		RegionID:      req.RegionID,
-		TargetMAC:     mac,
-		OSType:        req.OSType,
-		OSVersion:     req.OSVersion,
-		DiskLayout:    req.DiskLayout,
-		NetworkConfig: req.NetworkConfig,
-		CreatedBy:     req.CreatedBy,
-		Tags:          req.Tags,
-		Attempt:       1,
-		MaxAttempts:   s.cfg.MaxAttempts,
-		ID:            req.ID,
+		RegionID:         req.RegionID,
+		TargetMAC:        mac,
+		OSType:           req.OSType,
+		OSVersion:        req.OSVersion,
+		DiskLayout:       req.DiskLayout,
+		NetworkConfig:    req.NetworkConfig,
+		Network:          req.Network,
+		Hostname:         req.Hostname,
+		SSHKeys:          req.SSHKeys,
+		RootPasswordHash: req.RootPasswordHash,
+		UserData:         req.UserData,
+		CreatedBy:        req.CreatedBy,
+		Tags:             req.Tags,
+		Attempt:          1,
+		MaxAttempts:      s.cfg.MaxAttempts,
+		ID:               req.ID,
 	}, "")
 	if err != nil {
 		return nil, err

@@ -52,10 +52,12 @@ const (
 // Range request guarded by If-Range, so the stream, both hashes and the
 // decompressor carry on where they were.
 //
-// When the plan has a hostname, SSH keys or a phone-home URL, a cloud-init
-// NoCloud seed (a CIDATA FAT partition after the image's partitions, see
-// SeedNoCloud) is written after the image is verified; the final details
-// say "cloud_init": "seeded: ..." or "not_seeded: <why>" (not a failure).
+// When the plan has a hostname, SSH keys, a phone-home URL or seed files
+// the region rendered (Plan.SeedUserData, Plan.SeedNetworkConfig), a
+// cloud-init NoCloud seed (a CIDATA FAT partition after the image's
+// partitions, see SeedNoCloud) is written after the image is verified; the
+// final details say "cloud_init": "seeded: ..." or "not_seeded: <why>"
+// (not a failure).
 type Image struct {
 	HTTPClient *http.Client // nil: http.DefaultClient semantics with no overall timeout
 	Disks      DiskLister   // nil: SysfsDisks{}
@@ -238,12 +240,13 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 }
 
 // seed writes the cloud-init NoCloud seed (SeedNoCloud) after the image
-// if the plan asks for one (hostname, SSH keys or a phone-home URL), and
-// says what happened for the final details ("" when not asked). A seed
-// that cannot be written does not fail the install: the image is written
-// and verified, and may well configure itself; the details say why.
+// if the plan asks for one (hostname, SSH keys, a phone-home URL or seed
+// files), and says what happened for the final details ("" when not
+// asked). A seed that cannot be written does not fail the install: the
+// image is written and verified, and may well configure itself; the
+// details say why.
 func (im *Image) seed(f *os.File, disk Disk, written int64, plan agent.Plan, progress agent.ProgressFunc, log *slog.Logger) string {
-	if plan.Hostname == "" && len(plan.SSHAuthorizedKeys) == 0 && plan.PhoneHomeURL == "" {
+	if plan.Hostname == "" && len(plan.SSHAuthorizedKeys) == 0 && plan.PhoneHomeURL == "" && plan.SeedUserData == "" && plan.SeedNetworkConfig == "" {
 		return ""
 	}
 	progress(agent.StageConfiguring, 50, "writing the cloud-init NoCloud seed", nil)
@@ -254,6 +257,7 @@ func (im *Image) seed(f *os.File, disk Disk, written int64, plan agent.Plan, pro
 	off, err := SeedNoCloud(f, size, written, NoCloud{
 		InstanceID: plan.TaskID, Hostname: plan.Hostname,
 		SSHAuthorizedKeys: plan.SSHAuthorizedKeys, PhoneHomeURL: plan.PhoneHomeURL,
+		UserDataFile: seedFile(plan.SeedUserData), NetworkConfig: seedFile(plan.SeedNetworkConfig),
 	})
 	if err != nil {
 		log.Warn("no cloud-init seed written", "disk", disk.Path, "err", err)
@@ -261,6 +265,14 @@ func (im *Image) seed(f *os.File, disk Disk, written int64, plan agent.Plan, pro
 	}
 	log.Info("cloud-init NoCloud seed written", "disk", disk.Path, "offset", off)
 	return fmt.Sprintf("seeded: CIDATA partition at byte %d", off)
+}
+
+// seedFile is a seed file the plan carries, nil if none.
+func seedFile(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return []byte(s)
 }
 
 func wipeHead(f *os.File) error {

@@ -18,6 +18,14 @@ type NoCloud struct {
 	Hostname          string   // meta-data local-hostname and user-data hostname; optional
 	SSHAuthorizedKeys []string // user-data ssh_authorized_keys; optional
 	PhoneHomeURL      string   // user-data phone_home.url; optional
+	// UserDataFile, if set, is the user-data file as is (the region
+	// rendered it, agent.Plan.SeedUserData); SSHAuthorizedKeys and
+	// PhoneHomeURL are then unused.
+	UserDataFile []byte
+	// NetworkConfig, if set, is the seed's network-config file (netplan
+	// version 2, agent.Plan.SeedNetworkConfig); without it cloud-init
+	// falls back to DHCP.
+	NetworkConfig []byte
 }
 
 // ErrNoRoomForSeed means the disk has no place for the seed partition: no
@@ -50,6 +58,9 @@ func (n NoCloud) MetaData() []byte {
 
 // UserData is the seed's user-data file, a #cloud-config document.
 func (n NoCloud) UserData() []byte {
+	if n.UserDataFile != nil {
+		return n.UserDataFile
+	}
 	var b bytes.Buffer
 	b.WriteString("#cloud-config\n")
 	if n.Hostname != "" {
@@ -66,6 +77,18 @@ func (n NoCloud) UserData() []byte {
 		fmt.Fprintf(&b, "phone_home:\n  url: %s\n  post: [instance_id, hostname]\n  tries: 10\n", yamlString(n.PhoneHomeURL))
 	}
 	return b.Bytes()
+}
+
+// files are the seed's files.
+func (n NoCloud) files() []fatFile {
+	files := []fatFile{
+		{Name: "meta-data", Data: n.MetaData()},
+		{Name: "user-data", Data: n.UserData()},
+	}
+	if n.NetworkConfig != nil {
+		files = append(files, fatFile{Name: "network-config", Data: n.NetworkConfig})
+	}
+	return files
 }
 
 // SeedNoCloud adds the seed to disk f (a block device or regular file of
@@ -105,10 +128,7 @@ func SeedNoCloud(f *os.File, diskSize, imageSize int64, seed NoCloud) (offset in
 		VolumeID:      binary.LittleEndian.Uint32(id[:]),
 		HiddenSectors: hidden,
 		ModTime:       time.Now(),
-	}, []fatFile{
-		{Name: "meta-data", Data: seed.MetaData()},
-		{Name: "user-data", Data: seed.UserData()},
-	})
+	}, seed.files())
 	if err != nil {
 		return 0, fmt.Errorf("nocloud seed: %w", err)
 	}

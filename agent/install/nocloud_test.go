@@ -365,7 +365,8 @@ func checkSeededDisk(t *testing.T, path string, off int64, seed install.NoCloud,
 	part := filepath.Join(t.TempDir(), "cidata.img")
 	require.NoError(t, os.WriteFile(part, raw[off:off+seedSectors*512], 0o644))
 	// Clean means: exit 0, and nothing but the banner and the summary
-	// (2 files, or 3 where fsck.fat counts the volume label entry).
+	// (2 files, or 3 where fsck.fat counts the volume label entry; one
+	// more with a network-config).
 	out, err := exec.Command("fsck.fat", "-n", part).CombinedOutput()
 	require.NoError(t, err, "fsck.fat: %s", out)
 	var rest []string
@@ -375,14 +376,48 @@ func checkSeededDisk(t *testing.T, path string, off int64, seed install.NoCloud,
 		}
 	}
 	require.Len(t, rest, 1, "fsck.fat said more than its banner and summary:\n%s", out)
-	require.Regexp(t, `^`+regexp.QuoteMeta(part)+`: [23] files, \d+/\d+ clusters$`, rest[0])
+	files := "[23]"
+	if seed.NetworkConfig != nil {
+		files = "[34]"
+	}
+	require.Regexp(t, `^`+regexp.QuoteMeta(part)+`: `+files+` files, \d+/\d+ clusters$`, rest[0])
 
 	env := []string{"MTOOLS_SKIP_CHECK=1"}
 	img := fmt.Sprintf("%s@@%d", path, off)
 	require.Equal(t, string(seed.MetaData()), run(t, env, "mtype", "-i", img, "::meta-data"))
 	require.Equal(t, string(seed.UserData()), run(t, env, "mtype", "-i", img, "::user-data"))
+	if seed.NetworkConfig != nil {
+		require.Equal(t, string(seed.NetworkConfig), run(t, env, "mtype", "-i", img, "::network-config"))
+	}
 	label := run(t, env, "mlabel", "-i", img, "-s", "::")
 	require.Contains(t, label, "CIDATA")
+}
+
+// A seed the region rendered (a static network, the operator's user-data)
+// is written as it came, network-config included.
+func TestSeedNoCloudRenderedFiles(t *testing.T) {
+	needTool(t, "sfdisk", "blkid", "fsck.fat", "mtype")
+	seed := install.NoCloud{
+		InstanceID: "task-0194", Hostname: "web-01",
+		SSHAuthorizedKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake test@lpmos"},
+		UserDataFile:      []byte("#cloud-config\nhostname: \"web-01\"\npackages: [nginx]\n"),
+		NetworkConfig: []byte("version: 2\nethernets:\n  lpmos0:\n    match:\n      macaddress: \"52:54:00:12:34:56\"\n" +
+			"    dhcp4: false\n    addresses:\n      - \"10.0.0.5/24\"\n"),
+	}
+	require.Equal(t, seed.UserDataFile, seed.UserData(), "the rendered user-data, not one built from the fields")
+	const image, disk = 8 * mib, 64 * mib
+	imgPath, _ := partitionImage(t, image, "label: dos\nstart=2048, size=8192, type=83\n")
+	img, err := os.ReadFile(imgPath)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "disk")
+	require.NoError(t, os.WriteFile(path, img, 0o644))
+	require.NoError(t, os.Truncate(path, disk))
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	off, err := install.SeedNoCloud(f, disk, image, seed)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	checkSeededDisk(t, path, off, seed, disk)
 }
 
 func TestSeedNoCloudErrors(t *testing.T) {

@@ -556,3 +556,54 @@ func TestCompletion(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	assert.Equal(t, "_bash_complete -F _lpmosctl", strings.TrimSpace(string(out)))
 }
+
+// The per-machine configuration from the command line: a static address
+// (which implies --network static), gateway, name servers, a VLAN, a
+// hostname, several SSH keys, a root password hash and a user-data file;
+// the API's refusal names the field.
+func TestCreateMachineConfig(t *testing.T) {
+	s := startServer(t, 0)
+	const mac = "02:00:00:00:00:09"
+	keys := []string{
+		"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@example.com",
+		"ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY= ops@bastion",
+	}
+	const hash = "$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG."
+	userData := filepath.Join(t.TempDir(), "user-data")
+	require.NoError(t, os.WriteFile(userData, []byte("#cloud-config\npackages: [nginx]\n"), 0o644))
+
+	code, _, errOut := s.ctl(t, "tasks", "create", "--region", "dc1", "--os", "debian", "--os-version", "12",
+		"--address", "10.0.0.5/24", "--gateway", "10.0.1.1", mac)
+	assert.NotEqual(t, 0, code)
+	assert.Contains(t, errOut, "network.gateway")
+
+	out := s.ok(t, "tasks", "create", "--region", "dc1", "--os", "debian", "--os-version", "12",
+		"--address", "10.0.0.5/24", "--gateway", "10.0.0.1", "--dns", "1.1.1.1, 9.9.9.9", "--vlan", "100",
+		"--hostname", "web-01", "--ssh-key", keys[0], "--ssh-key", keys[1],
+		"--root-password-hash", hash, "--user-data", userData, mac)
+	f := strings.Fields(strings.Split(strings.TrimSpace(out), "\n")[1])
+	var got struct {
+		Metadata struct {
+			NetworkConfig    string         `json:"network_config"`
+			Network          map[string]any `json:"network"`
+			Hostname         string         `json:"hostname"`
+			SSHKeys          []string       `json:"ssh_keys"`
+			RootPasswordHash string         `json:"root_password_hash"`
+			UserData         string         `json:"user_data"`
+		} `json:"metadata"`
+	}
+	s.jsonOut(t, &got, "tasks", "get", f[0])
+	assert.Equal(t, "static", got.Metadata.NetworkConfig)
+	assert.Equal(t, map[string]any{"mode": "static", "address": "10.0.0.5/24", "gateway": "10.0.0.1",
+		"dns": []any{"1.1.1.1", "9.9.9.9"}, "vlan_id": float64(100)}, got.Metadata.Network)
+	assert.Equal(t, "web-01", got.Metadata.Hostname)
+	assert.Equal(t, keys, got.Metadata.SSHKeys)
+	assert.Equal(t, hash, got.Metadata.RootPasswordHash)
+	assert.Equal(t, "#cloud-config\npackages: [nginx]\n", got.Metadata.UserData)
+
+	details := s.ok(t, "tasks", "get", f[0])
+	assert.Regexp(t, `(?m)^Network:\s+static 10\.0\.0\.5/24 via 10\.0\.0\.1 DNS 1\.1\.1\.1,9\.9\.9\.9 VLAN 100$`, details)
+	assert.Regexp(t, `(?m)^SSH keys:\s+2$`, details)
+	assert.Regexp(t, `(?m)^Root password:\s+set \(hashed\)$`, details)
+	assert.NotContains(t, details, hash, "the hash is not printed")
+}

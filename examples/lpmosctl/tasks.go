@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -86,17 +87,25 @@ func tagMap(flagName string, tags []string) (map[string]string, error) {
 
 func tasksCreate(fs *flag.FlagSet) runner {
 	var (
-		region, osType, osVersion, disk, network, hostname, sshKey string
-		tags                                                       listFlag
+		region, osType, osVersion, disk, network, hostname string
+		address, gateway, dns, passwordHash, userDataFile  string
+		vlan                                               int
+		tags, sshKeys                                      listFlag
 	)
 	fs.StringVar(&region, "region", "", "region whose boot services install the machines (required)")
 	fs.StringVar(&osType, "os", "", "OS type, e.g. ubuntu (required; lpmosctl regions list shows what a region offers)")
 	fs.StringVar(&osVersion, "os-version", "", "OS version, e.g. 24.04 (required)")
 	fs.StringVar(&disk, "disk-layout", "", `"auto" or the device to install onto, e.g. /dev/sda`)
-	fs.StringVar(&network, "network", "", "dhcp or static")
+	fs.StringVar(&network, "network", "", "dhcp or static (static when --address is given)")
+	fs.StringVar(&address, "address", "", "static IPv4 address with prefix length, e.g. 10.0.0.5/24 (one MAC only)")
+	fs.StringVar(&gateway, "gateway", "", "default gateway of a static address, inside its subnet")
+	fs.StringVar(&dns, "dns", "", "name servers, comma-separated (at most 4)")
+	fs.IntVar(&vlan, "vlan", 0, "802.1Q VLAN ID (1-4094) the network is on")
 	fs.Var(&tags, "tag", "tag the tasks, KEY=VALUE (repeatable)")
 	fs.StringVar(&hostname, "hostname", "", "the machine's hostname (one MAC only)")
-	fs.StringVar(&sshKey, "ssh-key", "", "an authorized_keys line for root")
+	fs.Var(&sshKeys, "ssh-key", "an authorized_keys line for root (repeatable)")
+	fs.StringVar(&passwordHash, "root-password-hash", "", "root's password as a crypt(3) hash, e.g. from mkpasswd -m sha-512")
+	fs.StringVar(&userDataFile, "user-data", "", "a #cloud-config file merged into the installed system's cloud-init user-data")
 	return func(ctx context.Context, a *app, macs []string) error {
 		switch {
 		case len(macs) == 0:
@@ -105,23 +114,38 @@ func tasksCreate(fs *flag.FlagSet) runner {
 			return usagef("--region, --os and --os-version are required")
 		case hostname != "" && len(macs) > 1:
 			return usagef("--hostname names one machine, and %d MACs were given", len(macs))
+		case address != "" && len(macs) > 1:
+			return usagef("--address is one machine's, and %d MACs were given", len(macs))
 		}
 		tm, err := tagMap("tag", tags)
 		if err != nil {
 			return err
 		}
-		for k, v := range map[string]string{task.TagHostname: hostname, task.TagSSHKey: sshKey} {
-			if v != "" {
-				if tm == nil {
-					tm = map[string]string{}
-				}
-				tm[k] = v
+		var net *task.Network
+		if address != "" || gateway != "" || dns != "" || vlan != 0 {
+			net = &task.Network{Mode: network, Address: address, Gateway: gateway, VLANID: vlan}
+			if net.Mode == "" && address != "" {
+				net.Mode = task.NetworkStatic
 			}
+			for _, s := range strings.Split(dns, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					net.DNS = append(net.DNS, s)
+				}
+			}
+		}
+		var userData string
+		if userDataFile != "" {
+			b, err := os.ReadFile(userDataFile)
+			if err != nil {
+				return usagef("--user-data: %v", err)
+			}
+			userData = string(b)
 		}
 		reqs := make([]task.CreateRequest, len(macs))
 		for i, mac := range macs {
 			reqs[i] = task.CreateRequest{RegionID: region, TargetMAC: mac, OSType: osType, OSVersion: osVersion,
-				DiskLayout: disk, NetworkConfig: network, Tags: tm}
+				DiskLayout: disk, NetworkConfig: network, Tags: tm, Network: net, Hostname: hostname,
+				SSHKeys: sshKeys, RootPasswordHash: passwordHash, UserData: userData}
 		}
 		c, err := a.client()
 		if err != nil {
@@ -281,6 +305,29 @@ func tasksGet(fs *flag.FlagSet) runner {
 	}
 }
 
+// networkText sums up a task's network: the mode, and the static
+// address, gateway, name servers, VLAN and bond where given.
+func networkText(m task.Metadata) string {
+	n := m.EffectiveNetwork()
+	parts := []string{orDash(n.Mode)}
+	if n.Address != "" {
+		parts = append(parts, n.Address)
+	}
+	if n.Gateway != "" {
+		parts = append(parts, "via "+n.Gateway)
+	}
+	if len(n.DNS) > 0 {
+		parts = append(parts, "DNS "+strings.Join(n.DNS, ","))
+	}
+	if n.VLANID != 0 {
+		parts = append(parts, "VLAN "+strconv.Itoa(n.VLANID))
+	}
+	if b := n.Bond; b != nil {
+		parts = append(parts, fmt.Sprintf("bond %s (%s, %s)", b.Name, strings.Join(b.Interfaces, ","), b.Mode))
+	}
+	return strings.Join(parts, " ")
+}
+
 // taskDetails prints one task for a person.
 func (a *app) taskDetails(t *task.Task) error {
 	m := t.Metadata
@@ -292,9 +339,21 @@ func (a *app) taskDetails(t *task.Task) error {
 		{"MAC:", m.TargetMAC.String()},
 		{"OS:", m.OSType + " " + m.OSVersion},
 		{"Disk layout:", orDash(m.DiskLayout)},
-		{"Network:", orDash(m.NetworkConfig)},
+		{"Network:", networkText(m)},
 		{"Created:", fmt.Sprintf("%s (%s ago) by %s", m.CreatedAt.Format(time.RFC3339), age(now, m.CreatedAt), orDash(m.CreatedBy))},
 		{"Tags:", tagsText(m.Tags)},
+	}
+	if h := m.EffectiveHostname(); h != "" {
+		kv = append(kv, []string{"Hostname:", h})
+	}
+	if k := m.SSHAuthorizedKeys(); len(k) > 0 {
+		kv = append(kv, []string{"SSH keys:", strconv.Itoa(len(k))})
+	}
+	if m.RootPasswordHash != "" {
+		kv = append(kv, []string{"Root password:", "set (hashed)"})
+	}
+	if m.UserData != "" {
+		kv = append(kv, []string{"User-data:", fmt.Sprintf("%d bytes of cloud-config", len(m.UserData))})
 	}
 	if p := t.Progress; p != nil || t.Status == task.StatusCompleted {
 		line := fmt.Sprintf("%s %3d%%", bar(percent(t.Status, p), 20), percent(t.Status, p))

@@ -244,7 +244,7 @@ func TestTaskErrorsAnswerAlikeOnBothAPIs(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal(pending.raw, &created))
 	oversized := createRequest("00:1a:2b:3c:4d:02")
-	oversized["tags"] = map[string]string{"k": strings.Repeat("x", 70<<10)}
+	oversized["tags"] = map[string]string{"k": strings.Repeat("x", 1<<20)} // over MaxCreateBodyBytes
 	unknownField := createRequest("00:1a:2b:3c:4d:03")
 	unknownField["colour"] = "blue"
 

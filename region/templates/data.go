@@ -38,11 +38,20 @@ type Data struct {
 	// /dev/disk/by-id/....
 	Disk string
 	// Network is "dhcp" (the default) or "static"; static needs Address
-	// (IPv4 CIDR such as 10.0.0.5/24), Gateway and Nameservers.
+	// (IPv4 CIDR such as 10.0.0.5/24); Gateway (inside Address's subnet)
+	// and up to 4 Nameservers are optional. Nameservers may also be given
+	// with DHCP, on top of what DHCP hands out.
 	Network     string
 	Address     string
 	Gateway     string
 	Nameservers []string
+	// VLANID, when not 0, puts the network (DHCP or static) on an 802.1Q
+	// VLAN, interface vlan<ID>, of the NIC or the bond: 1 to 4094.
+	VLANID int
+	// Bond, when Bond.Name is set, bonds the named NICs (2 to 8) and
+	// configures the network on the bond instead of the NIC matched by
+	// MAC.
+	Bond Bond
 	// MirrorURL is the Debian/Ubuntu archive (preseed, autoinstall);
 	// empty means the distribution's default. RepoURL is the Anaconda
 	// installation tree (kickstart url); empty means the inst.repo= of
@@ -71,7 +80,31 @@ type Data struct {
 	// Tags are the task's tags; they are written to /etc/lpmos/tags.json
 	// on the installed system.
 	Tags map[string]string
+	// UserData is the operator's cloud-config ("#cloud-config" first),
+	// merged into the cloud-init and NoCloud user-data and autoinstall's
+	// user-data (MergeUserData says how).
+	UserData string
+
+	// hostnameGiven: Hostname was given rather than defaulted; only then
+	// does it win over a host name in UserData.
+	hostnameGiven bool
 }
+
+// Bond is a Linux bond of NICs named by their kernel names.
+type Bond struct {
+	Name       string   // the bond's interface name, such as bond0
+	Interfaces []string // the NICs, such as eno1 and eno2
+	Mode       string   // a Linux bonding mode; empty means active-backup
+}
+
+var bondModes = []string{"balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb"}
+
+// Limits on the network.
+const (
+	maxNameservers = 4
+	maxBondNICs    = 8
+	maxUserData    = 64 << 10
+)
 
 // Limits on sizes of values.
 const (
@@ -84,16 +117,15 @@ const (
 )
 
 var (
-	urlChars     = regexp.MustCompile(`^[A-Za-z0-9._~:/?&=%+,@\[\]-]+$`)
-	tokenRE      = regexp.MustCompile(`^[A-Za-z0-9._~-]+$`)
-	osTypeRE     = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-	osVersionRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$`)
-	diskRE       = regexp.MustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$`)
-	timezoneRE   = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$`)
-	localeRE     = regexp.MustCompile(`^[a-z]{2,3}(_[A-Z]{2})?(\.[A-Za-z0-9-]+)?(@[a-z]+)?$`)
-	packageRE    = regexp.MustCompile(`^@?\^?[A-Za-z0-9][A-Za-z0-9._+~:-]{0,127}$`)
-	tagKeyRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
-	passwdHashRE = regexp.MustCompile(`^\$[0-9a-z]{1,2}\$[A-Za-z0-9./$=,]{1,512}$`)
+	urlChars    = regexp.MustCompile(`^[A-Za-z0-9._~:/?&=%+,@\[\]-]+$`)
+	tokenRE     = regexp.MustCompile(`^[A-Za-z0-9._~-]+$`)
+	osTypeRE    = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+	osVersionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$`)
+	diskRE      = regexp.MustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$`)
+	timezoneRE  = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$`)
+	localeRE    = regexp.MustCompile(`^[a-z]{2,3}(_[A-Z]{2})?(\.[A-Za-z0-9-]+)?(@[a-z]+)?$`)
+	packageRE   = regexp.MustCompile(`^@?\^?[A-Za-z0-9][A-Za-z0-9._+~:-]{0,127}$`)
+	tagKeyRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
 )
 
 func invalid(field, value, reason string) error {
@@ -146,6 +178,7 @@ func (d Data) normalize() (Data, error) {
 		return Data{}, fmt.Errorf("%w: MAC: %w", ErrInvalid, err)
 	}
 	d.MAC = mac.String()
+	d.hostnameGiven = d.Hostname != ""
 	if d.Hostname == "" {
 		d.Hostname = "lpmos-" + strings.ReplaceAll(d.MAC, ":", "")
 	}
@@ -197,8 +230,12 @@ func (d Data) normalize() (Data, error) {
 		}
 	}
 	d.SSHAuthorizedKeys = slices.Clone(d.SSHAuthorizedKeys)
-	if d.RootPasswordHash != "" && !passwdHashRE.MatchString(d.RootPasswordHash) {
-		return Data{}, invalid("RootPasswordHash", d.RootPasswordHash, "want a crypt(3) hash such as $6$salt$hash")
+	if d.RootPasswordHash != "" {
+		// The same check as at task creation; the error never repeats
+		// the value, which might be a password.
+		if err := lpmos.ValidatePasswordHash(d.RootPasswordHash); err != nil {
+			return Data{}, fmt.Errorf("%w: RootPasswordHash: %w", ErrInvalid, err)
+		}
 	}
 	if d.Timezone == "" {
 		d.Timezone = "Etc/UTC"
@@ -233,6 +270,11 @@ func (d Data) normalize() (Data, error) {
 		}
 	}
 	d.Tags = maps.Clone(d.Tags)
+	if d.UserData != "" {
+		if _, err := parseUserData(d.UserData); err != nil {
+			return Data{}, fmt.Errorf("%w: UserData: %w", ErrInvalid, err)
+		}
+	}
 	return d, nil
 }
 
@@ -240,36 +282,70 @@ func (d *Data) normalizeNetwork() error {
 	switch d.Network {
 	case "", "dhcp":
 		d.Network = "dhcp"
-		if d.Address != "" || d.Gateway != "" || len(d.Nameservers) > 0 {
-			return fmt.Errorf("%w: Address, Gateway and Nameservers are only for Network \"static\"", ErrInvalid)
+		if d.Address != "" || d.Gateway != "" {
+			return fmt.Errorf("%w: Address and Gateway are only for Network \"static\"", ErrInvalid)
 		}
-		return nil
 	case "static":
+		p, err := netip.ParsePrefix(d.Address)
+		if err != nil || !p.Addr().Is4() || p.Bits() < 1 || p.Bits() > 32 {
+			return invalid("Address", d.Address, "want an IPv4 address with prefix length, such as 10.0.0.5/24")
+		}
+		d.Address = p.String()
+		if d.Gateway != "" {
+			gw, err := netip.ParseAddr(d.Gateway)
+			if err != nil || !gw.Is4() || !p.Masked().Contains(gw) {
+				return invalid("Gateway", d.Gateway, "want an IPv4 address inside "+p.Masked().String())
+			}
+			d.Gateway = gw.String()
+		}
 	default:
 		return invalid("Network", d.Network, `want "dhcp" or "static"`)
 	}
-	p, err := netip.ParsePrefix(d.Address)
-	if err != nil || !p.Addr().Is4() || p.Bits() < 1 || p.Bits() > 32 {
-		return invalid("Address", d.Address, "want an IPv4 address with prefix length, such as 10.0.0.5/24")
+	if len(d.Nameservers) > maxNameservers {
+		return fmt.Errorf("%w: Nameservers: %d, at most %d allowed", ErrInvalid, len(d.Nameservers), maxNameservers)
 	}
-	d.Address = p.String()
-	gw, err := netip.ParseAddr(d.Gateway)
-	if err != nil || !gw.Is4() {
-		return invalid("Gateway", d.Gateway, "want an IPv4 address")
-	}
-	d.Gateway = gw.String()
-	if len(d.Nameservers) == 0 || len(d.Nameservers) > 3 {
-		return fmt.Errorf("%w: Nameservers: want 1 to 3 for a static network", ErrInvalid)
-	}
-	ns := make([]string, len(d.Nameservers))
+	var ns []string
 	for i, s := range d.Nameservers {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
 			return invalid(fmt.Sprintf("Nameservers[%d]", i), s, "want an IP address")
 		}
-		ns[i] = a.String()
+		ns = append(ns, a.String())
 	}
 	d.Nameservers = ns
+	if d.VLANID < 0 || d.VLANID > 4094 {
+		return invalid("VLANID", strconv.Itoa(d.VLANID), "want 1 to 4094, or 0 for none")
+	}
+	b := d.Bond
+	if b.Name == "" {
+		if len(b.Interfaces) > 0 || b.Mode != "" {
+			return fmt.Errorf("%w: Bond: interfaces or a mode without a name", ErrInvalid)
+		}
+		d.Bond = Bond{}
+		return nil
+	}
+	if err := lpmos.ValidateInterfaceName(b.Name); err != nil {
+		return fmt.Errorf("%w: Bond.Name: %w", ErrInvalid, err)
+	}
+	if len(b.Interfaces) < 2 || len(b.Interfaces) > maxBondNICs {
+		return fmt.Errorf("%w: Bond.Interfaces: %d, want 2 to %d", ErrInvalid, len(b.Interfaces), maxBondNICs)
+	}
+	for i, nic := range b.Interfaces {
+		if err := lpmos.ValidateInterfaceName(nic); err != nil {
+			return fmt.Errorf("%w: Bond.Interfaces[%d]: %w", ErrInvalid, i, err)
+		}
+		if nic == b.Name || slices.Contains(b.Interfaces[:i], nic) {
+			return invalid(fmt.Sprintf("Bond.Interfaces[%d]", i), nic, "named twice")
+		}
+	}
+	if b.Mode == "" {
+		b.Mode = "active-backup"
+	}
+	if !slices.Contains(bondModes, b.Mode) {
+		return invalid("Bond.Mode", b.Mode, "want one of "+strings.Join(bondModes, ", "))
+	}
+	b.Interfaces = slices.Clone(b.Interfaces)
+	d.Bond = b
 	return nil
 }
 
@@ -392,36 +468,191 @@ func (d Data) ProgressWget(stage string, percentage int, message string) string 
 		shellQuote(d.ProgressURL)}, " ")
 }
 
+// HostnameGiven reports whether the task named the host (Hostname was
+// not the default).
+func (d Data) HostnameGiven() bool { return d.hostnameGiven }
+
+// HasVLAN reports whether the network is on a VLAN.
+func (d Data) HasVLAN() bool { return d.VLANID != 0 }
+
+// HasBond reports whether NICs are bonded.
+func (d Data) HasBond() bool { return d.Bond.Name != "" }
+
+// VLANName is the VLAN interface's name, vlan<ID>: short enough for any
+// parent's name (a kernel interface name has at most 15 bytes).
+func (d Data) VLANName() string { return "vlan" + strconv.Itoa(d.VLANID) }
+
+// NetworkPackages are what the installed system needs for its network
+// beyond a minimal Debian: ifenslave for a bond, vlan for a VLAN
+// (ifupdown's VLAN support lives there).
+func (d Data) NetworkPackages() []string {
+	var p []string
+	if d.HasBond() {
+		p = append(p, "ifenslave")
+	}
+	if d.HasVLAN() {
+		p = append(p, "vlan")
+	}
+	return p
+}
+
 // NetworkV2 is the machine's network as netplan version 2 YAML (the
 // content of NoCloud network-config and of autoinstall's network key),
-// every line indented by indent spaces, without a final newline. The NIC is matched by MAC address,
-// so the name the kernel gives it does not matter.
+// every line indented by indent spaces, without a final newline. Without
+// a bond, the NIC is matched by MAC address, so the name the kernel gives
+// it does not matter; a bond names its NICs. A VLAN sits on the NIC or
+// the bond, and then carries the addresses.
 func (d Data) NetworkV2(indent int) string {
 	var lines []string
 	line := func(depth int, s string) {
 		lines = append(lines, strings.Repeat(" ", indent+2*depth)+s)
 	}
+	// l3 configures the interface that carries the addresses.
+	l3 := func() {
+		if !d.Static() {
+			line(2, "dhcp4: true")
+		} else {
+			line(2, "dhcp4: false")
+			line(2, "addresses:")
+			line(3, "- "+yamlString(d.Address))
+			if d.Gateway != "" {
+				line(2, "routes:")
+				line(3, "- to: "+yamlString("0.0.0.0/0"))
+				line(3, "  via: "+yamlString(d.Gateway))
+			}
+		}
+		if len(d.Nameservers) > 0 {
+			line(2, "nameservers:")
+			line(3, "addresses:")
+			for _, ns := range d.Nameservers {
+				line(4, "- "+yamlString(ns))
+			}
+		}
+	}
 	line(0, "version: 2")
 	line(0, "ethernets:")
-	line(1, "lpmos0:")
-	line(2, "match:")
-	line(3, "macaddress: "+yamlString(d.MAC))
-	if !d.Static() {
-		line(2, "dhcp4: true")
+	parent := "lpmos0"
+	if d.HasBond() {
+		for _, nic := range d.Bond.Interfaces {
+			line(1, yamlString(nic)+":")
+			line(2, "dhcp4: false")
+		}
+		parent = d.Bond.Name
+		line(0, "bonds:")
+		line(1, yamlString(d.Bond.Name)+":")
+		line(2, "interfaces: ["+strings.Join(mapStrings(d.Bond.Interfaces, yamlString), ", ")+"]")
+		line(2, "parameters:")
+		line(3, "mode: "+yamlString(d.Bond.Mode))
+		line(3, "mii-monitor-interval: 100")
+	} else {
+		line(1, "lpmos0:")
+		line(2, "match:")
+		line(3, "macaddress: "+yamlString(d.MAC))
+	}
+	if !d.HasVLAN() {
+		l3()
 		return strings.Join(lines, "\n")
 	}
-	line(2, "dhcp4: false")
-	line(2, "addresses:")
-	line(3, "- "+yamlString(d.Address))
-	line(2, "routes:")
-	line(3, "- to: "+yamlString("0.0.0.0/0"))
-	line(3, "  via: "+yamlString(d.Gateway))
-	line(2, "nameservers:")
-	line(3, "addresses:")
-	for _, ns := range d.Nameservers {
-		line(4, "- "+yamlString(ns))
-	}
+	line(2, "dhcp4: false") // the parent carries no address of its own
+	line(0, "vlans:")
+	line(1, yamlString(d.VLANName())+":")
+	line(2, "id: "+strconv.Itoa(d.VLANID))
+	line(2, "link: "+yamlString(parent))
+	l3()
 	return strings.Join(lines, "\n")
+}
+
+func mapStrings(ss []string, f func(string) string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = f(s)
+	}
+	return out
+}
+
+// KickstartNetwork is the kickstart network command: the NIC by MAC, or
+// a bond of the named NICs, DHCP or static, on a VLAN if any. Every value
+// passed an allow-list without spaces or quotes.
+func (d Data) KickstartNetwork() string {
+	w := []string{"network"}
+	if d.HasBond() {
+		w = append(w, "--device="+d.Bond.Name, "--bondslaves="+strings.Join(d.Bond.Interfaces, ","),
+			"--bondopts=mode="+d.Bond.Mode+",miimon=100")
+	} else {
+		w = append(w, "--device="+d.MAC)
+	}
+	if d.Static() {
+		w = append(w, "--bootproto=static", "--ip="+d.IP(), "--netmask="+d.Netmask())
+		if d.Gateway != "" {
+			w = append(w, "--gateway="+d.Gateway)
+		}
+	} else {
+		w = append(w, "--bootproto=dhcp")
+	}
+	if len(d.Nameservers) > 0 {
+		w = append(w, "--nameserver="+strings.Join(d.Nameservers, ","))
+	}
+	if d.HasVLAN() {
+		w = append(w, "--vlanid="+strconv.Itoa(d.VLANID))
+	}
+	w = append(w, "--hostname="+d.Hostname, "--activate")
+	return strings.Join(w, " ")
+}
+
+// ManagesInterfaces reports whether the preseed writes the installed
+// system's /etc/network/interfaces: for anything but plain DHCP on the
+// NIC that installed it.
+func (d Data) ManagesInterfaces() bool { return d.Static() || d.HasVLAN() || d.HasBond() }
+
+// InterfacesLines is /etc/network/interfaces (ifupdown) for the installed
+// system, as shell words, one per line: the NIC found by MAC is "$iface"
+// (double-quoted), everything else single-quoted. Every value passed an
+// allow-list without quotes, '$' or backslashes.
+func (d Data) InterfacesLines() string {
+	var words []string
+	add := func(lines ...string) {
+		for _, l := range lines {
+			if strings.Contains(l, "$iface") {
+				words = append(words, `"`+l+`"`)
+			} else {
+				words = append(words, shellQuote(l))
+			}
+		}
+	}
+	method := "dhcp"
+	if d.Static() {
+		method = "static"
+	}
+	l3 := func(start, name string, extra ...string) {
+		add("", start+" "+name, "iface "+name+" inet "+method)
+		add(extra...)
+		if d.Static() {
+			add("    address " + d.Address)
+			if d.Gateway != "" {
+				add("    gateway " + d.Gateway)
+			}
+		}
+	}
+	add("auto lo", "iface lo inet loopback")
+	parent := "$iface"
+	if d.HasBond() {
+		parent = d.Bond.Name
+		bond := []string{"    bond-slaves " + strings.Join(d.Bond.Interfaces, " "), "    bond-mode " + d.Bond.Mode, "    bond-miimon 100"}
+		if d.HasVLAN() {
+			add("", "auto "+parent, "iface "+parent+" inet manual")
+			add(bond...)
+		} else {
+			l3("auto", parent, bond...)
+		}
+	} else if d.HasVLAN() {
+		add("", "allow-hotplug $iface", "iface $iface inet manual")
+	} else {
+		l3("allow-hotplug", "$iface")
+	}
+	if d.HasVLAN() {
+		l3("auto", d.VLANName(), "    vlan-raw-device "+parent)
+	}
+	return strings.Join(words, " ")
 }
 
 var funcs = template.FuncMap{

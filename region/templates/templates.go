@@ -6,6 +6,13 @@
 // overrides, which it reads from /lpmos/config/templates/<name> in the
 // store.
 //
+// The task's per-machine configuration reaches every file: a DHCP or static
+// network (address, gateway, name servers) on the NIC matched by MAC, on a
+// VLAN or on a bond; the host name; root's SSH keys and password hash; and
+// the operator's cloud-config (Data.UserData), merged into the cloud-config
+// files (merge.go). The full test suite checks the output with the tools
+// that read it: debconf-set-selections, cloud-init schema and netplan.
+//
 // Each answer file reports back to the region's agent API as the install
 // ends: a POST of {"mac_address", "task_id", "stage", "percentage",
 // "message"} with the task's bearer token, stage "configuring" at 95 %,
@@ -60,7 +67,18 @@ const (
 	// NetworkConfig is NoCloud network-config (netplan version 2) for
 	// image installs.
 	NetworkConfig = "network-config"
+	// NoCloudUserData is the user-data of the NoCloud seed the agent
+	// writes after an image: host name, root's SSH keys and password,
+	// the first-boot report (phone_home), merged with the task's
+	// user_data. Unlike CloudInit it sets nothing the image chose itself
+	// (time zone, locale, packages), and reports no progress: the agent
+	// reported the install complete already.
+	NoCloudUserData = "nocloud-user-data"
 )
+
+// mergesUserData are the templates whose output is cloud-config that the
+// task's user_data is merged into (merge.go).
+var mergesUserData = []string{CloudInit, Autoinstall, NoCloudUserData}
 
 //go:embed builtin/*.tmpl
 var builtinFS embed.FS
@@ -68,12 +86,13 @@ var builtinFS embed.FS
 // builtinFiles maps template names to their files; common.tmpl holds the
 // pieces several templates share ({{template "network-v2" .}}).
 var builtinFiles = map[string]string{
-	Preseed:       "builtin/preseed.cfg.tmpl",
-	Kickstart:     "builtin/kickstart.cfg.tmpl",
-	Autoinstall:   "builtin/autoinstall.yaml.tmpl",
-	CloudInit:     "builtin/cloud-init.yaml.tmpl",
-	MetaData:      "builtin/meta-data.yaml.tmpl",
-	NetworkConfig: "builtin/network-config.yaml.tmpl",
+	Preseed:         "builtin/preseed.cfg.tmpl",
+	Kickstart:       "builtin/kickstart.cfg.tmpl",
+	Autoinstall:     "builtin/autoinstall.yaml.tmpl",
+	CloudInit:       "builtin/cloud-init.yaml.tmpl",
+	MetaData:        "builtin/meta-data.yaml.tmpl",
+	NetworkConfig:   "builtin/network-config.yaml.tmpl",
+	NoCloudUserData: "builtin/nocloud-user-data.yaml.tmpl",
 }
 
 const commonFile = "builtin/common.tmpl"
@@ -127,7 +146,9 @@ const maxOutput = 1 << 20
 // overrides[name] when present, parsed with the same functions and able to
 // use the built-in shared definitions, or else the built-in. A parse or
 // execution error is an error wrapping ErrTemplate, never a panic. Overrides
-// may also add templates under names that are not built in.
+// may also add templates under names that are not built in. For CloudInit,
+// Autoinstall and NoCloudUserData (overridden or not) the task's user_data
+// is merged into the output (merge.go), which must then be a YAML mapping.
 func Render(name string, d Data, overrides map[string]string) ([]byte, error) {
 	nd, err := d.normalize()
 	if err != nil {
@@ -145,6 +166,9 @@ func Render(name string, d Data, overrides map[string]string) ([]byte, error) {
 	var buf limitedBuffer
 	if err := t.ExecuteTemplate(&buf, name, nd); err != nil {
 		return nil, fmt.Errorf("%w: executing %s: %w", ErrTemplate, name, err)
+	}
+	if nd.UserData != "" && slices.Contains(mergesUserData, name) {
+		return nd.mergeUserData(name, buf.Bytes())
 	}
 	return buf.Bytes(), nil
 }

@@ -54,6 +54,53 @@ func fullData() Data {
 	return d
 }
 
+// operatorUserData is an operator's cloud-config as a task's user_data:
+// it names the host too, sets a scalar LPMOS also sets, adds a key, a
+// list item and a root password, and uses YAML 1.1 scalars that must
+// survive the merge as written.
+const operatorUserData = `#cloud-config
+# the operator's own comment
+hostname: operator-name
+disable_root: true
+ssh_pwauth: yes
+packages: [nginx]
+ssh_authorized_keys:
+  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@example.com
+write_files:
+  - path: /etc/motd
+    permissions: '0644'
+    content: |
+      Welcome.
+runcmd:
+  - [touch, /etc/operator-was-here]
+`
+
+// variants are the data sets every template is rendered with (golden
+// files, validators): DHCP and static, on a NIC, a VLAN and a bond, with
+// and without the operator's user-data.
+func variants() map[string]Data {
+	staticVLAN := fullData()
+	staticVLAN.VLANID = 100
+
+	everything := fullData()
+	everything.VLANID = 100
+	everything.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno2"}, Mode: "802.3ad"}
+	everything.UserData = operatorUserData
+
+	dhcpBond := basicData()
+	dhcpBond.Bond = Bond{Name: "bond0", Interfaces: []string{"enp1s0f0", "enp1s0f1"}}
+	dhcpBond.Nameservers = []string{"9.9.9.9"}
+
+	userData := basicData()
+	userData.UserData = operatorUserData
+
+	staticBare := basicData()
+	staticBare.Network, staticBare.Address = "static", "192.168.10.20/23"
+
+	return map[string]Data{"basic": basicData(), "full": fullData(), "static-vlan": staticVLAN,
+		"static-bond-vlan-userdata": everything, "dhcp-bond": dhcpBond, "userdata": userData, "static-bare": staticBare}
+}
+
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
 	p := filepath.Join("testdata", name)
@@ -67,7 +114,7 @@ func golden(t *testing.T, name string, got []byte) {
 }
 
 func TestGolden(t *testing.T) {
-	for variant, d := range map[string]Data{"basic": basicData(), "full": fullData()} {
+	for variant, d := range variants() {
 		for _, name := range Names() {
 			t.Run(name+"-"+variant, func(t *testing.T) {
 				got, err := Render(name, d, nil)
@@ -79,7 +126,7 @@ func TestGolden(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	assert.Equal(t, []string{"autoinstall", "cloud-init", "kickstart", "meta-data", "network-config", "preseed"}, Names())
+	assert.Equal(t, []string{"autoinstall", "cloud-init", "kickstart", "meta-data", "network-config", "nocloud-user-data", "preseed"}, Names())
 	for _, n := range Names() {
 		text, err := Builtin(n)
 		require.NoError(t, err)
@@ -192,29 +239,47 @@ func TestBrokenOverride(t *testing.T) {
 
 func TestInvalidData(t *testing.T) {
 	cases := map[string]func(*Data){
-		"no task":                 func(d *Data) { d.TaskID = "" },
-		"bad task":                func(d *Data) { d.TaskID = "x" },
-		"no MAC":                  func(d *Data) { d.MAC = "" },
-		"bad MAC":                 func(d *Data) { d.MAC = "52:54:00:12:34:56\nx" },
-		"hostname newline":        func(d *Data) { d.Hostname = "web\nd-i preseed/late_command string reboot" },
-		"hostname space":          func(d *Data) { d.Hostname = "web 01" },
-		"hostname quote":          func(d *Data) { d.Hostname = `web"01` },
-		"hostname shell":          func(d *Data) { d.Hostname = "$(reboot)" },
-		"hostname template":       func(d *Data) { d.Hostname = "{{.Token}}" },
-		"hostname upper":          func(d *Data) { d.Hostname = "Web01" },
-		"hostname dash end":       func(d *Data) { d.Hostname = "web-" },
-		"hostname too long":       func(d *Data) { d.Hostname = strings.Repeat("a.", 127) + "a" },
-		"os type":                 func(d *Data) { d.OSType = "Debian 12" },
-		"os version":              func(d *Data) { d.OSVersion = "12;reboot" },
-		"disk relative":           func(d *Data) { d.Disk = "sda" },
-		"disk dotdot":             func(d *Data) { d.Disk = "/dev/../etc/passwd" },
-		"disk space":              func(d *Data) { d.Disk = "/dev/sda --drives=sdb" },
-		"network":                 func(d *Data) { d.Network = "bond" },
-		"dhcp with address":       func(d *Data) { d.Address = "10.0.0.5/24" },
-		"static no address":       func(d *Data) { d.Network = "static" },
-		"static ipv6":             func(d *Data) { static(d); d.Address = "2001:db8::5/64" },
-		"static bad gateway":      func(d *Data) { static(d); d.Gateway = "10.0.0.1 --nameserver=evil" },
-		"static no nameserver":    func(d *Data) { static(d); d.Nameservers = nil },
+		"no task":                func(d *Data) { d.TaskID = "" },
+		"bad task":               func(d *Data) { d.TaskID = "x" },
+		"no MAC":                 func(d *Data) { d.MAC = "" },
+		"bad MAC":                func(d *Data) { d.MAC = "52:54:00:12:34:56\nx" },
+		"hostname newline":       func(d *Data) { d.Hostname = "web\nd-i preseed/late_command string reboot" },
+		"hostname space":         func(d *Data) { d.Hostname = "web 01" },
+		"hostname quote":         func(d *Data) { d.Hostname = `web"01` },
+		"hostname shell":         func(d *Data) { d.Hostname = "$(reboot)" },
+		"hostname template":      func(d *Data) { d.Hostname = "{{.Token}}" },
+		"hostname upper":         func(d *Data) { d.Hostname = "Web01" },
+		"hostname dash end":      func(d *Data) { d.Hostname = "web-" },
+		"hostname too long":      func(d *Data) { d.Hostname = strings.Repeat("a.", 127) + "a" },
+		"os type":                func(d *Data) { d.OSType = "Debian 12" },
+		"os version":             func(d *Data) { d.OSVersion = "12;reboot" },
+		"disk relative":          func(d *Data) { d.Disk = "sda" },
+		"disk dotdot":            func(d *Data) { d.Disk = "/dev/../etc/passwd" },
+		"disk space":             func(d *Data) { d.Disk = "/dev/sda --drives=sdb" },
+		"network":                func(d *Data) { d.Network = "bond" },
+		"dhcp with address":      func(d *Data) { d.Address = "10.0.0.5/24" },
+		"static no address":      func(d *Data) { d.Network = "static" },
+		"static ipv6":            func(d *Data) { static(d); d.Address = "2001:db8::5/64" },
+		"static bad gateway":     func(d *Data) { static(d); d.Gateway = "10.0.0.1 --nameserver=evil" },
+		"static gateway outside": func(d *Data) { static(d); d.Gateway = "10.0.1.1" },
+		"too many nameservers": func(d *Data) {
+			static(d)
+			d.Nameservers = []string{"1.1.1.1", "1.0.0.1", "8.8.8.8", "8.8.4.4", "9.9.9.9"}
+		},
+		"dhcp with gateway":       func(d *Data) { d.Gateway = "10.0.0.1" },
+		"vlan too big":            func(d *Data) { d.VLANID = 4095 },
+		"vlan negative":           func(d *Data) { d.VLANID = -1 },
+		"bond one nic":            func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1"}} },
+		"bond no name":            func(d *Data) { d.Bond = Bond{Interfaces: []string{"eno1", "eno2"}} },
+		"bond nic quote":          func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno'2"}} },
+		"bond nic newline":        func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno2\nx"}} },
+		"bond name long":          func(d *Data) { d.Bond = Bond{Name: "bond0123456789abc", Interfaces: []string{"eno1", "eno2"}} },
+		"bond nic twice":          func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno1"}} },
+		"bond mode":               func(d *Data) { d.Bond = Bond{Name: "bond0", Interfaces: []string{"eno1", "eno2"}, Mode: "lacp"} },
+		"user-data script":        func(d *Data) { d.UserData = "#!/bin/sh\nreboot\n" },
+		"user-data bad yaml":      func(d *Data) { d.UserData = "#cloud-config\na: [\n" },
+		"user-data list":          func(d *Data) { d.UserData = "#cloud-config\n- a\n" },
+		"password md5":            func(d *Data) { d.RootPasswordHash = "$1$abcdefgh$0123456789abcdefghijkl" },
 		"static bad nameserver":   func(d *Data) { static(d); d.Nameservers = []string{"dns.example.com"} },
 		"mirror ftp":              func(d *Data) { d.MirrorURL = "ftp://mirror/debian" },
 		"mirror space":            func(d *Data) { d.MirrorURL = "http://mirror/de bian" },
@@ -627,4 +692,60 @@ func TestConcurrentRender(t *testing.T) {
 		out := <-done
 		assert.True(t, bytes.Contains(out, []byte("--hostname=host-")), string(out))
 	}
+}
+
+// The preseed's late_command writes the installed system's
+// /etc/network/interfaces for every network but plain DHCP: run in a
+// shell against a fake /sys/class/net that has the task's NIC.
+func TestPreseedNetworkLateCommandRuns(t *testing.T) {
+	want := map[string]string{
+		"full":        "auto lo\niface lo inet loopback\n\nallow-hotplug ens3\niface ens3 inet static\n    address 10.0.0.5/24\n    gateway 10.0.0.1\n",
+		"static-bare": "auto lo\niface lo inet loopback\n\nallow-hotplug ens3\niface ens3 inet static\n    address 192.168.10.20/23\n",
+		"static-vlan": "auto lo\niface lo inet loopback\n\nallow-hotplug ens3\niface ens3 inet manual\n\n" +
+			"auto vlan100\niface vlan100 inet static\n    vlan-raw-device ens3\n    address 10.0.0.5/24\n    gateway 10.0.0.1\n",
+		"static-bond-vlan-userdata": "auto lo\niface lo inet loopback\n\nauto bond0\niface bond0 inet manual\n" +
+			"    bond-slaves eno1 eno2\n    bond-mode 802.3ad\n    bond-miimon 100\n\n" +
+			"auto vlan100\niface vlan100 inet static\n    vlan-raw-device bond0\n    address 10.0.0.5/24\n    gateway 10.0.0.1\n",
+		"dhcp-bond": "auto lo\niface lo inet loopback\n\nauto bond0\niface bond0 inet dhcp\n" +
+			"    bond-slaves enp1s0f0 enp1s0f1\n    bond-mode active-backup\n    bond-miimon 100\n",
+	}
+	vs := variants()
+	for variant, interfaces := range want {
+		t.Run(variant, func(t *testing.T) {
+			d, err := vs[variant].normalize()
+			require.NoError(t, err)
+			out, err := Render(Preseed, d, nil)
+			require.NoError(t, err)
+			text := string(out)
+			i := strings.Index(text, "d-i preseed/late_command string ")
+			require.GreaterOrEqual(t, i, 0)
+			var cmd strings.Builder
+			for _, line := range strings.Split(text[i+len("d-i preseed/late_command string "):], "\n") {
+				cont := strings.HasSuffix(line, `\`)
+				cmd.WriteString(strings.TrimSuffix(line, `\`))
+				if !cont {
+					break
+				}
+			}
+			r := newShellRun(t)
+			nic := filepath.Join(r.dir, "sys/class/net/ens3")
+			require.NoError(t, os.MkdirAll(nic, 0o755))
+			require.NoError(t, os.WriteFile(filepath.Join(nic, "address"), []byte(d.MAC+"\n"), 0o644))
+			r.run(t, r.inFakeRoot(cmd.String(), "/target/", "/sys/"))
+			assert.Equal(t, interfaces, r.file(t, "target/etc/network/interfaces"))
+			var resolv string
+			for _, ns := range d.Nameservers {
+				resolv += "nameserver " + ns + "\n"
+			}
+			if resolv == "" {
+				assert.NoFileExists(t, filepath.Join(r.dir, "target/etc/resolv.conf"))
+			} else {
+				assert.Equal(t, resolv, r.file(t, "target/etc/resolv.conf"))
+			}
+		})
+	}
+	// Plain DHCP on the NIC: the installer's own configuration stays.
+	out, err := Render(Preseed, basicData(), nil)
+	require.NoError(t, err)
+	assert.NotContains(t, string(out), "/etc/network/interfaces;")
 }

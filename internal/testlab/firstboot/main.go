@@ -8,19 +8,21 @@
 // uinit is this command, which does just that and nothing else:
 //
 //  1. print "LPMOS-FIRSTBOOT: started" on the console;
-//  2. load the initramfs's kernel modules and bring the first NIC with a
-//     carrier up by DHCP (agent/netup);
+//  2. load the initramfs's kernel modules;
 //  3. find the CIDATA file system by the volume label in the FAT boot
 //     sector of each block device, and mount it read-only;
 //  4. read instance-id and local-hostname from meta-data and the url of
-//     phone_home from user-data;
+//     phone_home from user-data; bring the network up: statically when the
+//     seed's network-config gives the NIC (matched by MAC) an address,
+//     else the first NIC with a carrier by DHCP (agent/netup);
 //  5. POST "instance_id=<id>&hostname=<name>" form-encoded, as cloud-init
 //     does, up to 10 times 2 s apart until a 2xx answer;
 //  6. print "LPMOS-FIRSTBOOT: phoned home <url without query> -> <status>"
 //     or "LPMOS-FIRSTBOOT: FAILED: <reason>", sync and power off.
 //
 // Only the subset of the seed that LPMOS writes is understood: one
-// "key: value" per line, values plain or JSON-quoted.
+// "key: value" per line, values plain or JSON-quoted; of network-config,
+// an ethernets entry matched by MAC with addresses and a default route.
 package main
 
 import (
@@ -32,13 +34,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/lpmos/lpmos/agent/netup"
@@ -86,12 +92,6 @@ func run(ctx context.Context, log *slog.Logger) (string, error) {
 	if err != nil {
 		log.Warn("some kernel modules did not load", "loaded", n, "err", err)
 	}
-	res, err := netup.Up(ctx, netup.Options{Logger: log, Timeout: 2 * time.Minute})
-	if err != nil {
-		return "", fmt.Errorf("network: %w", err)
-	}
-	fmt.Printf("%snetwork up: %s %s\n", marker, res.Interface, res.Address)
-
 	dev, err := waitSeed(ctx, seedLabel, 30*time.Second)
 	if err != nil {
 		return "", err
@@ -116,6 +116,30 @@ func run(ctx context.Context, log *slog.Logger) (string, error) {
 	id, host, err := parseMetaData(meta)
 	if err != nil {
 		return "", err
+	}
+	// The network as cloud-init would set it up: the seed's
+	// network-config when it has a static address for a NIC, else DHCP
+	// (cloud-init's fallback).
+	var static *staticNet
+	if nc, err := os.ReadFile(filepath.Join(mountPoint, "network-config")); err == nil {
+		if static, err = parseNetworkConfig(nc); err != nil {
+			return "", err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("seed: %w", err)
+	}
+	if static != nil {
+		name, err := static.up(ctx, 30*time.Second)
+		if err != nil {
+			return "", fmt.Errorf("network (static): %w", err)
+		}
+		fmt.Printf("%snetwork up (static): %s %s\n", marker, name, static.addr)
+	} else {
+		res, err := netup.Up(ctx, netup.Options{Logger: log, Timeout: 2 * time.Minute})
+		if err != nil {
+			return "", fmt.Errorf("network: %w", err)
+		}
+		fmt.Printf("%snetwork up: %s %s\n", marker, res.Interface, res.Address)
 	}
 	target, err := parsePhoneHomeURL(user)
 	if err != nil {
@@ -351,4 +375,100 @@ func phoneHome(ctx context.Context, log *slog.Logger, target, body string) (stri
 		}
 	}
 	return "", fmt.Errorf("phone home %s: %d tries: %w", withoutQuery(target), tries, last)
+}
+
+// staticNet is a NIC's static configuration from network-config.
+type staticNet struct {
+	mac  net.HardwareAddr
+	addr netip.Prefix
+	gw   netip.Addr // invalid: no default route
+}
+
+// parseNetworkConfig reads NoCloud network-config (netplan version 2, as
+// LPMOS writes it): the first ethernets entry matched by MAC with an
+// address. nil means none (DHCP).
+func parseNetworkConfig(b []byte) (*staticNet, error) {
+	var nc struct {
+		Version   int `yaml:"version"`
+		Ethernets map[string]struct {
+			Match struct {
+				MAC string `yaml:"macaddress"`
+			} `yaml:"match"`
+			Addresses []string `yaml:"addresses"`
+			Routes    []struct {
+				To  string `yaml:"to"`
+				Via string `yaml:"via"`
+			} `yaml:"routes"`
+		} `yaml:"ethernets"`
+	}
+	if err := yaml.Unmarshal(b, &nc); err != nil {
+		return nil, fmt.Errorf("network-config: %w", err)
+	}
+	if nc.Version != 2 {
+		return nil, fmt.Errorf("network-config: version %d, want 2", nc.Version)
+	}
+	for name, e := range nc.Ethernets {
+		if e.Match.MAC == "" || len(e.Addresses) == 0 {
+			continue
+		}
+		mac, err := net.ParseMAC(e.Match.MAC)
+		if err != nil {
+			return nil, fmt.Errorf("network-config: %s: %w", name, err)
+		}
+		p, err := netip.ParsePrefix(e.Addresses[0])
+		if err != nil {
+			return nil, fmt.Errorf("network-config: %s: %w", name, err)
+		}
+		s := &staticNet{mac: mac, addr: p}
+		for _, r := range e.Routes {
+			if r.To == "0.0.0.0/0" || r.To == "default" {
+				if s.gw, err = netip.ParseAddr(r.Via); err != nil {
+					return nil, fmt.Errorf("network-config: %s: route via: %w", name, err)
+				}
+			}
+		}
+		return s, nil
+	}
+	return nil, nil
+}
+
+// up configures the NIC with the MAC: link up, the address, the default
+// route; it waits up to timeout for the NIC to appear.
+func (s *staticNet) up(ctx context.Context, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var link netlink.Link
+	for link == nil {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return "", fmt.Errorf("list links: %w", err)
+		}
+		for _, l := range links {
+			if bytes.Equal(l.Attrs().HardwareAddr, s.mac) {
+				link = l
+			}
+		}
+		if link != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("no NIC with MAC %s: %w", s.mac, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	name := link.Attrs().Name
+	if err := netlink.LinkSetUp(link); err != nil {
+		return "", fmt.Errorf("%s up: %w", name, err)
+	}
+	ipnet := &net.IPNet{IP: s.addr.Addr().AsSlice(), Mask: net.CIDRMask(s.addr.Bits(), s.addr.Addr().BitLen())}
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: ipnet}); err != nil {
+		return "", fmt.Errorf("%s address %s: %w", name, s.addr, err)
+	}
+	if s.gw.IsValid() {
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: s.gw.AsSlice()}); err != nil {
+			return "", fmt.Errorf("%s default route via %s: %w", name, s.gw, err)
+		}
+	}
+	return name, nil
 }

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos/region/templates"
 )
 
 func TestParseMetaData(t *testing.T) {
@@ -147,4 +151,28 @@ func TestFormBodyAndURL(t *testing.T) {
 	}
 	require.Equal(t, "http://10.0.2.2:8080/api/v1/agent/phone-home/T1",
 		withoutQuery("http://10.0.2.2:8080/api/v1/agent/phone-home/T1?token=secret#x"))
+}
+
+// The stand-in reads the network-config the region renders.
+func TestParseNetworkConfig(t *testing.T) {
+	d := templates.Data{TaskID: "550e8400-e29b-41d4-a716-446655440000", MAC: "52:54:00:12:34:56", RegionURL: "http://10.99.0.1:8081", Token: "t",
+		Network: "static", Address: "10.99.0.50/24", Gateway: "10.99.0.1", Nameservers: []string{"10.99.0.1"}}
+	nc, err := templates.Render(templates.NetworkConfig, d, nil)
+	require.NoError(t, err)
+	s, err := parseNetworkConfig(nc)
+	require.NoError(t, err)
+	require.NotNil(t, s)
+	assert.Equal(t, "52:54:00:12:34:56", s.mac.String())
+	assert.Equal(t, netip.MustParsePrefix("10.99.0.50/24"), s.addr)
+	assert.Equal(t, netip.MustParseAddr("10.99.0.1"), s.gw)
+
+	d.Network, d.Address, d.Gateway = "dhcp", "", ""
+	nc, err = templates.Render(templates.NetworkConfig, d, nil)
+	require.NoError(t, err)
+	s, err = parseNetworkConfig(nc)
+	require.NoError(t, err)
+	assert.Nil(t, s, "DHCP")
+
+	_, err = parseNetworkConfig([]byte("version: 1\n"))
+	assert.Error(t, err)
 }

@@ -1221,12 +1221,32 @@
     const disk = el('input', { type: 'text', id: 'f-disk', name: 'disk_layout', value: 'auto', spellcheck: 'false' });
     const net = el('select', { id: 'f-network', name: 'network_config' },
       el('option', { value: 'dhcp', text: 'DHCP' }), el('option', { value: 'static', text: 'Static' }));
+    // A static network needs an address; gateway and name servers are
+    // optional. The fields show only while "Static" is chosen.
+    const address = el('input', { type: 'text', id: 'f-address', name: 'network.address', placeholder: '10.0.0.5/24', spellcheck: 'false', autocomplete: 'off' });
+    const gateway = el('input', { type: 'text', id: 'f-gateway', name: 'network.gateway', placeholder: '10.0.0.1', spellcheck: 'false', autocomplete: 'off' });
+    const dns = el('input', { type: 'text', id: 'f-dns', name: 'network.dns', placeholder: '1.1.1.1 9.9.9.9', spellcheck: 'false', autocomplete: 'off' });
+    const staticFields = el('div', { class: 'field wide', id: 'f-static' },
+      el('div', { class: 'form-grid' },
+        el('div', { class: 'field' }, el('label', { for: 'f-address', text: 'Address (CIDR)' }), address),
+        el('div', { class: 'field' }, el('label', { for: 'f-gateway', text: 'Gateway' }), gateway,
+          el('div', { class: 'hint', text: 'Optional; inside the address\'s subnet.' })),
+        el('div', { class: 'field' }, el('label', { for: 'f-dns', text: 'DNS servers' }), dns,
+          el('div', { class: 'hint', text: 'Optional; up to 4, separated by spaces or commas.' }))));
+    const showStatic = () => { staticFields.hidden = net.value !== 'static'; };
+    net.addEventListener('change', showStatic);
+    showStatic();
+    const hostname = el('input', { type: 'text', id: 'f-hostname', name: 'hostname', placeholder: 'web-01.dc1.example.com', spellcheck: 'false', autocomplete: 'off' });
+    const sshKeys = el('textarea', { id: 'f-ssh-keys', name: 'ssh_keys', rows: 3, spellcheck: 'false', placeholder: 'ssh-ed25519 AAAA... ops@example.com' });
     const tags = el('textarea', { id: 'f-tags', name: 'tags', rows: 4, spellcheck: 'false', placeholder: 'rack=r12\nowner=team-storage' });
     const submit = el('button', { type: 'submit', class: 'btn', id: 'f-submit', text: 'Create task' });
 
     // inputs maps API field names to the element that shows them, for
     // highlighting the field an error names.
-    const inputs = { target_mac: mac, disk_layout: disk, network_config: net, tags };
+    const inputs = {
+      target_mac: mac, disk_layout: disk, network_config: net, tags, hostname, ssh_keys: sshKeys,
+      network: net, 'network.mode': net, 'network.address': address, 'network.gateway': gateway, 'network.dns': dns,
+    };
     let regionInput = null;
     let osSelect = null;
     let osType = null;
@@ -1304,7 +1324,7 @@
 
     function showError(err) {
       fill(alerts, alertBox('error', 'The task was not created', err.message));
-      const f = String(err.field || '');
+      const f = String(err.field || '').replace(/\[\d+\]$/, '');
       const target = inputs[f] || inputs[f.split('.')[0]] || (f.startsWith('tags') ? tags : null);
       if (target) {
         target.classList.add('invalid');
@@ -1323,6 +1343,11 @@
         el('div', { class: 'field' }, el('label', { for: 'f-disk', text: 'Disk layout' }), disk,
           el('div', { class: 'hint', text: '"auto" picks the smallest suitable disk, or give a device such as /dev/nvme0n1.' })),
         el('div', { class: 'field' }, el('label', { for: 'f-network', text: 'Network configuration' }), net),
+        staticFields,
+        el('div', { class: 'field' }, el('label', { for: 'f-hostname', text: 'Hostname' }), hostname,
+          el('div', { class: 'hint', text: 'Optional; lpmos-<MAC> when empty.' })),
+        el('div', { class: 'field' }, el('label', { for: 'f-ssh-keys', text: 'SSH keys for root' }), sshKeys,
+          el('div', { class: 'hint', text: 'Optional; one authorized_keys line per line.' })),
         el('div', { class: 'field wide' }, el('label', { for: 'f-tags', text: 'Tags' }), tags,
           el('div', { class: 'hint', text: 'One key=value per line.' }))),
       el('div', { class: 'btn-row' }, submit, link('/tasks', 'Cancel', 'btn btn-secondary')));
@@ -1343,6 +1368,16 @@
           disk_layout: disk.value.trim() || 'auto',
           network_config: net.value,
         };
+        if (net.value === 'static') {
+          const n = { mode: 'static', address: address.value.trim() };
+          if (gateway.value.trim()) n.gateway = gateway.value.trim();
+          const servers = dns.value.split(/[\s,]+/).filter((x) => x);
+          if (servers.length) n.dns = servers;
+          body.network = n;
+        }
+        if (hostname.value.trim()) body.hostname = hostname.value.trim();
+        const keys = sshKeys.value.split('\n').map((x) => x.trim()).filter((x) => x && !x.startsWith('#'));
+        if (keys.length) body.ssh_keys = keys;
         if (osSelect) {
           const o = osSelect.offers[Number(osSelect.value)];
           body.os_type = o.os_type;
@@ -1551,6 +1586,20 @@
       return { n: Number(md.attempt) || 1, max: Number(md.max_attempts) || 3 };
     }
 
+    // networkText sums up the task's network: its mode, and for a static
+    // one the address, gateway and name servers; a VLAN or bond after.
+    function networkText(md) {
+      const n = md.network;
+      if (!n || typeof n !== 'object') return dash(md.network_config);
+      const parts = [n.mode || md.network_config || 'dhcp'];
+      if (n.address) parts.push(n.address);
+      if (n.gateway) parts.push('via ' + n.gateway);
+      if (Array.isArray(n.dns) && n.dns.length) parts.push('DNS ' + n.dns.join(', '));
+      if (n.vlan_id) parts.push('VLAN ' + n.vlan_id);
+      if (n.bond && n.bond.name) parts.push('bond ' + n.bond.name + ' (' + (n.bond.interfaces || []).join(', ') + ', ' + (n.bond.mode || '') + ')');
+      return el('span', { class: 'mono', text: parts.join(' · ') });
+    }
+
     function renderSummary(t) {
       const md = t.metadata || {};
       const a = attemptOf(t);
@@ -1560,7 +1609,11 @@
         ['Target MAC', el('span', { class: 'mono', text: dash(md.target_mac) })],
         ['Operating system', [md.os_type, md.os_version].filter(Boolean).join(' ') || '—'],
         ['Disk layout', dash(md.disk_layout)],
-        ['Network', dash(md.network_config)],
+        ['Network', networkText(md)],
+        ['Hostname', md.hostname || undefined],
+        ['SSH keys', Array.isArray(md.ssh_keys) && md.ssh_keys.length ? String(md.ssh_keys.length) : undefined],
+        ['Root password', md.root_password_hash ? 'set (hashed)' : undefined],
+        ['User-data', md.user_data ? md.user_data.length + ' bytes of cloud-config' : undefined],
         ['Created', [timeEl(md.created_at), md.created_by ? ' by ' + md.created_by : '']],
         ['Tags', tagChips(md.tags) || '—'],
         ['Attempt', el('span', { id: 'task-attempt', text: a.n + ' of ' + a.max })],
