@@ -176,6 +176,19 @@ func (v *View) lookup(mac lpmos.MAC) (*Machine, int64) {
 	return e.machine(mac), e.requestRev
 }
 
+// PendingRequest returns a machine's pending power request and the mod
+// revision of its key (0: none), for Service.SetPower.
+func (v *View) PendingRequest(mac lpmos.MAC) (*PowerRequest, int64) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	e := v.machines[mac]
+	if e == nil || e.request == nil {
+		return nil, 0
+	}
+	r := *e.request
+	return &r, e.requestRev
+}
+
 // Get returns a machine's record from the view, or ErrNotFound.
 func (v *View) Get(mac lpmos.MAC) (*Machine, error) {
 	m, _ := v.lookup(mac)

@@ -31,6 +31,7 @@ import (
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/power"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -107,6 +108,10 @@ type Config struct {
 	// control plane sealed them with); nil: the region drives only BMCs
 	// without a password.
 	BMCSealer *machine.Sealer
+	// OpenBMC opens a machine's BMC (default power.Open); PowerRetry
+	// bounds the attempts of one power job (default DefaultPowerRetry).
+	OpenBMC    func(ctx context.Context, b power.BMC, opts ...power.Option) (power.Driver, error)
+	PowerRetry power.RetryPolicy
 
 	// InstanceID names this process among its region's processes
 	// (default: the host name and PublicURL). Processes of one region
@@ -137,10 +142,13 @@ type Region struct {
 	svc *task.Service
 	// machines writes the inventory: the hardware each machine reported.
 	machines *machine.Service
-	actor    string
-	tasks    *task.View // the region's active tasks
-	tokens   *tokens
-	catalog  *Catalogue
+	// mview follows every machine record, for operators' power requests.
+	mview     *machine.View
+	powerJobs *powerQueue
+	actor     string
+	tasks     *task.View // the region's active tasks
+	tokens    *tokens
+	catalog   *Catalogue
 
 	endedTasks *endedTasks
 	// toPrepare queues new tasks for the preparers (see prepareLoop), so
@@ -235,6 +243,12 @@ func New(cfg Config) (*Region, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.OpenBMC == nil {
+		cfg.OpenBMC = power.Open
+	}
+	if cfg.PowerRetry.Attempts == 0 {
+		cfg.PowerRetry = DefaultPowerRetry
+	}
 	if cfg.LeaderTTL <= 0 {
 		cfg.LeaderTTL = 10 * time.Second
 	}
@@ -264,6 +278,8 @@ func New(cfg Config) (*Region, error) {
 	}
 	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead})
 	r.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Fence: r.lead, Logger: log})
+	r.mview = machine.NewView(cfg.Store, machine.ViewConfig{Logger: log, OnChange: r.machineChanged})
+	r.powerJobs = newPowerQueue()
 	r.tasks = task.NewView(r.svc, task.ViewConfig{
 		Region: cfg.RegionID, ActiveOnly: true, Logger: log,
 		OnFill: r.tasksListed, OnChange: r.taskChanged,
@@ -364,6 +380,12 @@ func (r *Region) leaderLoop(ctx context.Context) error {
 				r.queuePrepare(ctx, t)
 			}
 		}
+		select {
+		case <-r.mview.Synced():
+		case <-ctx.Done():
+			return nil
+		}
+		r.powerOnLeading()
 	}
 }
 
@@ -375,6 +397,10 @@ func (r *Region) Run(ctx context.Context) error {
 	g.Go(func() error { return r.tasks.Run(ctx) })
 	g.Go(func() error { return r.lead.run(ctx) })
 	g.Go(func() error { return r.leaderLoop(ctx) })
+	g.Go(func() error { return r.mview.Run(ctx) })
+	for range powerWorkers {
+		g.Go(func() error { r.powerLoop(ctx); return nil })
+	}
 	g.Go(func() error {
 		for _, c := range []<-chan struct{}{r.tasks.Synced(), r.lead.campaigned} {
 			select {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/power"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -46,18 +47,19 @@ const maxEnded = 100_000
 func newEndedTasks() *endedTasks { return &endedTasks{m: map[lpmos.MAC]endedTask{}} }
 
 // record remembers that t ended at now (the first time it is told), unless
-// the machine has a later ended task.
-func (e *endedTasks) record(t *task.Task, now time.Time) {
+// the machine has a later ended task, and reports whether it did.
+func (e *endedTasks) record(t *task.Task, now time.Time) bool {
 	mac := t.Metadata.TargetMAC
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if cur, ok := e.m[mac]; ok && (cur.ID == t.ID || cur.Rev > t.Revision) {
-		return
+		return false
 	}
 	if len(e.m) >= maxEnded {
 		e.m = map[lpmos.MAC]endedTask{}
 	}
 	e.m[mac] = endedTask{ID: t.ID, Status: t.Status, Rev: t.Revision, At: now}
+	return true
 }
 
 // ended returns the machine's recently ended task, if any.
@@ -90,7 +92,9 @@ func (r *Region) taskChanged(ctx context.Context, ch task.Change, t *task.Task) 
 	switch {
 	case t == nil:
 	case t.Status.Terminal():
-		r.endedTasks.record(t, r.cfg.Now())
+		if r.endedTasks.record(t, r.cfg.Now()) {
+			r.powerEnded(t)
+		}
 	case ch.Created && t.Status == task.StatusPending:
 		r.queuePrepare(ctx, t)
 	}
@@ -136,8 +140,8 @@ func (r *Region) observe(t *task.Task) {
 		return
 	}
 	r.tasks.Observe(t)
-	if t.Status.Terminal() {
-		r.endedTasks.record(t, r.cfg.Now())
+	if t.Status.Terminal() && r.endedTasks.record(t, r.cfg.Now()) {
+		r.powerEnded(t)
 	}
 }
 
@@ -155,11 +159,15 @@ func (r *Region) prepare(ctx context.Context, t *task.Task) {
 		})
 		return
 	}
-	r.retry(ctx, "mark task ready", machineAttrs(t), func() error {
+	err := r.retry(ctx, "mark task ready", machineAttrs(t), func() error {
 		ready, err := r.svc.MarkReady(ctx, t.ID, r.actor)
 		r.observe(ready) // the machine may boot now, before the watch tells
 		return err
 	})
+	if err == nil {
+		// Zero touch: a machine with a BMC is switched on to PXE-boot.
+		r.powerTask(t, onOrCycle, power.BootPXE, true)
+	}
 }
 
 // retry runs a store operation with exponential backoff while it fails

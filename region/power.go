@@ -1,0 +1,324 @@
+package region
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/power"
+	"github.com/lpmos/lpmos/task"
+)
+
+// The region drives its machines' BMCs (it sits in their data center):
+//
+//   - a task becomes ready: next boot PXE (once), then power on, or a
+//     power cycle if the machine is on; if that fails after the retries,
+//     the task fails with code power_failed;
+//   - a task is rejected or cancelled: power off;
+//   - a task completed: next boot disk (the agent reboots the machine);
+//   - an operator's power request (POST /api/v1/machines/{mac}/power).
+//
+// Machines without a BMC in their record are left alone. Every action
+// and its outcome goes into the machine's record and, for a task, into
+// its timeline. Only the leader acts; its writes are fenced.
+//
+// Jobs are kept per machine, the latest replacing one not yet started
+// (a ready followed at once by a cancel is a power-off), and run by a few
+// workers, one job per machine at a time.
+
+// powerWorkers run BMC jobs side by side: BMCs answer in seconds, and a
+// batch of tasks should not wait on each other's.
+const powerWorkers = 8
+
+// powerJobTimeout bounds one job, retries included.
+const powerJobTimeout = 3 * time.Minute
+
+// DefaultPowerRetry is the retry of one BMC job: 4 attempts, 2 s doubling
+// to 15 s.
+var DefaultPowerRetry = power.RetryPolicy{Attempts: 4, Initial: 2 * time.Second, Max: 15 * time.Second}
+
+// onOrCycle powers a machine on, or cycles it if it is on: a task's boot
+// must start from the firmware.
+const onOrCycle power.Action = "on-or-cycle"
+
+type powerJob struct {
+	mac    lpmos.MAC
+	action power.Action     // "" for none
+	boot   power.BootDevice // "" for none
+	// taskID: a job for a task (timeline entry); failTask fails it with
+	// power_failed when the job fails.
+	taskID   string
+	failTask bool
+	// An operator's request: its ID, its key's revision and who asked.
+	reqID  string
+	reqRev int64
+	actor  string
+}
+
+func (j powerJob) describe() string {
+	var parts []string
+	if j.boot != "" {
+		parts = append(parts, "next boot "+string(j.boot))
+	}
+	switch j.action {
+	case "":
+	case onOrCycle:
+		parts = append(parts, "power on (cycle if on)")
+	default:
+		parts = append(parts, "power "+string(j.action))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// powerQueue holds the jobs waiting, one per machine.
+type powerQueue struct {
+	mu     sync.Mutex
+	queued map[lpmos.MAC]powerJob
+	order  []lpmos.MAC
+	busy   map[lpmos.MAC]bool
+	wake   chan struct{}
+	// done remembers the operator requests carried out, so that a view
+	// re-listing before it saw the request removed does not repeat one.
+	done map[string]bool
+}
+
+func newPowerQueue() *powerQueue {
+	return &powerQueue{queued: map[lpmos.MAC]powerJob{}, busy: map[lpmos.MAC]bool{}, wake: make(chan struct{}, 1), done: map[string]bool{}}
+}
+
+func (q *powerQueue) put(j powerJob) {
+	q.mu.Lock()
+	if j.reqID != "" && q.done[j.reqID] {
+		q.mu.Unlock()
+		return
+	}
+	if _, ok := q.queued[j.mac]; !ok {
+		q.order = append(q.order, j.mac)
+	}
+	q.queued[j.mac] = j
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *powerQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the next job whose machine has none running.
+func (q *powerQueue) take() (powerJob, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, mac := range q.order {
+		if q.busy[mac] {
+			continue
+		}
+		j := q.queued[mac]
+		delete(q.queued, mac)
+		q.order = slices.Delete(q.order, i, i+1)
+		q.busy[mac] = true
+		return j, true
+	}
+	return powerJob{}, false
+}
+
+func (q *powerQueue) finish(j powerJob) {
+	q.mu.Lock()
+	delete(q.busy, j.mac)
+	if j.reqID != "" {
+		if len(q.done) >= maxLimiterKeys {
+			q.done = map[string]bool{}
+		}
+		q.done[j.reqID] = true
+	}
+	more := len(q.order) > 0
+	q.mu.Unlock()
+	if more {
+		q.signal()
+	}
+}
+
+// powerLoop runs jobs until ctx ends.
+func (r *Region) powerLoop(ctx context.Context) {
+	for {
+		j, ok := r.powerJobs.take()
+		if !ok {
+			select {
+			case <-r.powerJobs.wake:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		// Another worker may find more work now.
+		r.powerJobs.signal()
+		r.runPowerJob(ctx, j)
+		r.powerJobs.finish(j)
+	}
+}
+
+// powerTask queues a task's power job.
+func (r *Region) powerTask(t *task.Task, action power.Action, boot power.BootDevice, failTask bool) {
+	r.powerJobs.put(powerJob{mac: t.Metadata.TargetMAC, action: action, boot: boot, taskID: t.ID, failTask: failTask, actor: r.actor})
+}
+
+// powerEnded queues what a task's end asks of its machine's BMC.
+func (r *Region) powerEnded(t *task.Task) {
+	switch t.Status {
+	case task.StatusRejected, task.StatusCancelled:
+		r.powerTask(t, power.ActionOff, "", false)
+	case task.StatusCompleted:
+		r.powerTask(t, "", power.BootDisk, false)
+	}
+}
+
+// machineChanged is the machine view's hook: a pending power request for
+// a machine of this region is queued.
+func (r *Region) machineChanged(_ context.Context, mac lpmos.MAC, m *machine.Machine, reqRev int64) {
+	if m == nil || m.PendingPower == nil || m.Region != r.cfg.RegionID || !r.lead.leading() {
+		return
+	}
+	req := m.PendingPower
+	r.powerJobs.put(powerJob{mac: mac, action: power.Action(req.Action), reqID: req.ID, reqRev: reqRev, actor: req.RequestedBy})
+}
+
+// powerOnLeading queues, when this process starts leading, the power-ons
+// of ready tasks not yet powered and the pending operator requests.
+func (r *Region) powerOnLeading() {
+	for _, t := range r.tasks.Tasks() {
+		if t.Status == task.StatusReady && !slices.ContainsFunc(t.Timeline, func(e task.TimelineEntry) bool { return e.Event == task.TimelinePower }) {
+			r.powerTask(t, onOrCycle, power.BootPXE, true)
+		}
+	}
+	f := machine.Filter{Region: r.cfg.RegionID}
+	for {
+		page := r.mview.List(f)
+		for _, m := range page.Machines {
+			if m.PendingPower != nil {
+				if _, rev := r.mview.PendingRequest(m.MAC); rev > 0 {
+					r.machineChanged(context.Background(), m.MAC, m, rev)
+				}
+			}
+		}
+		if page.Next == "" {
+			return
+		}
+		next, err := lpmos.ParseMAC(page.Next)
+		if err != nil {
+			return
+		}
+		f.After = next
+	}
+}
+
+func bmcOf(c machine.Credentials) power.BMC {
+	return power.BMC{Driver: power.DriverKind(c.Driver), Address: c.Address, Username: c.Username, Password: c.Password,
+		CAPEM: []byte(c.CACert), CertSHA256: c.CertSHA256}
+}
+
+// runPowerJob carries out one job against the machine's BMC and records
+// the outcome.
+func (r *Region) runPowerJob(ctx context.Context, j powerJob) {
+	if !r.lead.leading() {
+		return // the new leader finds the work again (powerOnLeading)
+	}
+	ctx, cancel := context.WithTimeout(ctx, powerJobTimeout)
+	defer cancel()
+	attrs := []any{"mac", j.mac.String(), "task_id", j.taskID, "job", j.describe()}
+	creds, err := r.machines.Credentials(ctx, j.mac)
+	if errors.Is(err, machine.ErrNoBMC) && j.reqID == "" {
+		return // a machine nobody gave a BMC: powered by hand, as before
+	}
+	var state power.State
+	attempts := 0
+	if err == nil {
+		err = power.Do(ctx, r.cfg.PowerRetry, func(ctx context.Context) error {
+			attempts++
+			var err error
+			state, err = r.drive(ctx, bmcOf(creds), j)
+			return err
+		})
+	}
+	outcome := power.Action(j.action)
+	if outcome == onOrCycle {
+		outcome = power.ActionOn
+	}
+	rec := machine.Power{State: string(state), Action: string(outcome), Actor: j.actor, OK: err == nil, Attempts: attempts, RequestID: j.reqID}
+	if rec.State == "" {
+		rec.State = machine.StateUnknown
+	}
+	var msg string
+	if err != nil {
+		rec.Error = err.Error()
+		msg = fmt.Sprintf("BMC %s: %s failed after %d attempt(s): %v", creds, j.describe(), attempts, err)
+		r.log.Warn("power action failed", append(attrs, "bmc", creds, "attempts", attempts, "err", err)...)
+	} else {
+		msg = fmt.Sprintf("BMC %s: %s: done (power %s)", creds, j.describe(), state)
+		r.log.Info("power action done", append(attrs, "bmc", creds, "state", state)...)
+	}
+	if j.action != "" || j.reqID != "" {
+		if werr := r.machines.SetPower(ctx, j.mac, rec, j.reqRev); werr != nil {
+			r.log.Warn("record power outcome", append(attrs, "err", werr)...)
+		}
+	}
+	if j.taskID == "" {
+		return
+	}
+	if _, werr := r.svc.RecordPower(ctx, j.taskID, r.actor, truncateText(msg)); werr != nil {
+		r.log.Warn("record power entry", append(attrs, "err", werr)...)
+	}
+	if err != nil && j.failTask {
+		r.retry(ctx, "fail task its BMC did not boot", attrs, func() error {
+			failed, err := r.svc.Fail(ctx, j.taskID, r.actor, task.ErrorInfo{Code: task.PowerCodeFailed, Stage: string(task.StatusReady), Message: truncateText(msg)})
+			r.observe(failed)
+			return err
+		})
+	}
+}
+
+// drive makes one attempt at a job: open the BMC, set the next boot
+// device, act, and read the state back.
+func (r *Region) drive(ctx context.Context, b power.BMC, j powerJob) (power.State, error) {
+	d, err := r.cfg.OpenBMC(ctx, b, power.WithLogger(r.log))
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	if j.boot != "" {
+		if err := d.SetNextBoot(ctx, j.boot); err != nil {
+			return "", err
+		}
+	}
+	action := j.action
+	if action == onOrCycle {
+		st, err := d.PowerState(ctx)
+		if err != nil {
+			return "", err
+		}
+		action = power.ActionOn
+		if st == power.StateOn {
+			action = power.ActionCycle
+		}
+	}
+	if action != "" {
+		if err := d.SetPower(ctx, action); err != nil {
+			return "", err
+		}
+	}
+	return d.PowerState(ctx)
+}
+
+func truncateText(s string) string {
+	if len(s) > task.MaxTextLen {
+		return s[:task.MaxTextLen-3] + "..."
+	}
+	return s
+}

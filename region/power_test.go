@@ -1,0 +1,120 @@
+package region_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/internal/redfishsim"
+	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/power"
+	"github.com/lpmos/lpmos/region"
+	"github.com/lpmos/lpmos/task"
+)
+
+// bmcLab is a Redfish stand-in BMC (the real protocol over TLS, a machine
+// in memory) for one machine.
+type bmcLab struct {
+	mem *redfishsim.Memory
+	bmc machine.BMCInput
+}
+
+func newBMCLab(t *testing.T, password string) *bmcLab {
+	mem := redfishsim.NewMemory(false)
+	srv := httptest.NewUnstartedServer(redfishsim.New(redfishsim.Config{Username: "root", Password: "right-pw"}, mem))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	sum := sha256.Sum256(srv.Certificate().Raw)
+	return &bmcLab{mem: mem, bmc: machine.BMCInput{Driver: machine.DriverRedfish, Address: strings.TrimPrefix(srv.URL, "https://"),
+		Username: "root", Password: password, CertSHA256: hex.EncodeToString(sum[:])}}
+}
+
+func hasPowerEntry(tk *task.Task, substr string) bool {
+	return slices.ContainsFunc(tk.Timeline, func(e task.TimelineEntry) bool {
+		return e.Event == task.TimelinePower && strings.Contains(e.Message, substr)
+	})
+}
+
+// TestPowerFollowsTheTask: the region powers a machine with a BMC on (next
+// boot PXE) when its task is ready, off when it is cancelled, carries out
+// an operator's request, and fails the task with power_failed when the
+// BMC refuses.
+func TestPowerFollowsTheTask(t *testing.T) {
+	st := memStore(t)
+	sealer, err := machine.NewSealer([]byte(strings.Repeat("r", machine.KeySize)))
+	require.NoError(t, err)
+	l := startRegion(t, st, func(c *region.Config) {
+		c.BMCSealer = sealer
+		c.PowerRetry = power.RetryPolicy{Attempts: 2, Initial: 10 * time.Millisecond}
+	})
+	machines := machine.NewService(st, machine.Config{Sealer: sealer})
+	ctx := context.Background()
+
+	const mac = "52:54:00:b0:00:01"
+	parsed, err := lpmos.ParseMAC(mac)
+	require.NoError(t, err)
+	bmc := newBMCLab(t, "right-pw")
+	_, err = machines.Create(ctx, parsed, machine.Patch{Region: ptr("dc1"), BMC: &bmc.bmc})
+	require.NoError(t, err)
+
+	tk := l.create(mac)
+	require.Eventually(t, bmc.mem.On, 20*time.Second, 20*time.Millisecond, "ready: powered on")
+	assert.Equal(t, []string{"Pxe"}, bmc.mem.Boots(), "booted once from the network")
+	require.Eventually(t, func() bool {
+		got, err := l.svc.Get(ctx, tk.ID)
+		return err == nil && hasPowerEntry(got, "done (power on)")
+	}, 10*time.Second, 20*time.Millisecond)
+	rec, err := machines.Get(ctx, parsed)
+	require.NoError(t, err)
+	require.NotNil(t, rec.Power)
+	assert.Equal(t, "on", rec.Power.State)
+	assert.True(t, rec.Power.OK)
+
+	_, err = l.svc.Cancel(ctx, tk.ID, "ops", "not today")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return !bmc.mem.On() }, 20*time.Second, 20*time.Millisecond, "cancelled: powered off")
+
+	// An operator's request is carried out and leaves the record.
+	_, err = machines.RequestPower(ctx, parsed, machine.PowerOn, "token:otto")
+	require.NoError(t, err)
+	require.Eventually(t, bmc.mem.On, 20*time.Second, 20*time.Millisecond, "operator: powered on")
+	require.Eventually(t, func() bool {
+		rec, err := machines.Get(ctx, parsed)
+		return err == nil && rec.PendingPower == nil && rec.Power != nil && rec.Power.Actor == "token:otto" && rec.Power.OK
+	}, 10*time.Second, 20*time.Millisecond)
+
+	// A BMC that refuses the credentials fails the task; nothing is
+	// powered.
+	const mac2 = "52:54:00:b0:00:02"
+	parsed2, err := lpmos.ParseMAC(mac2)
+	require.NoError(t, err)
+	bad := newBMCLab(t, "wrong-pw")
+	_, err = machines.Create(ctx, parsed2, machine.Patch{Region: ptr("dc1"), BMC: &bad.bmc})
+	require.NoError(t, err)
+	tk2 := l.create(mac2)
+	failed := l.waitStatus(tk2.ID, task.StatusFailed)
+	require.NotNil(t, failed.Error)
+	assert.Equal(t, task.PowerCodeFailed, failed.Error.Code)
+	assert.NotContains(t, failed.Error.Message, "wrong-pw", "the password is never in a message")
+	assert.True(t, hasPowerEntry(failed, "failed"))
+	assert.False(t, bad.mem.On())
+
+	// A machine without a BMC is left alone: its task just waits.
+	tk3 := l.create("52:54:00:b0:00:03")
+	got := l.waitStatus(tk3.ID, task.StatusReady)
+	assert.False(t, hasPowerEntry(got, ""))
+}
+
+func ptr[T any](v T) *T { return &v }
