@@ -146,6 +146,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 		{"url address", machine.Patch{BMC: &machine.BMCInput{Driver: "ipmi", Address: "https://h/x"}}, "bmc.address"},
 		{"bad port", machine.Patch{BMC: &machine.BMCInput{Driver: "ipmi", Address: "h:99999"}}, "bmc.address"},
 		{"ipmi password too long", machine.Patch{BMC: &machine.BMCInput{Driver: "ipmi", Address: "h", Password: strings.Repeat("p", 21)}}, "bmc.password"},
+		{"ipmi username too long", machine.Patch{BMC: &machine.BMCInput{Driver: "ipmi", Address: "h", Username: strings.Repeat("u", 17)}}, "bmc.username"},
 		{"control char password", machine.Patch{BMC: &machine.BMCInput{Driver: "ipmi", Address: "h", Password: "a\nb"}}, "bmc.password"},
 		{"redfish unpinned", machine.Patch{BMC: &machine.BMCInput{Driver: "redfish", Address: "h"}}, "bmc.cert_sha256"},
 		{"bad pin", machine.Patch{BMC: &machine.BMCInput{Driver: "redfish", Address: "h", CertSHA256: "abc"}}, "bmc.cert_sha256"},

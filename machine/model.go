@@ -265,6 +265,9 @@ func (b *BMCInput) Validate() error {
 		// The message must not quote the password.
 		return invalid("bmc.password", "contains characters that are not allowed")
 	}
+	if b.Driver == DriverIPMI && len(b.Username) > 16 {
+		return invalid("bmc.username", "IPMI v2.0 user names are at most 16 bytes")
+	}
 	if b.Driver == DriverIPMI && len(b.Password) > 20 {
 		return invalid("bmc.password", "IPMI v2.0 passwords are at most 20 bytes")
 	}
