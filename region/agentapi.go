@@ -124,6 +124,9 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 		}
 		r.observe(moved)
 		r.recordMachine(req.Context(), mac, machine.Report{Hardware: &body.Hardware, Source: sourceAddr(req).String(), TaskID: t.ID})
+		if r.applyRules(req.Context(), moved, &body.Hardware) {
+			next = agent.ActionInstall
+		}
 	case task.StatusPendingApproval:
 		// A restarted agent reports again: the first report stands.
 	case task.StatusApproved, task.StatusInstalling:

@@ -32,6 +32,7 @@ import (
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/power"
+	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -145,10 +146,12 @@ type Region struct {
 	// mview follows every machine record, for operators' power requests.
 	mview     *machine.View
 	powerJobs *powerQueue
-	actor     string
-	tasks     *task.View // the region's active tasks
-	tokens    *tokens
-	catalog   *Catalogue
+	// rules are the auto-approval rules, applied at hardware reports.
+	rules   *rule.View
+	actor   string
+	tasks   *task.View // the region's active tasks
+	tokens  *tokens
+	catalog *Catalogue
 
 	endedTasks *endedTasks
 	// toPrepare queues new tasks for the preparers (see prepareLoop), so
@@ -280,6 +283,7 @@ func New(cfg Config) (*Region, error) {
 	r.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Fence: r.lead, Logger: log})
 	r.mview = machine.NewView(cfg.Store, machine.ViewConfig{Logger: log, OnChange: r.machineChanged})
 	r.powerJobs = newPowerQueue()
+	r.rules = rule.NewView(cfg.Store, log)
 	r.tasks = task.NewView(r.svc, task.ViewConfig{
 		Region: cfg.RegionID, ActiveOnly: true, Logger: log,
 		OnFill: r.tasksListed, OnChange: r.taskChanged,
@@ -398,11 +402,12 @@ func (r *Region) Run(ctx context.Context) error {
 	g.Go(func() error { return r.lead.run(ctx) })
 	g.Go(func() error { return r.leaderLoop(ctx) })
 	g.Go(func() error { return r.mview.Run(ctx) })
+	g.Go(func() error { return r.rules.Run(ctx) })
 	for range powerWorkers {
 		g.Go(func() error { r.powerLoop(ctx); return nil })
 	}
 	g.Go(func() error {
-		for _, c := range []<-chan struct{}{r.tasks.Synced(), r.lead.campaigned} {
+		for _, c := range []<-chan struct{}{r.tasks.Synced(), r.rules.Synced(), r.lead.campaigned} {
 			select {
 			case <-c:
 			case <-ctx.Done():

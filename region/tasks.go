@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/power"
+	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -240,4 +243,31 @@ func (r *Region) recordMachine(ctx context.Context, mac lpmos.MAC, rep machine.R
 	if err := r.machines.Observe(ctx, mac, rep); err != nil {
 		r.log.Warn("record machine inventory", "mac", mac.String(), "err", err)
 	}
+}
+
+// applyRules runs the auto-approval rules on a task that just reported its
+// hardware: the first matching rule approves it as "rule:<name>"; if
+// rules applied and none matched, their reasons go into the timeline.
+// It reports whether the task was approved.
+func (r *Region) applyRules(ctx context.Context, t *task.Task, hw *hardware.Info) bool {
+	if t == nil || t.Status != task.StatusPendingApproval {
+		return false
+	}
+	d := rule.Evaluate(r.rules.Rules(), t.Metadata.RegionID, t.Metadata.Tags, hw)
+	switch {
+	case d.Approver != "":
+		approved, err := r.svc.Approve(ctx, t.ID, d.Approver, "approved automatically: the hardware meets "+d.Approver, task.ExpectRevision(t.Revision))
+		if err != nil {
+			r.log.Warn("approve by rule", append(machineAttrs(t), "rule", d.Approver, "err", err)...)
+			return false
+		}
+		r.observe(approved)
+		return true
+	case d.Applied > 0:
+		msg := truncateText("no approval rule matched: " + strings.Join(d.Reasons, " | "))
+		if _, err := r.svc.RecordRules(ctx, t.ID, r.actor, msg); err != nil {
+			r.log.Warn("record approval rules", append(machineAttrs(t), "err", err)...)
+		}
+	}
+	return false
 }

@@ -115,14 +115,20 @@ type View struct {
 
 	mu    sync.RWMutex
 	rules map[string]Rule
+
+	synced     chan struct{}
+	syncedOnce sync.Once
 }
+
+// Synced is closed once the first listing is in.
+func (v *View) Synced() <-chan struct{} { return v.synced }
 
 // NewView returns a View over st; Run fills it.
 func NewView(st store.Store, log *slog.Logger) *View {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &View{st: st, log: log, rules: map[string]Rule{}}
+	return &View{st: st, log: log, rules: map[string]Rule{}, synced: make(chan struct{})}
 }
 
 // Run lists and watches until ctx ends.
@@ -146,6 +152,7 @@ func (v *View) follow(ctx context.Context) error {
 	v.mu.Lock()
 	v.rules = fresh
 	v.mu.Unlock()
+	v.syncedOnce.Do(func() { close(v.synced) })
 	wctx, cancel := context.WithCancel(ctx)
 	watch := v.st.Watch(wctx, Prefix, res.Revision+1)
 	defer func() {

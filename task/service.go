@@ -716,8 +716,9 @@ func (s *Service) RecordRefusal(ctx context.Context, id, by, source, message str
 	})
 }
 
-// MaxPowerEntries bounds the TimelinePower entries of one task: a BMC that
-// keeps failing cannot grow the timeline without end.
+// MaxPowerEntries bounds the TimelinePower (and the TimelineRules) entries
+// of one task: a BMC that keeps failing cannot grow the timeline without
+// end.
 const MaxPowerEntries = 32
 
 // PowerCodeFailed is the ErrorInfo.Code of a task failed because its
@@ -729,24 +730,36 @@ const PowerCodeFailed = "power_failed"
 // too (the power-off after a rejection). Beyond MaxPowerEntries nothing is
 // written and the task is returned as it is.
 func (s *Service) RecordPower(ctx context.Context, id, by, message string) (*Task, error) {
+	return s.recordNote(ctx, id, by, TimelinePower, message)
+}
+
+// RecordRules adds a TimelineRules entry: the auto-approval rules that
+// applied to the task's report and why none approved it.
+func (s *Service) RecordRules(ctx context.Context, id, by, message string) (*Task, error) {
+	return s.recordNote(ctx, id, by, TimelineRules, message)
+}
+
+// recordNote appends a timeline entry of event that moves nothing, at most
+// MaxPowerEntries of that event per task.
+func (s *Service) recordNote(ctx context.Context, id, by, event, message string) (*Task, error) {
 	if err := checkActor(by); err != nil {
 		return nil, err
 	}
 	if err := checkText("message", message, MaxTextLen); err != nil {
 		return nil, err
 	}
-	return s.update(ctx, id, "power entry for task", func(snap *snapshot) (*write, *Task, error) {
+	return s.update(ctx, id, event+" entry for task", func(snap *snapshot) (*write, *Task, error) {
 		t := snap.task
 		n := 0
 		for _, e := range t.Timeline {
-			if e.Event == TimelinePower {
+			if e.Event == event {
 				n++
 			}
 		}
 		if n >= MaxPowerEntries {
 			return nil, t, nil
 		}
-		t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: s.now(), Event: TimelinePower, Status: t.Status, Actor: by, Message: message})
+		t.Timeline = append(t.Timeline, TimelineEntry{Timestamp: s.now(), Event: event, Status: t.Status, Actor: by, Message: message})
 		return &write{
 			txn:    store.Txn{If: unchanged(snap), Then: []store.Op{store.OpPut(TaskKey(id, FieldTimeline), mustJSON(t.Timeline))}},
 			result: func(int64) *Task { return t },

@@ -100,6 +100,9 @@ const (
 	// and how it went. Bounded per task by MaxPowerEntries (see
 	// Service.RecordPower).
 	TimelinePower = "power"
+	// TimelineRules: auto-approval rules applied to the task's hardware
+	// report and none approved it; Message gives each rule's reasons.
+	TimelineRules = "approval_rules"
 )
 
 // transitions is the whole state machine: (status, event) → next status.
