@@ -25,6 +25,7 @@ import (
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/internal/httpserve"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -151,6 +152,7 @@ type Server struct {
 	view     *task.View
 	machines *machine.Service
 	mview    *machine.View
+	rules    *rule.Service
 	regions  *regionCache
 	dlq      *dlqCache
 	hub      *hub.Hub
@@ -251,6 +253,7 @@ func New(cfg Config) (*Server, error) {
 	s.svc = task.NewService(cfg.Store, tc)
 	s.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Logger: cfg.Logger})
 	s.mview = machine.NewView(cfg.Store, machine.ViewConfig{Logger: cfg.Logger})
+	s.rules = rule.NewService(cfg.Store, cfg.Now)
 	// One view of every task serves the lists; its watch also feeds the
 	// hub and the notifier, so a replica costs the store one watch,
 	// whatever its traffic.
@@ -489,6 +492,11 @@ func (s *Server) routes() http.Handler {
 	api("DELETE /api/v1/machines/{mac}", auth.RoleOperator, "machine.delete", s.deleteMachine)
 	api("POST /api/v1/machines/{mac}/power", auth.RoleOperator, "machine.power", s.powerMachine)
 	api("POST /api/v1/machines/{mac}/tasks", auth.RoleOperator, "machine.create_task", s.createMachineTask)
+	api("GET /api/v1/rules", auth.RoleViewer, "", s.listRules)
+	api("GET /api/v1/rules/{name}", auth.RoleViewer, "", s.getRule)
+	// A rule approves machines without a person: admins set them.
+	api("PUT /api/v1/rules/{name}", auth.RoleAdmin, "rule.put", s.putRule)
+	api("DELETE /api/v1/rules/{name}", auth.RoleAdmin, "rule.delete", s.deleteRule)
 	api("GET /api/v1/whoami", auth.RoleViewer, "", s.whoami)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, httpjson.Errorf(http.StatusNotFound, httpjson.CodeNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path))
