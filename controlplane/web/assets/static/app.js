@@ -1267,7 +1267,7 @@
       ['region', 'Region', 'dc1'],
       ['tag', 'Tags', 'rack=r7, role=db'],
       ['min_cores', 'Min cores', '16'],
-      ['min_memory_gb', 'Min memory GB', '64'],
+      ['min_memory_gb', 'Min memory', 'GB, e.g. 64'],
       ['vendor', 'Vendor', 'Dell'],
       ['model', 'Model', 'R650'],
     ];
@@ -1377,7 +1377,7 @@
         el('td', { class: 'nowrap' }, powerBadge(m),
           failed ? el('div', { class: 'power-error small', text: 'last ' + m.power.action + ' failed' }) : null,
           pending ? el('div', { class: 'muted small', text: String(pending.action) + ' requested' }) : null),
-        el('td', { class: 'nowrap' }, timeEl(m.last_seen)));
+        el('td', { class: 'nowrap' }, el('time', { datetime: m.last_seen || '', title: fmtTime(m.last_seen) }, fmtAgo(m.last_seen))));
       // The whole row opens the machine; the MAC is the link for keyboards
       // and new tabs.
       tr.addEventListener('click', (e) => {
