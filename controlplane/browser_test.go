@@ -908,16 +908,62 @@ func TestBrowserMachines(t *testing.T) {
 	p.step("follow the task", chromedp.Click(chromedp.CSS(`#machine-tasks a[href="/tasks/`+tk.ID+`"]`)))
 	p.waitJS("the task page opens", `location.pathname === '/tasks/`+tk.ID+`' && document.getElementById('task-status').textContent === 'pending' && `+browserNoReload)
 
+	// Register a machine through the form: a bad BMC address is named,
+	// the password field is emptied, and the password never shows.
+	const secondPassword = "Other-Bmc-Pw-88"
+	const second = "52:54:00:aa:00:02"
+	goTo := func(path string) {
+		browserEval[chromedp.Void](p, `history.pushState(null, '', `+jsString(path)+`); dispatchEvent(new PopStateEvent('popstate'))`)
+	}
+	goTo("/machines")
+	p.step("open the register form", chromedp.WaitVisible(chromedp.ID("register-open")), chromedp.Click(chromedp.ID("register-open")),
+		chromedp.WaitVisible(chromedp.ID("register-form")))
+	assert.True(t, browserEval[bool](p, `document.getElementById('r-bmc').hidden`), "BMC fields hidden without a driver")
+	browserEval[chromedp.Void](p, `(() => { const s = document.getElementById('r-driver'); s.value = 'ipmi'; s.dispatchEvent(new Event('change', { bubbles: true })); })()`)
+	p.step("fill in the form with a bad address",
+		chromedp.WaitVisible(chromedp.ID("r-address")),
+		chromedp.SendKeys(chromedp.ID("r-mac"), second),
+		chromedp.SendKeys(chromedp.ID("r-region"), "dc1"),
+		chromedp.SendKeys(chromedp.ID("r-tags"), "rack=r8"),
+		chromedp.SendKeys(chromedp.ID("r-address"), "http://10.1.0.8/"),
+		chromedp.SendKeys(chromedp.ID("r-username"), "root"),
+		chromedp.SendKeys(chromedp.ID("r-password"), secondPassword),
+		chromedp.Click(chromedp.ID("r-submit")))
+	p.waitJS("the bad address is named", `document.getElementById('r-address').classList.contains('invalid') &&
+		document.getElementById('register-alerts').textContent.includes('bmc.address') &&
+		document.getElementById('register-alerts').textContent.includes('Type the BMC password again') &&
+		document.getElementById('r-password').value === '' && location.pathname === '/machines'`)
+	p.screenshot("register-error")
+	p.step("fix it and register",
+		chromedp.SetValue(chromedp.ID("r-address"), "10.1.0.8"),
+		chromedp.SendKeys(chromedp.ID("r-password"), secondPassword),
+		chromedp.Click(chromedp.ID("r-submit")))
+	p.waitJS("the new machine's page opens", `location.pathname === '/machines/`+second+`' &&
+		document.getElementById('machine-kind') !== null && document.getElementById('machine-kind').textContent === 'registered' &&
+		document.getElementById('machine-bmc').textContent.includes('10.1.0.8') &&
+		document.getElementById('bmc-password').textContent.startsWith('set') &&
+		document.getElementById('machine-overview').textContent.includes('rack=r8') && `+browserNoReload)
+	assert.False(t, browserEval[bool](p, `document.documentElement.outerHTML.includes(`+jsString(secondPassword)+`)`), "the BMC password is in the page")
+	code, body = call(http.MethodGet, "/api/v1/machines/"+second, nil)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	bmc, _ := body["bmc"].(map[string]any)
+	require.NotNil(t, bmc, "%v", body)
+	assert.Equal(t, true, bmc["has_password"])
+	assert.Equal(t, "root", bmc["username"])
+	assert.Equal(t, "dc1", body["region"])
+
 	// A viewer sees the machine but has no power buttons.
 	p.step("sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("token")))
 	p.step("sign in as a viewer",
 		chromedp.SendKeys(chromedp.ID("token"), browserViewToken),
 		chromedp.Click(chromedp.ID("signin-submit")),
-		chromedp.WaitVisible(chromedp.ID("task-status")))
-	browserEval[chromedp.Void](p, `history.pushState(null, '', '/machines/`+registered+`'); dispatchEvent(new PopStateEvent('popstate'))`)
+		chromedp.WaitVisible(chromedp.ID("machine-kind")))
+	goTo("/machines/" + registered)
 	p.waitJS("the viewer sees the machine without power buttons", `document.getElementById('machine-kind') !== null &&
 		document.getElementById('machine-kind').textContent === 'registered' && document.getElementById('power-on') === null &&
 		document.getElementById('power-pending').textContent.startsWith('on requested')`)
+	goTo("/machines")
+	p.waitJS("the viewer cannot register machines", `document.querySelector('#machines tr[data-mac]') !== null && document.getElementById('register-open') === null`)
 
 	assert.Empty(t, browserEval[[]string](p, `window.__cspViolations`), "CSP violations")
 	assert.True(t, browserEval[bool](p, browserInert), "window.__xss is set: a hostile string ran")

@@ -1258,6 +1258,7 @@
     document.title = 'Machines · LPMOS';
     const v = { sub: null, alive: true, onMessage() {} };
     const REFRESH_MS = 15000;
+    const operator = canOperate();
     const q = new URLSearchParams(location.search);
     // The filters, named as the list API's query parameters. Tags are
     // typed as key=value, comma-separated, and sent as one tag parameter
@@ -1343,8 +1344,97 @@
       refresh();
     });
 
+    // Registering a machine (operators): its MAC, region, tags and BMC.
+    // The password goes to the API once and is never shown again; the
+    // field is emptied after every attempt.
+    const reg = {
+      mac: el('input', { type: 'text', id: 'r-mac', name: 'mac', placeholder: '52:54:00:aa:00:01', autocomplete: 'off', spellcheck: 'false', required: true }),
+      region: el('input', { type: 'text', id: 'r-region', name: 'region', placeholder: 'dc1', autocomplete: 'off', spellcheck: 'false' }),
+      tags: el('input', { type: 'text', id: 'r-tags', name: 'tags', placeholder: 'rack=r7, role=db', autocomplete: 'off', spellcheck: 'false' }),
+      driver: el('select', { id: 'r-driver', name: 'bmc.driver' },
+        el('option', { value: '', text: 'No BMC' }), el('option', { value: 'ipmi', text: 'IPMI' }), el('option', { value: 'redfish', text: 'Redfish' })),
+      address: el('input', { type: 'text', id: 'r-address', name: 'bmc.address', placeholder: '10.1.0.7 or 10.1.0.7:623', autocomplete: 'off', spellcheck: 'false' }),
+      username: el('input', { type: 'text', id: 'r-username', name: 'bmc.username', autocomplete: 'off', spellcheck: 'false' }),
+      password: el('input', { type: 'password', id: 'r-password', name: 'bmc.password', autocomplete: 'new-password' }),
+      pin: el('input', { type: 'text', id: 'r-pin', name: 'bmc.cert_sha256', placeholder: 'SHA-256 of the BMC certificate', autocomplete: 'off', spellcheck: 'false' }),
+    };
+    const regAlerts = el('div', { id: 'register-alerts' });
+    const regSubmit = el('button', { type: 'submit', class: 'btn', id: 'r-submit', text: 'Register' });
+    const regCancel = el('button', { type: 'button', class: 'btn btn-secondary', text: 'Cancel' });
+    const pinField = el('div', { class: 'field', id: 'r-pin-field' }, el('label', { for: 'r-pin', text: 'Certificate pin (Redfish)' }), reg.pin);
+    const bmcFields = el('div', { class: 'form-grid wide', id: 'r-bmc' },
+      el('div', { class: 'field' }, el('label', { for: 'r-address', text: 'BMC address' }), reg.address),
+      el('div', { class: 'field' }, el('label', { for: 'r-username', text: 'BMC username' }), reg.username),
+      el('div', { class: 'field' }, el('label', { for: 'r-password', text: 'BMC password' }), reg.password,
+        el('div', { class: 'hint', text: 'Stored sealed; never shown again.' })),
+      pinField);
+    const showBMC = () => {
+      bmcFields.hidden = !reg.driver.value;
+      pinField.hidden = reg.driver.value !== 'redfish';
+    };
+    const regForm = el('form', { class: 'panel', id: 'register-form', novalidate: true, hidden: true },
+      el('h2', { text: 'Register a machine' }),
+      regAlerts,
+      el('div', { class: 'form-grid' },
+        el('div', { class: 'field' }, el('label', { for: 'r-mac', text: 'MAC address' }), reg.mac),
+        el('div', { class: 'field' }, el('label', { for: 'r-region', text: 'Region' }), reg.region),
+        el('div', { class: 'field' }, el('label', { for: 'r-tags', text: 'Tags' }), reg.tags),
+        el('div', { class: 'field' }, el('label', { for: 'r-driver', text: 'BMC' }), reg.driver),
+        bmcFields),
+      el('div', { class: 'btn-row' }, regSubmit, regCancel));
+    const regOpen = operator ? el('button', { type: 'button', class: 'btn', id: 'register-open', text: 'Register machine' }) : null;
+    if (regOpen) {
+      regOpen.addEventListener('click', () => { regForm.hidden = false; showBMC(); reg.mac.focus(); });
+    }
+    regCancel.addEventListener('click', () => { regForm.hidden = true; reg.password.value = ''; });
+    reg.driver.addEventListener('change', showBMC);
+    regForm.addEventListener('input', (e) => { if (e.target.classList) e.target.classList.remove('invalid'); });
+    regForm.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      for (const i of Object.values(reg)) i.classList.remove('invalid');
+      regAlerts.replaceChildren();
+      const body = { mac: reg.mac.value.trim() };
+      if (reg.region.value.trim()) body.region = reg.region.value.trim();
+      const tags = {};
+      for (const t of reg.tags.value.split(',').map((x) => x.trim()).filter(Boolean)) {
+        const i = t.indexOf('=');
+        if (i <= 0) {
+          reg.tags.classList.add('invalid');
+          fill(regAlerts, alertBox('error', 'The machine was not registered', 'Tags: "' + t + '" is not key=value.'));
+          return;
+        }
+        tags[t.slice(0, i).trim()] = t.slice(i + 1).trim();
+      }
+      if (Object.keys(tags).length) body.tags = tags;
+      if (reg.driver.value) {
+        body.bmc = { driver: reg.driver.value, address: reg.address.value.trim() };
+        if (reg.username.value.trim()) body.bmc.username = reg.username.value.trim();
+        if (reg.password.value) body.bmc.password = reg.password.value;
+        if (reg.driver.value === 'redfish' && reg.pin.value.trim()) body.bmc.cert_sha256 = reg.pin.value.trim();
+      }
+      const typedPassword = Boolean(body.bmc && body.bmc.password);
+      reg.password.value = '';
+      regSubmit.disabled = true;
+      try {
+        const res = await api('POST', '/api/v1/machines', { body });
+        if (!v.alive) return;
+        const m = res.data || {};
+        navigate(MAC_RE.test(m.mac || '') ? machinePath(m.mac) : '/machines');
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        regSubmit.disabled = false;
+        const f = String(err.field || '');
+        const target = { mac: reg.mac, region: reg.region, 'bmc.driver': reg.driver, 'bmc.address': reg.address,
+          'bmc.username': reg.username, 'bmc.password': reg.password, 'bmc.cert_sha256': reg.pin }[f] || (f.startsWith('tags') ? reg.tags : null);
+        if (target) { target.classList.add('invalid'); target.focus(); }
+        fill(regAlerts, alertBox('error', 'The machine was not registered',
+          typedPassword ? String(err.message).replace(/\.?$/, '.') + ' Type the BMC password again.' : err.message));
+      }
+    });
+
     fill(app,
-      el('div', { class: 'page-head' }, el('h1', { text: 'Machines' }), countEl),
+      el('div', { class: 'page-head' }, el('h1', { text: 'Machines' }), countEl, el('div', { class: 'spacer' }), regOpen),
+      regForm,
       alerts,
       el('div', { class: 'panel' },
         el('div', { class: 'filters machine-filters', id: 'machine-filters' }, FIELDS.map(([name, label]) =>
