@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,6 +29,7 @@ import (
 	"github.com/lpmos/lpmos/controlplane/auth"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -715,5 +717,261 @@ func browserHardware() hardware.Info {
 		System:      hardware.System{Vendor: "Dell Inc.", Product: "PowerEdge R650", Serial: "7XK2Q93", UUID: "4c4c4544-0058-4b10-8032-b7c04f513933"},
 		Board:       hardware.Board{Vendor: "Dell Inc.", Product: browserXSSBoard, Serial: "/7XK2Q93/CNFCP0012300AB/"},
 		CollectedAt: time.Now().UTC(),
+	}
+}
+
+// The machines test drives the Machines page and a machine's page: a
+// registered machine with an IPMI BMC (whose password must never reach the
+// browser) and a discovered one known from its hardware report, plus
+// enough others to need a second page. It searches and filters, opens both
+// machines, and asks for power actions: refused for the machine without a
+// BMC, recorded as a pending request for the other (no region runs here to
+// carry it out).
+func TestBrowserMachines(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	const (
+		registered  = "52:54:00:aa:00:01"
+		discovered  = "0c:c4:7a:00:00:09"
+		bmcPassword = "Bmc-Pa55-unique-77"
+	)
+	st := etcdtest.NewStore(t)
+	sealer, err := machine.NewSealer(bytes.Repeat([]byte("k"), machine.KeySize))
+	require.NoError(t, err)
+	srv, err := controlplane.New(controlplane.Config{
+		Store: st,
+		Auth: auth.Config{Tokens: []auth.StaticToken{
+			{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin},
+			{Token: browserViewToken, Subject: "victor@example.com", Role: auth.RoleViewer},
+		}},
+		BMCSealer: sealer,
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	runCtx, stopRun := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- srv.Run(runCtx) }()
+	t.Cleanup(func() {
+		stopRun()
+		<-ran
+	})
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+
+	call := func(method, path string, body any) (int, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, err := json.Marshal(body)
+			require.NoError(t, err)
+			rd = bytes.NewReader(b)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, ts.URL+path, rd)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+browserAdminToken)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(res.Body).Decode(&out)
+		return res.StatusCode, out
+	}
+
+	// The registered machine, through the API as an operator would.
+	code, body := call(http.MethodPost, "/api/v1/machines", map[string]any{
+		"mac": registered, "region": "dc1", "tags": map[string]string{"rack": "r7", "note": browserXSSTag},
+		"bmc": map[string]any{"driver": "ipmi", "address": "10.1.0.7:623", "username": "admin", "password": bmcPassword},
+	})
+	require.Equal(t, http.StatusCreated, code, "%v", body)
+	// The discovered one, as a region records an agent's report; and 26
+	// small ones after both in MAC order, so that the list has two pages.
+	msvc := machine.NewService(st, machine.Config{})
+	hw := browserHardware()
+	require.NoError(t, msvc.Observe(ctx, mustMAC(t, discovered), machine.Report{Hardware: &hw, Region: "dc1", Source: browserReportSource}))
+	small := hardware.Info{CPU: hardware.CPU{Model: "QEMU Virtual CPU", Cores: 2, Threads: 2}, Memory: hardware.Memory{TotalGB: 4}}
+	for i := range 26 {
+		require.NoError(t, msvc.Observe(ctx, mustMAC(t, fmt.Sprintf("de:ad:be:ef:00:%02x", i)), machine.Report{Hardware: &small, Region: "dc2"}))
+	}
+	svc := task.NewService(st, task.Config{})
+	tk, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: registered, OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	// The list is served from a watch-fed cache: wait until it has them all.
+	require.Eventually(t, func() bool {
+		code, body := call(http.MethodGet, "/api/v1/machines?limit=1", nil)
+		return code == http.StatusOK && body["total"] == float64(28)
+	}, browserStepWait, 20*time.Millisecond, "the control plane never listed the 28 machines")
+
+	p := newBrowserPage(t, ctx)
+	p.step("open the machines page", chromedp.Navigate(ts.URL+"/machines"), chromedp.WaitVisible(chromedp.ID("token")))
+	p.step("sign in",
+		chromedp.SendKeys(chromedp.ID("token"), browserAdminToken),
+		chromedp.Click(chromedp.ID("signin-submit")),
+		chromedp.WaitVisible(chromedp.ID("machines")))
+	browserEval[chromedp.Void](p, `window.__lpmosMarker = 'still-here'`)
+
+	rowOf := func(mac string) string { return `document.querySelector('tr[data-mac="` + mac + `"]')` }
+	shownMACs := `[...document.querySelectorAll('#machines tbody tr[data-mac]')].map(tr => tr.dataset.mac)`
+	p.waitJS("the first page lists both machines", rowOf(registered)+` !== null && `+rowOf(discovered)+` !== null &&
+		document.getElementById('machine-count').textContent === '28 machines' && `+shownMACs+`.length === 25 &&
+		document.querySelector('#mainnav a[href="/machines"]').classList.contains('active')`)
+	p.waitJS("the rows show what the machines are", `(() => {
+		const r = `+rowOf(registered)+`.textContent, d = `+rowOf(discovered)+`.textContent;
+		return ['dc1', 'rack=r7', 'ipmi 10.1.0.7:623', 'unknown'].every(s => r.includes(s)) &&
+			['discovered', 'Dell Inc. PowerEdge R650', '64', '256 GB', '4 TB', 'none'].every(s => d.includes(s));
+	})() && `+browserInert)
+	p.screenshot("machines")
+
+	// Pages follow the API's cursor.
+	p.step("next page", chromedp.Click(chromedp.ID("machines-next")))
+	p.waitJS("the second page shows the last three", shownMACs+`.join(',') === 'de:ad:be:ef:00:17,de:ad:be:ef:00:18,de:ad:be:ef:00:19' &&
+		document.querySelector('#machines').closest('.panel').textContent.includes('26–28 of 28') &&
+		document.getElementById('machines-next').disabled && !document.getElementById('machines-prev').disabled`)
+	p.step("previous page", chromedp.Click(chromedp.ID("machines-prev")))
+	p.waitJS("the first page again", shownMACs+`[0] === '`+discovered+`' && `+shownMACs+`.length === 25 && document.getElementById('machines-prev').disabled`)
+
+	// Filters narrow the list through the API's query parameters.
+	clear := func(id string) chromedp.Action[chromedp.Void] {
+		return chromedp.Evaluate[chromedp.Void](`document.getElementById('` + id + `').value = ''`)
+	}
+	p.step("filter by MAC prefix", chromedp.SendKeys(chromedp.ID("mf-mac-prefix"), "52-54-00\r"))
+	p.waitJS("only the registered machine is left", shownMACs+`.join(',') === '`+registered+`' &&
+		document.getElementById('machine-count').textContent === '1 machine' &&
+		new URLSearchParams(location.search).get('mac_prefix') === '52-54-00'`)
+	p.step("filter by cores instead", clear("mf-mac-prefix"), chromedp.SendKeys(chromedp.ID("mf-min-cores"), "32\r"))
+	p.waitJS("only the big discovered machine is left", shownMACs+`.join(',') === '`+discovered+`' &&
+		new URLSearchParams(location.search).get('min_cores') === '32' && !new URLSearchParams(location.search).has('mac_prefix')`)
+	p.step("a filter the API refuses", clear("mf-min-cores"), chromedp.SendKeys(chromedp.ID("mf-min-cores"), "lots\r"))
+	p.waitJS("the filter is marked and the reason shown", `document.getElementById('mf-min-cores').classList.contains('invalid') &&
+		document.getElementById('machines-alerts').textContent.includes('min_cores')`)
+	p.step("filter by tag and region", clear("mf-min-cores"), chromedp.SendKeys(chromedp.ID("mf-region"), "dc1"),
+		chromedp.SendKeys(chromedp.ID("mf-tag"), "rack=r7\r"))
+	p.waitJS("the tag and region find the registered machine", shownMACs+`.join(',') === '`+registered+`' &&
+		!document.getElementById('mf-min-cores').classList.contains('invalid') &&
+		new URLSearchParams(location.search).getAll('tag').join() === 'rack=r7'`)
+	p.screenshot("machines-filtered")
+	p.step("clear the filters", clear("mf-region"), clear("mf-tag"), chromedp.SendKeys(chromedp.ID("mf-vendor"), "\r"))
+	p.waitJS("everything is back", `document.getElementById('machine-count').textContent === '28 machines' && location.search === '' && `+browserNoReload)
+
+	// The discovered machine: its hardware, no BMC, and a power request the
+	// API refuses.
+	p.step("open the discovered machine", chromedp.Click(chromedp.CSS(`tr[data-mac="`+discovered+`"] td:nth-child(3)`)))
+	p.waitJS("its page shows the hardware", `location.pathname === '/machines/`+discovered+`' &&
+		document.getElementById('machine-kind').textContent === 'discovered' && (() => {
+		const hw = document.getElementById('machine-hardware').textContent;
+		return ['Intel(R) Xeon(R) Gold 6338', '64 cores / 128 threads', '256 GB', '/dev/nvme0n1', 'SAMSUNG MZQL2960HCJR',
+			'/dev/sda', 'eno1', 'eno2', '25Gbps', 'Dell Inc. PowerEdge R650', '7XK2Q93', `+jsString(browserXSSBoard)+`].every(s => hw.includes(s));
+	})() && document.getElementById('machine-overview').textContent.includes('`+browserReportSource+`') &&
+		document.getElementById('bmc-none') !== null && `+browserInert+` && `+browserNoReload)
+	p.screenshot("machine-discovered")
+	p.step("power on without a BMC", chromedp.Click(chromedp.ID("power-on")))
+	p.waitJS("the refusal is shown", `document.querySelector('#machine-alerts .alert-error') !== null &&
+		document.getElementById('machine-alerts').textContent.includes('This machine has no BMC') &&
+		document.getElementById('machine-alerts').textContent.includes('409 no_bmc')`)
+	p.screenshot("machine-no-bmc")
+
+	// The registered machine: its BMC without the password, its task, and
+	// a power request.
+	p.step("back to the list", chromedp.Click(chromedp.CSS(`#mainnav a[href="/machines"]`)), chromedp.WaitVisible(chromedp.ID("machines")))
+	p.waitJS("the list is back", rowOf(registered)+` !== null`)
+	p.step("open the registered machine", chromedp.Click(chromedp.CSS(`tr[data-mac="`+registered+`"] a`)))
+	p.waitJS("its page shows the BMC and the task", `location.pathname === '/machines/`+registered+`' &&
+		document.getElementById('machine-kind').textContent === 'registered' && (() => {
+		const bmc = document.getElementById('machine-bmc').textContent;
+		return ['ipmi', '10.1.0.7:623', 'admin'].every(s => bmc.includes(s)) &&
+			document.getElementById('bmc-password').textContent.startsWith('set');
+	})() && document.querySelector('#machine-tasks a[href="/tasks/`+tk.ID+`"]') !== null &&
+		document.getElementById('machine-hardware').textContent.includes('No hardware report yet') &&
+		document.getElementById('power-pending').textContent === 'none' && `+browserInert)
+	assert.False(t, browserEval[bool](p, `document.documentElement.outerHTML.includes(`+jsString(bmcPassword)+`)`), "the BMC password is in the page")
+
+	// Off asks first; going back sends nothing.
+	p.step("ask to power off", chromedp.Click(chromedp.ID("power-off")))
+	p.waitJS("power off asks for confirmation", `!document.getElementById('power-confirm').hidden &&
+		document.getElementById('power-confirm-title').textContent === 'Power off this machine?'`)
+	p.step("go back", chromedp.Click(chromedp.CSS(`#power-confirm .btn-secondary`)))
+	p.waitJS("nothing was asked", `document.getElementById('power-confirm').hidden && document.getElementById('power-pending').textContent === 'none'`)
+
+	p.step("power on", chromedp.Click(chromedp.ID("power-on")))
+	p.waitJS("the request is accepted and shown as pending", `document.getElementById('machine-alerts').textContent.includes('Power on requested (202 Accepted)') &&
+		document.getElementById('power-pending').textContent.startsWith('on requested by token:alice@example.com') && `+browserNoReload)
+	p.screenshot("machine-power-on")
+	code, body = call(http.MethodGet, "/api/v1/machines/"+registered, nil)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	pending, _ := body["pending_power"].(map[string]any)
+	require.NotNil(t, pending, "%v", body)
+	assert.Equal(t, "on", pending["action"])
+	assert.Equal(t, "token:alice@example.com", pending["requested_by"])
+
+	// The machine's task links to the task page.
+	p.step("follow the task", chromedp.Click(chromedp.CSS(`#machine-tasks a[href="/tasks/`+tk.ID+`"]`)))
+	p.waitJS("the task page opens", `location.pathname === '/tasks/`+tk.ID+`' && document.getElementById('task-status').textContent === 'pending' && `+browserNoReload)
+
+	// Register a machine through the form: a bad BMC address is named,
+	// the password field is emptied, and the password never shows.
+	const secondPassword = "Other-Bmc-Pw-88"
+	const second = "52:54:00:aa:00:02"
+	goTo := func(path string) {
+		browserEval[chromedp.Void](p, `history.pushState(null, '', `+jsString(path)+`); dispatchEvent(new PopStateEvent('popstate'))`)
+	}
+	goTo("/machines")
+	p.step("open the register form", chromedp.WaitVisible(chromedp.ID("register-open")), chromedp.Click(chromedp.ID("register-open")),
+		chromedp.WaitVisible(chromedp.ID("register-form")))
+	assert.True(t, browserEval[bool](p, `document.getElementById('r-bmc').hidden`), "BMC fields hidden without a driver")
+	browserEval[chromedp.Void](p, `(() => { const s = document.getElementById('r-driver'); s.value = 'ipmi'; s.dispatchEvent(new Event('change', { bubbles: true })); })()`)
+	p.step("fill in the form with a bad address",
+		chromedp.WaitVisible(chromedp.ID("r-address")),
+		chromedp.SendKeys(chromedp.ID("r-mac"), second),
+		chromedp.SendKeys(chromedp.ID("r-region"), "dc1"),
+		chromedp.SendKeys(chromedp.ID("r-tags"), "rack=r8"),
+		chromedp.SendKeys(chromedp.ID("r-address"), "http://10.1.0.8/"),
+		chromedp.SendKeys(chromedp.ID("r-username"), "root"),
+		chromedp.SendKeys(chromedp.ID("r-password"), secondPassword),
+		chromedp.Click(chromedp.ID("r-submit")))
+	p.waitJS("the bad address is named", `document.getElementById('r-address').classList.contains('invalid') &&
+		document.getElementById('register-alerts').textContent.includes('bmc.address') &&
+		document.getElementById('register-alerts').textContent.includes('Type the BMC password again') &&
+		document.getElementById('r-password').value === '' && location.pathname === '/machines'`)
+	p.screenshot("register-error")
+	p.step("fix it and register",
+		chromedp.SetValue(chromedp.ID("r-address"), "10.1.0.8"),
+		chromedp.SendKeys(chromedp.ID("r-password"), secondPassword),
+		chromedp.Click(chromedp.ID("r-submit")))
+	p.waitJS("the new machine's page opens", `location.pathname === '/machines/`+second+`' &&
+		document.getElementById('machine-kind') !== null && document.getElementById('machine-kind').textContent === 'registered' &&
+		document.getElementById('machine-bmc').textContent.includes('10.1.0.8') &&
+		document.getElementById('bmc-password').textContent.startsWith('set') &&
+		document.getElementById('machine-overview').textContent.includes('rack=r8') && `+browserNoReload)
+	assert.False(t, browserEval[bool](p, `document.documentElement.outerHTML.includes(`+jsString(secondPassword)+`)`), "the BMC password is in the page")
+	code, body = call(http.MethodGet, "/api/v1/machines/"+second, nil)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	bmc, _ := body["bmc"].(map[string]any)
+	require.NotNil(t, bmc, "%v", body)
+	assert.Equal(t, true, bmc["has_password"])
+	assert.Equal(t, "root", bmc["username"])
+	assert.Equal(t, "dc1", body["region"])
+
+	// A viewer sees the machine but has no power buttons.
+	p.step("sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("token")))
+	p.step("sign in as a viewer",
+		chromedp.SendKeys(chromedp.ID("token"), browserViewToken),
+		chromedp.Click(chromedp.ID("signin-submit")),
+		chromedp.WaitVisible(chromedp.ID("machine-kind")))
+	goTo("/machines/" + registered)
+	p.waitJS("the viewer sees the machine without power buttons", `document.getElementById('machine-kind') !== null &&
+		document.getElementById('machine-kind').textContent === 'registered' && document.getElementById('power-on') === null &&
+		document.getElementById('power-pending').textContent.startsWith('on requested')`)
+	goTo("/machines")
+	p.waitJS("the viewer cannot register machines", `document.querySelector('#machines tr[data-mac]') !== null && document.getElementById('register-open') === null`)
+
+	assert.Empty(t, browserEval[[]string](p, `window.__cspViolations`), "CSP violations")
+	assert.True(t, browserEval[bool](p, browserInert), "window.__xss is set: a hostile string ran")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.console {
+		if m.IsException() || strings.Contains(m.Text, "Content Security Policy") {
+			t.Errorf("console: %s (%s:%d)", m, m.URL, m.Line)
+		}
 	}
 }

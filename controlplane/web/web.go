@@ -4,13 +4,15 @@
 // review the hardware a machine reported, approve or reject it (one task or
 // many selected at once), watch the install progress live, retry a failed
 // or cancelled task, see which regions are online and how busy they are,
-// and go through the dead-letter list (tasks that failed on their last
-// attempt, webhook deliveries that gave up).
+// go through the dead-letter list (tasks that failed on their last
+// attempt, webhook deliveries that gave up), and browse the machine
+// inventory: search and filter machines, see one machine's hardware, BMC,
+// power state and tasks, and ask its region to power it on, off or cycle.
 //
 // Handler serves the HTML shell for every page route of the dashboard
 // (/, /dashboard, /tasks, /tasks/create, /tasks/{id}, /tasks/{id}/approve,
-// /regions, /dlq; the script renders the view from the URL) and the assets under
-// /static/.
+// /regions, /dlq, /machines, /machines/{mac}; the script renders the view
+// from the URL) and the assets under /static/.
 // Everything else is 404, and every response carries a strict Content
 // Security Policy that allows no inline script or style.
 //
@@ -160,12 +162,16 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a.data))
 }
 
-// isPage reports whether p is one of the dashboard's page routes. Task pages must name a well-formed task ID so that typos and
-// probes get a real 404 rather than an empty shell.
+// isPage reports whether p is one of the dashboard's page routes. Task
+// and machine pages must name a well-formed task ID or canonical MAC so
+// that typos and probes get a real 404 rather than an empty shell.
 func isPage(p string) bool {
 	switch p {
-	case "/", "/dashboard", "/tasks", "/tasks/create", "/regions", "/dlq":
+	case "/", "/dashboard", "/tasks", "/tasks/create", "/regions", "/dlq", "/machines":
 		return true
+	}
+	if mac, ok := strings.CutPrefix(p, "/machines/"); ok {
+		return isCanonicalMAC(mac)
 	}
 	rest, ok := strings.CutPrefix(p, "/tasks/")
 	if !ok {
@@ -196,6 +202,26 @@ func isTaskID(s string) bool {
 			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// isCanonicalMAC checks the form the API writes MACs in (lowercase hex
+// pairs joined by colons), the only form the dashboard links to. Like
+// isTaskID it copies a shape check so as not to import lpmos.
+func isCanonicalMAC(s string) bool {
+	if len(s) != 17 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if i%3 == 2 {
+			if c != ':' {
+				return false
+			}
+		} else if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
 		}
 	}
 	return true

@@ -51,7 +51,8 @@ func assertSecurityHeaders(t *testing.T, res *http.Response, target string) {
 func TestPageRoutesServeTheShell(t *testing.T) {
 	routes := []string{"/", "/dashboard", "/tasks", "/tasks/create",
 		"/tasks/" + someTaskID, "/tasks/" + someTaskID + "/approve",
-		"/tasks?status=installing&region_id=dc1", "/tasks?mac_prefix=52:54:00", "/regions", "/dlq", "/dlq?kind=tasks"}
+		"/tasks?status=installing&region_id=dc1", "/tasks?mac_prefix=52:54:00", "/regions", "/dlq", "/dlq?kind=tasks",
+		"/machines", "/machines?mac_prefix=52:54:00&min_cores=8&tag=rack=r7", "/machines/52:54:00:aa:00:01"}
 	for _, target := range routes {
 		res := serve(t, http.MethodGet, target)
 		require.Equal(t, http.StatusOK, res.StatusCode, target)
@@ -100,6 +101,8 @@ func TestUnknownPathsAndTraversalAre404(t *testing.T) {
 		"/web.go", "/nope", "/dashboard/", "/tasks/", "/regions/", "/regions/dc1", "/dlq/", "/dlq/tasks", "/tasks/create/", "/tasks/not-a-task",
 		"/tasks/" + strings.ToUpper(someTaskID), "/tasks/" + someTaskID + "/", "/tasks/" + someTaskID + "/edit",
 		"/tasks/" + someTaskID + "/approve/x", "/favicon.ico",
+		"/machines/", "/machines/52:54:00:AA:00:01", "/machines/52-54-00-aa-00-01", "/machines/52:54:00:aa:00",
+		"/machines/52:54:00:aa:00:01/", "/machines/52:54:00:aa:00:01/power", "/machines/525400aa0001",
 	} {
 		res := serve(t, http.MethodGet, target)
 		assert.Equal(t, http.StatusNotFound, res.StatusCode, target)

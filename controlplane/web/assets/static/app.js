@@ -28,6 +28,7 @@
   const STAGES = ['partitioning', 'downloading', 'writing', 'installing', 'configuring', 'completed'];
   const ROLE_RANK = { viewer: 1, operator: 2, admin: 3 };
   const TASK_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+  const MAC_RE = /^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/; // the API's canonical form
 
   const app = document.getElementById('app');
   const session = { token: null, me: null };
@@ -388,6 +389,13 @@
     if (path === '/tasks/create') return { name: 'create' };
     if (path === '/regions') return { name: 'regions' };
     if (path === '/dlq') return { name: 'dlq' };
+    if (path === '/machines') return { name: 'machines' };
+    const mm = /^\/machines\/([^/]+)$/.exec(path);
+    if (mm) {
+      let mac = '';
+      try { mac = decodeURIComponent(mm[1]); } catch (e) { mac = ''; }
+      return MAC_RE.test(mac) ? { name: 'machine', mac } : { name: 'notfound' };
+    }
     const m = /^\/tasks\/([^/]+)(\/approve)?$/.exec(path);
     if (m && TASK_ID_RE.test(m[1])) return { name: 'detail', id: m[1], approve: Boolean(m[2]) };
     return { name: 'notfound' };
@@ -420,13 +428,16 @@
     for (const a of mainnav.querySelectorAll('a')) {
       const target = a.getAttribute('href');
       a.classList.toggle('active', (r.name === 'list' && target === '/tasks') || (r.name === 'create' && target === '/tasks/create') ||
-        (r.name === 'regions' && target === '/regions') || (r.name === 'dlq' && target === '/dlq'));
+        (r.name === 'regions' && target === '/regions') || (r.name === 'dlq' && target === '/dlq') ||
+        ((r.name === 'machines' || r.name === 'machine') && target === '/machines'));
     }
     switch (r.name) {
       case 'list': view = listView(); break;
       case 'create': view = createView(); break;
       case 'regions': view = regionsView(); break;
       case 'dlq': view = dlqView(); break;
+      case 'machines': view = machinesView(); break;
+      case 'machine': view = machineView(r.mac); break;
       case 'detail': view = detailView(r.id, r.approve); break;
       default: view = notFoundView();
     }
@@ -1199,6 +1210,547 @@
     v.onMessage = function (msg) {
       if (msg.type === 'status' && msg.status === 'failed') refresh.soon();
     };
+    v.resync = () => refresh();
+    v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); };
+    return v;
+  }
+
+  // ------------------------------------------------------------------
+  // Machines: /machines and /machines/{mac}. The control plane's inventory:
+  // machines an operator registered (with their BMC) and machines known only
+  // from an agent's hardware report (discovered). Nothing about machines
+  // comes over the WebSocket, so both pages poll; the power outcome of a
+  // request shows up once the machine's region has carried it out.
+
+  // machinePath is only ever given MACs that passed MAC_RE, so the path
+  // needs no encoding.
+  function machinePath(mac) {
+    return '/machines/' + mac;
+  }
+
+  function machineHW(m) {
+    const r = m && m.last_report;
+    return r && r.hardware && typeof r.hardware === 'object' ? r.hardware : null;
+  }
+
+  function largestDisk(hw) {
+    const disks = hw && Array.isArray(hw.disks) ? hw.disks : [];
+    return disks.reduce((n, d) => Math.max(n, Number(d && d.size_gb) || 0), 0);
+  }
+
+  function vendorModel(hw) {
+    const sys = (hw && hw.system) || {};
+    return [sys.vendor, sys.product].filter(Boolean).join(' ');
+  }
+
+  function powerState(m) {
+    const p = m && m.power && typeof m.power === 'object' ? m.power : null;
+    const s = p && typeof p.state === 'string' ? p.state : 'unknown';
+    return ['on', 'off'].includes(s) ? s : 'unknown';
+  }
+
+  function powerBadge(m) {
+    const s = powerState(m);
+    return el('span', { class: 'badge power-' + s, text: s });
+  }
+
+  function machinesView() {
+    document.title = 'Machines · LPMOS';
+    const v = { sub: null, alive: true, onMessage() {} };
+    const REFRESH_MS = 15000;
+    const operator = canOperate();
+    const q = new URLSearchParams(location.search);
+    // The filters, named as the list API's query parameters. Tags are
+    // typed as key=value, comma-separated, and sent as one tag parameter
+    // each.
+    const FIELDS = [
+      ['mac_prefix', 'MAC prefix', '52:54:00'],
+      ['region', 'Region', 'dc1'],
+      ['tag', 'Tags', 'rack=r7, role=db'],
+      ['min_cores', 'Min cores', '16'],
+      ['min_memory_gb', 'Min memory', 'GB, e.g. 64'],
+      ['vendor', 'Vendor', 'Dell'],
+      ['model', 'Model', 'R650'],
+    ];
+    const NUMERIC = new Set(['min_cores', 'min_memory_gb']);
+    const inputs = {};
+    for (const [name, , placeholder] of FIELDS) {
+      const value = name === 'tag' ? q.getAll('tag').join(', ') : (q.get(name) || '');
+      inputs[name] = el('input', {
+        type: 'text', id: 'mf-' + name.replace(/_/g, '-'), name, value, placeholder,
+        inputmode: NUMERIC.has(name) ? 'numeric' : null, autocomplete: 'off', spellcheck: 'false',
+      });
+    }
+    // Pages follow the API's cursor: "after" is the last MAC of the page
+    // before. The cursors of the pages already seen make Previous work.
+    let cursor = { after: '', offset: 0 };
+    let back = [];
+
+    const countEl = el('span', { class: 'muted', id: 'machine-count' });
+    const alerts = el('div', { id: 'machines-alerts' });
+    const tbody = el('tbody');
+    const prev = el('button', { type: 'button', class: 'btn btn-secondary btn-small', id: 'machines-prev', text: '← Previous' });
+    const next = el('button', { type: 'button', class: 'btn btn-secondary btn-small', id: 'machines-next', text: 'Next →' });
+    const range = el('span', { class: 'muted' });
+    let nextAfter = '';
+    let shown = 0;
+    const columns = ['MAC', 'Region', 'Vendor / model', 'Cores', 'Memory', 'Largest disk', 'Tags', 'BMC', 'Power', 'Last seen'];
+
+    function filters() {
+      const p = new URLSearchParams();
+      for (const [name] of FIELDS) {
+        const val = inputs[name].value.trim();
+        if (!val) continue;
+        if (name === 'tag') {
+          for (const t of val.split(',').map((x) => x.trim()).filter(Boolean)) p.append('tag', t);
+        } else {
+          p.set(name, val);
+        }
+      }
+      return p;
+    }
+
+    function apply() {
+      cursor = { after: '', offset: 0 };
+      back = [];
+      const s = filters().toString();
+      history.replaceState(null, '', '/machines' + (s ? '?' + s : ''));
+      refresh();
+    }
+
+    let timer = null;
+    for (const input of Object.values(inputs)) {
+      input.addEventListener('input', () => {
+        input.classList.remove('invalid');
+        clearTimeout(timer);
+        timer = setTimeout(apply, 350);
+      });
+      input.addEventListener('keydown', (e) => {
+        if (e.key !== 'Enter') return;
+        e.preventDefault();
+        clearTimeout(timer);
+        apply();
+      });
+    }
+    prev.addEventListener('click', () => {
+      if (!back.length) return;
+      cursor = back.pop();
+      refresh();
+    });
+    next.addEventListener('click', () => {
+      if (!nextAfter) return;
+      back.push(cursor);
+      cursor = { after: nextAfter, offset: cursor.offset + shown };
+      refresh();
+    });
+
+    // Registering a machine (operators): its MAC, region, tags and BMC.
+    // The password goes to the API once and is never shown again; the
+    // field is emptied after every attempt.
+    const reg = {
+      mac: el('input', { type: 'text', id: 'r-mac', name: 'mac', placeholder: '52:54:00:aa:00:01', autocomplete: 'off', spellcheck: 'false', required: true }),
+      region: el('input', { type: 'text', id: 'r-region', name: 'region', placeholder: 'dc1', autocomplete: 'off', spellcheck: 'false' }),
+      tags: el('input', { type: 'text', id: 'r-tags', name: 'tags', placeholder: 'rack=r7, role=db', autocomplete: 'off', spellcheck: 'false' }),
+      driver: el('select', { id: 'r-driver', name: 'bmc.driver' },
+        el('option', { value: '', text: 'No BMC' }), el('option', { value: 'ipmi', text: 'IPMI' }), el('option', { value: 'redfish', text: 'Redfish' })),
+      address: el('input', { type: 'text', id: 'r-address', name: 'bmc.address', placeholder: '10.1.0.7 or 10.1.0.7:623', autocomplete: 'off', spellcheck: 'false' }),
+      username: el('input', { type: 'text', id: 'r-username', name: 'bmc.username', autocomplete: 'off', spellcheck: 'false' }),
+      password: el('input', { type: 'password', id: 'r-password', name: 'bmc.password', autocomplete: 'new-password' }),
+      pin: el('input', { type: 'text', id: 'r-pin', name: 'bmc.cert_sha256', placeholder: 'SHA-256 of the BMC certificate', autocomplete: 'off', spellcheck: 'false' }),
+    };
+    const regAlerts = el('div', { id: 'register-alerts' });
+    const regSubmit = el('button', { type: 'submit', class: 'btn', id: 'r-submit', text: 'Register' });
+    const regCancel = el('button', { type: 'button', class: 'btn btn-secondary', text: 'Cancel' });
+    const pinField = el('div', { class: 'field', id: 'r-pin-field' }, el('label', { for: 'r-pin', text: 'Certificate pin (Redfish)' }), reg.pin);
+    const bmcFields = el('div', { class: 'form-grid wide', id: 'r-bmc' },
+      el('div', { class: 'field' }, el('label', { for: 'r-address', text: 'BMC address' }), reg.address),
+      el('div', { class: 'field' }, el('label', { for: 'r-username', text: 'BMC username' }), reg.username),
+      el('div', { class: 'field' }, el('label', { for: 'r-password', text: 'BMC password' }), reg.password,
+        el('div', { class: 'hint', text: 'Stored sealed; never shown again.' })),
+      pinField);
+    const showBMC = () => {
+      bmcFields.hidden = !reg.driver.value;
+      pinField.hidden = reg.driver.value !== 'redfish';
+    };
+    const regForm = el('form', { class: 'panel', id: 'register-form', novalidate: true, hidden: true },
+      el('h2', { text: 'Register a machine' }),
+      regAlerts,
+      el('div', { class: 'form-grid' },
+        el('div', { class: 'field' }, el('label', { for: 'r-mac', text: 'MAC address' }), reg.mac),
+        el('div', { class: 'field' }, el('label', { for: 'r-region', text: 'Region' }), reg.region),
+        el('div', { class: 'field' }, el('label', { for: 'r-tags', text: 'Tags' }), reg.tags),
+        el('div', { class: 'field' }, el('label', { for: 'r-driver', text: 'BMC' }), reg.driver),
+        bmcFields),
+      el('div', { class: 'btn-row' }, regSubmit, regCancel));
+    const regOpen = operator ? el('button', { type: 'button', class: 'btn', id: 'register-open', text: 'Register machine' }) : null;
+    if (regOpen) {
+      regOpen.addEventListener('click', () => { regForm.hidden = false; showBMC(); reg.mac.focus(); });
+    }
+    regCancel.addEventListener('click', () => { regForm.hidden = true; reg.password.value = ''; });
+    reg.driver.addEventListener('change', showBMC);
+    regForm.addEventListener('input', (e) => { if (e.target.classList) e.target.classList.remove('invalid'); });
+    regForm.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      for (const i of Object.values(reg)) i.classList.remove('invalid');
+      regAlerts.replaceChildren();
+      const body = { mac: reg.mac.value.trim() };
+      if (reg.region.value.trim()) body.region = reg.region.value.trim();
+      const tags = {};
+      for (const t of reg.tags.value.split(',').map((x) => x.trim()).filter(Boolean)) {
+        const i = t.indexOf('=');
+        if (i <= 0) {
+          reg.tags.classList.add('invalid');
+          fill(regAlerts, alertBox('error', 'The machine was not registered', 'Tags: "' + t + '" is not key=value.'));
+          return;
+        }
+        tags[t.slice(0, i).trim()] = t.slice(i + 1).trim();
+      }
+      if (Object.keys(tags).length) body.tags = tags;
+      if (reg.driver.value) {
+        body.bmc = { driver: reg.driver.value, address: reg.address.value.trim() };
+        if (reg.username.value.trim()) body.bmc.username = reg.username.value.trim();
+        if (reg.password.value) body.bmc.password = reg.password.value;
+        if (reg.driver.value === 'redfish' && reg.pin.value.trim()) body.bmc.cert_sha256 = reg.pin.value.trim();
+      }
+      const typedPassword = Boolean(body.bmc && body.bmc.password);
+      reg.password.value = '';
+      regSubmit.disabled = true;
+      try {
+        const res = await api('POST', '/api/v1/machines', { body });
+        if (!v.alive) return;
+        const m = res.data || {};
+        navigate(MAC_RE.test(m.mac || '') ? machinePath(m.mac) : '/machines');
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        regSubmit.disabled = false;
+        const f = String(err.field || '');
+        const target = { mac: reg.mac, region: reg.region, 'bmc.driver': reg.driver, 'bmc.address': reg.address,
+          'bmc.username': reg.username, 'bmc.password': reg.password, 'bmc.cert_sha256': reg.pin }[f] || (f.startsWith('tags') ? reg.tags : null);
+        if (target) { target.classList.add('invalid'); target.focus(); }
+        fill(regAlerts, alertBox('error', 'The machine was not registered',
+          typedPassword ? String(err.message).replace(/\.?$/, '.') + ' Type the BMC password again.' : err.message));
+      }
+    });
+
+    fill(app,
+      el('div', { class: 'page-head' }, el('h1', { text: 'Machines' }), countEl, el('div', { class: 'spacer' }), regOpen),
+      regForm,
+      alerts,
+      el('div', { class: 'panel' },
+        el('div', { class: 'filters machine-filters', id: 'machine-filters' }, FIELDS.map(([name, label]) =>
+          el('div', { class: 'field' + (NUMERIC.has(name) ? ' narrow' : '') }, el('label', { for: inputs[name].id, text: label }), inputs[name])))),
+      el('div', { class: 'panel' },
+        el('div', { class: 'table-wrap' },
+          el('table', { class: 'machines', id: 'machines' },
+            el('thead', null, el('tr', null, columns.map((h) => el('th', { text: h })))),
+            tbody)),
+        el('div', { class: 'pager' }, prev, range, next)));
+
+    function renderRow(m) {
+      const hw = machineHW(m);
+      const cpu = (hw && hw.cpu) || {};
+      const mem = (hw && hw.memory) || {};
+      const b = m.bmc && typeof m.bmc === 'object' ? m.bmc : null;
+      const pending = m.pending_power && typeof m.pending_power === 'object' ? m.pending_power : null;
+      const failed = m.power && m.power.ok === false && m.power.action;
+      const tr = el('tr', { class: 'machine-row', dataset: { mac: m.mac } },
+        el('td', { class: 'nowrap' }, link(machinePath(m.mac), m.mac, 'mono'),
+          m.registered ? null : el('div', { class: 'muted small', text: 'discovered' })),
+        el('td', { text: dash(m.region) }),
+        el('td', { text: hw ? vendorModel(hw) || '—' : '—' }),
+        el('td', { text: hw ? String(Number(cpu.cores) || 0) : '—' }),
+        el('td', { class: 'nowrap', text: hw ? fmtGB(mem.total_gb) : '—' }),
+        el('td', { class: 'nowrap', text: hw && largestDisk(hw) ? fmtGB(largestDisk(hw)) : '—' }),
+        el('td', null, tagChips(m.tags) || '—'),
+        el('td', null, b ? [el('span', { text: dash(b.driver) + ' ' }), el('span', { class: 'mono', text: dash(b.address) })]
+          : el('span', { class: 'muted', text: 'none' })),
+        el('td', { class: 'nowrap' }, powerBadge(m),
+          failed ? el('div', { class: 'power-error small', text: 'last ' + m.power.action + ' failed' }) : null,
+          pending ? el('div', { class: 'muted small', text: String(pending.action) + ' requested' }) : null),
+        el('td', { class: 'nowrap' }, el('time', { datetime: m.last_seen || '', title: fmtTime(m.last_seen) }, fmtAgo(m.last_seen))));
+      // The whole row opens the machine; the MAC is the link for keyboards
+      // and new tabs.
+      tr.addEventListener('click', (e) => {
+        if (e.target.closest && e.target.closest('a')) return;
+        navigate(machinePath(m.mac));
+      });
+      return tr;
+    }
+
+    const refresh = refresher(async () => {
+      const p = filters();
+      p.set('limit', String(PAGE_SIZE));
+      if (cursor.after) p.set('after', cursor.after);
+      let res;
+      try {
+        res = await api('GET', '/api/v1/machines?' + p.toString());
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        const input = inputs[err.field];
+        if (input) input.classList.add('invalid');
+        fill(alerts, alertBox('error', input ? 'Check the filter' : 'Could not load the machines', err.message));
+        return;
+      }
+      if (!v.alive) return;
+      alerts.replaceChildren();
+      for (const input of Object.values(inputs)) input.classList.remove('invalid');
+      const page = res.data || {};
+      const machines = (Array.isArray(page.machines) ? page.machines : []).filter((m) => m && MAC_RE.test(m.mac));
+      const total = Number(page.total) || 0;
+      if (!machines.length && cursor.after && back.length) {
+        // The page emptied under us: start again from the first.
+        cursor = { after: '', offset: 0 };
+        back = [];
+        refresh.soon();
+        return;
+      }
+      const trs = machines.map(renderRow);
+      if (!trs.length) {
+        const filtered = [...filters().keys()].length > 0;
+        trs.push(el('tr', null, el('td', { colspan: String(columns.length), class: 'empty',
+          text: filtered ? 'No machines match these filters.'
+            : 'No machines yet. Register one through the API, or PXE-boot one: its hardware report adds it.' })));
+      }
+      fill(tbody, trs);
+      shown = machines.length;
+      nextAfter = typeof page.next === 'string' ? page.next : '';
+      countEl.textContent = total === 1 ? '1 machine' : total + ' machines';
+      range.textContent = (total ? cursor.offset + 1 : 0) + '–' + (cursor.offset + shown) + ' of ' + total;
+      prev.disabled = !back.length;
+      next.disabled = !nextAfter;
+    });
+
+    const poll = setInterval(() => refresh(), REFRESH_MS);
+    v.resync = () => refresh();
+    v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); clearTimeout(timer); };
+    return v;
+  }
+
+  function machineView(mac) {
+    document.title = 'Machine ' + mac + ' · LPMOS';
+    const v = { sub: null, alive: true, onMessage() {} };
+    const REFRESH_MS = 5000;
+    const api1 = '/api/v1/machines/' + encodeURIComponent(mac);
+    const operator = canOperate();
+
+    const alerts = el('div', { id: 'machine-alerts' });
+    const kindBadge = el('span', { class: 'badge', id: 'machine-kind', hidden: true });
+    const overviewBox = el('div', { id: 'machine-overview' });
+    const bmcBox = el('div', { id: 'machine-bmc' });
+    const powerBox = el('div', { id: 'machine-power' });
+    const hwBox = el('div', { id: 'machine-hardware' });
+    const tasksBox = el('div', { id: 'machine-tasks' });
+
+    // Power buttons, for operators. On goes at once; off and cycle cut
+    // power without a shutdown, so they ask first.
+    const ACTIONS = {
+      on: { label: 'Power on', cls: 'btn btn-ok' },
+      off: { label: 'Power off…', cls: 'btn btn-danger', ask: 'Power off this machine?', verb: 'Power off',
+        note: 'The BMC cuts power at once: whatever runs on the machine stops without shutting down.' },
+      cycle: { label: 'Power cycle…', cls: 'btn btn-secondary', ask: 'Power cycle this machine?', verb: 'Power cycle',
+        note: 'The BMC turns the machine off and on again at once, without shutting it down.' },
+    };
+    const buttons = [];
+    const actions = el('div', { class: 'btn-row', id: 'power-actions' });
+    const confirmTitle = el('h2', { id: 'power-confirm-title' });
+    const confirmNote = el('p', { class: 'muted' });
+    const confirmBtn = el('button', { type: 'button', class: 'btn btn-danger', id: 'power-confirm-btn' });
+    const keepBtn = el('button', { type: 'button', class: 'btn btn-secondary', text: 'Go back' });
+    const confirmPanel = el('section', { class: 'panel power-confirm', id: 'power-confirm', hidden: true },
+      confirmTitle, confirmNote, el('div', { class: 'btn-row' }, confirmBtn, keepBtn));
+    let asked = null;
+    if (operator) {
+      for (const [a, d] of Object.entries(ACTIONS)) {
+        const b = el('button', { type: 'button', class: d.cls, id: 'power-' + a, text: d.label });
+        b.addEventListener('click', () => {
+          if (!d.ask) { power(a); return; }
+          asked = a;
+          confirmTitle.textContent = d.ask;
+          confirmNote.textContent = d.note;
+          confirmBtn.textContent = d.verb;
+          confirmPanel.hidden = false;
+        });
+        buttons.push(b);
+        actions.appendChild(b);
+      }
+    }
+    confirmBtn.addEventListener('click', () => { if (asked) power(asked); });
+    keepBtn.addEventListener('click', () => { asked = null; confirmPanel.hidden = true; });
+
+    fill(app,
+      el('div', { class: 'page-head' },
+        link('/machines', '← Machines'),
+        el('h1', null, 'Machine ', el('span', { class: 'mono', text: mac })),
+        kindBadge,
+        el('div', { class: 'spacer' }),
+        actions),
+      alerts,
+      confirmPanel,
+      el('div', { class: 'grid-2', id: 'machine-grid' },
+        el('section', { class: 'panel' }, el('h2', { text: 'Machine' }), overviewBox),
+        el('div', { class: 'stack' },
+          el('section', { class: 'panel' }, el('h2', { text: 'Power' }), powerBox),
+          el('section', { class: 'panel' }, el('h2', { text: 'BMC' }), bmcBox))),
+      el('section', { class: 'panel', id: 'machine-hardware-panel' }, el('h2', { text: 'Hardware' }), hwBox),
+      el('section', { class: 'panel' }, el('h2', { text: 'Tasks' }), tasksBox));
+
+    async function power(a) {
+      asked = null;
+      confirmPanel.hidden = true;
+      for (const b of buttons) b.disabled = true;
+      try {
+        const res = await api('POST', api1 + '/power', { body: { action: a } });
+        if (!v.alive) return;
+        const r = res.data || {};
+        fill(alerts, alertBox('info', 'Power ' + a + ' requested (' + res.status + ' Accepted)',
+          'The machine’s region carries it out' + (r.id ? ' (request ' + r.id + ')' : '') + '; the outcome shows under Power.'));
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        fill(alerts, alertBox('error', err.code === 'no_bmc' ? 'This machine has no BMC' : 'Power ' + a + ' was refused',
+          err.message + ' (' + (err.status ? err.status + ' ' : '') + err.code + ')'));
+      } finally {
+        for (const b of buttons) b.disabled = false;
+      }
+      refresh();
+    }
+
+    function renderOverview(m) {
+      const r = m.last_report && typeof m.last_report === 'object' ? m.last_report : null;
+      fill(overviewBox, kv([
+        ['MAC', el('span', { class: 'mono', text: m.mac })],
+        ['Region', dash(m.region)],
+        ['Record', m.registered
+          ? ['registered', m.created_by ? ' by ' + m.created_by : '', m.created_at ? [' · ', timeEl(m.created_at)] : '']
+          : 'discovered (known from its hardware report only)'],
+        ['Updated', m.updated_by ? [m.updated_by, ' · ', timeEl(m.updated_at)] : undefined],
+        ['Tags', tagChips(m.tags) || '—'],
+        ['Last seen', timeEl(m.last_seen)],
+        ['Last report', r ? [
+          'from ', el('span', { class: 'mono', text: dash(r.source) }), ' via region ', dash(r.region),
+          TASK_ID_RE.test(r.task_id || '') ? [' for task ', link(taskPath(r.task_id), shortID(r.task_id), 'mono')] : ' (discovery)',
+        ] : 'none'],
+      ]));
+    }
+
+    function renderBMC(m) {
+      const b = m.bmc && typeof m.bmc === 'object' ? m.bmc : null;
+      if (!b) {
+        fill(bmcBox, el('p', { class: 'muted', id: 'bmc-none', text: 'No BMC. Power actions need one: register it with PATCH /api/v1/machines/' + mac + '.' }));
+        return;
+      }
+      fill(bmcBox, kv([
+        ['Driver', dash(b.driver)],
+        ['Address', el('span', { class: 'mono', text: dash(b.address) })],
+        ['Username', dash(b.username)],
+        ['Password', el('span', { id: 'bmc-password', text: b.has_password ? 'set (stored sealed, never shown)' : 'not set' })],
+        ['Certificate pin', b.cert_sha256 ? el('span', { class: 'mono', text: b.cert_sha256 }) : undefined],
+        ['CA certificate', b.ca_cert ? 'given (' + String(b.ca_cert).length + ' bytes of PEM)' : undefined],
+      ]));
+    }
+
+    function renderPower(m) {
+      const p = m.power && typeof m.power === 'object' ? m.power : null;
+      const pending = m.pending_power && typeof m.pending_power === 'object' ? m.pending_power : null;
+      fill(powerBox, kv([
+        ['State', el('span', { id: 'power-state' }, powerBadge(m), p && p.at ? [' as of ', timeEl(p.at)] : '')],
+        ['Last action', p && p.action ? el('span', { id: 'power-last' }, String(p.action), p.actor ? ' by ' + p.actor : '',
+          p.attempts ? ' · ' + p.attempts + ' attempt' + (p.attempts === 1 ? '' : 's') : '') : 'none'],
+        ['Outcome', p && p.action ? (p.ok
+          ? el('span', { class: 'power-ok', text: 'OK' })
+          : el('span', { class: 'power-error', id: 'power-error', text: 'failed: ' + (p.error || 'no reason given') })) : undefined],
+        ['Pending request', pending
+          ? el('span', { id: 'power-pending' }, el('strong', { text: String(pending.action) }), ' requested by ' + dash(pending.requested_by) + ' · ', timeEl(pending.requested_at))
+          : el('span', { class: 'muted', id: 'power-pending', text: 'none' })],
+      ]));
+    }
+
+    function renderHardware(m) {
+      const hw = machineHW(m);
+      if (!hw) {
+        fill(hwBox, el('p', { class: 'muted', text: 'No hardware report yet. The agent reports it when the machine PXE-boots.' }));
+        return;
+      }
+      const cpu = hw.cpu || {};
+      const mem = hw.memory || {};
+      const disks = (Array.isArray(hw.disks) ? hw.disks : []).filter(Boolean);
+      const nics = (Array.isArray(hw.network) ? hw.network : []).filter(Boolean);
+      const sys = hw.system || {};
+      const bios = hw.bios || {};
+      const board = hw.board || {};
+      const storage = disks.reduce((n, d) => n + (Number(d.size_gb) || 0), 0);
+      const stat = (label, value, sub) => el('div', { class: 'hw-stat' },
+        el('div', { class: 'label', text: label }), el('div', { class: 'value', text: value }),
+        sub ? el('div', { class: 'sub', text: sub }) : null);
+      fill(hwBox,
+        el('div', { class: 'hw-summary' },
+          stat('CPU', (Number(cpu.cores) || 0) + ' cores / ' + (Number(cpu.threads) || 0) + ' threads',
+            (cpu.model || 'unknown model') + (cpu.sockets ? ' · ' + cpu.sockets + ' socket' + (cpu.sockets > 1 ? 's' : '') : '')),
+          stat('Memory', fmtGB(mem.total_gb)),
+          stat('Storage', disks.length + ' disk' + (disks.length === 1 ? '' : 's'), fmtGB(storage) + ' total'),
+          stat('Network', nics.length + ' NIC' + (nics.length === 1 ? '' : 's'))),
+        el('h3', { text: 'System' }),
+        kv([
+          ['System', vendorModel(hw) || '—'],
+          ['Serial', el('span', { class: 'mono', text: dash(sys.serial) })],
+          ['UUID', sys.uuid ? el('span', { class: 'mono', text: sys.uuid }) : undefined],
+          ['BIOS', [bios.vendor, bios.version].filter(Boolean).join(' ') || '—'],
+          ['Board', [board.vendor, board.product].filter(Boolean).join(' ') || undefined],
+        ]),
+        el('h3', { text: 'Disks' }),
+        disks.length ? table('compact', ['Device', 'Size', 'Type', 'Model', 'Serial'], disks.map((d) => el('tr', null,
+          el('td', { class: 'mono', text: dash(d.device) }), el('td', { text: fmtGB(d.size_gb) }), el('td', { text: dash(d.type) }),
+          el('td', { text: dash(d.model) }), el('td', { class: 'mono', text: dash(d.serial) }))))
+          : el('p', { class: 'muted', text: 'No disks reported.' }),
+        el('h3', { text: 'Network interfaces' }),
+        nics.length ? table('compact', ['Interface', 'MAC', 'Speed', 'Driver'], nics.map((n) => el('tr', null,
+          el('td', null, dash(n.interface), String(n.mac || '').toLowerCase() === mac ? el('span', { class: 'pill-note', text: 'this machine' }) : null),
+          el('td', { class: 'mono', text: dash(n.mac) }), el('td', { text: dash(n.speed) }), el('td', { text: dash(n.driver) }))))
+          : el('p', { class: 'muted', text: 'No network interfaces reported.' }),
+        el('p', { class: 'muted', text: 'Collected ' + fmtTime(hw.collected_at) + '.' }));
+    }
+
+    function renderTasks(m) {
+      const tasks = (Array.isArray(m.tasks) ? m.tasks : []).filter((t) => t && TASK_ID_RE.test(t.task_id || ''));
+      if (!tasks.length) {
+        fill(tasksBox, el('p', { class: 'muted', text: 'No tasks for this machine.' }));
+        return;
+      }
+      fill(tasksBox, table('compact', ['Status', 'Task', 'OS', 'Created'], tasks.map((t) => el('tr', { dataset: { taskId: t.task_id } },
+        el('td', null, badge(t.status)),
+        el('td', null, link(taskPath(t.task_id), shortID(t.task_id), 'mono')),
+        el('td', { text: [t.os_type, t.os_version].filter(Boolean).join(' ') || '—' }),
+        el('td', { class: 'nowrap' }, timeEl(t.created_at))))));
+    }
+
+    const refresh = refresher(async () => {
+      let res;
+      try {
+        res = await api('GET', api1);
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        if (err.status === 404) {
+          fill(app, el('div', { class: 'panel empty' },
+            el('h1', { text: 'Machine not found' }),
+            el('p', null, 'There is no machine ', el('span', { class: 'mono', text: mac }), '. ', link('/machines', 'Back to the machines.'))));
+          v.destroy();
+          return;
+        }
+        fill(alerts, alertBox('error', 'Could not load the machine', err.message));
+        return;
+      }
+      if (!v.alive || !res.data || typeof res.data !== 'object') return;
+      const m = res.data;
+      if (!MAC_RE.test(m.mac)) return;
+      kindBadge.hidden = false;
+      kindBadge.textContent = m.registered ? 'registered' : 'discovered';
+      renderOverview(m);
+      renderPower(m);
+      renderBMC(m);
+      renderHardware(m);
+      renderTasks(m);
+    });
+
+    const poll = setInterval(() => refresh(), REFRESH_MS);
     v.resync = () => refresh();
     v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); };
     return v;
