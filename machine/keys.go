@@ -44,3 +44,13 @@ func splitKey(k string) (lpmos.MAC, string, bool) {
 	}
 	return mac, field, true
 }
+
+// RegionPowerPrefix is a region's queue of operators' power requests, one
+// key per machine (/lpmos/regions/{r}/power/{mac}): the region watches
+// only its own.
+func RegionPowerPrefix(region string) string { return "/lpmos/regions/" + region + "/power/" }
+
+// RegionPowerKey is a machine's entry in its region's queue.
+func RegionPowerKey(region string, mac lpmos.MAC) string {
+	return RegionPowerPrefix(region) + mac.String()
+}

@@ -293,9 +293,12 @@ func TestPowerRequests(t *testing.T) {
 
 		// A newer request replaces it; the outcome of the older one does
 		// not remove the newer.
-		_, err = svc.RequestPower(ctx, mac, machine.PowerOff, "bob")
+		assert.Equal(t, "dc1", req.Region)
+		_, err = st.Get(ctx, machine.RegionPowerKey("dc1", mac))
+		require.NoError(t, err, "queued for its region")
+		req2, err := svc.RequestPower(ctx, mac, machine.PowerOff, "bob")
 		require.NoError(t, err)
-		require.NoError(t, svc.SetPower(ctx, mac, machine.Power{State: machine.StateOn, Action: machine.PowerCycle, OK: true, RequestID: req.ID}, kv.ModRevision))
+		require.NoError(t, svc.SetPower(ctx, mac, machine.Power{State: machine.StateOn, Action: machine.PowerCycle, OK: true, RequestID: req.ID}, req, kv.ModRevision))
 		m, err := svc.Get(ctx, mac)
 		require.NoError(t, err)
 		require.NotNil(t, m.PendingPower)
@@ -304,10 +307,12 @@ func TestPowerRequests(t *testing.T) {
 
 		kv, err = st.Get(ctx, machine.Prefix+mac.String()+"/power_request")
 		require.NoError(t, err)
-		require.NoError(t, svc.SetPower(ctx, mac, machine.Power{State: machine.StateOff, Action: machine.PowerOff, OK: true}, kv.ModRevision))
+		require.NoError(t, svc.SetPower(ctx, mac, machine.Power{State: machine.StateOff, Action: machine.PowerOff, OK: true}, req2, kv.ModRevision))
 		m, err = svc.Get(ctx, mac)
 		require.NoError(t, err)
 		assert.Nil(t, m.PendingPower)
+		_, err = st.Get(ctx, machine.RegionPowerKey("dc1", mac))
+		require.ErrorIs(t, err, store.ErrNotFound, "gone from the region's queue")
 		assert.Equal(t, machine.StateOff, m.Power.State)
 	})
 }

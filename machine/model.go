@@ -147,8 +147,10 @@ type Power struct {
 // PowerRequest is an operator's power action for the machine's region to
 // carry out.
 type PowerRequest struct {
-	ID          string    `json:"id"`
-	Action      string    `json:"action"`
+	ID     string `json:"id"`
+	Action string `json:"action"`
+	// Region is the region whose queue holds the request.
+	Region      string    `json:"region"`
 	RequestedBy string    `json:"requested_by"`
 	RequestedAt time.Time `json:"requested_at"`
 }

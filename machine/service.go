@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -325,17 +326,33 @@ func (s *Service) RequestPower(ctx context.Context, mac lpmos.MAC, action, actor
 	if sp.Region == "" && r.kvs[keyReport].Value == nil {
 		return nil, invalid("region", "machine %s has no region: set one, so that a region's process drives its BMC", mac)
 	}
-	req := &PowerRequest{ID: uuid.NewString(), Action: action, RequestedBy: actor, RequestedAt: s.cfg.Now().UTC()}
+	region := sp.Region
+	if region == "" {
+		var rep Report
+		if err := json.Unmarshal(r.kvs[keyReport].Value, &rep); err != nil || rep.Region == "" {
+			return nil, invalid("region", "machine %s has no region: set one, so that a region's process drives its BMC", mac)
+		}
+		region = rep.Region
+	}
+	req := &PowerRequest{ID: uuid.NewString(), Action: action, Region: region, RequestedBy: actor, RequestedAt: s.cfg.Now().UTC()}
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	// The BMC must still be the one checked: a request is not carried
-	// out against a BMC the operator replaced meanwhile.
-	res, err := s.txn(ctx, store.Txn{
-		If:   []store.Compare{store.ModRevisionIs(sk.Key, sk.ModRevision)},
-		Then: []store.Op{store.OpPut(key(mac, keyPowerRequest), b)},
-	})
+	// The request is written twice in one transaction: in the record
+	// (shown with the machine) and in its region's queue, which only that
+	// region watches. The BMC must still be the one checked: a request is
+	// not carried out against a BMC the operator replaced meanwhile.
+	ops := []store.Op{store.OpPut(key(mac, keyPowerRequest), b), store.OpPut(RegionPowerKey(region, mac), b)}
+	rk, had := r.kvs[keyPowerRequest]
+	cmp := []store.Compare{store.ModRevisionIs(sk.Key, sk.ModRevision), store.ModRevisionIs(key(mac, keyPowerRequest), rk.ModRevision)}
+	if had {
+		var old PowerRequest
+		if json.Unmarshal(rk.Value, &old) == nil && old.Region != "" && old.Region != region {
+			ops = append(ops, store.OpDelete(RegionPowerKey(old.Region, mac)))
+		}
+	}
+	res, err := s.txn(ctx, store.Txn{If: cmp, Then: ops})
 	if err != nil {
 		return nil, err
 	}
@@ -346,10 +363,11 @@ func (s *Service) RequestPower(ctx context.Context, mac lpmos.MAC, action, actor
 }
 
 // SetPower records the outcome of a power action (and the state the BMC
-// reported). If it carried out an operator's request, reqRev is the
-// request key's mod revision: the request is removed unless a newer one
-// replaced it meanwhile.
-func (s *Service) SetPower(ctx context.Context, mac lpmos.MAC, p Power, reqRev int64) error {
+// reported). If it carried out an operator's request, req is that request
+// and reqRev the mod revision of its keys: the request is removed from
+// the record and its region's queue unless a newer one replaced it
+// meanwhile.
+func (s *Service) SetPower(ctx context.Context, mac lpmos.MAC, p Power, req *PowerRequest, reqRev int64) error {
 	if p.At.IsZero() {
 		p.At = s.cfg.Now().UTC()
 	}
@@ -358,13 +376,13 @@ func (s *Service) SetPower(ctx context.Context, mac lpmos.MAC, p Power, reqRev i
 		return err
 	}
 	put := store.OpPut(key(mac, keyPower), b)
-	if reqRev > 0 {
+	if req != nil && reqRev > 0 {
 		// No Else branch: with a fence, a failed compare must write
 		// nothing, so the outcome alone is put in a second transaction.
 		rk := key(mac, keyPowerRequest)
 		res, err := s.txn(ctx, store.Txn{
 			If:   []store.Compare{store.ModRevisionIs(rk, reqRev)},
-			Then: []store.Op{put, store.OpDelete(rk)},
+			Then: []store.Op{put, store.OpDelete(rk), store.OpDelete(RegionPowerKey(req.Region, mac))},
 		})
 		if err != nil || res.Succeeded {
 			return err
@@ -372,4 +390,66 @@ func (s *Service) SetPower(ctx context.Context, mac lpmos.MAC, p Power, reqRev i
 	}
 	_, err = s.txn(ctx, store.Txn{Then: []store.Op{put}})
 	return err
+}
+
+// FollowPowerRequests lists and watches a region's queue of power
+// requests until ctx ends, calling fn with each request put there (after
+// a listing: with every one queued) and its key's mod revision. Only the
+// region's own queue is read: a region never receives another's events.
+func FollowPowerRequests(ctx context.Context, st store.Store, region string, log *slog.Logger, fn func(ctx context.Context, mac lpmos.MAC, req *PowerRequest, rev int64)) {
+	prefix := RegionPowerPrefix(region)
+	store.Follow(ctx, log, "power request watch", func(ctx context.Context) error {
+		res, err := st.List(ctx, prefix, store.ListOptions{})
+		if err != nil {
+			return err
+		}
+		deliver := func(kv store.KV) {
+			mac, err := lpmos.ParseMAC(strings.TrimPrefix(kv.Key, prefix))
+			var req PowerRequest
+			if err != nil || json.Unmarshal(kv.Value, &req) != nil {
+				return
+			}
+			fn(ctx, mac, &req, kv.ModRevision)
+		}
+		for _, kv := range res.KVs {
+			deliver(kv)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		watch := st.Watch(wctx, prefix, res.Revision+1)
+		defer func() {
+			cancel()
+			for range watch {
+			}
+		}()
+		for resp := range watch {
+			if resp.Err != nil {
+				return resp.Err
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == store.EventPut {
+					deliver(ev.KV)
+				}
+			}
+		}
+		if ctx.Err() == nil {
+			return errors.New("power request watch closed")
+		}
+		return ctx.Err()
+	})
+}
+
+// PendingPowerRequests lists a region's queue.
+func PendingPowerRequests(ctx context.Context, st store.Store, region string) (map[lpmos.MAC]store.KV, error) {
+	prefix := RegionPowerPrefix(region)
+	res, err := st.List(ctx, prefix, store.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[lpmos.MAC]store.KV, len(res.KVs))
+	for _, kv := range res.KVs {
+		if mac, err := lpmos.ParseMAC(strings.TrimPrefix(kv.Key, prefix)); err == nil {
+			out[mac] = kv
+		}
+	}
+	return out, nil
 }

@@ -2,6 +2,7 @@ package region
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -55,7 +56,8 @@ type powerJob struct {
 	// power_failed when the job fails.
 	taskID   string
 	failTask bool
-	// An operator's request: its ID, its key's revision and who asked.
+	// An operator's request: it, its ID, its keys' revision and who asked.
+	req    *machine.PowerRequest
 	reqID  string
 	reqRev int64
 	actor  string
@@ -180,42 +182,34 @@ func (r *Region) powerEnded(t *task.Task) {
 	}
 }
 
-// machineChanged is the machine view's hook: a pending power request for
-// a machine of this region is queued.
-func (r *Region) machineChanged(_ context.Context, mac lpmos.MAC, m *machine.Machine, reqRev int64) {
-	if m == nil || m.PendingPower == nil || m.Region != r.cfg.RegionID || !r.lead.leading() {
+// powerRequested is the hook of the region's power request queue: a
+// request is queued if this process leads (a new leader lists the queue,
+// powerOnLeading).
+func (r *Region) powerRequested(_ context.Context, mac lpmos.MAC, req *machine.PowerRequest, rev int64) {
+	if !r.lead.leading() {
 		return
 	}
-	req := m.PendingPower
-	r.powerJobs.put(powerJob{mac: mac, action: power.Action(req.Action), reqID: req.ID, reqRev: reqRev, actor: req.RequestedBy})
+	r.powerJobs.put(powerJob{mac: mac, action: power.Action(req.Action), req: req, reqID: req.ID, reqRev: rev, actor: req.RequestedBy})
 }
 
 // powerOnLeading queues, when this process starts leading, the power-ons
 // of ready tasks not yet powered and the pending operator requests.
-func (r *Region) powerOnLeading() {
+func (r *Region) powerOnLeading(ctx context.Context) {
 	for _, t := range r.tasks.Tasks() {
 		if t.Status == task.StatusReady && !slices.ContainsFunc(t.Timeline, func(e task.TimelineEntry) bool { return e.Event == task.TimelinePower }) {
 			r.powerTask(t, onOrCycle, power.BootPXE, true)
 		}
 	}
-	f := machine.Filter{Region: r.cfg.RegionID}
-	for {
-		page := r.mview.List(f)
-		for _, m := range page.Machines {
-			if m.PendingPower != nil {
-				if _, rev := r.mview.PendingRequest(m.MAC); rev > 0 {
-					r.machineChanged(context.Background(), m.MAC, m, rev)
-				}
-			}
+	pending, err := machine.PendingPowerRequests(ctx, r.cfg.Store, r.cfg.RegionID)
+	if err != nil {
+		r.log.Warn("list pending power requests", "err", err)
+		return
+	}
+	for mac, kv := range pending {
+		var req machine.PowerRequest
+		if json.Unmarshal(kv.Value, &req) == nil {
+			r.powerRequested(ctx, mac, &req, kv.ModRevision)
 		}
-		if page.Next == "" {
-			return
-		}
-		next, err := lpmos.ParseMAC(page.Next)
-		if err != nil {
-			return
-		}
-		f.After = next
 	}
 }
 
@@ -265,7 +259,7 @@ func (r *Region) runPowerJob(ctx context.Context, j powerJob) {
 		r.log.Info("power action done", append(attrs, "bmc", creds, "state", state)...)
 	}
 	if j.action != "" || j.reqID != "" {
-		if werr := r.machines.SetPower(ctx, j.mac, rec, j.reqRev); werr != nil {
+		if werr := r.machines.SetPower(ctx, j.mac, rec, j.req, j.reqRev); werr != nil {
 			r.log.Warn("record power outcome", append(attrs, "err", werr)...)
 		}
 	}

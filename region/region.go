@@ -142,9 +142,7 @@ type Region struct {
 	log *slog.Logger
 	svc *task.Service
 	// machines writes the inventory: the hardware each machine reported.
-	machines *machine.Service
-	// mview follows every machine record, for operators' power requests.
-	mview     *machine.View
+	machines  *machine.Service
 	powerJobs *powerQueue
 	// rules are the auto-approval rules, applied at hardware reports.
 	rules   *rule.View
@@ -281,7 +279,6 @@ func New(cfg Config) (*Region, error) {
 	}
 	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead})
 	r.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Fence: r.lead, Logger: log})
-	r.mview = machine.NewView(cfg.Store, machine.ViewConfig{Logger: log, OnChange: r.machineChanged})
 	r.powerJobs = newPowerQueue()
 	r.rules = rule.NewView(cfg.Store, log)
 	r.tasks = task.NewView(r.svc, task.ViewConfig{
@@ -384,12 +381,7 @@ func (r *Region) leaderLoop(ctx context.Context) error {
 				r.queuePrepare(ctx, t)
 			}
 		}
-		select {
-		case <-r.mview.Synced():
-		case <-ctx.Done():
-			return nil
-		}
-		r.powerOnLeading()
+		r.powerOnLeading(ctx)
 	}
 }
 
@@ -401,7 +393,10 @@ func (r *Region) Run(ctx context.Context) error {
 	g.Go(func() error { return r.tasks.Run(ctx) })
 	g.Go(func() error { return r.lead.run(ctx) })
 	g.Go(func() error { return r.leaderLoop(ctx) })
-	g.Go(func() error { return r.mview.Run(ctx) })
+	g.Go(func() error {
+		machine.FollowPowerRequests(ctx, r.cfg.Store, r.cfg.RegionID, r.log, r.powerRequested)
+		return nil
+	})
 	g.Go(func() error { return r.rules.Run(ctx) })
 	for range powerWorkers {
 		g.Go(func() error { r.powerLoop(ctx); return nil })
