@@ -48,6 +48,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -96,6 +97,8 @@ type Sim struct {
 	dir string
 	// do runs fn in the simulator's network namespace.
 	do func(fn func() error) error
+	// relayed counts the connections relayed from SerialSocket.
+	relayed atomic.Int64
 }
 
 // Start writes the configuration into a temporary directory, starts
@@ -225,6 +228,10 @@ func (s *Sim) listening() bool {
 	return !free
 }
 
+// SerialConnections is how many connections Config.SerialSocket relayed
+// to the simulator: a QEMU machine's BMC device connects once per start.
+func (s *Sim) SerialConnections() int { return int(s.relayed.Load()) }
+
 // relay listens on the Unix socket path and connects every connection it
 // accepts to SerialPort (dialled in the simulator's namespace), until the
 // test ends. It dials only when a machine connects: see listening.
@@ -265,6 +272,7 @@ func (s *Sim) relay(t testing.TB, path string) {
 					return
 				}
 				track(up)
+				s.relayed.Add(1)
 				defer up.Close()
 				done := make(chan struct{})
 				go func() {
