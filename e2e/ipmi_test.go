@@ -146,6 +146,18 @@ func TestIPMIZeroTouch(t *testing.T) {
 		t.Errorf("first_boot message %q does not name the seeded hostname %q", msg, hostname)
 	}
 
+	// The stand-in for cloud-init powers off after phoning home: the QEMU
+	// process ends and the BMC's chassis is off.
+	sctx, scancel := context.WithTimeout(ctx, time.Minute)
+	err = sim.WaitMachine(sctx, false)
+	scancel()
+	if err != nil {
+		t.Errorf("the installed system did not power off after phoning home: %v", err)
+	}
+	if n := sim.SerialConnections(); n < 1 {
+		t.Errorf("QEMU's BMC device (ipmi-bmc-extern) never connected to the simulator")
+	}
+
 	// The path: the BMC's power-on, SeaBIOS's iPXE ROM, our agent
 	// script, the install, the reboot in the same QEMU process, the
 	// region's script sending it to its disk, the installed system.
