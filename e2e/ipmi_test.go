@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lpmos/lpmos/internal/ipmisim"
 	"github.com/lpmos/lpmos/internal/testlab"
 )
@@ -85,6 +87,19 @@ func TestIPMIZeroTouch(t *testing.T) {
 	pid := sim.MachinePID()
 	testlab.Logf(t, r.start, "the region powered the machine on over IPMI %s after the task's creation (QEMU pid %d)",
 		time.Since(created).Round(100*time.Millisecond), pid)
+	// The process ipmi_sim started becomes (setsid, ip netns exec: each
+	// execs in place) the lab's QEMU, in the VM namespace.
+	var cmdline []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cmdline, _ = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.HasPrefix(string(cmdline), "qemu-system-x86_64\x00") {
+			break
+		}
+	}
+	if !strings.HasPrefix(string(cmdline), "qemu-system-x86_64\x00") {
+		t.Errorf("the machine process %d is %q, want QEMU", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+	} else if !sameNetns(t, fmt.Sprintf("/proc/%d/ns/net", pid), r.lab.VM.Path()) {
+		t.Errorf("the machine process %d does not run in the lab's VM namespace %s", pid, r.lab.VM)
+	}
 	if got := sim.Starts(); len(got) != 1 || got[0] != "pxe" {
 		t.Errorf("the machine's starts (boot override at each power-on): %q, want [pxe]", got)
 	}
@@ -209,4 +224,18 @@ func TestIPMIZeroTouch(t *testing.T) {
 		t.Errorf("the BMC's next boot is %q after completion, want disk", next)
 	}
 	r.ws.waitStatuses(t, id, []string{"pending", "ready", "booting", "pending_approval", "approved", "installing", "completed"})
+}
+
+// sameNetns reports whether two paths (/proc/PID/ns/net, /run/netns/NAME)
+// are the same network namespace.
+func sameNetns(t *testing.T, a, b string) bool {
+	t.Helper()
+	var sa, sb unix.Stat_t
+	if err := unix.Stat(a, &sa); err != nil {
+		t.Fatalf("stat %s: %v", a, err)
+	}
+	if err := unix.Stat(b, &sb); err != nil {
+		t.Fatalf("stat %s: %v", b, err)
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
