@@ -3,8 +3,9 @@
 // network (internal/testlab), and the tests drive and check it through the
 // REST API, the VM's serial console and its disk.
 //
-// They need root, QEMU, the iPXE ROMs, dnsmasq, rdisc6 and a Debian mirror (the
-// agent kernel, downloaded once and cached): run them with ./scripts/test.sh.
+// They need root, QEMU, the iPXE ROMs, dnsmasq, rdisc6, OpenIPMI's ipmi_sim
+// and a Debian mirror (the agent kernel, downloaded once and cached): run
+// them with ./scripts/test.sh.
 // They fail, never skip, when something is missing, except with -short.
 package e2e_test
 

@@ -24,24 +24,36 @@
 // given -device ipmi-bmc-extern with a socket chardev to that port gets an
 // IPMI system interface (KCS) backed by this simulator. See QEMU.
 //
-// It is a test helper: everything listens on 127.0.0.1 only, state lives
-// in the test's temporary directory, and the test's cleanup stops the
-// simulator and the machine.
+// Config.NS puts the simulator (and so the machine it starts) into a
+// network namespace, for the end-to-end lab where the region reaches the
+// BMC from its own namespace. A machine that must run elsewhere (a QEMU
+// VM on the lab's tap, in the VM namespace) reaches the simulator's
+// serial port through Config.SerialSocket, a Unix socket the test process
+// relays: a path is the same in every network namespace.
+//
+// It is a test helper: everything listens on 127.0.0.1 only (of its
+// namespace), state lives in the test's temporary directory, and the
+// test's cleanup stops the simulator and the machine.
 package ipmisim
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lpmos/lpmos/internal/netns"
 )
 
 // Binary is the simulator ipmi_sim, found on PATH.
@@ -58,6 +70,15 @@ type Config struct {
 	// StartTimeout bounds waiting for the simulator to listen; default
 	// 10 s.
 	StartTimeout time.Duration
+	// NS, if set, is the network namespace ipmi_sim runs in: Addr and
+	// SerialPort are on its loopback, and the machine starts in it too
+	// (its command may enter another one, e.g. `ip netns exec`).
+	NS *netns.NS
+	// SerialSocket, if set, is a Unix socket path where the test process
+	// relays connections to SerialPort, for a machine that cannot reach
+	// the simulator's loopback (see QEMUDevices). Keep it short: a socket
+	// path has at most 107 bytes.
+	SerialSocket string
 }
 
 // Sim is a running ipmi_sim.
@@ -74,6 +95,10 @@ type Sim struct {
 	Password   string
 
 	dir string
+	// do runs fn in the simulator's network namespace.
+	do func(fn func() error) error
+	// relayed counts the connections relayed from SerialSocket.
+	relayed atomic.Int64
 }
 
 // Start writes the configuration into a temporary directory, starts
@@ -99,10 +124,17 @@ func Start(t testing.TB, cfg Config) *Sim {
 		cfg.StartTimeout = 10 * time.Second
 	}
 	dir := t.TempDir()
-	s := &Sim{Host: "127.0.0.1", Username: cfg.Username, Password: cfg.Password, dir: dir}
-	if s.Port, err = freePort("udp"); err == nil {
-		s.SerialPort, err = freePort("tcp")
+	s := &Sim{Host: "127.0.0.1", Username: cfg.Username, Password: cfg.Password, dir: dir,
+		do: func(fn func() error) error { return fn() }}
+	if cfg.NS != nil {
+		s.do = cfg.NS.Do
 	}
+	err = s.do(func() (err error) {
+		if s.Port, err = freePort("udp"); err == nil {
+			s.SerialPort, err = freePort("tcp")
+		}
+		return err
+	})
 	if err != nil {
 		t.Fatalf("ipmisim: %v", err)
 	}
@@ -123,12 +155,22 @@ func Start(t testing.TB, cfg Config) *Sim {
 		}
 	}
 
+	if cfg.SerialSocket != "" {
+		// Before ipmi_sim starts, so that its cleanup runs after ipmi_sim
+		// and the machine are gone.
+		s.relay(t, cfg.SerialSocket)
+	}
+
 	logf, err := os.Create(filepath.Join(dir, "ipmi_sim.log"))
 	if err != nil {
 		t.Fatalf("ipmisim: %v", err)
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, "-c", "lan.conf", "-f", "sim.emu", "-s", "state", "-n")
+	if cfg.NS != nil {
+		// ip netns exec execs in place: the PID is ipmi_sim's own.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", cfg.NS.Name}, cmd.Args...)...)
+	}
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -168,17 +210,91 @@ func Start(t testing.TB, cfg Config) *Sim {
 // virtual machine there at once, and if the connection is already closed
 // the write kills ipmi_sim with SIGPIPE (it does not ignore the signal).
 func (s *Sim) listening() bool {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s.Port})
-	if err == nil {
-		c.Close()
-		return false
+	free := false
+	_ = s.do(func() error {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s.Port})
+		if err == nil {
+			c.Close()
+			free = true
+			return nil
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort(s.Host, strconv.Itoa(s.SerialPort)))
+		if err == nil {
+			l.Close()
+			free = true
+		}
+		return nil
+	})
+	return !free
+}
+
+// SerialConnections is how many connections Config.SerialSocket relayed
+// to the simulator: a QEMU machine's BMC device connects once per start.
+func (s *Sim) SerialConnections() int { return int(s.relayed.Load()) }
+
+// relay listens on the Unix socket path and connects every connection it
+// accepts to SerialPort (dialled in the simulator's namespace), until the
+// test ends. It dials only when a machine connects: see listening.
+func (s *Sim) relay(t testing.TB, path string) {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatalf("ipmisim: serial socket: %v", err)
 	}
-	l, err := net.Listen("tcp", net.JoinHostPort(s.Host, strconv.Itoa(s.SerialPort)))
-	if err == nil {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			track(c)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				var up net.Conn
+				if err := s.do(func() (err error) {
+					up, err = net.DialTimeout("tcp", net.JoinHostPort(s.Host, strconv.Itoa(s.SerialPort)), 5*time.Second)
+					return err
+				}); err != nil {
+					return
+				}
+				track(up)
+				s.relayed.Add(1)
+				defer up.Close()
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					_, _ = io.Copy(up, c)
+					up.Close()
+				}()
+				_, _ = io.Copy(c, up)
+				c.Close()
+				<-done
+			}()
+		}
+	}()
+	t.Cleanup(func() {
 		l.Close()
-		return false
-	}
-	return true
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 }
 
 // Log is the simulator's output and the chassis control program's log.
@@ -403,6 +519,17 @@ exec "$0" -nodefaults -machine q35 -accel tcg -m 128 -display none -monitor none
 	-device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0
 `
 	return []string{"sh", "-c", script, bin, serialLog, tftpDir, bootFile, sercon}, serialLog
+}
+
+// QEMUDevices returns the QEMU arguments of an IPMI BMC backed by the
+// simulator through Config.SerialSocket: an ipmi-bmc-extern device on a
+// socket chardev to path (reconnecting every second) and a KCS system
+// interface for the guest.
+func QEMUDevices(path string) []string {
+	return []string{
+		"-chardev", "socket,id=ipmi0,path=" + path + ",reconnect=1",
+		"-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0", "-device", "isa-ipmi-kcs,bmc=bmc0",
+	}
 }
 
 // errNotRunning is returned by WaitMachine when the deadline passes.

@@ -63,6 +63,9 @@ type VMConfig struct {
 	// per second (QEMU block throttling): a slow disk keeps an install
 	// running long enough to be interrupted.
 	DiskWriteBps int64
+	// Extra arguments for QEMU, after the lab's own (devices, e.g. a BMC:
+	// ipmisim.QEMUDevices).
+	Extra []string
 }
 
 // DefaultMAC is the VM's MAC unless VMConfig.MAC says otherwise.
@@ -127,6 +130,38 @@ func (l *Lab) RunVM(ctx context.Context, t testing.TB, cfg VMConfig) VMResult {
 // QEMU is killed when cfg.Timeout passes, when ctx ends, on Stop, or at the
 // end of the test. Failing to start QEMU fails the test.
 func (l *Lab) StartVM(ctx context.Context, t testing.TB, cfg VMConfig) *VM {
+	t.Helper()
+	cfg, args, serial, art := l.vmArgs(t, cfg)
+	vctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	vm := &VM{cfg: cfg, serial: serial, art: art, ctx: vctx, cancel: cancel,
+		out: &bytes.Buffer{}, done: make(chan struct{})}
+	vm.res.Args = args
+	vm.cmd = l.VM.Command(vctx, "qemu-system-x86_64", args...)
+	vm.cmd.Stdout, vm.cmd.Stderr = vm.out, vm.out
+	vm.start = time.Now()
+	if err := vm.cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("testlab: starting QEMU: %v", err)
+	}
+	go vm.wait()
+	t.Cleanup(func() { vm.Stop() })
+	return vm
+}
+
+// VMCommand returns the command line (argv) of the VM StartVM would boot,
+// for whoever starts it instead of the test (a BMC simulator powering it
+// on): QEMU in the lab's VM namespace (ip netns exec), attached to its tap
+// device, its serial console going to the returned file (the artifact
+// serial.log). cfg.Timeout does not apply: whoever starts it stops it.
+func (l *Lab) VMCommand(t testing.TB, cfg VMConfig) (argv []string, serial string) {
+	t.Helper()
+	_, args, serial, _ := l.vmArgs(t, cfg)
+	return append([]string{"ip", "netns", "exec", l.VM.Name, "qemu-system-x86_64"}, args...), serial
+}
+
+// vmArgs fills cfg's defaults and returns QEMU's arguments, the serial
+// console's file and the artifact directory (where it writes qemu.cmd).
+func (l *Lab) vmArgs(t testing.TB, cfg VMConfig) (VMConfig, []string, string, string) {
 	t.Helper()
 	if cfg.Firmware == "" {
 		cfg.Firmware = lpmos.FirmwareBIOS
@@ -201,23 +236,10 @@ func (l *Lab) StartVM(ctx context.Context, t testing.TB, cfg VMConfig) *VM {
 	default:
 		t.Fatalf("testlab: StartVM: unsupported firmware %q", cfg.Firmware)
 	}
+	args = append(args, cfg.Extra...)
 	_ = os.WriteFile(filepath.Join(art, "qemu.cmd"),
 		[]byte("ip netns exec "+l.VM.Name+" qemu-system-x86_64 "+shellQuote(args)+"\n"), 0o644)
-
-	vctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-	vm := &VM{cfg: cfg, serial: serial, art: art, ctx: vctx, cancel: cancel,
-		out: &bytes.Buffer{}, done: make(chan struct{})}
-	vm.res.Args = args
-	vm.cmd = l.VM.Command(vctx, "qemu-system-x86_64", args...)
-	vm.cmd.Stdout, vm.cmd.Stderr = vm.out, vm.out
-	vm.start = time.Now()
-	if err := vm.cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("testlab: starting QEMU: %v", err)
-	}
-	go vm.wait()
-	t.Cleanup(func() { vm.Stop() })
-	return vm
+	return cfg, args, serial, art
 }
 
 func (vm *VM) wait() {
