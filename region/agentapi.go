@@ -169,6 +169,16 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 			}
 		}
 		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message, Details: body.Details})
+		if errors.Is(err, task.ErrInvalidTransition) {
+			// The view lagged behind the approval (it showed the task
+			// before approved): the store says approved, so the install
+			// starts and completes in that order.
+			if cur, gerr := r.svc.Get(req.Context(), t.ID); gerr == nil && cur.Status == task.StatusApproved {
+				if _, err = r.svc.ReportProgress(req.Context(), t.ID, r.actor, p); err == nil {
+					done, err = r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message, Details: body.Details})
+				}
+			}
+		}
 		if err != nil && !r.endedAs(req.Context(), err, t.ID, task.StatusCompleted) {
 			return err
 		}
