@@ -142,18 +142,25 @@ type machineDetail struct {
 // maxMachineTasks bounds the tasks a machine's detail lists.
 const maxMachineTasks = 20
 
+// machine returns a machine's record from the view, or from the store when
+// the view does not have it yet, so that a client sees its own create at
+// once.
+func (s *Server) machine(r *http.Request, mac lpmos.MAC) (*machine.Machine, error) {
+	if m, err := s.mview.Get(mac); err == nil {
+		return m, nil
+	}
+	m, err := s.machines.Get(r.Context(), mac)
+	return m, machineErr(err)
+}
+
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) error {
 	mac, err := pathMAC(r)
 	if err != nil {
 		return err
 	}
-	m, err := s.mview.Get(mac)
+	m, err := s.machine(r, mac)
 	if err != nil {
-		// Not in the view (yet): read the store, so that a client sees
-		// its own create at once.
-		if m, err = s.machines.Get(r.Context(), mac); err != nil {
-			return machineErr(err)
-		}
+		return err
 	}
 	d := machineDetail{Machine: m, Tasks: []machineTask{}}
 	for _, t := range s.view.List(task.Filter{MAC: mac, Limit: maxMachineTasks}).Tasks {
@@ -296,11 +303,9 @@ func (s *Server) createMachineTask(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	m, err := s.mview.Get(mac)
+	m, err := s.machine(r, mac)
 	if err != nil {
-		if m, err = s.machines.Get(r.Context(), mac); err != nil {
-			return machineErr(err)
-		}
+		return err
 	}
 	return s.create(w, r, func(req *task.CreateRequest) error {
 		if req.TargetMAC != "" {
