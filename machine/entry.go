@@ -5,21 +5,18 @@ import (
 	"maps"
 
 	"github.com/lpmos/lpmos"
-	"github.com/lpmos/lpmos/store"
 )
 
 // entry is one record's decoded keys; a key that does not decode is left
 // out (and the record shows less), never fatal to a reader.
 type entry struct {
-	spec       *spec
-	report     *Report
-	power      *Power
-	request    *PowerRequest
-	requestRev int64
+	spec    *spec
+	report  *Report
+	power   *Power
+	request *PowerRequest
 }
 
-func (e *entry) set(field string, kv store.KV) {
-	value := kv.Value
+func (e *entry) set(field string, value []byte) {
 	switch field {
 	case keySpec:
 		var v spec
@@ -32,7 +29,7 @@ func (e *entry) set(field string, kv store.KV) {
 		e.power = decode(value, &v)
 	case keyPowerRequest:
 		var v PowerRequest
-		e.request, e.requestRev = decode(value, &v), kv.ModRevision
+		e.request = decode(value, &v)
 	}
 }
 
@@ -45,7 +42,7 @@ func (e *entry) unset(field string) {
 	case keyPower:
 		e.power = nil
 	case keyPowerRequest:
-		e.request, e.requestRev = nil, 0
+		e.request = nil
 	}
 }
 

@@ -203,8 +203,7 @@ func TestViewListsAndFilters(t *testing.T) {
 		_, err := svc.Create(ctx, mustMAC(t, macs[1]), machine.Patch{Region: ptr("dc2"), Tags: map[string]string{"role": "db"}})
 		require.NoError(t, err)
 
-		changes := make(chan lpmos.MAC, 64)
-		v := machine.NewView(st, machine.ViewConfig{OnChange: func(_ context.Context, mac lpmos.MAC, _ *machine.Machine, _ int64) { changes <- mac }})
+		v := machine.NewView(st, machine.ViewConfig{})
 		done := make(chan struct{})
 		go func() { defer close(done); _ = v.Run(ctx) }()
 		defer func() { cancel(); <-done }()

@@ -103,7 +103,7 @@ func (s *Service) Get(ctx context.Context, mac lpmos.MAC) (*Machine, error) {
 	}
 	var e entry
 	for field, kv := range r.kvs {
-		e.set(field, kv)
+		e.set(field, kv.Value)
 	}
 	return e.machine(mac), nil
 }

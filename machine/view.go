@@ -16,13 +16,6 @@ import (
 
 // ViewConfig configures a View.
 type ViewConfig struct {
-	// OnChange, if set, is called from the goroutine running Run with each
-	// machine the view took a change of (after a listing: with every
-	// machine), as the view now shows it; m is nil if the record was
-	// deleted. requestRev is the mod revision of its pending power
-	// request (0: none), for Service.SetPower. The view stands still
-	// while it runs.
-	OnChange func(ctx context.Context, mac lpmos.MAC, m *Machine, requestRev int64)
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -97,7 +90,7 @@ func (v *View) follow(ctx context.Context) error {
 				e = &entry{}
 				fresh[mac] = e
 			}
-			e.set(field, kv)
+			e.set(field, kv.Value)
 		}
 		if !res.More || len(res.KVs) == 0 {
 			break
@@ -108,11 +101,6 @@ func (v *View) follow(ctx context.Context) error {
 	v.machines, v.rev = fresh, rev
 	v.mu.Unlock()
 	v.syncedOnce.Do(func() { close(v.synced) })
-	if v.cfg.OnChange != nil {
-		for mac, e := range fresh {
-			v.cfg.OnChange(ctx, mac, e.machine(mac), e.requestRev)
-		}
-	}
 
 	wctx, cancel := context.WithCancel(ctx)
 	watch := v.st.Watch(wctx, Prefix, rev+1)
@@ -125,7 +113,6 @@ func (v *View) follow(ctx context.Context) error {
 		if resp.Err != nil {
 			return resp.Err
 		}
-		changed := map[lpmos.MAC]bool{}
 		v.mu.Lock()
 		for _, ev := range resp.Events {
 			mac, field, ok := splitKey(ev.KV.Key)
@@ -142,7 +129,7 @@ func (v *View) follow(ctx context.Context) error {
 			if ev.Type == store.EventDelete {
 				ne.unset(field)
 			} else {
-				ne.set(field, ev.KV)
+				ne.set(field, ev.KV.Value)
 			}
 			if ne.empty() {
 				delete(v.machines, mac)
@@ -150,15 +137,8 @@ func (v *View) follow(ctx context.Context) error {
 				v.machines[mac] = &ne
 			}
 			v.rev = max(v.rev, ev.KV.ModRevision)
-			changed[mac] = true
 		}
 		v.mu.Unlock()
-		if v.cfg.OnChange != nil {
-			for mac := range changed {
-				m, rr := v.lookup(mac)
-				v.cfg.OnChange(ctx, mac, m, rr)
-			}
-		}
 	}
 	if ctx.Err() == nil {
 		return errors.New("machine watch closed")
@@ -166,36 +146,15 @@ func (v *View) follow(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (v *View) lookup(mac lpmos.MAC) (*Machine, int64) {
+// Get returns a machine's record from the view, or ErrNotFound.
+func (v *View) Get(mac lpmos.MAC) (*Machine, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	e := v.machines[mac]
 	if e == nil {
-		return nil, 0
-	}
-	return e.machine(mac), e.requestRev
-}
-
-// PendingRequest returns a machine's pending power request and the mod
-// revision of its key (0: none), for Service.SetPower.
-func (v *View) PendingRequest(mac lpmos.MAC) (*PowerRequest, int64) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	e := v.machines[mac]
-	if e == nil || e.request == nil {
-		return nil, 0
-	}
-	r := *e.request
-	return &r, e.requestRev
-}
-
-// Get returns a machine's record from the view, or ErrNotFound.
-func (v *View) Get(mac lpmos.MAC) (*Machine, error) {
-	m, _ := v.lookup(mac)
-	if m == nil {
 		return nil, ErrNotFound
 	}
-	return m, nil
+	return e.machine(mac), nil
 }
 
 // Filter selects machines for List; the zero value selects all.
