@@ -59,7 +59,7 @@ func decode[T any](b []byte, v *T) *T {
 
 // machine assembles the record the API shows.
 func (e *entry) machine(mac lpmos.MAC) *Machine {
-	m := &Machine{MAC: mac, Hardware: e.report, Power: e.power, PendingPower: e.request}
+	m := &Machine{MAC: mac, LastReport: e.report, Power: e.power, PendingPower: e.request}
 	if sp := e.spec; sp != nil {
 		m.Registered = true
 		m.Region, m.Tags = sp.Region, maps.Clone(sp.Tags)

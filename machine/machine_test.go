@@ -258,7 +258,7 @@ func TestViewListsAndFilters(t *testing.T) {
 		m, err := v.Get(mustMAC(t, macs[0]))
 		require.NoError(t, err)
 		assert.False(t, m.Registered, "known only from its report")
-		assert.Equal(t, "10.0.0.5:40000", m.Hardware.Source)
+		assert.Equal(t, "10.0.0.5:40000", m.LastReport.Source)
 		assert.False(t, m.LastSeen.IsZero())
 
 		require.NoError(t, svc.Delete(ctx, mustMAC(t, macs[0])))

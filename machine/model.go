@@ -170,10 +170,10 @@ type Machine struct {
 	// Registered says an operator created or edited the record; a machine
 	// known only from a report (discovered) has none.
 	Registered bool `json:"registered"`
-	// Hardware and LastSeen come from the last report.
-	Hardware *Report   `json:"last_report,omitempty"`
-	LastSeen time.Time `json:"last_seen,omitzero"`
-	Power    *Power    `json:"power,omitempty"`
+	// LastReport and LastSeen come from the last hardware report.
+	LastReport *Report   `json:"last_report,omitempty"`
+	LastSeen   time.Time `json:"last_seen,omitzero"`
+	Power      *Power    `json:"power,omitempty"`
 	// PendingPower is an operator's power action not yet carried out.
 	PendingPower *PowerRequest `json:"pending_power,omitempty"`
 }

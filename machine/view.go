@@ -196,10 +196,10 @@ func (f *Filter) Match(m *Machine) bool {
 	if !needHW {
 		return true
 	}
-	if m.Hardware == nil || m.Hardware.Hardware == nil {
+	if m.LastReport == nil || m.LastReport.Hardware == nil {
 		return false
 	}
-	hw := m.Hardware.Hardware
+	hw := m.LastReport.Hardware
 	if hw.CPU.Cores < f.MinCores || hw.Memory.TotalGB < f.MinMemoryGB {
 		return false
 	}

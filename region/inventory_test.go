@@ -88,11 +88,11 @@ func TestDiscovery(t *testing.T) {
 	assert.Equal(t, agent.ActionPowerOff, body["next_action"])
 	rec, err := machine.NewService(st, machine.Config{}).Get(context.Background(), parsed)
 	require.NoError(t, err)
-	require.NotNil(t, rec.Hardware)
-	assert.Equal(t, 4, rec.Hardware.Hardware.CPU.Cores)
-	assert.Equal(t, "127.0.0.2", rec.Hardware.Source)
+	require.NotNil(t, rec.LastReport)
+	assert.Equal(t, 4, rec.LastReport.Hardware.CPU.Cores)
+	assert.Equal(t, "127.0.0.2", rec.LastReport.Source)
 	assert.Equal(t, "dc1", rec.Region)
-	assert.Empty(t, rec.Hardware.TaskID)
+	assert.Empty(t, rec.LastReport.TaskID)
 	assert.False(t, rec.Registered)
 
 	// The agent retrying at once is answered without a second write.

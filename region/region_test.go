@@ -236,11 +236,11 @@ func TestAgentFlow(t *testing.T) {
 	// The report also lands in the machine's inventory record.
 	rec, err := machine.NewService(l.st, machine.Config{}).Get(context.Background(), got.Metadata.TargetMAC)
 	require.NoError(t, err)
-	require.NotNil(t, rec.Hardware)
-	assert.Equal(t, "QEMU", rec.Hardware.Hardware.CPU.Model)
-	assert.Equal(t, tk.ID, rec.Hardware.TaskID)
+	require.NotNil(t, rec.LastReport)
+	assert.Equal(t, "QEMU", rec.LastReport.Hardware.CPU.Model)
+	assert.Equal(t, tk.ID, rec.LastReport.TaskID)
 	assert.Equal(t, "dc1", rec.Region)
-	assert.NotEmpty(t, rec.Hardware.Source)
+	assert.NotEmpty(t, rec.LastReport.Source)
 	assert.False(t, rec.Registered)
 
 	// Long-poll: nothing decided yet.
