@@ -241,7 +241,7 @@ func (r *Region) runPowerJob(ctx context.Context, j powerJob) {
 			return err
 		})
 	}
-	outcome := power.Action(j.action)
+	outcome := j.action
 	if outcome == onOrCycle {
 		outcome = power.ActionOn
 	}
