@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/task"
@@ -170,12 +171,14 @@ func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// machineBody is the JSON of POST and PATCH: "bmc": null removes the BMC.
+// machineBody is the JSON of POST and PATCH: "bmc": null removes the
+// BMC, "expected": null the expected hardware.
 type machineBody struct {
-	MAC    string            `json:"mac,omitempty"`
-	Region *string           `json:"region,omitempty"`
-	Tags   map[string]string `json:"tags,omitempty"`
-	BMC    json.RawMessage   `json:"bmc,omitempty"`
+	MAC      string            `json:"mac,omitempty"`
+	Region   *string           `json:"region,omitempty"`
+	Tags     map[string]string `json:"tags,omitempty"`
+	BMC      json.RawMessage   `json:"bmc,omitempty"`
+	Expected json.RawMessage   `json:"expected,omitempty"`
 }
 
 func (b *machineBody) patch(actor string) (machine.Patch, error) {
@@ -192,6 +195,19 @@ func (b *machineBody) patch(actor string) (machine.Patch, error) {
 			return p, &machine.ValidationError{Field: "bmc", Reason: "want an object with driver, address, username, password, cert_sha256, ca_cert: " + jsonReason(err)}
 		}
 		p.BMC = &in
+	}
+	switch raw := bytes.TrimSpace(b.Expected); {
+	case len(raw) == 0:
+	case string(raw) == "null":
+		p.RemoveExpected = true
+	default:
+		var e hardware.Expected
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&e); err != nil {
+			return p, &machine.ValidationError{Field: "expected", Reason: "want an object with cores, memory_gb, disks, vendor, model, serial: " + jsonReason(err)}
+		}
+		p.Expected = &e
 	}
 	return p, nil
 }

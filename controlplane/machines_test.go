@@ -92,6 +92,17 @@ func TestAPIMachines(t *testing.T) {
 	assert.Equal(t, true, body["bmc"].(map[string]any)["has_password"])
 	assert.Equal(t, "ops", body["bmc"].(map[string]any)["username"])
 
+	// Expected hardware (an asset database's word), then removed.
+	code, body = cp.do("PATCH", "/api/v1/machines/52:54:00:aa:00:01", operatorToken, map[string]any{
+		"expected": map[string]any{"cores": 32, "memory_gb": 256, "disks": 2, "serial": "7XK2M33"}})
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Equal(t, map[string]any{"cores": 32.0, "memory_gb": 256.0, "disks": 2.0, "serial": "7XK2M33"}, body["expected"])
+	assert.Equal(t, map[string]any{"rack": "r8"}, body["tags"], "tags kept")
+	code, body = cp.do("PATCH", "/api/v1/machines/52:54:00:aa:00:01", operatorToken, `{"expected": null}`)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.NotContains(t, body, "expected")
+	assert.Equal(t, true, body["bmc"].(map[string]any)["has_password"], "the BMC kept")
+
 	// Power: accepted as a request for the region.
 	code, body = cp.do("POST", "/api/v1/machines/52:54:00:aa:00:01/power", operatorToken, map[string]any{"action": "on"})
 	require.Equal(t, http.StatusAccepted, code, "%v", body)
@@ -163,6 +174,10 @@ func TestAPIMachinesBadInputWritesNothing(t *testing.T) {
 		{"unknown BMC field", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"bmc": map[string]any{"driver": "ipmi", "address": "h", "passw0rd": "x"}}, 400, "bmc"},
 		{"BMC not an object", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"bmc": "ipmi://h"}, 400, "bmc"},
 		{"redfish unpinned", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"bmc": map[string]any{"driver": "redfish", "address": "h", "password": "p"}}, 400, "bmc.cert_sha256"},
+		{"expected nothing", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"expected": map[string]any{}}, 400, "expected"},
+		{"expected negative", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"expected": map[string]any{"cores": -2}}, 400, "expected.cores"},
+		{"expected unknown field", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"expected": map[string]any{"cpus": 2}}, 400, "expected"},
+		{"expected wrong type", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"expected": map[string]any{"memory_gb": "64G"}}, 400, "expected"},
 		{"MAC changed", "PATCH", "/api/v1/machines/52:54:00:aa:00:01", map[string]any{"mac": "52:54:00:aa:00:02"}, 400, "mac"},
 		{"path MAC bad", "PATCH", "/api/v1/machines/nonsense", map[string]any{}, 400, "mac"},
 		{"patch unknown", "PATCH", "/api/v1/machines/52:54:00:aa:00:05", map[string]any{"region": "dc1"}, 404, ""},

@@ -69,6 +69,10 @@ func (e *entry) machine(mac lpmos.MAC) *Machine {
 			b.HasPassword = sp.BMC.PasswordSealed != ""
 			m.BMC = &b
 		}
+		if sp.Expected != nil {
+			e := *sp.Expected
+			m.Expected = &e
+		}
 	}
 	if e.report != nil {
 		m.LastSeen = e.report.At

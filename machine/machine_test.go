@@ -123,6 +123,18 @@ func TestRegisterSealsPassword(t *testing.T) {
 		_, err = testSealer(t).Open(mustMAC(t, "52:54:00:00:00:01"), sealed)
 		require.ErrorIs(t, err, machine.ErrUnseal)
 
+		// Expected hardware: set, kept by patches that leave it out,
+		// removed.
+		m, err = svc.Update(ctx, mac, machine.Patch{Expected: &hardware.Expected{Cores: 32, MemoryGB: 256, Serial: "7XK2M33"}}, false)
+		require.NoError(t, err)
+		assert.Equal(t, &hardware.Expected{Cores: 32, MemoryGB: 256, Serial: "7XK2M33"}, m.Expected)
+		m, err = svc.Update(ctx, mac, machine.Patch{Tags: map[string]string{"rack": "r13"}}, false)
+		require.NoError(t, err)
+		assert.Equal(t, 32, m.Expected.Cores)
+		m, err = svc.Update(ctx, mac, machine.Patch{RemoveExpected: true}, false)
+		require.NoError(t, err)
+		assert.Nil(t, m.Expected)
+
 		require.NoError(t, svc.Delete(ctx, mac))
 		assert.Empty(t, dump(t, st))
 		require.ErrorIs(t, svc.Delete(ctx, mac), machine.ErrNotFound)
@@ -152,6 +164,9 @@ func TestBadInputWritesNothing(t *testing.T) {
 		{"bad pin", machine.Patch{BMC: &machine.BMCInput{Driver: "redfish", Address: "h", CertSHA256: "abc"}}, "bmc.cert_sha256"},
 		{"bad CA", machine.Patch{BMC: &machine.BMCInput{Driver: "redfish", Address: "h", CACert: pem}}, "bmc.ca_cert"},
 		{"ipmi with pin", machine.Patch{BMC: &machine.BMCInput{Driver: "ipmi", Address: "h", CertSHA256: strings.Repeat("ab", 32)}}, "bmc.cert_sha256"},
+		{"expected nothing", machine.Patch{Expected: &hardware.Expected{}}, "expected"},
+		{"expected negative cores", machine.Patch{Expected: &hardware.Expected{Cores: -4}}, "expected.cores"},
+		{"expected serial with control char", machine.Patch{Expected: &hardware.Expected{Serial: "a\tb"}}, "expected.serial"},
 	}
 	st := memory.New()
 	t.Cleanup(func() { st.Close() })

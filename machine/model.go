@@ -95,13 +95,14 @@ type storedBMC struct {
 
 // spec is the operator-owned key.
 type spec struct {
-	Region    string            `json:"region,omitempty"`
-	Tags      map[string]string `json:"tags,omitempty"`
-	BMC       *storedBMC        `json:"bmc,omitempty"`
-	CreatedAt time.Time         `json:"created_at"`
-	CreatedBy string            `json:"created_by,omitempty"`
-	UpdatedAt time.Time         `json:"updated_at"`
-	UpdatedBy string            `json:"updated_by,omitempty"`
+	Region    string             `json:"region,omitempty"`
+	Tags      map[string]string  `json:"tags,omitempty"`
+	BMC       *storedBMC         `json:"bmc,omitempty"`
+	Expected  *hardware.Expected `json:"expected,omitempty"`
+	CreatedAt time.Time          `json:"created_at"`
+	CreatedBy string             `json:"created_by,omitempty"`
+	UpdatedAt time.Time          `json:"updated_at"`
+	UpdatedBy string             `json:"updated_by,omitempty"`
 }
 
 // Report is what a region learned from the machine's last hardware report.
@@ -160,13 +161,16 @@ type Machine struct {
 	MAC lpmos.MAC `json:"mac"`
 	// Region is the operator's choice, or else the region of the last
 	// report.
-	Region    string            `json:"region,omitempty"`
-	Tags      map[string]string `json:"tags,omitempty"`
-	BMC       *BMC              `json:"bmc,omitempty"`
-	CreatedAt time.Time         `json:"created_at,omitzero"`
-	CreatedBy string            `json:"created_by,omitempty"`
-	UpdatedAt time.Time         `json:"updated_at,omitzero"`
-	UpdatedBy string            `json:"updated_by,omitempty"`
+	Region string            `json:"region,omitempty"`
+	Tags   map[string]string `json:"tags,omitempty"`
+	BMC    *BMC              `json:"bmc,omitempty"`
+	// Expected is the hardware the operator expects the machine to have;
+	// auto-approval rules with match_expected compare reports with it.
+	Expected  *hardware.Expected `json:"expected,omitempty"`
+	CreatedAt time.Time          `json:"created_at,omitzero"`
+	CreatedBy string             `json:"created_by,omitempty"`
+	UpdatedAt time.Time          `json:"updated_at,omitzero"`
+	UpdatedBy string             `json:"updated_by,omitempty"`
 	// Registered says an operator created or edited the record; a machine
 	// known only from a report (discovered) has none.
 	Registered bool `json:"registered"`
@@ -182,12 +186,15 @@ type Machine struct {
 // as it is. Tags replace all tags. BMC replaces the BMC, but a BMC without
 // Password keeps the stored password when its driver and address are
 // unchanged (changing the username or pin without retyping it);
-// RemoveBMC removes it.
+// RemoveBMC removes it. Expected replaces the expected hardware;
+// RemoveExpected removes it.
 type Patch struct {
-	Region    *string           `json:"region,omitempty"`
-	Tags      map[string]string `json:"tags,omitempty"`
-	BMC       *BMCInput         `json:"bmc,omitempty"`
-	RemoveBMC bool              `json:"-"`
+	Region         *string            `json:"region,omitempty"`
+	Tags           map[string]string  `json:"tags,omitempty"`
+	BMC            *BMCInput          `json:"bmc,omitempty"`
+	RemoveBMC      bool               `json:"-"`
+	Expected       *hardware.Expected `json:"expected,omitempty"`
+	RemoveExpected bool               `json:"-"`
 	// Actor is the authenticated caller, set by the API layer.
 	Actor string `json:"-"`
 }
@@ -221,6 +228,19 @@ func (p *Patch) Validate() error {
 	if p.BMC != nil {
 		if err := p.BMC.Validate(); err != nil {
 			return err
+		}
+	}
+	if p.Expected != nil {
+		if err := p.Expected.Validate(); err != nil {
+			var he *hardware.ValidationError
+			switch {
+			case !errors.As(err, &he):
+				return invalid("expected", "%v", err)
+			case he.Field == "expected":
+				return invalid("expected", "%s", he.Reason)
+			default:
+				return invalid("expected."+he.Field, "%s", he.Reason)
+			}
 		}
 	}
 	return nil

@@ -194,6 +194,13 @@ func (s *Service) apply(mac lpmos.MAC, sp *spec, p Patch) error {
 	if p.RemoveBMC {
 		sp.BMC = nil
 	}
+	if p.RemoveExpected {
+		sp.Expected = nil
+	}
+	if p.Expected != nil {
+		e := *p.Expected
+		sp.Expected = &e
+	}
 	if in := p.BMC; in != nil {
 		nb := &storedBMC{BMC: BMC{Driver: in.Driver, Address: in.Address, Username: in.Username, CertSHA256: in.CertSHA256, CACert: in.CACert}}
 		switch {

@@ -8,8 +8,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/task"
 )
@@ -55,4 +57,63 @@ func TestAutoApprovalRules(t *testing.T) {
 		}
 	}
 	assert.Equal(t, "no approval rule matched: small-vms: 16 cores > 4", msg, "only dc1's rule applied")
+}
+
+// TestAutoApprovalByExpectedHardware: a rule with match_expected approves
+// a machine whose report matches its record's expected hardware (an asset
+// database's word), and leaves the others, with the difference, to a
+// person.
+func TestAutoApprovalByExpectedHardware(t *testing.T) {
+	st := memStore(t)
+	ctx := context.Background()
+	rules := rule.NewService(st, nil)
+	_, err := rules.Put(ctx, rule.Rule{Name: "asset-db", MatchExpected: true}, "token:otto")
+	require.NoError(t, err)
+	machines := machine.NewService(st, machine.Config{})
+	for mac, e := range map[string]hardware.Expected{
+		"52:54:00:a1:00:01": {Cores: 8, MemoryGB: 32, Serial: "SN-0001"},
+		"52:54:00:a1:00:02": {Cores: 8, MemoryGB: 32, Serial: "SN-0002"},
+	} {
+		m, err := lpmos.ParseMAC(mac)
+		require.NoError(t, err)
+		_, err = machines.Create(ctx, m, machine.Patch{Expected: &e, Actor: "token:otto"})
+		require.NoError(t, err)
+	}
+	l := startRegion(t, st)
+
+	report := func(mac string, hw hardware.Info) (*task.Task, string) {
+		tk := l.create(mac)
+		l.waitStatus(tk.ID, task.StatusReady)
+		_, token := l.boot(mac)
+		code, body := l.call("POST", agent.PathReport, token, agent.ReportRequest{MACAddress: mac, TaskID: tk.ID, Hardware: hw})
+		require.Equal(t, http.StatusOK, code, "%v", body)
+		next, _ := body["next_action"].(string)
+		return tk, next
+	}
+	rulesMessage := func(tk *task.Task) string {
+		got := l.waitStatus(tk.ID, task.StatusPendingApproval)
+		for _, e := range got.Timeline {
+			if e.Event == task.TimelineRules {
+				return e.Message
+			}
+		}
+		return ""
+	}
+	box := func(cores, memGB int, serial string) hardware.Info {
+		return hardware.Info{CPU: hardware.CPU{Cores: cores}, Memory: hardware.Memory{TotalGB: memGB}, System: hardware.System{Serial: serial}}
+	}
+
+	tk, next := report("52:54:00:a1:00:01", box(8, 31, "SN-0001"))
+	assert.Equal(t, agent.ActionInstall, next)
+	got := l.waitStatus(tk.ID, task.StatusApproved)
+	require.NotNil(t, got.Approval)
+	assert.Equal(t, "rule:asset-db", got.Approval.ApprovedBy)
+
+	tk, next = report("52:54:00:a1:00:02", box(6, 32, "SN-0002"))
+	assert.Equal(t, agent.ActionWaitForApproval, next)
+	assert.Equal(t, "no approval rule matched: asset-db: 6 cores, expected 8", rulesMessage(tk))
+
+	tk, next = report("52:54:00:a1:00:03", box(8, 32, "SN-0003"))
+	assert.Equal(t, agent.ActionWaitForApproval, next)
+	assert.Equal(t, "no approval rule matched: asset-db: the machine's record states no expected hardware", rulesMessage(tk))
 }

@@ -245,6 +245,25 @@ func (r *Region) recordMachine(ctx context.Context, mac lpmos.MAC, rep machine.R
 	}
 }
 
+// expectedHardware is what the task's machine record says the machine
+// should have, read only when a rule asks for it; nil when the record
+// says nothing (or cannot be read: such a rule then does not match, and a
+// person decides).
+func (r *Region) expectedHardware(ctx context.Context, t *task.Task, rules []rule.Rule) *hardware.Expected {
+	if !slices.ContainsFunc(rules, func(ru rule.Rule) bool { return ru.MatchExpected }) {
+		return nil
+	}
+	m, err := r.machines.Get(ctx, t.Metadata.TargetMAC)
+	switch {
+	case errors.Is(err, machine.ErrNotFound):
+		return nil
+	case err != nil:
+		r.log.Warn("read machine record for its expected hardware", append(machineAttrs(t), "err", err)...)
+		return nil
+	}
+	return m.Expected
+}
+
 // applyRules runs the auto-approval rules on a task that just reported its
 // hardware: the first matching rule approves it as "rule:<name>"; if
 // rules applied and none matched, their reasons go into the timeline.
@@ -253,7 +272,8 @@ func (r *Region) applyRules(ctx context.Context, t *task.Task, hw *hardware.Info
 	if t == nil || t.Status != task.StatusPendingApproval {
 		return false
 	}
-	d := rule.Evaluate(r.rules.Rules(), t.Metadata.RegionID, t.Metadata.Tags, hw)
+	rules := r.rules.Rules()
+	d := rule.Evaluate(rules, t.Metadata.RegionID, t.Metadata.Tags, hw, r.expectedHardware(ctx, t, rules))
 	switch {
 	case d.Approver != "":
 		approved, err := r.svc.Approve(ctx, t.ID, d.Approver, "approved automatically: the hardware meets "+d.Approver, task.ExpectRevision(t.Revision))

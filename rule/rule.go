@@ -88,6 +88,10 @@ type Rule struct {
 	Vendor string `json:"vendor,omitempty"`
 	Model  string `json:"model,omitempty"`
 	Serial string `json:"serial,omitempty"`
+	// MatchExpected: the machine's record states the hardware it should
+	// have (machine.Machine.Expected, from an asset database) and the
+	// report matches it. A machine without such a statement fails.
+	MatchExpected bool `json:"match_expected,omitempty"`
 
 	Notes     string    `json:"notes,omitempty"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
@@ -158,7 +162,7 @@ func (r *Rule) Validate() error {
 		return invalid("notes", "at most 1024 characters of text")
 	}
 	if r.MinCores == 0 && r.MaxCores == 0 && r.MinMemoryGB == 0 && r.MaxMemoryGB == 0 && r.MinDisks == 0 && r.MaxDisks == 0 &&
-		r.MinDiskGB == 0 && r.DiskType == "" && r.MinNICMbps == 0 && r.Vendor == "" && r.Model == "" && r.Serial == "" {
+		r.MinDiskGB == 0 && r.DiskType == "" && r.MinNICMbps == 0 && r.Vendor == "" && r.Model == "" && r.Serial == "" && !r.MatchExpected {
 		return invalid("rule", "a rule needs at least one condition: it would approve any machine")
 	}
 	return nil
@@ -174,7 +178,9 @@ func (r *Rule) AppliesTo(region string, tags map[string]string) bool {
 }
 
 // Match checks a report against the rule: ok, or the reasons it fails.
-func (r *Rule) Match(hw *hardware.Info) (bool, []string) {
+// expected is what the machine's record says it should have (nil when it
+// says nothing); only MatchExpected reads it.
+func (r *Rule) Match(hw *hardware.Info, expected *hardware.Expected) (bool, []string) {
 	var why []string
 	fail := func(format string, args ...any) { why = append(why, fmt.Sprintf(format, args...)) }
 	if hw == nil {
@@ -220,6 +226,15 @@ func (r *Rule) Match(hw *hardware.Info) (bool, []string) {
 		}
 		if ok, _ := path.Match(strings.ToLower(f.pattern), strings.ToLower(f.value)); !ok {
 			fail("%s %q does not match %q", f.name, trunc(f.value), f.pattern)
+		}
+	}
+	if r.MatchExpected {
+		if expected == nil {
+			fail("the machine's record states no expected hardware")
+		} else {
+			for _, m := range expected.Mismatches(hw) {
+				fail("%s", m)
+			}
 		}
 	}
 	return len(why) == 0, why

@@ -39,6 +39,7 @@ func TestValidate(t *testing.T) {
 		{"bad pattern", rule.Rule{Name: "a", Vendor: "[dell"}, "vendor"},
 		{"control char", rule.Rule{Name: "a", Model: "x\x1b[2J"}, "model"},
 		{"no condition", rule.Rule{Name: "a", Region: "dc1"}, "rule"},
+		{"expected hardware is a condition", rule.Rule{Name: "asset-db", MatchExpected: true}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -57,25 +58,30 @@ func TestValidate(t *testing.T) {
 
 func TestMatch(t *testing.T) {
 	cases := []struct {
-		name string
-		r    rule.Rule
-		ok   bool
-		why  string
+		name     string
+		r        rule.Rule
+		expected *hardware.Expected
+		ok       bool
+		why      string
 	}{
-		{"cores", rule.Rule{MinCores: 16, MaxCores: 64}, true, ""},
-		{"too few cores", rule.Rule{MinCores: 64}, false, "32 cores < 64"},
-		{"too much memory", rule.Rule{MaxMemoryGB: 128}, false, "256 GB memory > 128"},
-		{"disk count", rule.Rule{MinDisks: 2, MaxDisks: 2}, true, ""},
-		{"big NVMe", rule.Rule{DiskType: hardware.DiskNVMe, MinDiskGB: 3000}, true, ""},
-		{"big SSD", rule.Rule{DiskType: hardware.DiskSSD, MinDiskGB: 1000}, false, "no SSD disk of at least 1000 GB"},
-		{"25G NIC", rule.Rule{MinNICMbps: 25000}, true, ""},
-		{"100G NIC", rule.Rule{MinNICMbps: 100000}, false, "no NIC at 100000"},
-		{"vendor pattern", rule.Rule{Vendor: "dell*", Model: "PowerEdge R6?0"}, true, ""},
-		{"serial pattern", rule.Rule{Serial: "XYZ*"}, false, `serial "ABC1234" does not match "XYZ*"`},
+		{"cores", rule.Rule{MinCores: 16, MaxCores: 64}, nil, true, ""},
+		{"too few cores", rule.Rule{MinCores: 64}, nil, false, "32 cores < 64"},
+		{"too much memory", rule.Rule{MaxMemoryGB: 128}, nil, false, "256 GB memory > 128"},
+		{"disk count", rule.Rule{MinDisks: 2, MaxDisks: 2}, nil, true, ""},
+		{"big NVMe", rule.Rule{DiskType: hardware.DiskNVMe, MinDiskGB: 3000}, nil, true, ""},
+		{"big SSD", rule.Rule{DiskType: hardware.DiskSSD, MinDiskGB: 1000}, nil, false, "no SSD disk of at least 1000 GB"},
+		{"25G NIC", rule.Rule{MinNICMbps: 25000}, nil, true, ""},
+		{"100G NIC", rule.Rule{MinNICMbps: 100000}, nil, false, "no NIC at 100000"},
+		{"vendor pattern", rule.Rule{Vendor: "dell*", Model: "PowerEdge R6?0"}, nil, true, ""},
+		{"serial pattern", rule.Rule{Serial: "XYZ*"}, nil, false, `serial "ABC1234" does not match "XYZ*"`},
+		{"as expected", rule.Rule{MatchExpected: true}, &hardware.Expected{Cores: 32, MemoryGB: 256, Disks: 2, Serial: "abc1234"}, true, ""},
+		{"a disk short of expected", rule.Rule{MatchExpected: true, MinCores: 8}, &hardware.Expected{Disks: 3}, false, "2 disks, expected 3"},
+		{"nothing expected", rule.Rule{MatchExpected: true}, nil, false, "the machine's record states no expected hardware"},
+		{"expectation unused without match_expected", rule.Rule{MinCores: 8}, &hardware.Expected{Disks: 3}, true, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ok, why := tc.r.Match(server)
+			ok, why := tc.r.Match(server, tc.expected)
 			assert.Equal(t, tc.ok, ok, why)
 			if tc.why != "" {
 				assert.Contains(t, strings.Join(why, "; "), tc.why)
@@ -91,18 +97,24 @@ func TestEvaluate(t *testing.T) {
 		{Name: "dell", Vendor: "dell*", MinMemoryGB: 128},
 		{Name: "named", OnlyNamed: true, MinCores: 1},
 	}
-	d := rule.Evaluate(rules, "dc1", nil, server)
+	d := rule.Evaluate(rules, "dc1", nil, server, nil)
 	assert.Equal(t, "rule:dell", d.Approver)
 
-	d = rule.Evaluate(rules[:1], "dc1", nil, server)
+	d = rule.Evaluate(rules[:1], "dc1", nil, server, nil)
 	assert.Empty(t, d.Approver)
 	assert.Equal(t, 1, d.Applied)
 	assert.Equal(t, []string{"big: 32 cores < 64"}, d.Reasons)
 
-	d = rule.Evaluate([]rule.Rule{rules[1], rules[3]}, "dc1", nil, server)
+	d = rule.Evaluate([]rule.Rule{rules[1], rules[3]}, "dc1", nil, server, nil)
 	assert.Zero(t, d.Applied, "another region's rule and a rule only for tasks naming it do not apply")
-	d = rule.Evaluate([]rule.Rule{rules[1], rules[3]}, "dc1", map[string]string{rule.TaskTag: "named"}, server)
+	d = rule.Evaluate([]rule.Rule{rules[1], rules[3]}, "dc1", map[string]string{rule.TaskTag: "named"}, server, nil)
 	assert.Equal(t, "rule:named", d.Approver)
+
+	asset := []rule.Rule{{Name: "asset-db", MatchExpected: true}}
+	d = rule.Evaluate(asset, "dc1", nil, server, &hardware.Expected{Serial: "ABC1234", Cores: 32})
+	assert.Equal(t, "rule:asset-db", d.Approver)
+	d = rule.Evaluate(asset, "dc1", nil, server, &hardware.Expected{Serial: "OTHER"})
+	assert.Equal(t, []string{`asset-db: serial "ABC1234", expected "OTHER"`}, d.Reasons)
 }
 
 func TestServiceAndView(t *testing.T) {

@@ -206,7 +206,7 @@ type Decision struct {
 }
 
 // Evaluate applies rules to a task of region with tags and its report.
-func Evaluate(rules []Rule, region string, tags map[string]string, hw *hardware.Info) Decision {
+func Evaluate(rules []Rule, region string, tags map[string]string, hw *hardware.Info, expected *hardware.Expected) Decision {
 	var d Decision
 	for i := range rules {
 		r := &rules[i]
@@ -214,7 +214,7 @@ func Evaluate(rules []Rule, region string, tags map[string]string, hw *hardware.
 			continue
 		}
 		d.Applied++
-		ok, why := r.Match(hw)
+		ok, why := r.Match(hw, expected)
 		if ok {
 			d.Approver = ActorPrefix + r.Name
 			return d
