@@ -1,14 +1,16 @@
 // Package client is the typed Go client of the LPMOS control plane: its
 // REST API under /api/v1 (tasks, batch creates, bulk moves, retries, the
-// dead-letter list, regions, whoami) and its WebSocket /ws of live task
+// dead-letter list, regions, machines and their power, auto-approval
+// rules, whoami) and its WebSocket /ws of live task
 // changes. Tools, tests, the
 // fleet bench and lpmosctl drive LPMOS through it rather than through
 // hand-written HTTP, so that they share one reading of the API's answers.
 //
 // It speaks the API's vocabulary (task.Task, task.CreateRequest,
-// task.Status, hardware.Info, the root package's IDs) and nothing of its
-// implementation: it never imports the control plane, a region or a
-// store, and everything it knows comes over HTTP.
+// task.Status, machine.Machine, rule.Rule, hardware.Info, the root
+// package's IDs) and nothing of its implementation: it never imports the
+// control plane, a region or a store implementation, and everything it
+// knows comes over HTTP.
 //
 // Every refused request comes back as an *Error carrying the HTTP status,
 // the API's error code and field, the message and any Retry-After; callers
