@@ -76,6 +76,17 @@ func commands() []command {
 		{"tasks cancel", "[ID...]", "cancel tasks that have not ended", tasksCancel},
 		{"tasks retry", "ID", "start a new attempt of a failed or cancelled task", tasksRetry},
 		{"tasks watch", "[ID...]", "follow tasks live with progress bars (no ID: every task)", tasksWatch},
+		{"machines list", "", "list machines (registered and discovered), filtered", machinesList},
+		{"machines get", "MAC", "show a machine: hardware, expected hardware, BMC, power, tasks", machinesGet},
+		{"machines register", "MAC", "register a machine: region, tags, BMC, expected hardware", machinesRegister},
+		{"machines update", "MAC", "change a machine's region, tags, BMC or expected hardware", machinesUpdate},
+		{"machines delete", "MAC", "delete a machine's record (not while it has an active task)", machinesDelete},
+		{"machines power", "MAC on|off|cycle", "power a machine through its BMC (its region carries it out)", machinesPower},
+		{"machines provision", "MAC", "ask for an install on a known machine (its region by default)", machinesProvision},
+		{"rules list", "", "list the auto-approval rules", rulesList},
+		{"rules get", "NAME", "show an auto-approval rule", rulesGet},
+		{"rules put", "NAME", "create or replace a rule from a JSON file (admins)", rulesPut},
+		{"rules delete", "NAME", "delete a rule (admins)", rulesDelete},
 		{"regions list", "", "list regions, their status, OS offerings and active tasks", regionsList},
 		{"whoami", "", "show who the token signs in as", whoami},
 		{"version", "", "print lpmosctl's build", version},
@@ -85,8 +96,7 @@ func commands() []command {
 
 // notYet are commands of the plan whose API does not exist yet.
 var notYet = map[string]string{
-	"machines": "the control plane has no machines API yet: machines are known by their tasks (lpmosctl tasks list --mac)",
-	"images":   "the control plane has no image catalogue API yet: OS images are files in each region's --boot-dir",
+	"images": "the control plane has no image catalogue API yet: OS images are files in each region's --boot-dir",
 }
 
 func (a *app) usage(w io.Writer) {
@@ -102,7 +112,7 @@ Commands:
 	}
 	tw.Flush()
 	fmt.Fprint(w, `
-Not yet: "machines" and "images" (the API has neither yet).
+Not yet: "images" (the API has no image catalogue yet).
 
 Global flags (also accepted after the command):
   --url URL        control plane URL (env LPMOS_URL, default `+defaultURL+`)

@@ -1,6 +1,8 @@
 // Command lpmosctl drives an LPMOS control plane from a terminal or a
 // script, through the typed client package: it creates, lists, approves,
-// rejects, cancels and watches install tasks and lists regions.
+// rejects, cancels and watches install tasks, registers machines and
+// powers them through their BMCs, manages auto-approval rules and lists
+// regions.
 //
 //	export LPMOS_URL=http://localhost:8080 LPMOS_TOKEN=...
 //	lpmosctl tasks create --region dc1 --os debian --os-version 12 02:00:00:00:00:01
@@ -18,7 +20,7 @@
 //	3 not found (404), 4 conflict (409/412), 5 auth (401/403),
 //	6 unreachable (no answer, or 502/503/504)
 //
-// There are no machines or images commands: the API has neither yet.
+// There is no images command: the API has no image catalogue yet.
 // "lpmosctl completion bash|zsh" prints a completion script.
 //
 // It is a thin binary: the HTTP and WebSocket work is the client

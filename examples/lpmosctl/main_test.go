@@ -59,17 +59,19 @@ type server struct {
 // startServer runs an allinone with n simulated machines, fast, and waits
 // until its region is online. The admin token is adminToken; viewerToken
 // signs in as a viewer.
-func startServer(t *testing.T, n int) *server {
+func startServer(t *testing.T, n int, extra ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	sum := sha256.Sum256([]byte(viewerToken))
 	tokenFile := filepath.Join(dir, "tokens")
 	require.NoError(t, os.WriteFile(tokenFile, []byte(hex.EncodeToString(sum[:])+" viewer vera\n"), 0o600))
 	cp, region := cmdtest.FreeAddr(t), cmdtest.FreeAddr(t)
-	p := cmdtest.Start(t, allinone, []string{"LPMOS_ADMIN_TOKEN=" + adminToken},
-		"--store", "memory", "--tftp-listen", "", "--boot-dir", filepath.Join(dir, "boot"),
-		"--listen-addr", cp, "--region-listen", region, "--region-url", "http://"+region,
-		"--token-file", tokenFile, "--simulate", strconv.Itoa(n), "--simulate-speed", "50")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "bmc.key"), []byte(strings.Repeat("5a", 32)), 0o600))
+	args := []string{"--store", "memory", "--tftp-listen", "", "--boot-dir", filepath.Join(dir, "boot"),
+		"--listen-addr", cp, "--region-listen", region, "--region-url", "http://" + region,
+		"--token-file", tokenFile, "--simulate", strconv.Itoa(n), "--simulate-speed", "50",
+		"--bmc-key-file", filepath.Join(dir, "bmc.key")}
+	p := cmdtest.Start(t, allinone, []string{"LPMOS_ADMIN_TOKEN=" + adminToken}, append(args, extra...)...)
 	s := &server{url: "http://" + cp, p: p}
 	p.WaitOK(s.url + "/readyz")
 	require.Eventually(t, func() bool {
@@ -149,9 +151,10 @@ type gotTask struct {
 		TargetMAC string `json:"target_mac"`
 	} `json:"metadata"`
 	Approval *struct {
-		Status string `json:"status"`
-		Notes  string `json:"notes"`
-		Reason string `json:"reason"`
+		Status     string `json:"status"`
+		Notes      string `json:"notes"`
+		Reason     string `json:"reason"`
+		ApprovedBy string `json:"approved_by"`
 	} `json:"approval"`
 }
 
@@ -194,12 +197,15 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{"no command", nil, 2, "Usage: lpmosctl"},
 		{"help", []string{"-h"}, 0, "Exit status:"},
-		{"help names what is missing", []string{"help"}, 0, `Not yet: "machines" and "images"`},
+		{"help names what is missing", []string{"help"}, 0, `Not yet: "images"`},
 		{"command help", []string{"tasks", "approve", "-h"}, 0, "-revision"},
 		{"unknown command", []string{"nodes"}, 2, `unknown command "nodes"`},
 		{"missing subcommand", []string{"tasks"}, 2, "a subcommand is needed: create, list"},
 		{"unknown subcommand", []string{"tasks", "delete"}, 2, `unknown subcommand "delete"`},
-		{"machines are not in the API", []string{"machines", "list"}, 2, "no machines API yet"},
+		{"power without an action", []string{"machines", "power", "02:00:00:00:00:01"}, 2, "give a MAC and on, off or cycle"},
+		{"update without a change", []string{"machines", "update", "02:00:00:00:00:01"}, 2, "nothing to change"},
+		{"expectation and its removal", []string{"machines", "update", "--expect-cores", "8", "--no-expected", "02:00:00:00:00:01"}, 2, "--no-expected together"},
+		{"rule without a file", []string{"rules", "put", "small"}, 2, "-f FILE is required"},
 		{"images are not in the API", []string{"images", "list"}, 2, "no image catalogue API yet"},
 		{"unknown flag", []string{"tasks", "list", "--bogus"}, 2, "flag provided but not defined: -bogus"},
 		{"bad output", []string{"tasks", "list", "-o", "yaml"}, 2, `-o "yaml": table or json`},
@@ -606,4 +612,101 @@ func TestCreateMachineConfig(t *testing.T) {
 	assert.Regexp(t, `(?m)^SSH keys:\s+2$`, details)
 	assert.Regexp(t, `(?m)^Root password:\s+set \(hashed\)$`, details)
 	assert.NotContains(t, details, hash, "the hash is not printed")
+}
+
+// Machines and auto-approval rules against a real allinone: a rule from a
+// file (and the API's refusal of a bad one, and of a viewer), a machine
+// registered with its BMC and expected hardware, a simulated machine
+// provisioned from its record and approved by the rule as expected.
+func TestMachinesAndRules(t *testing.T) {
+	s := startServer(t, 1)
+	dir := t.TempDir()
+	file := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+		return p
+	}
+
+	// Rules: the admin puts them; the API refuses a bad one naming the
+	// field; a typo in the file is refused before any call; viewers may
+	// not.
+	out := s.ok(t, "rules", "put", "asset-db", "-f", file("asset.json", `{"match_expected": true, "min_cores": 8, "notes": "as the asset DB says"}`))
+	assert.Regexp(t, `(?m)^asset-db\s+every region\s+≥8 cores, as expected$`, out)
+	code, _, errOut := s.ctl(t, "rules", "put", "bad", "-f", file("bad.json", `{"min_cores": 8, "max_cores": 4}`))
+	assert.Equal(t, 2, code, errOut)
+	assert.Contains(t, errOut, "max_cores")
+	code, _, errOut = s.ctl(t, "rules", "put", "typo", "-f", file("typo.json", `{"min_core": 8}`))
+	assert.Equal(t, 2, code, errOut)
+	assert.Contains(t, errOut, `unknown field "min_core"`)
+	viewer := []string{"LPMOS_URL=" + s.url, "LPMOS_TOKEN=" + viewerToken}
+	code, _, errOut = run(t, viewer, "rules", "put", "mine", "-f", file("mine.json", `{"min_cores": 1}`))
+	assert.Equal(t, 5, code, errOut)
+	code, out, errOut = run(t, viewer, "rules", "list")
+	assert.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `(?m)^RULE\s+APPLIES TO\s+CONDITIONS\s+UPDATED BY\n^asset-db\s+every region\s+≥8 cores, as expected\s+token:admin$`, out)
+	assert.Regexp(t, `(?m)^Notes:\s+as the asset DB says$`, s.ok(t, "rules", "get", "asset-db"))
+
+	// Register a machine with a BMC (its password from a file, never a
+	// flag) and expected hardware.
+	out = s.ok(t, "machines", "register", "02:00:00:00:00:09", "--region", "dc1", "--tag", "rack=r9",
+		"--bmc", "ipmi", "--bmc-address", "127.0.0.1:1623", "--bmc-user", "admin", "--bmc-password-file", file("pw", "bmc-secret\n"),
+		"--expect-cores", "32", "--expect-serial", "SN9")
+	assert.Regexp(t, `(?m)^02:00:00:00:00:09\s+dc1\s+ipmi 127.0.0.1:1623\s+32 cores, serial SN9\s+rack=r9$`, out)
+	assert.NotContains(t, out, "bmc-secret")
+	code, _, errOut = s.ctl(t, "machines", "register", "02:00:00:00:00:09")
+	assert.Equal(t, 4, code, "registered twice: %s", errOut)
+	code, _, errOut = s.ctl(t, "machines", "register", "02:00:00:00:00:0a", "--bmc", "telnet", "--bmc-address", "h")
+	assert.Equal(t, 2, code, errOut)
+	assert.Contains(t, errOut, "bmc.driver")
+
+	// The simulated machine 1 (16 cores) is expected to be what it is:
+	// provisioned from its record, it is approved by the rule.
+	s.ok(t, "machines", "register", "02:00:00:00:00:01", "--region", "dc1", "--expect-cores", "16")
+	var created struct {
+		TaskID string `json:"task_id"`
+	}
+	s.jsonOut(t, &created, "machines", "provision", "02:00:00:00:00:01", "--os", "debian", "--os-version", "12")
+	require.NotEmpty(t, created.TaskID)
+	done := s.waitStatus(t, created.TaskID, "completed")
+	require.NotNil(t, done.Approval)
+	assert.Equal(t, "rule:asset-db", done.Approval.ApprovedBy)
+
+	// List and get: the discovered hardware beside the expectation.
+	out = s.ok(t, "machines", "list", "--mac-prefix", "02:00:00:00:00")
+	assert.Regexp(t, `(?m)^MAC\s+REGION\s+HARDWARE\s+BMC\s+POWER\s+LAST SEEN\s+TAGS$`, out)
+	assert.Regexp(t, `(?m)^02:00:00:00:00:01\s+dc1\s+.*16 cores, \d+ GB, \d+ disks.*\s+-\s+-\s+\d+s ago\s+-$`, out)
+	assert.Regexp(t, `(?m)^02:00:00:00:00:09\s+dc1\s+-\s+ipmi 127.0.0.1:1623\s+-\s+never\s+rack=r9$`, out)
+	var page struct {
+		Machines []struct {
+			MAC string `json:"mac"`
+		} `json:"machines"`
+		Total int `json:"total"`
+	}
+	s.jsonOut(t, &page, "machines", "list", "--tag", "rack=r9")
+	require.Len(t, page.Machines, 1)
+	assert.Equal(t, "02:00:00:00:00:09", page.Machines[0].MAC)
+	page.Machines = nil
+	s.jsonOut(t, &page, "machines", "list", "--limit", "1", "--all")
+	assert.Len(t, page.Machines, 2, "--all pages through")
+	details := s.ok(t, "machines", "get", "02:00:00:00:00:01")
+	assert.Regexp(t, `(?m)^Expected:\s+16 cores$`, details)
+	assert.Regexp(t, `(?m)^`+created.TaskID+`\s+completed\s+debian 12\s+\d+s$`, details)
+
+	// Power is accepted for the region to carry out; an update removes
+	// the BMC, after which power is refused.
+	assert.Contains(t, s.ok(t, "machines", "power", "02:00:00:00:00:09", "on"), "on 02:00:00:00:00:09: requested (region dc1")
+	s.ok(t, "machines", "update", "02:00:00:00:00:09", "--no-bmc", "--no-expected")
+	code, _, errOut = s.ctl(t, "machines", "power", "02:00:00:00:00:09", "off")
+	assert.Equal(t, 4, code, errOut)
+	assert.Contains(t, errOut, "no_bmc")
+	code, _, errOut = s.ctl(t, "machines", "power", "02:00:00:00:00:01", "explode")
+	assert.Equal(t, 2, code, errOut)
+
+	// Delete: once, then not found; a rule likewise.
+	assert.Contains(t, s.ok(t, "machines", "delete", "02:00:00:00:00:09"), "deleted 02:00:00:00:00:09")
+	code, _, errOut = s.ctl(t, "machines", "get", "02:00:00:00:00:09")
+	assert.Equal(t, 3, code, errOut)
+	s.ok(t, "rules", "delete", "asset-db")
+	code, _, errOut = s.ctl(t, "rules", "delete", "asset-db")
+	assert.Equal(t, 3, code, errOut)
 }
