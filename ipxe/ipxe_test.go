@@ -119,6 +119,14 @@ func TestGolden(t *testing.T) {
 }
 
 // The same local-boot script serves every UEFI flavour.
+func TestLocalBootOfAnInventoriedMachine(t *testing.T) {
+	got, err := LocalBoot(LocalParams{MAC: testMAC(t), Inventoried: true, Firmware: lpmos.FirmwareBIOS})
+	require.NoError(t, err)
+	assert.Contains(t, string(got), "\necho LPMOS: 52:54:00:12:34:56 has no task and was inventoried already (delete its machine record or give it a task to boot it again), booting from the local disk\n")
+	assert.NotContains(t, string(got), "is installed")
+	assert.Contains(t, string(got), "sanboot --no-describe --drive 0x80")
+}
+
 func TestLocalBootUEFIVariants(t *testing.T) {
 	want, err := LocalBoot(LocalParams{MAC: testMAC(t), Firmware: lpmos.FirmwareUEFI})
 	require.NoError(t, err)

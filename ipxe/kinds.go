@@ -145,6 +145,9 @@ type LocalParams struct {
 	MAC lpmos.MAC
 	// TaskID is the completed task, for the message; optional.
 	TaskID string
+	// Inventoried says the machine has no task and was inventoried
+	// (discovery) before: the message says so, not that it is installed.
+	Inventoried bool
 	// Firmware decides how to reach the local disk.
 	Firmware lpmos.Firmware
 }
@@ -175,9 +178,13 @@ func LocalBoot(p LocalParams) ([]byte, error) {
 		}
 		task = " (task " + p.TaskID + " completed)"
 	}
+	what := " is installed" + task
+	if p.Inventoried {
+		what = " has no task and was inventoried already (delete its machine record or give it a task to boot it again)"
+	}
 	s := newScript()
-	s.comment("LPMOS: " + p.MAC.String() + " is installed" + task + "; boot the local disk.")
-	s.echo("LPMOS: " + p.MAC.String() + " is installed" + task + ", booting from the local disk")
+	s.comment("LPMOS: " + p.MAC.String() + what + "; boot the local disk.")
+	s.echo("LPMOS: " + p.MAC.String() + what + ", booting from the local disk")
 	switch p.Firmware {
 	case lpmos.FirmwareBIOS:
 		s.comment("BIOS: boot the first disk's boot sector from iPXE, so the BIOS boot order cannot send the machine back into PXE or stop at no bootable device. If that fails, leave it to the BIOS.")

@@ -116,7 +116,7 @@ func (r *Region) inventoryScript(req *http.Request, mac lpmos.MAC) ([]byte, erro
 	if known, err := r.machines.Reported(req.Context(), mac); err != nil {
 		return nil, err
 	} else if known {
-		return ipxe.LocalBoot(ipxe.LocalParams{MAC: mac, Firmware: platform(req)})
+		return ipxe.LocalBoot(ipxe.LocalParams{MAC: mac, Inventoried: true, Firmware: platform(req)})
 	}
 	base := r.cfg.PublicURL + "/boot/files/"
 	return ipxe.Agent(ipxe.AgentParams{

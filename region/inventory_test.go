@@ -106,6 +106,8 @@ func TestDiscovery(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	assert.NotContains(t, script, "lpmos.mode=inventory")
 	assert.Contains(t, script, "boot the local disk")
+	assert.Contains(t, script, "was inventoried already")
+	assert.NotContains(t, script, "is installed")
 }
 
 func TestNoDiscoveryByDefault(t *testing.T) {
