@@ -29,6 +29,11 @@ import (
 // Prefix is where the rules live, one key per rule.
 const Prefix = "/lpmos/rules/"
 
+// GuardKey is written with every rule created (the count of rules then):
+// creates compare it, so that two racing for the last free place do not
+// both take it. Outside Prefix, so a watch of the rules never sees it.
+const GuardKey = "/lpmos/config/rules_guard"
+
 // TaskTag names, on a task, a rule to apply to it whatever the rule's
 // region.
 const TaskTag = "approval_rule"

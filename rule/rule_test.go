@@ -2,7 +2,9 @@ package rule_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,7 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/hardware"
+	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/rule"
+	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/memory"
 )
 
@@ -144,4 +148,66 @@ func TestServiceAndView(t *testing.T) {
 	all, err := svc.List(ctx)
 	require.NoError(t, err)
 	assert.Empty(t, all)
+}
+
+// TestRuleCapHoldsUnderRacingCreates: creates racing for the last free
+// place take it once, on both stores; replacing a rule at the cap works.
+func TestRuleCapHoldsUnderRacingCreates(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		st   func(t *testing.T) store.Store
+	}{
+		{"memory", func(t *testing.T) store.Store {
+			st := memory.New()
+			t.Cleanup(func() { st.Close() })
+			return st
+		}},
+		{"etcd", func(t *testing.T) store.Store { return etcdtest.NewStore(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "etcd" && testing.Short() {
+				t.Skip("embedded etcd in the full run")
+			}
+			ctx := context.Background()
+			st := tc.st(t)
+			svc := rule.NewService(st, nil)
+			for i := range rule.MaxRules - 1 {
+				_, err := svc.Put(ctx, rule.Rule{Name: fmt.Sprintf("r%03d", i), MinCores: 1}, "admin")
+				require.NoError(t, err)
+			}
+			const racers = 8
+			errs := make(chan error, racers)
+			var wg sync.WaitGroup
+			for i := range racers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := svc.Put(ctx, rule.Rule{Name: fmt.Sprintf("last-%d", i), MinCores: 2}, "admin")
+					errs <- err
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			var ok int
+			for err := range errs {
+				if err == nil {
+					ok++
+				} else {
+					require.ErrorIs(t, err, rule.ErrConflict)
+				}
+			}
+			assert.Equal(t, 1, ok, "one racer takes the last place")
+			res, err := st.List(ctx, rule.Prefix, store.ListOptions{})
+			require.NoError(t, err)
+			assert.Equal(t, rule.MaxRules, len(res.KVs), "rules stored")
+
+			_, err = svc.Put(ctx, rule.Rule{Name: "r000", MinCores: 4}, "admin")
+			require.NoError(t, err, "a replacement at the cap")
+			got, err := svc.Get(ctx, "r000")
+			require.NoError(t, err)
+			assert.Equal(t, 4, got.MinCores)
+			_, err = svc.Put(ctx, rule.Rule{Name: "one-too-many", MinCores: 1}, "admin")
+			require.ErrorIs(t, err, rule.ErrConflict)
+		})
+	}
 }

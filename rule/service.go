@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,21 +31,11 @@ func NewService(st store.Store, now func() time.Time) *Service {
 	return &Service{st: st, now: now}
 }
 
-// Put creates or replaces a rule.
+// Put creates or replaces a rule. A create counts the rules and writes
+// the rule in one transaction with GuardKey, so that creates racing for
+// the last free place cannot both take it: at most MaxRules rules exist.
 func (s *Service) Put(ctx context.Context, r Rule, actor string) (*Rule, error) {
 	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	k := Prefix + r.Name
-	if _, err := s.st.Get(ctx, k); errors.Is(err, store.ErrNotFound) {
-		res, err := s.st.List(ctx, Prefix, store.ListOptions{Limit: MaxRules})
-		if err != nil {
-			return nil, err
-		}
-		if len(res.KVs) >= MaxRules {
-			return nil, fmt.Errorf("%w: %d rules already, at most %d", ErrConflict, len(res.KVs), MaxRules)
-		}
-	} else if err != nil {
 		return nil, err
 	}
 	r.UpdatedAt, r.UpdatedBy = s.now().UTC(), actor
@@ -52,11 +43,54 @@ func (s *Service) Put(ctx context.Context, r Rule, actor string) (*Rule, error) 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.st.Put(ctx, k, b); err != nil {
-		return nil, err
+	k := Prefix + r.Name
+	for range maxCASRetries {
+		// The guard before the count: a create that commits after this
+		// read changes the guard, so a count read before that create
+		// cannot pass the compare below.
+		var guardRev int64
+		if g, err := s.st.Get(ctx, GuardKey); err == nil {
+			guardRev = g.ModRevision
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+		res, err := s.st.List(ctx, Prefix, store.ListOptions{Limit: MaxRules + 1})
+		if err != nil {
+			return nil, err
+		}
+		if i := slices.IndexFunc(res.KVs, func(kv store.KV) bool { return kv.Key == k }); i >= 0 {
+			// A replacement takes no place, if the rule is still there.
+			tr, err := s.st.Txn(ctx, store.Txn{
+				If:   []store.Compare{store.ModRevisionIs(k, res.KVs[i].ModRevision)},
+				Then: []store.Op{store.OpPut(k, b)},
+			})
+			if err != nil {
+				return nil, err
+			}
+			if tr.Succeeded {
+				return &r, nil
+			}
+			continue
+		}
+		if len(res.KVs) >= MaxRules {
+			return nil, fmt.Errorf("%w: %d rules already, at most %d", ErrConflict, len(res.KVs), MaxRules)
+		}
+		tr, err := s.st.Txn(ctx, store.Txn{
+			If:   []store.Compare{store.Missing(k), store.ModRevisionIs(GuardKey, guardRev)},
+			Then: []store.Op{store.OpPut(k, b), store.OpPut(GuardKey, []byte(strconv.Itoa(len(res.KVs)+1)))},
+		})
+		if err != nil {
+			return nil, err
+		}
+		if tr.Succeeded {
+			return &r, nil
+		}
 	}
-	return &r, nil
+	return nil, fmt.Errorf("%w: rules kept changing; try again", ErrConflict)
 }
+
+// maxCASRetries bounds Put's compare-and-swap attempts.
+const maxCASRetries = 8
 
 // Get returns a rule.
 func (s *Service) Get(ctx context.Context, name string) (*Rule, error) {
