@@ -123,6 +123,10 @@ const (
 	PowerOn    = "on"
 	PowerOff   = "off"
 	PowerCycle = "cycle"
+	// PowerStatus changes nothing: the region reads the BMC's power state
+	// into the record (the state shown is otherwise the one read after the
+	// last action).
+	PowerStatus = "status"
 
 	StateOn      = "on"
 	StateOff     = "off"
@@ -130,7 +134,9 @@ const (
 )
 
 // ValidPowerAction reports whether a is an action an operator may ask.
-func ValidPowerAction(a string) bool { return a == PowerOn || a == PowerOff || a == PowerCycle }
+func ValidPowerAction(a string) bool {
+	return a == PowerOn || a == PowerOff || a == PowerCycle || a == PowerStatus
+}
 
 // Power is the outcome of the last power action the region took, and the
 // state the BMC last reported.

@@ -310,7 +310,7 @@ func (s *Service) Credentials(ctx context.Context, mac lpmos.MAC) (Credentials, 
 // none.
 func (s *Service) RequestPower(ctx context.Context, mac lpmos.MAC, action, actor string) (*PowerRequest, error) {
 	if !ValidPowerAction(action) {
-		return nil, invalid("action", "%q is not one of %q, %q, %q", trunc(action), PowerOn, PowerOff, PowerCycle)
+		return nil, invalid("action", "%q is not one of %q, %q, %q, %q", trunc(action), PowerOn, PowerOff, PowerCycle, PowerStatus)
 	}
 	r, err := s.read(ctx, mac)
 	if err != nil {

@@ -70,6 +70,9 @@ func (j powerJob) describe() string {
 	}
 	switch j.action {
 	case "":
+		if j.boot == "" {
+			parts = append(parts, "read power state")
+		}
 	case onOrCycle:
 		parts = append(parts, "power on (cycle if on)")
 	default:
@@ -189,7 +192,11 @@ func (r *Region) powerRequested(_ context.Context, mac lpmos.MAC, req *machine.P
 	if !r.lead.leading() {
 		return
 	}
-	r.powerJobs.put(powerJob{mac: mac, action: power.Action(req.Action), req: req, reqID: req.ID, reqRev: rev, actor: req.RequestedBy})
+	action := power.Action(req.Action)
+	if req.Action == machine.PowerStatus {
+		action = "" // read the state only
+	}
+	r.powerJobs.put(powerJob{mac: mac, action: action, req: req, reqID: req.ID, reqRev: rev, actor: req.RequestedBy})
 }
 
 // powerOnLeading queues, when this process starts leading, the power-ons
@@ -242,8 +249,11 @@ func (r *Region) runPowerJob(ctx context.Context, j powerJob) {
 		})
 	}
 	outcome := j.action
-	if outcome == onOrCycle {
+	switch {
+	case outcome == onOrCycle:
 		outcome = power.ActionOn
+	case outcome == "" && j.req != nil:
+		outcome = machine.PowerStatus
 	}
 	rec := machine.Power{State: string(state), Action: string(outcome), Actor: j.actor, OK: err == nil, Attempts: attempts, RequestID: j.reqID}
 	if rec.State == "" {

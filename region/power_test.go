@@ -95,6 +95,18 @@ func TestPowerFollowsTheTask(t *testing.T) {
 		return err == nil && rec.PendingPower == nil && rec.Power != nil && rec.Power.Actor == "token:otto" && rec.Power.OK
 	}, 10*time.Second, 20*time.Millisecond)
 
+	// Someone presses the power button: the record still says on, until
+	// an operator asks for the state, which changes nothing.
+	require.NoError(t, bmc.mem.PowerOff(ctx, false))
+	_, err = machines.RequestPower(ctx, parsed, machine.PowerStatus, "token:vera")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		rec, err := machines.Get(ctx, parsed)
+		return err == nil && rec.PendingPower == nil && rec.Power != nil && rec.Power.Action == machine.PowerStatus &&
+			rec.Power.State == machine.StateOff && rec.Power.OK
+	}, 10*time.Second, 20*time.Millisecond, "status read into the record")
+	assert.False(t, bmc.mem.On(), "a status request powers nothing")
+
 	// A BMC that refuses the credentials fails the task; nothing is
 	// powered.
 	const mac2 = "52:54:00:b0:00:02"

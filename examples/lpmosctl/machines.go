@@ -393,7 +393,7 @@ func machinesDelete(fs *flag.FlagSet) runner {
 func machinesPower(fs *flag.FlagSet) runner {
 	return func(ctx context.Context, a *app, args []string) error {
 		if len(args) != 2 {
-			return usagef("give a MAC and on, off or cycle")
+			return usagef("give a MAC and on, off, cycle or status")
 		}
 		c, err := a.client()
 		if err != nil {

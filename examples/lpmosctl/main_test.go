@@ -202,7 +202,7 @@ func TestCommandLine(t *testing.T) {
 		{"unknown command", []string{"nodes"}, 2, `unknown command "nodes"`},
 		{"missing subcommand", []string{"tasks"}, 2, "a subcommand is needed: create, list"},
 		{"unknown subcommand", []string{"tasks", "delete"}, 2, `unknown subcommand "delete"`},
-		{"power without an action", []string{"machines", "power", "02:00:00:00:00:01"}, 2, "give a MAC and on, off or cycle"},
+		{"power without an action", []string{"machines", "power", "02:00:00:00:00:01"}, 2, "give a MAC and on, off, cycle or status"},
 		{"update without a change", []string{"machines", "update", "02:00:00:00:00:01"}, 2, "nothing to change"},
 		{"expectation and its removal", []string{"machines", "update", "--expect-cores", "8", "--no-expected", "02:00:00:00:00:01"}, 2, "--no-expected together"},
 		{"rule without a file", []string{"rules", "put", "small"}, 2, "-f FILE is required"},
