@@ -158,6 +158,20 @@ func TestAgentCommandLine(t *testing.T) {
 	assert.NotContains(t, string(got), "console=")
 }
 
+// A region serving HTTPS puts its certificate's SHA-256 beside the token;
+// the kernel and initramfs may still come over plain HTTP (Debian's iPXE
+// has no TLS).
+func TestAgentCommandLinePinsTheRegionCertificate(t *testing.T) {
+	p := agentParams(t)
+	p.RegionURL = "https://10.0.0.1:8443"
+	p.RegionCertSHA256 = strings.Repeat("0f", 32)
+	got, err := Agent(p)
+	require.NoError(t, err)
+	require.NoError(t, checkScript(got), "script:\n%s", got)
+	assert.Contains(t, string(got), "\nkernel "+p.KernelURL+" lpmos.region=https://10.0.0.1:8443 lpmos.mac=52:54:00:12:34:56 lpmos.task="+testTask+
+		" lpmos.token="+p.Token+" lpmos.region_cert_sha256="+p.RegionCertSHA256+" console=tty0 console=ttyS0 initrd=initramfs.cpio.zst || goto failed1\n")
+}
+
 func TestInstallerArgs(t *testing.T) {
 	for _, c := range []struct {
 		m    Method
@@ -218,22 +232,32 @@ func TestLocateDebian(t *testing.T) {
 func TestInvalidInputs(t *testing.T) {
 	type agentMod func(*AgentParams)
 	agentCases := map[string]agentMod{
-		"zero MAC":               func(p *AgentParams) { p.MAC = lpmos.MAC{} },
-		"multicast MAC":          func(p *AgentParams) { p.MAC = lpmos.MAC{1, 2, 3, 4, 5, 6} },
-		"inventory with a task":  func(p *AgentParams) { p.Inventory = true },
-		"empty task":             func(p *AgentParams) { p.TaskID = "" },
-		"uppercase task":         func(p *AgentParams) { p.TaskID = strings.ToUpper(testTask) },
-		"task with newline":      func(p *AgentParams) { p.TaskID = testTask[:35] + "\n" },
-		"empty token":            func(p *AgentParams) { p.Token = "" },
-		"token with space":       func(p *AgentParams) { p.Token = "abc def" },
-		"token with expansion":   func(p *AgentParams) { p.Token = "${net0/mac}" },
-		"token with newline":     func(p *AgentParams) { p.Token = "abc\nshell" },
-		"token with operator":    func(p *AgentParams) { p.Token = "a||b" },
-		"token too long":         func(p *AgentParams) { p.Token = strings.Repeat("a", maxTokenLen+1) },
-		"region URL ftp":         func(p *AgentParams) { p.RegionURL = "ftp://10.0.0.1/" },
-		"region URL relative":    func(p *AgentParams) { p.RegionURL = "/boot" },
-		"region URL no host":     func(p *AgentParams) { p.RegionURL = "http:///boot" },
-		"region URL with user":   func(p *AgentParams) { p.RegionURL = "http://admin:pw@10.0.0.1/" },
+		"zero MAC":              func(p *AgentParams) { p.MAC = lpmos.MAC{} },
+		"multicast MAC":         func(p *AgentParams) { p.MAC = lpmos.MAC{1, 2, 3, 4, 5, 6} },
+		"inventory with a task": func(p *AgentParams) { p.Inventory = true },
+		"empty task":            func(p *AgentParams) { p.TaskID = "" },
+		"uppercase task":        func(p *AgentParams) { p.TaskID = strings.ToUpper(testTask) },
+		"task with newline":     func(p *AgentParams) { p.TaskID = testTask[:35] + "\n" },
+		"empty token":           func(p *AgentParams) { p.Token = "" },
+		"token with space":      func(p *AgentParams) { p.Token = "abc def" },
+		"token with expansion":  func(p *AgentParams) { p.Token = "${net0/mac}" },
+		"token with newline":    func(p *AgentParams) { p.Token = "abc\nshell" },
+		"token with operator":   func(p *AgentParams) { p.Token = "a||b" },
+		"token too long":        func(p *AgentParams) { p.Token = strings.Repeat("a", maxTokenLen+1) },
+		"region URL ftp":        func(p *AgentParams) { p.RegionURL = "ftp://10.0.0.1/" },
+		"region URL relative":   func(p *AgentParams) { p.RegionURL = "/boot" },
+		"region URL no host":    func(p *AgentParams) { p.RegionURL = "http:///boot" },
+		"region URL with user":  func(p *AgentParams) { p.RegionURL = "http://admin:pw@10.0.0.1/" },
+		"pin on http":           func(p *AgentParams) { p.RegionCertSHA256 = strings.Repeat("ab", 32) },
+		"pin too short": func(p *AgentParams) {
+			p.RegionURL, p.RegionCertSHA256 = "https://10.0.0.1:8443", strings.Repeat("ab", 31)
+		},
+		"pin uppercase": func(p *AgentParams) {
+			p.RegionURL, p.RegionCertSHA256 = "https://10.0.0.1:8443", strings.Repeat("AB", 32)
+		},
+		"pin with space": func(p *AgentParams) {
+			p.RegionURL, p.RegionCertSHA256 = "https://10.0.0.1:8443", strings.Repeat("ab", 31)+"a "
+		},
 		"URL with space":         func(p *AgentParams) { p.KernelURL = "http://10.0.0.1/a b" },
 		"URL with expansion":     func(p *AgentParams) { p.KernelURL = "http://10.0.0.1/${filename}" },
 		"URL with dollar":        func(p *AgentParams) { p.KernelURL = "http://10.0.0.1/$x" },

@@ -157,6 +157,12 @@ type AgentParams struct {
 	// RegionURL is the base URL of the region's HTTP server, as the
 	// machine reaches it, such as http://10.0.0.1:8081.
 	RegionURL string
+	// RegionCertSHA256, if set, is the SHA-256 of the region's TLS
+	// certificate (of the leaf's DER, 64 lowercase hex digits). It goes on
+	// the kernel line as lpmos.region_cert_sha256=, beside the token: the
+	// agent then talks to the region only over https and accepts only
+	// that certificate. It needs an https RegionURL.
+	RegionCertSHA256 string
 	// KernelURL and InitrdURL are the agent's vmlinuz and initramfs. The
 	// initramfs URL's last path element names the image (initrd=NAME).
 	KernelURL string
@@ -199,8 +205,9 @@ func commandLine(head, consoles, extra []string, initrd string, attempts int) ([
 }
 
 // Agent renders the script that boots the LPMOS agent. The kernel command
-// line carries lpmos.region, lpmos.mac, lpmos.task and lpmos.token, which
-// the agent reads from /proc/cmdline.
+// line carries lpmos.region, lpmos.mac, lpmos.task and lpmos.token (and,
+// for a region serving HTTPS, lpmos.region_cert_sha256), which the agent
+// reads from /proc/cmdline.
 func Agent(p AgentParams) ([]byte, error) {
 	if err := checkMAC("MAC", p.MAC); err != nil {
 		return nil, err
@@ -224,16 +231,19 @@ func Agent(p AgentParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	head := []string{"lpmos.region=" + p.RegionURL, "lpmos.mac=" + p.MAC.String()}
 	which, what := "lpmos.task="+p.TaskID, "task "+p.TaskID
 	if p.Inventory {
 		which, what = "lpmos.mode=inventory", "inventory (no task)"
 	}
-	args, attempts, err := commandLine([]string{
-		"lpmos.region=" + p.RegionURL,
-		"lpmos.mac=" + p.MAC.String(),
-		which,
-		"lpmos.token=" + p.Token,
-	}, p.Consoles, p.ExtraArgs, name, p.Attempts)
+	head = append(head, which, "lpmos.token="+p.Token)
+	if p.RegionCertSHA256 != "" {
+		if err := checkCertSHA256("RegionCertSHA256", p.RegionCertSHA256, p.RegionURL); err != nil {
+			return nil, err
+		}
+		head = append(head, "lpmos.region_cert_sha256="+p.RegionCertSHA256)
+	}
+	args, attempts, err := commandLine(head, p.Consoles, p.ExtraArgs, name, p.Attempts)
 	if err != nil {
 		return nil, err
 	}

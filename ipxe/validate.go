@@ -136,6 +136,18 @@ func checkTaskID(field, id string) error {
 	return nil
 }
 
+// checkCertSHA256 accepts a certificate pin (64 lowercase hex digits) for
+// an https region URL: a pin on a plain http URL could never be checked.
+func checkCertSHA256(field, pin, regionURL string) error {
+	if len(pin) != 64 || strings.Trim(pin, "0123456789abcdef") != "" {
+		return invalid(field, pin, "want the certificate's SHA-256 as 64 lowercase hex digits")
+	}
+	if !strings.HasPrefix(regionURL, "https://") {
+		return invalid(field, pin, "a certificate pin needs an https:// RegionURL")
+	}
+	return nil
+}
+
 func checkToken(field, tok string) error {
 	switch {
 	case tok == "":
