@@ -67,6 +67,11 @@ func NewClient(cfg Config) (*Client, error) {
 	return &Client{cfg: cfg.withDefaults()}, nil
 }
 
+// HTTPClient is the client the agent's calls use (pinned to the region's
+// certificate when the configuration has a pin): installers download the
+// region's images with it.
+func (c *Client) HTTPClient() *http.Client { return c.cfg.HTTPClient }
+
 // Close releases the client's idle connections (and their goroutines).
 func (c *Client) Close() { c.cfg.HTTPClient.CloseIdleConnections() }
 
@@ -215,6 +220,10 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.cfg.HTTPClient.Do(req)
+	if errors.Is(err, ErrCertificatePin) {
+		// Not the region we were told about: no retry can fix that.
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
 	if err != nil {
 		// Network errors and our own per-attempt timeout are worth a retry;
 		// the caller's cancellation is checked by do.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -24,15 +23,24 @@ type Config struct {
 	MAC       lpmos.MAC
 	TaskID    string
 	Token     string
+	// RegionCertSHA256, if set, pins the region's TLS certificate: the
+	// SHA-256 of its leaf certificate's DER in hex (lpmos.region_cert_sha256=
+	// on the kernel line, beside the token). RegionURL must then be
+	// https, and the default HTTPClient accepts only that certificate and
+	// refuses plain http, redirects included. Without it an https region
+	// is checked against the system's roots.
+	RegionCertSHA256 string
 	// Mode is ModeInstall (the default: a task's agent) or ModeInventory
 	// (a machine without a task, booted by a region in discovery mode:
 	// it reports its hardware, the region records it, and it powers off).
 	// lpmos.mode= on the kernel line.
 	Mode string
 
-	// HTTPClient is used for every agent API call (nil: a client with
-	// sensible dial/TLS timeouts). Per-call timeouts come from
-	// RequestTimeout, not from the client.
+	// HTTPClient is used for every agent API call (nil: NewHTTPClient
+	// with RegionCertSHA256, a client with sensible dial/TLS timeouts that
+	// enforces the pin). A client given here is used as it is: it must do
+	// its own pinning. Per-call timeouts come from RequestTimeout, not from
+	// the client.
 	HTTPClient *http.Client
 	// RequestTimeout bounds one ordinary call (default 30 s); the approval
 	// long-poll gets ApprovalWait on top.
@@ -72,15 +80,7 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 
 func (c Config) withDefaults() Config {
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Transport: &http.Transport{
-			Proxy:                 nil, // the region is on the provisioning network
-			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			ForceAttemptHTTP2:     true,
-			MaxIdleConns:          4,
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   10 * time.Second,
-			ResponseHeaderTimeout: 0, // the long-poll holds the headers back
-		}}
+		c.HTTPClient = NewHTTPClient(c.RegionCertSHA256)
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 30 * time.Second
@@ -105,6 +105,9 @@ const (
 // task).
 func (c Config) Validate() error {
 	if err := validateRegionURL(c.RegionURL); err != nil {
+		return err
+	}
+	if err := validatePin(c.RegionCertSHA256, c.RegionURL); err != nil {
 		return err
 	}
 	if c.MAC.IsZero() {
@@ -160,7 +163,8 @@ func validateToken(s string) error {
 
 // ParseCmdline reads the agent's identity from a kernel command line
 // (/proc/cmdline): lpmos.region=URL lpmos.mac=MAC lpmos.task=ID
-// lpmos.token=TOKEN, or lpmos.mode=inventory instead of lpmos.task. Words without "=" (the UEFI line starts with a bare
+// lpmos.token=TOKEN, or lpmos.mode=inventory instead of lpmos.task, and
+// lpmos.region_cert_sha256=HEX for a region that serves HTTPS. Words without "=" (the UEFI line starts with a bare
 // image name such as "vmlinuz") and other parameters are skipped; a
 // repeated lpmos.* key is an error, since which one wins would be a guess.
 func ParseCmdline(cmdline string) (Config, error) {
@@ -191,6 +195,8 @@ func ParseCmdline(cmdline string) (Config, error) {
 			c.Token = v
 		case "lpmos.mode":
 			c.Mode = v
+		case "lpmos.region_cert_sha256":
+			c.RegionCertSHA256 = v
 		}
 	}
 	if err := c.Validate(); err != nil {

@@ -38,6 +38,10 @@ func TestParseCmdline(t *testing.T) {
 		{"repeated key", good + " lpmos.mac=52:54:00:12:34:57", "given twice"},
 		{"inventory with a task", good + " lpmos.mode=inventory", "lpmos.task is given in inventory mode"},
 		{"unknown mode", good + " lpmos.mode=rescue", `lpmos.mode "rescue"`},
+		{"pinned https region", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=" + strings.Repeat("c0", 32), ""},
+		{"pin on plain http", good + " lpmos.region_cert_sha256=" + strings.Repeat("c0", 32), "refusing plain HTTP"},
+		{"pin not hex", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=" + strings.Repeat("zz", 32), "64 lowercase hex digits"},
+		{"pin too short", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=c0ffee", "64 lowercase hex digits"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

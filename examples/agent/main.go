@@ -44,6 +44,7 @@ func run() error {
 		mac      = flag.String("mac", "", "MAC of the boot NIC (default: lpmos.mac=)")
 		taskID   = flag.String("task", "", "task ID (default: lpmos.task=)")
 		token    = flag.String("token", "", "agent token (default: lpmos.token=)")
+		pin      = flag.String("region-cert-sha256", "", "SHA-256 (hex) of the region's TLS certificate: talk to it over https only, accepting only that certificate (default: lpmos.region_cert_sha256=)")
 		mode     = flag.String("mode", "", "\"inventory\": report the hardware of a machine without a task, then power off (default: lpmos.mode=)")
 		cmdline  = flag.String("cmdline", "/proc/cmdline", "kernel command line to read the lpmos.* parameters from")
 		demo     = flag.Bool("demo", false, "simulate the install (writes nothing)")
@@ -54,7 +55,7 @@ func run() error {
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
-	cfg, err := config(*cmdline, *region, *mac, *taskID, *token, *mode)
+	cfg, err := config(*cmdline, *region, *mac, *taskID, *token, *mode, *pin)
 	if err != nil {
 		return err
 	}
@@ -103,7 +104,9 @@ func runAgent(log *slog.Logger, cfg agent.Config, demo, poweroff bool) error {
 		return err
 	}
 	defer client.Close()
-	installers := map[string]agent.Installer{"image": &install.Image{Logger: log}}
+	// Images come from the region too: download them with the agent's
+	// client, which carries the certificate pin.
+	installers := map[string]agent.Installer{"image": &install.Image{Logger: log, HTTPClient: client.HTTPClient()}}
 	if demo {
 		installers = map[string]agent.Installer{"image": install.Demo{}, "installer": install.Demo{}}
 	}
@@ -132,7 +135,7 @@ func runAgent(log *slog.Logger, cfg agent.Config, demo, poweroff bool) error {
 
 // config reads the kernel command line, if there is one, and lets flags
 // override it.
-func config(path, region, mac, taskID, token, mode string) (agent.Config, error) {
+func config(path, region, mac, taskID, token, mode, pin string) (agent.Config, error) {
 	var line string
 	if region == "" || mac == "" || (taskID == "" && mode == "") || token == "" {
 		b, err := os.ReadFile(path)
@@ -141,7 +144,7 @@ func config(path, region, mac, taskID, token, mode string) (agent.Config, error)
 		}
 		line = string(b)
 	}
-	for k, v := range map[string]string{"lpmos.region": region, "lpmos.mac": mac, "lpmos.task": taskID, "lpmos.token": token, "lpmos.mode": mode} {
+	for k, v := range map[string]string{"lpmos.region": region, "lpmos.mac": mac, "lpmos.task": taskID, "lpmos.token": token, "lpmos.mode": mode, "lpmos.region_cert_sha256": pin} {
 		if v != "" {
 			line = dropParam(line, k) + " " + k + "=" + v
 		}

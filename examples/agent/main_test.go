@@ -17,22 +17,22 @@ func TestConfigFlagsOverrideCmdline(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "cmdline")
 	require.NoError(t, os.WriteFile(path, []byte("vmlinuz lpmos.region=http://10.0.0.1:8081 lpmos.mac=52:54:00:12:34:56 lpmos.task="+task+" lpmos.token="+token+" console=ttyS0\n"), 0o644))
 
-	cfg, err := config(path, "", "", "", "", "")
+	cfg, err := config(path, "", "", "", "", "", "")
 	require.NoError(t, err)
 	assert.Equal(t, "http://10.0.0.1:8081", cfg.RegionURL)
 
-	cfg, err = config(path, "https://region.example", "52:54:00:00:00:01", "", "", "")
+	cfg, err = config(path, "https://region.example", "52:54:00:00:00:01", "", "", "", "")
 	require.NoError(t, err)
 	assert.Equal(t, "https://region.example", cfg.RegionURL)
 	assert.Equal(t, "52:54:00:00:00:01", cfg.MAC.String())
 	assert.Equal(t, task, cfg.TaskID)
 
-	cfg, err = config("/nonexistent", "http://r:8081", "52:54:00:00:00:01", task, token, "")
+	cfg, err = config("/nonexistent", "http://r:8081", "52:54:00:00:00:01", task, token, "", "")
 	require.NoError(t, err, "all four flags: no command line needed")
 	assert.Equal(t, token, cfg.Token)
 
-	_, err = config("/nonexistent", "http://r:8081", "", task, token, "")
+	_, err = config("/nonexistent", "http://r:8081", "", task, token, "", "")
 	assert.ErrorContains(t, err, "/nonexistent")
-	_, err = config(path, "", "zz", "", "", "")
+	_, err = config(path, "", "zz", "", "", "", "")
 	assert.ErrorContains(t, err, "--mac")
 }
