@@ -485,7 +485,9 @@ func (r *Region) plan(t *task.Task, token string) *agent.Plan {
 	case e.Kind == KindImage:
 		p.Method, p.ImageURL, p.SHA256, p.ImageSize = KindImage, r.cfg.PublicURL+"/boot/files/"+e.ImagePath, e.SHA256, e.Size
 		if t.Metadata.Tags[TagCloudInit] != "off" && token != "" {
-			p.PhoneHomeURL = r.cfg.PublicURL + agent.PathPhoneHome + t.ID + "?token=" + url.QueryEscape(token)
+			// The installed system knows no pin: it phones home where
+			// the boot clients go.
+			p.PhoneHomeURL = r.cfg.BootURL + agent.PathPhoneHome + t.ID + "?token=" + url.QueryEscape(token)
 			r.seedFiles(t, token, p)
 		}
 	default:

@@ -106,7 +106,7 @@ func (r *Region) templateData(t *task.Task, token string) templates.Data {
 		TaskID: t.ID, MAC: m.TargetMAC.String(), Hostname: m.EffectiveHostname(),
 		OSType: m.OSType, OSVersion: m.OSVersion, Disk: m.DiskLayout,
 		Network: n.Mode, Address: n.Address, Gateway: n.Gateway, Nameservers: n.DNS, VLANID: n.VLANID,
-		RegionURL: r.cfg.PublicURL, Token: token,
+		RegionURL: r.cfg.BootURL, Token: token,
 		SSHAuthorizedKeys: m.SSHAuthorizedKeys(), RootPasswordHash: m.RootPasswordHash, UserData: m.UserData,
 	}
 	if n.Bond != nil {
@@ -205,9 +205,9 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) 
 		}
 		r.observe(moved)
 	}
-	base := r.cfg.PublicURL + "/boot/files/"
+	base := r.cfg.BootURL + "/boot/files/"
 	return ipxe.Agent(ipxe.AgentParams{
-		MAC: mac, TaskID: t.ID, Token: token, RegionURL: r.cfg.PublicURL,
+		MAC: mac, TaskID: t.ID, Token: token, RegionURL: r.cfg.PublicURL, RegionCertSHA256: r.cfg.RegionCertSHA256,
 		KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
 		Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs,
 	})
@@ -226,7 +226,7 @@ func (r *Region) installerScript(req *http.Request, mac lpmos.MAC, t *task.Task,
 	method := ipxe.Method(e.Family)
 	// The answer file's URL carries the task's token: installers fetch it
 	// without headers, and it lets their late commands report progress.
-	configURL := fmt.Sprintf("%s/boot/templates/%s/%s/", r.cfg.PublicURL, t.ID, token)
+	configURL := fmt.Sprintf("%s/boot/templates/%s/%s/", r.cfg.BootURL, t.ID, token)
 	switch method {
 	case ipxe.Preseed:
 		configURL += "preseed.cfg"

@@ -118,10 +118,10 @@ func (r *Region) inventoryScript(req *http.Request, mac lpmos.MAC) ([]byte, erro
 	} else if known {
 		return ipxe.LocalBoot(ipxe.LocalParams{MAC: mac, Inventoried: true, Firmware: platform(req)})
 	}
-	base := r.cfg.PublicURL + "/boot/files/"
+	base := r.cfg.BootURL + "/boot/files/"
 	return ipxe.Agent(ipxe.AgentParams{
 		MAC: mac, Inventory: true, Token: r.inventory.issue(mac, r.bindAddr(mac, from), r.cfg.Now()),
-		RegionURL: r.cfg.PublicURL, KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
+		RegionURL: r.cfg.PublicURL, RegionCertSHA256: r.cfg.RegionCertSHA256, KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
 		Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs,
 	})
 }

@@ -41,15 +41,15 @@ type discovered struct {
 // it to its disk (completed) or power it off (rejected). Everyone else is
 // ignored (and recorded, if configured).
 //
-// Both URLs are built from Config.PublicURL, the one place that says where
-// machines reach this region; the policy has a Validate method, so dhcp.New
+// The URLs are built from Config.FirmwareURL (UEFI HTTP boot) and
+// Config.BootURL (iPXE), both PublicURL unless the region serves TLS; the policy has a Validate method, so dhcp.New
 // rejects a public URL DHCP could not hand out.
 func (r *Region) DHCPPolicy() dhcp.BootPolicy {
 	return &dhcpPolicy{r: r, static: dhcp.StaticPolicy{
-		HTTPBaseURL: r.cfg.PublicURL + ipxeRoute,
+		HTTPBaseURL: r.cfg.FirmwareURL + ipxeRoute,
 		// iPXE expands ${platform} (pcbios or efi) in the file name it is
 		// given; the script uses it to pick how to boot the local disk.
-		ScriptURL: r.cfg.PublicURL + "/boot/{mac}.ipxe?platform=${platform}",
+		ScriptURL: r.cfg.BootURL + "/boot/{mac}.ipxe?platform=${platform}",
 	}}
 }
 
@@ -83,7 +83,7 @@ func (p *dhcpPolicy) Boot(ctx context.Context, req dhcp.Request) (dhcp.Decision,
 // dhcp.New calls it.
 func (p *dhcpPolicy) Validate() error {
 	if err := p.static.Validate(); err != nil {
-		return fmt.Errorf("region public URL %q: %w", p.r.cfg.PublicURL, err)
+		return fmt.Errorf("region public URL %q (boot URL %q, firmware URL %q): %w", p.r.cfg.PublicURL, p.r.cfg.BootURL, p.r.cfg.FirmwareURL, err)
 	}
 	return nil
 }

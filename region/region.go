@@ -13,6 +13,7 @@
 package region
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,7 +56,25 @@ type Config struct {
 	Store    store.Store
 	// PublicURL is how machines reach this region's HTTP server, e.g.
 	// "http://10.0.0.1:8081" (it goes into DHCP answers and iPXE scripts).
+	// With TLS it is the https URL the agent uses (lpmos.region=, the
+	// image URLs of install plans), and BootURL says where the clients
+	// that cannot check the region's certificate go.
 	PublicURL string
+	// BootURL is where iPXE fetches its script and the agent's kernel and
+	// initramfs, distro installers their kernel, initrd and answer file,
+	// and installed systems phone home: clients that cannot check the
+	// region's certificate (Debian's iPXE has no TLS). Default PublicURL.
+	BootURL string
+	// FirmwareURL is the base of the boot file URL UEFI HTTP boot
+	// firmware is handed in DHCP answers (default BootURL). An https URL
+	// here needs firmware that trusts the region's certificate (OVMF:
+	// the CA through fw_cfg etc/edk2/https/cacerts).
+	FirmwareURL string
+	// RegionCertSHA256, if set, is the SHA-256 (hex) of the leaf
+	// certificate PublicURL serves: agent scripts carry it beside the
+	// token (lpmos.region_cert_sha256=), and the agent accepts no other.
+	// It needs an https PublicURL. Server sets it from its TLS certificate.
+	RegionCertSHA256 string
 	// BootDir holds the agent's kernel and initramfs and the OS catalogue
 	// (images/<os_type>/<os_version>/); default ./lpmos-data/boot.
 	BootDir string
@@ -196,6 +216,11 @@ func New(cfg Config) (*Region, error) {
 	if cfg.PublicURL == "" {
 		return nil, errors.New("region: the public URL machines use to reach it is required")
 	}
+	cfg.BootURL = cmp.Or(cfg.BootURL, cfg.PublicURL)
+	cfg.FirmwareURL = cmp.Or(cfg.FirmwareURL, cfg.BootURL)
+	if cfg.RegionCertSHA256 != "" && !strings.HasPrefix(cfg.PublicURL, "https://") {
+		return nil, fmt.Errorf("region: public URL %q: a certificate pin needs an https URL", cfg.PublicURL)
+	}
 	if cfg.BootDir == "" {
 		cfg.BootDir = filepath.Join("lpmos-data", "boot")
 	}
@@ -258,7 +283,7 @@ func New(cfg Config) (*Region, error) {
 		cfg.InstanceID = host + " " + cfg.PublicURL
 	}
 	log := cfg.Logger.With("region", cfg.RegionID)
-	cat, problems := ScanCatalogue(cfg.BootDir, cfg.PublicURL)
+	cat, problems := ScanCatalogue(cfg.BootDir, cfg.BootURL)
 	for _, p := range problems {
 		log.Warn("OS catalogue entry skipped", "err", p)
 	}

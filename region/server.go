@@ -3,11 +3,13 @@ package region
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/internal/httpserve"
 	"github.com/lpmos/lpmos/ndp"
@@ -51,9 +54,20 @@ type ServerConfig struct {
 	// used instead; the Server owns it and closes it.
 	HTTPAddr     string
 	HTTPListener net.Listener
-	// HTTPLimits protect the HTTP server; zero fields take
-	// DefaultHTTPLimits.
+	// HTTPLimits protect the HTTP server (and the HTTPS one, each on its
+	// own); zero fields take DefaultHTTPLimits.
 	HTTPLimits HTTPLimits
+
+	// TLSAddr (e.g. ":8443") or TLSListener, with TLSCertFile and
+	// TLSKeyFile (PEM), serve the same HTTP API over TLS 1.2 or later.
+	// The plain HTTP server keeps running beside it: PXE firmware and
+	// Debian's iPXE cannot speak TLS, so they fetch iPXE, scripts and boot
+	// files from Region.BootURL over HTTP, while Region.PublicURL is the
+	// https URL the agent uses. The certificate's SHA-256 becomes
+	// Region.RegionCertSHA256 (unless set), which agents pin.
+	TLSAddr                 string
+	TLSListener             net.Listener
+	TLSCertFile, TLSKeyFile string
 	// ShutdownTimeout bounds the HTTP server's graceful shutdown when Run's
 	// context ends (default 5 s).
 	ShutdownTimeout time.Duration
@@ -97,6 +111,7 @@ type ServerConfig struct {
 // region binary runs. Run starts everything and stops it all again.
 type Server struct {
 	cfg      ServerConfig
+	tls      *tls.Config // nil: no HTTPS
 	reg      *Region
 	dhcp     *dhcp.Server
 	services map[string]string // shared with reg's Config: written only before Run starts reg
@@ -118,11 +133,23 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.services = map[string]string{}
 	}
 	s.services["http"] = "running"
+	rc := cfg.Region
+	if cfg.TLSAddr != "" || cfg.TLSListener != nil || cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		tc, pin, err := loadTLS(cfg)
+		if err != nil {
+			if cfg.TLSListener != nil {
+				cfg.TLSListener.Close()
+			}
+			return nil, err
+		}
+		s.tls = tc
+		rc.RegionCertSHA256 = cmp.Or(rc.RegionCertSHA256, pin)
+		s.services["https"] = "running"
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 		s.cfg.Registry = cfg.Registry
 	}
-	rc := cfg.Region
 	if rc.Registerer == nil {
 		rc.Registerer = cfg.Registry
 	}
@@ -154,6 +181,28 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// loadTLS reads the HTTPS certificate and key and returns the server's
+// TLS configuration and the certificate's pin (SHA-256 of the leaf's DER,
+// hex).
+func loadTLS(cfg ServerConfig) (*tls.Config, string, error) {
+	if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
+		return nil, "", errors.New("region: HTTPS needs both a certificate and a key file")
+	}
+	if cfg.TLSAddr == "" && cfg.TLSListener == nil {
+		return nil, "", errors.New("region: HTTPS needs an address or listener")
+	}
+	pair, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return nil, "", fmt.Errorf("region: HTTPS certificate: %w", err)
+	}
+	if !strings.HasPrefix(cfg.Region.PublicURL, "https://") {
+		return nil, "", fmt.Errorf("region: with HTTPS the public URL (the agent's) must be https://, not %q", cfg.Region.PublicURL)
+	}
+	// TLS 1.2 is the floor, not 1.3: UEFI firmware (EDK2's TlsDxe) speaks
+	// only 1.2.
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}, agent.CertSHA256(pair.Certificate[0]), nil
 }
 
 // labels are the constant labels of the region's metrics.
@@ -194,6 +243,14 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("region: HTTP: %w", err)
 		}
 	}
+	tln := s.cfg.TLSListener
+	if s.tls != nil && tln == nil {
+		var err error
+		if tln, err = net.Listen("tcp", s.cfg.TLSAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("region: HTTPS: %w", err)
+		}
+	}
 	var tftp *pxe.TFTPServer
 	if s.cfg.TFTP != nil {
 		tc := *s.cfg.TFTP
@@ -208,18 +265,20 @@ func (s *Server) Run(ctx context.Context) error {
 			log.Warn("TFTP disabled: machines cannot PXE-boot from this region", "err", err)
 		case err != nil:
 			ln.Close()
+			closeListener(tln)
 			return fmt.Errorf("region: TFTP: %w", err)
 		default:
 			s.services["tftp"] = "running"
 			if err := s.cfg.Registry.Register(newTFTPCollector(tftp, s.labels())); err != nil {
 				tftp.Close()
 				ln.Close()
+				closeListener(tln)
 				return fmt.Errorf("region: TFTP metrics: %w", err)
 			}
 		}
 	}
 	ra := s.openRA(ctx)
-	log.Info("region started", "url", s.reg.PublicURL(), "http", ln.Addr().String(),
+	log.Info("region started", "url", s.reg.PublicURL(), "http", ln.Addr().String(), "https", listenerAddr(tln),
 		"tftp", tftpAddr(tftp), "dhcp", s.services["dhcp"], "ipv6_ra", s.services["ipv6_ra"])
 	if s.cfg.Ready != nil {
 		s.cfg.Ready(ln.Addr())
@@ -236,6 +295,17 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if tln != nil {
+		g.Go(func() error {
+			err := httpserve.Serve(gctx, tln, s.handler(), httpserve.Config{TLS: s.tls,
+				Limits: s.cfg.HTTPLimits, ShutdownTimeout: s.cfg.ShutdownTimeout, Logger: log.With("component", "https"),
+			})
+			if err != nil {
+				return fmt.Errorf("region: HTTPS: %w", err)
+			}
+			return nil
+		})
+	}
 	if tftp != nil {
 		g.Go(func() error { return tftp.Serve(gctx) })
 	}
@@ -295,6 +365,19 @@ func (l serverLeases) LeasedAddr(mac lpmos.MAC) (net.IP, bool) {
 		return nil, false
 	}
 	return l.s.dhcp.LeasedAddr(mac)
+}
+
+func closeListener(ln net.Listener) {
+	if ln != nil {
+		ln.Close()
+	}
+}
+
+func listenerAddr(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
 }
 
 func tftpAddr(t *pxe.TFTPServer) string {
