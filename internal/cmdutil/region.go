@@ -1,6 +1,7 @@
 package cmdutil
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -30,15 +31,20 @@ type RegionFlags struct {
 	DHCPRouter string
 	DHCPDNS    string
 	// IPv6RA answers IPv6 router solicitations on DHCPIface (package ndp).
-	IPv6RA     bool
-	RegionURL  string
-	BootDir    string
-	IPXEDir    string
-	Unknown    string
-	LeaseFile  string
-	Timeouts   string
-	InstanceID string
-	LeaderTTL  time.Duration
+	IPv6RA    bool
+	RegionURL string
+	// TLSCert and TLSKey turn on the region's HTTPS listener (TLSListen);
+	// BootURL and FirmwareURL are where iPXE and UEFI HTTP boot firmware
+	// go then (default: the plain listener).
+	TLSCert, TLSKey, TLSListen string
+	BootURL, FirmwareURL       string
+	BootDir                    string
+	IPXEDir                    string
+	Unknown                    string
+	LeaseFile                  string
+	Timeouts                   string
+	InstanceID                 string
+	LeaderTTL                  time.Duration
 	// MetricsTokenFile holds the bearer token for the region's /metrics;
 	// empty: the region serves no /metrics.
 	MetricsTokenFile string
@@ -63,6 +69,11 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.DHCPDNS, "dhcp-dns", "", "comma-separated DNS servers handed out in full mode")
 	fs.BoolVar(&f.IPv6RA, "ipv6-ra", true, "with --dhcp-iface: answer IPv6 router solicitations there with an advertisement that configures nothing (no prefix, not a router), so iPXE does not wait ~16 s for IPv6; set false where a real IPv6 router advertises")
 	fs.StringVar(&f.RegionURL, "region-url", "", "URL machines use to reach the region (default: from the DHCP interface's address)")
+	fs.StringVar(&f.TLSCert, "region-tls-cert", "", "with --region-tls-key: serve the region's API over HTTPS (TLS 1.2+) on --region-tls-listen too; agents then use https and pin this certificate (PEM)")
+	fs.StringVar(&f.TLSKey, "region-tls-key", "", "key of --region-tls-cert (PEM)")
+	fs.StringVar(&f.TLSListen, "region-tls-listen", ":8443", "region HTTPS, with --region-tls-cert: the agent API, boot files and scripts over TLS")
+	fs.StringVar(&f.BootURL, "region-boot-url", "", "with TLS: URL iPXE fetches its script and the agent's kernel from, and installers their answer files (default: http:// on --region-listen; Debian's iPXE has no HTTPS)")
+	fs.StringVar(&f.FirmwareURL, "region-firmware-url", "", "URL whose /boot/ipxe/ UEFI HTTP boot firmware is handed in DHCP (default: --region-boot-url; https needs firmware that trusts the certificate)")
 	fs.StringVar(&f.BootDir, "boot-dir", "./lpmos-data/boot", "kernels, initramfs and OS images served over HTTP")
 	fs.StringVar(&f.IPXEDir, "ipxe-dir", lpmos.DefaultIPXEDir, "directory of the iPXE binaries")
 	fs.StringVar(&f.Unknown, "unknown-machines", region.UnknownIgnore, "machines without a task: ignore (no DHCP answer), record (note them, no answer) or discover (boot the agent in inventory mode: it reports the hardware into the machine record and powers off)")
@@ -108,24 +119,55 @@ func ipv4Of(iface string) (net.IP, error) {
 	return nil, fmt.Errorf("no IPv4 address on %q", iface)
 }
 
-func (f *RegionFlags) publicURL() (string, error) {
-	if f.RegionURL != "" {
-		return strings.TrimSuffix(f.RegionURL, "/"), nil
+func (f *RegionFlags) tlsOn() bool { return f.TLSCert != "" || f.TLSKey != "" }
+
+// urls are the region's public URL (the agent's: https with TLS) and,
+// with TLS, its boot URL (plain HTTP, for iPXE) and firmware URL.
+func (f *RegionFlags) urls() (public, boot, firmware string, err error) {
+	if !f.tlsOn() {
+		if f.RegionURL != "" {
+			public = strings.TrimSuffix(f.RegionURL, "/")
+		} else if public, err = f.urlOf("http", f.Listen, "--region-listen", "--region-url"); err != nil {
+			return "", "", "", err
+		}
+		return public, strings.TrimSuffix(f.BootURL, "/"), strings.TrimSuffix(f.FirmwareURL, "/"), nil
 	}
-	_, port, err := net.SplitHostPort(f.Listen)
+	if f.TLSCert == "" || f.TLSKey == "" {
+		return "", "", "", errors.New("--region-tls-cert and --region-tls-key must be given together")
+	}
+	if f.RegionURL != "" {
+		public = strings.TrimSuffix(f.RegionURL, "/")
+		if !strings.HasPrefix(public, "https://") {
+			return "", "", "", fmt.Errorf("--region-url %q: with --region-tls-cert the agent's URL must be https://", f.RegionURL)
+		}
+	} else if public, err = f.urlOf("https", f.TLSListen, "--region-tls-listen", "--region-url"); err != nil {
+		return "", "", "", err
+	}
+	if f.BootURL != "" {
+		boot = strings.TrimSuffix(f.BootURL, "/")
+	} else if boot, err = f.urlOf("http", f.Listen, "--region-listen", "--region-boot-url"); err != nil {
+		return "", "", "", err
+	}
+	return public, boot, strings.TrimSuffix(f.FirmwareURL, "/"), nil
+}
+
+// urlOf is scheme://ADDRESS:PORT of a listen address, with the DHCP
+// interface's address (else loopback).
+func (f *RegionFlags) urlOf(scheme, listen, listenFlag, urlFlag string) (string, error) {
+	_, port, err := net.SplitHostPort(listen)
 	if err != nil {
-		return "", fmt.Errorf("--region-listen: %w", err)
+		return "", fmt.Errorf("%s: %w", listenFlag, err)
 	}
 	if port == "0" {
 		// The port is chosen only when the server listens, after the URL
 		// went into every boot script: machines would be told port 0.
-		return "", fmt.Errorf("--region-listen %q: a chosen port (0) needs --region-url, the URL machines use", f.Listen)
+		return "", fmt.Errorf("%s %q: a chosen port (0) needs %s, the URL machines use", listenFlag, listen, urlFlag)
 	}
 	ip, err := ipv4Of(f.DHCPIface)
 	if err != nil {
 		ip = net.IPv4(127, 0, 0, 1)
 	}
-	return fmt.Sprintf("http://%s:%s", ip, port), nil
+	return fmt.Sprintf("%s://%s:%s", scheme, ip, port), nil
 }
 
 func parseRange(s string) (net.IP, net.IP, error) {
@@ -141,7 +183,7 @@ func parseRange(s string) (net.IP, net.IP, error) {
 // binary adds what is its own (SkipBootFileCheck for simulated machines,
 // TFTPOptional for the all-in-one demo) before region.NewServer.
 func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.ServerConfig, error) {
-	url, err := f.publicURL()
+	url, bootURL, firmwareURL, err := f.urls()
 	if err != nil {
 		return region.ServerConfig{}, err
 	}
@@ -151,11 +193,15 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 	}
 	cfg := region.ServerConfig{
 		Region: region.Config{Timeouts: timeouts,
-			RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
+			RegionID: f.Region, Store: st, PublicURL: url, BootURL: bootURL, FirmwareURL: firmwareURL,
+			BootDir: f.BootDir, IPXEDir: f.IPXEDir,
 			UnknownMachines: f.Unknown, Logger: log, InstanceID: f.InstanceID, LeaderTTL: f.LeaderTTL,
 		},
 		HTTPAddr:   f.Listen,
 		HTTPLimits: region.HTTPLimits{MaxConns: f.MaxConns, MaxConnsPerSource: f.MaxConnsPerSource},
+	}
+	if f.tlsOn() {
+		cfg.TLSAddr, cfg.TLSCertFile, cfg.TLSKeyFile = f.TLSListen, f.TLSCert, f.TLSKey
 	}
 	if f.MetricsTokenFile != "" {
 		tok, err := readSecretFile(f.MetricsTokenFile, "--metrics-token-file")

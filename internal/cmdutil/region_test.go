@@ -26,6 +26,15 @@ func TestRegionFlagsPublicURL(t *testing.T) {
 		{"port from the listen address", []string{"--region-listen", "127.0.0.1:18081", "--dhcp-iface", "lo"}, "http://127.0.0.1:18081", ""},
 		{"chosen port without a URL", []string{"--region-listen", "127.0.0.1:0"}, "", "needs --region-url"},
 		{"bad listen address", []string{"--region-listen", "nonsense"}, "", "--region-listen"},
+		{"TLS: https from the TLS listen address", []string{"--region-listen", "127.0.0.1:18081", "--dhcp-iface", "lo",
+			"--region-tls-cert", "c.pem", "--region-tls-key", "k.pem", "--region-tls-listen", ":18443"}, "https://127.0.0.1:18443", ""},
+		{"TLS: explicit https URL", []string{"--region-url", "https://region.dc1:8443/",
+			"--region-tls-cert", "c.pem", "--region-tls-key", "k.pem"}, "https://region.dc1:8443", ""},
+		{"TLS: http URL refused", []string{"--region-url", "http://10.0.0.1:8081",
+			"--region-tls-cert", "c.pem", "--region-tls-key", "k.pem"}, "", "must be https://"},
+		{"TLS: certificate without key", []string{"--region-tls-cert", "c.pem"}, "", "given together"},
+		{"TLS: chosen port without a URL", []string{"--region-tls-cert", "c.pem", "--region-tls-key", "k.pem",
+			"--region-tls-listen", ":0"}, "", "--region-tls-listen"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var f RegionFlags
@@ -42,6 +51,37 @@ func TestRegionFlagsPublicURL(t *testing.T) {
 			assert.Equal(t, tc.want, cfg.Region.PublicURL)
 		})
 	}
+}
+
+// With TLS, iPXE and firmware are sent to the plain listener unless told
+// otherwise, and the HTTPS listener is configured.
+func TestRegionFlagsTLSBootURLs(t *testing.T) {
+	st := memory.New()
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	parse := func(args ...string) RegionFlags {
+		var f RegionFlags
+		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		f.Register(fs)
+		require.NoError(t, fs.Parse(append([]string{"--boot-dir", t.TempDir(), "--tftp-listen", "", "--dhcp-iface", "lo",
+			"--region-listen", "127.0.0.1:18081", "--region-tls-cert", "c.pem", "--region-tls-key", "k.pem"}, args...)))
+		return f
+	}
+	f := parse()
+	cfg, err := f.ServerConfig(st, log)
+	require.NoError(t, err)
+	assert.Equal(t, "https://127.0.0.1:8443", cfg.Region.PublicURL)
+	assert.Equal(t, "http://127.0.0.1:18081", cfg.Region.BootURL)
+	assert.Empty(t, cfg.Region.FirmwareURL, "the region defaults it to the boot URL")
+	assert.Equal(t, ":8443", cfg.TLSAddr)
+	assert.Equal(t, "c.pem", cfg.TLSCertFile)
+	assert.Equal(t, "k.pem", cfg.TLSKeyFile)
+
+	f = parse("--region-boot-url", "https://10.0.0.1:8443/", "--region-firmware-url", "https://10.0.0.1:8443")
+	cfg, err = f.ServerConfig(st, log)
+	require.NoError(t, err)
+	assert.Equal(t, "https://10.0.0.1:8443", cfg.Region.BootURL)
+	assert.Equal(t, "https://10.0.0.1:8443", cfg.Region.FirmwareURL)
 }
 
 // The IPv6 RA responder runs on the DHCP interface unless --ipv6-ra=false,
