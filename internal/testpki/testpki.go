@@ -134,3 +134,28 @@ func write(t testing.TB, name, typ string, der []byte) {
 		t.Fatalf("testpki: %v", err)
 	}
 }
+
+// efiCertX509 is EFI_CERT_X509_GUID (a5c059a1-94e4-4aa7-87b5-ab155c2bf072)
+// as it is laid out in memory: the first three fields little-endian.
+var efiCertX509 = [16]byte{0xa1, 0x59, 0xc0, 0xa5, 0xe4, 0x94, 0xa7, 0x4a, 0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0, 0x72}
+
+// EDK2CACerts encodes certificates as the EDK2 firmware reads its trusted
+// CAs for HTTPS boot (OVMF: QEMU -fw_cfg name=etc/edk2/https/cacerts,
+// file=...): one EFI_SIGNATURE_LIST of type EFI_CERT_X509_GUID per
+// certificate, each holding one EFI_SIGNATURE_DATA (an owner GUID, zero
+// here, and the certificate's DER), what `p11-kit extract
+// --format=edk2-cacerts` writes.
+func EDK2CACerts(certs ...*x509.Certificate) []byte {
+	var out []byte
+	le32 := func(v int) []byte { return []byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
+	for _, c := range certs {
+		sigSize := 16 + len(c.Raw)
+		out = append(out, efiCertX509[:]...)
+		out = append(out, le32(16+4+4+4+sigSize)...) // SignatureListSize
+		out = append(out, le32(0)...)                // SignatureHeaderSize
+		out = append(out, le32(sigSize)...)          // SignatureSize
+		out = append(out, make([]byte, 16)...)       // SignatureOwner
+		out = append(out, c.Raw...)
+	}
+	return out
+}
