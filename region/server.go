@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -202,7 +203,23 @@ func loadTLS(cfg ServerConfig) (*tls.Config, string, error) {
 	}
 	// TLS 1.2 is the floor, not 1.3: UEFI firmware (EDK2's TlsDxe) speaks
 	// only 1.2.
-	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}, agent.CertSHA256(pair.Certificate[0]), nil
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}, CipherSuites: cipherSuites()},
+		agent.CertSHA256(pair.Certificate[0]), nil
+}
+
+// cipherSuites are Go's secure TLS 1.2 suites, which it prefers, and
+// then AES-GCM with RSA key exchange as a last resort for UEFI firmware:
+// OVMF's HTTP boot (EDK2 2022.11) offers only RSA and DHE key exchange,
+// and Go has no DHE. A client that offers ECDHE (every other client) gets
+// ECDHE; the fallback needs an RSA certificate.
+func cipherSuites() []uint16 {
+	var ids []uint16
+	for _, cs := range tls.CipherSuites() {
+		if slices.Contains(cs.SupportedVersions, tls.VersionTLS12) {
+			ids = append(ids, cs.ID)
+		}
+	}
+	return append(ids, tls.TLS_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_RSA_WITH_AES_256_GCM_SHA384)
 }
 
 // labels are the constant labels of the region's metrics.

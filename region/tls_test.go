@@ -165,6 +165,36 @@ func httpsImpostor(t *testing.T, leaf testpki.Leaf) string {
 	return "https://" + ln.Addr().String()
 }
 
+// UEFI firmware offers only RSA and DHE key exchange (OVMF: 0x9f 0x9e 0x6b
+// 0x67 0x39 0x33 0x9d 0x9c 0x3d 0x3c 0x35 0x2f): the region accepts RSA
+// key exchange with AES-GCM as a last resort, while a client that offers
+// ECDHE gets ECDHE.
+func TestServerTLSServesFirmwareCipherSuites(t *testing.T) {
+	ca := testpki.NewRSACA(t, "lpmos test CA")
+	cfg, _ := tlsServerConfig(t, ca)
+	runServer(t, cfg)
+	url := cfg.Region.PublicURL + agent.PathHealth
+	for _, tc := range []struct {
+		name   string
+		offer  []uint16
+		chosen uint16
+	}{
+		{"as OVMF offers", []uint16{0x9f, 0x9e, 0x6b, 0x67, 0x39, 0x33, tls.TLS_RSA_WITH_AES_256_GCM_SHA384, tls.TLS_RSA_WITH_AES_128_GCM_SHA256,
+			0x3d, tls.TLS_RSA_WITH_AES_128_CBC_SHA256, tls.TLS_RSA_WITH_AES_256_CBC_SHA, tls.TLS_RSA_WITH_AES_128_CBC_SHA}, tls.TLS_RSA_WITH_AES_128_GCM_SHA256},
+		{"ECDHE is preferred", []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(),
+				MaxVersion: tls.VersionTLS12, CipherSuites: tc.offer}}}
+			defer c.CloseIdleConnections()
+			resp, err := c.Get(url)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, tls.CipherSuiteName(tc.chosen), tls.CipherSuiteName(resp.TLS.CipherSuite))
+		})
+	}
+}
+
 func TestNewServerTLSConfigErrors(t *testing.T) {
 	ca := testpki.NewCA(t, "lpmos test CA")
 	tests := []struct {
