@@ -78,12 +78,34 @@ func NewHTTPClient(pin string) *http.Client {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 0,
 	}
-	c := &http.Client{Transport: tr}
-	if pin != "" {
-		tr.TLSClientConfig = PinnedTLSConfig(pin)
-		c.Transport = httpsOnly{tr}
+	if pin == "" {
+		return &http.Client{Transport: tr}
 	}
+	c, _ := PinClient(&http.Client{Transport: tr}, pin) // an *http.Transport: no error
 	return c
+}
+
+// PinClient returns a copy of c that accepts only the certificate whose
+// SHA-256 is pin and only https, redirects included, keeping the rest of
+// c's transport (such as a dialer bound to a source address). c's
+// Transport must be an *http.Transport; nil takes NewHTTPClient's.
+func PinClient(c *http.Client, pin string) (*http.Client, error) {
+	if c == nil {
+		c = NewHTTPClient("")
+	}
+	var tr *http.Transport
+	switch t := c.Transport.(type) {
+	case nil:
+		tr = NewHTTPClient("").Transport.(*http.Transport)
+	case *http.Transport:
+		tr = t.Clone()
+	default:
+		return nil, fmt.Errorf("%w: cannot pin a client whose transport is %T", ErrInvalidConfig, c.Transport)
+	}
+	tr.TLSClientConfig = PinnedTLSConfig(pin)
+	pinned := *c
+	pinned.Transport = httpsOnly{tr}
+	return &pinned, nil
 }
 
 // httpsOnly refuses any request (a redirect included) that is not https,

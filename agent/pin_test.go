@@ -143,3 +143,24 @@ func TestClientHTTPClientIsPinned(t *testing.T) {
 	_, err = c.HTTPClient().Get(other.URL + "/boot/files/image.raw") //nolint:bodyclose // it fails
 	require.ErrorIs(t, err, agent.ErrCertificatePin, "another server's certificate")
 }
+
+// PinClient pins a client of the caller's (a load test's, with its own
+// source address) and refuses transports it cannot pin.
+func TestPinClient(t *testing.T) {
+	ts, _ := tlsRegion(t, okHandler())
+	base := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}).DialContext}}
+	c, err := agent.PinClient(base, agent.CertSHA256(ts.Certificate().Raw))
+	require.NoError(t, err)
+	resp, err := c.Get(ts.URL)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Nil(t, base.Transport.(*http.Transport).TLSClientConfig, "the caller's client is left alone")
+
+	c, err = agent.PinClient(base, strings.Repeat("00", 32))
+	require.NoError(t, err)
+	_, err = c.Get(ts.URL) //nolint:bodyclose // it fails
+	require.ErrorIs(t, err, agent.ErrCertificatePin)
+
+	_, err = agent.PinClient(&http.Client{Transport: http.NewFileTransport(http.Dir("."))}, strings.Repeat("00", 32))
+	require.ErrorIs(t, err, agent.ErrInvalidConfig)
+}

@@ -324,6 +324,10 @@ func New(cfg Config) (*Region, error) {
 // PublicURL is how machines reach the region.
 func (r *Region) PublicURL() string { return r.cfg.PublicURL }
 
+// BootURL is where iPXE fetches its script (PublicURL unless the region
+// serves TLS).
+func (r *Region) BootURL() string { return r.cfg.BootURL }
+
 // Catalogue is what the region can install.
 func (r *Region) Catalogue() *Catalogue { return r.catalog }
 

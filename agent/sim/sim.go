@@ -27,7 +27,10 @@ import (
 
 // Machine is one simulated server.
 type Machine struct {
-	MAC       lpmos.MAC
+	MAC lpmos.MAC
+	// RegionURL is where it fetches its boot script, as iPXE does: the
+	// region's boot URL (plain HTTP when the region serves TLS; the agent
+	// then follows the script's https URL and pin).
 	RegionURL string
 	// Hardware is what it reports (default: a plausible server derived
 	// from the MAC).
@@ -178,6 +181,14 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 func (m *Machine) runAgent(ctx context.Context, cfg agent.Config, hw hardware.Info) error {
 	cfg.HTTPClient = m.Client
+	if cfg.RegionCertSHA256 != "" {
+		// Like the real agent, it talks to an HTTPS region only through
+		// the pin its script gave it.
+		var err error
+		if cfg.HTTPClient, err = agent.PinClient(m.Client, cfg.RegionCertSHA256); err != nil {
+			return err
+		}
+	}
 	client, err := agent.NewClient(cfg)
 	if err != nil {
 		return err

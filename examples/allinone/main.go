@@ -125,7 +125,7 @@ func run() error {
 	g.Go(func() error { return cp.Run(gctx) })
 	g.Go(func() error { return reg.Run(gctx) })
 	for _, mac := range sim.MACs(*simulate) {
-		m := &sim.Machine{MAC: mac, RegionURL: reg.Region().PublicURL(), Logger: log, Speed: *simSpeed}
+		m := &sim.Machine{MAC: mac, RegionURL: reg.Region().BootURL(), Logger: log, Speed: *simSpeed}
 		g.Go(func() error { return m.Run(gctx) })
 		fmt.Printf("simulated machine: %s (create a task for it in region %s)\n", mac, regionFlags.Region)
 	}
