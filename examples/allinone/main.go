@@ -60,7 +60,11 @@ func run() error {
 	capFlags.Register(fs)
 	regionFlags.Register(fs)
 	bmcKey.Register(fs, "<data-dir>/bmc.key")
-	flag.Parse()
+	cf, err := cmdutil.Configure(fs, os.Args[1:], os.LookupEnv, cmdutil.SectionDHCP)
+	if err != nil {
+		return cmdutil.Usage(err)
+	}
+	regionFlags.DHCPFile = cf.DHCP
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
 	}

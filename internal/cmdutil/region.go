@@ -1,6 +1,7 @@
 package cmdutil
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,10 @@ type RegionFlags struct {
 	// MaxConns and MaxConnsPerSource cap the region's HTTP connections
 	// (0: region.DefaultHTTPLimits).
 	MaxConns, MaxConnsPerSource int
+	// DHCPFile is the --config file's dhcp: section (relay pools and
+	// reservations, which have no flag); set by the program after
+	// Configure.
+	DHCPFile DHCPSection
 }
 
 // Register adds the region flags.
@@ -167,6 +172,9 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 	if f.TFTPListen != "" {
 		cfg.TFTP = &pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log}
 	}
+	if !f.DHCPFile.Empty() && (f.DHCPIface == "" || f.DHCPMode != string(dhcp.ModeFull)) {
+		return region.ServerConfig{}, errors.New("the config file's dhcp: section (relay pools, reservations) needs --dhcp-iface and --dhcp-mode full")
+	}
 	if f.DHCPIface != "" {
 		mode, err := dhcp.ParseMode(f.DHCPMode)
 		if err != nil {
@@ -184,6 +192,9 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 				}
 			}
 			dc.LeaseFile = f.LeaseFile
+			if err := f.DHCPFile.Apply(&dc); err != nil {
+				return region.ServerConfig{}, err
+			}
 		}
 		cfg.DHCP = &dc
 		if f.IPv6RA {
