@@ -172,6 +172,9 @@ type Region struct {
 	metrics *metrics
 
 	lead *leadership
+	// reloadLeases, set by Server before Run, reads the DHCP leases its
+	// predecessor saved when this process starts leading.
+	reloadLeases func(context.Context) error
 	// becameLeader wakes leaderLoop, and hbWake the heartbeat, when this
 	// process starts a term; hbStopped is closed once the heartbeat said
 	// goodbye, which the election waits for before it resigns.
@@ -351,6 +354,13 @@ func (r *Region) InstanceID() string { return r.cfg.InstanceID }
 func (r *Region) leadershipChanged(leading bool) {
 	if leading {
 		r.log.Info("leading the region", "instance", r.cfg.InstanceID)
+		if r.reloadLeases != nil {
+			// Before the first packet a new leader answers, as near as
+			// the election allows: DHCP answers once Leading says yes.
+			if err := r.reloadLeases(context.Background()); err != nil {
+				r.log.Warn("read the DHCP leases of the previous leader; serving from this process's table", "err", err)
+			}
+		}
 		for _, c := range []chan struct{}{r.becameLeader, r.hbWake} {
 			select {
 			case c <- struct{}{}:
