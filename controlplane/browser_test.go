@@ -1111,16 +1111,19 @@ func TestBrowserRules(t *testing.T) {
 	p.step("change it",
 		chromedp.SetValue(chromedp.ID("rule-min-cores"), "128"),
 		chromedp.SetValue(chromedp.ID("rule-region"), "dc1"),
+		chromedp.Click(chromedp.ID("rule-match-expected")),
 		chromedp.Click(chromedp.ID("rule-submit")))
 	p.waitJS("the edited rule is listed", `(() => {
 		const r = `+rowOf("big-dell")+`;
-		return r !== null && r.textContent.includes('region dc1') && r.textContent.includes('≥ 128 cores, ≥ 64 GB RAM');
+		return r !== null && r.textContent.includes('region dc1') && r.textContent.includes('≥ 128 cores, ≥ 64 GB RAM') &&
+			r.textContent.includes('vendor Dell*, matches the expected hardware of its machine record');
 	})() && document.getElementById('rule-form').hidden`)
 	code, body = call(http.MethodGet, "/api/v1/rules/big-dell", nil)
 	require.Equal(t, http.StatusOK, code, "%v", body)
 	assert.Equal(t, float64(128), body["min_cores"])
 	assert.Equal(t, "dc1", body["region"])
 	assert.Equal(t, "Dell*", body["vendor"], "the edit lost a field")
+	assert.Equal(t, true, body["match_expected"])
 
 	// A task whose report matched none of the rules: its page says why,
 	// beside the approval buttons. The reasons are what the region writes
@@ -1150,6 +1153,7 @@ func TestBrowserRules(t *testing.T) {
 		const lines = [...box.querySelectorAll('li')].map(li => li.textContent);
 		return box.textContent.includes('No auto-approval rule matched') && lines.length === 2 &&
 			lines[0].startsWith('big-dell: ') && lines[0].includes('64 cores < 128') && lines[0].includes('no SSD disk of at least 400 GB') &&
+			lines[0].includes('states no expected hardware') &&
 			lines[1] === 'small-vms: 64 cores > 4' &&
 			box.previousElementSibling === document.getElementById('approval');
 	})() && `+browserNoReload)

@@ -1826,6 +1826,7 @@
     }
     if (r.min_nic_mbps) out.push('NIC ≥ ' + fmtMbps(r.min_nic_mbps));
     for (const [f] of RULE_PATTERNS) if (r[f]) out.push(f + ' ' + r[f]);
+    if (r.match_expected) out.push('matches the expected hardware of its machine record');
     return out.filter(Boolean).join(', ') || '—';
   }
 
@@ -1847,6 +1848,7 @@
       name: el('input', { type: 'text', id: 'rule-name', name: 'name', placeholder: 'big-dell', autocomplete: 'off', spellcheck: 'false', required: true }),
       region: el('input', { type: 'text', id: 'rule-region', name: 'region', placeholder: 'all regions', autocomplete: 'off', spellcheck: 'false' }),
       only_named: el('input', { type: 'checkbox', id: 'rule-only-named', name: 'only_named' }),
+      match_expected: el('input', { type: 'checkbox', id: 'rule-match-expected', name: 'match_expected' }),
       disk_type: el('select', { id: 'rule-disk-type', name: 'disk_type' }, el('option', { value: '', text: 'Any' }),
         DISK_TYPES.map((d) => el('option', { value: d, text: d }))),
       notes: el('textarea', { id: 'rule-notes', name: 'notes', rows: 2, placeholder: 'Why this rule exists' }),
@@ -1865,7 +1867,10 @@
         RULE_NUMBERS.map(([f, label]) => el('div', { class: 'field' }, el('label', { for: inputs[f].id, text: label }), inputs[f])),
         el('div', { class: 'field' }, el('label', { for: 'rule-disk-type', text: 'Disk type' }), inputs.disk_type,
           el('div', { class: 'hint', text: 'With a minimum size: one disk of this type that big.' })),
-        RULE_PATTERNS.map(([f, label]) => el('div', { class: 'field' }, el('label', { for: inputs[f].id, text: label + ' pattern' }), inputs[f]))),
+        RULE_PATTERNS.map(([f, label]) => el('div', { class: 'field' }, el('label', { for: inputs[f].id, text: label + ' pattern' }), inputs[f])),
+        el('div', { class: 'field wide' }, el('label', { class: 'check' }, inputs.match_expected,
+          ' The report matches the expected hardware on the machine\u2019s record (cores, memory, disks, vendor, model, serial)'),
+          el('div', { class: 'hint', text: 'A machine whose record states no expected hardware does not match.' }))),
       el('div', { class: 'hint', text: 'Patterns are shell patterns (*, ?, [...]) over the reported system vendor, product and serial, ignoring case.' }));
     const save = el('button', { type: 'submit', class: 'btn', id: 'rule-submit', text: 'Save rule' });
     const cancel = el('button', { type: 'button', class: 'btn btn-secondary', id: 'rule-cancel', text: 'Cancel' });
@@ -1911,6 +1916,7 @@
       inputs.name.disabled = editing !== null; // the name is the rule's key
       inputs.region.value = r.region || '';
       inputs.only_named.checked = Boolean(r.only_named);
+      inputs.match_expected.checked = Boolean(r.match_expected);
       inputs.disk_type.value = DISK_TYPES.includes(r.disk_type) ? r.disk_type : '';
       inputs.notes.value = r.notes || '';
       for (const [f] of RULE_NUMBERS) inputs[f].value = r[f] ? String(r[f]) : '';
@@ -1945,6 +1951,7 @@
         b[f] = Number(s);
       }
       if (inputs.disk_type.value) b.disk_type = inputs.disk_type.value;
+      if (inputs.match_expected.checked) b.match_expected = true;
       for (const [f] of RULE_PATTERNS) if (inputs[f].value.trim()) b[f] = inputs[f].value.trim();
       if (inputs.notes.value.trim()) b.notes = inputs.notes.value.trim();
       return b;
