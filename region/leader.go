@@ -155,14 +155,16 @@ func (l *leadership) run(ctx context.Context) error {
 // does not wait for the old lease to expire, and the new term still gets
 // a create revision of its own (the old term's writes stay fenced).
 func (l *leadership) campaign(ctx context.Context) {
+	// Bounded as a whole: a store out of reach must not hold the
+	// election (and its view of being cut off) up.
+	ctx, cancel := context.WithTimeout(ctx, l.ttl/2)
+	defer cancel()
 	if kv, err := l.st.Get(ctx, l.key); err == nil && string(kv.Value) == l.instance {
 		_, _ = l.st.Txn(ctx, store.Txn{
 			If:   []store.Compare{store.ModRevisionIs(l.key, kv.ModRevision)},
 			Then: []store.Op{store.OpDelete(l.key)},
 		})
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.ttl/2)
-	defer cancel()
 	start := l.now()
 	lease, err := l.st.Grant(ctx, l.ttl)
 	if err != nil {

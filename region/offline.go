@@ -93,8 +93,8 @@ type offline struct {
 	wake chan struct{}
 
 	mu sync.Mutex
-	// wasCut: the process was cut off since it last led with its
-	// journal applied; storeBack is when it led again, journal applied.
+	// wasCut: the process was cut off, or journaled a call, since it last
+	// led; storeBack is when it led again after that.
 	wasCut    bool
 	storeBack time.Time
 }
@@ -182,6 +182,9 @@ func (r *Region) agentWrite(ctx context.Context, c agentCall, write func(context
 		r.log.Error("journal an agent call", "task", c.t.ID, "mac", c.mac.String(), "kind", c.kind, "err", err)
 		return false, errJournalFull
 	}
+	r.off.mu.Lock()
+	r.off.wasCut = true
+	r.off.mu.Unlock()
 	select {
 	case r.off.wake <- struct{}{}:
 	default:
@@ -195,8 +198,8 @@ func unreachable(err error) bool {
 	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)
 }
 
-// storeBackAt is when the region last had the store back after being cut
-// off, its journal applied (zero if it never was cut off).
+// storeBackAt is when the region last led again after being cut off or
+// journaling (zero if it never was).
 func (r *Region) storeBackAt() time.Time {
 	r.off.mu.Lock()
 	defer r.off.mu.Unlock()
@@ -228,16 +231,17 @@ func (r *Region) replayLoop(ctx context.Context) error {
 		if !r.lead.leading() {
 			continue
 		}
-		if n := r.off.j.Len(); n > 0 && !r.replay(ctx) {
-			continue
-		} else if n > 0 {
-			r.log.Info("journal replayed", "records", n)
-		}
+		// Leading again after a cut-off: the idle time of tasks starts
+		// over now, before the replay (and so before the timeouts, which
+		// wait for the journal, can look at them).
 		r.off.mu.Lock()
 		if r.off.wasCut {
 			r.off.wasCut, r.off.storeBack = false, r.cfg.Now()
 		}
 		r.off.mu.Unlock()
+		if n := r.off.j.Len(); n > 0 && r.replay(ctx) {
+			r.log.Info("journal replayed", "records", n)
+		}
 	}
 }
 
