@@ -124,6 +124,31 @@ func (p *etcdProcess) signal(t *testing.T, sig syscall.Signal) {
 	require.NoError(t, p.cmd.Process.Signal(sig))
 }
 
+// stop stops the process (SIGSTOP) and waits until every thread of it
+// is stopped: kill(2) returns before a loaded machine has stopped them
+// all, and a request sent meanwhile could still be answered.
+func (p *etcdProcess) stop(t *testing.T) {
+	t.Helper()
+	p.signal(t, syscall.SIGSTOP)
+	dir := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+	require.Eventually(t, func() bool {
+		threads, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, th := range threads {
+			stat, err := os.ReadFile(filepath.Join(dir, th.Name(), "stat"))
+			if err != nil {
+				continue // the thread exited
+			}
+			// "pid (comm) S ...": the state follows the last ')'.
+			i := strings.LastIndexByte(string(stat), ')')
+			if i < 0 || i+2 >= len(stat) || stat[i+2] != 'T' {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 5*time.Millisecond, "the etcd process never stopped")
+}
+
 // A region cut off from etcd during an install keeps its machine going:
 // etcd runs in another process and is stopped (SIGSTOP) while the real
 // agent client reports its stages and its completion (twice, as an agent
@@ -184,7 +209,7 @@ func TestCutOffRegionCompletesInstallFromJournal(t *testing.T) {
 	l.waitStatus(tk.ID, task.StatusInstalling)
 
 	// The cut.
-	ep.signal(t, syscall.SIGSTOP)
+	ep.stop(t)
 	cutAt := time.Now()
 	require.NoError(t, c.Progress(ctx, agent.StageDownloading, 20, "downloading", nil))
 	assert.Equal(t, 1, l.reg.JournalDepth(), "the call the store did not take is journaled")
