@@ -70,11 +70,11 @@ import (
 // leader's outage).
 //
 // Timeouts. Only the leader fails tasks on a status timeout, so nothing
-// times out while the region is cut off. Once it is back, the idle time
-// of a task is counted from the later of its last activity and the moment
-// the region had the store back and its journal applied (storeBack): the
-// time it was cut off, when its agents could not have been heard, never
-// counts against a task.
+// times out while the region is cut off, and none fire while the journal
+// holds records (activity the store has not seen). Once the process leads
+// again after a cut-off or after journaling, a task's idle time counts
+// from the later of its last activity and that moment (storeBack): the
+// time the region could not reach the store never counts against a task.
 
 // JournalFile is the journal's file name in Config.JournalDir.
 const JournalFile = "agent.journal"
