@@ -2,10 +2,13 @@ package region_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -22,6 +25,7 @@ import (
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/region"
+	"github.com/lpmos/lpmos/region/journal"
 	"github.com/lpmos/lpmos/store/etcd"
 	"github.com/lpmos/lpmos/task"
 )
@@ -162,37 +166,13 @@ func TestCutOffRegionCompletesInstallFromJournal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts etcd in another process and cuts it for seconds")
 	}
-	ep := startEtcdProcess(t)
-	ctx := context.Background()
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	st, err := etcd.Dial(dctx, etcd.Config{Endpoints: []string{ep.url}})
-	cancel()
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-
-	const ttl = 2 * time.Second
-	journalDir := t.TempDir()
-	l := startRegion(t, st, func(c *region.Config) {
-		c.JournalDir, c.StoreTimeout, c.LeaderTTL = journalDir, time.Second, ttl
+	const ttl = 2 * time.Second // cutOffLab's
+	l, ep, tk, c, _ := cutOffLab(t, "52:54:00:00:cf:01", func(c *region.Config) {
 		// Shorter than the cut: a timeout that counted the time the
 		// region could not reach etcd would fail the task.
 		c.Timeouts = map[task.Status]time.Duration{task.StatusInstalling: 2 * time.Second}
 	})
-	require.Eventually(t, l.reg.Leading, 10*time.Second, 20*time.Millisecond)
-
-	const macText = "52:54:00:00:cf:01"
-	tk := l.create(macText)
-	l.waitStatus(tk.ID, task.StatusReady)
-	_, token := l.boot(macText)
-	require.NotEmpty(t, token)
-	mac, err := lpmos.ParseMAC(macText)
-	require.NoError(t, err)
-	// One attempt per call: an answer other than 2xx fails the call, so
-	// every call below was answered, none retried.
-	c, err := agent.NewClient(agent.Config{RegionURL: l.ts.URL, MAC: mac, TaskID: tk.ID, Token: token,
-		RequestTimeout: 20 * time.Second, Retry: agent.RetryPolicy{Attempts: 1}})
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
+	ctx := context.Background()
 
 	rep, err := c.Report(ctx, hardware.Info{CPU: hardware.CPU{Cores: 4}, Memory: hardware.Memory{TotalGB: 8}})
 	require.NoError(t, err)
@@ -268,4 +248,86 @@ func TestCutOffRegionCompletesInstallFromJournal(t *testing.T) {
 	assert.True(t, completedAt.Before(resumed), "the completion carries the time the region accepted it (%s), not the replay's (after %s)", completedAt, resumed)
 	require.NotNil(t, done.Progress)
 	assert.Equal(t, 100, done.Progress.Percentage)
+}
+
+// cutOffLab starts etcd in another process and a region on it with a
+// journal, and boots a machine for a new task: it returns the lab, the
+// etcd process, the task and an agent client that makes one attempt per
+// call.
+func cutOffLab(t *testing.T, mac string, opts ...labOption) (*lab, *etcdProcess, *task.Task, *agent.Client, string) {
+	t.Helper()
+	ep := startEtcdProcess(t)
+	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	st, err := etcd.Dial(dctx, etcd.Config{Endpoints: []string{ep.url}})
+	cancel()
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	journalDir := t.TempDir()
+	l := startRegion(t, st, append([]labOption{func(c *region.Config) {
+		c.JournalDir, c.StoreTimeout, c.LeaderTTL = journalDir, time.Second, 2*time.Second
+	}}, opts...)...)
+	require.Eventually(t, l.reg.Leading, 10*time.Second, 20*time.Millisecond)
+	tk := l.create(mac)
+	l.waitStatus(tk.ID, task.StatusReady)
+	_, token := l.boot(mac)
+	require.NotEmpty(t, token)
+	m, err := lpmos.ParseMAC(mac)
+	require.NoError(t, err)
+	c, err := agent.NewClient(agent.Config{RegionURL: l.ts.URL, MAC: m, TaskID: tk.ID, Token: token,
+		RequestTimeout: 20 * time.Second, Retry: agent.RetryPolicy{Attempts: 1}})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return l, ep, tk, c, token
+}
+
+// A hardware report made while the region is cut off is answered
+// wait_for_approval and applied once etcd is back; a repeat of it (an
+// agent restarted) is journaled too and dropped at replay, since the task
+// moved on. A full journal refuses the next call with 503 and
+// Retry-After, and the agent retries: nothing it was told was received is
+// lost.
+func TestCutOffRegionJournalsReportsAndRefusesWhenFull(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd in another process and cuts it for seconds")
+	}
+	const mac = "52:54:00:00:cf:02"
+	l, ep, tk, c, token := cutOffLab(t, mac, func(c *region.Config) {
+		c.JournalLimits = journal.Limits{MaxRecords: 2}
+	})
+	ctx := context.Background()
+	hw := hardware.Info{CPU: hardware.CPU{Cores: 8}, Memory: hardware.Memory{TotalGB: 32}}
+
+	ep.stop(t)
+	for i := range 2 {
+		rep, err := c.Report(ctx, hw)
+		require.NoError(t, err, "report %d answered while cut off", i+1)
+		assert.Equal(t, agent.ActionWaitForApproval, rep.NextAction)
+		assert.Equal(t, i+1, l.reg.JournalDepth())
+	}
+	body, err := json.Marshal(agent.ReportRequest{MACAddress: mac, TaskID: tk.ID, Hardware: hw})
+	require.NoError(t, err)
+	req, err := http.NewRequest(http.MethodPost, l.ts.URL+agent.PathReport, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "the journal is full")
+	assert.NotEmpty(t, resp.Header.Get("Retry-After"))
+	assert.Equal(t, 2, l.reg.JournalDepth(), "the refused call is not journaled")
+
+	ep.signal(t, syscall.SIGCONT)
+	got := l.waitStatus(tk.ID, task.StatusPendingApproval)
+	require.Eventually(t, func() bool { return l.reg.JournalDepth() == 0 }, 20*time.Second, 20*time.Millisecond)
+	require.NotNil(t, got.Hardware)
+	assert.Equal(t, 8, got.Hardware.CPU.Cores)
+	n := 0
+	for _, e := range got.Timeline {
+		if e.Event == string(task.EventHardwareReported) {
+			n++
+			assert.NotEmpty(t, e.Source, "the report keeps the address the agent called from")
+		}
+	}
+	assert.Equal(t, 1, n, "the report in the timeline once: %+v", got.Timeline)
 }
