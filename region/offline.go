@@ -107,7 +107,8 @@ func openJournal(dir string, limits journal.Limits) (*offline, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &offline{j: j, wake: make(chan struct{}, 1)}, nil
+	// Records left from before a restart: the process was cut off then.
+	return &offline{j: j, wake: make(chan struct{}, 1), wasCut: j.Len() > 0}, nil
 }
 
 // JournalDepth is the number of agent calls journaled and not yet applied.

@@ -58,8 +58,8 @@ type tokens struct {
 	// offline, if set, reports that the store is out of reach (the region
 	// journals its agents' calls): cached records are used however old.
 	offline func() bool
-	// readTimeout, if positive, bounds a read of a record that is cached
-	// but stale; a read that fails then uses the stale record.
+	// readTimeout, if positive, bounds a read of a record; a read that
+	// fails then uses the record cached, however old.
 	readTimeout time.Duration
 
 	mu    sync.Mutex
@@ -113,7 +113,7 @@ func (tk *tokens) current(ctx context.Context, mac lpmos.MAC) (*agentInfo, int64
 		return &info, c.rev, nil
 	}
 	rctx := ctx
-	if ok && tk.readTimeout > 0 {
+	if tk.readTimeout > 0 {
 		var cancel context.CancelFunc
 		rctx, cancel = context.WithTimeout(ctx, tk.readTimeout)
 		defer cancel()

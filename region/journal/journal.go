@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -75,6 +76,9 @@ var (
 	ErrFull = errors.New("journal: full")
 	// ErrCorrupt: a damaged record that is not the file's last.
 	ErrCorrupt = errors.New("journal: corrupt")
+	// ErrLocked: another open journal (this process's or another's)
+	// holds the file.
+	ErrLocked = errors.New("journal: in use")
 	// ErrClosed: the journal was closed.
 	ErrClosed = errors.New("journal: closed")
 )
@@ -113,6 +117,12 @@ func Open(path string, limits Limits) (*Journal, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
+	}
+	// One writer: a second process on the same directory would
+	// interleave its records with ours.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s: %w", ErrLocked, path, err)
 	}
 	j := &Journal{path: path, limits: limits, f: f, next: 1}
 	if err := j.load(); err != nil {
@@ -357,6 +367,11 @@ func (j *Journal) compactLocked() error {
 	tmp := j.path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
+		return fmt.Errorf("journal: compact: %w", err)
+	}
+	// Locked before it takes the journal's name.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
 		return fmt.Errorf("journal: compact: %w", err)
 	}
 	var buf bytes.Buffer

@@ -203,3 +203,27 @@ func TestAckOneByOneCompacts(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(n+1), r.Seq)
 }
+
+// One journal file has one writer: a second Open fails while the first
+// is open, also after a compaction replaced the file, and succeeds once
+// it is closed.
+func TestOneWriter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.journal")
+	j := open(t, path, journal.Limits{})
+	_, err := journal.Open(path, journal.Limits{})
+	require.ErrorIs(t, err, journal.ErrLocked)
+
+	for i := 1; i <= 20; i++ {
+		_, err := j.Append(rec(i))
+		require.NoError(t, err)
+	}
+	for i := 1; i < 20; i++ {
+		require.NoError(t, j.Ack(uint64(i))) // compacts on the way
+	}
+	_, err = journal.Open(path, journal.Limits{})
+	require.ErrorIs(t, err, journal.ErrLocked, "the compacted file is locked too")
+
+	require.NoError(t, j.Close())
+	j2 := open(t, path, journal.Limits{})
+	assert.Equal(t, []string{"task-20"}, taskIDs(j2.Pending()))
+}
