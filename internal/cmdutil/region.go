@@ -40,6 +40,9 @@ type RegionFlags struct {
 	Timeouts   string
 	InstanceID string
 	LeaderTTL  time.Duration
+	// JournalDir is where a region cut off from etcd journals its agents'
+	// calls (region.Config.JournalDir); empty: none.
+	JournalDir string
 	// MetricsTokenFile holds the bearer token for the region's /metrics;
 	// empty: the region serves no /metrics.
 	MetricsTokenFile string
@@ -75,6 +78,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
 	fs.StringVar(&f.InstanceID, "instance-id", "", "this process's name among its region's processes (default: host name and region URL)")
 	fs.DurationVar(&f.LeaderTTL, "leader-ttl", 10*time.Second, "lease on the region's leadership: start two or more processes with the same --region and one leads, the others take over within about this long after it dies")
+	fs.StringVar(&f.JournalDir, "journal-dir", "", "directory of the journal that keeps the region's machines installing while etcd is out of reach (their agents' calls, fsynced, applied once etcd is back); for a region run as a single process; empty: agent calls fail while etcd is out of reach")
 	fs.StringVar(&f.MetricsTokenFile, "metrics-token-file", "", "file (mode 0600) holding the bearer token Prometheus sends to GET /metrics on --region-listen; empty: no /metrics there")
 	lim := region.DefaultHTTPLimits()
 	fs.IntVar(&f.MaxConns, "http-max-conns", lim.MaxConns, "most region HTTP connections open at once (machines booting and agents at once; more are closed on accept)")
@@ -158,6 +162,7 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 		Region: region.Config{Timeouts: timeouts,
 			RegionID: f.Region, Store: st, PublicURL: url, BootDir: f.BootDir, IPXEDir: f.IPXEDir,
 			UnknownMachines: f.Unknown, Logger: log, InstanceID: f.InstanceID, LeaderTTL: f.LeaderTTL,
+			JournalDir: f.JournalDir,
 		},
 		HTTPAddr:   f.Listen,
 		HTTPLimits: region.HTTPLimits{MaxConns: f.MaxConns, MaxConnsPerSource: f.MaxConnsPerSource},
