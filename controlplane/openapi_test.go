@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -135,11 +136,19 @@ func decodeJSON(data []byte) (any, error) {
 // checkedAPI serves next, checking every /api/ exchange against the
 // document; a mismatch fails t. Everything else (the dashboard, /ws,
 // /metrics) passes untouched.
-func checkedAPI(t *testing.T, next http.Handler) http.Handler {
+func checkedAPI(t testing.TB, next http.Handler) http.Handler {
+	return checkedAPIFor(func() testing.TB { return t }, next)
+}
+
+// checkedAPIFor is checkedAPI failing the test tb returns at each request
+// (a fuzz target's, which changes with each input).
+func checkedAPIFor(tb func() testing.TB, next http.Handler) http.Handler {
 	c, err := apiContract()
-	require.NoError(t, err, "the OpenAPI document")
+	require.NoError(tb(), err, "the OpenAPI document")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/api/") {
+		// A path http.ServeMux cleans first ("//", "/../") is redirected
+		// to the clean one before any API route sees it.
+		if !strings.HasPrefix(r.URL.Path, "/api/") || path.Clean(r.URL.Path) != r.URL.Path {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -153,7 +162,7 @@ func checkedAPI(t *testing.T, next http.Handler) http.Handler {
 		_, err := io.Copy(io.Discard, r.Body)
 		x := exchange{req: r, reqBody: reqBody.Bytes(), reqBodyErr: err, status: tw.status, header: w.Header().Clone(), respBody: tw.body.Bytes()}
 		if err := c.check(x); err != nil {
-			t.Errorf("OpenAPI contract: %s %s: %v", r.Method, r.URL.RequestURI(), err)
+			tb().Errorf("OpenAPI contract: %s %s: %v", r.Method, r.URL.RequestURI(), err)
 		}
 	})
 }
