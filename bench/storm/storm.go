@@ -55,11 +55,11 @@ var Phases = []Phase{PhaseDHCP, PhaseTFTP, PhaseHTTP}
 
 // clientResult is one client's boot.
 type clientResult struct {
-	mac      net.HardwareAddr
-	times    map[Phase]time.Duration
-	total    time.Duration
-	failed   Phase // empty when the script arrived
-	err      error
+	mac    net.HardwareAddr
+	times  map[Phase]time.Duration
+	total  time.Duration
+	failed Phase // empty when the script arrived
+	err    error
 }
 
 // Result summarises a storm.
