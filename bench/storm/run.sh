@@ -5,7 +5,8 @@
 # script. Served first by LPMOS (examples/allinone, memory store, full-mode
 # DHCP), then by dnsmasq (DHCP + TFTP) with a static HTTP server for the
 # script; prints clients, failures and time-to-script percentiles side by
-# side. Two network namespaces this script creates and always deletes; no
+# side, with the UDP datagrams the kernel dropped in the servers' namespace
+# because a receive buffer was full. Two network namespaces this script creates and always deletes; no
 # traffic leaves them.
 #
 #   sudo bench/storm/run.sh                     # CLIENTS=500 RAMP=1s
@@ -127,11 +128,18 @@ start_dnsmasq() {
 	URL="http://$SERVER_IP:8089/boot/files/boot.ipxe"
 }
 
+# rcvbuf_errors prints the UDP datagrams the kernel dropped in the servers'
+# namespace because a socket's receive buffer was full.
+rcvbuf_errors() {
+	ip netns exec "$SRV" awk '$1 == "Udp:" { if (!n) { for (i = 2; i <= NF; i++) col[$i] = i; n = 1 } else print $col["RcvbufErrors"] }' /proc/net/snmp
+}
+
 declare -A result
 for name in $SERVERS; do
 	echo "== $name: $CLIENTS machines power on within $RAMP" >&2
 	"start_$name" || { cat "$WORK"/*.log >&2 || true; die "$name did not start"; }
 	rc=0
+	kernel_before=$(rcvbuf_errors)
 	ip netns exec "$CLI" timeout 600 "$WORK/storm" -iface veth0 -clients "$CLIENTS" -ramp "$RAMP" \
 		-script-url "$URL" -boot-file-size "$SIZE" -label "$name" | tee "$WORK/$name.out" || rc=$?
 	if [[ $name == lpmos ]]; then
@@ -142,14 +150,14 @@ for name in $SERVERS; do
 	fi
 	stop_servers
 	((rc == 0)) || { cat "$WORK/$name.log" >&2 || true; die "the storm against $name failed (exit $rc)"; }
-	result[$name]=$(awk '$1 == "RESULT" { print $3, $4, $5, $6, $7 }' "$WORK/$name.out")
-	[[ -n ${result[$name]} ]] || die "no result against $name"
+	result[$name]="$(awk '$1 == "RESULT" { print $3, $4, $5, $6, $7 }' "$WORK/$name.out") $(($(rcvbuf_errors) - kernel_before))"
+	[[ ${result[$name]} == *" "*" "* ]] || die "no result against $name"
 done
 
 echo
 echo "boot storm: $CLIENTS BIOS PXE machines within $RAMP (DORA, TFTP undionly.kpxe blksize 1468, HTTP script), $(nproc) CPUs, $(uname -r)"
-printf "%-8s %8s %9s %10s %10s %10s\n" server clients failures "p50 ms" "p95 ms" "p99 ms"
+printf "%-8s %8s %9s %10s %10s %10s %14s\n" server clients failures "p50 ms" "p95 ms" "p99 ms" "UDP buf drops"
 for name in $SERVERS; do
 	# shellcheck disable=SC2086
-	printf "%-8s %8s %9s %10s %10s %10s\n" "$name" ${result[$name]}
+	printf "%-8s %8s %9s %10s %10s %10s %14s\n" "$name" ${result[$name]}
 done
