@@ -109,7 +109,8 @@ start_lpmos() {
 		--dhcp-lease-file "$WORK/lpmos-data/leases.json" --unknown-machines discover \
 		--boot-dir "$WORK/lpmos-data/boot" --log-level warn >"$WORK/lpmos.log" 2>&1 &
 	pids+=($!)
-	wait_for curl -sf http://$SERVER_IP:8081/health && wait_for sh -c "ss -Hlun 'sport = :67' | grep -q ."
+	wait_for curl -sf http://$SERVER_IP:8081/health || return 1
+	wait_for sh -c "ss -Hlun 'sport = :67' | grep -q ." || return 1
 	URL="http://$SERVER_IP:8081/boot/{mac}.ipxe?platform=pcbios"
 }
 
@@ -124,7 +125,7 @@ start_dnsmasq() {
 	ip netns exec "$SRV" "$WORK/pxeserver" -tftp-root "$WORK/tftp" -tftp-addr 127.0.0.1:6969 \
 		-http-root "$WORK/http" -http-addr $SERVER_IP:8089 >"$WORK/pxeserver.log" 2>&1 &
 	pids+=($!)
-	wait_for curl -sf http://$SERVER_IP:8089/boot/files/boot.ipxe
+	wait_for curl -sf http://$SERVER_IP:8089/boot/files/boot.ipxe || return 1
 	URL="http://$SERVER_IP:8089/boot/files/boot.ipxe"
 }
 
