@@ -57,6 +57,12 @@ func main() {
 		os.Exit(1)
 	}
 	Report(os.Stdout, *label, res)
+	// The clients share the machine with the server: say what they cost.
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		fmt.Printf("load generator CPU: %.2f s user, %.2f s system\n",
+			time.Duration(ru.Utime.Nano()).Seconds(), time.Duration(ru.Stime.Nano()).Seconds())
+	}
 	if *jsonOut != "" {
 		b, _ := json.MarshalIndent(res, "", "  ")
 		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
