@@ -71,18 +71,21 @@ func TestRedfishZeroTouch(t *testing.T) {
 		mu     sync.Mutex
 		starts []string // the boot override of each QEMU start
 	)
-	qdir := t.TempDir()
+	art, qdir := testlab.ArtifactDir(t), t.TempDir()
 	q := &redfishsim.QEMU{Dir: qdir, NIC: testlab.NICID, Disk: testlab.DiskID,
 		Command: func(boot string) []string {
 			mu.Lock()
 			starts = append(starts, boot)
 			mu.Unlock()
-			return cmds[redfishsim.DiskFirst(boot)]
+			argv := cmds[redfishsim.DiskFirst(boot)]
+			// The artifact qemu.cmd is the command line started last.
+			_ = os.WriteFile(filepath.Join(art, "qemu.cmd"), []byte(strings.Join(argv, " ")+"\n"), 0o644)
+			return argv
 		}}
 	t.Cleanup(func() {
 		_ = q.Close()
 		if b, err := os.ReadFile(filepath.Join(qdir, "qemu.log")); err == nil {
-			_ = os.WriteFile(filepath.Join(testlab.ArtifactDir(t), "qemu.log"), b, 0o644)
+			_ = os.WriteFile(filepath.Join(art, "qemu.log"), b, 0o644)
 		}
 	})
 	const user, password = "root", "e2e-redfish-pw"
