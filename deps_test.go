@@ -80,6 +80,8 @@ var depRules = []depRule{
 	{pkgs: []string{"examples/..."}, allow: []string{"*"}},
 	{pkgs: []string{"bench/..."}, allow: []string{"*"},
 		why: "benchmarks drive the binaries (built, never imported) and the libraries"},
+	{pkgs: []string{"deploy"}, allow: []string{"*"},
+		why: "the deployment files' checks; the directory holds tests only"},
 	{pkgs: []string{"e2e"}, allow: []string{"*"},
 		why: "end-to-end tests drive the binaries; the directory holds tests only"},
 }

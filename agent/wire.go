@@ -143,6 +143,12 @@ type Health struct {
 	Role     string `json:"role,omitempty"`
 	Instance string `json:"instance,omitempty"`
 	Leader   string `json:"leader,omitempty"`
+	// CutOff: this process led its region until it lost the store, and
+	// serves the agents of its tasks in flight from its journal; Journal
+	// is the number of agent calls journaled and not yet applied to the
+	// store. Either makes Status "degraded".
+	CutOff  bool `json:"cut_off,omitempty"`
+	Journal int  `json:"journal,omitempty"`
 }
 
 // Error is the body of a refused agent request, the same shape as the

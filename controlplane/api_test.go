@@ -86,7 +86,8 @@ func startCP(t *testing.T, st store.Store, opts ...cpOption) *testCP {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	ts := httptest.NewServer(srv.Handler())
+	// Every API exchange of the tests is checked against the OpenAPI document.
+	ts := httptest.NewServer(checkedAPI(t, srv.Handler()))
 	t.Cleanup(func() {
 		ts.Close()
 		cancel()

@@ -30,6 +30,7 @@ import (
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
 )
@@ -964,6 +965,252 @@ func TestBrowserMachines(t *testing.T) {
 		document.getElementById('power-pending').textContent.startsWith('on requested')`)
 	goTo("/machines")
 	p.waitJS("the viewer cannot register machines", `document.querySelector('#machines tr[data-mac]') !== null && document.getElementById('register-open') === null`)
+
+	assert.Empty(t, browserEval[[]string](p, `window.__cspViolations`), "CSP violations")
+	assert.True(t, browserEval[bool](p, browserInert), "window.__xss is set: a hostile string ran")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.console {
+		if m.IsException() || strings.Contains(m.Text, "Content Security Policy") {
+			t.Errorf("console: %s (%s:%d)", m, m.URL, m.Line)
+		}
+	}
+}
+
+// The rules test drives the Rules page and the task page's account of the
+// rules: an admin creates a rule through the form, is told which field of
+// a bad rule the API refused (and nothing is written), edits a rule and
+// deletes one after confirming; a task waiting for approval shows why each
+// rule did not approve it, and one approved by a rule says so; a viewer
+// sees the rules but no form or buttons.
+func TestBrowserRules(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	st := etcdtest.NewStore(t)
+	srv, err := controlplane.New(controlplane.Config{
+		Store: st,
+		Auth: auth.Config{Tokens: []auth.StaticToken{
+			{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin},
+			{Token: browserViewToken, Subject: "victor@example.com", Role: auth.RoleViewer},
+		}},
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	runCtx, stopRun := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- srv.Run(runCtx) }()
+	t.Cleanup(func() {
+		stopRun()
+		<-ran
+	})
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+
+	call := func(method, path string, body any) (int, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, err := json.Marshal(body)
+			require.NoError(t, err)
+			rd = bytes.NewReader(b)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, ts.URL+path, rd)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+browserAdminToken)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(res.Body).Decode(&out)
+		return res.StatusCode, out
+	}
+	// A rule that exists before the page opens, with a hostile note.
+	code, body := call(http.MethodPut, "/api/v1/rules/small-vms", map[string]any{"max_cores": 4, "notes": browserXSSTag})
+	require.Equal(t, http.StatusOK, code, "%v", body)
+
+	p := newBrowserPage(t, ctx)
+	goTo := func(path string) {
+		browserEval[chromedp.Void](p, `history.pushState(null, '', `+jsString(path)+`); dispatchEvent(new PopStateEvent('popstate'))`)
+	}
+	p.step("open the rules page", chromedp.Navigate(ts.URL+"/rules"), chromedp.WaitVisible(chromedp.ID("token")))
+	p.step("sign in",
+		chromedp.SendKeys(chromedp.ID("token"), browserAdminToken),
+		chromedp.Click(chromedp.ID("signin-submit")),
+		chromedp.WaitVisible(chromedp.ID("rules")))
+	browserEval[chromedp.Void](p, `window.__lpmosMarker = 'still-here'`)
+
+	rowOf := func(name string) string { return `document.querySelector('#rules tr[data-rule="` + name + `"]')` }
+	p.waitJS("the existing rule is listed", rowOf("small-vms")+` !== null && (() => {
+		const r = `+rowOf("small-vms")+`.textContent;
+		return ['all regions', '≤ 4 cores', 'token:alice@example.com', `+jsString(browserXSSTag)+`].every(s => r.includes(s));
+	})() && document.getElementById('rule-count').textContent === '1 rule' &&
+		document.querySelector('#mainnav a[href="/rules"]').classList.contains('active') && `+browserInert)
+	assert.True(t, browserEval[bool](p, `document.getElementById('rule-form').hidden`), "the form shows before it is asked for")
+
+	// A bad rule: its maximum below its minimum. The field is marked and
+	// nothing is written.
+	setDiskType := func(v string) {
+		browserEval[chromedp.Void](p, `(() => { const s = document.getElementById('rule-disk-type'); s.value = `+jsString(v)+`;
+			s.dispatchEvent(new Event('change', { bubbles: true })); })()`)
+	}
+	p.step("open the form", chromedp.Click(chromedp.ID("rule-new")), chromedp.WaitVisible(chromedp.ID("rule-form")))
+	p.step("fill in a bad rule",
+		chromedp.SendKeys(chromedp.ID("rule-name"), "bad-cores"),
+		chromedp.SendKeys(chromedp.ID("rule-min-cores"), "16"),
+		chromedp.SendKeys(chromedp.ID("rule-max-cores"), "8"),
+		chromedp.Click(chromedp.ID("rule-submit")))
+	p.waitJS("the refused field is marked", `document.getElementById('rule-max-cores').classList.contains('invalid') &&
+		document.getElementById('rule-form-alerts').textContent.includes('max_cores') &&
+		document.getElementById('rule-form-alerts').textContent.includes('below min_cores') &&
+		!document.getElementById('rule-form').hidden`)
+	p.screenshot("rule-error")
+	code, body = call(http.MethodGet, "/api/v1/rules/bad-cores", nil)
+	assert.Equal(t, http.StatusNotFound, code, "the bad rule was written: %v", body)
+
+	// The good rule, through the same form.
+	p.step("fill in a good rule",
+		chromedp.SetValue(chromedp.ID("rule-name"), "big-dell"),
+		// chromedp.SetValue cannot set "".
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('rule-max-cores').value = ''`),
+		chromedp.SendKeys(chromedp.ID("rule-min-memory-gb"), "64"),
+		chromedp.SendKeys(chromedp.ID("rule-min-disk-gb"), "400"),
+		chromedp.SendKeys(chromedp.ID("rule-vendor"), "Dell*"),
+		chromedp.SendKeys(chromedp.ID("rule-notes"), "R650s from the 2026 order"))
+	setDiskType("SSD")
+	p.step("save it", chromedp.Click(chromedp.ID("rule-submit")))
+	p.waitJS("the new rule is listed in words", rowOf("big-dell")+` !== null && (() => {
+		const r = `+rowOf("big-dell")+`.textContent;
+		return ['all regions', '≥ 16 cores, ≥ 64 GB RAM, SSD ≥ 400 GB, vendor Dell*', 'R650s from the 2026 order'].every(s => r.includes(s));
+	})() && document.getElementById('rule-form').hidden && document.getElementById('rule-count').textContent === '2 rules' && `+browserNoReload)
+	p.screenshot("rules")
+	code, body = call(http.MethodGet, "/api/v1/rules/big-dell", nil)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Equal(t, float64(16), body["min_cores"])
+	assert.Nil(t, body["max_cores"])
+	assert.Equal(t, "SSD", body["disk_type"])
+	assert.Equal(t, "Dell*", body["vendor"])
+	assert.Equal(t, "token:alice@example.com", body["updated_by"])
+
+	// A new rule may not take an existing rule's name.
+	p.step("a new rule named like an existing one", chromedp.Click(chromedp.ID("rule-new")), chromedp.WaitVisible(chromedp.ID("rule-form")),
+		chromedp.SendKeys(chromedp.ID("rule-name"), "small-vms"), chromedp.SendKeys(chromedp.ID("rule-min-disks"), "9"),
+		chromedp.Click(chromedp.ID("rule-submit")))
+	p.waitJS("the name is refused", `document.getElementById('rule-name').classList.contains('invalid') &&
+		document.getElementById('rule-form-alerts').textContent.includes('exists already')`)
+	code, body = call(http.MethodGet, "/api/v1/rules/small-vms", nil)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Nil(t, body["min_disks"], "the existing rule was replaced")
+
+	// Edit: the form opens with the rule, its name fixed.
+	p.step("edit big-dell", chromedp.Click(chromedp.CSS(`#rules tr[data-rule="big-dell"] .rule-edit`)))
+	p.waitJS("the form holds the rule", `document.getElementById('rule-name').value === 'big-dell' && document.getElementById('rule-name').disabled &&
+		document.getElementById('rule-min-cores').value === '16' && document.getElementById('rule-disk-type').value === 'SSD' &&
+		document.getElementById('rule-form-title').textContent === 'Edit rule big-dell'`)
+	p.step("change it",
+		chromedp.SetValue(chromedp.ID("rule-min-cores"), "128"),
+		chromedp.SetValue(chromedp.ID("rule-region"), "dc1"),
+		chromedp.Click(chromedp.ID("rule-match-expected")),
+		chromedp.Click(chromedp.ID("rule-submit")))
+	p.waitJS("the edited rule is listed", `(() => {
+		const r = `+rowOf("big-dell")+`;
+		return r !== null && r.textContent.includes('region dc1') && r.textContent.includes('≥ 128 cores, ≥ 64 GB RAM') &&
+			r.textContent.includes('vendor Dell*, matches the expected hardware of its machine record');
+	})() && document.getElementById('rule-form').hidden`)
+	code, body = call(http.MethodGet, "/api/v1/rules/big-dell", nil)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+	assert.Equal(t, float64(128), body["min_cores"])
+	assert.Equal(t, "dc1", body["region"])
+	assert.Equal(t, "Dell*", body["vendor"], "the edit lost a field")
+	assert.Equal(t, true, body["match_expected"])
+
+	// A task whose report matched none of the rules: its page says why,
+	// beside the approval buttons. The reasons are what the region writes
+	// (region.applyRules) for this report under these rules.
+	svc := task.NewService(st, task.Config{})
+	waiting, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: browserMAC, OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	_, err = svc.MarkReady(ctx, waiting.ID, "region:dc1")
+	require.NoError(t, err)
+	_, err = svc.MarkBooting(ctx, waiting.ID, "region:dc1")
+	require.NoError(t, err)
+	hw := browserHardware()
+	_, err = svc.ReportHardware(ctx, waiting.ID, "agent:"+browserMAC, hw, task.FromAddress(browserReportSource))
+	require.NoError(t, err)
+	rules, err := rule.NewService(st, nil).List(ctx)
+	require.NoError(t, err)
+	d := rule.Evaluate(rules, "dc1", nil, &hw, nil)
+	require.Empty(t, d.Approver)
+	require.Len(t, d.Reasons, 2, "%v", d.Reasons)
+	_, err = svc.RecordRules(ctx, waiting.ID, "region:dc1", "no approval rule matched: "+strings.Join(d.Reasons, " | "))
+	require.NoError(t, err)
+
+	goTo("/tasks/" + waiting.ID)
+	p.waitJS("the task page says why no rule approved it", `document.getElementById('task-status') !== null &&
+		document.getElementById('task-status').textContent === 'pending approval' && !document.getElementById('approval').hidden && (() => {
+		const box = document.getElementById('approval-rules');
+		const lines = [...box.querySelectorAll('li')].map(li => li.textContent);
+		return box.textContent.includes('No auto-approval rule matched') && lines.length === 2 &&
+			lines[0].startsWith('big-dell: ') && lines[0].includes('64 cores < 128') && lines[0].includes('no SSD disk of at least 400 GB') &&
+			lines[0].includes('states no expected hardware') &&
+			lines[1] === 'small-vms: 64 cores > 4' &&
+			box.previousElementSibling === document.getElementById('approval');
+	})() && `+browserNoReload)
+	p.screenshot("task-rules-reasons")
+
+	// Approving by hand: the reasons go, the decision is a person's.
+	p.step("approve it by hand", chromedp.Click(chromedp.ID("approve-btn")))
+	p.waitJS("the reasons go once the task is approved", `document.getElementById('task-status').textContent === 'approved' &&
+		document.getElementById('approval-rules').childElementCount === 0 && document.getElementById('approved-by-rule') === null &&
+		document.getElementById('approval-info').textContent.includes('token:alice@example.com')`)
+
+	// A task approved by a rule says so.
+	auto, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: "52:54:00:12:34:99", OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
+	require.NoError(t, err)
+	_, err = svc.MarkReady(ctx, auto.ID, "region:dc1")
+	require.NoError(t, err)
+	_, err = svc.MarkBooting(ctx, auto.ID, "region:dc1")
+	require.NoError(t, err)
+	hw.MACAddress = "52:54:00:12:34:99"
+	_, err = svc.ReportHardware(ctx, auto.ID, "agent:"+hw.MACAddress, hw)
+	require.NoError(t, err)
+	_, err = svc.Approve(ctx, auto.ID, rule.ActorPrefix+"big-dell", "approved automatically: the hardware meets rule:big-dell")
+	require.NoError(t, err)
+	goTo("/tasks/" + auto.ID)
+	p.waitJS("the decision names the rule", `document.getElementById('approved-by-rule') !== null &&
+		document.getElementById('approved-by-rule').textContent === 'Approved automatically by rule big-dell.' &&
+		document.querySelector('#approved-by-rule a[href="/rules"]') !== null && document.getElementById('approval-rules').childElementCount === 0`)
+	p.screenshot("task-approved-by-rule")
+
+	// Delete asks first; keeping it deletes nothing.
+	goTo("/rules")
+	p.waitJS("the rules are back", rowOf("small-vms")+` !== null`)
+	p.step("ask to delete small-vms", chromedp.Click(chromedp.CSS(`#rules tr[data-rule="small-vms"] .rule-delete`)))
+	p.waitJS("delete asks for confirmation", `!document.getElementById('rule-delete').hidden &&
+		document.getElementById('rule-delete-title').textContent === 'Delete rule small-vms?'`)
+	p.step("keep it", chromedp.Click(chromedp.ID("rule-delete-keep")))
+	p.waitJS("nothing was deleted", `document.getElementById('rule-delete').hidden && `+rowOf("small-vms")+` !== null`)
+	code, _ = call(http.MethodGet, "/api/v1/rules/small-vms", nil)
+	require.Equal(t, http.StatusOK, code)
+	p.step("delete it", chromedp.Click(chromedp.CSS(`#rules tr[data-rule="small-vms"] .rule-delete`)),
+		chromedp.WaitVisible(chromedp.ID("rule-delete")), chromedp.Click(chromedp.ID("rule-delete-confirm")))
+	p.waitJS("the rule is gone", rowOf("small-vms")+` === null && `+rowOf("big-dell")+` !== null &&
+		document.getElementById('rules-alerts').textContent.includes('Rule small-vms deleted') &&
+		document.getElementById('rule-count').textContent === '1 rule' && `+browserNoReload)
+	code, body = call(http.MethodGet, "/api/v1/rules/small-vms", nil)
+	assert.Equal(t, http.StatusNotFound, code, "%v", body)
+
+	// A viewer sees the rules, and why a task waits, but cannot change a rule.
+	p.step("sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("token")))
+	p.step("sign in as a viewer",
+		chromedp.SendKeys(chromedp.ID("token"), browserViewToken),
+		chromedp.Click(chromedp.ID("signin-submit")),
+		chromedp.WaitVisible(chromedp.ID("rules")))
+	p.waitJS("the viewer sees the rules without the form", rowOf("big-dell")+` !== null &&
+		document.getElementById('rule-new') === null && document.getElementById('rule-form').hidden &&
+		document.querySelector('#rules .rule-edit, #rules .rule-delete') === null && document.getElementById('rules-readonly') !== null`)
+	p.screenshot("rules-viewer")
 
 	assert.Empty(t, browserEval[[]string](p, `window.__cspViolations`), "CSP violations")
 	assert.True(t, browserEval[bool](p, browserInert), "window.__xss is set: a hostile string ran")

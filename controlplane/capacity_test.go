@@ -104,7 +104,7 @@ func TestActiveTaskCaps(t *testing.T) {
 			code, ec, _ := cp.createIn("dc1", "00:1a:2b:3c:c3:02")
 			require.Equal(t, http.StatusConflict, code)
 			require.Equal(t, "capacity", ec)
-			code, body := cp.do("DELETE", "/api/v1/tasks/"+id, operatorToken, map[string]any{"reason": "make room"})
+			code, body := cp.do("DELETE", "/api/v1/tasks/"+id+"?reason=make+room", operatorToken, nil)
 			require.Equal(t, http.StatusNoContent, code, "%v", body)
 			code, _, _ = cp.createIn("dc1", "00:1a:2b:3c:c3:02")
 			assert.Equal(t, http.StatusCreated, code)

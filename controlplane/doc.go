@@ -31,6 +31,13 @@
 //	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, leader, capabilities, active_tasks}]}
 //	DELETE /api/v1/regions/{id}         forget a region (admin) 204; 409 region_online or region_active_tasks
 //	GET    /api/v1/whoami               (viewer)            {subject, role}
+//	GET    /api/v1/openapi.json         (no token)          this API's OpenAPI 3.1 description
+//
+// openapi.yaml, served as JSON at OpenAPIPath, describes every endpoint,
+// the machines and rules ones included: its role, parameters,
+// bodies, answers and the error body. The endpoints table in server.go is
+// the list of routes; the tests hold the document to it and check every
+// request and answer of the API tests against the document.
 //
 // A caller's subject says how it signed in and who it is: "token:<name>"
 // for a static token given in clear text (the admin token), "hashed:<name>"

@@ -54,7 +54,9 @@ func startFuzzCP(f *testing.F) *fuzzCP {
 		cancel()
 		<-done
 	})
-	cp := &fuzzCP{tb: f, st: st, svc: task.NewService(st, task.Config{}), h: srv.Handler()}
+	cp := &fuzzCP{tb: f, st: st, svc: task.NewService(st, task.Config{})}
+	// Every fuzzed exchange is also checked against the OpenAPI document.
+	cp.h = checkedAPIFor(func() testing.TB { return cp.tb }, srv.Handler())
 	require.Eventually(f, func() bool {
 		return cp.serve(httptest.NewRequest("GET", "/readyz", nil)).Code == http.StatusOK
 	}, 30*time.Second, 10*time.Millisecond)
@@ -197,6 +199,7 @@ func FuzzListQuery(f *testing.F) {
 	cp := startFuzzCP(f)
 	cp.ensurePending()
 	f.Fuzz(func(t *testing.T, query string) {
+		cp.tb = t
 		req := httptest.NewRequest("GET", "/api/v1/tasks", nil)
 		req.URL.RawQuery = query
 		req.Header.Set("Authorization", "Bearer "+operatorToken)
@@ -228,6 +231,7 @@ func FuzzDLQ(f *testing.F) {
 	cp := startFuzzCP(f)
 	cp.ensurePending()
 	f.Fuzz(func(t *testing.T, query, kind, id string) {
+		cp.tb = t
 		req := httptest.NewRequest("GET", "/api/v1/dlq", nil)
 		req.URL.RawQuery = query
 		req.Header.Set("Authorization", "Bearer "+operatorToken)

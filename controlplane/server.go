@@ -232,6 +232,9 @@ func New(cfg Config) (*Server, error) {
 	if ac.Logger == nil {
 		ac.Logger = cfg.Logger
 	}
+	if _, err := openAPIJSON(); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
 	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
@@ -307,8 +310,8 @@ func (s *Server) tasksSynced() bool {
 // Tasks is the task service the server uses.
 func (s *Server) Tasks() *task.Service { return s.svc }
 
-// Handler serves the API, /ws, the dashboard, /healthz, /readyz and
-// /metrics.
+// Handler serves the API (and its OpenAPI description at OpenAPIPath),
+// /ws, the dashboard, /healthz, /readyz and /metrics.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Run starts the task, region and dead-letter watches, the hub, the
@@ -458,46 +461,63 @@ func (s *Server) ListenAndServe(ctx context.Context, opts ServeOptions) error {
 	return httpserve.Serve(ctx, ln, s.handler, cfg)
 }
 
+// endpoint is one route of the REST API: the role it needs and the audit
+// action of a mutation ("" for reads). The endpoints table is the API's
+// list of routes; openapi.yaml documents the same ones (a test holds the
+// two together).
+type endpoint struct {
+	pattern string // method and path, as http.ServeMux takes them
+	role    auth.Role
+	action  string
+	handle  func(*Server, http.ResponseWriter, *http.Request) error
+}
+
+var endpoints = []endpoint{
+	{"POST /api/v1/tasks", auth.RoleOperator, "task.create", (*Server).createTask},
+	{"POST /api/v1/tasks/batch", auth.RoleOperator, "task.batch_create", (*Server).createTasks},
+	{"POST /api/v1/tasks/approve", auth.RoleOperator, "task.bulk_approve", (*Server).bulkApprove},
+	{"POST /api/v1/tasks/reject", auth.RoleOperator, "task.bulk_reject", (*Server).bulkReject},
+	{"POST /api/v1/tasks/cancel", auth.RoleOperator, "task.bulk_cancel", (*Server).bulkCancel},
+	{"GET /api/v1/tasks", auth.RoleViewer, "", (*Server).listTasks},
+	{"GET /api/v1/tasks/{id}", auth.RoleViewer, "", (*Server).getTask},
+	{"PUT /api/v1/tasks/{id}/approve", auth.RoleOperator, "task.approve", (*Server).approveTask},
+	{"PUT /api/v1/tasks/{id}/reject", auth.RoleOperator, "task.reject", (*Server).rejectTask},
+	{"DELETE /api/v1/tasks/{id}", auth.RoleOperator, "task.cancel", (*Server).cancelTask},
+	{"POST /api/v1/tasks/{id}/retry", auth.RoleOperator, "task.retry", (*Server).retryTask},
+	{"GET /api/v1/dlq", auth.RoleViewer, "", (*Server).listDLQ},
+	{"DELETE /api/v1/dlq/{kind}/{id}", auth.RoleOperator, "dlq.acknowledge", (*Server).ackDLQ},
+	{"GET /api/v1/regions", auth.RoleViewer, "", (*Server).listRegions},
+	{"DELETE /api/v1/regions/{id}", auth.RoleAdmin, "region.delete", (*Server).deleteRegion},
+	{"GET /api/v1/machines", auth.RoleViewer, "", (*Server).listMachines},
+	{"POST /api/v1/machines", auth.RoleOperator, "machine.create", (*Server).createMachine},
+	{"GET /api/v1/machines/{mac}", auth.RoleViewer, "", (*Server).getMachine},
+	{"PATCH /api/v1/machines/{mac}", auth.RoleOperator, "machine.update", (*Server).patchMachine},
+	{"DELETE /api/v1/machines/{mac}", auth.RoleOperator, "machine.delete", (*Server).deleteMachine},
+	{"POST /api/v1/machines/{mac}/power", auth.RoleOperator, "machine.power", (*Server).powerMachine},
+	{"POST /api/v1/machines/{mac}/tasks", auth.RoleOperator, "machine.create_task", (*Server).createMachineTask},
+	{"GET /api/v1/rules", auth.RoleViewer, "", (*Server).listRules},
+	{"GET /api/v1/rules/{name}", auth.RoleViewer, "", (*Server).getRule},
+	// A rule approves machines without a person: admins set them.
+	{"PUT /api/v1/rules/{name}", auth.RoleAdmin, "rule.put", (*Server).putRule},
+	{"DELETE /api/v1/rules/{name}", auth.RoleAdmin, "rule.delete", (*Server).deleteRule},
+	{"GET /api/v1/whoami", auth.RoleViewer, "", (*Server).whoami},
+}
+
 // routes wires every endpoint with its role and audit action.
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	api := func(pattern string, role auth.Role, action string, h func(http.ResponseWriter, *http.Request) error) {
-		mux.Handle(pattern, s.guard(role, action, func(w http.ResponseWriter, r *http.Request) {
-			if err := h(w, r); err != nil {
+	for _, ep := range endpoints {
+		mux.Handle(ep.pattern, s.guard(ep.role, ep.action, func(w http.ResponseWriter, r *http.Request) {
+			if err := ep.handle(s, w, r); err != nil {
 				if e := httpjson.WriteError(w, err); e.Status >= 500 {
 					s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 				}
 			}
 		}))
 	}
-	api("POST /api/v1/tasks", auth.RoleOperator, "task.create", s.createTask)
-	api("POST /api/v1/tasks/batch", auth.RoleOperator, "task.batch_create", s.createTasks)
-	api("POST /api/v1/tasks/approve", auth.RoleOperator, "task.bulk_approve", s.bulkApprove)
-	api("POST /api/v1/tasks/reject", auth.RoleOperator, "task.bulk_reject", s.bulkReject)
-	api("POST /api/v1/tasks/cancel", auth.RoleOperator, "task.bulk_cancel", s.bulkCancel)
-	api("GET /api/v1/tasks", auth.RoleViewer, "", s.listTasks)
-	api("GET /api/v1/tasks/{id}", auth.RoleViewer, "", s.getTask)
-	api("PUT /api/v1/tasks/{id}/approve", auth.RoleOperator, "task.approve", s.approveTask)
-	api("PUT /api/v1/tasks/{id}/reject", auth.RoleOperator, "task.reject", s.rejectTask)
-	api("DELETE /api/v1/tasks/{id}", auth.RoleOperator, "task.cancel", s.cancelTask)
-	api("POST /api/v1/tasks/{id}/retry", auth.RoleOperator, "task.retry", s.retryTask)
-	api("GET /api/v1/dlq", auth.RoleViewer, "", s.listDLQ)
-	api("DELETE /api/v1/dlq/{kind}/{id}", auth.RoleOperator, "dlq.acknowledge", s.ackDLQ)
-	api("GET /api/v1/regions", auth.RoleViewer, "", s.listRegions)
-	api("DELETE /api/v1/regions/{id}", auth.RoleAdmin, "region.delete", s.deleteRegion)
-	api("GET /api/v1/machines", auth.RoleViewer, "", s.listMachines)
-	api("POST /api/v1/machines", auth.RoleOperator, "machine.create", s.createMachine)
-	api("GET /api/v1/machines/{mac}", auth.RoleViewer, "", s.getMachine)
-	api("PATCH /api/v1/machines/{mac}", auth.RoleOperator, "machine.update", s.patchMachine)
-	api("DELETE /api/v1/machines/{mac}", auth.RoleOperator, "machine.delete", s.deleteMachine)
-	api("POST /api/v1/machines/{mac}/power", auth.RoleOperator, "machine.power", s.powerMachine)
-	api("POST /api/v1/machines/{mac}/tasks", auth.RoleOperator, "machine.create_task", s.createMachineTask)
-	api("GET /api/v1/rules", auth.RoleViewer, "", s.listRules)
-	api("GET /api/v1/rules/{name}", auth.RoleViewer, "", s.getRule)
-	// A rule approves machines without a person: admins set them.
-	api("PUT /api/v1/rules/{name}", auth.RoleAdmin, "rule.put", s.putRule)
-	api("DELETE /api/v1/rules/{name}", auth.RoleAdmin, "rule.delete", s.deleteRule)
-	api("GET /api/v1/whoami", auth.RoleViewer, "", s.whoami)
+	// The API's description is public: it says what the API is, never
+	// what it holds, and tools read it before they have a token.
+	mux.HandleFunc("GET "+OpenAPIPath, serveOpenAPI)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, httpjson.Errorf(http.StatusNotFound, httpjson.CodeNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})

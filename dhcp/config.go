@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,6 +70,22 @@ const (
 	DefaultQueueSize     = 1024
 )
 
+// LeaseStore keeps a full-mode server's leases outside the process.
+type LeaseStore interface {
+	// LoadLeases returns the saved leases; none if nothing was saved.
+	LoadLeases(ctx context.Context) ([]Lease, error)
+	// SaveLeases replaces the saved leases.
+	SaveLeases(ctx context.Context, leases []Lease) error
+}
+
+// ReceiveBuffer is the receive buffer ListenPacket asks for on each DHCP
+// socket: 4 MiB holds about 10,000 queued requests (the kernel accounts
+// each datagram with its overhead, ~400 bytes of data plus ~300 of
+// bookkeeping), against ~300 in Linux's default of 208 KiB
+// (net.core.rmem_default). As root it is granted whatever
+// net.core.rmem_max says; otherwise it is capped at net.core.rmem_max.
+const ReceiveBuffer = 4 << 20
+
 // Config configures a Server. The zero value of each field is a sensible
 // default where one exists; Interface (or Conn) is always required, and
 // full mode also needs Pool.Start and Pool.End.
@@ -98,8 +115,17 @@ type Config struct {
 	// read by New and rewritten atomically (temporary file, fsync, rename)
 	// at most FlushInterval after a lease changes, and when Serve returns.
 	LeaseFile string
+	// LeaseStore, when set, keeps leases where the other processes serving
+	// the same network read them (full mode): a region keeps them in its
+	// store, so that a standby that takes over hands out the same
+	// addresses. New loads the leases from it (from LeaseFile, then a
+	// cache, if it cannot be read); changes are saved to it as to
+	// LeaseFile, and only while Active says yes (a standby never
+	// overwrites its leader's leases). ReloadLeases reads it again when a
+	// standby starts leading.
+	LeaseStore LeaseStore
 	// FlushInterval bounds how long a lease change waits before it is
-	// written to LeaseFile; default DefaultFlushInterval. Batching keeps a
+	// written to LeaseFile and LeaseStore; default DefaultFlushInterval. Batching keeps a
 	// DHCP storm from turning into an fsync per packet.
 	FlushInterval time.Duration
 	// OfferTime is how long an offered address is held for the client's

@@ -274,16 +274,43 @@ func (t *leaseTable) load(path string) (skipped []Lease, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading lease file: %w", err)
 	}
-	var f leaseFile
-	if err := json.Unmarshal(b, &f); err != nil {
+	leases, err := DecodeLeases(b)
+	if err != nil {
 		return nil, fmt.Errorf("lease file %s: %w", path, err)
 	}
-	if f.Version != leaseFileVersion {
-		return nil, fmt.Errorf("lease file %s: version %d, want %d", path, f.Version, leaseFileVersion)
+	return t.replace(leases), nil
+}
+
+// DecodeLeases reads leases in the lease file's format (EncodeLeases).
+func DecodeLeases(b []byte) ([]Lease, error) {
+	var f leaseFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, err
 	}
+	if f.Version != leaseFileVersion {
+		return nil, fmt.Errorf("version %d, want %d", f.Version, leaseFileVersion)
+	}
+	return f.Leases, nil
+}
+
+// EncodeLeases writes leases in the lease file's format, which a
+// LeaseStore may use too.
+func EncodeLeases(leases []Lease) ([]byte, error) {
+	if leases == nil {
+		leases = []Lease{}
+	}
+	return json.Marshal(leaseFile{Version: leaseFileVersion, Leases: leases})
+}
+
+// replace empties the table and fills it with leases; those that no longer
+// fit the configuration (address off every pool's range, excluded, or
+// reserved for another machine) are skipped and returned for logging.
+func (t *leaseTable) replace(leases []Lease) (skipped []Lease) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, l := range f.Leases {
+	clear(t.byIP)
+	clear(t.byMAC)
+	for _, l := range leases {
 		a := ipToU32(l.IP)
 		p := poolContaining(t.pools, a)
 		ok := p != nil && l.IP.To4() != nil && p.usable(a) && !p.excluded[a] && t.byIP[a] == nil
@@ -310,44 +337,54 @@ func (t *leaseTable) load(path string) (skipped []Lease, err error) {
 			t.byMAC[l.MAC] = rec
 		}
 	}
-	return skipped, nil
+	return skipped
+}
+
+// persisted returns the leases worth keeping if the table changed since
+// the last call that was not followed by failed(): offers are short-lived
+// and not worth a write.
+func (t *leaseTable) persisted() ([]Lease, bool) {
+	t.mu.Lock()
+	if !t.dirty {
+		t.mu.Unlock()
+		return nil, false
+	}
+	t.dirty = false
+	t.mu.Unlock()
+	var out []Lease
+	for _, l := range t.snapshot() {
+		if l.State != LeaseOffered {
+			out = append(out, l)
+		}
+	}
+	return out, true
+}
+
+// failed marks the table for another write at the next flush.
+func (t *leaseTable) failed() {
+	t.mu.Lock()
+	t.dirty = true
+	t.mu.Unlock()
 }
 
 // save writes the table to path atomically if it changed since the last
 // save: a crash leaves either the old file or the new one, never a torn one.
 func (t *leaseTable) save(path string) error {
-	t.mu.Lock()
-	if !t.dirty {
-		t.mu.Unlock()
+	leases, changed := t.persisted()
+	if !changed {
 		return nil
 	}
-	t.dirty = false
-	t.mu.Unlock()
-
-	var f leaseFile
-	f.Version = leaseFileVersion
-	for _, l := range t.snapshot() {
-		if l.State != LeaseOffered { // offers are short-lived and not worth a write
-			f.Leases = append(f.Leases, l)
-		}
+	b, err := EncodeLeases(leases)
+	if err == nil {
+		err = writeFileAtomic(path, b)
 	}
-	if f.Leases == nil {
-		f.Leases = []Lease{}
-	}
-	err := writeFileAtomic(path, &f)
 	if err != nil {
-		t.mu.Lock()
-		t.dirty = true // try again at the next flush
-		t.mu.Unlock()
+		t.failed() // try again at the next flush
 	}
 	return err
 }
 
-func writeFileAtomic(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
+func writeFileAtomic(path string, b []byte) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {

@@ -18,6 +18,10 @@ import (
 // inside another network namespace. It deliberately sets neither
 // SO_REUSEADDR nor SO_REUSEPORT: a second DHCP server on the same interface
 // and port must fail to bind instead of silently sharing the packets.
+//
+// The socket's receive buffer is ReceiveBuffer bytes (see setReceiveBuffer),
+// so that a burst of requests (a rack powering on) waits in the kernel
+// while the workers catch up instead of being dropped.
 func ListenPacket(ctx context.Context, iface string, port int) (net.PacketConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
@@ -28,7 +32,10 @@ func ListenPacket(ctx context.Context, iface string, port int) (net.PacketConn, 
 					return
 				}
 			}
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1)
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1); serr != nil {
+				return
+			}
+			serr = setReceiveBuffer(int(fd), ReceiveBuffer)
 		})
 		if err != nil {
 			return err
@@ -40,4 +47,21 @@ func ListenPacket(ctx context.Context, iface string, port int) (net.PacketConn, 
 		return nil, fmt.Errorf("dhcp: listening on %s port %d: %w", iface, port, err)
 	}
 	return conn, nil
+}
+
+// setReceiveBuffer asks for a receive buffer of size bytes. SO_RCVBUFFORCE
+// (which needs CAP_NET_ADMIN, e.g. root) may exceed net.core.rmem_max;
+// without the capability it fails with EPERM and SO_RCVBUF is used instead,
+// which the kernel silently caps at net.core.rmem_max. Either way the kernel
+// doubles the value for its bookkeeping, so getsockopt reports twice what
+// was granted.
+func setReceiveBuffer(fd, size int) error {
+	err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+	if err == nil {
+		return nil
+	}
+	if err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size); err != nil {
+		return fmt.Errorf("setting the receive buffer to %d bytes: %w", size, err)
+	}
+	return nil
 }

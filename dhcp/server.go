@@ -50,18 +50,85 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Mode == ModeFull {
 		s.leases = newLeaseTable(pools, cfg.Reservations, cfg.OfferTime, cfg.DeclineTime)
-		if cfg.LeaseFile != "" {
-			skipped, err := s.leases.load(cfg.LeaseFile)
-			if err != nil {
-				return nil, err
-			}
-			for _, l := range skipped {
-				s.log.Warn("dhcp: dropping a stored lease that no longer fits the configuration",
-					"mac", l.MAC.String(), "ip", l.IP, "state", l.State)
+		var skipped []Lease
+		loaded := false
+		if cfg.LeaseStore != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), leaseStoreTimeout)
+			leases, err := cfg.LeaseStore.LoadLeases(ctx)
+			cancel()
+			if err == nil {
+				skipped, loaded = s.leases.replace(leases), true
+			} else {
+				s.log.Warn("dhcp: cannot read the leases from the lease store; starting from the lease file", "err", err)
 			}
 		}
+		if !loaded && cfg.LeaseFile != "" {
+			var err error
+			if skipped, err = s.leases.load(cfg.LeaseFile); err != nil {
+				return nil, err
+			}
+		}
+		s.logSkipped(skipped)
 	}
 	return s, nil
+}
+
+// leaseStoreTimeout bounds one load or save of the lease store.
+const leaseStoreTimeout = 5 * time.Second
+
+func (s *Server) logSkipped(skipped []Lease) {
+	for _, l := range skipped {
+		s.log.Warn("dhcp: dropping a stored lease that no longer fits the configuration",
+			"mac", l.MAC.String(), "ip", l.IP, "state", l.State)
+	}
+}
+
+// ReloadLeases replaces the lease table with the lease store's: a standby
+// calls it when it starts leading, so that it knows what its predecessor
+// handed out. A no-op without a lease store or in proxy mode.
+func (s *Server) ReloadLeases(ctx context.Context) error {
+	if s.leases == nil || s.cfg.LeaseStore == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, leaseStoreTimeout)
+	defer cancel()
+	leases, err := s.cfg.LeaseStore.LoadLeases(ctx)
+	if err != nil {
+		return fmt.Errorf("dhcp: reload leases: %w", err)
+	}
+	s.logSkipped(s.leases.replace(leases))
+	return nil
+}
+
+// saveLeases writes changed leases to the lease store (while this server
+// is active) and to the lease file.
+func (s *Server) saveLeases(ctx context.Context) error {
+	leases, changed := s.leases.persisted()
+	if !changed {
+		return nil
+	}
+	var errs []error
+	if st := s.cfg.LeaseStore; st != nil && (s.cfg.Active == nil || s.cfg.Active()) {
+		sctx, cancel := context.WithTimeout(ctx, leaseStoreTimeout)
+		if err := st.SaveLeases(sctx, leases); err != nil {
+			errs = append(errs, fmt.Errorf("lease store: %w", err))
+		}
+		cancel()
+	}
+	if s.cfg.LeaseFile != "" {
+		b, err := EncodeLeases(leases)
+		if err == nil {
+			err = writeFileAtomic(s.cfg.LeaseFile, b)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.leases.failed() // try again at the next flush
+		return err
+	}
+	return nil
 }
 
 // Ready is closed once Serve has its sockets open, i.e. when clients can
@@ -164,7 +231,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 	}
 	flushDone := make(chan struct{})
-	if s.leases != nil && s.cfg.LeaseFile != "" {
+	if s.leases != nil && (s.cfg.LeaseFile != "" || s.cfg.LeaseStore != nil) {
 		go func() {
 			defer close(flushDone)
 			t := time.NewTicker(s.cfg.FlushInterval)
@@ -174,7 +241,7 @@ func (s *Server) Serve(ctx context.Context) error {
 				case <-stopping:
 					return
 				case <-t.C:
-					if err := s.leases.save(s.cfg.LeaseFile); err != nil {
+					if err := s.saveLeases(ctx); err != nil {
 						s.log.Warn("dhcp: saving leases", "err", err)
 					}
 				}
@@ -200,8 +267,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	workers.Wait()
 	<-flushDone
 	closeAll()
-	if s.leases != nil && s.cfg.LeaseFile != "" {
-		if serr := s.leases.save(s.cfg.LeaseFile); serr != nil {
+	if s.leases != nil && (s.cfg.LeaseFile != "" || s.cfg.LeaseStore != nil) {
+		// The final save outlives Serve's context.
+		if serr := s.saveLeases(context.WithoutCancel(ctx)); serr != nil {
 			err = errors.Join(err, serr)
 		}
 	}

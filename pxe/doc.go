@@ -28,7 +28,10 @@
 // roll over from 65535 to 0, as tftp-hpa, curl and iPXE expect, so files of
 // any size can be sent. Write requests are refused with "access violation".
 // Transfers are bounded (TFTPConfig.MaxTransfers); a request beyond the bound
-// gets an error packet, not a queued goroutine. Each transfer answers from
+// waits for a slot in a bounded queue (TFTPConfig.MaxQueued, QueueWait), as
+// a boot storm needs: a PXE ROM ends its network boot at an error packet.
+// Only a request that finds the queue full, or waits too long, gets a
+// "server busy" error packet. Each transfer answers from
 // its own port (its transfer ID) and from the address the request was sent
 // to, retransmits after the negotiated timeout and gives up after
 // TFTPConfig.Retries silent timeouts.

@@ -54,8 +54,18 @@ type TFTPConfig struct {
 	// A transfer buffers one window of blocks.
 	MaxWindowSize int
 	// MaxTransfers bounds the transfers in flight, 64 if zero. A request
-	// beyond it is answered with an error packet; the client retries.
+	// beyond it waits for a free slot (see MaxQueued and QueueWait).
 	MaxTransfers int
+	// MaxQueued bounds the requests waiting for a transfer slot, 1024 if
+	// zero; negative: none wait. QueueWait is how long one waits, 5 s if
+	// zero. A request that finds the queue full, or waited QueueWait, is
+	// answered with a "server busy" error packet. Waiting, not refusing,
+	// is what a boot storm needs: a PXE ROM treats an error packet as the
+	// end of its network boot, while a request that waits is served as
+	// soon as a transfer ends (its repeated requests meanwhile are
+	// absorbed), typically within milliseconds.
+	MaxQueued int
+	QueueWait time.Duration
 	// RefusalLogLimit is how many refused requests and failed transfers
 	// are logged per minute (20 if zero; negative: all); the others are
 	// counted and the count logged with the next line.
@@ -73,6 +83,7 @@ type TFTPServer struct {
 	cm     *ipv4.PacketConn // non-nil when the destination of requests is read from control messages
 	bindIP net.IP           // the listener's own IP when it is not a wildcard
 	slots  chan struct{}    // one token per transfer in flight
+	admit  chan struct{}    // one token per transfer in flight or waiting for a slot
 
 	stats tftpCounters
 
@@ -111,6 +122,13 @@ func NewTFTPServer(cfg TFTPConfig) (*TFTPServer, error) {
 	if cfg.MaxTransfers <= 0 {
 		cfg.MaxTransfers = 64
 	}
+	if cfg.MaxQueued == 0 {
+		cfg.MaxQueued = 1024
+	}
+	cfg.MaxQueued = max(cfg.MaxQueued, 0)
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = 5 * time.Second
+	}
 
 	s := &TFTPServer{
 		cfg:    cfg,
@@ -118,6 +136,7 @@ func NewTFTPServer(cfg TFTPConfig) (*TFTPServer, error) {
 		log:    cfg.Logger.With("component", "tftp"),
 		refuse: newLogLimiter(cfg.RefusalLogLimit),
 		slots:  make(chan struct{}, cfg.MaxTransfers),
+		admit:  make(chan struct{}, cfg.MaxTransfers+cfg.MaxQueued),
 		active: map[string]*activeTransfer{},
 	}
 	where := "the configured file system"
@@ -308,13 +327,16 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 		log.Debug("tftp repeated request while a transfer runs")
 		return
 	}
+	busy := func() {
+		s.stats.busy.Add(1)
+		s.refuse.warn(log, "tftp request refused: too many transfers", "max", s.cfg.MaxTransfers, "queued", s.cfg.MaxQueued)
+		reply(errNotDefined, "server busy, try again later")
+	}
 	select {
-	case s.slots <- struct{}{}:
+	case s.admit <- struct{}{}:
 	default:
 		s.mu.Unlock()
-		s.stats.busy.Add(1)
-		s.refuse.warn(log, "tftp request refused: too many transfers", "max", s.cfg.MaxTransfers)
-		reply(errNotDefined, "server busy, try again later")
+		busy()
 		return
 	}
 	a := &activeTransfer{}
@@ -324,9 +346,33 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 
 	go func() {
 		defer func() {
-			<-s.slots
+			<-s.admit
 			s.wg.Done()
 		}()
+		// Wait for a slot; the client's repeated requests meanwhile
+		// land in a.next and are dropped below (not aborted by it).
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			timer := time.NewTimer(s.cfg.QueueWait)
+			select {
+			case s.slots <- struct{}{}:
+				timer.Stop()
+			case <-timer.C:
+				s.mu.Lock()
+				delete(s.active, key)
+				s.mu.Unlock()
+				busy()
+				return
+			case <-ctx.Done():
+				timer.Stop()
+				s.mu.Lock()
+				delete(s.active, key)
+				s.mu.Unlock()
+				return
+			}
+		}
+		defer func() { <-s.slots }()
 		tr := &transferRequest{req: req, name: name, dst: dst, log: log}
 		for tr != nil {
 			abortedByClient := s.transfer(ctx, tr.log, tr.req, tr.name, client, s.localIP(tr.dst))

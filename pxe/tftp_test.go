@@ -336,11 +336,12 @@ func TestTFTPRefusals(t *testing.T) {
 
 // TestTFTPBoundedTransfers holds every transfer slot with clients that never
 // acknowledge, checks that the next request is refused with an error
-// packet, and that a slot frees up once a stalled transfer times out.
+// packet when no request may wait, and that a slot frees up once a stalled
+// transfer times out.
 func TestTFTPBoundedTransfers(t *testing.T) {
 	root, sums := testRoot(t)
 	const max = 3
-	_, addr := startTFTP(t, TFTPConfig{Root: root, MaxTransfers: max, Timeout: 100 * time.Millisecond, Retries: 2})
+	_, addr := startTFTP(t, TFTPConfig{Root: root, MaxTransfers: max, MaxQueued: -1, Timeout: 100 * time.Millisecond, Retries: 2})
 	raddr, err := net.ResolveUDPAddr("udp4", addr)
 	require.NoError(t, err)
 
@@ -383,6 +384,71 @@ func TestTFTPBoundedTransfers(t *testing.T) {
 		}
 		assert.Equal(t, 2, n, "retransmissions")
 	}
+}
+
+// stallTransfer starts a transfer of big.img that never acknowledges, so
+// that it holds a slot until it times out, and returns once block 1 came.
+func stallTransfer(t *testing.T, addr string) {
+	t.Helper()
+	raddr, err := net.ResolveUDPAddr("udp4", addr)
+	require.NoError(t, err)
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	_, err = c.WriteToUDP([]byte("\x00\x01big.img\x00octet\x00"), raddr)
+	require.NoError(t, err)
+	buf := make([]byte, 600)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	n, _, err := c.ReadFromUDP(buf)
+	require.NoError(t, err)
+	require.Equal(t, opDATA, uint16(buf[1]), "%x", buf[:n])
+}
+
+// TestTFTPQueuedRequests checks that a request beyond MaxTransfers waits
+// for a slot and is then served (a PXE ROM gives up at an error packet),
+// and that it is refused with "busy" when the queue is full or the wait
+// ran out.
+func TestTFTPQueuedRequests(t *testing.T) {
+	root, sums := testRoot(t)
+	t.Run("waits for a slot", func(t *testing.T) {
+		// The stalled transfer gives up after (1+Retries) timeouts of 100 ms.
+		srv, addr := startTFTP(t, TFTPConfig{Root: root, MaxTransfers: 1, QueueWait: 30 * time.Second,
+			Timeout: 100 * time.Millisecond, Retries: 2})
+		stallTransfer(t, addr)
+		res, err := tftpGet(addr, "tiny.txt", tftpGetOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, -1, res.errCode, res.errMsg)
+		assert.Equal(t, sums["tiny.txt"], sha(res.data))
+		assert.Zero(t, srv.Stats().Busy)
+	})
+	t.Run("queue full", func(t *testing.T) {
+		srv, addr := startTFTP(t, TFTPConfig{Root: root, MaxTransfers: 1, MaxQueued: 1, QueueWait: 30 * time.Second,
+			Timeout: 30 * time.Second})
+		stallTransfer(t, addr)
+		// The one place in the queue: a request that waits.
+		raddr, err := net.ResolveUDPAddr("udp4", addr)
+		require.NoError(t, err)
+		waiting, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		require.NoError(t, err)
+		defer waiting.Close()
+		_, err = waiting.WriteToUDP([]byte("\x00\x01tiny.txt\x00octet\x00"), raddr)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			res, err := tftpGet(addr, "tiny.txt", tftpGetOptions{})
+			return err == nil && res.errCode == 0 && strings.Contains(res.errMsg, "busy")
+		}, 10*time.Second, 20*time.Millisecond)
+		assert.NotZero(t, srv.Stats().Busy)
+	})
+	t.Run("wait runs out", func(t *testing.T) {
+		srv, addr := startTFTP(t, TFTPConfig{Root: root, MaxTransfers: 1, QueueWait: 200 * time.Millisecond,
+			Timeout: 30 * time.Second})
+		stallTransfer(t, addr)
+		res, err := tftpGet(addr, "tiny.txt", tftpGetOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, 0, res.errCode)
+		assert.Contains(t, res.errMsg, "busy")
+		assert.Equal(t, uint64(1), srv.Stats().Busy)
+	})
 }
 
 // TestTFTPDuplicateRequest checks that a repeated RRQ from the same client

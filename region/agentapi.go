@@ -14,6 +14,7 @@ import (
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/region/journal"
 	"github.com/lpmos/lpmos/region/templates"
 	"github.com/lpmos/lpmos/task"
 )
@@ -24,7 +25,7 @@ var errUnauthorized = &httpjson.Error{Status: http.StatusUnauthorized, Code: htt
 
 func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
-		if r.starting(w) {
+		if r.agentStarting(w) {
 			return
 		}
 		ctx, who := withCaller(req.Context())
@@ -86,6 +87,9 @@ func (r *Region) authAgent(ctx context.Context, req *http.Request, macText, task
 // token is in use (once) and the agent's last contact (at most every 10 s
 // per machine).
 func (r *Region) touch(req *http.Request, mac lpmos.MAC) {
+	if r.journaling() {
+		return // the store is out of reach: nothing is written
+	}
 	ctx := req.Context()
 	r.tokens.markUsed(ctx, mac, httpjson.BearerToken(req))
 	r.lastSeenMu.Lock()
@@ -116,16 +120,24 @@ func (r *Region) report(w http.ResponseWriter, req *http.Request) error {
 	switch t.Status {
 	case task.StatusBooting:
 		// The report's source address goes into its timeline entry: the
-		// approval page shows it next to the hardware.
-		moved, err := r.svc.ReportHardware(req.Context(), t.ID, r.actor, body.Hardware, task.ExpectRevision(t.Revision),
-			task.FromAddress(sourceAddr(req).String()))
+		// approval page shows it next to the hardware. Journaled, it is
+		// answered wait_for_approval (the rules run at its replay).
+		call := agentCall{kind: journal.KindReport, t: t, mac: mac, source: sourceAddr(req).String(), body: body.Hardware}
+		_, err := r.agentWrite(req.Context(), call, func(ctx context.Context) error {
+			moved, err := r.svc.ReportHardware(ctx, t.ID, r.actor, body.Hardware, task.ExpectRevision(t.Revision),
+				task.FromAddress(sourceAddr(req).String()))
+			if err != nil {
+				return err
+			}
+			r.observe(moved)
+			r.recordMachine(ctx, mac, machine.Report{Hardware: &body.Hardware, Source: sourceAddr(req).String(), TaskID: t.ID})
+			if r.applyRules(ctx, moved, &body.Hardware) {
+				next = agent.ActionInstall
+			}
+			return nil
+		})
 		if err != nil {
 			return err
-		}
-		r.observe(moved)
-		r.recordMachine(req.Context(), mac, machine.Report{Hardware: &body.Hardware, Source: sourceAddr(req).String(), TaskID: t.ID})
-		if r.applyRules(req.Context(), moved, &body.Hardware) {
-			next = agent.ActionInstall
 		}
 	case task.StatusPendingApproval:
 		// A restarted agent reports again: the first report stands.
@@ -163,27 +175,35 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 	p := task.Progress{Stage: task.Stage(body.Stage), Percentage: body.Percentage, Message: body.Message, Details: body.Details}
 	if p.Stage == task.StageCompleted && p.Percentage == 100 {
 		r.dropProgress(t.ID)
-		if t.Status == task.StatusApproved {
-			if _, err := r.svc.ReportProgress(req.Context(), t.ID, r.actor, p); err != nil {
-				return err
-			}
-		}
-		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message, Details: body.Details})
-		if errors.Is(err, task.ErrInvalidTransition) {
-			// The view lagged behind the approval (it showed the task
-			// before approved): the store says approved, so the install
-			// starts and completes in that order.
-			if cur, gerr := r.svc.Get(req.Context(), t.ID); gerr == nil && cur.Status == task.StatusApproved {
-				if _, err = r.svc.ReportProgress(req.Context(), t.ID, r.actor, p); err == nil {
-					done, err = r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message, Details: body.Details})
+		c := task.Completion{Message: body.Message, Details: body.Details}
+		call := agentCall{kind: journal.KindComplete, t: t, mac: mac, source: sourceAddr(req).String(), body: c}
+		_, err := r.agentWrite(req.Context(), call, func(ctx context.Context) error {
+			if t.Status == task.StatusApproved {
+				if _, err := r.svc.ReportProgress(ctx, t.ID, r.actor, p); err != nil {
+					return err
 				}
 			}
-		}
-		if err != nil && !r.endedAs(req.Context(), err, t.ID, task.StatusCompleted) {
+			done, err := r.svc.Complete(ctx, t.ID, r.actor, c)
+			if errors.Is(err, task.ErrInvalidTransition) {
+				// The view lagged behind the approval (it showed the
+				// task before approved): the store says approved, so
+				// the install starts and completes in that order.
+				if cur, gerr := r.svc.Get(ctx, t.ID); gerr == nil && cur.Status == task.StatusApproved {
+					if _, err = r.svc.ReportProgress(ctx, t.ID, r.actor, p); err == nil {
+						done, err = r.svc.Complete(ctx, t.ID, r.actor, c)
+					}
+				}
+			}
+			if err != nil && !r.endedAs(ctx, err, t.ID, task.StatusCompleted) {
+				return err
+			}
+			if done != nil {
+				r.observe(done)
+			}
+			return nil
+		})
+		if err != nil {
 			return err
-		}
-		if done != nil {
-			r.observe(done)
 		}
 		r.touch(req, mac)
 		httpjson.WriteJSON(w, http.StatusOK, map[string]string{"status": "completed", "task_id": t.ID})
@@ -199,7 +219,7 @@ func (r *Region) reportProgress(w http.ResponseWriter, req *http.Request) error 
 		return err
 	}
 	if write, sameStage := r.throttle(t.ID, p); write {
-		if err := r.writeProgress(req.Context(), t, p, sameStage); err != nil {
+		if err := r.writeProgress(req.Context(), t, mac, p, sameStage); err != nil {
 			return err
 		}
 	}
@@ -233,20 +253,26 @@ func (r *Region) throttle(id string, p task.Progress) (write, sameStage bool) {
 // install's writes); otherwise, or if the status moved meanwhile, through
 // ReportProgress, which moves an approved task to installing and records
 // a new stage in the timeline.
-func (r *Region) writeProgress(ctx context.Context, t *task.Task, p task.Progress, sameStage bool) error {
-	if sameStage && t.Status == task.StatusInstalling {
-		if ok, err := r.svc.PutProgress(ctx, t.ID, p, t.Revision); err != nil || ok {
+//
+// Journaled (see agentWrite), a report is applied through ReportProgress.
+func (r *Region) writeProgress(ctx context.Context, t *task.Task, mac lpmos.MAC, p task.Progress, sameStage bool) error {
+	call := agentCall{kind: journal.KindProgress, t: t, mac: mac, body: p}
+	_, err := r.agentWrite(ctx, call, func(ctx context.Context) error {
+		if sameStage && t.Status == task.StatusInstalling {
+			if ok, err := r.svc.PutProgress(ctx, t.ID, p, t.Revision); err != nil || ok {
+				return err
+			}
+		}
+		moved, err := r.svc.ReportProgress(ctx, t.ID, r.actor, p)
+		if err != nil {
 			return err
 		}
-	}
-	moved, err := r.svc.ReportProgress(ctx, t.ID, r.actor, p)
-	if err != nil {
-		return err
-	}
-	if t.Status != moved.Status {
-		r.observe(moved) // now installing
-	}
-	return nil
+		if t.Status != moved.Status {
+			r.observe(moved) // now installing
+		}
+		return nil
+	})
+	return err
 }
 
 // progressIntervalLocked is how often one task's progress is written:
@@ -293,7 +319,7 @@ func (r *Region) flushProgressLoop(ctx context.Context) error {
 			if !ok {
 				continue
 			}
-			if err := r.writeProgress(ctx, t, p, true); err != nil && ctx.Err() == nil {
+			if err := r.writeProgress(ctx, t, t.Metadata.TargetMAC, p, true); err != nil && ctx.Err() == nil {
 				r.log.Warn("write held-back progress", append(machineAttrs(t), "err", err)...)
 			}
 		}
@@ -321,21 +347,37 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 		if code == "" {
 			code = "agent_error"
 		}
-		failed, err := r.svc.Fail(req.Context(), t.ID, r.actor, task.ErrorInfo{Code: code, Stage: body.Stage, Message: body.Message})
-		if err != nil && !r.endedAs(req.Context(), err, t.ID, task.StatusFailed) {
+		info := task.ErrorInfo{Code: code, Stage: body.Stage, Message: body.Message}
+		call := agentCall{kind: journal.KindFail, t: t, mac: mac, source: sourceAddr(req).String(), body: info}
+		_, err := r.agentWrite(req.Context(), call, func(ctx context.Context) error {
+			failed, err := r.svc.Fail(ctx, t.ID, r.actor, info)
+			if err != nil && !r.endedAs(ctx, err, t.ID, task.StatusFailed) {
+				return err
+			}
+			if failed != nil {
+				r.observe(failed)
+			}
+			return nil
+		})
+		if err != nil {
 			return err
-		}
-		if failed != nil {
-			r.observe(failed)
 		}
 	case string(task.StatusCompleted):
 		r.dropProgress(t.ID)
-		done, err := r.svc.Complete(req.Context(), t.ID, r.actor, task.Completion{Message: body.Message})
-		if err != nil && !r.endedAs(req.Context(), err, t.ID, task.StatusCompleted) {
+		c := task.Completion{Message: body.Message}
+		call := agentCall{kind: journal.KindComplete, t: t, mac: mac, source: sourceAddr(req).String(), body: c}
+		_, err := r.agentWrite(req.Context(), call, func(ctx context.Context) error {
+			done, err := r.svc.Complete(ctx, t.ID, r.actor, c)
+			if err != nil && !r.endedAs(ctx, err, t.ID, task.StatusCompleted) {
+				return err
+			}
+			if done != nil {
+				r.observe(done)
+			}
+			return nil
+		})
+		if err != nil {
 			return err
-		}
-		if done != nil {
-			r.observe(done)
 		}
 	default:
 		return httpjson.Errorf(http.StatusBadRequest, httpjson.CodeInvalidRequest, "status must be %q or %q", task.StatusFailed, task.StatusCompleted)
@@ -532,14 +574,20 @@ func (r *Region) health(w http.ResponseWriter, req *http.Request) {
 		EtcdConnected: r.storeOK, LastHeartbeat: r.lastHeartbeat}
 	r.hbMu.RUnlock()
 	h.Role, h.Instance = r.Role(), r.cfg.InstanceID
+	h.CutOff, h.Journal = r.CutOff(), r.JournalDepth()
+	if h.CutOff {
+		h.EtcdConnected = false
+	}
 	if h.EtcdConnected {
-		h.Leader = r.lead.leader(req.Context())
+		ctx, cancel := context.WithTimeout(req.Context(), r.cfg.StoreTimeout)
+		h.Leader = r.lead.leader(ctx)
+		cancel()
 	}
 	for k, v := range r.cfg.Services {
 		h.Services[k] = v
 	}
 	status := http.StatusOK
-	if !h.EtcdConnected {
+	if !h.EtcdConnected || h.Journal > 0 {
 		h.Status, status = "degraded", http.StatusServiceUnavailable
 	}
 	httpjson.WriteJSON(w, status, h)

@@ -66,6 +66,12 @@ type leadership struct {
 	term      int64 // the key's create revision while this process leads, else 0
 	lease     store.LeaseID
 	validTill time.Time // monotonic; leading only before it
+	// lapsed: the last term ended at its deadline, its renewals
+	// unanswered, with no answer from the store since saying that it
+	// ended (the key expired, or another process holds it); unreachable:
+	// the election's last store call failed. Both together are a leader
+	// cut off from the store (see cutOff).
+	lapsed, unreachable bool
 }
 
 func newLeadership(st store.Store, region, instance string, ttl time.Duration, onChange func(bool)) *leadership {
@@ -120,7 +126,7 @@ func (l *leadership) run(ctx context.Context) error {
 			wait = l.ttl / 3
 			l.renew(ctx)
 		} else {
-			l.lose()
+			l.lapse()
 			l.campaign(ctx)
 			if l.leading() {
 				wait = l.ttl / 3
@@ -149,17 +155,20 @@ func (l *leadership) run(ctx context.Context) error {
 // does not wait for the old lease to expire, and the new term still gets
 // a create revision of its own (the old term's writes stay fenced).
 func (l *leadership) campaign(ctx context.Context) {
+	// Bounded as a whole: a store out of reach must not hold the
+	// election (and its view of being cut off) up.
+	ctx, cancel := context.WithTimeout(ctx, l.ttl/2)
+	defer cancel()
 	if kv, err := l.st.Get(ctx, l.key); err == nil && string(kv.Value) == l.instance {
 		_, _ = l.st.Txn(ctx, store.Txn{
 			If:   []store.Compare{store.ModRevisionIs(l.key, kv.ModRevision)},
 			Then: []store.Op{store.OpDelete(l.key)},
 		})
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.ttl/2)
-	defer cancel()
 	start := l.now()
 	lease, err := l.st.Grant(ctx, l.ttl)
 	if err != nil {
+		l.answered(false)
 		return
 	}
 	res, err := l.st.Txn(ctx, store.Txn{
@@ -167,11 +176,13 @@ func (l *leadership) campaign(ctx context.Context) {
 		Then: []store.Op{store.OpPut(l.key, []byte(l.instance), store.WithLease(lease))},
 	})
 	if err != nil || !res.Succeeded {
+		l.answered(err == nil) // another process leads
 		_ = l.st.Revoke(context.WithoutCancel(ctx), lease)
 		return
 	}
 	l.mu.Lock()
 	l.term, l.lease, l.validTill = res.Revision, lease, start.Add(l.ttl)
+	l.lapsed, l.unreachable = false, false
 	l.mu.Unlock()
 	l.onChange(true)
 }
@@ -200,10 +211,52 @@ func (l *leadership) renew(ctx context.Context) {
 		if l.term == term {
 			l.validTill = start.Add(l.ttl)
 		}
+		l.unreachable = false
 		l.mu.Unlock()
 	case errors.Is(err, store.ErrLeaseNotFound), errors.Is(err, store.ErrNotFound):
 		l.lose()
+	default:
+		l.answered(false)
 	}
+}
+
+// answered records the outcome of an election call to the store: ok, the
+// store answered (and ended any lapsed term's claim), or it did not.
+func (l *leadership) answered(ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.unreachable = !ok
+	if ok {
+		l.lapsed = false
+	}
+}
+
+// lapse ends a term whose deadline passed without the store saying it
+// ended: the process may be cut off from the store (see cutOff).
+func (l *leadership) lapse() {
+	l.mu.Lock()
+	had := l.term != 0
+	l.mu.Unlock()
+	l.lose()
+	if had {
+		l.mu.Lock()
+		l.lapsed = true
+		l.mu.Unlock()
+	}
+}
+
+// cutOff reports whether this process led its region until the store
+// stopped answering it, and nothing the store said since shows another
+// term: its last term lapsed (its deadline passed, renewals unanswered)
+// and the election's latest call to the store failed too. Such a process
+// keeps serving the agents of its tasks in flight from its journal (see
+// offline.go); it does not count as leading otherwise. A process stopped
+// (SIGSTOP) and continued is not cut off: its last call was answered, and
+// its next one finds who leads now.
+func (l *leadership) cutOff() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.term == 0 && l.lapsed && l.unreachable
 }
 
 // lose ends the current term, if any.
@@ -211,6 +264,7 @@ func (l *leadership) lose() {
 	l.mu.Lock()
 	had := l.term != 0
 	l.term, l.lease = 0, store.NoLease
+	l.lapsed = false // lapse sets it again for a term that lapsed
 	l.mu.Unlock()
 	if had {
 		l.onChange(false)

@@ -34,6 +34,7 @@ import (
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/power"
+	"github.com/lpmos/lpmos/region/journal"
 	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
@@ -141,6 +142,20 @@ type Config struct {
 	// LeaderTTL is the lease on the leadership (default 10 s): a standby
 	// takes over within about this long after the leader died.
 	LeaderTTL time.Duration
+	// JournalDir, if set, is where the region journals the agent calls it
+	// cannot write to the store (see offline.go): a region cut off from
+	// the store keeps serving its agents in flight, and applies what they
+	// said once the store is back. Empty: no journal, agent calls fail
+	// while the store is out of reach (the agents retry).
+	JournalDir string
+	// JournalLimits bound the journal (defaults journal.DefaultMaxRecords
+	// and journal.DefaultMaxBytes); a full journal refuses agent calls
+	// with 503.
+	JournalLimits journal.Limits
+	// StoreTimeout bounds an agent call's store write when the region has
+	// a journal (default DefaultStoreTimeout): past it, the call is
+	// journaled.
+	StoreTimeout time.Duration
 	// Registerer receives the region's metrics (HTTP boot and agent API
 	// requests, tasks by status, watch lag, heartbeat latency); nil
 	// registers none. Server sets it to its Registry.
@@ -192,6 +207,11 @@ type Region struct {
 	metrics *metrics
 
 	lead *leadership
+	// reloadLeases, set by Server before Run, reads the DHCP leases its
+	// predecessor saved when this process starts leading.
+	reloadLeases func(context.Context) error
+	// off is the journal of agent calls the store did not take.
+	off *offline
 	// becameLeader wakes leaderLoop, and hbWake the heartbeat, when this
 	// process starts a term; hbStopped is closed once the heartbeat said
 	// goodbye, which the election waits for before it resigns.
@@ -278,6 +298,9 @@ func New(cfg Config) (*Region, error) {
 	if cfg.LeaderTTL <= 0 {
 		cfg.LeaderTTL = 10 * time.Second
 	}
+	if cfg.StoreTimeout <= 0 {
+		cfg.StoreTimeout = DefaultStoreTimeout
+	}
 	if cfg.InstanceID == "" {
 		host, _ := os.Hostname()
 		cfg.InstanceID = host + " " + cfg.PublicURL
@@ -311,10 +334,19 @@ func New(cfg Config) (*Region, error) {
 		OnFill: r.tasksListed, OnChange: r.taskChanged,
 	})
 	r.tokens = &tokens{st: cfg.Store, now: cfg.Now, fence: r.lead.Compares}
+	r.tokens.offline = r.journaling
 	mux := http.NewServeMux()
 	r.agentRoutes(mux)
 	if err := r.bootRoutes(mux); err != nil {
 		return nil, fmt.Errorf("region: %w", err)
+	}
+	off, err := openJournal(cfg.JournalDir, cfg.JournalLimits)
+	if err != nil {
+		return nil, fmt.Errorf("region: %w", err)
+	}
+	r.off = off
+	if off.j != nil {
+		r.tokens.readTimeout = cfg.StoreTimeout
 	}
 	r.metrics = newMetrics(r, cfg.Registerer)
 	r.handler = r.metrics.instrument(mux)
@@ -380,6 +412,13 @@ func (r *Region) InstanceID() string { return r.cfg.InstanceID }
 func (r *Region) leadershipChanged(leading bool) {
 	if leading {
 		r.log.Info("leading the region", "instance", r.cfg.InstanceID)
+		if r.reloadLeases != nil {
+			// Before the first packet a new leader answers, as near as
+			// the election allows: DHCP answers once Leading says yes.
+			if err := r.reloadLeases(context.Background()); err != nil {
+				r.log.Warn("read the DHCP leases of the previous leader; serving from this process's table", "err", err)
+			}
+		}
 		for _, c := range []chan struct{}{r.becameLeader, r.hbWake} {
 			select {
 			case c <- struct{}{}:
@@ -444,6 +483,7 @@ func (r *Region) Run(ctx context.Context) error {
 	g.Go(func() error { return r.heartbeat(ctx) })
 	g.Go(func() error { return r.enforceTimeouts(ctx) })
 	g.Go(func() error { return r.flushProgressLoop(ctx) })
+	g.Go(func() error { return r.replayLoop(ctx) })
 	for range preparers {
 		g.Go(func() error { r.prepareLoop(ctx); return nil })
 	}

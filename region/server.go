@@ -168,9 +168,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		dc.Policy = reg.DHCPPolicy()
 		dc.Active = reg.Leading
 		dc.Logger = cmp.Or(dc.Logger, reg.cfg.Logger)
+		if dc.Mode == dhcp.ModeFull && dc.LeaseStore == nil {
+			// Leases in the store, for the standby that takes over; the
+			// lease file stays as a cache.
+			dc.LeaseStore = storeLeases{st: reg.cfg.Store, key: DHCPLeasesKey(reg.cfg.RegionID), fence: reg.lead}
+		}
 		if s.dhcp, err = dhcp.New(dc); err != nil {
 			return nil, fmt.Errorf("region: DHCP: %w", err)
 		}
+		reg.reloadLeases = s.dhcp.ReloadLeases
 		s.services["dhcp"] = string(cmp.Or(dc.Mode, dhcp.ModeProxy))
 		if err := cfg.Registry.Register(newDHCPCollector(s.dhcp, s.labels())); err != nil {
 			return nil, fmt.Errorf("region: DHCP metrics: %w", err)

@@ -213,13 +213,20 @@ func (r *Region) enforceTimeouts(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		if !r.lead.leading() {
+		if !r.lead.leading() || r.JournalDepth() > 0 {
+			// A journal not yet applied holds activity the store has
+			// not seen: timeouts wait for it (see offline.go).
 			continue
 		}
 		now := r.cfg.Now()
+		back := r.storeBackAt()
 		for _, t := range r.tasks.Tasks() {
 			limit, ok := r.cfg.Timeouts[t.Status]
-			if !ok || limit <= 0 || now.Sub(t.LastActivity()) < limit {
+			// Idle time is counted from the later of the task's last
+			// activity and the moment the region last had the store
+			// back after a cut-off: the time the region itself could not
+			// reach the store never counts against a task.
+			if !ok || limit <= 0 || now.Sub(latest(t.LastActivity(), back)) < limit {
 				continue
 			}
 			id, status := t.ID, t.Status
@@ -290,4 +297,12 @@ func (r *Region) applyRules(ctx context.Context, t *task.Task, hw *hardware.Info
 		}
 	}
 	return false
+}
+
+// latest is the later of two times.
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

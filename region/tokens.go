@@ -55,6 +55,12 @@ type tokens struct {
 	// fence guards the token writes as task.Config.Fence guards the
 	// task writes: a deposed leader issues no token.
 	fence func() []store.Compare
+	// offline, if set, reports that the store is out of reach (the region
+	// journals its agents' calls): cached records are used however old.
+	offline func() bool
+	// readTimeout, if positive, bounds a read of a record; a read that
+	// fails then uses the record cached, however old.
+	readTimeout time.Duration
 
 	mu    sync.Mutex
 	clear map[lpmos.MAC]string // the clear token this process issued, per machine
@@ -101,13 +107,27 @@ func (tk *tokens) current(ctx context.Context, mac lpmos.MAC) (*agentInfo, int64
 	tk.mu.Lock()
 	c, ok := tk.records[mac]
 	tk.mu.Unlock()
-	if ok && now.Sub(c.at) < recordTTL && now.Sub(c.at) >= 0 {
+	fresh := ok && now.Sub(c.at) < recordTTL && now.Sub(c.at) >= 0
+	if fresh || ok && tk.offline != nil && tk.offline() {
 		info := c.info // the caller's copy
 		return &info, c.rev, nil
 	}
-	kv, err := tk.st.Get(ctx, task.AgentKey(mac, task.AgentFieldInfo))
+	rctx := ctx
+	if tk.readTimeout > 0 {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, tk.readTimeout)
+		defer cancel()
+	}
+	kv, err := tk.st.Get(rctx, task.AgentKey(mac, task.AgentFieldInfo))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, 0, nil
+	}
+	if err != nil && ok && tk.readTimeout > 0 && ctx.Err() == nil {
+		// The store is out of reach: the region's memory of the record
+		// stands (a token it issued stays valid while its task is
+		// active in the view).
+		info := c.info
+		return &info, c.rev, nil
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("read agent token: %w", err)

@@ -26,6 +26,10 @@ if ((${#missing[@]})); then
 	if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
 		systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 	fi
+	# Only `haproxy -c` is wanted: no load balancer on this machine.
+	if [[ " ${missing[*]} " == *" haproxy "* ]] && command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+		systemctl disable --now haproxy.service >/dev/null 2>&1 || true
+	fi
 	# Only `cloud-init schema` is wanted: cloud-init must not configure
 	# this machine on its next boot.
 	if [[ " ${missing[*]} " == *" cloud-init "* ]]; then

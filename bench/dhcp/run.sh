@@ -116,8 +116,15 @@ field() {
 		in_sec && index($0, key ":") == 1 { sub(/^[^:]*: */, ""); sub(/ .*/, ""); print; exit }' "$1"
 }
 
+# rcvbuf_errors prints the UDP datagrams the kernel dropped in the server's
+# namespace because a socket's receive buffer was full (per namespace).
+rcvbuf_errors() {
+	ip netns exec "$SRV" awk '$1 == "Udp:" { if (!n) { for (i = 2; i <= NF; i++) col[$i] = i; n = 1 } else print $col["RcvbufErrors"] }' /proc/net/snmp
+}
+
 declare -A result
 for name in $SERVERS; do
+	kernel_before=$(rcvbuf_errors)
 	echo "== $name: perfdhcp -r $RATE -p $DURATION -R $CLIENTS" >&2
 	"start_$name"
 	wait_bound || { cat "$WORK"/"$name"*.log "$WORK"/"$name"*.out 2>/dev/null >&2 || true; die "$name did not start"; }
@@ -130,24 +137,25 @@ for name in $SERVERS; do
 	# perfdhcp exits 3 when some exchanges did not complete: that is a
 	# result, not a failure of the run.
 	if ((rc != 0 && rc != 3)); then cat "$WORK/$name.perf" >&2; die "perfdhcp failed against $name (exit $rc)"; fi
+	kernel_drops=$(($(rcvbuf_errors) - kernel_before))
 	acks=$(field "$WORK/$name.perf" REQUEST-ACK "received packets")
 	sent=$(field "$WORK/$name.perf" DISCOVER-OFFER "sent packets")
 	result[$name]=$(awk -v acks="${acks:-0}" -v sent="${sent:-0}" -v dur="$DURATION" \
 		-v do_drop="$(field "$WORK/$name.perf" DISCOVER-OFFER "drops ratio")" \
 		-v ra_drop="$(field "$WORK/$name.perf" REQUEST-ACK "drops ratio")" \
 		-v do_avg="$(field "$WORK/$name.perf" DISCOVER-OFFER "avg delay")" \
-		-v ra_avg="$(field "$WORK/$name.perf" REQUEST-ACK "avg delay")" \
+		-v ra_avg="$(field "$WORK/$name.perf" REQUEST-ACK "avg delay")" -v kdrops="$kernel_drops" \
 		'BEGIN {
 			lost = sent > 0 ? 100 * (sent - acks) / sent : 100
-			printf "%-8s %10d %10d %12.0f %10.2f %10.2f %10.2f %12.3f %12.3f\n",
-				"", sent, acks, acks / dur, lost, do_drop, ra_drop, do_avg, ra_avg
+			printf "%-8s %10d %10d %12.0f %10.2f %10.2f %10.2f %12.3f %12.3f %12d\n",
+				"", sent, acks, acks / dur, lost, do_drop, ra_drop, do_avg, ra_avg, kdrops
 		}')
 	if [[ $name == lpmos ]]; then grep -o 'stats="[^"]*"' "$WORK/lpmos.log" >&2 || true; fi
 done
 
 echo
 echo "perfdhcp -4 -r $RATE -p $DURATION -R $CLIENTS (relayed), $(nproc) CPUs, $(uname -r)"
-printf "%-8s %10s %10s %12s %10s %10s %10s %12s %12s\n" server DISCOVERs ACKs "DORA/s" "lost %" "DO drop%" "RA drop%" "DO avg ms" "RA avg ms"
+printf "%-8s %10s %10s %12s %10s %10s %10s %12s %12s %12s\n" server DISCOVERs ACKs "DORA/s" "lost %" "DO drop%" "RA drop%" "DO avg ms" "RA avg ms" "kernel drops"
 for name in $SERVERS; do
 	printf "%-8s%s\n" "$name" "${result[$name]:8}"
 done

@@ -7,11 +7,13 @@
 // go through the dead-letter list (tasks that failed on their last
 // attempt, webhook deliveries that gave up), and browse the machine
 // inventory: search and filter machines, see one machine's hardware, BMC,
-// power state and tasks, and ask its region to power it on, off or cycle.
+// power state and tasks, and ask its region to power it on, off or cycle,
+// and manage the auto-approval rules (admins; everyone sees them, and a
+// task waiting for approval shows why no rule approved it).
 //
 // Handler serves the HTML shell for every page route of the dashboard
 // (/, /dashboard, /tasks, /tasks/create, /tasks/{id}, /tasks/{id}/approve,
-// /regions, /dlq, /machines, /machines/{mac}; the script renders the view
+// /regions, /dlq, /machines, /machines/{mac}, /rules; the script renders the view
 // from the URL) and the assets under /static/.
 // Everything else is 404, and every response carries a strict Content
 // Security Policy that allows no inline script or style.
@@ -167,7 +169,7 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // that typos and probes get a real 404 rather than an empty shell.
 func isPage(p string) bool {
 	switch p {
-	case "/", "/dashboard", "/tasks", "/tasks/create", "/regions", "/dlq", "/machines":
+	case "/", "/dashboard", "/tasks", "/tasks/create", "/regions", "/dlq", "/machines", "/rules":
 		return true
 	}
 	if mac, ok := strings.CutPrefix(p, "/machines/"); ok {

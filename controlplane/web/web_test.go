@@ -52,7 +52,7 @@ func TestPageRoutesServeTheShell(t *testing.T) {
 	routes := []string{"/", "/dashboard", "/tasks", "/tasks/create",
 		"/tasks/" + someTaskID, "/tasks/" + someTaskID + "/approve",
 		"/tasks?status=installing&region_id=dc1", "/tasks?mac_prefix=52:54:00", "/regions", "/dlq", "/dlq?kind=tasks",
-		"/machines", "/machines?mac_prefix=52:54:00&min_cores=8&tag=rack=r7", "/machines/52:54:00:aa:00:01"}
+		"/machines", "/machines?mac_prefix=52:54:00&min_cores=8&tag=rack=r7", "/machines/52:54:00:aa:00:01", "/rules"}
 	for _, target := range routes {
 		res := serve(t, http.MethodGet, target)
 		require.Equal(t, http.StatusOK, res.StatusCode, target)
@@ -103,6 +103,7 @@ func TestUnknownPathsAndTraversalAre404(t *testing.T) {
 		"/tasks/" + someTaskID + "/approve/x", "/favicon.ico",
 		"/machines/", "/machines/52:54:00:AA:00:01", "/machines/52-54-00-aa-00-01", "/machines/52:54:00:aa:00",
 		"/machines/52:54:00:aa:00:01/", "/machines/52:54:00:aa:00:01/power", "/machines/525400aa0001",
+		"/rules/", "/rules/big-dell",
 	} {
 		res := serve(t, http.MethodGet, target)
 		assert.Equal(t, http.StatusNotFound, res.StatusCode, target)

@@ -54,13 +54,18 @@ func run() error {
 	simulate := fs.Int("simulate", 0, "run N simulated machines that boot through the real region with the demo installer")
 	simSpeed := fs.Float64("simulate-speed", 1, "speed-up of the simulated installs (1: about 20 s each)")
 	version := fs.Bool("version", false, "print the version and exit")
+	pprofAddr := cmdutil.PprofFlag(fs)
 	storeFlags.Register(fs, true)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)
 	regionFlags.Register(fs)
 	bmcKey.Register(fs, "<data-dir>/bmc.key")
-	flag.Parse()
+	cf, err := cmdutil.Configure(fs, os.Args[1:], os.LookupEnv, cmdutil.SectionDHCP)
+	if err != nil {
+		return cmdutil.Usage(err)
+	}
+	regionFlags.DHCPFile = cf.DHCP
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
 	}
@@ -73,6 +78,11 @@ func run() error {
 	if err != nil {
 		return cmdutil.Usage(err)
 	}
+	stopPprof, err := cmdutil.ServePprof(*pprofAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -251,3 +251,53 @@ func TestCommandLine(t *testing.T) {
 		})
 	}
 }
+
+// Settings from a --config file and the environment, the command line over
+// both: the region's ID comes from LPMOS_REGION over the file's, its
+// addresses and store from the file. A file with a misspelt key stops the
+// process with a usage error naming the line.
+func TestConfigFileAndEnvironment(t *testing.T) {
+	cp, region := cmdtest.FreeAddr(t), cmdtest.FreeAddr(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "lpmos.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(fmt.Sprintf(`# allinone, as an operator writes it
+store: memory
+tftp-listen: ""
+boot-dir: %s
+listen-addr: %s
+region-listen: %s
+region-url: http://%s
+region: dc-file
+log-level: info
+`, filepath.Join(dir, "boot"), cp, region, region)), 0o600))
+	const admin = "0123456789abcdef0123"
+	p := cmdtest.Start(t, bin, []string{"LPMOS_ADMIN_TOKEN=" + admin, "LPMOS_REGION=dc-env", "LPMOS_LOG_LEVEL=loud"},
+		"--config", file, "--log-level", "debug")
+	p.WaitOK("http://" + cp + "/readyz")
+	req, err := http.NewRequest(http.MethodGet, "http://"+region+"/health", nil)
+	require.NoError(t, err)
+	var health struct {
+		RegionID string `json:"region_id"`
+	}
+	require.Eventually(t, func() bool {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&health) == nil
+	}, 30*time.Second, 50*time.Millisecond, "the region the file placed never answered")
+	assert.Equal(t, "dc-env", health.RegionID, "the environment wins over the file")
+	// LPMOS_LOG_LEVEL=loud would have stopped the process: the command
+	// line's --log-level won.
+	assert.NotContains(t, p.Output(), "log-level")
+
+	bad := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte("store: memory\nboot_dir: /srv\n"), 0o600))
+	code, out := cmdtest.Run(t, 10*time.Second, bin, "--config", bad)
+	assert.Equal(t, 2, code, out)
+	assert.Contains(t, out, `line 2: "boot_dir" is not a flag of`)
+	envBad := cmdtest.Start(t, bin, []string{"LPMOS_LEADER_TTL=soon"}, "--store", "memory")
+	assert.Equal(t, 2, envBad.Wait(10*time.Second), envBad.Output())
+	assert.Contains(t, envBad.Output(), "LPMOS_LEADER_TTL")
+}

@@ -51,7 +51,9 @@ func run() error {
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)
 	bmcKey.Register(fs, "")
-	flag.Parse()
+	if _, err := cmdutil.Configure(fs, os.Args[1:], os.LookupEnv); err != nil {
+		return cmdutil.Usage(err)
+	}
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
 	}

@@ -41,7 +41,11 @@ func run() error {
 	storeFlags.Register(fs, false)
 	regionFlags.Register(fs)
 	bmcKey.Register(fs, "")
-	flag.Parse()
+	cf, err := cmdutil.Configure(fs, os.Args[1:], os.LookupEnv, cmdutil.SectionDHCP)
+	if err != nil {
+		return cmdutil.Usage(err)
+	}
+	regionFlags.DHCPFile = cf.DHCP
 	if err := cmdutil.NoArgs(fs); err != nil {
 		return err
 	}

@@ -45,12 +45,19 @@ type RegionFlags struct {
 	Timeouts                   string
 	InstanceID                 string
 	LeaderTTL                  time.Duration
+	// JournalDir is where a region cut off from etcd journals its agents'
+	// calls (region.Config.JournalDir); empty: none.
+	JournalDir string
 	// MetricsTokenFile holds the bearer token for the region's /metrics;
 	// empty: the region serves no /metrics.
 	MetricsTokenFile string
 	// MaxConns and MaxConnsPerSource cap the region's HTTP connections
 	// (0: region.DefaultHTTPLimits).
 	MaxConns, MaxConnsPerSource int
+	// DHCPFile is the --config file's dhcp: section (relay pools and
+	// reservations, which have no flag); set by the program after
+	// Configure.
+	DHCPFile DHCPSection
 }
 
 // Register adds the region flags.
@@ -81,6 +88,7 @@ func (f *RegionFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.LeaseFile, "dhcp-lease-file", "./lpmos-data/dhcp-leases.json", "where full-mode DHCP keeps its leases")
 	fs.StringVar(&f.InstanceID, "instance-id", "", "this process's name among its region's processes (default: host name and region URL)")
 	fs.DurationVar(&f.LeaderTTL, "leader-ttl", 10*time.Second, "lease on the region's leadership: start two or more processes with the same --region and one leads, the others take over within about this long after it dies")
+	fs.StringVar(&f.JournalDir, "journal-dir", "", "directory of the journal that keeps the region's machines installing while etcd is out of reach (their agents' calls, fsynced, applied once etcd is back); for a region run as a single process; empty: agent calls fail while etcd is out of reach")
 	fs.StringVar(&f.MetricsTokenFile, "metrics-token-file", "", "file (mode 0600) holding the bearer token Prometheus sends to GET /metrics on --region-listen; empty: no /metrics there")
 	lim := region.DefaultHTTPLimits()
 	fs.IntVar(&f.MaxConns, "http-max-conns", lim.MaxConns, "most region HTTP connections open at once (machines booting and agents at once; more are closed on accept)")
@@ -196,6 +204,7 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 			RegionID: f.Region, Store: st, PublicURL: url, BootURL: bootURL, FirmwareURL: firmwareURL,
 			BootDir: f.BootDir, IPXEDir: f.IPXEDir,
 			UnknownMachines: f.Unknown, Logger: log, InstanceID: f.InstanceID, LeaderTTL: f.LeaderTTL,
+			JournalDir: f.JournalDir,
 		},
 		HTTPAddr:   f.Listen,
 		HTTPLimits: region.HTTPLimits{MaxConns: f.MaxConns, MaxConnsPerSource: f.MaxConnsPerSource},
@@ -212,6 +221,9 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 	}
 	if f.TFTPListen != "" {
 		cfg.TFTP = &pxe.TFTPConfig{Root: f.IPXEDir, Addr: f.TFTPListen, Logger: log}
+	}
+	if !f.DHCPFile.Empty() && (f.DHCPIface == "" || f.DHCPMode != string(dhcp.ModeFull)) {
+		return region.ServerConfig{}, errors.New("the config file's dhcp: section (relay pools, reservations) needs --dhcp-iface and --dhcp-mode full")
 	}
 	if f.DHCPIface != "" {
 		mode, err := dhcp.ParseMode(f.DHCPMode)
@@ -230,6 +242,9 @@ func (f *RegionFlags) ServerConfig(st store.Store, log *slog.Logger) (region.Ser
 				}
 			}
 			dc.LeaseFile = f.LeaseFile
+			if err := f.DHCPFile.Apply(&dc); err != nil {
+				return region.ServerConfig{}, err
+			}
 		}
 		cfg.DHCP = &dc
 		if f.IPv6RA {

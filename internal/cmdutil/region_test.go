@@ -4,11 +4,14 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/store/memory"
 )
 
@@ -113,6 +116,55 @@ func TestRegionFlagsIPv6RA(t *testing.T) {
 			}
 			require.NotNil(t, cfg.RA)
 			assert.Equal(t, tc.wantIface, cfg.RA.Interface)
+		})
+	}
+}
+
+// The config file's dhcp: section reaches the DHCP server's config in full
+// mode, and is refused where no full-mode DHCP server would read it.
+func TestRegionDHCPSectionFromTheConfigFile(t *testing.T) {
+	st := memory.New()
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.DiscardHandler)
+	file := filepath.Join(t.TempDir(), "region.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(`dhcp-iface: lo
+dhcp-range: 127.0.0.100-127.0.0.200
+dhcp:
+  relay_pools:
+    - {start: 10.9.0.10, end: 10.9.0.99, netmask: 255.255.255.0, router: 10.9.0.1}
+  reservations:
+    52:54:00:00:00:07: 10.9.0.7
+`), 0o600))
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // "" for no error
+	}{
+		{"full mode", []string{"--dhcp-mode", "full"}, ""},
+		{"proxy mode", []string{"--dhcp-mode", "proxy"}, "needs --dhcp-iface and --dhcp-mode full"},
+		{"no DHCP", []string{"--dhcp-iface", ""}, "needs --dhcp-iface and --dhcp-mode full"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var f RegionFlags
+			fs := flag.NewFlagSet("region", flag.ContinueOnError)
+			f.Register(fs)
+			args := append([]string{"--config", file, "--boot-dir", t.TempDir(), "--tftp-listen", "", "--region-url", "http://127.0.0.1:8081"}, tc.args...)
+			cf, err := Configure(fs, args, func(string) (string, bool) { return "", false }, SectionDHCP)
+			require.NoError(t, err)
+			f.DHCPFile = cf.DHCP
+			cfg, err := f.ServerConfig(st, log)
+			if tc.want != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.want)
+				return
+			}
+			require.NoError(t, err)
+			require.NotNil(t, cfg.DHCP)
+			require.Len(t, cfg.DHCP.RelayPools, 1)
+			assert.Equal(t, "10.9.0.1", cfg.DHCP.RelayPools[0].Router.String())
+			mac, err := lpmos.ParseMAC("52:54:00:00:00:07")
+			require.NoError(t, err)
+			assert.Equal(t, "10.9.0.7", cfg.DHCP.Reservations[mac].String())
 		})
 	}
 }

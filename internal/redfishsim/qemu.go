@@ -28,22 +28,54 @@ import (
 //   - PowerOff sends "system_powerdown" (graceful: an ACPI power button
 //     press, which the guest may ignore) or "quit" (forced), and waits for
 //     QEMU to exit; if the context ends first, QEMU is killed.
+//   - A guest's reboot is a reset inside the same QEMU process, which
+//     hands the firmware the boot order of the devices' bootindex
+//     properties as they are at the reset. QEMU is a Rebooter: with NIC
+//     and Disk set, SetResetBoot reorders their bootindex over QMP
+//     (qom-set), and a second QMP socket listens for the RESET events of
+//     the guest's reboots, which it reports to the Server.
 //
 // Close stops QEMU. A QEMU value is for one machine and one test.
 type QEMU struct {
 	// Command returns QEMU's argv (binary first) for a start that boots
 	// from boot ("Pxe", "Hdd" or "" for no override). QEMU adds the QMP
-	// socket and -S.
+	// sockets and -S. With NIC and Disk set, its boot order must be the
+	// one SetResetBoot gives (see DiskFirst).
 	Command func(boot string) []string
-	// Dir holds the QMP socket and QEMU's output (qemu.log).
+	// Dir holds the QMP sockets and QEMU's output (qemu.log).
 	Dir string
+	// NIC and Disk are the QEMU device IDs (-device ...,id=) of the
+	// machine's network card and boot disk, whose bootindex SetResetBoot
+	// orders. Without them a guest's reboot boots as QEMU started.
+	NIC, Disk string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	mu        sync.Mutex
+	cmd       *exec.Cmd
+	done      chan struct{} // closed when cmd has exited
+	resetBoot string        // what the next reset boots from
+	onReset   func(boot string)
+	events    sync.WaitGroup // the event monitors
 }
 
-func (q *QEMU) sock() string { return filepath.Join(q.Dir, "qmp.sock") }
+// PID is the process ID of the running QEMU (the command's first
+// process, which may exec QEMU in place, as ip netns exec does), 0 while
+// the machine is off.
+func (q *QEMU) PID() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.running() {
+		return 0
+	}
+	return q.cmd.Process.Pid
+}
+
+// DiskFirst reports whether a boot from boot ("Pxe", "Hdd" or "") tries
+// the disk before the network: all but "Pxe" do, as a server whose
+// installed disk comes first and the network after it.
+func DiskFirst(boot string) bool { return boot != "Pxe" }
+
+func (q *QEMU) sock() string      { return filepath.Join(q.Dir, "qmp.sock") }
+func (q *QEMU) eventSock() string { return filepath.Join(q.Dir, "qmp-events.sock") }
 
 // running reports whether QEMU runs. Called with q.mu held.
 func (q *QEMU) running() bool {
@@ -65,7 +97,7 @@ func (q *QEMU) PowerState(ctx context.Context) (string, error) {
 		return PowerOff, nil
 	}
 	var st struct{ Status string }
-	if err := q.qmp(ctx, "query-status", &st); err != nil {
+	if err := q.qmp(ctx, &st, qmpCmd{Execute: "query-status"}); err != nil {
 		if !q.running() {
 			return PowerOff, nil
 		}
@@ -88,7 +120,9 @@ func (q *QEMU) PowerOn(ctx context.Context, boot string) error {
 		return errors.New("redfishsim: no QEMU command")
 	}
 	_ = os.Remove(q.sock())
-	argv = append(argv, "-S", "-qmp", "unix:"+q.sock()+",server=on,wait=off")
+	_ = os.Remove(q.eventSock())
+	argv = append(argv, "-S", "-qmp", "unix:"+q.sock()+",server=on,wait=off",
+		"-qmp", "unix:"+q.eventSock()+",server=on,wait=off")
 	logf, err := os.OpenFile(filepath.Join(q.Dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -102,14 +136,25 @@ func (q *QEMU) PowerOn(ctx context.Context, boot string) error {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	q.cmd, q.done = cmd, done
-	// The socket appears once QEMU has set up; then let the CPUs run.
+	q.cmd, q.done, q.resetBoot = cmd, done, boot
+	// The sockets appear once QEMU has set up; then listen for events and
+	// let the CPUs run.
+	watching := false
 	for {
-		if err := q.qmp(ctx, "cont", nil); err == nil {
-			return nil
-		} else if !q.running() {
+		var err error
+		if !watching {
+			err = q.watch(ctx)
+			watching = err == nil
+		}
+		if err == nil {
+			if err = q.qmp(ctx, nil, qmpCmd{Execute: "cont"}); err == nil {
+				return nil
+			}
+		}
+		switch {
+		case !q.running():
 			return fmt.Errorf("redfishsim: qemu exited at start (see %s): %w", filepath.Join(q.Dir, "qemu.log"), err)
-		} else if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			q.kill()
 			return fmt.Errorf("redfishsim: qemu did not start: %w", err)
 		}
@@ -127,7 +172,7 @@ func (q *QEMU) PowerOff(ctx context.Context, graceful bool) error {
 	if graceful {
 		cmd = "system_powerdown"
 	}
-	if err := q.qmp(ctx, cmd, nil); err != nil && q.running() && !graceful {
+	if err := q.qmp(ctx, nil, qmpCmd{Execute: cmd}); err != nil && q.running() && !graceful {
 		q.kill()
 		return nil
 	}
@@ -143,14 +188,107 @@ func (q *QEMU) PowerOff(ctx context.Context, graceful bool) error {
 	}
 }
 
-// Close stops QEMU if it runs and waits for it.
+// Close stops QEMU if it runs and waits for it and its event monitor.
 func (q *QEMU) Close() error {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if q.running() {
 		q.kill()
 	}
+	q.mu.Unlock()
+	q.events.Wait()
 	return nil
+}
+
+// SetResetBoot orders the bootindex of NIC and Disk for boot (see
+// DiskFirst). QEMU gives the firmware the new order at the next reset.
+func (q *QEMU) SetResetBoot(ctx context.Context, boot string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.running() || q.NIC == "" || q.Disk == "" || boot == q.resetBoot {
+		return nil
+	}
+	first, second := q.NIC, q.Disk
+	if DiskFirst(boot) {
+		first, second = second, first
+	}
+	// A bootindex in use by another device is refused, so both are
+	// cleared (-1: none) before they are given again.
+	var cmds []qmpCmd
+	for _, set := range []struct {
+		id    string
+		index int
+	}{{first, -1}, {second, -1}, {first, 1}, {second, 2}} {
+		cmds = append(cmds, qmpCmd{Execute: "qom-set", Arguments: map[string]any{
+			"path": "/machine/peripheral/" + set.id, "property": "bootindex", "value": set.index}})
+	}
+	if err := q.qmp(ctx, nil, cmds...); err != nil {
+		if !q.running() {
+			return nil
+		}
+		return fmt.Errorf("redfishsim: boot order for %q: %w", boot, err)
+	}
+	q.resetBoot = boot
+	return nil
+}
+
+// OnReset sets the function called after each reset of the guest.
+func (q *QEMU) OnReset(fn func(boot string)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.onReset = fn
+}
+
+// watch connects to the event socket and starts the event monitor, which
+// reports the guest's resets until QEMU exits. Called with q.mu held.
+func (q *QEMU) watch(ctx context.Context) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", q.eventSock())
+	if err != nil {
+		return err
+	}
+	r := bufio.NewReader(c)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := qmpRead(r); err == nil { // greeting
+		if err = json.NewEncoder(c).Encode(qmpCmd{Execute: "qmp_capabilities"}); err == nil {
+			_, err = qmpRead(r)
+		}
+	}
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("qmp events: %w", err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	q.events.Add(1)
+	go func() {
+		defer q.events.Done()
+		defer c.Close()
+		q.monitor(r)
+	}()
+	return nil
+}
+
+// monitor reads events until the connection ends (QEMU exited) and
+// reports each reset the guest made.
+func (q *QEMU) monitor(r *bufio.Reader) {
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var ev struct {
+			Event string
+			Data  struct{ Guest bool }
+		}
+		if json.Unmarshal(line, &ev) != nil || ev.Event != "RESET" || !ev.Data.Guest {
+			continue
+		}
+		q.mu.Lock()
+		boot, fn := q.resetBoot, q.onReset
+		q.mu.Unlock()
+		if fn != nil {
+			fn(boot)
+		}
+	}
 }
 
 // kill ends QEMU and waits for it. Called with q.mu held.
@@ -159,9 +297,45 @@ func (q *QEMU) kill() {
 	<-q.done
 }
 
-// qmp runs one QMP command on a fresh connection and decodes its return
-// value into out (if not nil). Called with q.mu held.
-func (q *QEMU) qmp(ctx context.Context, command string, out any) error {
+// qmpCmd is a QMP command.
+type qmpCmd struct {
+	Execute   string         `json:"execute"`
+	Arguments map[string]any `json:"arguments,omitempty"`
+}
+
+// qmpRead returns the next reply, skipping asynchronous events.
+func qmpRead(r *bufio.Reader) (json.RawMessage, error) {
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return nil, err
+		}
+		var msg struct {
+			Return json.RawMessage
+			Error  *struct{ Class, Desc string }
+			QMP    json.RawMessage
+			Event  string
+		}
+		if err := json.Unmarshal(line, &msg); err != nil {
+			return nil, fmt.Errorf("qmp: %w", err)
+		}
+		switch {
+		case msg.Error != nil:
+			return nil, fmt.Errorf("qmp: %s: %s", msg.Error.Class, msg.Error.Desc)
+		case msg.Event != "":
+			continue
+		case msg.QMP != nil:
+			return msg.QMP, nil
+		default:
+			return msg.Return, nil
+		}
+	}
+}
+
+// qmp runs QMP commands in order on a fresh connection, stopping at the
+// first error, and decodes the last one's return value into out (if not
+// nil). Called with q.mu held.
+func (q *QEMU) qmp(ctx context.Context, out any, cmds ...qmpCmd) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", q.sock())
 	if err != nil {
@@ -177,51 +351,23 @@ func (q *QEMU) qmp(ctx context.Context, command string, out any) error {
 	defer stop()
 	r := bufio.NewReader(c)
 	enc := json.NewEncoder(c)
-	// read returns the next reply, skipping asynchronous events.
-	read := func() (json.RawMessage, error) {
-		for {
-			line, err := r.ReadBytes('\n')
-			if err != nil {
-				return nil, err
-			}
-			var msg struct {
-				Return json.RawMessage
-				Error  *struct{ Class, Desc string }
-				QMP    json.RawMessage
-				Event  string
-			}
-			if err := json.Unmarshal(line, &msg); err != nil {
-				return nil, fmt.Errorf("qmp: %w", err)
-			}
-			switch {
-			case msg.Error != nil:
-				return nil, fmt.Errorf("qmp: %s: %s", msg.Error.Class, msg.Error.Desc)
-			case msg.Event != "":
-				continue
-			case msg.QMP != nil:
-				return msg.QMP, nil
-			default:
-				return msg.Return, nil
-			}
-		}
-	}
-	if _, err := read(); err != nil { // greeting
+	if _, err := qmpRead(r); err != nil { // greeting
 		return err
 	}
-	for _, cmd := range []string{"qmp_capabilities", command} {
-		if err := enc.Encode(map[string]string{"execute": cmd}); err != nil {
+	for i, cmd := range append([]qmpCmd{{Execute: "qmp_capabilities"}}, cmds...) {
+		if err := enc.Encode(cmd); err != nil {
 			return err
 		}
-		ret, err := read()
+		ret, err := qmpRead(r)
 		if err != nil {
-			if cmd == "quit" && q.waitExit(ctx) {
+			if cmd.Execute == "quit" && q.waitExit(ctx) {
 				return nil // QEMU may close the socket before it answers
 			}
-			return fmt.Errorf("qmp %s: %w", cmd, err)
+			return fmt.Errorf("qmp %s: %w", cmd.Execute, err)
 		}
-		if cmd == command && out != nil {
+		if i == len(cmds) && out != nil {
 			if err := json.Unmarshal(ret, out); err != nil {
-				return fmt.Errorf("qmp %s: %w", cmd, err)
+				return fmt.Errorf("qmp %s: %w", cmd.Execute, err)
 			}
 		}
 	}

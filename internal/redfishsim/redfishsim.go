@@ -27,7 +27,11 @@
 // The machine behind it is a Backend: Memory for unit tests, QEMU for a
 // virtual machine driven over QMP. The handler owns the boot override:
 // it passes the target to the backend when the machine boots and, if the
-// override was "Once", clears it then, as firmware does.
+// override was "Once", clears it then, as firmware does. A boot is a
+// power-on and, for a backend whose machine reboots by itself (a
+// Rebooter), also each reset of the running machine: a "Once" override
+// set before an operating system reboots applies to that reboot, and one
+// spent at power-on does not apply to the reboots after it.
 package redfishsim
 
 import (
@@ -42,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Redfish PowerState values the backends report.
@@ -60,6 +65,25 @@ type Backend interface {
 	// PowerOff stops the machine, gracefully (an ACPI power button
 	// press) or not. It is called only while the machine is on.
 	PowerOff(ctx context.Context, graceful bool) error
+}
+
+// Rebooter is a Backend whose machine can reset itself while it is on (an
+// operating system's reboot). Its firmware sees that reset as a boot like
+// any other: the override in force applies to it, and a "Once" override
+// is spent by it. The Server tells the backend what the next reset boots
+// from and learns of each reset.
+type Rebooter interface {
+	Backend
+	// SetResetBoot sets what the next reset of the running machine boots
+	// from ("Pxe", "Hdd", or "" for its own order). The Server calls it
+	// after a power-on, after each change of the override and after each
+	// reset. A machine that is off ignores it.
+	SetResetBoot(ctx context.Context, boot string) error
+	// OnReset sets the function the backend calls after each reset of the
+	// running machine, with the boot that reset used. The function may
+	// call SetResetBoot; the backend must not hold a lock SetResetBoot
+	// takes while it calls it.
+	OnReset(fn func(boot string))
 }
 
 // Config describes the simulated BMC. Zero values are sensible defaults.
@@ -85,6 +109,9 @@ type Server struct {
 	backend Backend
 
 	resetMu sync.Mutex // one reset at a time: the state read and the action belong together
+	// bootMu orders SetResetBoot calls: each passes the override in force
+	// when it is made, so the last one made is the current one.
+	bootMu sync.Mutex
 
 	mu          sync.Mutex        // guards the fields below; never held across a backend call
 	sessions    map[string]string // token → session ID
@@ -93,6 +120,7 @@ type Server struct {
 	bootEnabled string // BootSourceOverrideEnabled: Disabled, Once, Continuous
 	generation  int    // bumps on every change; the ETag
 	resets      []string
+	boots       []string // the override each boot used, "" for none
 }
 
 // New returns a Server for backend.
@@ -112,7 +140,11 @@ func New(cfg Config, backend Backend) *Server {
 	if cfg.BootTargets == nil {
 		cfg.BootTargets = []string{"None", "Pxe", "Hdd"}
 	}
-	return &Server{cfg: cfg, backend: backend, sessions: map[string]string{}, bootTarget: "None", bootEnabled: "Disabled"}
+	s := &Server{cfg: cfg, backend: backend, sessions: map[string]string{}, bootTarget: "None", bootEnabled: "Disabled"}
+	if rb, ok := backend.(Rebooter); ok {
+		rb.OnReset(s.guestReset)
+	}
+	return s
 }
 
 // Sessions is the number of open sessions.
@@ -135,6 +167,15 @@ func (s *Server) Boot() (target, enabled string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.bootTarget, s.bootEnabled
+}
+
+// Boots lists, one per boot (a power-on, or a reset of a Rebooter's
+// running machine), the boot override it used ("Pxe", "Hdd", or "" for
+// none), in order.
+func (s *Server) Boots() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.boots)
 }
 
 // Resets lists the ResetTypes clients posted, in order.
@@ -286,58 +327,112 @@ func (s *Server) getSystem(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) patchSystem(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Boot *struct {
-			Target  *string `json:"BootSourceOverrideTarget"`
-			Enabled *string `json:"BootSourceOverrideEnabled"`
-		}
-	}
+	var req struct{ Boot *bootPatch }
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, "Base.1.8.MalformedJSON", err.Error())
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if m := r.Header.Get("If-Match"); m != "" && m != "*" && m != s.etag() {
-		writeError(w, http.StatusPreconditionFailed, "Base.1.8.PreconditionFailed", "ETag does not match")
+	if status, id, msg := s.patchBoot(r, req.Boot); status != 0 {
+		writeError(w, status, id, msg)
 		return
 	}
-	if req.Boot == nil {
-		writeError(w, http.StatusBadRequest, "Base.1.8.PropertyUnknown", "only Boot can be patched")
+	if err := s.applyResetBoot(r.Context()); err != nil {
+		writeError(w, http.StatusInternalServerError, "Base.1.8.InternalError", err.Error())
 		return
 	}
-	target, enabled := s.bootTarget, s.bootEnabled
-	if req.Boot.Target != nil {
-		if !slices.Contains(s.cfg.BootTargets, *req.Boot.Target) {
-			writeError(w, http.StatusBadRequest, "Base.1.8.PropertyValueNotInList", "BootSourceOverrideTarget "+*req.Boot.Target+" is not allowed")
-			return
-		}
-		target = *req.Boot.Target
-	}
-	if req.Boot.Enabled != nil {
-		if !slices.Contains([]string{"Disabled", "Once", "Continuous"}, *req.Boot.Enabled) {
-			writeError(w, http.StatusBadRequest, "Base.1.8.PropertyValueNotInList", "BootSourceOverrideEnabled "+*req.Boot.Enabled+" is not allowed")
-			return
-		}
-		enabled = *req.Boot.Enabled
-	}
-	s.bootTarget, s.bootEnabled = target, enabled
-	s.generation++
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// bootForStart returns the override target a boot now uses and clears a
-// "Once" override. Called with s.mu held.
-func (s *Server) bootForStart() string {
+// bootPatch is the Boot object of a PATCH.
+type bootPatch struct {
+	Target  *string `json:"BootSourceOverrideTarget"`
+	Enabled *string `json:"BootSourceOverrideEnabled"`
+}
+
+// patchBoot changes the override, or returns the error's status, Redfish
+// message ID and message.
+func (s *Server) patchBoot(r *http.Request, boot *bootPatch) (int, string, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m := r.Header.Get("If-Match"); m != "" && m != "*" && m != s.etag() {
+		return http.StatusPreconditionFailed, "Base.1.8.PreconditionFailed", "ETag does not match"
+	}
+	if boot == nil {
+		return http.StatusBadRequest, "Base.1.8.PropertyUnknown", "only Boot can be patched"
+	}
+	target, enabled := s.bootTarget, s.bootEnabled
+	if boot.Target != nil {
+		if !slices.Contains(s.cfg.BootTargets, *boot.Target) {
+			return http.StatusBadRequest, "Base.1.8.PropertyValueNotInList", "BootSourceOverrideTarget " + *boot.Target + " is not allowed"
+		}
+		target = *boot.Target
+	}
+	if boot.Enabled != nil {
+		if !slices.Contains([]string{"Disabled", "Once", "Continuous"}, *boot.Enabled) {
+			return http.StatusBadRequest, "Base.1.8.PropertyValueNotInList", "BootSourceOverrideEnabled " + *boot.Enabled + " is not allowed"
+		}
+		enabled = *boot.Enabled
+	}
+	s.bootTarget, s.bootEnabled = target, enabled
+	s.generation++
+	return 0, "", ""
+}
+
+// pendingBoot returns the override target the next boot would use, ""
+// for none. Called with s.mu held.
+func (s *Server) pendingBoot() string {
 	if s.bootEnabled == "Disabled" || s.bootTarget == "None" {
 		return ""
 	}
-	target := s.bootTarget
-	if s.bootEnabled == "Once" {
+	return s.bootTarget
+}
+
+// bootForStart returns the override target a power-on now uses, clears a
+// "Once" override and records the boot. Called with s.mu held.
+func (s *Server) bootForStart() string {
+	target := s.pendingBoot()
+	s.spend(target)
+	return target
+}
+
+// spend records a boot that used target and clears a "Once" override
+// for it. Called with s.mu held.
+func (s *Server) spend(target string) {
+	s.boots = append(s.boots, target)
+	if target != "" && s.bootEnabled == "Once" && s.bootTarget == target {
 		s.bootTarget, s.bootEnabled = "None", "Disabled"
 		s.generation++
 	}
-	return target
+}
+
+// guestReset is a Rebooter's machine resetting by itself with boot: a
+// boot like a power-on's.
+func (s *Server) guestReset(boot string) {
+	s.mu.Lock()
+	s.spend(boot)
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), resetBootTimeout)
+	defer cancel()
+	_ = s.applyResetBoot(ctx) // a machine that went off meanwhile ignores it
+}
+
+// resetBootTimeout bounds telling a Rebooter its next reset's boot after
+// one of its resets (no request's context then).
+const resetBootTimeout = 10 * time.Second
+
+// applyResetBoot tells a Rebooter what its running machine's next reset
+// boots from: the override in force now.
+func (s *Server) applyResetBoot(ctx context.Context) error {
+	rb, ok := s.backend.(Rebooter)
+	if !ok {
+		return nil
+	}
+	s.bootMu.Lock()
+	defer s.bootMu.Unlock()
+	s.mu.Lock()
+	boot := s.pendingBoot()
+	s.mu.Unlock()
+	return rb.SetResetBoot(ctx, boot)
 }
 
 func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
@@ -384,6 +479,9 @@ func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "Base.1.8.ActionParameterNotSupported", "ResetType "+req.ResetType+" is not implemented")
 			return
 		}
+	}
+	if err == nil && slices.Contains([]string{"On", "ForceRestart", "PowerCycle", "GracefulRestart"}, req.ResetType) {
+		err = s.applyResetBoot(ctx) // what the new boot's reboots use
 	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "Base.1.8.InternalError", err.Error())
@@ -484,12 +582,15 @@ func writeError(w http.ResponseWriter, status int, id, msg string) {
 	})
 }
 
-// Memory is an in-memory Backend for unit tests: a machine that is on or
-// off and remembers how it booted.
+// Memory is an in-memory Backend (a Rebooter) for unit tests: a machine
+// that is on or off, reboots when told (Reboot) and remembers how it
+// booted.
 type Memory struct {
-	mu    sync.Mutex
-	on    bool
-	boots []string
+	mu        sync.Mutex
+	on        bool
+	boots     []string
+	resetBoot string
+	onReset   func(boot string)
 	// Err, if set, fails every call (a broken machine).
 	err error
 }
@@ -520,7 +621,43 @@ func (m *Memory) PowerOn(_ context.Context, boot string) error {
 	}
 	m.on = true
 	m.boots = append(m.boots, boot)
+	m.resetBoot = boot
 	return nil
+}
+
+func (m *Memory) SetResetBoot(_ context.Context, boot string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return m.err
+	}
+	if m.on {
+		m.resetBoot = boot
+	}
+	return nil
+}
+
+func (m *Memory) OnReset(fn func(boot string)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onReset = fn
+}
+
+// Reboot resets the running machine, as its operating system's reboot
+// does: it boots from what SetResetBoot last said. A machine that is off
+// does nothing.
+func (m *Memory) Reboot() {
+	m.mu.Lock()
+	if !m.on {
+		m.mu.Unlock()
+		return
+	}
+	boot, fn := m.resetBoot, m.onReset
+	m.boots = append(m.boots, boot)
+	m.mu.Unlock()
+	if fn != nil {
+		fn(boot)
+	}
 }
 
 func (m *Memory) PowerOff(context.Context, bool) error {
@@ -540,8 +677,8 @@ func (m *Memory) On() bool {
 	return m.on
 }
 
-// Boots lists, one per power-on, the boot override it used ("Pxe",
-// "Hdd", or "" for none).
+// Boots lists, one per power-on or reboot, the boot override it used
+// ("Pxe", "Hdd", or "" for none).
 func (m *Memory) Boots() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()

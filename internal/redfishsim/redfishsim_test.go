@@ -86,3 +86,53 @@ func TestSessionToken(t *testing.T) {
 	assert.Equal(t, http.StatusNoContent, rec.Code)
 	assert.Equal(t, 401, get(), "the token ends with its session")
 }
+
+// TestOverrideAppliesToReboots: a boot is a power-on or a reboot of the
+// running machine; a "Once" override is spent by the first boot after it
+// was set, a "Continuous" one by none.
+func TestOverrideAppliesToReboots(t *testing.T) {
+	m := redfishsim.NewMemory(false)
+	sim := redfishsim.New(redfishsim.Config{}, m)
+	call := func(method, path, body string) {
+		t.Helper()
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		req.SetBasicAuth("admin", "lpmos-redfish")
+		rec := httptest.NewRecorder()
+		sim.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusNoContent, rec.Code, rec.Body.String())
+	}
+	override := func(target, enabled string) {
+		t.Helper()
+		call("PATCH", "/redfish/v1/Systems/1", `{"Boot":{"BootSourceOverrideTarget":"`+target+`","BootSourceOverrideEnabled":"`+enabled+`"}}`)
+	}
+	steps := []struct {
+		name        string
+		do          func()
+		wantBoot    string // the boot the step made
+		wantTarget  string // the override after it
+		wantEnabled string
+	}{
+		{"power on with PXE once", func() {
+			override("Pxe", "Once")
+			call("POST", "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset", `{"ResetType":"On"}`)
+		}, "Pxe", "None", "Disabled"},
+		{"the reboot after it: own order", m.Reboot, "", "None", "Disabled"},
+		{"disk once set while on: the next reboot", func() { override("Hdd", "Once"); m.Reboot() }, "Hdd", "None", "Disabled"},
+		{"and not the one after", m.Reboot, "", "None", "Disabled"},
+		{"continuous PXE: every reboot", func() { override("Pxe", "Continuous"); m.Reboot() }, "Pxe", "Pxe", "Continuous"},
+		{"continuous PXE again", m.Reboot, "Pxe", "Pxe", "Continuous"},
+		{"a power cycle too", func() {
+			call("POST", "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset", `{"ResetType":"PowerCycle"}`)
+		}, "Pxe", "Pxe", "Continuous"},
+	}
+	var want []string
+	for _, st := range steps {
+		st.do()
+		want = append(want, st.wantBoot)
+		assert.Equal(t, want, m.Boots(), st.name+": the machine's boots")
+		assert.Equal(t, want, sim.Boots(), st.name+": the BMC's boots")
+		target, enabled := sim.Boot()
+		assert.Equal(t, st.wantTarget, target, st.name)
+		assert.Equal(t, st.wantEnabled, enabled, st.name)
+	}
+}

@@ -66,7 +66,18 @@ type VMConfig struct {
 	// Extra arguments for QEMU, after the lab's own (devices, e.g. a BMC:
 	// ipmisim.QEMUDevices).
 	Extra []string
+	// DiskFirst gives the disk the first bootindex and the NIC the
+	// second (by default the NIC comes first), as a server booting its
+	// installed disk; a blank disk falls through to the network.
+	DiskFirst bool
 }
+
+// QEMU device IDs of the VM's NIC and disk (for QMP, e.g. reordering
+// their bootindex while it runs).
+const (
+	NICID  = "nic0"
+	DiskID = "disk0"
+)
 
 // DefaultMAC is the VM's MAC unless VMConfig.MAC says otherwise.
 const DefaultMAC = "52:54:00:99:00:10"
@@ -198,17 +209,22 @@ func (l *Lab) vmArgs(t testing.TB, cfg VMConfig) (VMConfig, []string, string, st
 	if !cfg.Reboot {
 		args = append(args, "-no-reboot")
 	}
+	nicIndex, diskIndex := 1, 2
+	if cfg.DiskFirst {
+		nicIndex, diskIndex = 2, 1
+	}
 	if cfg.Disk != "" {
 		drive := "file=" + cfg.Disk + ",format=raw,if=none,id=d0,cache=unsafe"
 		if cfg.DiskWriteBps > 0 {
 			drive += ",throttling.bps-write=" + strconv.FormatInt(cfg.DiskWriteBps, 10)
 		}
-		// bootindex=2: the disk after the NIC. OVMF keeps only the boot
-		// options QEMU's boot order names, so without it an installed
-		// disk would never be tried after iPXE exits.
-		args = append(args, "-drive", drive, "-device", "virtio-blk-pci,drive=d0,bootindex=2")
+		// The disk has a bootindex (by default 2: after the NIC). OVMF
+		// keeps only the boot options QEMU's boot order names, so
+		// without it an installed disk would never be tried after iPXE
+		// exits.
+		args = append(args, "-drive", drive, "-device", "virtio-blk-pci,drive=d0,id="+DiskID+",bootindex="+strconv.Itoa(diskIndex))
 	}
-	nic := "virtio-net-pci,netdev=n0,mac=" + cfg.MAC + ",bootindex=1"
+	nic := "virtio-net-pci,netdev=n0,mac=" + cfg.MAC + ",id=" + NICID + ",bootindex=" + strconv.Itoa(nicIndex)
 	switch cfg.Firmware {
 	case lpmos.FirmwareBIOS:
 		// SeaBIOS runs the NIC's iPXE option ROM. Its "sercon" copies the

@@ -390,6 +390,7 @@
     if (path === '/regions') return { name: 'regions' };
     if (path === '/dlq') return { name: 'dlq' };
     if (path === '/machines') return { name: 'machines' };
+    if (path === '/rules') return { name: 'rules' };
     const mm = /^\/machines\/([^/]+)$/.exec(path);
     if (mm) {
       let mac = '';
@@ -429,7 +430,7 @@
       const target = a.getAttribute('href');
       a.classList.toggle('active', (r.name === 'list' && target === '/tasks') || (r.name === 'create' && target === '/tasks/create') ||
         (r.name === 'regions' && target === '/regions') || (r.name === 'dlq' && target === '/dlq') ||
-        ((r.name === 'machines' || r.name === 'machine') && target === '/machines'));
+        ((r.name === 'machines' || r.name === 'machine') && target === '/machines') || (r.name === 'rules' && target === '/rules'));
     }
     switch (r.name) {
       case 'list': view = listView(); break;
@@ -438,6 +439,7 @@
       case 'dlq': view = dlqView(); break;
       case 'machines': view = machinesView(); break;
       case 'machine': view = machineView(r.mac); break;
+      case 'rules': view = rulesView(); break;
       case 'detail': view = detailView(r.id, r.approve); break;
       default: view = notFoundView();
     }
@@ -1757,6 +1759,327 @@
   }
 
   // ------------------------------------------------------------------
+  // Auto-approval rules: /rules. Everyone signed in sees them; admins
+  // create, edit and delete them (the API refuses anyone else: a rule
+  // approves installs without a person).
+
+  // The approver of a task approved by a rule is "rule:<name>".
+  const RULE_ACTOR = 'rule:';
+
+  // ruleReasons splits the message of an approval_rules timeline entry
+  // ("no approval rule matched: big: 8 cores < 16 | dell: vendor ...")
+  // into [rule name, reasons] per rule.
+  function ruleReasons(message) {
+    const m = String(message || '').replace(/^no approval rule matched:\s*/i, '');
+    return m.split(' | ').filter((x) => x.trim()).map((part) => {
+      const i = part.indexOf(': ');
+      return i > 0 && /^[a-z0-9._-]+$/.test(part.slice(0, i)) ? [part.slice(0, i), part.slice(i + 2)] : ['', part];
+    });
+  }
+
+  function canAdmin() {
+    return session.me && (ROLE_RANK[session.me.role] || 0) >= ROLE_RANK.admin;
+  }
+
+  // The numeric conditions of a rule, named as the API's fields.
+  const RULE_NUMBERS = [
+    ['min_cores', 'Min cores', '16'], ['max_cores', 'Max cores', ''],
+    ['min_memory_gb', 'Min memory (GB)', '64'], ['max_memory_gb', 'Max memory (GB)', ''],
+    ['min_disks', 'Min disks', ''], ['max_disks', 'Max disks', ''],
+    ['min_disk_gb', 'Min disk size (GB)', '400'], ['min_nic_mbps', 'Min NIC speed (Mb/s)', '10000'],
+  ];
+  const RULE_PATTERNS = [['vendor', 'Vendor', 'Dell*'], ['model', 'Model', 'PowerEdge R6?0'], ['serial', 'Serial', '']];
+  const DISK_TYPES = ['SSD', 'HDD', 'NVMe'];
+
+  function rulePath(name) {
+    return '/api/v1/rules/' + encodeURIComponent(name);
+  }
+
+  function ruleScope(r) {
+    if (r.only_named) return 'named tasks only';
+    return r.region ? 'region ' + r.region : 'all regions';
+  }
+
+  function fmtMbps(n) {
+    n = Number(n) || 0;
+    return n >= 1000 && n % 100 === 0 ? (n / 1000) + ' Gb/s' : n + ' Mb/s';
+  }
+
+  // ruleConditions says what a rule asks for, in words: "≥ 16 cores,
+  // ≥ 64 GB RAM, SSD ≥ 400 GB, vendor Dell*".
+  function ruleConditions(r) {
+    const out = [];
+    const range = (lo, hi, unit) => {
+      lo = Number(lo) || 0;
+      hi = Number(hi) || 0;
+      if (lo && hi) return lo === hi ? lo + unit : lo + '–' + hi + unit;
+      if (lo) return '≥ ' + lo + unit;
+      if (hi) return '≤ ' + hi + unit;
+      return null;
+    };
+    out.push(range(r.min_cores, r.max_cores, ' cores'));
+    const mem = range(r.min_memory_gb, r.max_memory_gb, ' GB');
+    if (mem) out.push(mem + ' RAM');
+    out.push(range(r.min_disks, r.max_disks, ' disks'));
+    if (r.min_disk_gb || r.disk_type) {
+      out.push((r.disk_type ? String(r.disk_type) : 'a disk') + (r.min_disk_gb ? ' ≥ ' + fmtGB(r.min_disk_gb) : ''));
+    }
+    if (r.min_nic_mbps) out.push('NIC ≥ ' + fmtMbps(r.min_nic_mbps));
+    for (const [f] of RULE_PATTERNS) if (r[f]) out.push(f + ' ' + r[f]);
+    if (r.match_expected) out.push('matches the expected hardware of its machine record');
+    return out.filter(Boolean).join(', ') || '—';
+  }
+
+  function rulesView() {
+    document.title = 'Rules · LPMOS';
+    const v = { sub: null, alive: true, onMessage() {} };
+    const REFRESH_MS = 15000;
+    const admin = canAdmin();
+    let rules = [];
+    let editing = null; // the name of the rule in the form; null: a new rule
+
+    const countEl = el('span', { class: 'muted', id: 'rule-count' });
+    const alerts = el('div', { id: 'rules-alerts' });
+    const tbody = el('tbody');
+    const columns = ['Name', 'Scope', 'Conditions', 'Updated', 'Notes'].concat(admin ? [''] : []);
+
+    // The form, for admins: one input per field of a rule.
+    const inputs = {
+      name: el('input', { type: 'text', id: 'rule-name', name: 'name', placeholder: 'big-dell', autocomplete: 'off', spellcheck: 'false', required: true }),
+      region: el('input', { type: 'text', id: 'rule-region', name: 'region', placeholder: 'all regions', autocomplete: 'off', spellcheck: 'false' }),
+      only_named: el('input', { type: 'checkbox', id: 'rule-only-named', name: 'only_named' }),
+      match_expected: el('input', { type: 'checkbox', id: 'rule-match-expected', name: 'match_expected' }),
+      disk_type: el('select', { id: 'rule-disk-type', name: 'disk_type' }, el('option', { value: '', text: 'Any' }),
+        DISK_TYPES.map((d) => el('option', { value: d, text: d }))),
+      notes: el('textarea', { id: 'rule-notes', name: 'notes', rows: 2, placeholder: 'Why this rule exists' }),
+    };
+    for (const [f, , placeholder] of RULE_NUMBERS) {
+      inputs[f] = el('input', { type: 'text', id: 'rule-' + f.replace(/_/g, '-'), name: f, inputmode: 'numeric', placeholder, autocomplete: 'off' });
+    }
+    for (const [f, , placeholder] of RULE_PATTERNS) {
+      inputs[f] = el('input', { type: 'text', id: 'rule-' + f, name: f, placeholder, autocomplete: 'off', spellcheck: 'false' });
+    }
+    const formTitle = el('h2', { id: 'rule-form-title' });
+    const formAlerts = el('div', { id: 'rule-form-alerts' });
+    const conditions = el('fieldset', { class: 'rule-conditions', id: 'rule-conditions' },
+      el('legend', { text: 'Conditions (all must hold; at least one)' }),
+      el('div', { class: 'form-grid' },
+        RULE_NUMBERS.map(([f, label]) => el('div', { class: 'field' }, el('label', { for: inputs[f].id, text: label }), inputs[f])),
+        el('div', { class: 'field' }, el('label', { for: 'rule-disk-type', text: 'Disk type' }), inputs.disk_type,
+          el('div', { class: 'hint', text: 'With a minimum size: one disk of this type that big.' })),
+        RULE_PATTERNS.map(([f, label]) => el('div', { class: 'field' }, el('label', { for: inputs[f].id, text: label + ' pattern' }), inputs[f])),
+        el('div', { class: 'field wide' }, el('label', { class: 'check' }, inputs.match_expected,
+          ' The report matches the expected hardware on the machine\u2019s record (cores, memory, disks, vendor, model, serial)'),
+          el('div', { class: 'hint', text: 'A machine whose record states no expected hardware does not match.' }))),
+      el('div', { class: 'hint', text: 'Patterns are shell patterns (*, ?, [...]) over the reported system vendor, product and serial, ignoring case.' }));
+    const save = el('button', { type: 'submit', class: 'btn', id: 'rule-submit', text: 'Save rule' });
+    const cancel = el('button', { type: 'button', class: 'btn btn-secondary', id: 'rule-cancel', text: 'Cancel' });
+    const form = el('form', { class: 'panel', id: 'rule-form', novalidate: true, hidden: true },
+      formTitle,
+      formAlerts,
+      el('div', { class: 'form-grid' },
+        el('div', { class: 'field' }, el('label', { for: 'rule-name', text: 'Name' }), inputs.name,
+          el('div', { class: 'hint', text: 'Lowercase letters, digits, ".", "_", "-". Rules are tried in name order.' })),
+        el('div', { class: 'field' }, el('label', { for: 'rule-region', text: 'Region' }), inputs.region,
+          el('div', { class: 'hint', text: 'Empty: tasks of every region.' })),
+        el('div', { class: 'field wide' }, el('label', { class: 'check' }, inputs.only_named,
+          ' Only tasks that name this rule (tag approval_rule=<name>)'))),
+      conditions,
+      el('div', { class: 'field' }, el('label', { for: 'rule-notes', text: 'Notes' }), inputs.notes),
+      el('div', { class: 'btn-row' }, save, cancel));
+
+    const newBtn = admin ? el('button', { type: 'button', class: 'btn', id: 'rule-new', text: 'New rule' }) : null;
+
+    // Deleting asks first.
+    let deleting = null;
+    const delTitle = el('h2', { id: 'rule-delete-title' });
+    const delBtn = el('button', { type: 'button', class: 'btn btn-danger', id: 'rule-delete-confirm', text: 'Delete' });
+    const delKeep = el('button', { type: 'button', class: 'btn btn-secondary', id: 'rule-delete-keep', text: 'Keep it' });
+    const delPanel = el('section', { class: 'panel power-confirm', id: 'rule-delete', hidden: true },
+      delTitle, el('p', { class: 'muted', text: 'Tasks it would have approved then wait for a person (or another rule).' }),
+      el('div', { class: 'btn-row' }, delBtn, delKeep));
+
+    function clearInvalid() {
+      for (const e of form.querySelectorAll('.invalid')) {
+        e.classList.remove('invalid');
+        e.removeAttribute('aria-invalid');
+      }
+    }
+
+    function openForm(r) {
+      editing = r ? r.name : null;
+      clearInvalid();
+      formAlerts.replaceChildren();
+      formTitle.textContent = r ? 'Edit rule ' + r.name : 'New rule';
+      r = r || {};
+      inputs.name.value = r.name || '';
+      inputs.name.disabled = editing !== null; // the name is the rule's key
+      inputs.region.value = r.region || '';
+      inputs.only_named.checked = Boolean(r.only_named);
+      inputs.match_expected.checked = Boolean(r.match_expected);
+      inputs.disk_type.value = DISK_TYPES.includes(r.disk_type) ? r.disk_type : '';
+      inputs.notes.value = r.notes || '';
+      for (const [f] of RULE_NUMBERS) inputs[f].value = r[f] ? String(r[f]) : '';
+      for (const [f] of RULE_PATTERNS) inputs[f].value = r[f] || '';
+      form.hidden = false;
+      delPanel.hidden = true;
+      (editing ? inputs.region : inputs.name).focus();
+    }
+
+    function showError(err) {
+      fill(formAlerts, alertBox('error', 'The rule was not saved', err.message));
+      const f = String(err.field || '');
+      const target = f === 'rule' ? conditions : inputs[f];
+      if (target) {
+        target.classList.add('invalid');
+        target.setAttribute('aria-invalid', 'true');
+        if (target.focus) target.focus();
+      }
+    }
+
+    // body reads the form into a rule; a number that is not one is refused
+    // here, named like the API would.
+    function body() {
+      const b = { name: inputs.name.value.trim() };
+      if (!b.name) throw new ApiError(0, 'invalid_request', 'name: a rule needs a name.', 'name');
+      if (inputs.region.value.trim()) b.region = inputs.region.value.trim();
+      if (inputs.only_named.checked) b.only_named = true;
+      for (const [f] of RULE_NUMBERS) {
+        const s = inputs[f].value.trim();
+        if (!s) continue;
+        if (!/^\d+$/.test(s)) throw new ApiError(0, 'invalid_request', f + ': "' + s + '" is not a whole number.', f);
+        b[f] = Number(s);
+      }
+      if (inputs.disk_type.value) b.disk_type = inputs.disk_type.value;
+      if (inputs.match_expected.checked) b.match_expected = true;
+      for (const [f] of RULE_PATTERNS) if (inputs[f].value.trim()) b[f] = inputs[f].value.trim();
+      if (inputs.notes.value.trim()) b.notes = inputs.notes.value.trim();
+      return b;
+    }
+
+    if (newBtn) newBtn.addEventListener('click', () => openForm(null));
+    cancel.addEventListener('click', () => { form.hidden = true; });
+    form.addEventListener('input', (e) => {
+      if (e.target.classList) { e.target.classList.remove('invalid'); e.target.removeAttribute('aria-invalid'); }
+      conditions.classList.remove('invalid');
+    });
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      clearInvalid();
+      formAlerts.replaceChildren();
+      let b;
+      try {
+        b = body();
+        // PUT creates or replaces: a new rule must not silently replace
+        // one of the same name.
+        if (editing === null && rules.some((r) => r.name === b.name)) {
+          throw new ApiError(409, 'conflict', 'name: a rule named ' + b.name + ' exists already; edit it instead.', 'name');
+        }
+      } catch (err) {
+        showError(err);
+        return;
+      }
+      save.disabled = true;
+      try {
+        await api('PUT', rulePath(b.name), { body: b });
+        if (!v.alive) return;
+        form.hidden = true;
+        fill(alerts, alertBox('info', null, 'Rule ' + b.name + ' saved.'));
+        refresh();
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        showError(err);
+      } finally {
+        save.disabled = false;
+      }
+    });
+
+    delKeep.addEventListener('click', () => { deleting = null; delPanel.hidden = true; });
+    delBtn.addEventListener('click', async () => {
+      const name = deleting;
+      if (!name) return;
+      delBtn.disabled = true;
+      try {
+        await api('DELETE', rulePath(name));
+        if (!v.alive) return;
+        fill(alerts, alertBox('info', null, 'Rule ' + name + ' deleted.'));
+        if (editing === name) form.hidden = true;
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        fill(alerts, alertBox('error', 'Rule ' + name + ' was not deleted', err.message));
+      } finally {
+        delBtn.disabled = false;
+        deleting = null;
+        delPanel.hidden = true;
+      }
+      refresh();
+    });
+
+    fill(app,
+      el('div', { class: 'page-head' }, el('h1', { text: 'Auto-approval rules' }), countEl, el('div', { class: 'spacer' }), newBtn),
+      el('p', { class: 'muted' }, 'When a machine reports its hardware, the rules that apply to its task are tried in name order; ' +
+        'the first whose conditions all hold approves the install as rule:<name>. If none does, the task waits for a person ' +
+        'and its page says why each rule did not match.'),
+      admin ? null : el('p', { class: 'muted', id: 'rules-readonly', text: 'Only admins can change rules; your role is ' + session.me.role + '.' }),
+      alerts,
+      delPanel,
+      form,
+      el('div', { class: 'panel' },
+        el('div', { class: 'table-wrap' },
+          el('table', { class: 'rules', id: 'rules' },
+            el('thead', null, el('tr', null, columns.map((h) => el('th', { text: h })))),
+            tbody))));
+
+    function renderRow(r) {
+      const cells = [
+        el('td', { class: 'mono nowrap', text: r.name }),
+        el('td', { class: 'rule-scope', text: ruleScope(r) }),
+        el('td', { class: 'rule-conditions-cell', text: ruleConditions(r) }),
+        el('td', { class: 'nowrap' }, dash(r.updated_by), el('div', { class: 'muted small' }, timeEl(r.updated_at))),
+        el('td', { class: 'rule-notes', text: dash(r.notes) }),
+      ];
+      if (admin) {
+        const edit = el('button', { type: 'button', class: 'btn btn-secondary btn-small rule-edit', text: 'Edit' });
+        const del = el('button', { type: 'button', class: 'btn btn-danger btn-small rule-delete', text: 'Delete…' });
+        edit.addEventListener('click', () => openForm(r));
+        del.addEventListener('click', () => {
+          deleting = r.name;
+          delTitle.textContent = 'Delete rule ' + r.name + '?';
+          delPanel.hidden = false;
+          delBtn.focus();
+        });
+        cells.push(el('td', { class: 'nowrap' }, el('div', { class: 'btn-row' }, edit, del)));
+      }
+      return el('tr', { class: 'rule-row', dataset: { rule: r.name } }, cells);
+    }
+
+    const refresh = refresher(async () => {
+      let res;
+      try {
+        res = await api('GET', '/api/v1/rules');
+      } catch (err) {
+        if (!v.alive || err.signedOut) return;
+        fill(alerts, alertBox('error', 'Could not load the rules', err.message));
+        return;
+      }
+      if (!v.alive) return;
+      rules = ((res.data && Array.isArray(res.data.rules)) ? res.data.rules : []).filter((r) => r && typeof r.name === 'string');
+      const trs = rules.map(renderRow);
+      if (!trs.length) {
+        trs.push(el('tr', null, el('td', { colspan: String(columns.length), class: 'empty',
+          text: 'No rules: every task waits for a person to approve it.' })));
+      }
+      fill(tbody, trs);
+      countEl.textContent = rules.length === 1 ? '1 rule' : rules.length + ' rules';
+    });
+
+    const poll = setInterval(() => refresh(), REFRESH_MS);
+    v.resync = () => refresh();
+    v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); };
+    return v;
+  }
+
+  // ------------------------------------------------------------------
   // Create form: /tasks/create.
 
   function createView() {
@@ -1996,6 +2319,7 @@
     const actions = el('div', { class: 'btn-row' });
     const summaryBox = el('div');
     const decisionBox = el('div', { id: 'approval-info' });
+    const rulesBox = el('div', { id: 'approval-rules' });
     const errorBox = el('div', { id: 'task-error' });
     const hwBox = el('div', { id: 'hardware' });
     const timelineBox = el('div', { id: 'timeline' });
@@ -2053,6 +2377,7 @@
       alerts,
       cancelPanel,
       approvalPanel,
+      rulesBox,
       errorBox,
       summaryGrid,
       el('section', { class: 'panel', id: 'hardware-panel' }, el('h2', { text: 'Hardware review' }), hwBox),
@@ -2202,14 +2527,33 @@
       layout(t);
       if (!a) { decisionBox.replaceChildren(); return; }
       const approved = a.status === 'approved';
+      const by = String((approved ? a.approved_by : a.rejected_by) || '');
+      const byRule = approved && by.startsWith(RULE_ACTOR) ? by.slice(RULE_ACTOR.length) : '';
       fill(decisionBox, el('section', { class: 'panel' },
         el('h2', { text: 'Decision' }),
+        byRule ? el('p', { class: 'decision-rule', id: 'approved-by-rule' },
+          'Approved automatically by rule ', link('/rules', byRule, 'mono'), '.') : null,
         el('div', { class: 'decision decision-' + (approved ? 'approved' : 'rejected') }, kv([
           ['Decision', badge(approved ? 'approved' : 'rejected')],
           ['By', dash(approved ? a.approved_by : a.rejected_by)],
           ['At', timeEl(approved ? a.approved_at : a.rejected_at)],
           [approved ? 'Notes' : 'Reason', dash(approved ? a.notes : a.reason)],
         ]))));
+    }
+
+    // renderRules shows, while the task waits for approval, why no
+    // auto-approval rule approved it: the newest approval_rules entry of
+    // the timeline, one line per rule that applied.
+    function renderRules(t) {
+      const entries = Array.isArray(t.timeline) ? t.timeline : [];
+      const e = entries.filter((x) => x && x.event === 'approval_rules').pop();
+      if (t.status !== 'pending_approval' || !e) { rulesBox.replaceChildren(); return; }
+      const lines = ruleReasons(e.message);
+      fill(rulesBox, el('section', { class: 'alert alert-warn rules-reasons', role: 'status' },
+        el('div', { class: 'alert-title', text: 'No auto-approval rule matched' }),
+        el('ul', { class: 'rule-reasons' }, lines.map(([name, why]) => el('li', null,
+          name ? [el('strong', { class: 'mono', text: name }), ': '] : null, why))),
+        el('div', { class: 'muted small' }, 'Checked ', timeEl(e.timestamp), '. ', link('/rules', 'See the rules.'))));
     }
 
     function renderError(t) {
@@ -2320,6 +2664,7 @@
       renderSummary(t);
       renderProgress(t);
       renderDecision(t);
+      renderRules(t);
       renderError(t);
       renderHardware(t.hardware, t);
       renderTimeline(t);
