@@ -135,7 +135,9 @@ func TestRecorderFencedWriteFails(t *testing.T) {
 	stores(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
 		// The fence names a leadership key that does not exist: the term is over.
-		fence := func() []store.Compare { return []store.Compare{store.CreateRevisionIs("/lpmos/regions/dc1/client/leader", 7)} }
+		fence := func() []store.Compare {
+			return []store.Compare{store.CreateRevisionIs("/lpmos/regions/dc1/client/leader", 7)}
+		}
 		rec := start(t, trace.Config{Store: st, Region: "dc1", FlushInterval: time.Hour, Fence: fence})
 		rec.Record(macA, ev(1))
 		require.NoError(t, rec.Flush(ctx))
