@@ -35,6 +35,7 @@ import (
 	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 // DefaultTimeouts are the status timeouts unless Config.Timeouts says
@@ -163,6 +164,11 @@ type Region struct {
 	lastSeen     map[lpmos.MAC]time.Time
 	discoveredAt map[lpmos.MAC]time.Time
 
+	// trace keeps the machines' boot traces (trace.go); addrs maps
+	// client addresses back to machines for it.
+	trace *trace.Recorder
+	addrs addrBook
+
 	fetches   *fetchLimits
 	inventory *inventory
 	refusals  refusals
@@ -286,6 +292,8 @@ func New(cfg Config) (*Region, error) {
 		OnFill: r.tasksListed, OnChange: r.taskChanged,
 	})
 	r.tokens = &tokens{st: cfg.Store, now: cfg.Now, fence: r.lead.Compares}
+	r.trace = trace.New(trace.Config{Store: cfg.Store, Region: cfg.RegionID, Leading: r.lead.leading,
+		Fence: r.lead.Compares, Logger: log, Now: cfg.Now})
 	mux := http.NewServeMux()
 	r.agentRoutes(mux)
 	if err := r.bootRoutes(mux); err != nil {
@@ -398,6 +406,7 @@ func (r *Region) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return r.rules.Run(ctx) })
+	g.Go(func() error { return r.trace.Run(ctx) })
 	for range powerWorkers {
 		g.Go(func() error { r.powerLoop(ctx); return nil })
 	}

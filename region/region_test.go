@@ -665,7 +665,7 @@ func TestDHCPPolicy(t *testing.T) {
 		req  dhcp.Request
 		want dhcp.Decision
 	}{
-		{"unknown machine is ignored", dhcp.Request{MAC: stranger, IsPXE: true, HasArch: true, Firmware: lpmos.FirmwareBIOS}, dhcp.Decision{Ignore: true}},
+		{"unknown machine is ignored", dhcp.Request{MAC: stranger, IsPXE: true, HasArch: true, Firmware: lpmos.FirmwareBIOS}, dhcp.Decision{Ignore: true, Reason: "no active task for this machine in region dc1 (unknown machines are ignored)"}},
 		{"BIOS firmware gets undionly", dhcp.Request{MAC: active, IsPXE: true, HasArch: true, Firmware: lpmos.FirmwareBIOS}, dhcp.Decision{BootFile: "undionly.kpxe"}},
 		{"UEFI firmware gets snponly", dhcp.Request{MAC: active, IsPXE: true, HasArch: true, Arch: lpmos.ArchEFIx64, Firmware: lpmos.FirmwareUEFI}, dhcp.Decision{BootFile: "snponly.efi"}},
 		{"UEFI HTTP gets a URL", dhcp.Request{MAC: active, IsHTTPClient: true, HasArch: true, Arch: lpmos.ArchEFIx64HTTP, Firmware: lpmos.FirmwareUEFIHTTP}, dhcp.Decision{BootFile: l.ts.URL + "/boot/ipxe/snponly.efi"}},

@@ -139,6 +139,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		dc := *cfg.DHCP
 		dc.Policy = reg.DHCPPolicy()
 		dc.Active = reg.Leading
+		if dc.Trace == nil {
+			dc.Trace = reg.DHCPTrace
+		}
 		dc.Logger = cmp.Or(dc.Logger, reg.cfg.Logger)
 		if s.dhcp, err = dhcp.New(dc); err != nil {
 			return nil, fmt.Errorf("region: DHCP: %w", err)
@@ -201,6 +204,9 @@ func (s *Server) Run(ctx context.Context) error {
 			tc.Root = cmp.Or(tc.Root, s.reg.cfg.IPXEDir)
 		}
 		tc.Logger = cmp.Or(tc.Logger, s.reg.cfg.Logger)
+		if tc.Trace == nil {
+			tc.Trace = s.reg.TFTPTrace
+		}
 		var err error
 		tftp, err = pxe.NewTFTPServer(tc)
 		switch {

@@ -208,7 +208,13 @@ func (r *Recorder) add(q queued) {
 		t = &machineTrace{}
 		r.traces[q.mac] = t
 	}
-	t.events = append(t.events, q.ev)
+	if n := len(t.events); n > 0 && q.ev.repeats(t.events[n-1]) {
+		last := &t.events[n-1]
+		last.Count = max(last.Count, 1) + 1
+		last.Time = q.ev.Time
+	} else {
+		t.events = append(t.events, q.ev)
+	}
 	if over := len(t.events) - Max; over > 0 {
 		t.events = append(t.events[:0], t.events[over:]...)
 	}

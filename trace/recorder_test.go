@@ -247,3 +247,26 @@ func TestRecordClipsLongText(t *testing.T) {
 	assert.Len(t, got[0].Detail, 16)
 	assert.False(t, got[0].Time.IsZero(), "stamped when recorded")
 }
+
+func TestRecorderFoldsRepeats(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	rec := start(t, trace.Config{Store: st, Region: "dc1", FlushInterval: time.Hour})
+	ignored := func(sec int) trace.Event {
+		return trace.Event{Kind: trace.KindDHCP, Outcome: trace.OutcomeIgnored, Message: "DISCOVER ignored",
+			Reason: "no task", Detail: map[string]string{"arch": "0"}, Time: time.Date(2026, 1, 1, 0, 0, sec, 0, time.UTC)}
+	}
+	rec.Record(macA, ignored(1))
+	rec.Record(macA, ignored(2))
+	rec.Record(macA, ignored(3))
+	rec.Record(macA, ev(4))
+	rec.Record(macA, ignored(5))
+	require.NoError(t, rec.Flush(ctx))
+	got, err := trace.Read(ctx, st, macA)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	assert.Equal(t, 3, got[0].Count)
+	assert.Equal(t, 3, got[0].Time.Second(), "the time of the last repeat")
+	assert.Equal(t, 0, got[1].Count)
+	assert.Equal(t, 0, got[2].Count, "only repeats in a row fold")
+}

@@ -86,6 +86,17 @@ type Event struct {
 	// Detail holds the event's particulars: arch, vendor_class,
 	// user_class, relay, file, bytes, duration_ms, route, code, script...
 	Detail map[string]string `json:"detail,omitempty"`
+	// Count is how many times the event happened in a row (a firmware
+	// retransmitting its DISCOVER, an agent reporting progress), when more
+	// than once: the Recorder folds a repeat into the event before it,
+	// whose Time becomes the repeat's.
+	Count int `json:"count,omitempty"`
+}
+
+// repeats reports whether e is the same event as prev, but for its time.
+func (e Event) repeats(prev Event) bool {
+	return e.Kind == prev.Kind && e.Outcome == prev.Outcome && e.Message == prev.Message &&
+		e.Reason == prev.Reason && maps.Equal(e.Detail, prev.Detail)
 }
 
 // Bounds on one event, so that a trace stays a few tens of KiB.
