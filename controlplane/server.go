@@ -492,6 +492,7 @@ func (s *Server) routes() http.Handler {
 	api("DELETE /api/v1/machines/{mac}", auth.RoleOperator, "machine.delete", s.deleteMachine)
 	api("POST /api/v1/machines/{mac}/power", auth.RoleOperator, "machine.power", s.powerMachine)
 	api("POST /api/v1/machines/{mac}/tasks", auth.RoleOperator, "machine.create_task", s.createMachineTask)
+	api("GET /api/v1/machines/{mac}/trace", auth.RoleViewer, "", s.getMachineTrace)
 	api("GET /api/v1/rules", auth.RoleViewer, "", s.listRules)
 	api("GET /api/v1/rules/{name}", auth.RoleViewer, "", s.getRule)
 	// A rule approves machines without a person: admins set them.
