@@ -16,7 +16,8 @@ import (
 const (
 	DefaultFlushInterval = time.Second
 	DefaultQueueSize     = 4096
-	DefaultMaxMachines   = 4096
+	DefaultMaxMachines   = 1024
+	DefaultMaxWrites     = 256
 )
 
 // Config configures a Recorder. Store and Region are required.
@@ -41,8 +42,14 @@ type Config struct {
 	// machine written out is forgotten first when room is needed (and read
 	// back from the store when it is seen again); when every held machine
 	// waits to be written, a new machine's events are dropped and counted
-	// (Stats.DroppedMachines). Default DefaultMaxMachines.
+	// (Stats.DroppedMachines). Default DefaultMaxMachines: with Max events
+	// of a few hundred bytes each, a few tens of MiB at worst.
 	MaxMachines int
+	// MaxWrites bounds the traces written per FlushInterval (default
+	// DefaultMaxWrites); the others wait for the next interval. With
+	// MaxMachines it bounds what a DHCP storm of made-up MACs costs the
+	// store.
+	MaxWrites int
 	// Logger receives write failures; default: discard.
 	Logger *slog.Logger
 	// Now stamps events recorded without a time; default time.Now.
@@ -100,6 +107,9 @@ func New(cfg Config) *Recorder {
 	}
 	if cfg.MaxMachines <= 0 {
 		cfg.MaxMachines = DefaultMaxMachines
+	}
+	if cfg.MaxWrites <= 0 {
+		cfg.MaxWrites = DefaultMaxWrites
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -234,16 +244,21 @@ func (r *Recorder) evictClean() bool {
 	return false
 }
 
-// flush writes every dirty trace, one Put each.
+// flush writes the dirty traces, one Put each, at most MaxWrites of them.
 func (r *Recorder) flush(ctx context.Context) {
 	if r.cfg.Leading != nil && !r.cfg.Leading() {
 		r.forget()
 		return
 	}
+	budget := r.cfg.MaxWrites
 	for mac, t := range r.traces {
 		if !t.dirty {
 			continue
 		}
+		if budget == 0 {
+			return // the rest next time (map order varies, so no machine waits for ever)
+		}
+		budget--
 		if err := r.write(ctx, mac, t); err != nil {
 			if errors.Is(err, errFenced) {
 				r.forget()

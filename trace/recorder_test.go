@@ -270,3 +270,21 @@ func TestRecorderFoldsRepeats(t *testing.T) {
 	assert.Equal(t, 0, got[1].Count)
 	assert.Equal(t, 0, got[2].Count, "only repeats in a row fold")
 }
+
+func TestRecorderBoundsTheWritesPerFlush(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	rec := start(t, trace.Config{Store: st, Region: "dc1", FlushInterval: time.Hour, MaxWrites: 2})
+	for _, mac := range []lpmos.MAC{macA, macB, macC} {
+		rec.Record(mac, ev(1))
+	}
+	require.NoError(t, rec.Flush(ctx))
+	assert.Equal(t, uint64(2), rec.Stats().Writes, "two traces this time")
+	require.NoError(t, rec.Flush(ctx))
+	assert.Equal(t, uint64(3), rec.Stats().Writes, "the third the next time")
+	for _, mac := range []lpmos.MAC{macA, macB, macC} {
+		got, err := trace.Read(ctx, st, mac)
+		require.NoError(t, err)
+		assert.Len(t, got, 1, mac.String())
+	}
+}
