@@ -67,10 +67,12 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 	bound, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, token, from)
 	if errors.Is(err, errWrongAddress) && bound == t.ID {
 		r.refuse(req.Context(), t.ID, from, "answer file refused: the token is bound to another address")
+		r.traceAnswerFile(t, name, from, http.StatusForbidden, "the token is bound to another address")
 		http.Error(w, errWrongSource.Message, http.StatusForbidden)
 		return
 	}
 	if err != nil || bound != t.ID {
+		r.traceAnswerFile(t, name, from, http.StatusUnauthorized, "invalid task token")
 		http.Error(w, "invalid task token", http.StatusUnauthorized)
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/pxe"
+	"github.com/lpmos/lpmos/task"
 	"github.com/lpmos/lpmos/trace"
 )
 
@@ -281,4 +282,12 @@ func (r *Region) traceAgent(req *http.Request, who *caller, status int, err erro
 		}
 	}
 	r.trace.Record(who.mac, ev)
+}
+
+// traceAnswerFile records a refused fetch of task t's answer file (its URL
+// carries the token, which the trace never holds).
+func (r *Region) traceAnswerFile(t *task.Task, name string, from netip.Addr, status int, why string) {
+	r.trace.Record(t.Metadata.TargetMAC, trace.Event{Kind: trace.KindToken, Outcome: trace.OutcomeRefused,
+		Message: fmt.Sprintf("answer file %s → %d", name, status), Reason: why,
+		Detail: map[string]string{"task_id": t.ID, "client": from.String(), "code": strconv.Itoa(status)}})
 }

@@ -70,11 +70,13 @@ func TestBootTraceOfRealTraffic(t *testing.T) {
 	svc := task.NewService(st, task.Config{})
 	tk, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: known.String(), OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "ops"})
 	require.NoError(t, err)
+	var status task.Status
 	require.Eventually(t, func() bool {
 		got, err := svc.Get(ctx, tk.ID)
 		require.NoError(t, err)
-		return got.Status == task.StatusReady
-	}, 15*time.Second, 10*time.Millisecond)
+		status = got.Status
+		return status == task.StatusReady
+	}, 15*time.Second, 10*time.Millisecond, "the task never became ready (it is %s)", status)
 
 	client, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -95,7 +97,7 @@ func TestBootTraceOfRealTraffic(t *testing.T) {
 		}
 		reply, err = dhcpv4.FromBytes(buf[:n])
 		return err == nil
-	}, 15*time.Second, 10*time.Millisecond)
+	}, 15*time.Second, 10*time.Millisecond, "iPXE got no answer to its REQUEST")
 	assert.Equal(t, dhcpv4.MessageTypeAck, reply.MessageType())
 
 	// TFTP from the machine's address (learnt from its DHCP).
@@ -131,7 +133,7 @@ func TestBootTraceOfRealTraffic(t *testing.T) {
 		got, err = trace.Read(ctx, st, known)
 		require.NoError(t, err)
 		return slices.Contains(kinds(), trace.KindAgent) && slices.Contains(kinds(), trace.KindTFTP)
-	}, 15*time.Second, 20*time.Millisecond)
+	}, 15*time.Second, 20*time.Millisecond, "the known machine's trace lacks agent or TFTP events: %+v", &got)
 	find := func(k trace.Kind, outcome trace.Outcome) trace.Event {
 		t.Helper()
 		for _, e := range got {
@@ -169,11 +171,14 @@ func TestBootTraceOfRealTraffic(t *testing.T) {
 
 	// The stranger: ignored by DHCP, and why; told it has no task.
 	require.Eventually(t, func() bool {
+		// Firmware retransmits its DISCOVER.
+		_, err = client.WriteTo(dhcpPacket(t, dhcpv4.MessageTypeDiscover, stranger, false), dhcpConn.LocalAddr())
+		require.NoError(t, err)
 		require.NoError(t, reg.FlushTrace(ctx))
 		got, err = trace.Read(ctx, st, stranger)
 		require.NoError(t, err)
 		return slices.Contains(kinds(), trace.KindDHCP) && slices.Contains(kinds(), trace.KindScript)
-	}, 15*time.Second, 20*time.Millisecond)
+	}, 15*time.Second, 20*time.Millisecond, "the stranger's trace lacks DHCP or script events: %+v", &got)
 	ig := find(trace.KindDHCP, trace.OutcomeIgnored)
 	assert.Equal(t, "DISCOVER ignored", ig.Message)
 	assert.Equal(t, "no active task for this machine in region dc1 (unknown machines are ignored)", ig.Reason)
