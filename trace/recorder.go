@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -251,6 +252,15 @@ func (r *Recorder) flush(ctx context.Context) {
 		return
 	}
 	budget := r.cfg.MaxWrites
+	failed := 0
+	var firstErr error
+	defer func() {
+		// One line per flush, not per machine: a store that is down
+		// fails every write.
+		if failed > 0 && ctx.Err() == nil {
+			r.log.Warn("trace: writes failed; retrying with the next flush", "failed", failed, "err", firstErr)
+		}
+	}()
 	for mac, t := range r.traces {
 		if !t.dirty {
 			continue
@@ -268,7 +278,10 @@ func (r *Recorder) flush(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.log.Warn("trace: write failed; retrying with the next flush", "mac", mac.String(), "err", err)
+			failed++
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s: %w", mac, err)
+			}
 		}
 	}
 }

@@ -288,3 +288,18 @@ func TestRecorderBoundsTheWritesPerFlush(t *testing.T) {
 		assert.Len(t, got, 1, mac.String())
 	}
 }
+
+func TestRecorderCountsFailedWrites(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	require.NoError(t, st.Close()) // every call fails from now on
+	rec := start(t, trace.Config{Store: st, Region: "dc1", FlushInterval: time.Hour})
+	rec.Record(macA, ev(1))
+	rec.Record(macB, ev(1))
+	require.NoError(t, rec.Flush(ctx))
+	s := rec.Stats()
+	assert.Equal(t, uint64(2), s.WriteErrors)
+	assert.Zero(t, s.Writes)
+	require.NoError(t, rec.Flush(ctx))
+	assert.Equal(t, uint64(4), rec.Stats().WriteErrors, "dirty traces are tried again")
+}
