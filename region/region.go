@@ -2,7 +2,10 @@
 // watches its region's tasks in the store, answers the machines' boot
 // requests (DHCP/ProxyDHCP, TFTP, HTTP boot files and per-machine iPXE
 // scripts), serves the agent API the booted agents report to, and keeps a
-// heartbeat and its capabilities in the store for the control plane.
+// heartbeat and its capabilities in the store for the control plane. It
+// also keeps each machine's boot trace (trace.go): what it saw of the
+// machine's DHCP, TFTP, HTTP and agent traffic, and why it answered as it
+// did.
 //
 // It composes the dhcp, pxe and ipxe packages and implements their small
 // policy interfaces over its view of its tasks (a task.View). A Region is
