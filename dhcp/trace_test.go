@@ -78,3 +78,19 @@ func TestUserClass(t *testing.T) {
 		assert.Equal(t, tc.want, userClass(tc.in), "%q", tc.in)
 	}
 }
+
+func TestTraceSaysThePoolIsExhausted(t *testing.T) {
+	var traces []Trace
+	cfg := testConfig()
+	cfg.Pool.End = cfg.Pool.Start // one address
+	cfg.Trace = func(tr Trace) { traces = append(traces, tr) }
+	s := newTestServer(t, cfg)
+	offer, _ := handleBytes(s, clientPacket(dhcpv4.MessageTypeDiscover, biosPXE...), nil, false)
+	require.NotNil(t, offer)
+	none, _ := handleBytes(s, clientPacket(dhcpv4.MessageTypeDiscover, append(biosPXE, withMAC(testMAC2))...), nil, false)
+	require.Nil(t, none)
+	require.Len(t, traces, 2)
+	assert.Equal(t, testMAC2, traces[1].MAC)
+	assert.Equal(t, OutcomePoolExhausted, traces[1].Outcome)
+	assert.Equal(t, "the address pool is exhausted", traces[1].Reason)
+}
