@@ -36,6 +36,8 @@
 //	dhcp                  DHCPv4 server, full or ProxyDHCP, with the PXE details
 //	                      (option 93 arch, vendor class, iPXE loop break, relays)
 //	pxe                   TFTP and HTTP servers for boot files
+//	trace                 per-machine boot traces: the event model and the
+//	                      bounded, coalescing Recorder a region writes them with
 //	agent                 the agent's wire protocol and client, and the runner
 //	                      that collects, reports, waits for approval and
 //	                      installs; agent/... holds installers and the

@@ -455,6 +455,10 @@ func TestAuthMatrix(t *testing.T) {
 		{"list", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks", tok, nil); return c }, 200},
 		{"get", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/tasks/"+fresh(), tok, nil); return c }, 200},
 		{"regions", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/api/v1/regions", tok, nil); return c }, 200},
+		{"boot trace", auth.RoleViewer, func(tok string) int {
+			c, _ := cp.do("GET", "/api/v1/machines/00:1a:2b:3c:5d:ff/trace", tok, nil)
+			return c
+		}, 200},
 		{"metrics", auth.RoleViewer, func(tok string) int { c, _ := cp.do("GET", "/metrics", tok, nil); return c }, 200},
 		{"create", auth.RoleOperator, func(tok string) int {
 			mac++

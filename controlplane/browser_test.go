@@ -33,6 +33,7 @@ import (
 	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 // The dashboard test drives the real dashboard in headless Chromium against
@@ -798,6 +799,20 @@ func TestBrowserMachines(t *testing.T) {
 	svc := task.NewService(st, task.Config{})
 	tk, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: registered, OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bob@example.com"})
 	require.NoError(t, err)
+	// Boot traces, as a region records them: the registered machine's
+	// (with markup in a message, which must stay text), and one of a
+	// machine DHCP ignored, which has no record.
+	const stranger = "52:54:00:aa:00:77"
+	traces := trace.New(trace.Config{Store: st, Region: "dc1", FlushInterval: time.Hour})
+	traceCtx, stopTraces := context.WithCancel(ctx)
+	tracesDone := make(chan error, 1)
+	go func() { tracesDone <- traces.Run(traceCtx) }()
+	t.Cleanup(func() { stopTraces(); <-tracesDone })
+	traces.Record(mustMAC(t, registered), trace.Event{Kind: trace.KindDHCP, Outcome: trace.OutcomeOK,
+		Message: "DISCOVER → OFFER undionly.kpxe", Detail: map[string]string{"arch": "0", "vendor_class": browserXSSTag}})
+	traces.Record(mustMAC(t, stranger), trace.Event{Kind: trace.KindDHCP, Outcome: trace.OutcomeIgnored, Message: "DISCOVER ignored",
+		Reason: "no active task for this machine in region dc1 (unknown machines are ignored)"})
+	require.NoError(t, traces.Flush(ctx))
 	// The list is served from a watch-fed cache: wait until it has them all.
 	require.Eventually(t, func() bool {
 		code, body := call(http.MethodGet, "/api/v1/machines?limit=1", nil)
@@ -887,6 +902,20 @@ func TestBrowserMachines(t *testing.T) {
 		document.getElementById('power-pending').textContent === 'none' && `+browserInert)
 	assert.False(t, browserEval[bool](p, `document.documentElement.outerHTML.includes(`+jsString(bmcPassword)+`)`), "the BMC password is in the page")
 
+	// Its boot trace, refreshed while the page is open.
+	p.waitJS("the boot trace shows the DHCP offer", `(() => {
+		const tr = document.querySelector('#boot-trace tr[data-kind="dhcp"][data-outcome="ok"]');
+		return tr !== null && tr.textContent.includes('DISCOVER → OFFER undionly.kpxe') && tr.textContent.includes('vendor_class=');
+	})() && `+browserInert)
+	traces.Record(mustMAC(t, registered), trace.Event{Kind: trace.KindScript, Outcome: trace.OutcomeOK, Message: "iPXE script: agent",
+		Reason: "task " + tk.ID + " is ready: boot the agent"})
+	require.NoError(t, traces.Flush(ctx))
+	p.waitJS("a new event shows without a reload", `(() => {
+		const first = document.querySelector('#boot-trace tbody tr');
+		return first !== null && first.dataset.kind === 'script' && first.textContent.includes('boot the agent');
+	})() && `+browserNoReload)
+	p.screenshot("machine-boot-trace")
+
 	// Off asks first; going back sends nothing.
 	p.step("ask to power off", chromedp.Click(chromedp.ID("power-off")))
 	p.waitJS("power off asks for confirmation", `!document.getElementById('power-confirm').hidden &&
@@ -908,6 +937,17 @@ func TestBrowserMachines(t *testing.T) {
 	// The machine's task links to the task page.
 	p.step("follow the task", chromedp.Click(chromedp.CSS(`#machine-tasks a[href="/tasks/`+tk.ID+`"]`)))
 	p.waitJS("the task page opens", `location.pathname === '/tasks/`+tk.ID+`' && document.getElementById('task-status').textContent === 'pending' && `+browserNoReload)
+	p.waitJS("the task page shows its machine's boot trace", `document.getElementById('boot-trace-panel') !== null &&
+		document.getElementById('boot-trace-panel').dataset.mac === '`+registered+`' &&
+		document.querySelector('#boot-trace tr[data-kind="script"]') !== null`)
+
+	// A machine DHCP ignored has no record, but its trace says why.
+	browserEval[chromedp.Void](p, `history.pushState(null, '', '/machines/`+stranger+`'); dispatchEvent(new PopStateEvent('popstate'))`)
+	p.waitJS("the unknown machine's trace says why it was ignored", `document.querySelector('#app h1').textContent === 'Machine not found' && (() => {
+		const tr = document.querySelector('#boot-trace tr[data-outcome="ignored"]');
+		return tr !== null && tr.textContent.includes('no active task for this machine in region dc1');
+	})() && `+browserNoReload)
+	p.screenshot("machine-unknown-trace")
 
 	// Register a machine through the form: a bad BMC address is named,
 	// the password field is emptied, and the password never shows.

@@ -495,6 +495,7 @@ var endpoints = []endpoint{
 	{"DELETE /api/v1/machines/{mac}", auth.RoleOperator, "machine.delete", (*Server).deleteMachine},
 	{"POST /api/v1/machines/{mac}/power", auth.RoleOperator, "machine.power", (*Server).powerMachine},
 	{"POST /api/v1/machines/{mac}/tasks", auth.RoleOperator, "machine.create_task", (*Server).createMachineTask},
+	{"GET /api/v1/machines/{mac}/trace", auth.RoleViewer, "", (*Server).getMachineTrace},
 	{"GET /api/v1/rules", auth.RoleViewer, "", (*Server).listRules},
 	{"GET /api/v1/rules/{name}", auth.RoleViewer, "", (*Server).getRule},
 	// A rule approves machines without a person: admins set them.

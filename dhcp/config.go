@@ -163,6 +163,13 @@ type Config struct {
 	// leader stops the moment its term ends.
 	Active func() bool
 
+	// Trace, if set, is told what became of every packet from a client
+	// with an Ethernet address (not of malformed ones, nor of those read
+	// while Active said no), from the worker that handled it, once its
+	// answer is decided. It runs on the DHCP hot path: it must not block
+	// (a region queues the event for its boot trace and returns).
+	Trace func(Trace)
+
 	// Conn, when set, is used instead of opening port 67 on Interface;
 	// ProxyConn likewise replaces port 4011 in proxy mode. The server owns
 	// them and closes them when Serve returns. ListenPacket opens sockets

@@ -110,7 +110,7 @@ func TestStaticPolicy(t *testing.T) {
 			req:  with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }),
 			want: Decision{BootFile: "undionly.kpxe", NextServer: net.IPv4(10, 0, 0, 9)}},
 		{name: "not allowed", policy: policy(func(p *StaticPolicy) { p.Allow = map[lpmos.MAC]bool{testMAC2: true} }),
-			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }), want: Decision{Ignore: true}},
+			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }), want: Decision{Ignore: true, Reason: "not in the policy's allow list"}},
 		{name: "allowed", policy: policy(func(p *StaticPolicy) { p.Allow = map[lpmos.MAC]bool{testMAC: true} }),
 			req: with(func(r *Request) { r.Firmware = lpmos.FirmwareBIOS }), want: Decision{BootFile: "undionly.kpxe"}},
 		// Without URLs, PXE firmware is still answered over TFTP, but no

@@ -22,6 +22,11 @@
 // StaticPolicy knows where the HTTP server for iPXE scripts and binaries
 // listens: the URLs come from the caller's configuration.
 //
+// What became of each packet (answered with which boot file, or ignored and
+// why, with the policy's Decision.Reason) is told to Config.Trace, a
+// callback the region feeds into its per-machine boot trace; the package
+// never learns where it goes.
+//
 // The answers encode what real firmware needs (the e2e tests boot SeaBIOS
 // and OVMF machines in QEMU through PXE and UEFI HTTP boot against them):
 //

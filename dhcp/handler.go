@@ -35,10 +35,15 @@ var ipxeNoProxyWait = []byte{ipxeNoPXEDHCP, 1, 1}
 func (s *Server) handle(ctx context.Context, b []byte, src *net.UDPAddr, onProxyPort bool) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	start := time.Now()
 	mt, out := dhcpv4.MessageType(0), OutcomeHandled
-	reply, dst := s.decide(ctx, b, src, onProxyPort, &mt, &out)
+	tr := Trace{OnProxyPort: onProxyPort}
+	if src != nil {
+		tr.Src = src.IP
+	}
+	reply, dst := s.decide(ctx, b, src, onProxyPort, &mt, &out, &tr)
 	if reply != nil {
 		out = OutcomeAnswered
 	}
+	s.traced(&tr, mt, out, reply)
 	s.stats.packets[typeIndex(mt)][outcomeIndex(out)].Add(1)
 	s.stats.latency.observe(time.Since(start))
 	return reply, dst
@@ -64,9 +69,10 @@ func (s *Server) note(out *Outcome, o Outcome) {
 	}
 }
 
-// decide is handle's work; it sets *mtOut to the packet's type once known
-// and *out to why it gets no answer.
-func (s *Server) decide(ctx context.Context, b []byte, src *net.UDPAddr, onProxyPort bool, mtOut *dhcpv4.MessageType, out *Outcome) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+// decide is handle's work; it sets *mtOut to the packet's type once known,
+// *out to why it gets no answer, and fills in tr the client's side of
+// the packet's trace.
+func (s *Server) decide(ctx context.Context, b []byte, src *net.UDPAddr, onProxyPort bool, mtOut *dhcpv4.MessageType, out *Outcome, tr *Trace) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	p, err := parsePacket(b)
 	if err != nil {
 		s.note(out, OutcomeMalformed)
@@ -77,9 +83,13 @@ func (s *Server) decide(ctx context.Context, b []byte, src *net.UDPAddr, onProxy
 	*mtOut = mt
 	s.countRequest(mt)
 	req, err := describe(p, s.cfg.ServerIP)
+	if s.cfg.Trace != nil {
+		tr.Request, tr.MAC, tr.UserClass = req, req.MAC, userClass(p.Options[optUserClass])
+	}
 	if err != nil {
 		if errors.Is(err, errUnsupportedArch) {
 			s.note(out, OutcomeUnsupportedArch)
+			tr.Reason = err.Error()
 		} else {
 			s.note(out, OutcomeMalformed)
 		}
@@ -101,11 +111,13 @@ func (s *Server) decide(ctx context.Context, b []byte, src *net.UDPAddr, onProxy
 				return nil, nil
 			}
 			s.note(out, OutcomePolicyError)
+			tr.Reason = "the boot policy failed: " + err.Error()
 			log.Warn("dhcp: boot policy failed; not answering", "err", err)
 			return nil, nil
 		}
 		if d.Ignore {
 			s.note(out, OutcomePolicyIgnored)
+			tr.Reason = d.Reason
 			log.Debug("dhcp: policy ignores this machine")
 			return nil, nil
 		}

@@ -80,6 +80,9 @@ type Decision struct {
 	// through to its next boot device (typically the local disk). A
 	// region sets it for machines it has no active task for.
 	Ignore bool
+	// Reason says, in a line, why the client is ignored (for the boot
+	// trace, Config.Trace), e.g. "no active task for this machine".
+	Reason string
 	// BootFile is what the client loads next: a TFTP file name such as
 	// "undionly.kpxe" or "snponly.efi" for PXE firmware, or a full
 	// http:// URL for UEFI HTTP boot and for iPXE (its script). Empty
@@ -163,7 +166,7 @@ func (p StaticPolicy) Validate() error {
 // Boot implements BootPolicy.
 func (p StaticPolicy) Boot(_ context.Context, req Request) (Decision, error) {
 	if p.Allow != nil && !p.Allow[req.MAC] {
-		return Decision{Ignore: true}, nil
+		return Decision{Ignore: true, Reason: "not in the policy's allow list"}, nil
 	}
 	d := Decision{NextServer: p.NextServer}
 	if req.IsIPXE {

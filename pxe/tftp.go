@@ -70,6 +70,42 @@ type TFTPConfig struct {
 	// are logged per minute (20 if zero; negative: all); the others are
 	// counted and the count logged with the next line.
 	RefusalLogLimit int
+	// Trace, if set, is told of every read request and what became of it
+	// (a region keeps it in the machine's boot trace). It is called from
+	// the goroutine that handled the request and must not block.
+	Trace func(TFTPTrace)
+}
+
+// TFTPTrace describes one TFTP read request and what became of it.
+type TFTPTrace struct {
+	Client   net.IP
+	File     string // as requested
+	Bytes    int64  // data sent
+	Duration time.Duration
+	Outcome  TFTPOutcome
+	Err      error // why it was refused or failed
+}
+
+// TFTPOutcome is what became of a TFTP request.
+type TFTPOutcome string
+
+// The outcomes of TFTP requests.
+const (
+	TFTPComplete TFTPOutcome = "complete" // the file was sent
+	TFTPProbe    TFTPOutcome = "probe"    // the client asked for the size only (EDK2), and comes back for the file
+	TFTPNotFound TFTPOutcome = "not_found"
+	TFTPRefused  TFTPOutcome = "refused" // a bad path or mode, a write request
+	TFTPBusy     TFTPOutcome = "busy"    // too many transfers
+	TFTPFailed   TFTPOutcome = "failed"  // the transfer broke off
+	TFTPStopped  TFTPOutcome = "stopped" // the server shut down
+)
+
+// trace hands one request's fate to TFTPConfig.Trace.
+func (s *TFTPServer) trace(client *net.UDPAddr, file string, bytes int64, took time.Duration, out TFTPOutcome, err error) {
+	if s.cfg.Trace == nil || client == nil {
+		return
+	}
+	s.cfg.Trace(TFTPTrace{Client: client.IP, File: file, Bytes: bytes, Duration: took, Outcome: out, Err: err})
 }
 
 // TFTPServer is a read-only TFTP server for boot files; see the package
@@ -297,12 +333,14 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 	if req.op == opWRQ {
 		s.stats.refused.Add(1)
 		s.refuse.warn(log, "tftp write request refused: read-only server")
+		s.trace(client, req.filename, 0, 0, TFTPRefused, errors.New("write request to a read-only server"))
 		reply(errAccessViolation, "access violation: read-only server")
 		return
 	}
 	if req.mode != "octet" && req.mode != "netascii" {
 		s.stats.refused.Add(1)
 		s.refuse.warn(log, "tftp request refused: unsupported mode", "mode", req.mode)
+		s.trace(client, req.filename, 0, 0, TFTPRefused, fmt.Errorf("unsupported transfer mode %q", req.mode))
 		reply(errIllegalOp, "unsupported transfer mode")
 		return
 	}
@@ -310,6 +348,7 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 	if err != nil {
 		s.stats.refused.Add(1)
 		s.refuse.warn(log, "tftp request refused", "err", err)
+		s.trace(client, req.filename, 0, 0, TFTPRefused, err)
 		reply(errAccessViolation, "access violation")
 		return
 	}
@@ -330,6 +369,7 @@ func (s *TFTPServer) handle(ctx context.Context, pkt []byte, client *net.UDPAddr
 	busy := func() {
 		s.stats.busy.Add(1)
 		s.refuse.warn(log, "tftp request refused: too many transfers", "max", s.cfg.MaxTransfers, "queued", s.cfg.MaxQueued)
+		s.trace(client, req.filename, 0, 0, TFTPBusy, fmt.Errorf("%d transfers running, %d waiting", s.cfg.MaxTransfers, s.cfg.MaxQueued))
 		reply(errNotDefined, "server busy, try again later")
 	}
 	select {
@@ -418,6 +458,7 @@ func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request
 	if err != nil {
 		s.stats.failed.Add(1)
 		log.Warn("tftp transfer socket", "err", err)
+		s.trace(client, req.filename, 0, 0, TFTPFailed, err)
 		return false
 	}
 	defer conn.Close()
@@ -432,6 +473,11 @@ func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request
 		}
 		s.stats.notFound.Add(1)
 		s.refuse.warn(log, "tftp request refused", "err", err)
+		out := TFTPNotFound
+		if code == errAccessViolation {
+			out = TFTPRefused
+		}
+		s.trace(client, req.filename, 0, 0, out, err)
 		conn.Write(errorPacket(code, msg))
 		return false
 	}
@@ -464,16 +510,20 @@ func (s *TFTPServer) transfer(ctx context.Context, log *slog.Logger, req request
 		s.stats.completed.Add(1)
 		s.stats.durationNs.Add(uint64(took))
 		log.Info("tftp transfer complete", attrs...)
+		s.trace(client, req.filename, t.sent, took, TFTPComplete, nil)
 	case ctx.Err() != nil:
 		s.stats.stopped.Add(1)
 		log.Info("tftp transfer stopped: server shutting down", attrs...)
+		s.trace(client, req.filename, t.sent, took, TFTPStopped, err)
 	case abortedByClient && ce.code == errOptionsRefused && t.sent == 0:
 		// EDK2 asks for the tsize and aborts; it comes back for the file.
 		s.stats.probes.Add(1)
 		log.Debug("tftp client ended the transfer after the option negotiation (a tsize probe)", "client_msg", ce.msg)
+		s.trace(client, req.filename, 0, took, TFTPProbe, nil)
 	default:
 		s.stats.failed.Add(1)
 		s.refuse.warn(log, "tftp transfer failed", append(attrs, "err", err)...)
+		s.trace(client, req.filename, t.sent, took, TFTPFailed, err)
 	}
 	return abortedByClient
 }

@@ -29,11 +29,14 @@ func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.H
 			return
 		}
 		ctx, who := withCaller(req.Context())
-		if err := h(w, req.WithContext(ctx)); err != nil {
-			if e := httpjson.WriteError(w, err); e.Status >= 500 {
+		rec := &countingWriter{ResponseWriter: w, status: http.StatusOK}
+		err := h(rec, req.WithContext(ctx))
+		if err != nil {
+			if e := httpjson.WriteError(rec, err); e.Status >= 500 {
 				r.log.Error("agent API request failed", append(who.attrs(), "path", req.URL.Path, "err", err)...)
 			}
 		}
+		r.traceAgent(req, who, rec.status, err)
 	}
 }
 

@@ -30,9 +30,9 @@ func (r *Region) bootRoutes(mux *http.ServeMux) error {
 	if err != nil {
 		return err
 	}
-	mux.Handle("GET /boot/files/", files)
+	mux.Handle("GET /boot/files/", r.traceFiles(files))
 	if bins, err := pxe.NewFileServer(pxe.FileServerConfig{Root: r.cfg.IPXEDir, Prefix: ipxeRoute, Logger: r.log}); err == nil {
-		mux.Handle("GET "+ipxeRoute, bins)
+		mux.Handle("GET "+ipxeRoute, r.traceFiles(bins))
 	} else {
 		r.log.Warn("iPXE binaries not served over HTTP (UEFI HTTP boot will fail)", "dir", r.cfg.IPXEDir, "err", err)
 	}
@@ -67,10 +67,12 @@ func (r *Region) answerFile(w http.ResponseWriter, req *http.Request) {
 	bound, err := r.tokens.check(req.Context(), t.Metadata.TargetMAC, token, from)
 	if errors.Is(err, errWrongAddress) && bound == t.ID {
 		r.refuse(req.Context(), t.ID, from, "answer file refused: the token is bound to another address")
+		r.traceAnswerFile(t, name, from, http.StatusForbidden, "the token is bound to another address")
 		http.Error(w, errWrongSource.Message, http.StatusForbidden)
 		return
 	}
 	if err != nil || bound != t.ID {
+		r.traceAnswerFile(t, name, from, http.StatusUnauthorized, "invalid task token")
 		http.Error(w, "invalid task token", http.StatusUnauthorized)
 		return
 	}
@@ -147,7 +149,9 @@ func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "bad MAC address in script name", http.StatusBadRequest)
 		return
 	}
-	body, err := r.renderScript(req, mac)
+	var note scriptNote
+	body, err := r.renderScript(req, mac, &note)
+	r.traceScript(req, mac, note, err)
 	if err != nil {
 		var he *httpjson.Error
 		if errors.As(err, &he) {
@@ -166,29 +170,39 @@ func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 	_, _ = w.Write(body)
 }
 
-func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) {
+// renderScript renders mac's script and says in note which kind it chose
+// and why (for the boot trace).
+func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote) ([]byte, error) {
 	ctx := req.Context()
 	t, _, ok := r.tasks.Active(mac)
 	if !ok {
 		if ended, ok := r.ended(mac); ok {
+			note.taskID = ended.ID
 			switch ended.Status {
 			case task.StatusCompleted:
+				note.kind, note.why = scriptLocalBoot, "task "+ended.ID+" completed: boot the local disk"
 				return ipxe.LocalBoot(ipxe.LocalParams{MAC: mac, TaskID: ended.ID, Firmware: platform(req)})
 			case task.StatusRejected, task.StatusCancelled, task.StatusFailed:
+				note.kind, note.why = scriptStop, fmt.Sprintf("task %s is %s", ended.ID, ended.Status)
 				return ipxe.Stop(ipxe.StopParams{MAC: mac, TaskID: ended.ID, Reason: ipxe.StopReason(ended.Status)})
 			}
 		}
 		if r.cfg.UnknownMachines == UnknownDiscover {
+			note.kind, note.why = scriptInventory, "no active task in region "+r.cfg.RegionID+"; unknown machines are discovered"
 			return r.inventoryScript(req, mac)
 		}
+		note.kind, note.why = scriptUnknown, "no active task for this machine in region "+r.cfg.RegionID
 		return ipxe.Unknown(ipxe.UnknownParams{MAC: mac, Region: r.cfg.RegionID, Sleep: 10})
 	}
+	note.taskID = t.ID
 	switch t.Status {
 	case task.StatusPending:
+		note.kind, note.why = scriptNotReady, "task "+t.ID+" is still being prepared"
 		return nil, httpjson.Errorf(http.StatusServiceUnavailable, "not_ready", "task %s is being prepared; retry", t.ID)
 	case task.StatusApproved, task.StatusInstalling:
 		if e, ok := r.catalog.Lookup(t.Metadata.OSType, t.Metadata.OSVersion); ok && e.Kind == KindInstaller {
-			return r.installerScript(req, mac, t, e)
+			note.kind, note.why = scriptInstaller, fmt.Sprintf("task %s is %s: install %s %s with its installer", t.ID, t.Status, e.OSType, e.OSVersion)
+			return r.installerScript(req, mac, t, e, note)
 		}
 	}
 	token, refused, err := r.scriptToken(req, mac, t)
@@ -196,8 +210,10 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) 
 		return nil, err
 	}
 	if refused {
+		note.kind, note.why = scriptAlreadyBooting, "task "+t.ID+"'s agent token is bound to another address: the machine is already booting"
 		return ipxe.Busy(ipxe.BusyParams{MAC: mac, TaskID: t.ID})
 	}
+	note.kind, note.why = scriptAgent, fmt.Sprintf("task %s is %s: boot the agent", t.ID, t.Status)
 	if t.Status == task.StatusReady {
 		moved, err := r.svc.MarkBooting(ctx, t.ID, r.actor, task.ExpectRevision(t.Revision))
 		if err != nil && !errors.Is(err, task.ErrConflict) {
@@ -215,12 +231,13 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC) ([]byte, error) 
 
 // installerScript boots a distribution installer for an approved task,
 // with an answer file the region renders for the task.
-func (r *Region) installerScript(req *http.Request, mac lpmos.MAC, t *task.Task, e Entry) ([]byte, error) {
+func (r *Region) installerScript(req *http.Request, mac lpmos.MAC, t *task.Task, e Entry, note *scriptNote) ([]byte, error) {
 	token, refused, err := r.scriptToken(req, mac, t)
 	if err != nil {
 		return nil, err
 	}
 	if refused {
+		note.kind, note.why = scriptAlreadyBooting, "task "+t.ID+"'s token is bound to another address: the machine is already booting"
 		return ipxe.Busy(ipxe.BusyParams{MAC: mac, TaskID: t.ID})
 	}
 	method := ipxe.Method(e.Family)

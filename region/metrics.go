@@ -69,6 +69,11 @@ func newMetrics(r *Region, reg prometheus.Registerer) *metrics {
 				"When the region last wrote its heartbeat to the store (Unix time; 0: never).", nil, labels),
 			leader: prometheus.NewDesc("lpmos_region_leader",
 				"1 while this process leads its region (answers machines and writes), 0 while it is a standby.", nil, labels),
+			traceEvents: prometheus.NewDesc("lpmos_region_trace_events_total",
+				"Boot trace events by what became of them: recorded, dropped_queue (the recorder's queue was full), "+
+					"dropped_machines (too many machines' traces waited to be written), not_leader (discarded: not leading).", []string{"result"}, labels),
+			traceWrites: prometheus.NewDesc("lpmos_region_trace_writes_total",
+				"Boot trace writes to the store (one per machine at most once a second) by result: ok or error.", []string{"result"}, labels),
 		})
 	return m
 }
@@ -78,6 +83,7 @@ func newMetrics(r *Region, reg prometheus.Registerer) *metrics {
 type regionCollector struct {
 	r                                           *Region
 	tasks, idle, storeUp, lastHeartbeat, leader *prometheus.Desc
+	traceEvents, traceWrites                    *prometheus.Desc
 }
 
 func (c *regionCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -86,6 +92,8 @@ func (c *regionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.storeUp
 	ch <- c.lastHeartbeat
 	ch <- c.leader
+	ch <- c.traceEvents
+	ch <- c.traceWrites
 }
 
 func (c *regionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -122,6 +130,13 @@ func (c *regionCollector) Collect(ch chan<- prometheus.Metric) {
 		leading = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, leading)
+	ts := r.trace.Stats()
+	for result, n := range map[string]uint64{"recorded": ts.Recorded, "dropped_queue": ts.Dropped,
+		"dropped_machines": ts.DroppedMachines, "not_leader": ts.NotLeader} {
+		ch <- prometheus.MustNewConstMetric(c.traceEvents, prometheus.CounterValue, float64(n), result)
+	}
+	ch <- prometheus.MustNewConstMetric(c.traceWrites, prometheus.CounterValue, float64(ts.Writes), "ok")
+	ch <- prometheus.MustNewConstMetric(c.traceWrites, prometheus.CounterValue, float64(ts.WriteErrors), "error")
 }
 
 // bootKinds name the region's boot routes for the metrics.

@@ -72,8 +72,11 @@ func (p *dhcpPolicy) Boot(ctx context.Context, req dhcp.Request) (dhcp.Decision,
 			return p.static.Boot(ctx, req)
 		case UnknownRecord:
 			r.recordDiscovered(ctx, req)
+			return dhcp.Decision{Ignore: true, Reason: "no active task for this machine in region " + r.cfg.RegionID +
+				" (recorded as discovered; unknown machines are not booted)"}, nil
 		}
-		return dhcp.Decision{Ignore: true}, nil
+		return dhcp.Decision{Ignore: true, Reason: "no active task for this machine in region " + r.cfg.RegionID +
+			" (unknown machines are ignored)"}, nil
 	}
 	r.relays.note(req.MAC, req.RelayAddr != nil)
 	return p.static.Boot(ctx, req)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/power"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 // The region drives its machines' BMCs (it sits in their data center):
@@ -268,6 +270,18 @@ func (r *Region) runPowerJob(ctx context.Context, j powerJob) {
 		msg = fmt.Sprintf("BMC %s: %s: done (power %s)", creds, j.describe(), state)
 		r.log.Info("power action done", append(attrs, "bmc", creds, "state", state)...)
 	}
+	ev := trace.Event{Kind: trace.KindPower, Outcome: trace.OutcomeOK, Message: truncateText(msg),
+		Detail: map[string]string{"action": string(outcome), "state": rec.State, "attempts": strconv.Itoa(attempts)}}
+	if j.taskID != "" {
+		ev.Detail["task_id"] = j.taskID
+	}
+	if j.actor != "" {
+		ev.Detail["actor"] = j.actor
+	}
+	if err != nil {
+		ev.Outcome, ev.Reason = trace.OutcomeError, err.Error()
+	}
+	r.trace.Record(j.mac, ev)
 	if j.action != "" || j.reqID != "" {
 		if werr := r.machines.SetPower(ctx, j.mac, rec, j.req, j.reqRev); werr != nil {
 			r.log.Warn("record power outcome", append(attrs, "err", werr)...)

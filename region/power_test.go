@@ -21,6 +21,7 @@ import (
 	"github.com/lpmos/lpmos/power"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 // bmcLab is a Redfish stand-in BMC (the real protocol over TLS, a machine
@@ -122,6 +123,22 @@ func TestPowerFollowsTheTask(t *testing.T) {
 	assert.NotContains(t, failed.Error.Message, "wrong-pw", "the password is never in a message")
 	assert.True(t, hasPowerEntry(failed, "failed"))
 	assert.False(t, bad.mem.On())
+
+	// Both machines' boot traces have their power actions, and the failure
+	// says why without the password.
+	require.NoError(t, l.reg.FlushTrace(ctx))
+	okTrace, err := trace.Read(ctx, st, parsed)
+	require.NoError(t, err)
+	assert.True(t, slices.ContainsFunc(okTrace, func(e trace.Event) bool {
+		return e.Kind == trace.KindPower && e.Outcome == trace.OutcomeOK && e.Detail["actor"] == "token:otto"
+	}), "%+v", okTrace)
+	badTrace, err := trace.Read(ctx, st, parsed2)
+	require.NoError(t, err)
+	i := slices.IndexFunc(badTrace, func(e trace.Event) bool { return e.Kind == trace.KindPower })
+	require.GreaterOrEqual(t, i, 0, "%+v", badTrace)
+	assert.Equal(t, trace.OutcomeError, badTrace[i].Outcome)
+	assert.NotEmpty(t, badTrace[i].Reason)
+	assert.NotContains(t, badTrace[i].Reason+badTrace[i].Message, "wrong-pw")
 
 	// A machine without a BMC is left alone: its task just waits.
 	tk3 := l.create("52:54:00:b0:00:03")

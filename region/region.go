@@ -2,7 +2,10 @@
 // watches its region's tasks in the store, answers the machines' boot
 // requests (DHCP/ProxyDHCP, TFTP, HTTP boot files and per-machine iPXE
 // scripts), serves the agent API the booted agents report to, and keeps a
-// heartbeat and its capabilities in the store for the control plane.
+// heartbeat and its capabilities in the store for the control plane. It
+// also keeps each machine's boot trace (trace.go): what it saw of the
+// machine's DHCP, TFTP, HTTP and agent traffic, and why it answered as it
+// did.
 //
 // It composes the dhcp, pxe and ipxe packages and implements their small
 // policy interfaces over its view of its tasks (a task.View). A Region is
@@ -38,6 +41,7 @@ import (
 	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 // DefaultTimeouts are the status timeouts unless Config.Timeouts says
@@ -198,6 +202,11 @@ type Region struct {
 	lastSeen     map[lpmos.MAC]time.Time
 	discoveredAt map[lpmos.MAC]time.Time
 
+	// trace keeps the machines' boot traces (trace.go); addrs maps
+	// client addresses back to machines for it.
+	trace *trace.Recorder
+	addrs addrBook
+
 	fetches   *fetchLimits
 	inventory *inventory
 	refusals  refusals
@@ -335,6 +344,8 @@ func New(cfg Config) (*Region, error) {
 	})
 	r.tokens = &tokens{st: cfg.Store, now: cfg.Now, fence: r.lead.Compares}
 	r.tokens.offline = r.journaling
+	r.trace = trace.New(trace.Config{Store: cfg.Store, Region: cfg.RegionID, Leading: r.lead.leading,
+		Fence: r.lead.Compares, Logger: log, Now: cfg.Now})
 	mux := http.NewServeMux()
 	r.agentRoutes(mux)
 	if err := r.bootRoutes(mux); err != nil {
@@ -466,6 +477,7 @@ func (r *Region) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return r.rules.Run(ctx) })
+	g.Go(func() error { return r.trace.Run(ctx) })
 	for range powerWorkers {
 		g.Go(func() error { r.powerLoop(ctx); return nil })
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,7 @@ import (
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/memory"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 type lab struct {
@@ -649,6 +651,36 @@ func TestScriptsFollowTheTask(t *testing.T) {
 		return strings.Contains(body, "was rejected")
 	}, 10*time.Second, 20*time.Millisecond)
 	assert.Contains(t, body, "poweroff")
+
+	// The boot trace names each script and why, and the refused answer
+	// file without its token.
+	require.NoError(t, l.reg.FlushTrace(ctx))
+	parsed, err := lpmos.ParseMAC(mac)
+	require.NoError(t, err)
+	events, err := trace.Read(ctx, l.st, parsed)
+	require.NoError(t, err)
+	var scripts []string
+	for _, e := range events {
+		if e.Kind == trace.KindScript && e.Outcome == trace.OutcomeOK && (len(scripts) == 0 || scripts[len(scripts)-1] != e.Detail["script"]) {
+			scripts = append(scripts, e.Detail["script"])
+		}
+	}
+	assert.Equal(t, []string{"agent", "installer", "local-boot"}, scripts)
+	i := slices.IndexFunc(events, func(e trace.Event) bool { return e.Kind == trace.KindToken })
+	require.GreaterOrEqual(t, i, 0, "%+v", events)
+	assert.Equal(t, "answer file preseed → 401", events[i].Message)
+	assert.Equal(t, "invalid task token", events[i].Reason)
+	for _, e := range events {
+		assert.NotContains(t, fmt.Sprint(e), itoken, "a token in the trace")
+	}
+	parsed2, err := lpmos.ParseMAC(mac2)
+	require.NoError(t, err)
+	events, err = trace.Read(ctx, l.st, parsed2)
+	require.NoError(t, err)
+	require.NotEmpty(t, events)
+	last := events[len(events)-1]
+	assert.Equal(t, "stop", last.Detail["script"])
+	assert.Equal(t, "task "+tk2.ID+" is rejected", last.Reason)
 }
 
 func TestDHCPPolicy(t *testing.T) {
@@ -665,7 +697,7 @@ func TestDHCPPolicy(t *testing.T) {
 		req  dhcp.Request
 		want dhcp.Decision
 	}{
-		{"unknown machine is ignored", dhcp.Request{MAC: stranger, IsPXE: true, HasArch: true, Firmware: lpmos.FirmwareBIOS}, dhcp.Decision{Ignore: true}},
+		{"unknown machine is ignored", dhcp.Request{MAC: stranger, IsPXE: true, HasArch: true, Firmware: lpmos.FirmwareBIOS}, dhcp.Decision{Ignore: true, Reason: "no active task for this machine in region dc1 (unknown machines are ignored)"}},
 		{"BIOS firmware gets undionly", dhcp.Request{MAC: active, IsPXE: true, HasArch: true, Firmware: lpmos.FirmwareBIOS}, dhcp.Decision{BootFile: "undionly.kpxe"}},
 		{"UEFI firmware gets snponly", dhcp.Request{MAC: active, IsPXE: true, HasArch: true, Arch: lpmos.ArchEFIx64, Firmware: lpmos.FirmwareUEFI}, dhcp.Decision{BootFile: "snponly.efi"}},
 		{"UEFI HTTP gets a URL", dhcp.Request{MAC: active, IsHTTPClient: true, HasArch: true, Arch: lpmos.ArchEFIx64HTTP, Firmware: lpmos.FirmwareUEFIHTTP}, dhcp.Decision{BootFile: l.ts.URL + "/boot/ipxe/snponly.efi"}},

@@ -167,6 +167,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		dc := *cfg.DHCP
 		dc.Policy = reg.DHCPPolicy()
 		dc.Active = reg.Leading
+		if dc.Trace == nil {
+			dc.Trace = reg.DHCPTrace
+		}
 		dc.Logger = cmp.Or(dc.Logger, reg.cfg.Logger)
 		if dc.Mode == dhcp.ModeFull && dc.LeaseStore == nil {
 			// Leases in the store, for the standby that takes over; the
@@ -281,6 +284,9 @@ func (s *Server) Run(ctx context.Context) error {
 			tc.Root = cmp.Or(tc.Root, s.reg.cfg.IPXEDir)
 		}
 		tc.Logger = cmp.Or(tc.Logger, s.reg.cfg.Logger)
+		if tc.Trace == nil {
+			tc.Trace = s.reg.TFTPTrace
+		}
 		var err error
 		tftp, err = pxe.NewTFTPServer(tc)
 		switch {

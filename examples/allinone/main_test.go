@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -130,6 +131,34 @@ func TestAllInOneRuns(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, "%v", body)
 	waitFor("completed")
 
+	// The boot traces, written by the region, served by the control plane:
+	// the simulated machine's agent calls, and why a machine without a task
+	// was sent away.
+	hasEvent := func(mac string, match func(e map[string]any) bool) bool {
+		code, body := api("GET", "/api/v1/machines/"+mac+"/trace", "")
+		events, _ := body["events"].([]any)
+		return code == http.StatusOK && slices.ContainsFunc(events, func(e any) bool {
+			m, _ := e.(map[string]any)
+			return m != nil && match(m)
+		})
+	}
+	require.Eventually(t, func() bool {
+		return hasEvent(simulated, func(e map[string]any) bool {
+			d, _ := e["detail"].(map[string]any)
+			return e["kind"] == "agent" && d["route"] == "POST /api/v1/agent/report" && d["code"] == "200" && e["region"] == "dc1"
+		})
+	}, 30*time.Second, 100*time.Millisecond, "the simulated machine's trace has no report")
+	const stranger = "02:00:00:00:00:99"
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/boot/%s.ipxe", rp, stranger))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Eventually(t, func() bool {
+		return hasEvent(stranger, func(e map[string]any) bool {
+			return e["kind"] == "script" && e["outcome"] == "ignored" && e["reason"] == "no active task for this machine in region dc1"
+		})
+	}, 30*time.Second, 100*time.Millisecond, "the stranger's trace does not say why it was sent away")
+
 	// One registry for the process: the control plane's /metrics has the
 	// region's series and the process figures.
 	fams := cmdtest.CheckMetrics(t, dashboard+"metrics", token)
@@ -137,7 +166,7 @@ func TestAllInOneRuns(t *testing.T) {
 		assert.Contains(t, fams, name)
 	}
 
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", rp))
+	resp, err = http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", rp))
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)

@@ -1595,6 +1595,8 @@
           el('section', { class: 'panel' }, el('h2', { text: 'BMC' }), bmcBox))),
       el('section', { class: 'panel', id: 'machine-hardware-panel' }, el('h2', { text: 'Hardware' }), hwBox),
       el('section', { class: 'panel' }, el('h2', { text: 'Tasks' }), tasksBox));
+    const bootTrace = bootTracePanel(mac);
+    app.appendChild(bootTrace.node);
 
     async function power(a) {
       asked = null;
@@ -1733,8 +1735,13 @@
         if (err.status === 404) {
           fill(app, el('div', { class: 'panel empty' },
             el('h1', { text: 'Machine not found' }),
-            el('p', null, 'There is no machine ', el('span', { class: 'mono', text: mac }), '. ', link('/machines', 'Back to the machines.'))));
-          v.destroy();
+            el('p', null, 'There is no machine ', el('span', { class: 'mono', text: mac }), '. ', link('/machines', 'Back to the machines.'))),
+            bootTrace.node); // a machine DHCP ignored has no record, but a trace that says why
+          // Stop this page's polling but keep the trace's.
+          v.alive = false;
+          refresh.cancel();
+          clearInterval(poll);
+          v.destroy = () => bootTrace.destroy();
           return;
         }
         fill(alerts, alertBox('error', 'Could not load the machine', err.message));
@@ -1754,7 +1761,7 @@
 
     const poll = setInterval(() => refresh(), REFRESH_MS);
     v.resync = () => refresh();
-    v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); };
+    v.destroy = () => { v.alive = false; refresh.cancel(); clearInterval(poll); bootTrace.destroy(); };
     return v;
   }
 
@@ -2079,6 +2086,63 @@
     return v;
   }
 
+  // Boot trace panel: what the regions saw of one machine's boot (DHCP,
+  // TFTP, HTTP boot files, the iPXE script and why, agent calls, power,
+  // refused tokens), from GET /api/v1/machines/{mac}/trace. The machine
+  // and task pages show it. It polls every few seconds while the tab is
+  // visible: traces change up to once a second per booting machine, too
+  // chatty for the WebSocket hub, which carries task events only.
+
+  function bootTracePanel(mac) {
+    const TRACE_MS = 3000;
+    const SHOWN = 50;
+    const OUTCOMES = { ok: 'trace-ok', ignored: 'trace-ignored', refused: 'trace-refused', error: 'trace-error' };
+    const box = el('div', { id: 'boot-trace' }, el('p', { class: 'muted', text: 'Loading…' }));
+    const node = el('section', { class: 'panel', id: 'boot-trace-panel', dataset: { mac } },
+      el('h2', { text: 'Boot trace' }), box);
+    let alive = true;
+
+    function detailText(d) {
+      if (!d || typeof d !== 'object') return '';
+      return Object.keys(d).sort().map((k) => k + '=' + d[k]).join(' ');
+    }
+
+    function render(events) {
+      if (!events.length) {
+        fill(box, el('p', { class: 'muted', id: 'boot-trace-empty',
+          text: 'No region has heard from this machine. Check that it network-boots on a provisioning network a region serves (cabling, VLAN, DHCP relay).' }));
+        return;
+      }
+      const newest = events.slice(-SHOWN).reverse();
+      fill(box,
+        el('p', { class: 'muted', text: 'Newest first' + (events.length > SHOWN ? '; the last ' + SHOWN + ' of ' + events.length + ' events' : '') + '.' }),
+        table('compact timeline boot-trace', ['Time', 'Region', 'Kind', 'Outcome', 'What', 'Why'], newest.map((e) => el('tr', { dataset: { kind: String(e.kind || ''), outcome: String(e.outcome || '') } },
+          el('td', { class: 'when' }, timeEl(e.time)),
+          el('td', { text: dash(e.region) }),
+          el('td', { text: dash(e.kind) }),
+          el('td', null, el('span', { class: OUTCOMES[e.outcome] || '', text: dash(e.outcome) })),
+          el('td', { class: 'msg' }, el('div', { text: dash(e.message) + (e.count > 1 ? ' ×' + e.count : '') }),
+            detailText(e.detail) ? el('div', { class: 'muted mono trace-detail', text: detailText(e.detail) }) : null),
+          el('td', { class: 'msg', text: dash(e.reason) })))));
+    }
+
+    const refresh = refresher(async () => {
+      let res;
+      try {
+        res = await api('GET', '/api/v1/machines/' + encodeURIComponent(mac) + '/trace');
+      } catch (err) {
+        if (!alive || err.signedOut) return;
+        fill(box, alertBox('error', 'Could not load the boot trace', err.message));
+        return;
+      }
+      if (!alive || !res.data || !Array.isArray(res.data.events)) return;
+      render(res.data.events.filter((e) => e && typeof e === 'object'));
+    });
+    const poll = setInterval(() => { if (!document.hidden) refresh(); }, TRACE_MS);
+    refresh();
+    return { node, destroy() { alive = false; refresh.cancel(); clearInterval(poll); } };
+  }
+
   // ------------------------------------------------------------------
   // Create form: /tasks/create.
 
@@ -2382,6 +2446,14 @@
       summaryGrid,
       el('section', { class: 'panel', id: 'hardware-panel' }, el('h2', { text: 'Hardware review' }), hwBox),
       el('section', { class: 'panel' }, el('h2', { text: 'Timeline' }), timelineBox));
+    // The boot trace of the task's machine, added once its MAC is known.
+    let bootTrace = null;
+    function attachBootTrace(t) {
+      const mac = t && t.metadata && String(t.metadata.target_mac || '');
+      if (bootTrace || !v.alive || !MAC_RE.test(mac)) return;
+      bootTrace = bootTracePanel(mac);
+      app.appendChild(bootTrace.node);
+    }
 
     function say(kind, title, message) {
       fill(alerts, alertBox(kind, title, message));
@@ -2701,6 +2773,7 @@
       task = res.data;
       etag = res.headers.get('ETag') || (task.revision !== undefined ? String(task.revision) : null);
       renderAll(task);
+      attachBootTrace(task);
     });
 
     v.onMessage = function (msg) {
@@ -2730,7 +2803,7 @@
       }
     };
     v.resync = () => refresh();
-    v.destroy = () => { v.alive = false; refresh.cancel(); };
+    v.destroy = () => { v.alive = false; refresh.cancel(); if (bootTrace) bootTrace.destroy(); };
     return v;
   }
 
