@@ -352,34 +352,18 @@ func (r *Region) reportStatus(w http.ResponseWriter, req *http.Request) error {
 		}
 		info := task.ErrorInfo{Code: code, Stage: body.Stage, Message: body.Message}
 		call := agentCall{kind: journal.KindFail, t: t, mac: mac, source: sourceAddr(req).String(), body: info}
-		_, err := r.agentWrite(req.Context(), call, func(ctx context.Context) error {
-			failed, err := r.svc.Fail(ctx, t.ID, r.actor, info)
-			if err != nil && !r.endedAs(ctx, err, t.ID, task.StatusFailed) {
-				return err
-			}
-			if failed != nil {
-				r.observe(failed)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := r.endTask(req.Context(), call, task.StatusFailed, func(ctx context.Context) (*task.Task, error) {
+			return r.svc.Fail(ctx, t.ID, r.actor, info)
+		}); err != nil {
 			return err
 		}
 	case string(task.StatusCompleted):
 		r.dropProgress(t.ID)
 		c := task.Completion{Message: body.Message}
 		call := agentCall{kind: journal.KindComplete, t: t, mac: mac, source: sourceAddr(req).String(), body: c}
-		_, err := r.agentWrite(req.Context(), call, func(ctx context.Context) error {
-			done, err := r.svc.Complete(ctx, t.ID, r.actor, c)
-			if err != nil && !r.endedAs(ctx, err, t.ID, task.StatusCompleted) {
-				return err
-			}
-			if done != nil {
-				r.observe(done)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := r.endTask(req.Context(), call, task.StatusCompleted, func(ctx context.Context) (*task.Task, error) {
+			return r.svc.Complete(ctx, t.ID, r.actor, c)
+		}); err != nil {
 			return err
 		}
 	default:
@@ -660,4 +644,21 @@ func truncate(s string, n int) string {
 		return s[:n]
 	}
 	return s
+}
+
+// endTask writes an agent's end report (through the journal when the
+// store is out of reach); a task that already ended so (a repeated report
+// whose answer was lost) counts as done.
+func (r *Region) endTask(ctx context.Context, call agentCall, status task.Status, end func(context.Context) (*task.Task, error)) error {
+	_, err := r.agentWrite(ctx, call, func(ctx context.Context) error {
+		ended, err := end(ctx)
+		if err != nil && !r.endedAs(ctx, err, call.t.ID, status) {
+			return err
+		}
+		if ended != nil {
+			r.observe(ended)
+		}
+		return nil
+	})
+	return err
 }
