@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -256,12 +257,7 @@ func (f *machineFlags) input(fs *flag.FlagSet, stdin *os.File) (client.MachineIn
 		}
 		b := &machine.BMCInput{Driver: f.driver, Address: f.address, Username: f.username, CertSHA256: f.certSHA256}
 		if f.passwordFile != "" {
-			var raw []byte
-			if f.passwordFile == "-" {
-				raw, err = readAllLimited(stdin)
-			} else {
-				raw, err = os.ReadFile(f.passwordFile)
-			}
+			raw, err := readInput(f.passwordFile, stdin)
 			if err != nil {
 				return in, usagef("--bmc-password-file: %v", err)
 			}
@@ -302,14 +298,27 @@ func decodeStrict(raw []byte, v any) error {
 	return nil
 }
 
-// readAllLimited reads a password from standard input, at most 4 KiB.
-func readAllLimited(f *os.File) ([]byte, error) {
-	buf := make([]byte, 4096)
-	n, err := f.Read(buf)
-	if n == 0 && err != nil {
+// maxInputBytes bounds what a command reads from a file or standard input.
+const maxInputBytes = 1 << 20
+
+// readInput reads path, or stdin for "-", up to maxInputBytes.
+func readInput(path string, stdin io.Reader) ([]byte, error) {
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		stdin = f
+	}
+	b, err := io.ReadAll(io.LimitReader(stdin, maxInputBytes+1))
+	if err != nil {
 		return nil, err
 	}
-	return buf[:n], nil
+	if len(b) > maxInputBytes {
+		return nil, fmt.Errorf("larger than %d bytes", maxInputBytes)
+	}
+	return b, nil
 }
 
 func machinesRegister(fs *flag.FlagSet) runner {
@@ -552,13 +561,7 @@ func rulesPut(fs *flag.FlagSet) runner {
 		if file == "" {
 			return usagef("-f FILE is required")
 		}
-		var raw []byte
-		var err error
-		if file == "-" {
-			raw, err = readAllLimited(os.Stdin)
-		} else {
-			raw, err = os.ReadFile(file)
-		}
+		raw, err := readInput(file, os.Stdin)
 		if err != nil {
 			return usagef("-f: %v", err)
 		}
