@@ -169,23 +169,7 @@ func TestRedfishZeroTouch(t *testing.T) {
 	}
 	wait := func(want string, timeout time.Duration) map[string]any {
 		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for {
-			task := srv.task(id)
-			st, _ := task["status"].(string)
-			if st == want {
-				return task
-			}
-			switch st {
-			case "failed", "rejected", "cancelled", "completed":
-				t.Fatalf("task %s ended %s while waiting for %s: error %v, timeline %v", id, st, want, task["error"], statuses(task))
-			}
-			alive("waiting for " + want)
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				t.Fatalf("task %s did not reach %s within %s: status %s, timeline %v", id, want, timeout, st, statuses(task))
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		return waitWhileAlive(ctx, t, srv, id, want, timeout, alive)
 	}
 	task := wait("pending_approval", 3*time.Minute)
 	testlab.Logf(t, r.start, "hardware reported %s after power-on", time.Since(created).Round(100*time.Millisecond))
@@ -195,23 +179,7 @@ func TestRedfishZeroTouch(t *testing.T) {
 	wait("completed", 3*time.Minute)
 	testlab.Logf(t, r.start, "installed; waiting for the installed system to phone home")
 
-	var firstBoot map[string]any
-	for firstBoot == nil {
-		tl, _ := srv.task(id)["timeline"].([]any)
-		for _, e := range tl {
-			if m, _ := e.(map[string]any); m["event"] == "first_boot" {
-				firstBoot = m
-			}
-		}
-		if firstBoot != nil {
-			break
-		}
-		alive("waiting for first_boot")
-		if ctx.Err() != nil {
-			t.Fatalf("no first_boot in the task's timeline")
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	firstBoot := waitFirstBoot(ctx, t, srv, id, alive)
 	testlab.Logf(t, r.start, "first boot recorded: %v", firstBoot["message"])
 	if msg, _ := firstBoot["message"].(string); !strings.Contains(msg, `"`+hostname+`"`) {
 		t.Errorf("first_boot message %q does not name the seeded hostname %q", msg, hostname)
