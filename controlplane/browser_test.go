@@ -741,45 +741,7 @@ func TestBrowserMachines(t *testing.T) {
 	st := etcdtest.NewStore(t)
 	sealer, err := machine.NewSealer(bytes.Repeat([]byte("k"), machine.KeySize))
 	require.NoError(t, err)
-	srv, err := controlplane.New(controlplane.Config{
-		Store: st,
-		Auth: auth.Config{Tokens: []auth.StaticToken{
-			{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin},
-			{Token: browserViewToken, Subject: "victor@example.com", Role: auth.RoleViewer},
-		}},
-		BMCSealer: sealer,
-		Logger:    slog.New(slog.DiscardHandler),
-	})
-	require.NoError(t, err)
-	runCtx, stopRun := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- srv.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopRun()
-		<-ran
-	})
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(ts.Close)
-
-	call := func(method, path string, body any) (int, map[string]any) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, err := json.Marshal(body)
-			require.NoError(t, err)
-			rd = bytes.NewReader(b)
-		}
-		req, err := http.NewRequestWithContext(ctx, method, ts.URL+path, rd)
-		require.NoError(t, err)
-		req.Header.Set("Authorization", "Bearer "+browserAdminToken)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer res.Body.Close()
-		var out map[string]any
-		_ = json.NewDecoder(res.Body).Decode(&out)
-		return res.StatusCode, out
-	}
+	ts, call := browserCP(ctx, t, st, sealer)
 
 	// The registered machine, through the API as an operator would.
 	code, body := call(http.MethodPost, "/api/v1/machines", map[string]any{
@@ -1028,44 +990,7 @@ func TestBrowserRules(t *testing.T) {
 	defer cancel()
 
 	st := etcdtest.NewStore(t)
-	srv, err := controlplane.New(controlplane.Config{
-		Store: st,
-		Auth: auth.Config{Tokens: []auth.StaticToken{
-			{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin},
-			{Token: browserViewToken, Subject: "victor@example.com", Role: auth.RoleViewer},
-		}},
-		Logger: slog.New(slog.DiscardHandler),
-	})
-	require.NoError(t, err)
-	runCtx, stopRun := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- srv.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopRun()
-		<-ran
-	})
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(ts.Close)
-
-	call := func(method, path string, body any) (int, map[string]any) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, err := json.Marshal(body)
-			require.NoError(t, err)
-			rd = bytes.NewReader(b)
-		}
-		req, err := http.NewRequestWithContext(ctx, method, ts.URL+path, rd)
-		require.NoError(t, err)
-		req.Header.Set("Authorization", "Bearer "+browserAdminToken)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer res.Body.Close()
-		var out map[string]any
-		_ = json.NewDecoder(res.Body).Decode(&out)
-		return res.StatusCode, out
-	}
+	ts, call := browserCP(ctx, t, st, nil)
 	// A rule that exists before the page opens, with a hostile note.
 	code, body := call(http.MethodPut, "/api/v1/rules/small-vms", map[string]any{"max_cores": 4, "notes": browserXSSTag})
 	require.Equal(t, http.StatusOK, code, "%v", body)
@@ -1261,4 +1186,50 @@ func TestBrowserRules(t *testing.T) {
 			t.Errorf("console: %s (%s:%d)", m, m.URL, m.Line)
 		}
 	}
+}
+
+// browserCP runs a control plane on st for a browser test, with an admin
+// (browserAdminToken) and a viewer (browserViewToken), and returns its
+// server and a JSON API call as the admin.
+func browserCP(ctx context.Context, t *testing.T, st store.Store, sealer *machine.Sealer) (*httptest.Server, func(method, path string, body any) (int, map[string]any)) {
+	t.Helper()
+	srv, err := controlplane.New(controlplane.Config{
+		Store: st,
+		Auth: auth.Config{Tokens: []auth.StaticToken{
+			{Token: browserAdminToken, Subject: "alice@example.com", Role: auth.RoleAdmin},
+			{Token: browserViewToken, Subject: "victor@example.com", Role: auth.RoleViewer},
+		}},
+		BMCSealer: sealer,
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	runCtx, stopRun := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- srv.Run(runCtx) }()
+	t.Cleanup(func() {
+		stopRun()
+		<-ran
+	})
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+	call := func(method, path string, body any) (int, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, err := json.Marshal(body)
+			require.NoError(t, err)
+			rd = bytes.NewReader(b)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, ts.URL+path, rd)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+browserAdminToken)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(res.Body).Decode(&out)
+		return res.StatusCode, out
+	}
+	return ts, call
 }
