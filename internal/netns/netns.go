@@ -47,6 +47,7 @@ type NS struct {
 	// Name is the namespace's name for `ip netns`, e.g. "lpt-3fa9c2d1".
 	Name string
 
+	t      testing.TB
 	mu     sync.Mutex
 	nextIf int
 	procs  []*Proc
@@ -73,7 +74,7 @@ func New(t testing.TB) *NS {
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatalf("netns: random name: %v", err)
 	}
-	ns := &NS{Name: Prefix + hex.EncodeToString(b[:])}
+	ns := &NS{Name: Prefix + hex.EncodeToString(b[:]), t: t}
 	if out, err := exec.Command("ip", "netns", "add", ns.Name).CombinedOutput(); err != nil {
 		t.Fatalf("netns: ip netns add %s: %v: %s", ns.Name, err, out)
 	}
@@ -172,8 +173,12 @@ type Proc struct {
 
 // Start starts a command inside ns in the background, in its own process
 // group, and keeps its combined output for Output. It is killed (SIGKILL to
-// its group, by PID) when ctx ends or when the namespace is torn down at
-// the end of the test that created ns, whichever comes first.
+// its group, by PID) when ctx ends or at the end of the test that created
+// ns, whichever comes first. The kill is a cleanup of its own, registered
+// now: it runs before the cleanups registered earlier, among them the
+// removal of the test's temporary directories, so a server writing its
+// data directory (etcd's WAL, a lease file) is gone before that directory
+// is removed rather than racing the removal.
 func (ns *NS) Start(ctx context.Context, name string, args ...string) (*Proc, error) {
 	cmd := ns.Command(ctx, name, args...)
 	buf := &syncbuf.Buffer{}
@@ -191,6 +196,7 @@ func (ns *NS) Start(ctx context.Context, name string, args ...string) (*Proc, er
 	ns.mu.Lock()
 	ns.procs = append(ns.procs, p)
 	ns.mu.Unlock()
+	ns.t.Cleanup(p.Stop)
 	return p, nil
 }
 
