@@ -21,6 +21,7 @@ const (
 	CodeUnauthorized         = "unauthorized"           // 401
 	CodeForbidden            = "forbidden"              // 403
 	CodeNotFound             = "not_found"              // 404
+	CodeMethodNotAllowed     = "method_not_allowed"     // 405: the path exists for other methods
 	CodeRequestTimeout       = "request_timeout"        // 408
 	CodeInvalidTransition    = "invalid_transition"     // 409: the task's status does not allow this
 	CodeConflict             = "conflict"               // 409: the task changed (If-Match), or the MAC has an active task

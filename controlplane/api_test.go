@@ -392,6 +392,10 @@ func TestAPIErrorsWriteNothing(t *testing.T) {
 		{"bad list status", "GET", "/api/v1/tasks?status=done", nil, nil, 400, "invalid_request", "status"},
 		{"huge list limit", "GET", "/api/v1/tasks?limit=100000", nil, nil, 400, "invalid_request", "limit"},
 		{"unknown endpoint", "GET", "/api/v1/nothing", nil, nil, 404, "not_found", ""},
+		{"GET of the batch endpoint", "GET", "/api/v1/tasks/batch", nil, nil, 405, "method_not_allowed", ""},
+		{"GET of bulk approve", "GET", "/api/v1/tasks/approve", nil, nil, 405, "method_not_allowed", ""},
+		{"PATCH a task", "PATCH", "/api/v1/tasks/" + pending, map[string]any{"os": "x"}, nil, 405, "method_not_allowed", ""},
+		{"POST to the regions", "POST", "/api/v1/regions", map[string]any{}, nil, 405, "method_not_allowed", ""},
 		{"retry a pending task", "POST", "/api/v1/tasks/" + pending + "/retry", nil, nil, 409, "not_retryable", ""},
 		{"retry unknown task", "POST", "/api/v1/tasks/00000000-0000-4000-8000-000000000001/retry", nil, nil, 404, "not_found", ""},
 		{"retry malformed task ID", "POST", "/api/v1/tasks/not-a-uuid/retry", nil, nil, 400, "invalid_request", "task_id"},
@@ -852,4 +856,31 @@ func TestAPIDeleteRegion(t *testing.T) {
 		return len(regions) == 0
 	}, 10*time.Second, 10*time.Millisecond, "the region is no longer listed")
 	assert.Contains(t, cp.audit.String(), `"action":"region.delete"`)
+}
+
+// TestAPIMethodNotAllowedSaysAllow: a known path asked with a method it
+// does not take answers 405 with the methods it takes in Allow, also
+// where a wildcard route of another method would take the path.
+func TestAPIMethodNotAllowedSaysAllow(t *testing.T) {
+	cp := startCP(t, etcdtest.NewStore(t))
+	tests := []struct {
+		method, path, allow string
+	}{
+		{"GET", "/api/v1/tasks/batch", "POST"},
+		{"PUT", "/api/v1/tasks", "POST, GET"},
+		{"POST", "/api/v1/rules/r1", "GET, PUT, DELETE"},
+		{"GET", "/api/v1/machines/00:1a:2b:3c:4d:01/power", "POST"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, cp.ts.URL+tt.path, nil)
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer "+adminToken)
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+			assert.Equal(t, tt.allow, resp.Header.Get("Allow"))
+		})
+	}
 }

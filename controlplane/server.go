@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -504,11 +505,51 @@ var endpoints = []endpoint{
 	{"GET /api/v1/whoami", auth.RoleViewer, "", (*Server).whoami},
 }
 
+// endpointPaths routes a request by its path alone to the most specific
+// path of the endpoints table (whatever the method), and lists the
+// methods each path has: it tells a known path asked with the wrong
+// method (405 and Allow) from an unknown path (404), also where a
+// wildcard would take the path for another method (GET /tasks/batch is
+// not the task "batch").
+func endpointPaths() (*http.ServeMux, map[string][]string) {
+	paths, allow := http.NewServeMux(), map[string][]string{}
+	for _, ep := range endpoints {
+		method, path, _ := strings.Cut(ep.pattern, " ")
+		if allow[path] == nil {
+			paths.Handle(path, http.NotFoundHandler())
+		}
+		allow[path] = append(allow[path], method)
+	}
+	return paths, allow
+}
+
+// methodNotAllowed answers 405 if the request's path is an endpoint's
+// for other methods only, and says whether it did.
+func methodNotAllowed(paths *http.ServeMux, allow map[string][]string, w http.ResponseWriter, r *http.Request, matched string) bool {
+	_, path := paths.Handler(r)
+	if path == "" || path == matched {
+		return false
+	}
+	methods := allow[path]
+	if slices.Contains(methods, r.Method) {
+		return false
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	httpjson.WriteError(w, httpjson.Errorf(http.StatusMethodNotAllowed, httpjson.CodeMethodNotAllowed,
+		"%s %s: this endpoint takes %s", r.Method, r.URL.Path, strings.Join(methods, ", ")))
+	return true
+}
+
 // routes wires every endpoint with its role and audit action.
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
+	paths, allow := endpointPaths()
 	for _, ep := range endpoints {
+		_, path, _ := strings.Cut(ep.pattern, " ")
 		mux.Handle(ep.pattern, s.guard(ep.role, ep.action, func(w http.ResponseWriter, r *http.Request) {
+			if methodNotAllowed(paths, allow, w, r, path) {
+				return
+			}
 			if err := ep.handle(s, w, r); err != nil {
 				if e := httpjson.WriteError(w, err); e.Status >= 500 {
 					s.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", err)
@@ -520,6 +561,9 @@ func (s *Server) routes() http.Handler {
 	// what it holds, and tools read it before they have a token.
 	mux.HandleFunc("GET "+OpenAPIPath, serveOpenAPI)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		if methodNotAllowed(paths, allow, w, r, "") {
+			return
+		}
 		httpjson.WriteError(w, httpjson.Errorf(http.StatusNotFound, httpjson.CodeNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	mux.Handle("GET /ws", s.guard(auth.RoleViewer, "", s.hub.ServeHTTP))

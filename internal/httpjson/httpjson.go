@@ -32,6 +32,7 @@ const (
 	CodeUnauthorized         = "unauthorized"              // 401
 	CodeForbidden            = "forbidden"                 // 403
 	CodeNotFound             = "not_found"                 // 404
+	CodeMethodNotAllowed     = "method_not_allowed"        // 405: the path exists for other methods (Allow lists them)
 	CodeRequestTimeout       = "request_timeout"           // 408: the body did not arrive in time
 	CodeInvalidTransition    = "invalid_transition"        // 409: the task's status does not allow this
 	CodeConflict             = "conflict"                  // 409: the task changed under the caller; re-read
