@@ -12,6 +12,7 @@ import (
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 // MachineFilter selects machines (GET /api/v1/machines); zero fields
@@ -87,6 +88,24 @@ type MachineDetail struct {
 }
 
 func machinePath(mac string) string { return "/api/v1/machines/" + url.PathEscape(mac) }
+
+// MachineTrace is a machine's boot trace: what each region saw of it
+// (DHCP, TFTP, HTTP boot, scripts, agent calls, power), oldest first.
+type MachineTrace struct {
+	MAC    string        `json:"mac"`
+	Events []trace.Event `json:"events"`
+}
+
+// MachineTrace returns a machine's boot trace. Any well-formed MAC has
+// one, known to LPMOS or not; an empty trace means no region has heard
+// from the machine.
+func (c *Client) MachineTrace(ctx context.Context, mac string) (*MachineTrace, error) {
+	var out MachineTrace
+	if _, err := c.call(ctx, http.MethodGet, machinePath(mac)+"/trace", nil, nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
 
 // Machine returns a machine's record and its newest tasks.
 func (c *Client) Machine(ctx context.Context, mac string) (*MachineDetail, error) {

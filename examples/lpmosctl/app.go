@@ -82,6 +82,7 @@ func commands() []command {
 		{"machines update", "MAC", "change a machine's region, tags, BMC or expected hardware", machinesUpdate},
 		{"machines delete", "MAC", "delete a machine's record (not while it has an active task)", machinesDelete},
 		{"machines power", "MAC on|off|cycle|status", "power a machine through its BMC, or read its power state (its region carries it out)", machinesPower},
+		{"machines trace", "MAC", "show what the regions saw of a machine's boots: DHCP, TFTP, HTTP, scripts, agent calls, power (--follow: live)", machinesTrace},
 		{"machines provision", "MAC", "ask for an install on a known machine (its region by default)", machinesProvision},
 		{"rules list", "", "list the auto-approval rules", rulesList},
 		{"rules get", "NAME", "show an auto-approval rule", rulesGet},

@@ -18,6 +18,7 @@ import (
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/task"
+	"github.com/lpmos/lpmos/trace"
 )
 
 func machinesList(fs *flag.FlagSet) runner {
@@ -606,4 +607,96 @@ func rulesDelete(fs *flag.FlagSet) runner {
 		_, err = fmt.Fprintf(a.stdout, "deleted rule %s\n", args[0])
 		return err
 	}
+}
+
+func machinesTrace(fs *flag.FlagSet) runner {
+	var (
+		follow   bool
+		interval time.Duration
+	)
+	fs.BoolVar(&follow, "follow", false, "keep printing new events as they come, until interrupted")
+	fs.DurationVar(&interval, "interval", 2*time.Second, "how often --follow reads the trace")
+	return func(ctx context.Context, a *app, args []string) error {
+		if len(args) != 1 {
+			return usagef("give one MAC")
+		}
+		if interval < 100*time.Millisecond {
+			return usagef("--interval must be at least 100ms")
+		}
+		c, err := a.client()
+		if err != nil {
+			return err
+		}
+		tr, err := c.MachineTrace(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		if a.g.output == "json" && !follow {
+			return a.json(tr)
+		}
+		if len(tr.Events) == 0 && !follow {
+			fmt.Fprintf(a.stdout, "no region has heard from %s (check its cabling, VLAN and DHCP relay)\n", tr.MAC)
+			return nil
+		}
+		// An event is printed once: the trace is read again whole, and an
+		// event is new if it is later than the last printed, or the last
+		// one folded a repeat into itself (its count went up).
+		var last trace.Event
+		header := []string{"TIME", "REGION", "KIND", "OUTCOME", "WHAT", "WHY"}
+		printNew := func(events []trace.Event) error {
+			var rows [][]string
+			for _, e := range events {
+				if !e.Time.After(last.Time) && !(e.Time.Equal(last.Time) && e.Count > last.Count && e.Message == last.Message) {
+					continue
+				}
+				last = e
+				if a.g.output == "json" {
+					if err := a.json(e); err != nil {
+						return err
+					}
+					continue
+				}
+				rows = append(rows, traceRow(e))
+			}
+			if len(rows) == 0 {
+				return nil
+			}
+			// Later batches of --follow have no header (and may align
+			// differently).
+			h := header
+			header = nil
+			return a.table(h, rows)
+		}
+		if err := printNew(tr.Events); err != nil || !follow {
+			return err
+		}
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
+			if tr, err = c.MachineTrace(ctx, args[0]); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			if err := printNew(tr.Events); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// traceRow is one boot event as a table row; a repeated event says how
+// many times it came.
+func traceRow(e trace.Event) []string {
+	what := e.Message
+	if e.Count > 1 {
+		what += fmt.Sprintf(" (×%d)", e.Count)
+	}
+	return []string{e.Time.Local().Format("15:04:05.000"), orDash(e.Region), string(e.Kind), string(e.Outcome), what, orDash(e.Reason)}
 }

@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -670,6 +672,47 @@ func TestMachinesAndRules(t *testing.T) {
 	done := s.waitStatus(t, created.TaskID, "completed")
 	require.NotNil(t, done.Approval)
 	assert.Equal(t, "rule:asset-db", done.Approval.ApprovedBy)
+
+	// The boot trace: what the region saw of machine 1's install, as a
+	// table, as JSON, live with --follow; a MAC no region heard of says
+	// so; a malformed one is refused.
+	var tr struct {
+		MAC    string `json:"mac"`
+		Events []struct {
+			Kind    string `json:"kind"`
+			Outcome string `json:"outcome"`
+			Region  string `json:"region"`
+		} `json:"events"`
+	}
+	require.Eventually(t, func() bool {
+		s.jsonOut(t, &tr, "machines", "trace", "02:00:00:00:00:01")
+		return slices.ContainsFunc(tr.Events, func(e struct {
+			Kind    string `json:"kind"`
+			Outcome string `json:"outcome"`
+			Region  string `json:"region"`
+		}) bool {
+			return e.Kind == "agent" && e.Outcome == "ok" && e.Region == "dc1"
+		})
+	}, 30*time.Second, 200*time.Millisecond, "the trace never showed the agent's calls: %+v", tr)
+	out = s.ok(t, "machines", "trace", "02:00:00:00:00:01")
+	assert.Regexp(t, `(?m)^TIME\s+REGION\s+KIND\s+OUTCOME\s+WHAT\s+WHY$`, out)
+	assert.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+dc1\s+agent\s+ok\s+\S`, out)
+	assert.Contains(t, s.ok(t, "machines", "trace", "02:00:00:00:00:77"), "no region has heard from 02:00:00:00:00:77")
+	code, _, errOut = s.ctl(t, "machines", "trace", "not-a-mac")
+	assert.Equal(t, 2, code, errOut)
+	follow := exec.Command(bin, "machines", "trace", "02:00:00:00:00:01", "--follow", "--interval", "200ms")
+	follow.Env = append(cleanEnv(), "LPMOS_URL="+s.url, "LPMOS_TOKEN="+adminToken)
+	followOut, err := follow.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, follow.Start())
+	sc := bufio.NewScanner(followOut)
+	sawAgent := false
+	for !sawAgent && sc.Scan() {
+		sawAgent = strings.Contains(sc.Text(), " agent ")
+	}
+	assert.True(t, sawAgent, "--follow printed no agent event")
+	require.NoError(t, follow.Process.Signal(os.Interrupt))
+	assert.NoError(t, follow.Wait(), "--follow ends with status 0 when interrupted")
 
 	// List and get: the discovered hardware beside the expectation.
 	out = s.ok(t, "machines", "list", "--mac-prefix", "02:00:00:00:00")
