@@ -3,6 +3,7 @@ package machine_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -281,6 +282,52 @@ func TestViewListsAndFilters(t *testing.T) {
 	})
 }
 
+// TestPowerRequestLapses: a request no region carries out disappears from
+// the record and the region's queue when its TTL passes.
+func TestPowerRequestLapses(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		ctx := context.Background()
+		svc := machine.NewService(st, machine.Config{Sealer: testSealer(t), PowerRequestTTL: time.Second})
+		mac := mustMAC(t, "52:54:00:12:34:57")
+		_, err := svc.Create(ctx, mac, machine.Patch{Region: ptr("dc-gone"),
+			BMC: &machine.BMCInput{Driver: "ipmi", Address: "127.0.0.1:9623", Username: "u", Password: "p"}})
+		require.NoError(t, err)
+		req, err := svc.RequestPower(ctx, mac, machine.PowerOn, "alice")
+		require.NoError(t, err)
+		assert.Equal(t, req.RequestedAt.Add(time.Second), req.ExpiresAt)
+		m, err := svc.Get(ctx, mac)
+		require.NoError(t, err)
+		require.NotNil(t, m.PendingPower)
+		assert.Equal(t, req.ExpiresAt, m.PendingPower.ExpiresAt)
+		require.Eventually(t, func() bool {
+			m, err := svc.Get(ctx, mac)
+			_, qerr := st.Get(ctx, machine.RegionPowerKey("dc-gone", mac))
+			return err == nil && m.PendingPower == nil && errors.Is(qerr, store.ErrNotFound)
+		}, 15*time.Second, 50*time.Millisecond, "the request never lapsed")
+		m, err = svc.Get(ctx, mac)
+		require.NoError(t, err)
+		assert.NotNil(t, m.BMC, "the rest of the record stays")
+	})
+}
+
+func TestPowerRequestExpired(t *testing.T) {
+	at := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		req  machine.PowerRequest
+		now  time.Time
+		want bool
+	}{
+		{"before", machine.PowerRequest{ExpiresAt: at}, at.Add(-time.Second), false},
+		{"at", machine.PowerRequest{ExpiresAt: at}, at, true},
+		{"after", machine.PowerRequest{ExpiresAt: at}, at.Add(time.Hour), true},
+		{"no expiry (written before expiry existed)", machine.PowerRequest{}, at, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { assert.Equal(t, tt.want, tt.req.Expired(tt.now)) })
+	}
+}
+
 func TestPowerRequests(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st store.Store) {
 		ctx := context.Background()
@@ -302,8 +349,10 @@ func TestPowerRequests(t *testing.T) {
 
 		req, err := svc.RequestPower(ctx, mac, machine.PowerCycle, "alice")
 		require.NoError(t, err)
+		assert.Equal(t, req.RequestedAt.Add(machine.DefaultPowerRequestTTL), req.ExpiresAt)
 		kv, err := st.Get(ctx, machine.Prefix+mac.String()+"/power_request")
 		require.NoError(t, err)
+		assert.NotEqual(t, store.NoLease, kv.Lease, "the request lapses with a lease")
 
 		// A newer request replaces it; the outcome of the older one does
 		// not remove the newer.

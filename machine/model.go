@@ -160,6 +160,18 @@ type PowerRequest struct {
 	Region      string    `json:"region"`
 	RequestedBy string    `json:"requested_by"`
 	RequestedAt time.Time `json:"requested_at"`
+	// ExpiresAt is when the request lapses if its region has not carried
+	// it out (no process of the region runs, or it is cut off): its keys
+	// are on a store lease of Config.PowerRequestTTL, and a region does
+	// not carry out a request past it. Powering a machine on hours after
+	// the operator asked, when a region comes back, would surprise.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
+// Expired reports whether a power request has lapsed at now: its region
+// must not carry it out.
+func (r *PowerRequest) Expired(now time.Time) bool {
+	return !r.ExpiresAt.IsZero() && !now.Before(r.ExpiresAt)
 }
 
 // Machine is the assembled record.

@@ -33,9 +33,16 @@ type Config struct {
 	Now func() time.Time
 	// Fence, if set, guards every write (a region's leadership).
 	Fence Fence
+	// PowerRequestTTL is how long an operator's power request waits for
+	// its region before it lapses (default DefaultPowerRequestTTL).
+	PowerRequestTTL time.Duration
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
+
+// DefaultPowerRequestTTL is Config.PowerRequestTTL's default: a region
+// that runs carries a request out within seconds.
+const DefaultPowerRequestTTL = 10 * time.Minute
 
 // Service reads and writes machine records over a store. It holds no state:
 // any number of Services may share one store.
@@ -48,6 +55,9 @@ type Service struct {
 func NewService(st store.Store, cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.PowerRequestTTL <= 0 {
+		cfg.PowerRequestTTL = DefaultPowerRequestTTL
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -341,8 +351,16 @@ func (s *Service) RequestPower(ctx context.Context, mac lpmos.MAC, action, actor
 		}
 		region = rep.Region
 	}
-	req := &PowerRequest{ID: uuid.NewString(), Action: action, Region: region, RequestedBy: actor, RequestedAt: s.cfg.Now().UTC()}
+	now := s.cfg.Now().UTC()
+	req := &PowerRequest{ID: uuid.NewString(), Action: action, Region: region, RequestedBy: actor, RequestedAt: now,
+		ExpiresAt: now.Add(s.cfg.PowerRequestTTL)}
 	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	// Both keys lapse with the request (a lease not used because the
+	// transaction below fails expires unused).
+	lease, err := s.st.Grant(ctx, s.cfg.PowerRequestTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -350,7 +368,7 @@ func (s *Service) RequestPower(ctx context.Context, mac lpmos.MAC, action, actor
 	// (shown with the machine) and in its region's queue, which only that
 	// region watches. The BMC must still be the one checked: a request is
 	// not carried out against a BMC the operator replaced meanwhile.
-	ops := []store.Op{store.OpPut(key(mac, keyPowerRequest), b), store.OpPut(RegionPowerKey(region, mac), b)}
+	ops := []store.Op{store.OpPut(key(mac, keyPowerRequest), b, store.WithLease(lease)), store.OpPut(RegionPowerKey(region, mac), b, store.WithLease(lease))}
 	rk, had := r.kvs[keyPowerRequest]
 	cmp := []store.Compare{store.ModRevisionIs(sk.Key, sk.ModRevision), store.ModRevisionIs(key(mac, keyPowerRequest), rk.ModRevision)}
 	if had {

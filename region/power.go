@@ -236,6 +236,16 @@ func (r *Region) runPowerJob(ctx context.Context, j powerJob) {
 	ctx, cancel := context.WithTimeout(ctx, powerJobTimeout)
 	defer cancel()
 	attrs := []any{"mac", j.mac.String(), "task_id", j.taskID, "job", j.describe()}
+	if j.req != nil && j.req.Expired(r.cfg.Now()) {
+		// Its keys lapse with their lease; the queue may still hold it
+		// (a region that leads again lists an older queue).
+		r.log.Warn("power request expired before this region carried it out", append(attrs, "requested_by", j.req.RequestedBy, "requested_at", j.req.RequestedAt)...)
+		r.trace.Record(j.mac, trace.Event{Kind: trace.KindPower, Outcome: trace.OutcomeIgnored,
+			Message: truncateText(fmt.Sprintf("power request %s by %s not carried out", j.req.Action, j.req.RequestedBy)),
+			Reason:  fmt.Sprintf("it expired at %s, before this region could carry it out", j.req.ExpiresAt.Format(time.RFC3339)),
+			Detail:  map[string]string{"action": j.req.Action, "request_id": j.req.ID}})
+		return
+	}
 	creds, err := r.machines.Credentials(ctx, j.mac)
 	if errors.Is(err, machine.ErrNoBMC) && j.reqID == "" {
 		return // a machine nobody gave a BMC: powered by hand, as before

@@ -147,3 +147,40 @@ func TestPowerFollowsTheTask(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestExpiredPowerRequestIsNotCarriedOut: a request the region sees only
+// after it lapsed (here: made an hour ago, by the requester's clock) is
+// not carried out; the machine's trace says why.
+func TestExpiredPowerRequestIsNotCarriedOut(t *testing.T) {
+	st := memStore(t)
+	sealer, err := machine.NewSealer([]byte(strings.Repeat("r", machine.KeySize)))
+	require.NoError(t, err)
+	l := startRegion(t, st, func(c *region.Config) { c.BMCSealer = sealer })
+	hourAgo := func() time.Time { return time.Now().Add(-time.Hour) }
+	machines := machine.NewService(st, machine.Config{Sealer: sealer, Now: hourAgo})
+	ctx := context.Background()
+
+	parsed, err := lpmos.ParseMAC("52:54:00:b0:00:03")
+	require.NoError(t, err)
+	bmc := newBMCLab(t, "right-pw")
+	_, err = machines.Create(ctx, parsed, machine.Patch{Region: ptr("dc1"), BMC: &bmc.bmc})
+	require.NoError(t, err)
+	req, err := machines.RequestPower(ctx, parsed, machine.PowerOn, "token:otto")
+	require.NoError(t, err)
+	assert.Equal(t, req.RequestedAt.Add(machine.DefaultPowerRequestTTL), req.ExpiresAt)
+
+	var events []trace.Event
+	require.Eventually(t, func() bool {
+		if l.reg.FlushTrace(ctx) != nil {
+			return false
+		}
+		events, err = trace.Read(ctx, st, parsed)
+		return err == nil && slices.ContainsFunc(events, func(e trace.Event) bool {
+			return e.Kind == trace.KindPower && e.Outcome == trace.OutcomeIgnored && strings.Contains(e.Reason, "expired")
+		})
+	}, 20*time.Second, 50*time.Millisecond, "no trace of the expired request: %+v", events)
+	assert.False(t, bmc.mem.On(), "an expired request powers nothing")
+	rec, err := machines.Get(ctx, parsed)
+	require.NoError(t, err)
+	assert.Nil(t, rec.Power, "no outcome recorded: nothing was done")
+}

@@ -183,7 +183,11 @@ func machinesGet(fs *flag.FlagSet) runner {
 			kv = append(kv, []string{"Power error:", printable(p.Error)})
 		}
 		if r := m.PendingPower; r != nil {
-			kv = append(kv, []string{"Pending power:", fmt.Sprintf("%s by %s (%s ago)", r.Action, r.RequestedBy, age(now, r.RequestedAt))})
+			pending := fmt.Sprintf("%s by %s (%s ago)", r.Action, r.RequestedBy, age(now, r.RequestedAt))
+			if !r.ExpiresAt.IsZero() {
+				pending += ", lapses at " + r.ExpiresAt.Local().Format(time.RFC3339) + " unless its region carries it out"
+			}
+			kv = append(kv, []string{"Pending power:", pending})
 		}
 		if !m.LastSeen.IsZero() {
 			kv = append(kv, []string{"Last seen:", fmt.Sprintf("%s (%s ago) from %s", m.LastSeen.Format(time.RFC3339), age(now, m.LastSeen), orDash(m.LastReport.Source))})
