@@ -17,6 +17,12 @@ import (
 // key, the lease file's JSON, gzip-compressed.
 func DHCPLeasesKey(region string) string { return task.RegionsPrefix + region + "/dhcp/leases" }
 
+// DHCPLeases reads the full-mode DHCP leases a region keeps in st (none
+// if it keeps none), for diagnostics and tests.
+func DHCPLeases(ctx context.Context, st store.Store, region string) ([]dhcp.Lease, error) {
+	return storeLeases{st: st, key: DHCPLeasesKey(region)}.LoadLeases(ctx)
+}
+
 // maxLeasesValue bounds the compressed leases under one key, below
 // etcd's default request limit (1.5 MiB). About 100,000 leases fit.
 const maxLeasesValue = 1 << 20
