@@ -2,6 +2,7 @@ package region
 
 import (
 	"context"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -64,9 +65,19 @@ func TestLeadingReloadsTheLeases(t *testing.T) {
 	r, err := New(Config{RegionID: "dc1", Store: st, PublicURL: "http://127.0.0.1:8081", BootDir: t.TempDir()})
 	require.NoError(t, err)
 	calls := 0
-	r.reloadLeases = func(context.Context) error { calls++; return nil }
+	var loadedDuringReload bool
+	r.reloadLeases = func(context.Context) error {
+		calls++
+		loadedDuringReload = r.leasesLoaded.Load()
+		return errors.New("etcd unreachable")
+	}
 	r.leadershipChanged(false)
 	assert.Zero(t, calls)
 	r.leadershipChanged(true)
 	assert.Equal(t, 1, calls)
+	assert.False(t, loadedDuringReload, "DHCP is not active while the leases are read")
+	assert.True(t, r.leasesLoaded.Load(), "active after the reload (from its own table if the reload failed)")
+	r.leadershipChanged(false)
+	assert.False(t, r.leasesLoaded.Load(), "a term's end needs the next term's reload")
+	assert.False(t, r.DHCPActive())
 }

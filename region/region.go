@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -219,6 +220,10 @@ type Region struct {
 	// reloadLeases, set by Server before Run, reads the DHCP leases its
 	// predecessor saved when this process starts leading.
 	reloadLeases func(context.Context) error
+	// leasesLoaded says the current term's leader has read its
+	// predecessor's DHCP leases (reloadLeases returned): DHCP answers
+	// only then (DHCPActive).
+	leasesLoaded atomic.Bool
 	// off is the journal of agent calls the store did not take.
 	off *offline
 	// becameLeader wakes leaderLoop, and hbWake the heartbeat, when this
@@ -424,12 +429,14 @@ func (r *Region) leadershipChanged(leading bool) {
 	if leading {
 		r.log.Info("leading the region", "instance", r.cfg.InstanceID)
 		if r.reloadLeases != nil {
-			// Before the first packet a new leader answers, as near as
-			// the election allows: DHCP answers once Leading says yes.
+			// Before the first packet a new leader answers: DHCP answers
+			// once this returned (DHCPActive); a client asking meanwhile
+			// retransmits.
 			if err := r.reloadLeases(context.Background()); err != nil {
 				r.log.Warn("read the DHCP leases of the previous leader; serving from this process's table", "err", err)
 			}
 		}
+		r.leasesLoaded.Store(true)
 		for _, c := range []chan struct{}{r.becameLeader, r.hbWake} {
 			select {
 			case c <- struct{}{}:
@@ -438,8 +445,14 @@ func (r *Region) leadershipChanged(leading bool) {
 		}
 		return
 	}
+	r.leasesLoaded.Store(false)
 	r.log.Warn("no longer leading the region", "instance", r.cfg.InstanceID)
 }
+
+// DHCPActive reports whether this process's DHCP server may answer and
+// save leases: it leads, and (full mode) it has read the leases its
+// predecessor left in the store, so it never answers from a stale table.
+func (r *Region) DHCPActive() bool { return r.Leading() && r.leasesLoaded.Load() }
 
 // leaderLoop takes over, at the start of each term, what a standby left
 // alone: tasks still pending are prepared.

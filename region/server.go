@@ -166,7 +166,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.DHCP != nil {
 		dc := *cfg.DHCP
 		dc.Policy = reg.DHCPPolicy()
-		dc.Active = reg.Leading
+		dc.Active = reg.DHCPActive
 		if dc.Trace == nil {
 			dc.Trace = reg.DHCPTrace
 		}
