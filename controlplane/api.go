@@ -158,8 +158,28 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(t.Revision, 10)))
+	if p, _ := auth.PrincipalFrom(r.Context()); p.Role < auth.RoleOperator {
+		redactSecrets(&t.Metadata)
+	}
 	httpjson.WriteJSON(w, http.StatusOK, t)
 	return nil
+}
+
+// Redacted replaces, for viewers, what a task's creator may have put
+// there as a secret.
+const Redacted = "<redacted>"
+
+// redactSecrets hides a task's root password hash (crackable offline)
+// and user-data (cloud-config often carries passwords and keys) from
+// viewers: they see that each was set, not what it is. Operators, who
+// create tasks, see them.
+func redactSecrets(md *task.Metadata) {
+	if md.RootPasswordHash != "" {
+		md.RootPasswordHash = Redacted
+	}
+	if md.UserData != "" {
+		md.UserData = Redacted
+	}
 }
 
 // taskSummary is a list entry: what a table row needs, not the hardware

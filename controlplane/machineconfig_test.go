@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/etcdtest"
 )
 
@@ -106,6 +107,13 @@ func TestAPIMachineConfigCreated(t *testing.T) {
 	assert.Equal(t, "static", md["network_config"])
 	assert.Equal(t, "web-01.dc1.example.com", md["hostname"])
 	assert.Equal(t, []any{keys[0], keys[1]}, md["ssh_keys"])
+	// A viewer sees that a password hash and user-data were set, not
+	// what they are; an operator sees them.
+	assert.Equal(t, controlplane.Redacted, md["root_password_hash"])
+	assert.Equal(t, controlplane.Redacted, md["user_data"])
+	code, got = cp.do("GET", "/api/v1/tasks/"+id, operatorToken, nil)
+	require.Equal(t, http.StatusOK, code)
+	md = got["metadata"].(map[string]any)
 	assert.Equal(t, sha512Hash, md["root_password_hash"])
 	assert.Equal(t, "#cloud-config\npackages: [nginx]\n", md["user_data"])
 

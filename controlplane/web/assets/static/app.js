@@ -2562,7 +2562,8 @@
         ['Hostname', md.hostname || undefined],
         ['SSH keys', Array.isArray(md.ssh_keys) && md.ssh_keys.length ? String(md.ssh_keys.length) : undefined],
         ['Root password', md.root_password_hash ? 'set (hashed)' : undefined],
-        ['User-data', md.user_data ? md.user_data.length + ' bytes of cloud-config' : undefined],
+        ['User-data', md.user_data === '<redacted>' ? 'set (shown to operators only)'
+          : md.user_data ? md.user_data.length + ' bytes of cloud-config' : undefined],
         ['Created', [timeEl(md.created_at), md.created_by ? ' by ' + md.created_by : '']],
         ['Tags', tagChips(md.tags) || '—'],
         ['Attempt', el('span', { id: 'task-attempt', text: a.n + ' of ' + a.max })],
