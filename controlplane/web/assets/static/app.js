@@ -241,12 +241,19 @@
   // After every (re)connect the current view is resynced over REST: the hub
   // does not replay what happened while we were away, and it drops clients
   // that fall behind, so REST is the source of truth and the socket only
-  // says "something changed, here is the news".
+  // says "something changed, here is the news". The resync waits for the
+  // server's acknowledgement of the subscription ("subscribed"), which
+  // comes exactly where the subscription took effect: a read sent before it
+  // could miss a change made between the read and the subscription (on
+  // another replica behind a load balancer, say), and the page would show
+  // a stale status until the next change. The indicator says "live" only
+  // from then on.
 
   const live = {
     ws: null,
     want: null,    // the subscription the current view wants
     active: null,  // the subscription the server has
+    awaiting: null, // a subscription sent on this socket and not yet acknowledged
     attempt: 0,
     timer: null,     // the pending reconnect
     countdown: null, // ticks the indicator while waiting to reconnect
@@ -276,6 +283,7 @@
     const ws = live.ws;
     live.ws = null;
     live.active = null;
+    live.awaiting = null;
     live.attempt = 0;
     if (ws) ws.close(1000, 'signed out');
     conn.hidden = true;
@@ -301,9 +309,13 @@
       if (live.ws !== ws) return;
       live.openedAt = Date.now();
       live.active = null;
-      setConn('live', 'live');
+      live.awaiting = null;
       applySubscription();
-      if (view) view.resync();
+      if (live.awaiting) {
+        setConn('connecting', 'syncing…'); // resynced on the acknowledgement
+      } else {
+        synced();
+      }
     });
     ws.addEventListener('message', (ev) => {
       if (live.ws !== ws || typeof ev.data !== 'string') return;
@@ -311,15 +323,22 @@
       try { msg = JSON.parse(ev.data); } catch (e) { return; }
       if (msg && msg.type === 'error') {
         console.warn('live updates:', String(msg.message)); // e.g. a refused subscription
+        // A refused subscription is never acknowledged: resync anyway.
+        if (live.awaiting) { live.awaiting = null; synced(); }
         return;
       }
       if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string' || typeof msg.task_id !== 'string') return;
+      if (msg.type === 'subscribed') {
+        if (msg.task_id === live.awaiting) { live.awaiting = null; synced(); }
+        return;
+      }
       if (view && view.onMessage) view.onMessage(msg);
     });
     ws.addEventListener('close', () => {
       if (live.ws !== ws) return;
       live.ws = null;
       live.active = null;
+      live.awaiting = null;
       // A connection that lasted resets the backoff; one that keeps being
       // dropped right away (say the server kicks a slow client) does not.
       if (live.openedAt && Date.now() - live.openedAt > 5000) live.attempt = 0;
@@ -338,6 +357,13 @@
     });
   }
 
+  // synced: the server has the subscription the view wants, so a read now
+  // misses nothing; resync the view.
+  function synced() {
+    setConn('live', 'live');
+    if (view) view.resync();
+  }
+
   function subscribe(target) {
     live.want = target;
     applySubscription();
@@ -349,6 +375,7 @@
     if (live.want) ws.send(JSON.stringify({ type: 'subscribe', task_id: live.want }));
     if (live.active) ws.send(JSON.stringify({ type: 'unsubscribe', task_id: live.active }));
     live.active = live.want;
+    live.awaiting = live.want;
   }
 
   // ------------------------------------------------------------------
@@ -444,6 +471,9 @@
       default: view = notFoundView();
     }
     subscribe(view.sub);
+    // Read at once for the first paint; a new subscription reads again
+    // once acknowledged (see synced), which catches a change made between
+    // this read and the subscription.
     view.resync();
     window.scrollTo(0, 0);
   }
