@@ -582,6 +582,10 @@
     };
     const v = { sub: '*', alive: true };
     const rows = new Map(); // task id → { task, tr, badge, check, progressCell, widget }
+    // The newest status each task had in a message, by revision: a list read
+    // sent before a change can answer after its message arrived, and must
+    // not put the older status back.
+    const pushed = new Map(); // task id → { status, revision }
     // Operators select tasks on the page for a bulk approve, reject or
     // cancel. The selection only ever holds tasks shown on this page that
     // have not ended: a refresh drops the others, so a bulk call never acts
@@ -928,10 +932,20 @@
       const trs = [];
       for (const t of tasks) {
         if (!t || typeof t.task_id !== 'string') continue;
+        const newer = pushed.get(t.task_id);
+        if (newer && typeof t.revision === 'number' && t.revision < newer.revision) {
+          t.status = newer.status;
+          t.revision = newer.revision;
+        } else {
+          pushed.delete(t.task_id); // the read caught up with the message
+        }
         const row = renderRow(t);
         rows.set(t.task_id, row);
         trs.push(row.tr);
       }
+      // Forget the tasks this page does not show (a message about one of
+      // those schedules a read after it).
+      for (const id of pushed.keys()) if (!rows.has(id)) pushed.delete(id);
       // Keep only the selected tasks this page still shows.
       for (const id of [...selected]) {
         if (!rows.has(id)) {
@@ -975,6 +989,9 @@
       const row = rows.get(msg.task_id);
       switch (msg.type) {
         case 'status':
+          if (typeof msg.revision === 'number' && !(pushed.get(msg.task_id)?.revision >= msg.revision)) {
+            pushed.set(msg.task_id, { status: msg.status, revision: msg.revision });
+          }
           if (!row) {
             // A task we do not show: refetch if it belongs on this page.
             if (matches(msg.status, msg.region_id)) refresh.soon();
