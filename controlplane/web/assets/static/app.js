@@ -989,7 +989,10 @@
       const row = rows.get(msg.task_id);
       switch (msg.type) {
         case 'status':
-          if (typeof msg.revision === 'number' && !(pushed.get(msg.task_id)?.revision >= msg.revision)) {
+          // Kept for the tasks shown or about to be (a read follows); the
+          // next read forgets the others.
+          if (typeof msg.revision === 'number' && (row || matches(msg.status, msg.region_id)) &&
+              !(pushed.get(msg.task_id)?.revision >= msg.revision)) {
             pushed.set(msg.task_id, { status: msg.status, revision: msg.revision });
           }
           if (!row) {
