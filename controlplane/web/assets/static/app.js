@@ -241,12 +241,19 @@
   // After every (re)connect the current view is resynced over REST: the hub
   // does not replay what happened while we were away, and it drops clients
   // that fall behind, so REST is the source of truth and the socket only
-  // says "something changed, here is the news".
+  // says "something changed, here is the news". The resync waits for the
+  // server's acknowledgement of the subscription ("subscribed"), which
+  // comes exactly where the subscription took effect: a read sent before it
+  // could miss a change made between the read and the subscription (on
+  // another replica behind a load balancer, say), and the page would show
+  // a stale status until the next change. The indicator says "live" only
+  // from then on.
 
   const live = {
     ws: null,
     want: null,    // the subscription the current view wants
     active: null,  // the subscription the server has
+    awaiting: null, // a subscription sent on this socket and not yet acknowledged
     attempt: 0,
     timer: null,     // the pending reconnect
     countdown: null, // ticks the indicator while waiting to reconnect
@@ -276,6 +283,7 @@
     const ws = live.ws;
     live.ws = null;
     live.active = null;
+    live.awaiting = null;
     live.attempt = 0;
     if (ws) ws.close(1000, 'signed out');
     conn.hidden = true;
@@ -301,9 +309,13 @@
       if (live.ws !== ws) return;
       live.openedAt = Date.now();
       live.active = null;
-      setConn('live', 'live');
+      live.awaiting = null;
       applySubscription();
-      if (view) view.resync();
+      if (live.awaiting) {
+        setConn('connecting', 'syncing…'); // resynced on the acknowledgement
+      } else {
+        synced();
+      }
     });
     ws.addEventListener('message', (ev) => {
       if (live.ws !== ws || typeof ev.data !== 'string') return;
@@ -311,15 +323,22 @@
       try { msg = JSON.parse(ev.data); } catch (e) { return; }
       if (msg && msg.type === 'error') {
         console.warn('live updates:', String(msg.message)); // e.g. a refused subscription
+        // A refused subscription is never acknowledged: resync anyway.
+        if (live.awaiting) { live.awaiting = null; synced(); }
         return;
       }
       if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string' || typeof msg.task_id !== 'string') return;
+      if (msg.type === 'subscribed') {
+        if (msg.task_id === live.awaiting) { live.awaiting = null; synced(); }
+        return;
+      }
       if (view && view.onMessage) view.onMessage(msg);
     });
     ws.addEventListener('close', () => {
       if (live.ws !== ws) return;
       live.ws = null;
       live.active = null;
+      live.awaiting = null;
       // A connection that lasted resets the backoff; one that keeps being
       // dropped right away (say the server kicks a slow client) does not.
       if (live.openedAt && Date.now() - live.openedAt > 5000) live.attempt = 0;
@@ -338,6 +357,13 @@
     });
   }
 
+  // synced: the server has the subscription the view wants, so a read now
+  // misses nothing; resync the view.
+  function synced() {
+    setConn('live', 'live');
+    if (view) view.resync();
+  }
+
   function subscribe(target) {
     live.want = target;
     applySubscription();
@@ -349,6 +375,7 @@
     if (live.want) ws.send(JSON.stringify({ type: 'subscribe', task_id: live.want }));
     if (live.active) ws.send(JSON.stringify({ type: 'unsubscribe', task_id: live.active }));
     live.active = live.want;
+    live.awaiting = live.want;
   }
 
   // ------------------------------------------------------------------
@@ -444,6 +471,9 @@
       default: view = notFoundView();
     }
     subscribe(view.sub);
+    // Read at once for the first paint; a new subscription reads again
+    // once acknowledged (see synced), which catches a change made between
+    // this read and the subscription.
     view.resync();
     window.scrollTo(0, 0);
   }
@@ -552,6 +582,10 @@
     };
     const v = { sub: '*', alive: true };
     const rows = new Map(); // task id → { task, tr, badge, check, progressCell, widget }
+    // The newest status each task had in a message, by revision: a list read
+    // sent before a change can answer after its message arrived, and must
+    // not put the older status back.
+    const pushed = new Map(); // task id → { status, revision }
     // Operators select tasks on the page for a bulk approve, reject or
     // cancel. The selection only ever holds tasks shown on this page that
     // have not ended: a refresh drops the others, so a bulk call never acts
@@ -898,10 +932,20 @@
       const trs = [];
       for (const t of tasks) {
         if (!t || typeof t.task_id !== 'string') continue;
+        const newer = pushed.get(t.task_id);
+        if (newer && typeof t.revision === 'number' && t.revision < newer.revision) {
+          t.status = newer.status;
+          t.revision = newer.revision;
+        } else {
+          pushed.delete(t.task_id); // the read caught up with the message
+        }
         const row = renderRow(t);
         rows.set(t.task_id, row);
         trs.push(row.tr);
       }
+      // Forget the tasks this page does not show (a message about one of
+      // those schedules a read after it).
+      for (const id of pushed.keys()) if (!rows.has(id)) pushed.delete(id);
       // Keep only the selected tasks this page still shows.
       for (const id of [...selected]) {
         if (!rows.has(id)) {
@@ -945,6 +989,12 @@
       const row = rows.get(msg.task_id);
       switch (msg.type) {
         case 'status':
+          // Kept for the tasks shown or about to be (a read follows); the
+          // next read forgets the others.
+          if (typeof msg.revision === 'number' && (row || matches(msg.status, msg.region_id)) &&
+              !(pushed.get(msg.task_id)?.revision >= msg.revision)) {
+            pushed.set(msg.task_id, { status: msg.status, revision: msg.revision });
+          }
           if (!row) {
             // A task we do not show: refetch if it belongs on this page.
             if (matches(msg.status, msg.region_id)) refresh.soon();
