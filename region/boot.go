@@ -221,12 +221,7 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote
 		}
 		r.observe(moved)
 	}
-	base := r.cfg.BootURL + "/boot/files/"
-	return ipxe.Agent(ipxe.AgentParams{
-		MAC: mac, TaskID: t.ID, Token: token, RegionURL: r.cfg.PublicURL, RegionCertSHA256: r.cfg.RegionCertSHA256,
-		KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
-		Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs,
-	})
+	return r.agentScript(mac, t.ID, token)
 }
 
 // installerScript boots a distribution installer for an approved task,

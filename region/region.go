@@ -212,10 +212,12 @@ type Region struct {
 	trace *trace.Recorder
 	addrs addrBook
 
-	fetches   *fetchLimits
-	inventory *inventory
-	refusals  refusals
-	relays    relays
+	fetches *fetchLimits
+	// agentScripts caches rendered agent scripts (scriptcache.go).
+	agentScripts agentScripts
+	inventory    *inventory
+	refusals     refusals
+	relays       relays
 
 	handler http.Handler
 	metrics *metrics
