@@ -35,6 +35,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +49,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:16911", "the region's HTTP address")
 	pprofAddr := flag.String("pprof", "", "serve net/http/pprof here (empty: no)")
+	floorAddr := flag.String("floor", "", "serve the script's bytes with a bare net/http handler here (empty: no)")
 	bootDir := flag.String("boot-dir", "", "the region's boot directory (created)")
 	out := flag.String("out", "", "where to write script.ipxe and ready")
 	mac := flag.String("mac", "52:54:00:be:0c:01", "the benchmark machine's MAC")
@@ -103,12 +105,39 @@ func main() {
 			return ps.Close()
 		})
 	}
+	var script atomic.Pointer[[]byte]
 	g.Go(func() error {
-		if err := prepare(gctx, st, srv.Region(), base, *mac, *bootDir, *out); err != nil {
+		body, err := prepare(gctx, st, srv.Region(), base, *mac, *bootDir, *out)
+		if err != nil && gctx.Err() == nil {
 			return fmt.Errorf("prepare: %w", err)
 		}
+		script.Store(&body)
 		return nil
 	})
+	if *floorAddr != "" {
+		// The floor: what net/http alone costs per request, the same
+		// bytes from memory with no routing, metrics or trace.
+		fs := &http.Server{Addr: *floorAddr, ReadHeaderTimeout: 10 * time.Second,
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				b := script.Load()
+				if b == nil {
+					http.Error(w, "not ready", http.StatusServiceUnavailable)
+					return
+				}
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				_, _ = w.Write(*b)
+			})}
+		g.Go(func() error {
+			if err := fs.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			return fs.Close()
+		})
+	}
 	if err := g.Wait(); err != nil {
 		log.Fatal(err)
 	}
@@ -138,18 +167,18 @@ func writeBootDir(dir string) error {
 
 // prepare creates the task, waits (bounded) until the region serves its
 // agent script, and writes the script where run.sh expects it.
-func prepare(ctx context.Context, st *memory.Store, reg *region.Region, base, mac, bootDir, out string) error {
+func prepare(ctx context.Context, st *memory.Store, reg *region.Region, base, mac, bootDir, out string) ([]byte, error) {
 	select {
 	case <-reg.Synced():
 	case <-time.After(30 * time.Second):
-		return errors.New("the region never synced")
+		return nil, errors.New("the region never synced")
 	case <-ctx.Done():
-		return nil
+		return nil, ctx.Err()
 	}
 	svc := task.NewService(st, task.Config{})
 	tk, err := svc.Create(ctx, task.CreateRequest{RegionID: "bench", TargetMAC: mac, OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "bench"})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	url := base + "/boot/" + mac + ".ipxe"
 	var body []byte
@@ -157,27 +186,27 @@ func prepare(ctx context.Context, st *memory.Store, reg *region.Region, base, ma
 	for {
 		code, b, err := get(ctx, url)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if code == http.StatusOK && bytes.Contains(b, []byte("lpmos.token=")) {
 			body = b
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("task %s: no agent script within 30 s (last answer %d: %s)", tk.ID, code, b)
+			return nil, fmt.Errorf("task %s: no agent script within 30 s (last answer %d: %s)", tk.ID, code, b)
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	for _, p := range []string{filepath.Join(out, "script.ipxe"), filepath.Join(bootDir, "script.ipxe")} {
 		if err := os.WriteFile(p, body, 0o644); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return os.WriteFile(filepath.Join(out, "ready"), []byte(tk.ID+"\n"), 0o644)
+	return body, os.WriteFile(filepath.Join(out, "ready"), []byte(tk.ID+"\n"), 0o644)
 }
 
 func get(ctx context.Context, url string) (int, []byte, error) {
