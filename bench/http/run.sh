@@ -49,7 +49,8 @@ mkdir -p "$W/boot" "$W/out" "$W/www" "$W/nginx-tmp"
 go build -o "$W/httpbench" ./bench/http/server.go
 "$W/httpbench" -addr "$OURS" -pprof "$PPROF" -floor "$FLOOR" -boot-dir "$W/boot" -out "$W/out" -mac "$MAC" \
 	-conns-per-source $((CONNS + 16)) 2>"$W/region.log" &
-pids+=($!)
+region_pid=$!
+pids+=($region_pid)
 
 for _ in $(seq 150); do
 	[[ -e $W/out/ready ]] && break
@@ -82,7 +83,8 @@ http {
 EOF
 [[ $(id -u) == 0 ]] && sed -i '1i user root;' "$W/nginx.conf"
 nginx -c "$W/nginx.conf" -p "$W" -g 'daemon off;' &
-pids+=($!)
+nginx_pid=$!
+pids+=($nginx_pid)
 
 SCRIPT_URL="http://$OURS/boot/$MAC.ipxe?platform=pcbios"
 FILE_URL="http://$OURS/boot/files/script.ipxe"
@@ -98,39 +100,60 @@ for u in "$NGINX_URL" "$SCRIPT_URL" "$FILE_URL" "$FLOOR_URL"; do
 done
 size=$(stat -c %s "$W/out/script.ipxe")
 
-# cell URL: one wrk run; prints "req/s p99" (p99 in ms), or "fail",
-# with " (N non-2xx)" when some answers were not 2xx.
+# ticks PID...: CPU clock ticks (user + system) the processes used so far.
+ticks() {
+	local t=0 p f
+	for p in "$@"; do
+		f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+		f=${f##*) } # the fields after the command name
+		t=$((t + $(awk '{ print $12 + $13 }' <<<"$f")))
+	done
+	echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+# cell URL PID...: one wrk run against URL served by the processes PID...;
+# prints "req/s p99 cpu" (p99 latency in ms; cpu: the server's CPU time
+# per request in µs, which the other jobs on the machine disturb less than
+# req/s), or "fail", with " (N non-2xx)" when some answers were not 2xx.
 cell() {
-	local out
-	out=$(timeout $((SECS + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$1" 2>&1) || { echo "fail"; return; }
-	awk '
+	local url=$1 out t0 t1
+	shift
+	t0=$(ticks "$@")
+	out=$(timeout $((SECS + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$url" 2>&1) || { echo "fail"; return; }
+	t1=$(ticks "$@")
+	awk -v cpu=$((t1 - t0)) -v hz="$HZ" '
 		function ms(v) {
 			if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
 			if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
 			if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
 			return v
 		}
+		/requests in/ { n = $1 }
 		/Requests\/sec/ { rps = $2 }
 		$1 == "99%" { p99 = ms($2) }
 		/Non-2xx/ { bad = $NF }
 		END {
-			printf "%.0f %.2f", rps, p99
+			printf "%.0f %.1f %.0f", rps, p99, (n > 0 ? cpu / hz / n * 1e6 : 0)
 			if (bad) printf " (%s non-2xx)", bad
 		}' <<<"$out"
 }
 
+nginx_pids() { echo "$nginx_pid" $(pgrep -P "$nginx_pid"); }
+
 echo
 echo "== $CONNS connections, $THREADS wrk threads, ${SECS}s per cell, $size-byte body (the script's size)"
-echo "   req/s and p99 latency in ms; the floor is a bare net/http handler writing the same bytes"
-echo "   from memory (no routing, metrics or trace): what Go's HTTP server alone costs"
-printf "%-4s %-20s %-24s %-24s %-20s %s\n" "run" "nginx static file" "lpmos script (view)" "lpmos boot file" "Go net/http floor" "script/nginx"
+echo "   each cell: req/s, p99 latency ms, server CPU µs per request; the floor is a bare net/http"
+echo "   handler writing the same bytes from memory (no routing, metrics or trace): Go's HTTP server alone"
+printf "%-4s %-18s %-22s %-22s %-20s %s\n" "run" "nginx static file" "lpmos script (view)" "lpmos boot file" "Go net/http floor" "script/nginx req/s, CPU"
 for run in $(seq "$RUNS"); do
-	n=$(cell "$NGINX_URL")
-	s=$(cell "$SCRIPT_URL")
-	f=$(cell "$FILE_URL")
-	b=$(cell "$FLOOR_URL")
-	ratio=$(awk -v a="${s%% *}" -v b="${n%% *}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-	printf "%-4s %-20s %-24s %-24s %-20s %s\n" "$run" "$n" "$s" "$f" "$b" "$ratio"
+	n=$(cell "$NGINX_URL" $(nginx_pids))
+	s=$(cell "$SCRIPT_URL" "$region_pid")
+	f=$(cell "$FILE_URL" "$region_pid")
+	b=$(cell "$FLOOR_URL" "$region_pid")
+	ratio=$(awk -v s="$s" -v n="$n" 'BEGIN { split(s, a, " "); split(n, b, " ")
+		if (b[1] > 0 && a[3] > 0) printf "%.2f, %.2f", a[1] / b[1], b[3] / a[3]; else print "-" }')
+	printf "%-4s %-18s %-22s %-22s %-20s %s\n" "$run" "$n" "$s" "$f" "$b" "$ratio"
 done
 
 if [[ -n $PROFILE ]]; then
