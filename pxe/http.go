@@ -3,6 +3,7 @@ package pxe
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -117,8 +118,31 @@ func (s *FileServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// enough for caches and for If-Range on a resumed image download; a
 	// content hash would mean reading gigabytes per request.
 	h.Set("ETag", `"`+strconv.FormatInt(fi.Size(), 16)+"-"+strconv.FormatInt(fi.ModTime().UnixNano(), 16)+`"`)
+	if fi.Size() <= smallFile {
+		// A small file (a script, a checksum list, an installer
+		// configuration) is read and written with the headers in one
+		// write: sendfile would cost two lseeks, a read and a write of
+		// the first 512 bytes and then the sendfile itself.
+		http.ServeContent(bufferedWriter{w}, r, clean, fi.ModTime(), io.NewSectionReader(f, 0, fi.Size()))
+		return
+	}
 	http.ServeContent(w, r, clean, fi.ModTime(), f)
 }
+
+// smallFile is the size up to which FileServer copies a file through
+// memory rather than with sendfile.
+const smallFile = 16 << 10
+
+// bufferedWriter hides a ResponseWriter's ReadFrom, so that io.Copy goes
+// through the response's buffer instead of the connection's sendfile path.
+type bufferedWriter struct{ w http.ResponseWriter }
+
+func (b bufferedWriter) Header() http.Header         { return b.w.Header() }
+func (b bufferedWriter) Write(p []byte) (int, error) { return b.w.Write(p) }
+func (b bufferedWriter) WriteHeader(code int)        { b.w.WriteHeader(code) }
+
+// Unwrap lets http.ResponseController reach the connection.
+func (b bufferedWriter) Unwrap() http.ResponseWriter { return b.w }
 
 // contentType is application/octet-stream for everything but the few text
 // files a boot directory holds (checksums, scripts, installer configs), so

@@ -213,7 +213,7 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote
 		note.kind, note.why = scriptAlreadyBooting, "task "+t.ID+"'s agent token is bound to another address: the machine is already booting"
 		return ipxe.Busy(ipxe.BusyParams{MAC: mac, TaskID: t.ID})
 	}
-	note.kind, note.why = scriptAgent, fmt.Sprintf("task %s is %s: boot the agent", t.ID, t.Status)
+	note.kind, note.why = scriptAgent, "task "+t.ID+" is "+string(t.Status)+": boot the agent"
 	if t.Status == task.StatusReady {
 		moved, err := r.svc.MarkBooting(ctx, t.ID, r.actor, task.ExpectRevision(t.Revision))
 		if err != nil && !errors.Is(err, task.ErrConflict) {
@@ -221,12 +221,7 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote
 		}
 		r.observe(moved)
 	}
-	base := r.cfg.BootURL + "/boot/files/"
-	return ipxe.Agent(ipxe.AgentParams{
-		MAC: mac, TaskID: t.ID, Token: token, RegionURL: r.cfg.PublicURL, RegionCertSHA256: r.cfg.RegionCertSHA256,
-		KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
-		Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs,
-	})
+	return r.agentScript(mac, t.ID, token)
 }
 
 // installerScript boots a distribution installer for an approved task,

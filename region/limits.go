@@ -63,16 +63,54 @@ func (l *keyedLimiter[K]) allow(k K, now time.Time) bool {
 	return b.AllowN(now, 1)
 }
 
+// FetchLimits are the script fetch rate limits (see binding.go): per
+// MAC a burst and then one fetch every MACEvery, per source address a
+// burst and then SourceRate a second. A zero field takes its value from
+// DefaultFetchLimits. Only a benchmark or a lab raises them: the
+// defaults are what protect a region on a provisioning network anyone
+// can reach.
+type FetchLimits struct {
+	MACBurst    int
+	MACEvery    time.Duration
+	SourceBurst int
+	SourceRate  float64
+}
+
+// DefaultFetchLimits are the region's script fetch limits: per MAC a burst
+// of 10 and then one fetch every 2 s, per source a burst of 60 and then 5
+// a second.
+func DefaultFetchLimits() FetchLimits {
+	return FetchLimits{MACBurst: scriptMACBurst, MACEvery: scriptMACEvery,
+		SourceBurst: scriptSourceBurst, SourceRate: scriptSourceRate}
+}
+
+// or fills l's zero fields from def.
+func (l FetchLimits) or(def FetchLimits) FetchLimits {
+	if l.MACBurst <= 0 {
+		l.MACBurst = def.MACBurst
+	}
+	if l.MACEvery <= 0 {
+		l.MACEvery = def.MACEvery
+	}
+	if l.SourceBurst <= 0 {
+		l.SourceBurst = def.SourceBurst
+	}
+	if l.SourceRate <= 0 {
+		l.SourceRate = def.SourceRate
+	}
+	return l
+}
+
 // fetchLimits rate-limits script fetches per MAC and per source address.
 type fetchLimits struct {
 	perMAC    *keyedLimiter[lpmos.MAC]
 	perSource *keyedLimiter[netip.Addr]
 }
 
-func newFetchLimits() *fetchLimits {
+func newFetchLimits(l FetchLimits) *fetchLimits {
 	return &fetchLimits{
-		perMAC:    newKeyedLimiter[lpmos.MAC](rate.Every(scriptMACEvery), scriptMACBurst),
-		perSource: newKeyedLimiter[netip.Addr](scriptSourceRate, scriptSourceBurst),
+		perMAC:    newKeyedLimiter[lpmos.MAC](rate.Every(l.MACEvery), l.MACBurst),
+		perSource: newKeyedLimiter[netip.Addr](rate.Limit(l.SourceRate), l.SourceBurst),
 	}
 }
 

@@ -161,6 +161,11 @@ type Config struct {
 	// a journal (default DefaultStoreTimeout): past it, the call is
 	// journaled.
 	StoreTimeout time.Duration
+	// FetchLimits rate-limit boot script fetches per MAC and per source
+	// address; zero fields take DefaultFetchLimits. Raise them only for
+	// a benchmark or a lab: they protect the region from anyone on the
+	// provisioning network.
+	FetchLimits FetchLimits
 	// Registerer receives the region's metrics (HTTP boot and agent API
 	// requests, tasks by status, watch lag, heartbeat latency); nil
 	// registers none. Server sets it to its Registry.
@@ -208,10 +213,12 @@ type Region struct {
 	trace *trace.Recorder
 	addrs addrBook
 
-	fetches   *fetchLimits
-	inventory *inventory
-	refusals  refusals
-	relays    relays
+	fetches *fetchLimits
+	// agentScripts caches rendered agent scripts (scriptcache.go).
+	agentScripts agentScripts
+	inventory    *inventory
+	refusals     refusals
+	relays       relays
 
 	handler http.Handler
 	metrics *metrics
@@ -315,6 +322,7 @@ func New(cfg Config) (*Region, error) {
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = DefaultStoreTimeout
 	}
+	cfg.FetchLimits = cfg.FetchLimits.or(DefaultFetchLimits())
 	if cfg.InstanceID == "" {
 		host, _ := os.Hostname()
 		cfg.InstanceID = host + " " + cfg.PublicURL
@@ -328,7 +336,7 @@ func New(cfg Config) (*Region, error) {
 		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
 		catalog: cat, progress: map[string]*progressState{}, endedTasks: newEndedTasks(),
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
-		fetches: newFetchLimits(), inventory: newInventory(), toPrepare: make(chan *task.Task, prepareQueue),
+		fetches: newFetchLimits(cfg.FetchLimits), inventory: newInventory(), toPrepare: make(chan *task.Task, prepareQueue),
 	}
 	r.becameLeader, r.hbWake, r.hbStopped = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
 	r.synced = make(chan struct{})

@@ -95,6 +95,7 @@ func (r *Region) taskChanged(ctx context.Context, ch task.Change, t *task.Task) 
 	switch {
 	case t == nil:
 	case t.Status.Terminal():
+		r.agentScripts.forget(t.Metadata.TargetMAC)
 		if r.endedTasks.record(t, r.cfg.Now()) {
 			r.powerEnded(t)
 		}

@@ -216,7 +216,8 @@ type scriptNote struct {
 func (r *Region) traceScript(req *http.Request, mac lpmos.MAC, n scriptNote, err error) {
 	from := sourceAddr(req)
 	r.addrs.note(from, mac)
-	d := map[string]string{"client": from.String()}
+	d := make(map[string]string, 5)
+	d["client"] = from.String()
 	if n.kind != "" {
 		d["script"] = n.kind
 	}

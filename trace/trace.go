@@ -108,10 +108,20 @@ const (
 // clip bounds an event's text; it never modifies the caller's map.
 func (e Event) clip() Event {
 	e.Message, e.Reason = clipText(e.Message), clipText(e.Reason)
-	if len(e.Detail) > 0 {
-		d := make(map[string]string, min(len(e.Detail), maxDetails))
+	switch {
+	case len(e.Detail) == 0:
+	case len(e.Detail) <= maxDetails:
+		// The common case, on every boot request: no key to choose, so
+		// no sorting.
+		d := make(map[string]string, len(e.Detail))
+		for k, v := range e.Detail {
+			d[clipText(k)] = clipText(v)
+		}
+		e.Detail = d
+	default:
+		d := make(map[string]string, maxDetails)
 		keys := slices.Sorted(maps.Keys(e.Detail))
-		for _, k := range keys[:min(len(keys), maxDetails)] {
+		for _, k := range keys[:maxDetails] {
 			d[clipText(k)] = clipText(e.Detail[k])
 		}
 		e.Detail = d
