@@ -2227,7 +2227,12 @@
         osSelect.offers = offers;
         inputs.os_type = inputs.os_version = osSelect;
         fill(osSlot, osSelect);
-        osHint.textContent = 'What region ' + r.region_id + ' can install.';
+        // Catalogue images the region has not (or could not) make ready
+        // are not offered; say why.
+        const waiting = (Array.isArray(r.capabilities.images) ? r.capabilities.images : [])
+          .filter((im) => im && im.state !== 'ready')
+          .map((im) => im.os_type + ' ' + im.os_version + ' (image ' + im.id + ': ' + im.state + (im.reason ? ', ' + im.reason : '') + ')');
+        osHint.textContent = 'What region ' + r.region_id + ' can install.' + (waiting.length ? ' Not installable yet: ' + waiting.join('; ') + '.' : '');
       } else {
         osType = el('input', { type: 'text', id: 'f-os-type', name: 'os_type', placeholder: 'ubuntu', spellcheck: 'false', required: true });
         osVersion = el('input', { type: 'text', id: 'f-os-version', name: 'os_version', placeholder: '24.04', spellcheck: 'false', required: true });
