@@ -267,8 +267,11 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 // Follow calls fn with the whole catalogue, sorted by ID, once listed and
 // again after every change, until ctx ends. The catalogue is small and
 // changes rarely, so each change lists it again. fn runs in Follow's
-// goroutine.
+// goroutine. A nil log is slog.Default().
 func Follow(ctx context.Context, st store.Store, log *slog.Logger, fn func([]Image)) {
+	if log == nil {
+		log = slog.Default()
+	}
 	store.Follow(ctx, log, "image catalogue watch", func(ctx context.Context) error {
 		res, err := st.List(ctx, Prefix, store.ListOptions{})
 		if err != nil {
