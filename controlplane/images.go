@@ -33,14 +33,16 @@ const ImagePending = "pending"
 // imageRequest is the body of POST /api/v1/images: the record without
 // what the control plane fills in.
 type imageRequest struct {
-	ID        string `json:"id"`
-	Region    string `json:"region,omitempty"`
-	URL       string `json:"url"`
-	SHA256    string `json:"sha256"`
-	Format    string `json:"format"`
-	OSType    string `json:"os_type"`
-	OSVersion string `json:"os_version"`
-	Arch      string `json:"arch"`
+	ID           string `json:"id"`
+	Region       string `json:"region,omitempty"`
+	URL          string `json:"url"`
+	SHA256       string `json:"sha256"`
+	InitrdURL    string `json:"initrd_url,omitempty"`
+	InitrdSHA256 string `json:"initrd_sha256,omitempty"`
+	Format       string `json:"format"`
+	OSType       string `json:"os_type"`
+	OSVersion    string `json:"os_version"`
+	Arch         string `json:"arch"`
 }
 
 // imageErr maps the catalogue's errors to API errors.
@@ -128,7 +130,7 @@ func (s *Server) createImage(w http.ResponseWriter, r *http.Request) error {
 
 func osimageFields(b imageRequest) osimage.Image {
 	return osimage.Image{ID: b.ID, Region: b.Region, URL: b.URL, SHA256: b.SHA256, Format: b.Format,
-		OSType: b.OSType, OSVersion: b.OSVersion, Arch: b.Arch}
+		InitrdURL: b.InitrdURL, InitrdSHA256: b.InitrdSHA256, OSType: b.OSType, OSVersion: b.OSVersion, Arch: b.Arch}
 }
 
 func (s *Server) deleteImage(w http.ResponseWriter, r *http.Request) error {

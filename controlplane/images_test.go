@@ -84,6 +84,8 @@ func TestAPIImages(t *testing.T) {
 		{"unknown format", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "format", "qcow2"), 400, "format"},
 		{"bad os_type", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "os_type", "Ubuntu!"), 400, "os_type"},
 		{"bad os_version", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "os_version", ""), 400, "os_version"},
+		{"initrd of an image", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "initrd_url", "http://images.example/initrd"), 400, "initrd_url"},
+		{"installer without its initrd", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "format", "installer"), 400, "initrd_url"},
 		{"unknown arch", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "arch", "riscv"), 400, "arch"},
 		{"unknown field", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "checksum", testSum), 400, ""},
 		{"created_by is the server's", "POST", "/api/v1/images", adminToken, with(imageBody("x"), "created_by", "mallory"), 400, ""},

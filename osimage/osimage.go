@@ -59,6 +59,13 @@ func invalid(field, format string, args ...any) error {
 // stores the image as "image.<format>".
 var Formats = []string{"raw", "raw.gz", "raw.xz", "raw.zst"}
 
+// FormatInstaller is the format of a distribution's network installer: URL
+// and SHA256 are its kernel's, InitrdURL and InitrdSHA256 its initrd's.
+// A region offers it (booting it with its rendered preseed, kickstart or
+// autoinstall) once both are downloaded and verified, in place of a
+// built-in installer of the same OS fetched from the mirror unverified.
+const FormatInstaller = "installer"
+
 // Archs are the architectures an image may be built for.
 var Archs = []string{"amd64", "arm64"}
 
@@ -72,11 +79,15 @@ type Image struct {
 	URL string `json:"url"`
 	// SHA256 is the hex SHA-256 of the bytes at URL (before any
 	// decompression).
-	SHA256    string `json:"sha256"`
-	Format    string `json:"format"`
-	OSType    string `json:"os_type"`
-	OSVersion string `json:"os_version"`
-	Arch      string `json:"arch"`
+	SHA256 string `json:"sha256"`
+	// InitrdURL and InitrdSHA256 are an installer's initrd (format
+	// FormatInstaller only).
+	InitrdURL    string `json:"initrd_url,omitempty"`
+	InitrdSHA256 string `json:"initrd_sha256,omitempty"`
+	Format       string `json:"format"`
+	OSType       string `json:"os_type"`
+	OSVersion    string `json:"os_version"`
+	Arch         string `json:"arch"`
 
 	CreatedAt time.Time `json:"created_at,omitzero"`
 	CreatedBy string    `json:"created_by,omitempty"`
@@ -108,26 +119,28 @@ func (m *Image) Validate() error {
 			return invalid("region", "%v", err)
 		}
 	}
-	if m.URL == "" {
-		return invalid("url", "is required")
+	if err := checkURL("url", m.URL); err != nil {
+		return err
 	}
-	u, err := url.Parse(m.URL)
-	switch {
-	case err != nil || len(m.URL) > 2048:
-		return invalid("url", "%q is not a URL", trunc(m.URL))
-	case u.Scheme != "http" && u.Scheme != "https":
-		return invalid("url", "scheme %q: only http and https are downloaded", trunc(u.Scheme))
-	case u.Host == "":
-		return invalid("url", "%q has no host", trunc(m.URL))
-	case u.User != nil:
-		return invalid("url", "must not carry credentials")
+	if err := checkSum("sha256", &m.SHA256); err != nil {
+		return err
 	}
-	if b, err := hex.DecodeString(m.SHA256); err != nil || len(b) != 32 {
-		return invalid("sha256", "%q is not 64 hex digits", trunc(m.SHA256))
+	if !slices.Contains(Formats, m.Format) && m.Format != FormatInstaller {
+		return invalid("format", "%q is not one of %s, %s", trunc(m.Format), strings.Join(Formats, ", "), FormatInstaller)
 	}
-	m.SHA256 = strings.ToLower(m.SHA256)
-	if !slices.Contains(Formats, m.Format) {
-		return invalid("format", "%q is not one of %s", trunc(m.Format), strings.Join(Formats, ", "))
+	if m.Format == FormatInstaller {
+		if err := checkURL("initrd_url", m.InitrdURL); err != nil {
+			return err
+		}
+		if err := checkSum("initrd_sha256", &m.InitrdSHA256); err != nil {
+			return err
+		}
+	} else if m.InitrdURL != "" || m.InitrdSHA256 != "" {
+		field := "initrd_url"
+		if m.InitrdURL == "" {
+			field = "initrd_sha256"
+		}
+		return invalid(field, "only an installer (format %q) has an initrd", FormatInstaller)
 	}
 	if !osTypeRe.MatchString(m.OSType) {
 		return invalid("os_type", "%q is not an OS type (lowercase letters, digits, '-')", trunc(m.OSType))
@@ -141,11 +154,49 @@ func (m *Image) Validate() error {
 	return nil
 }
 
+func checkURL(field, s string) error {
+	if s == "" {
+		return invalid(field, "is required")
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil || len(s) > 2048:
+		return invalid(field, "%q is not a URL", trunc(s))
+	case u.Scheme != "http" && u.Scheme != "https":
+		return invalid(field, "scheme %q: only http and https are downloaded", trunc(u.Scheme))
+	case u.Host == "":
+		return invalid(field, "%q has no host", trunc(s))
+	case u.User != nil:
+		return invalid(field, "must not carry credentials")
+	}
+	return nil
+}
+
+// checkSum checks a hex SHA-256 and lowercases it.
+func checkSum(field string, s *string) error {
+	if b, err := hex.DecodeString(*s); err != nil || len(b) != 32 {
+		return invalid(field, "%q is not 64 hex digits", trunc(*s))
+	}
+	*s = strings.ToLower(*s)
+	return nil
+}
+
+// File is one file of an image as a region stores it.
+type File struct {
+	Name, URL, SHA256 string
+}
+
+// Files are the files a region downloads for the image: "image.<format>",
+// or an installer's "kernel" and "initrd".
+func (m *Image) Files() []File {
+	if m.Format == FormatInstaller {
+		return []File{{"kernel", m.URL, m.SHA256}, {"initrd", m.InitrdURL, m.InitrdSHA256}}
+	}
+	return []File{{"image." + m.Format, m.URL, m.SHA256}}
+}
+
 // AppliesTo reports whether the image is meant for region.
 func (m *Image) AppliesTo(region string) bool { return m.Region == "" || m.Region == region }
-
-// FileName is the name a region stores the image under.
-func (m *Image) FileName() string { return "image." + m.Format }
 
 func trunc(s string) string {
 	if len(s) > 80 {

@@ -43,6 +43,17 @@ func TestValidate(t *testing.T) {
 		{"os type", func(m *osimage.Image) { m.OSType = "Ubuntu" }, "os_type"},
 		{"os version", func(m *osimage.Image) { m.OSVersion = "24 04" }, "os_version"},
 		{"arch", func(m *osimage.Image) { m.Arch = "" }, "arch"},
+		{"installer", func(m *osimage.Image) {
+			m.Format, m.InitrdURL, m.InitrdSHA256 = osimage.FormatInstaller, "http://h/initrd", strings.Repeat("ab", 32)
+		}, ""},
+		{"installer without an initrd", func(m *osimage.Image) { m.Format = osimage.FormatInstaller }, "initrd_url"},
+		{"installer, bad initrd sum", func(m *osimage.Image) {
+			m.Format, m.InitrdURL, m.InitrdSHA256 = osimage.FormatInstaller, "http://h/initrd", "abc"
+		}, "initrd_sha256"},
+		{"installer, ftp initrd", func(m *osimage.Image) {
+			m.Format, m.InitrdURL, m.InitrdSHA256 = osimage.FormatInstaller, "ftp://h/initrd", strings.Repeat("ab", 32)
+		}, "initrd_url"},
+		{"an image has no initrd", func(m *osimage.Image) { m.InitrdSHA256 = strings.Repeat("ab", 32) }, "initrd_sha256"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := valid()

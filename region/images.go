@@ -40,11 +40,14 @@ const ReasonChecksumMismatch = "checksum mismatch"
 // its leader downloads each once (to a temporary file, hashing while it
 // streams, renamed into place once verified), offers the ready ones in
 // the catalogue, reports every one's state in the capabilities, and
-// removes a copy when its record goes. A standby leaves them alone.
+// removes a copy when its record goes. A standby leaves them alone. An
+// installer record (osimage.FormatInstaller) is its kernel and initrd,
+// verified alike and offered as an installer.
 type images struct {
 	st       store.Store
 	region   string
 	bootDir  string
+	bootURL  string // where boot clients fetch an installer's files
 	maxBytes int64
 	client   *http.Client
 	retry    time.Duration
@@ -119,6 +122,7 @@ func (m *images) catalogueChanged(all []osimage.Image) {
 // sameCopy reports whether a copy of a is a copy of b.
 func sameCopy(a, b osimage.Image) bool {
 	return a.URL == b.URL && a.SHA256 == b.SHA256 && a.Format == b.Format &&
+		a.InitrdURL == b.InitrdURL && a.InitrdSHA256 == b.InitrdSHA256 &&
 		a.OSType == b.OSType && a.OSVersion == b.OSVersion
 }
 
@@ -181,27 +185,68 @@ func (m *images) set(img osimage.Image, state, reason string, size int64) {
 	m.have[img.ID] = img
 	m.states[img.ID] = task.ImageState{ID: img.ID, OSType: img.OSType, OSVersion: img.OSVersion, State: state, Reason: reason, Bytes: size}
 	if state == task.ImageReady {
-		m.catalog.setRegistered(img.ID, &Entry{OSType: img.OSType, OSVersion: img.OSVersion, Kind: KindImage,
-			ImagePath: path.Join(CatalogDir, img.ID, img.FileName()), SHA256: img.SHA256, Size: size})
+		m.catalog.setRegistered(img.ID, m.entry(img, size))
 	} else {
 		m.catalog.setRegistered(img.ID, nil)
 	}
 	m.publish()
 }
 
+// entry is what the catalogue offers for a ready img: a disk image the
+// agent writes, or an installer booted from the region's copies of its
+// kernel and initrd (with the answer file of its OS family and the
+// mirror of the built-in installer of its OS type).
+func (m *images) entry(img osimage.Image, size int64) *Entry {
+	rel := path.Join(CatalogDir, img.ID)
+	if img.Format != osimage.FormatInstaller {
+		return &Entry{OSType: img.OSType, OSVersion: img.OSVersion, Kind: KindImage,
+			ImagePath: path.Join(rel, img.Files()[0].Name), SHA256: img.SHA256, Size: size}
+	}
+	e := &Entry{OSType: img.OSType, OSVersion: img.OSVersion, Kind: KindInstaller, Family: familyOf(img.OSType),
+		KernelURL: m.bootURL + "/boot/files/" + rel + "/kernel", InitrdURL: m.bootURL + "/boot/files/" + rel + "/initrd"}
+	for _, b := range builtinInstallers {
+		if b.OSType == img.OSType {
+			e.RepoURL, e.ISOURL = b.RepoURL, b.ISOURL
+		}
+	}
+	return e
+}
+
+// verified returns the size of the copy of img in dir if its SHA256SUMS
+// names every file with the record's sum and the files are there.
+func verified(img osimage.Image, dir string) (int64, bool) {
+	sums, err := readSHA256SUMS(filepath.Join(dir, "SHA256SUMS"))
+	if err != nil {
+		return 0, false
+	}
+	var size int64
+	for _, f := range img.Files() {
+		fi, err := os.Stat(filepath.Join(dir, f.Name))
+		if sums[f.Name] != f.SHA256 || err != nil || !fi.Mode().IsRegular() {
+			return 0, false
+		}
+		size += fi.Size()
+	}
+	return size, true
+}
+
 // fetch makes img ready: a copy verified before (its SHA256SUMS names
-// the file with the record's sum) is taken as it is; otherwise it is
+// the files with the record's sums) is taken as it is; otherwise it is
 // downloaded.
 func (m *images) fetch(ctx context.Context, img osimage.Image) {
 	dir := filepath.Join(m.bootDir, CatalogDir, img.ID)
-	file := filepath.Join(dir, img.FileName())
-	if sums, err := readSHA256SUMS(filepath.Join(dir, "SHA256SUMS")); err == nil && sums[img.FileName()] == img.SHA256 {
-		if fi, err := os.Stat(file); err == nil && fi.Mode().IsRegular() {
-			m.mu.Lock()
-			m.set(img, task.ImageReady, "", fi.Size())
-			m.mu.Unlock()
-			return
-		}
+	if size, ok := verified(img, dir); ok {
+		m.mu.Lock()
+		m.set(img, task.ImageReady, "", size)
+		m.mu.Unlock()
+		return
+	}
+	if img.Format == osimage.FormatInstaller && familyOf(img.OSType) == "" {
+		m.mu.Lock()
+		m.final[img.ID] = true
+		m.set(img, task.ImageFailed, "no installer answer file for OS type "+img.OSType+" (debian, ubuntu or a kickstart family)", 0)
+		m.mu.Unlock()
+		return
 	}
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -245,14 +290,30 @@ type finalError struct {
 func (e *finalError) Error() string { return e.err.Error() }
 func (e *finalError) Unwrap() error { return e.err }
 
-// download streams img into a temporary file in dir, hashing it, and
-// renames it into place once its SHA-256 is the record's; a mismatch
-// removes it.
+// download fetches img's files into dir and writes its SHA256SUMS; on a
+// failure it removes what it fetched of img.
 func (m *images) download(ctx context.Context, img osimage.Image, dir string) (int64, error) {
+	_ = os.RemoveAll(dir) // an unverified leftover
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return 0, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, img.URL, nil)
+	var total int64
+	for _, f := range img.Files() {
+		n, err := m.downloadFile(ctx, img.ID, f, dir, m.maxBytes-total)
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return 0, err
+		}
+		total += n
+	}
+	return total, writeSums(dir, img)
+}
+
+// downloadFile streams f into a temporary file in dir, hashing it, and
+// renames it into place once its SHA-256 is the record's; a mismatch
+// removes it. At most limit bytes are taken.
+func (m *images) downloadFile(ctx context.Context, id string, f osimage.File, dir string, limit int64) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -262,10 +323,10 @@ func (m *images) download(ctx context.Context, img osimage.Image, dir string) (i
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET %s: %s", img.URL, resp.Status)
+		return 0, fmt.Errorf("GET %s: %s", f.URL, resp.Status)
 	}
-	tooLarge := &finalError{reason: fmt.Sprintf("larger than %d bytes", m.maxBytes), err: fmt.Errorf("image %s: larger than %d bytes", img.ID, m.maxBytes)}
-	if resp.ContentLength > m.maxBytes {
+	tooLarge := &finalError{reason: fmt.Sprintf("larger than %d bytes", m.maxBytes), err: fmt.Errorf("image %s: larger than %d bytes", id, m.maxBytes)}
+	if resp.ContentLength > limit {
 		return 0, tooLarge
 	}
 	tmp, err := os.CreateTemp(dir, ".download-*")
@@ -274,7 +335,7 @@ func (m *images) download(ctx context.Context, img osimage.Image, dir string) (i
 	}
 	defer os.Remove(tmp.Name()) // a no-op once renamed
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(resp.Body, m.maxBytes+1))
+	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(resp.Body, limit+1))
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -282,19 +343,19 @@ func (m *images) download(ctx context.Context, img osimage.Image, dir string) (i
 		err = cerr
 	}
 	if err != nil {
-		return 0, fmt.Errorf("download %s: %w", img.URL, err)
+		return 0, fmt.Errorf("download %s: %w", f.URL, err)
 	}
-	if n > m.maxBytes {
+	if n > limit {
 		return 0, tooLarge
 	}
-	if sum := hex.EncodeToString(h.Sum(nil)); sum != img.SHA256 {
+	if sum := hex.EncodeToString(h.Sum(nil)); sum != f.SHA256 {
 		return 0, &finalError{reason: ReasonChecksumMismatch,
-			err: fmt.Errorf("image %s: %s: %s has SHA-256 %s, the catalogue says %s", img.ID, ReasonChecksumMismatch, img.URL, sum, img.SHA256)}
+			err: fmt.Errorf("image %s: %s: %s has SHA-256 %s, the catalogue says %s", id, ReasonChecksumMismatch, f.URL, sum, f.SHA256)}
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, img.FileName())); err != nil {
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, f.Name)); err != nil {
 		return 0, err
 	}
-	return n, writeSums(dir, img)
+	return n, nil
 }
 
 // writeSums writes dir/SHA256SUMS (through a temporary file and a rename)
@@ -306,7 +367,9 @@ func writeSums(dir string, img osimage.Image) error {
 	}
 	defer os.Remove(tmp.Name())
 	w := bufio.NewWriter(tmp)
-	fmt.Fprintf(w, "%s  %s\n", img.SHA256, img.FileName())
+	for _, f := range img.Files() {
+		fmt.Fprintf(w, "%s  %s\n", f.SHA256, f.Name)
+	}
 	err = w.Flush()
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

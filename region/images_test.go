@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -157,4 +158,68 @@ func TestCatalogueImagesOnTheLeader(t *testing.T) {
 		return ok
 	}, 30*time.Second, 20*time.Millisecond)
 	assert.Equal(t, 1, files.count("/good.raw"))
+}
+
+// A network installer registered with the checksums of its kernel and
+// initrd is downloaded and verified like an image and boots from the
+// region's copies, in place of the built-in installer fetched from the
+// mirror unverified; one whose initrd is not what was registered is
+// refused and the built-in entry stays.
+func TestCatalogueInstallers(t *testing.T) {
+	st := etcdtest.NewStore(t)
+	ctx := context.Background()
+	kernel, initrd := []byte("debian netboot kernel"), []byte("debian netboot initrd")
+	files := serveImages(t, map[string][]byte{"/linux": kernel, "/initrd.gz": initrd})
+	images := osimage.NewService(st, nil)
+	for _, img := range []osimage.Image{
+		{ID: "debian-12-netboot", OSType: "debian", OSVersion: "12", SHA256: sumOf(kernel), InitrdSHA256: sumOf(initrd)},
+		{ID: "rocky-9-netboot", OSType: "rocky", OSVersion: "9", SHA256: sumOf(kernel), InitrdSHA256: sumOf([]byte("another initrd"))},
+		{ID: "custom-1", OSType: "custom", OSVersion: "1", SHA256: sumOf(kernel), InitrdSHA256: sumOf(initrd)},
+	} {
+		img.URL, img.InitrdURL, img.Format, img.Arch = files.URL+"/linux", files.URL+"/initrd.gz", osimage.FormatInstaller, "amd64"
+		_, err := images.Create(ctx, img, "ops")
+		require.NoError(t, err)
+	}
+	l := startRegion(t, st)
+	got, _ := regionImages(t, st, "debian-12-netboot", "rocky-9-netboot", "custom-1")
+	assert.Equal(t, task.ImageReady, got["debian-12-netboot"].State)
+	assert.Equal(t, int64(len(kernel)+len(initrd)), got["debian-12-netboot"].Bytes)
+	assert.Equal(t, task.ImageFailed, got["rocky-9-netboot"].State)
+	assert.Equal(t, region.ReasonChecksumMismatch, got["rocky-9-netboot"].Reason)
+	assert.Equal(t, task.ImageFailed, got["custom-1"].State)
+	assert.Contains(t, got["custom-1"].Reason, "no installer answer file for OS type custom")
+
+	base := l.ts.URL + "/boot/files/catalog/debian-12-netboot/"
+	e, ok := l.reg.Catalogue().Lookup("debian", "12")
+	require.True(t, ok)
+	assert.Equal(t, region.Entry{OSType: "debian", OSVersion: "12", Kind: region.KindInstaller, Family: "preseed",
+		KernelURL: base + "kernel", InitrdURL: base + "initrd", RepoURL: "http://deb.debian.org/debian"}, e)
+	for url, want := range map[string][]byte{e.KernelURL: kernel, e.InitrdURL: initrd} {
+		code, body := getText(t, url)
+		assert.Equal(t, http.StatusOK, code)
+		assert.Equal(t, string(want), body)
+	}
+	e, ok = l.reg.Catalogue().Lookup("rocky", "9")
+	require.True(t, ok)
+	assert.True(t, strings.HasPrefix(e.KernelURL, "http://dl.rockylinux.org/"), "the built-in installer stays: %s", e.KernelURL)
+	_, err := os.Stat(filepath.Join(l.bootDir, region.CatalogDir, "rocky-9-netboot"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "nothing of a refused installer is kept")
+
+	// An approved debian 12 task boots the verified copies.
+	const mac = "52:54:00:00:0c:01"
+	tk, err := l.svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: mac, OSType: "debian", OSVersion: "12", CreatedBy: "ops"})
+	require.NoError(t, err)
+	l.waitStatus(tk.ID, task.StatusReady)
+	_, token := l.boot(mac)
+	l.report(tk.ID, mac, token)
+	_, err = l.svc.Approve(ctx, tk.ID, "ops", "")
+	require.NoError(t, err)
+	var script string
+	require.Eventually(t, func() bool {
+		_, script = getText(t, l.ts.URL+"/boot/"+mac+".ipxe")
+		return strings.Contains(script, "preseed.cfg")
+	}, 10*time.Second, 20*time.Millisecond, "installer script after approval:\n%s", script)
+	assert.Contains(t, script, "\nkernel "+base+"kernel ")
+	assert.Contains(t, script, base+"initrd")
+	assert.NotContains(t, script, "deb.debian.org/debian/dists")
 }

@@ -357,7 +357,7 @@ func New(cfg Config) (*Region, error) {
 		case <-time.After(5 * time.Second):
 		}
 	}
-	r.images = &images{st: cfg.Store, region: cfg.RegionID, bootDir: cfg.BootDir, maxBytes: cfg.MaxImageBytes,
+	r.images = &images{st: cfg.Store, region: cfg.RegionID, bootDir: cfg.BootDir, bootURL: cfg.BootURL, maxBytes: cfg.MaxImageBytes,
 		client: cfg.ImageClient, retry: cfg.ImageRetryInterval, log: log, leading: r.lead.leading, catalog: cat,
 		publish: r.wakeHeartbeat, wake: make(chan struct{}, 1),
 		have: map[string]osimage.Image{}, states: map[string]task.ImageState{}, final: map[string]bool{}}

@@ -85,6 +85,9 @@ func imagesGet(fs *flag.FlagSet) runner {
 			{"URL:", printable(m.URL)}, {"SHA-256:", m.SHA256}, {"Format:", m.Format},
 			{"Registered:", fmt.Sprintf("%s by %s", m.CreatedAt.Format(time.RFC3339), orDash(m.CreatedBy))},
 		}
+		if m.InitrdURL != "" {
+			rows = append(rows, []string{"Initrd:", printable(m.InitrdURL)}, []string{"Initrd SHA-256:", m.InitrdSHA256})
+		}
 		for _, r := range m.Regions {
 			state := r.State
 			if r.Bytes > 0 {
@@ -103,7 +106,9 @@ func imagesRegister(fs *flag.FlagSet) runner {
 	var m osimage.Image
 	fs.StringVar(&m.URL, "image-url", "", "where the regions download the image, http or https (required; --url is the control plane's)")
 	fs.StringVar(&m.SHA256, "sha256", "", "the SHA-256 of the bytes at --image-url, 64 hex digits (required)")
-	fs.StringVar(&m.Format, "format", "", "raw, raw.gz, raw.xz or raw.zst (default: from the URL's name, else raw)")
+	fs.StringVar(&m.Format, "format", "", "raw, raw.gz, raw.xz, raw.zst or installer (default: installer with --initrd-url, else from the URL's name, else raw)")
+	fs.StringVar(&m.InitrdURL, "initrd-url", "", "an installer's initrd (--image-url is then its kernel)")
+	fs.StringVar(&m.InitrdSHA256, "initrd-sha256", "", "the SHA-256 of the bytes at --initrd-url")
 	fs.StringVar(&m.OSType, "os", "", "the OS type tasks name to install it, e.g. ubuntu (required)")
 	fs.StringVar(&m.OSVersion, "os-version", "", "the OS version tasks name, e.g. 24.04 (required)")
 	fs.StringVar(&m.Arch, "arch", "amd64", "amd64 or arm64")
@@ -113,6 +118,9 @@ func imagesRegister(fs *flag.FlagSet) runner {
 			return usagef("give the image's ID, e.g. ubuntu-24.04-amd64")
 		}
 		m.ID = args[0]
+		if m.Format == "" && m.InitrdURL != "" {
+			m.Format = osimage.FormatInstaller
+		}
 		if m.Format == "" {
 			m.Format = "raw"
 			for _, f := range osimage.Formats {

@@ -44,6 +44,16 @@ func TestImages(t *testing.T) {
 	assert.Regexp(t, `(?m)^Format:\s+raw\.gz$`, details, "the format comes from the URL")
 	assert.Regexp(t, `(?m)^In dc1:\s+ready, 90112 bytes$`, details)
 
+	// A network installer: its kernel and initrd, each with its sum.
+	s.ok(t, "images", "register", "debian-13-netboot", "--image-url", files.URL+"/linux", "--sha256", hex.EncodeToString(sum[:]),
+		"--initrd-url", files.URL+"/initrd.gz", "--initrd-sha256", hex.EncodeToString(sum[:]), "--os", "debian", "--os-version", "13")
+	require.Eventually(t, func() bool {
+		return strings.Contains(s.ok(t, "images", "get", "debian-13-netboot"), "ready")
+	}, 30*time.Second, 100*time.Millisecond, "the region never made the installer ready")
+	details = s.ok(t, "images", "get", "debian-13-netboot")
+	assert.Regexp(t, `(?m)^Format:\s+installer$`, details)
+	assert.Regexp(t, `(?m)^In dc1:\s+ready, 180224 bytes$`, details)
+
 	code, _, errOut := s.ctl(t, "images", "register", "x", "--image-url", files.URL+"/x.raw", "--sha256", "abc", "--os", "custom", "--os-version", "2")
 	assert.Equal(t, 2, code, errOut)
 	assert.Contains(t, errOut, "sha256")
