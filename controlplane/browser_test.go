@@ -604,6 +604,7 @@ func TestBrowserDashboard(t *testing.T) {
 		/^(just now|\d+ s ago)$/.test(`+regionRow("dc1")+`.querySelector('time').textContent) &&
 		`+regionRow("dc1")+`.textContent.includes('ubuntu 24.04 (image)') &&
 		`+regionRow("dc1")+`.textContent.includes('debian 12 (installer)') &&
+		`+regionRow("dc1")+`.querySelector('.tag-image-waiting').textContent === 'image ubuntu-26.04-amd64: downloading' &&
 		`+regionRow("dc1")+`.querySelector('.region-leader').textContent === 'led by rack7 http://10.0.7.2:8081' &&
 		`+regionRow("dc2")+`.querySelector('.region-leader') === null &&
 		`+activeOf("dc1", "approved")+` === '2' && `+regionRow("dc1")+`.querySelector('.active-total').textContent === '2 active' &&
