@@ -38,6 +38,10 @@
 //	pxe                   TFTP and HTTP servers for boot files
 //	trace                 per-machine boot traces: the event model and the
 //	                      bounded, coalescing Recorder a region writes them with
+//	osimage               the image catalogue: OS images (and network
+//	                      installers) registered with their SHA-256 under
+//	                      /lpmos/images/, which each region's leader
+//	                      downloads, verifies and offers
 //	agent                 the agent's wire protocol and client, and the runner
 //	                      that collects, reports, waits for approval and
 //	                      installs; agent/... holds installers and the

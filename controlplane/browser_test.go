@@ -251,9 +251,14 @@ func TestBrowserDashboard(t *testing.T) {
 	svc := task.NewService(st, task.Config{}) // the region's side
 
 	// Two regions: dc1 online with an OS catalogue, dc2 offline without.
+	// Of dc1's catalogue images, one is ready (so among its OSes), one
+	// still downloading (so not offered).
 	caps, err := json.Marshal(task.Capabilities{OS: []task.OSOffering{
 		{Type: "ubuntu", Version: "24.04", Kind: "image"},
 		{Type: "debian", Version: "12", Kind: "installer"},
+	}, Images: []task.ImageState{
+		{ID: "ubuntu-24.04-amd64", OSType: "ubuntu", OSVersion: "24.04", State: task.ImageReady},
+		{ID: "ubuntu-26.04-amd64", OSType: "ubuntu", OSVersion: "26.04", State: task.ImageDownloading},
 	}})
 	require.NoError(t, err)
 	for key, value := range map[string]string{
@@ -303,6 +308,10 @@ func TestBrowserDashboard(t *testing.T) {
 		`document.getElementById('f-region') && document.getElementById('f-region').value === 'dc1' &&
 		 document.getElementById('f-os') && document.getElementById('f-os').selectedOptions[0].textContent.startsWith('ubuntu 24.04')`)
 	assert.Contains(t, browserEval[string](p, `document.getElementById('f-region').textContent`), "dc2 (offline)")
+	// Only installable images are offered; one still downloading is named.
+	assert.NotContains(t, browserEval[string](p, `document.getElementById('f-os').textContent`), "26.04")
+	assert.Contains(t, browserEval[string](p, `document.getElementById('f-os').closest('.field').textContent`),
+		"Not installable yet: ubuntu 26.04 (image ubuntu-26.04-amd64: downloading).")
 	// A field the API refuses is named and highlighted.
 	p.step("submit a bad MAC", chromedp.SendKeys(chromedp.ID("f-mac"), "52:54:00:12:34"), chromedp.Click(chromedp.ID("f-submit")))
 	p.waitJS("the bad MAC is highlighted", `document.getElementById('f-mac').classList.contains('invalid') &&
@@ -595,6 +604,7 @@ func TestBrowserDashboard(t *testing.T) {
 		/^(just now|\d+ s ago)$/.test(`+regionRow("dc1")+`.querySelector('time').textContent) &&
 		`+regionRow("dc1")+`.textContent.includes('ubuntu 24.04 (image)') &&
 		`+regionRow("dc1")+`.textContent.includes('debian 12 (installer)') &&
+		`+regionRow("dc1")+`.querySelector('.tag-image-waiting').textContent === 'image ubuntu-26.04-amd64: downloading' &&
 		`+regionRow("dc1")+`.querySelector('.region-leader').textContent === 'led by rack7 http://10.0.7.2:8081' &&
 		`+regionRow("dc2")+`.querySelector('.region-leader') === null &&
 		`+activeOf("dc1", "approved")+` === '2' && `+regionRow("dc1")+`.querySelector('.active-total').textContent === '2 active' &&

@@ -30,6 +30,10 @@
 //	DELETE /api/v1/dlq/{kind}/{id}      acknowledge (operator) 204; 404 if there is none
 //	GET    /api/v1/regions              regions (viewer)    {regions: [{region_id, status, last_heartbeat, leader, capabilities, active_tasks}]}
 //	DELETE /api/v1/regions/{id}         forget a region (admin) 204; 409 region_online or region_active_tasks
+//	GET    /api/v1/images               image catalogue (viewer) {images: [{id, region, url, sha256, format, os_type, os_version, arch, created_at, created_by, regions: [{region_id, state, reason, bytes}]}]}
+//	POST   /api/v1/images               register (admin)    {id, region, url, sha256, format, os_type, os_version, arch} → 201 the image; 409 if taken
+//	GET    /api/v1/images/{id}          get (viewer)        the image with its state in each region
+//	DELETE /api/v1/images/{id}          delete (admin)      204; the regions remove their copies
 //	GET    /api/v1/whoami               (viewer)            {subject, role}
 //	GET    /api/v1/openapi.json         (no token)          this API's OpenAPI 3.1 description
 //

@@ -164,6 +164,9 @@ func (c *regionCache) validateOS(ctx context.Context, region, osType, osVersion 
 	if caps.Supports(osType, osVersion) {
 		return nil
 	}
+	if why := imageNotReady(caps, region, osType, osVersion); why != "" {
+		return &task.ValidationError{Field: "os_version", Reason: why}
+	}
 	offered := make([]string, 0, len(caps.OS))
 	for _, o := range caps.OS {
 		offered = append(offered, o.Type+" "+o.Version)

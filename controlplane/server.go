@@ -26,6 +26,7 @@ import (
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/internal/httpserve"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/osimage"
 	"github.com/lpmos/lpmos/rule"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/task"
@@ -154,6 +155,7 @@ type Server struct {
 	machines *machine.Service
 	mview    *machine.View
 	rules    *rule.Service
+	images   *osimage.Service
 	regions  *regionCache
 	dlq      *dlqCache
 	hub      *hub.Hub
@@ -258,6 +260,7 @@ func New(cfg Config) (*Server, error) {
 	s.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Logger: cfg.Logger})
 	s.mview = machine.NewView(cfg.Store, machine.ViewConfig{Logger: cfg.Logger})
 	s.rules = rule.NewService(cfg.Store, cfg.Now)
+	s.images = osimage.NewService(cfg.Store, cfg.Now)
 	// One view of every task serves the lists; its watch also feeds the
 	// hub and the notifier, so a replica costs the store one watch,
 	// whatever its traffic.
@@ -502,6 +505,10 @@ var endpoints = []endpoint{
 	// A rule approves machines without a person: admins set them.
 	{"PUT /api/v1/rules/{name}", auth.RoleAdmin, "rule.put", (*Server).putRule},
 	{"DELETE /api/v1/rules/{name}", auth.RoleAdmin, "rule.delete", (*Server).deleteRule},
+	{"GET /api/v1/images", auth.RoleViewer, "", (*Server).listImages},
+	{"POST /api/v1/images", auth.RoleAdmin, "image.create", (*Server).createImage},
+	{"GET /api/v1/images/{id}", auth.RoleViewer, "", (*Server).getImage},
+	{"DELETE /api/v1/images/{id}", auth.RoleAdmin, "image.delete", (*Server).deleteImage},
 	{"GET /api/v1/whoami", auth.RoleViewer, "", (*Server).whoami},
 }
 

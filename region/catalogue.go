@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/lpmos/lpmos/task"
 )
@@ -68,23 +69,27 @@ var builtinInstallers = []Entry{
 var imageNames = []string{"image.raw.zst", "image.raw.xz", "image.raw.gz", "image.raw"}
 
 // Catalogue is what a region can install: the images and installers found
-// in its boot directory's images/<os_type>/<os_version>/, plus the built-in
-// netboot installers.
+// in its boot directory's images/<os_type>/<os_version>/, the images of
+// the image catalogue (osimage) it downloaded and verified, and the
+// built-in netboot installers. A local directory wins over a catalogue
+// image for the same OS, and both over a built-in installer.
 type Catalogue struct {
-	entries []Entry
+	mu         sync.RWMutex
+	local      []Entry          // found in the boot directory
+	registered map[string]Entry // ready catalogue images, by image ID
+	entries    []Entry          // what the region offers: all three, merged
 }
 
 // ScanCatalogue reads bootDir/images. A malformed entry (an image without a
 // SHA256SUMS line for it, say) is reported in problems and left out; it
 // does not stop the region.
 func ScanCatalogue(bootDir, publicURL string) (cat *Catalogue, problems []error) {
-	cat = &Catalogue{}
+	cat = &Catalogue{registered: map[string]Entry{}}
 	root := filepath.Join(bootDir, "images")
 	types, err := os.ReadDir(root)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		problems = append(problems, fmt.Errorf("read OS catalogue: %w", err))
 	}
-	local := map[string]bool{}
 	for _, t := range types {
 		if !t.IsDir() || !validName(t.Name()) {
 			continue
@@ -104,20 +109,55 @@ func ScanCatalogue(bootDir, publicURL string) (cat *Catalogue, problems []error)
 				continue
 			}
 			if e != nil {
-				cat.entries = append(cat.entries, *e)
-				local[e.OSType+"/"+e.OSVersion] = true
+				cat.local = append(cat.local, *e)
 			}
 		}
 	}
-	for _, b := range builtinInstallers {
-		if !local[b.OSType+"/"+b.OSVersion] {
-			cat.entries = append(cat.entries, b)
+	cat.merge()
+	return cat, problems
+}
+
+// merge rebuilds entries; the caller holds mu (or owns c).
+func (c *Catalogue) merge() {
+	taken := map[string]bool{}
+	entries := slices.Clone(c.local)
+	for _, e := range c.local {
+		taken[e.OSType+"/"+e.OSVersion] = true
+	}
+	ids := make([]string, 0, len(c.registered))
+	for id := range c.registered {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		e := c.registered[id]
+		if k := e.OSType + "/" + e.OSVersion; !taken[k] {
+			entries = append(entries, e)
+			taken[k] = true
 		}
 	}
-	slices.SortFunc(cat.entries, func(a, b Entry) int {
+	for _, b := range builtinInstallers {
+		if !taken[b.OSType+"/"+b.OSVersion] {
+			entries = append(entries, b)
+		}
+	}
+	slices.SortFunc(entries, func(a, b Entry) int {
 		return strings.Compare(a.OSType+"/"+a.OSVersion, b.OSType+"/"+b.OSVersion)
 	})
-	return cat, problems
+	c.entries = entries
+}
+
+// setRegistered offers (e non-nil) or withdraws (nil) the catalogue
+// image id.
+func (c *Catalogue) setRegistered(id string, e *Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e == nil {
+		delete(c.registered, id)
+	} else {
+		c.registered[id] = *e
+	}
+	c.merge()
 }
 
 func validName(s string) bool {
@@ -198,6 +238,8 @@ func readSHA256SUMS(p string) (map[string]string, error) {
 
 // Lookup finds the entry for an OS.
 func (c *Catalogue) Lookup(osType, osVersion string) (Entry, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	for _, e := range c.entries {
 		if e.OSType == osType && e.OSVersion == osVersion {
 			return e, true
@@ -207,10 +249,16 @@ func (c *Catalogue) Lookup(osType, osVersion string) (Entry, bool) {
 }
 
 // Entries lists the catalogue.
-func (c *Catalogue) Entries() []Entry { return slices.Clone(c.entries) }
+func (c *Catalogue) Entries() []Entry {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return slices.Clone(c.entries)
+}
 
 // Offerings is the catalogue as published in the region's capabilities.
 func (c *Catalogue) Offerings() []task.OSOffering {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	out := make([]task.OSOffering, 0, len(c.entries))
 	for _, e := range c.entries {
 		out = append(out, task.OSOffering{Type: e.OSType, Version: e.OSVersion, Kind: e.Kind})

@@ -37,6 +37,7 @@ import (
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
+	"github.com/lpmos/lpmos/osimage"
 	"github.com/lpmos/lpmos/power"
 	"github.com/lpmos/lpmos/region/journal"
 	"github.com/lpmos/lpmos/rule"
@@ -90,6 +91,15 @@ type Config struct {
 	// AgentConsoles are the agent kernel's console= values (nil: tty0 then
 	// ttyS0); AgentExtraArgs are added to its command line.
 	AgentConsoles, AgentExtraArgs []string
+	// MaxImageBytes bounds the download of one image of the image
+	// catalogue (default DefaultMaxImageBytes); ImageClient downloads
+	// them (default: an http.Client that waits at most 30 s for response
+	// headers); ImageRetryInterval paces new attempts at downloads that
+	// failed for a reason other than their checksum or size (default
+	// 1 min).
+	MaxImageBytes      int64
+	ImageClient        *http.Client
+	ImageRetryInterval time.Duration
 	// SkipBootFileCheck lets tasks become ready without the agent's boot
 	// files (simulated machines that never PXE-boot).
 	SkipBootFileCheck bool
@@ -195,6 +205,8 @@ type Region struct {
 	tasks   *task.View // the region's active tasks
 	tokens  *tokens
 	catalog *Catalogue
+	// images keeps the copies of the image catalogue's images.
+	images *images
 
 	endedTasks *endedTasks
 	// toPrepare queues new tasks for the preparers (see prepareLoop), so
@@ -323,6 +335,17 @@ func New(cfg Config) (*Region, error) {
 		cfg.StoreTimeout = DefaultStoreTimeout
 	}
 	cfg.FetchLimits = cfg.FetchLimits.or(DefaultFetchLimits())
+	if cfg.MaxImageBytes <= 0 {
+		cfg.MaxImageBytes = DefaultMaxImageBytes
+	}
+	if cfg.ImageClient == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.ResponseHeaderTimeout = 30 * time.Second
+		cfg.ImageClient = &http.Client{Transport: tr}
+	}
+	if cfg.ImageRetryInterval <= 0 {
+		cfg.ImageRetryInterval = time.Minute
+	}
 	if cfg.InstanceID == "" {
 		host, _ := os.Hostname()
 		cfg.InstanceID = host + " " + cfg.PublicURL
@@ -347,6 +370,10 @@ func New(cfg Config) (*Region, error) {
 		case <-time.After(5 * time.Second):
 		}
 	}
+	r.images = &images{st: cfg.Store, region: cfg.RegionID, bootDir: cfg.BootDir, bootURL: cfg.BootURL, maxBytes: cfg.MaxImageBytes,
+		client: cfg.ImageClient, retry: cfg.ImageRetryInterval, log: log, leading: r.lead.leading, catalog: cat,
+		publish: r.wakeHeartbeat, wake: make(chan struct{}, 1),
+		have: map[string]osimage.Image{}, states: map[string]task.ImageState{}, final: map[string]bool{}}
 	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead})
 	r.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Fence: r.lead, Logger: log})
 	r.powerJobs = newPowerQueue()
@@ -445,7 +472,7 @@ func (r *Region) leadershipChanged(leading bool) {
 			}
 		}
 		r.leasesLoaded.Store(true)
-		for _, c := range []chan struct{}{r.becameLeader, r.hbWake} {
+		for _, c := range []chan struct{}{r.becameLeader, r.hbWake, r.images.wake} {
 			select {
 			case c <- struct{}{}:
 			default:
@@ -514,6 +541,7 @@ func (r *Region) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return r.heartbeat(ctx) })
+	g.Go(func() error { return r.images.run(ctx) })
 	g.Go(func() error { return r.enforceTimeouts(ctx) })
 	g.Go(func() error { return r.flushProgressLoop(ctx) })
 	g.Go(func() error { return r.replayLoop(ctx) })
@@ -542,8 +570,16 @@ func (r *Region) checkBootFiles(t *task.Task) error {
 // capabilities is what the region publishes.
 func (r *Region) capabilities() task.Capabilities {
 	return task.Capabilities{
-		OS: r.catalog.Offerings(), Services: r.cfg.Services, RegionURL: r.cfg.PublicURL,
+		OS: r.catalog.Offerings(), Images: r.images.snapshot(), Services: r.cfg.Services, RegionURL: r.cfg.PublicURL,
 		UpdatedAt: r.cfg.Now().UTC(),
+	}
+}
+
+// wakeHeartbeat has the heartbeat write the capabilities now.
+func (r *Region) wakeHeartbeat() {
+	select {
+	case r.hbWake <- struct{}{}:
+	default:
 	}
 }
 

@@ -88,16 +88,15 @@ func commands() []command {
 		{"rules get", "NAME", "show an auto-approval rule", rulesGet},
 		{"rules put", "NAME", "create or replace a rule from a JSON file (admins)", rulesPut},
 		{"rules delete", "NAME", "delete a rule (admins)", rulesDelete},
+		{"images list", "", "list the image catalogue and each region's copy", imagesList},
+		{"images get", "ID", "show a catalogue image and its state in each region", imagesGet},
+		{"images register", "ID", "register an OS image for a region or all; the regions download and verify it (admins)", imagesRegister},
+		{"images delete", "ID", "delete a catalogue image; the regions remove their copies (admins)", imagesDelete},
 		{"regions list", "", "list regions, their status, OS offerings and active tasks", regionsList},
 		{"whoami", "", "show who the token signs in as", whoami},
 		{"version", "", "print lpmosctl's build", version},
 		{"completion", "bash|zsh", "print a shell completion script", completion},
 	}
-}
-
-// notYet are commands of the plan whose API does not exist yet.
-var notYet = map[string]string{
-	"images": "the control plane has no image catalogue API yet: OS images are files in each region's --boot-dir",
 }
 
 func (a *app) usage(w io.Writer) {
@@ -113,8 +112,6 @@ Commands:
 	}
 	tw.Flush()
 	fmt.Fprint(w, `
-Not yet: "images" (the API has no image catalogue yet).
-
 Global flags (also accepted after the command):
   --url URL        control plane URL (env LPMOS_URL, default `+defaultURL+`)
   --token TOKEN    bearer token (env LPMOS_TOKEN; a flag wins over the env)
@@ -141,9 +138,6 @@ func (a *app) main(ctx context.Context, args []string) error {
 	if rest[0] == "help" {
 		a.usage(a.stdout)
 		return nil
-	}
-	if msg, ok := notYet[rest[0]]; ok {
-		return usagef("%s: %s", rest[0], msg)
 	}
 	var cmd *command
 	all := commands()

@@ -20,7 +20,6 @@
 //	3 not found (404), 4 conflict (409/412), 5 auth (401/403),
 //	6 unreachable (no answer, or 502/503/504)
 //
-// There is no images command: the API has no image catalogue yet.
 // "lpmosctl completion bash|zsh" prints a completion script.
 //
 // It is a thin binary: the HTTP and WebSocket work is the client

@@ -199,7 +199,7 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{"no command", nil, 2, "Usage: lpmosctl"},
 		{"help", []string{"-h"}, 0, "Exit status:"},
-		{"help names what is missing", []string{"help"}, 0, `Not yet: "images"`},
+		{"help lists the images commands", []string{"help"}, 0, "images register ID"},
 		{"command help", []string{"tasks", "approve", "-h"}, 0, "-revision"},
 		{"unknown command", []string{"nodes"}, 2, `unknown command "nodes"`},
 		{"missing subcommand", []string{"tasks"}, 2, "a subcommand is needed: create, list"},
@@ -208,7 +208,7 @@ func TestCommandLine(t *testing.T) {
 		{"update without a change", []string{"machines", "update", "02:00:00:00:00:01"}, 2, "nothing to change"},
 		{"expectation and its removal", []string{"machines", "update", "--expect-cores", "8", "--no-expected", "02:00:00:00:00:01"}, 2, "--no-expected together"},
 		{"rule without a file", []string{"rules", "put", "small"}, 2, "-f FILE is required"},
-		{"images are not in the API", []string{"images", "list"}, 2, "no image catalogue API yet"},
+		{"image without an ID", []string{"images", "register", "--image-url", "http://x/y.raw"}, 2, "give the image's ID"},
 		{"unknown flag", []string{"tasks", "list", "--bogus"}, 2, "flag provided but not defined: -bogus"},
 		{"bad output", []string{"tasks", "list", "-o", "yaml"}, 2, `-o "yaml": table or json`},
 		{"bad status", []string{"tasks", "list", "--status", "done"}, 2, `--status "done": not a status`},

@@ -97,6 +97,11 @@ type lab struct {
 func newLab(t *testing.T, bootDir string) *lab {
 	st := memory.New()
 	t.Cleanup(func() { st.Close() })
+	return newLabOn(t, st, bootDir)
+}
+
+// newLabOn is newLab over st.
+func newLabOn(t *testing.T, st store.Store, bootDir string) *lab {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	l := &lab{t: t, st: st, svc: task.NewService(st, task.Config{Logger: quiet}), addr: ln.Addr().String(), bootDir: bootDir}
@@ -172,7 +177,14 @@ func (l *lab) bootAgent(mac string) (*task.Task, agent.Config) {
 	tk, err := l.svc.Create(context.Background(), task.CreateRequest{RegionID: "dc1", TargetMAC: mac,
 		OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "ops", Tags: map[string]string{"hostname": "web-1"}})
 	require.NoError(l.t, err)
-	l.waitStatus(tk.ID, task.StatusReady)
+	return tk, l.agentFor(tk.ID, mac)
+}
+
+// agentFor waits for the task id to be ready and returns the agent
+// configuration its machine's iPXE script boots with.
+func (l *lab) agentFor(id, mac string) agent.Config {
+	l.t.Helper()
+	l.waitStatus(id, task.StatusReady)
 	// The region learns of the ready status through its watch, a moment
 	// after the store: until then it answers 503 and iPXE retries.
 	var script []byte
@@ -194,7 +206,7 @@ func (l *lab) bootAgent(mac string) (*task.Task, agent.Config) {
 	cfg.Logger = quiet
 	cfg.Retry = agent.RetryPolicy{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, MaxElapsed: 30 * time.Second, Attempts: 1000}
 	cfg.ApprovalWait = 2 * time.Second
-	return tk, cfg
+	return cfg
 }
 
 var fixtureHW = agent.CollectorFunc(func(context.Context) (hardware.Info, error) {

@@ -1060,6 +1060,15 @@
               ['Region', 'Status', 'Last heartbeat', 'Capabilities', 'Active tasks'].map((h) => el('th', { text: h })))),
             tbody))));
 
+    // pendingImages names the catalogue images the region has not made
+    // ready (downloading, failed and why); the ready ones are among its OSes.
+    function pendingImages(caps) {
+      const waiting = (Array.isArray(caps.images) ? caps.images : []).filter((im) => im && im.id && im.state !== 'ready');
+      if (!waiting.length) return null;
+      return el('div', { class: 'tags' }, waiting.map((im) => el('span', { class: 'tag tag-image-' + (im.state === 'failed' ? 'failed' : 'waiting'),
+        text: 'image ' + im.id + ': ' + im.state + (im.reason ? ' (' + im.reason + ')' : '') })));
+    }
+
     function capabilitiesCell(caps) {
       if (!caps || typeof caps !== 'object') return el('span', { class: 'muted', text: 'none published' });
       const os = Array.isArray(caps.os) ? caps.os.filter((o) => o && o.os_type) : [];
@@ -1071,6 +1080,7 @@
         services.length
           ? el('div', { class: 'tags' }, services.map((k) => el('span', { class: 'tag tag-service', text: k + ': ' + caps.services[k] })))
           : null,
+        pendingImages(caps),
         caps.region_url ? el('div', { class: 'cap-line' }, 'Machines reach it at ', el('span', { class: 'mono', text: caps.region_url })) : null,
         caps.version ? el('div', { class: 'cap-line muted', text: 'Version ' + caps.version }) : null,
       ];
@@ -2277,7 +2287,12 @@
         osSelect.offers = offers;
         inputs.os_type = inputs.os_version = osSelect;
         fill(osSlot, osSelect);
-        osHint.textContent = 'What region ' + r.region_id + ' can install.';
+        // Catalogue images the region has not (or could not) make ready
+        // are not offered; say why.
+        const waiting = (Array.isArray(r.capabilities.images) ? r.capabilities.images : [])
+          .filter((im) => im && im.state !== 'ready')
+          .map((im) => im.os_type + ' ' + im.os_version + ' (image ' + im.id + ': ' + im.state + (im.reason ? ', ' + im.reason : '') + ')');
+        osHint.textContent = 'What region ' + r.region_id + ' can install.' + (waiting.length ? ' Not installable yet: ' + waiting.join('; ') + '.' : '');
       } else {
         osType = el('input', { type: 'text', id: 'f-os-type', name: 'os_type', placeholder: 'ubuntu', spellcheck: 'false', required: true });
         osVersion = el('input', { type: 'text', id: 'f-os-version', name: 'os_version', placeholder: '24.04', spellcheck: 'false', required: true });
