@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/lpmos/lpmos/hardware"
@@ -57,6 +58,28 @@ func (e *APIError) Unwrap() error {
 // Client calls the region's agent API. It is safe for concurrent use.
 type Client struct {
 	cfg Config
+	// urls are RegionURL then OtherRegionURLs; cur indexes the one calls
+	// go to, moved on when it stops answering or answers as a standby.
+	urls []string
+	cur  atomic.Int32
+}
+
+// base returns the region URL calls go to now and its index.
+func (c *Client) base() (string, int) {
+	i := int(c.cur.Load())
+	return c.urls[i], i
+}
+
+// turnFrom moves calls on from the region URL at index i to the next
+// one (round and round), unless another call already did.
+func (c *Client) turnFrom(i int, why error) {
+	if len(c.urls) < 2 {
+		return
+	}
+	next := (i + 1) % len(c.urls)
+	if c.cur.CompareAndSwap(int32(i), int32(next)) {
+		c.cfg.Logger.Warn("region process not serving the agent, turning to the next", "from", c.urls[i], "to", c.urls[next], "err", why)
+	}
 }
 
 // NewClient checks cfg and returns a client.
@@ -64,7 +87,8 @@ func NewClient(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg.withDefaults()}, nil
+	cfg = cfg.withDefaults()
+	return &Client{cfg: cfg, urls: append([]string{cfg.RegionURL}, cfg.OtherRegionURLs...)}, nil
 }
 
 // HTTPClient is the client the agent's calls use (pinned to the region's
@@ -142,7 +166,8 @@ func (c *Client) WaitApproval(ctx context.Context) (ApprovalResponse, error) {
 func (c *Client) Health(ctx context.Context) (Health, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.cfg.RegionURL+PathHealth, nil)
+	base, _ := c.base()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+PathHealth, nil)
 	if err != nil {
 		return Health{}, err
 	}
@@ -210,7 +235,8 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.cfg.RegionURL+path, rd)
+	base, at := c.base()
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -225,8 +251,12 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if err != nil {
-		// Network errors and our own per-attempt timeout are worth a retry;
-		// the caller's cancellation is checked by do.
+		// Network errors and our own per-attempt timeout are worth a retry
+		// (at the region's next process, if it has others); the caller's
+		// cancellation is checked by do.
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			c.turnFrom(at, err)
+		}
 		return &retryableError{err: fmt.Errorf("%s %s: %w", method, path, err)}
 	}
 	defer resp.Body.Close()
@@ -249,6 +279,9 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 		apiErr.Code, apiErr.Message = e.Error.Code, e.Error.Message
 	}
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
+		if resp.StatusCode == http.StatusServiceUnavailable && apiErr.Code == CodeStandby {
+			c.turnFrom(at, apiErr) // the leader is another process
+		}
 		var after time.Duration
 		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
 			after = min(time.Duration(s)*time.Second, time.Minute)

@@ -196,3 +196,51 @@ func (f *fakeRegion) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 	}
 }
+
+// A region pair without a virtual IP: the agent knows both processes and
+// turns to the next when the one it talks to answers as a standby or
+// stops answering, and stays there.
+func TestClientTurnsToTheRegionsOtherProcess(t *testing.T) {
+	var standbyCalls, leaderCalls atomic.Int32
+	standby := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		standbyCalls.Add(1)
+		w.Header().Set("Retry-After", "0")
+		apiError(w, http.StatusServiceUnavailable, agent.CodeStandby)
+	}))
+	t.Cleanup(standby.Close)
+	leader := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaderCalls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"status":"ok"}`)
+	}))
+	t.Cleanup(leader.Close)
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close() // nothing listens there any more
+
+	tests := []struct {
+		name    string
+		first   string
+		others  []string
+		standby int32 // calls the standby gets
+	}{
+		{"standby first", standby.URL, []string{leader.URL}, 1},
+		{"dead first", deadURL, []string{leader.URL}, 0},
+		{"dead, then standby, then the leader", deadURL, []string{standby.URL, leader.URL}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			standbyCalls.Store(0)
+			leaderCalls.Store(0)
+			cfg := testConfig(tt.first)
+			cfg.OtherRegionURLs = tt.others
+			c, err := agent.NewClient(cfg)
+			require.NoError(t, err)
+			t.Cleanup(c.Close)
+			require.NoError(t, c.Progress(context.Background(), "download", 1, "", nil))
+			require.NoError(t, c.Progress(context.Background(), "download", 2, "", nil))
+			assert.Equal(t, tt.standby, standbyCalls.Load(), "the standby is asked once, then left")
+			assert.Equal(t, int32(2), leaderCalls.Load(), "both calls reach the leader")
+		})
+	}
+}

@@ -20,9 +20,16 @@ var ErrInvalidConfig = errors.New("invalid agent configuration")
 // flags; the rest has sensible zero-value defaults.
 type Config struct {
 	RegionURL string
-	MAC       lpmos.MAC
-	TaskID    string
-	Token     string
+	// OtherRegionURLs are the region's other processes (a region pair's
+	// standby by its own address), tried in turn when the process the
+	// agent talks to stops answering or answers as a standby (503
+	// "standby"): lpmos.region=URL,URL2,... on the kernel line. Without
+	// them a region pair needs one address (a virtual IP) in front of
+	// both processes for machines in flight to survive a takeover.
+	OtherRegionURLs []string
+	MAC             lpmos.MAC
+	TaskID          string
+	Token           string
 	// RegionCertSHA256, if set, pins the region's TLS certificate: the
 	// SHA-256 of its leaf certificate's DER in hex (lpmos.region_cert_sha256=
 	// on the kernel line, beside the token). RegionURL must then be
@@ -110,6 +117,14 @@ func (c Config) Validate() error {
 	if err := validatePin(c.RegionCertSHA256, c.RegionURL); err != nil {
 		return err
 	}
+	for _, u := range c.OtherRegionURLs {
+		if err := validateRegionURL(u); err != nil {
+			return err
+		}
+		if err := validatePin(c.RegionCertSHA256, u); err != nil {
+			return err
+		}
+	}
 	if c.MAC.IsZero() {
 		return fmt.Errorf("%w: lpmos.mac is missing", ErrInvalidConfig)
 	}
@@ -162,7 +177,7 @@ func validateToken(s string) error {
 }
 
 // ParseCmdline reads the agent's identity from a kernel command line
-// (/proc/cmdline): lpmos.region=URL lpmos.mac=MAC lpmos.task=ID
+// (/proc/cmdline): lpmos.region=URL[,URL...] lpmos.mac=MAC lpmos.task=ID
 // lpmos.token=TOKEN, or lpmos.mode=inventory instead of lpmos.task, and
 // lpmos.region_cert_sha256=HEX for a region that serves HTTPS. Words without "=" (the UEFI line starts with a bare
 // image name such as "vmlinuz") and other parameters are skipped; a
@@ -182,7 +197,11 @@ func ParseCmdline(cmdline string) (Config, error) {
 		v = strings.Trim(v, `"`)
 		switch k {
 		case "lpmos.region":
-			c.RegionURL = strings.TrimRight(v, "/")
+			urls := strings.Split(v, ",")
+			c.RegionURL = strings.TrimRight(urls[0], "/")
+			for _, u := range urls[1:] {
+				c.OtherRegionURLs = append(c.OtherRegionURLs, strings.TrimRight(u, "/"))
+			}
 		case "lpmos.mac":
 			m, err := lpmos.ParseMAC(v)
 			if err != nil {

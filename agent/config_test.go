@@ -42,6 +42,10 @@ func TestParseCmdline(t *testing.T) {
 		{"pin on plain http", good + " lpmos.region_cert_sha256=" + strings.Repeat("c0", 32), "refusing plain HTTP"},
 		{"pin not hex", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=" + strings.Repeat("zz", 32), "64 lowercase hex digits"},
 		{"pin too short", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=c0ffee", "64 lowercase hex digits"},
+		{"a region pair", strings.Replace(good, "http://10.0.0.1:8081", "http://10.0.0.1:8081,http://10.0.0.2:8081/", 1), ""},
+		{"a bad second region URL", strings.Replace(good, "http://10.0.0.1:8081", "http://10.0.0.1:8081,ftp://10.0.0.2", 1), "not an http(s)"},
+		{"an empty second region URL", strings.Replace(good, "http://10.0.0.1:8081", "http://10.0.0.1:8081,", 1), "lpmos.region is missing"},
+		{"a pinned pair with an http process", strings.Replace(good, "http://10.0.0.1:8081", "https://10.0.0.1:8443,http://10.0.0.2:8081", 1) + " lpmos.region_cert_sha256=" + strings.Repeat("c0", 32), "refusing plain HTTP"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -57,6 +61,10 @@ func TestParseCmdline(t *testing.T) {
 			assert.Equal(t, testToken, cfg.Token)
 			assert.NotContains(t, cfg.RegionURL[len("https://"):], "//")
 			assert.False(t, strings.HasSuffix(cfg.RegionURL, "/"))
+			if strings.Contains(tt.line, ",http") {
+				assert.Equal(t, "http://10.0.0.1:8081", cfg.RegionURL)
+				assert.Equal(t, []string{"http://10.0.0.2:8081"}, cfg.OtherRegionURLs)
+			}
 		})
 	}
 }

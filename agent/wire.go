@@ -130,6 +130,11 @@ type Plan struct {
 	SeedNetworkConfig string `json:"seed_network_config,omitempty"`
 }
 
+// CodeStandby is the error code of a region process that is its
+// region's standby (503): the leader is another process, so an agent
+// with the region's other URLs turns to the next.
+const CodeStandby = "standby"
+
 // Health is the region's GET /health answer.
 type Health struct {
 	Status        string            `json:"status"` // "healthy" or "degraded"

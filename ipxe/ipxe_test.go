@@ -172,6 +172,41 @@ func TestAgentCommandLinePinsTheRegionCertificate(t *testing.T) {
 		" lpmos.token="+p.Token+" lpmos.region_cert_sha256="+p.RegionCertSHA256+" console=tty0 console=ttyS0 initrd=initramfs.cpio.zst || goto failed1\n")
 }
 
+// A region pair's other processes follow the serving one in
+// lpmos.region=, comma-separated; a bad one, a comma inside a URL of the
+// list or an http one beside a pin is refused.
+func TestAgentCommandLineListsTheRegionsOtherProcesses(t *testing.T) {
+	p := agentParams(t)
+	p.RegionURL = "http://10.0.0.1:8081"
+	p.OtherRegionURLs = []string{"http://10.0.0.2:8081", "http://10.0.0.3:8081"}
+	got, err := Agent(p)
+	require.NoError(t, err)
+	require.NoError(t, checkScript(got), "script:\n%s", got)
+	assert.Contains(t, string(got), " lpmos.region=http://10.0.0.1:8081,http://10.0.0.2:8081,http://10.0.0.3:8081 lpmos.mac=")
+
+	tests := []struct {
+		name   string
+		edit   func(p *AgentParams)
+		detail string
+	}{
+		{"not a URL", func(p *AgentParams) { p.OtherRegionURLs = []string{"ftp://10.0.0.2"} }, "OtherRegionURLs[0]"},
+		{"comma in a URL", func(p *AgentParams) { p.OtherRegionURLs = []string{"http://10.0.0.2:8081/a,b"} }, "comma"},
+		{"http beside a pin", func(p *AgentParams) {
+			p.RegionURL, p.RegionCertSHA256 = "https://10.0.0.1:8443", strings.Repeat("0f", 32)
+			p.OtherRegionURLs = []string{"http://10.0.0.2:8081"}
+		}, "https"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := agentParams(t)
+			tt.edit(&p)
+			_, err := Agent(p)
+			require.ErrorIs(t, err, ErrInvalid)
+			assert.Contains(t, err.Error(), tt.detail)
+		})
+	}
+}
+
 func TestInstallerArgs(t *testing.T) {
 	for _, c := range []struct {
 		m    Method

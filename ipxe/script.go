@@ -157,6 +157,13 @@ type AgentParams struct {
 	// RegionURL is the base URL of the region's HTTP server, as the
 	// machine reaches it, such as http://10.0.0.1:8081.
 	RegionURL string
+	// OtherRegionURLs are the base URLs of the region's other processes
+	// (a region pair's standby, by its own address): the agent turns to
+	// them, in order, when RegionURL stops answering or answers as a
+	// standby, so a machine in flight survives a takeover without a
+	// virtual IP in front of the pair. They follow RegionURL in
+	// lpmos.region=, comma-separated (so no region URL may hold a comma).
+	OtherRegionURLs []string
 	// RegionCertSHA256, if set, is the SHA-256 of the region's TLS
 	// certificate (of the leaf's DER, 64 lowercase hex digits). It goes on
 	// the kernel line as lpmos.region_cert_sha256=, beside the token: the
@@ -231,15 +238,30 @@ func Agent(p AgentParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	head := []string{"lpmos.region=" + p.RegionURL, "lpmos.mac=" + p.MAC.String()}
+	regionURLs := append([]string{p.RegionURL}, p.OtherRegionURLs...)
+	for i, u := range p.OtherRegionURLs {
+		if err := checkURL(fmt.Sprintf("OtherRegionURLs[%d]", i), u); err != nil {
+			return nil, err
+		}
+	}
+	if len(regionURLs) > 1 {
+		for _, u := range regionURLs {
+			if strings.Contains(u, ",") {
+				return nil, invalid("OtherRegionURLs", u, "the region's URLs are a comma-separated list on the kernel line: none may hold a comma")
+			}
+		}
+	}
+	head := []string{"lpmos.region=" + strings.Join(regionURLs, ","), "lpmos.mac=" + p.MAC.String()}
 	which, what := "lpmos.task="+p.TaskID, "task "+p.TaskID
 	if p.Inventory {
 		which, what = "lpmos.mode=inventory", "inventory (no task)"
 	}
 	head = append(head, which, "lpmos.token="+p.Token)
 	if p.RegionCertSHA256 != "" {
-		if err := checkCertSHA256("RegionCertSHA256", p.RegionCertSHA256, p.RegionURL); err != nil {
-			return nil, err
+		for _, u := range regionURLs {
+			if err := checkCertSHA256("RegionCertSHA256", p.RegionCertSHA256, u); err != nil {
+				return nil, err
+			}
 		}
 		head = append(head, "lpmos.region_cert_sha256="+p.RegionCertSHA256)
 	}

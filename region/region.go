@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/machine"
 	"github.com/lpmos/lpmos/osimage"
@@ -438,7 +439,7 @@ func (r *Region) starting(w http.ResponseWriter) bool {
 	}
 	if !r.lead.leading() {
 		w.Header().Set("Retry-After", "1")
-		httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, "standby", "this region process is a standby; retry"))
+		httpjson.WriteError(w, httpjson.Errorf(http.StatusServiceUnavailable, agent.CodeStandby, "this region process is a standby; retry"))
 		return true
 	}
 	return false
