@@ -73,13 +73,8 @@ var depRules = []depRule{
 	{pkgs: []string{"controlplane/..."},
 		allow: []string{".", "task", "machine", "rule", "osimage", "trace", "store", "hardware", "controlplane/...", "internal/httpjson", "internal/httpserve"},
 		why:   "the control plane talks to regions only through the store, through the store.Store interface"},
-<<<<<<< HEAD
-	{pkgs: []string{"client"}, allow: []string{".", "task", "machine", "rule", "trace", "hardware"},
-		why:       "the client knows the API only over HTTP, in the shared vocabulary and the models of tasks, machines, rules and boot traces; it never links the control plane, a region or a store implementation",
-=======
-	{pkgs: []string{"client"}, allow: []string{".", "task", "machine", "rule", "osimage", "hardware"},
-		why:       "the client knows the API only over HTTP, in the shared vocabulary and the models of tasks, machines and rules; it never links the control plane, a region or a store implementation",
->>>>>>> images
+	{pkgs: []string{"client"}, allow: []string{".", "task", "machine", "rule", "osimage", "trace", "hardware"},
+		why:       "the client knows the API only over HTTP, in the shared vocabulary and the models of tasks, machines, rules, images and boot traces; it never links the control plane, a region or a store implementation",
 		testAllow: []string{"controlplane/...", "store"}},
 	{pkgs: []string{"internal/httpjson"}, allow: []string{".", "task", "store"},
 		why: "the HTTP/JSON layer maps task and store errors for both APIs; it knows neither of them"},
