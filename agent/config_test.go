@@ -41,6 +41,9 @@ func TestParseCmdline(t *testing.T) {
 		{"pinned https region", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=" + strings.Repeat("c0", 32), ""},
 		{"pin on plain http", good + " lpmos.region_cert_sha256=" + strings.Repeat("c0", 32), "refusing plain HTTP"},
 		{"pin not hex", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=" + strings.Repeat("zz", 32), "64 lowercase hex digits"},
+		{"trace parent", good + " lpmos.traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", ""},
+		{"trace parent garbage", good + " lpmos.traceparent=00-4bf92f35", "lpmos.traceparent"},
+		{"trace parent uppercase", good + " lpmos.traceparent=00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", "lpmos.traceparent"},
 		{"pin too short", strings.Replace(good, "http://", "https://", 1) + " lpmos.region_cert_sha256=c0ffee", "64 lowercase hex digits"},
 	}
 	for _, tt := range tests {
