@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	oteltrace "go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
@@ -165,6 +167,13 @@ type Config struct {
 	// registers none. Server sets it to its Registry.
 	Registerer prometheus.Registerer
 
+	// TracerProvider traces the region's work on its tasks with
+	// OpenTelemetry, in each task's trace (task.Metadata.TraceParent):
+	// preparing it, serving its boot script, the agent's calls (whose
+	// traceparent header the agent sends from its kernel line) and the
+	// task moves they make. Default: no tracing.
+	TracerProvider oteltrace.TracerProvider
+
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -180,6 +189,8 @@ type Region struct {
 	cfg Config
 	log *slog.Logger
 	svc *task.Service
+	// tracer starts the region's spans (otel.go).
+	tracer oteltrace.Tracer
 	// machines writes the inventory: the hardware each machine reported.
 	machines  *machine.Service
 	powerJobs *powerQueue
@@ -298,6 +309,9 @@ func New(cfg Config) (*Region, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
 	if cfg.OpenBMC == nil {
 		cfg.OpenBMC = power.Open
 	}
@@ -334,7 +348,8 @@ func New(cfg Config) (*Region, error) {
 		case <-time.After(5 * time.Second):
 		}
 	}
-	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead})
+	r.tracer = cfg.TracerProvider.Tracer(TracerName)
+	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead, TracerProvider: cfg.TracerProvider})
 	r.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Fence: r.lead, Logger: log})
 	r.powerJobs = newPowerQueue()
 	r.rules = rule.NewView(cfg.Store, log)

@@ -86,8 +86,14 @@ func TraceContext(ctx context.Context, t *Task) context.Context {
 
 // StartTaskSpan starts a span of t's trace (see TraceContext) named name,
 // with the task's attributes. A span ctx carried from another trace (an
-// operator's tool calling the API) is linked to it.
+// operator's tool calling the API) is linked to it. A task created
+// untraced (no Metadata.TraceParent) stays so: its span is only started
+// beneath a span ctx carries, and otherwise it is ctx's non-recording
+// one, so that a task is a trace or nothing, decided once at its root.
 func StartTaskSpan(ctx context.Context, tracer trace.Tracer, t *Task, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if t.Metadata.TraceParent == "" && !trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx, trace.SpanFromContext(ctx)
+	}
 	opts = append(opts, trace.WithAttributes(SpanAttrs(t)...))
 	parent := TraceContext(ctx, t)
 	if cur := trace.SpanContextFromContext(ctx); cur.IsValid() && !cur.Equal(trace.SpanContextFromContext(parent)) {
