@@ -1,16 +1,13 @@
 package cmdutil
 
 import (
-	"context"
 	"log/slog"
-	"net"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"google.golang.org/grpc"
+
+	"github.com/lpmos/lpmos/internal/otlptest"
 )
 
 func envOf(m map[string]string) func(string) (string, bool) {
@@ -53,65 +50,24 @@ func TestTracingDecision(t *testing.T) {
 	}
 }
 
-// collector is an OTLP/gRPC trace receiver: what a collector receives.
-type collector struct {
-	collectortrace.UnimplementedTraceServiceServer
-	mu   sync.Mutex
-	reqs []*collectortrace.ExportTraceServiceRequest
-}
-
-func (c *collector) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.reqs = append(c.reqs, req)
-	return &collectortrace.ExportTraceServiceResponse{}, nil
-}
-
 // With tracing on, spans reach the collector OTEL_EXPORTER_OTLP_ENDPOINT
 // names, under the binary's service name unless OTEL_SERVICE_NAME says
 // otherwise, at the latest when stop flushes them.
 func TestTracingExportsToTheOTLPEndpoint(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	col := &collector{}
-	srv := grpc.NewServer()
-	collectortrace.RegisterTraceServiceServer(srv, col)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
-
+	col := otlptest.Start(t)
 	for _, tt := range []struct{ serviceEnv, want string }{{"", "lpmos-test"}, {"dc1-region", "dc1-region"}} {
-		col.mu.Lock()
-		col.reqs = nil
-		col.mu.Unlock()
+		col.Reset()
 		// The exporter reads the standard variables from the environment.
-		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+ln.Addr().String())
+		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", col.Endpoint)
 		t.Setenv("OTEL_SERVICE_NAME", tt.serviceEnv)
 		tp, stop, err := Tracing(t.Context(), true, "lpmos-test", envOf(nil), slog.New(slog.DiscardHandler))
 		require.NoError(t, err)
 		_, span := tp.Tracer("test").Start(t.Context(), "task 1")
 		span.End()
 		stop()
-
-		col.mu.Lock()
-		var names []string
-		var service string
-		for _, req := range col.reqs {
-			for _, rs := range req.ResourceSpans {
-				for _, a := range rs.Resource.Attributes {
-					if a.Key == "service.name" {
-						service = a.Value.GetStringValue()
-					}
-				}
-				for _, ss := range rs.ScopeSpans {
-					for _, s := range ss.Spans {
-						names = append(names, s.Name)
-					}
-				}
-			}
-		}
-		col.mu.Unlock()
-		assert.Equal(t, []string{"task 1"}, names)
-		assert.Equal(t, tt.want, service)
+		spans := col.Spans()
+		require.Len(t, spans, 1)
+		assert.Equal(t, "task 1", spans[0].Name)
+		assert.Equal(t, tt.want, spans[0].Service)
 	}
 }
