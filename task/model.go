@@ -113,7 +113,8 @@ type Metadata struct {
 	// task's root span, when the service that created it traces
 	// (Config.TracerProvider): the spans of the task's later moves, in
 	// the control plane, its region and its agent's calls, join that
-	// trace. Empty with tracing off. A retry keeps its first attempt's.
+	// trace. Empty with tracing off. A retry is a trace of its own, whose
+	// root links to the trace of the attempt it retries.
 	TraceParent string `json:"trace_parent,omitempty"`
 }
 

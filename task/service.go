@@ -842,7 +842,7 @@ func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts 
 // of two retries racing, exactly one wins and the other gets
 // RetryAlreadyRetried. ExpectRevision applies to the old task. The OS is
 // checked again (Config.ValidateOS): the region may no longer offer it.
-func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) (*Task, error) {
+func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) (_ *Task, err error) {
 	if err := checkActor(by); err != nil {
 		return nil, err
 	}
@@ -850,6 +850,14 @@ func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) 
 	for _, opt := range opts {
 		opt(&o)
 	}
+	// The new task's root span, linked to the old task's trace; a plan
+	// that loses its transaction ends its span and the next starts anew.
+	var span trace.Span
+	defer func() {
+		if span != nil {
+			endSpan(span, err)
+		}
+	}()
 	return s.update(ctx, id, "retry task", func(snap *snapshot) (*write, *Task, error) {
 		old := snap.task
 		if o.expectRev != 0 && snap.statusRev != o.expectRev {
@@ -882,10 +890,25 @@ func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) 
 		}
 		m.ID = "" // a new one
 		m.CreatedBy, m.RetryOf, m.Attempt, m.MaxAttempts = by, id, attempt, old.MaxAttempts()
+		m.TraceParent = "" // a trace of its own
 		nt, err := s.newTask(m, fmt.Sprintf("attempt %d of %d, retrying task %s", attempt, m.MaxAttempts, id))
 		if err != nil {
 			return nil, nil, err
 		}
+		if span != nil {
+			span.End()
+		}
+		startOpts := []trace.SpanStartOption{trace.WithAttributes(SpanAttrs(nt)...)}
+		if sc := ParseTraceParent(old.Metadata.TraceParent); sc.IsValid() {
+			startOpts = append(startOpts, trace.WithLinks(trace.Link{SpanContext: sc}))
+		}
+		parent := trace.SpanContextFromContext(ctx)
+		var tctx context.Context
+		tctx, span = s.tracer.Start(ctx, "task "+nt.ID, startOpts...)
+		if sc := span.SpanContext(); sc.IsValid() && !sc.Equal(parent) {
+			nt.Metadata.TraceParent = FormatTraceParent(tctx)
+		}
+		statusEvent(span, "", StatusPending)
 		timeline := append(slices.Clone(old.Timeline), TimelineEntry{
 			Timestamp: nt.Metadata.CreatedAt, Event: TimelineRetried, Status: old.Status, Actor: by,
 			Message: fmt.Sprintf("retried as task %s (attempt %d)", nt.ID, attempt), RetriedAs: nt.ID,

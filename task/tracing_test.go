@@ -114,3 +114,34 @@ func TestUntracedTaskHasNoTraceParent(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, string(kv.Value), "trace_parent")
 }
+
+// A retry is a task of its own, so a trace of its own, whose root links
+// to the attempt it retries.
+func TestRetryIsATraceLinkedToItsFirstAttempt(t *testing.T) {
+	svc, exp := tracedService(t)
+	ctx := t.Context()
+	first, err := svc.Create(ctx, task.CreateRequest{RegionID: "dc1", TargetMAC: "52:54:00:00:00:02", OSType: "ubuntu", OSVersion: "24.04", CreatedBy: "ops"})
+	require.NoError(t, err)
+	_, err = svc.Cancel(ctx, first.ID, "ops", "wrong disk")
+	require.NoError(t, err)
+	exp.Reset()
+	second, err := svc.Retry(ctx, first.ID, "ops")
+	require.NoError(t, err)
+
+	firstSC := task.ParseTraceParent(first.Metadata.TraceParent)
+	secondSC := task.ParseTraceParent(second.Metadata.TraceParent)
+	require.True(t, secondSC.IsValid())
+	assert.NotEqual(t, firstSC.TraceID(), secondSC.TraceID())
+	got, err := svc.Get(ctx, second.ID)
+	require.NoError(t, err)
+	assert.Equal(t, second.Metadata.TraceParent, got.Metadata.TraceParent)
+
+	spans := exp.GetSpans()
+	require.Len(t, spans, 1)
+	root := spans[0]
+	assert.Equal(t, "task "+second.ID, root.Name)
+	assert.Equal(t, secondSC.SpanID(), root.SpanContext.SpanID())
+	assert.False(t, root.Parent.IsValid())
+	require.Len(t, root.Links, 1)
+	assert.Equal(t, firstSC, root.Links[0].SpanContext)
+}
