@@ -242,6 +242,9 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	}
 	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
 	req.Header.Set("Accept", "application/json")
+	if c.cfg.TraceParent != "" {
+		req.Header.Set("Traceparent", c.cfg.TraceParent)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

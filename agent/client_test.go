@@ -96,6 +96,32 @@ func TestClientRetriesAndErrors(t *testing.T) {
 	}
 }
 
+// A traced task's agent carries the task's trace context on every call
+// (and nothing when there is none).
+func TestClientSendsTheTraceParent(t *testing.T) {
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	for _, want := range []string{tp, ""} {
+		var got []string
+		var mu sync.Mutex
+		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			got = append(got, r.Header.Get("traceparent"))
+			mu.Unlock()
+			_, _ = io.WriteString(w, `{"status":"received","next_action":"wait_for_approval"}`)
+		}))
+		cfg := testConfig(ts.URL)
+		cfg.TraceParent = want
+		c, err := agent.NewClient(cfg)
+		require.NoError(t, err)
+		_, err = c.Report(context.Background(), hardware.Info{})
+		require.NoError(t, err)
+		require.NoError(t, c.Progress(context.Background(), "writing", 5, "", nil))
+		c.Close()
+		ts.Close()
+		assert.Equal(t, []string{want, want}, got)
+	}
+}
+
 func TestClientRetriesNetworkErrorsUntilCancelled(t *testing.T) {
 	cfg := testConfig("http://127.0.0.1:1") // nothing listens there
 	cfg.Retry = agent.RetryPolicy{Initial: time.Millisecond, Max: 2 * time.Millisecond, Attempts: 1 << 20, MaxElapsed: time.Hour}

@@ -42,6 +42,12 @@ type Config struct {
 	// it reports its hardware, the region records it, and it powers off).
 	// lpmos.mode= on the kernel line.
 	Mode string
+	// TraceParent, if set, is the W3C trace context of the task's trace
+	// (lpmos.traceparent= on the kernel line, when the region traces with
+	// OpenTelemetry): every call to the region carries it as its
+	// traceparent header, so that the region's spans of the calls join the
+	// task's trace. The agent records no spans itself.
+	TraceParent string
 
 	// HTTPClient is used for every agent API call (nil: NewHTTPClient
 	// with RegionCertSHA256, a client with sensible dial/TLS timeouts that
@@ -140,7 +146,29 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: lpmos.mode %q is not %q", ErrInvalidConfig, c.Mode, ModeInventory)
 	}
+	if err := validateTraceParent(c.TraceParent); err != nil {
+		return err
+	}
 	return validateToken(c.Token)
+}
+
+// validateTraceParent accepts an empty value or a W3C traceparent:
+// version-traceid-spanid-flags in lowercase hex (2-32-16-2 digits).
+func validateTraceParent(s string) error {
+	if s == "" {
+		return nil
+	}
+	ok := len(s) == 55 && s[2] == '-' && s[35] == '-' && s[52] == '-'
+	for i := 0; ok && i < len(s); i++ {
+		if i != 2 && i != 35 && i != 52 {
+			c := s[i]
+			ok = c >= '0' && c <= '9' || c >= 'a' && c <= 'f'
+		}
+	}
+	if !ok {
+		return fmt.Errorf("%w: lpmos.traceparent %q is not a W3C traceparent", ErrInvalidConfig, s)
+	}
+	return nil
 }
 
 func validateRegionURL(s string) error {
@@ -179,7 +207,8 @@ func validateToken(s string) error {
 // ParseCmdline reads the agent's identity from a kernel command line
 // (/proc/cmdline): lpmos.region=URL[,URL...] lpmos.mac=MAC lpmos.task=ID
 // lpmos.token=TOKEN, or lpmos.mode=inventory instead of lpmos.task, and
-// lpmos.region_cert_sha256=HEX for a region that serves HTTPS. Words without "=" (the UEFI line starts with a bare
+// lpmos.region_cert_sha256=HEX for a region that serves HTTPS, and
+// lpmos.traceparent=W3C-TRACEPARENT for a traced task. Words without "=" (the UEFI line starts with a bare
 // image name such as "vmlinuz") and other parameters are skipped; a
 // repeated lpmos.* key is an error, since which one wins would be a guess.
 func ParseCmdline(cmdline string) (Config, error) {
@@ -216,6 +245,8 @@ func ParseCmdline(cmdline string) (Config, error) {
 			c.Mode = v
 		case "lpmos.region_cert_sha256":
 			c.RegionCertSHA256 = v
+		case "lpmos.traceparent":
+			c.TraceParent = v
 		}
 	}
 	if err := c.Validate(); err != nil {

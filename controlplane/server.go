@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	oteltrace "go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
@@ -78,6 +79,13 @@ type Config struct {
 	// client address, against token guessing (default 2/s, burst 20).
 	SignInFailureLimit rate.Limit
 	SignInFailureBurst int
+
+	// TracerProvider traces tasks with OpenTelemetry (task.Config's
+	// TracerProvider, unless TaskConfig sets one): each created task is a
+	// trace whose context the task record keeps. A traceparent header on
+	// an API request makes the task created by it a child of the caller's
+	// span (and links the span of a move to it). Default: no tracing.
+	TracerProvider oteltrace.TracerProvider
 
 	// TaskConfig is passed to the task service (clock, ID generator); its
 	// ValidateOS is replaced by a check of the region's capabilities.
@@ -255,6 +263,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if tc.Now == nil {
 		tc.Now = cfg.Now
+	}
+	if tc.TracerProvider == nil {
+		tc.TracerProvider = cfg.TracerProvider
 	}
 	s.svc = task.NewService(cfg.Store, tc)
 	s.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Logger: cfg.Logger})
@@ -580,7 +591,21 @@ func (s *Server) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("/", web.Handler())
-	return hsts(s.metrics.instrument(mux))
+	return hsts(s.metrics.instrument(traceContext(mux)))
+}
+
+// traceContext puts the W3C trace context of a request's traceparent
+// header, if it has a valid one, into its context: the spans the request
+// starts are then part of the caller's trace.
+func traceContext(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get("traceparent"); v != "" {
+			if sc := task.ParseTraceParent(v); sc.IsValid() {
+				r = r.WithContext(oteltrace.ContextWithRemoteSpanContext(r.Context(), sc))
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // guard authenticates, authorises, rate-limits and audits one endpoint.

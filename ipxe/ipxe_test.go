@@ -207,6 +207,17 @@ func TestAgentCommandLineListsTheRegionsOtherProcesses(t *testing.T) {
 	}
 }
 
+// A traced task's trace context goes on the agent's kernel line, beside
+// the token, for the agent's calls to carry.
+func TestAgentCommandLineCarriesTheTraceParent(t *testing.T) {
+	p := agentParams(t)
+	p.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	got, err := Agent(p)
+	require.NoError(t, err)
+	require.NoError(t, checkScript(got), "script:\n%s", got)
+	assert.Contains(t, string(got), " lpmos.token="+p.Token+" lpmos.traceparent="+p.TraceParent+" console=tty0 ")
+}
+
 func TestInstallerArgs(t *testing.T) {
 	for _, c := range []struct {
 		m    Method
@@ -317,6 +328,8 @@ func TestInvalidInputs(t *testing.T) {
 		"extra empty":            func(p *AgentParams) { p.ExtraArgs = []string{""} },
 		"extra option-like":      func(p *AgentParams) { p.ExtraArgs = []string{"--name"} },
 		"extra reserved token":   func(p *AgentParams) { p.ExtraArgs = []string{"lpmos.token=x"} },
+		"trace parent garbage":   func(p *AgentParams) { p.TraceParent = "00-xyz" },
+		"trace parent uppercase": func(p *AgentParams) { p.TraceParent = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01" },
 		"extra reserved initrd":  func(p *AgentParams) { p.ExtraArgs = []string{"initrd=evil"} },
 		"extra reserved console": func(p *AgentParams) { p.ExtraArgs = []string{"console=ttyS1"} },
 		"too many extras":        func(p *AgentParams) { p.ExtraArgs = make([]string, maxExtraArgs+1) },

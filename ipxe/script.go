@@ -170,6 +170,11 @@ type AgentParams struct {
 	// agent then talks to the region only over https and accepts only
 	// that certificate. It needs an https RegionURL.
 	RegionCertSHA256 string
+	// TraceParent, if set, is the W3C trace context of the task's trace
+	// (OpenTelemetry): the agent sends it as the traceparent header of its
+	// calls, so that they join the task's trace. lpmos.traceparent= on the
+	// kernel line.
+	TraceParent string
 	// KernelURL and InitrdURL are the agent's vmlinuz and initramfs. The
 	// initramfs URL's last path element names the image (initrd=NAME).
 	KernelURL string
@@ -264,6 +269,12 @@ func Agent(p AgentParams) ([]byte, error) {
 			}
 		}
 		head = append(head, "lpmos.region_cert_sha256="+p.RegionCertSHA256)
+	}
+	if p.TraceParent != "" {
+		if err := checkTraceParent("TraceParent", p.TraceParent); err != nil {
+			return nil, err
+		}
+		head = append(head, "lpmos.traceparent="+p.TraceParent)
 	}
 	args, attempts, err := commandLine(head, p.Consoles, p.ExtraArgs, name, p.Attempts)
 	if err != nil {

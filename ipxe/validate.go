@@ -56,6 +56,8 @@ var (
 	// fileNameRE is an image name as iPXE registers it and the EFI stub
 	// looks it up (initrd=NAME).
 	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
+	// traceParentRE is a W3C Trace Context traceparent value.
+	traceParentRE = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
 	// hostLabelRE is one DNS label (RFC 1123).
 	hostLabelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 )
@@ -144,6 +146,13 @@ func checkCertSHA256(field, pin, regionURL string) error {
 	}
 	if !strings.HasPrefix(regionURL, "https://") {
 		return invalid(field, pin, "a certificate pin needs an https:// RegionURL")
+	}
+	return nil
+}
+
+func checkTraceParent(field, v string) error {
+	if !traceParentRE.MatchString(v) {
+		return invalid(field, v, "want a W3C traceparent, version-traceid-spanid-flags in lowercase hex")
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.H
 		if r.agentStarting(w) {
 			return
 		}
+		req, endSpan := r.agentSpan(req)
 		ctx, who := withCaller(req.Context())
 		rec := &countingWriter{ResponseWriter: w, status: http.StatusOK}
 		err := h(rec, req.WithContext(ctx))
@@ -37,6 +38,7 @@ func (r *Region) handle(h func(http.ResponseWriter, *http.Request) error) http.H
 			}
 		}
 		r.traceAgent(req, who, rec.status, err)
+		endSpan(rec.status, who)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 
+	oteltrace "go.opentelemetry.io/otel/trace"
+
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/internal/httpjson"
 	"github.com/lpmos/lpmos/ipxe"
@@ -172,7 +174,7 @@ func (r *Region) script(w http.ResponseWriter, req *http.Request) {
 
 // renderScript renders mac's script and says in note which kind it chose
 // and why (for the boot trace).
-func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote) ([]byte, error) {
+func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote) (_ []byte, err error) {
 	ctx := req.Context()
 	t, _, ok := r.tasks.Active(mac)
 	if !ok {
@@ -195,6 +197,15 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote
 		return ipxe.Unknown(ipxe.UnknownParams{MAC: mac, Region: r.cfg.RegionID, Sleep: 10})
 	}
 	note.taskID = t.ID
+	ctx, span := task.StartTaskSpan(ctx, r.tracer, t, "region boot script", oteltrace.WithSpanKind(oteltrace.SpanKindServer))
+	defer func() {
+		span.SetAttributes(attrScript.String(note.kind))
+		if err != nil {
+			span.RecordError(err)
+		}
+		span.End()
+	}()
+	req = req.WithContext(ctx)
 	switch t.Status {
 	case task.StatusPending:
 		note.kind, note.why = scriptNotReady, "task "+t.ID+" is still being prepared"
@@ -221,7 +232,7 @@ func (r *Region) renderScript(req *http.Request, mac lpmos.MAC, note *scriptNote
 		}
 		r.observe(moved)
 	}
-	return r.agentScript(mac, t.ID, token)
+	return r.agentScript(mac, t.ID, token, agentTraceParent(ctx, t))
 }
 
 // installerScript boots a distribution installer for an approved task,

@@ -277,7 +277,7 @@ func (r *Region) replay(ctx context.Context) bool {
 // with the time the region accepted it.
 func (r *Region) apply(ctx context.Context, rec journal.Record) error {
 	at := rec.At
-	svc := task.NewService(r.cfg.Store, task.Config{Logger: r.log, Now: func() time.Time { return at }, Fence: r.lead})
+	svc := task.NewService(r.cfg.Store, task.Config{Logger: r.log, Now: func() time.Time { return at }, Fence: r.lead, TracerProvider: r.cfg.TracerProvider})
 	mac, err := lpmos.ParseMAC(rec.MAC)
 	if err != nil {
 		return fmt.Errorf("journal record %d: %w", rec.Seq, err)

@@ -32,6 +32,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	oteltrace "go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lpmos/lpmos"
@@ -182,6 +184,13 @@ type Config struct {
 	// registers none. Server sets it to its Registry.
 	Registerer prometheus.Registerer
 
+	// TracerProvider traces the region's work on its tasks with
+	// OpenTelemetry, in each task's trace (task.Metadata.TraceParent):
+	// preparing it, serving its boot script, the agent's calls (whose
+	// traceparent header the agent sends from its kernel line) and the
+	// task moves they make. Default: no tracing.
+	TracerProvider oteltrace.TracerProvider
+
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -197,6 +206,8 @@ type Region struct {
 	cfg Config
 	log *slog.Logger
 	svc *task.Service
+	// tracer starts the region's spans (otel.go).
+	tracer oteltrace.Tracer
 	// machines writes the inventory: the hardware each machine reported.
 	machines  *machine.Service
 	powerJobs *powerQueue
@@ -323,6 +334,9 @@ func New(cfg Config) (*Region, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
 	if cfg.OpenBMC == nil {
 		cfg.OpenBMC = power.Open
 	}
@@ -375,7 +389,8 @@ func New(cfg Config) (*Region, error) {
 		client: cfg.ImageClient, retry: cfg.ImageRetryInterval, log: log, leading: r.lead.leading, catalog: cat,
 		publish: r.wakeHeartbeat, wake: make(chan struct{}, 1),
 		have: map[string]osimage.Image{}, states: map[string]task.ImageState{}, final: map[string]bool{}}
-	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead})
+	r.tracer = cfg.TracerProvider.Tracer(TracerName)
+	r.svc = task.NewService(cfg.Store, task.Config{Logger: log, Now: cfg.Now, Fence: r.lead, TracerProvider: cfg.TracerProvider})
 	r.machines = machine.NewService(cfg.Store, machine.Config{Sealer: cfg.BMCSealer, Now: cfg.Now, Fence: r.lead, Logger: log})
 	r.powerJobs = newPowerQueue()
 	r.rules = rule.NewView(cfg.Store, log)

@@ -56,13 +56,15 @@ func (c *agentScripts) forget(mac lpmos.MAC) {
 
 // agentScript is task taskID's agent script for mac with token, from the
 // cache when it was rendered before.
-func (r *Region) agentScript(mac lpmos.MAC, taskID, token string) ([]byte, error) {
+// The task's trace context (traceParent) is fixed for the task, so the
+// cache need not key on it.
+func (r *Region) agentScript(mac lpmos.MAC, taskID, token, traceParent string) ([]byte, error) {
 	return r.agentScripts.get(mac, taskID, token, func() ([]byte, error) {
 		base := r.cfg.BootURL + "/boot/files/"
 		return ipxe.Agent(ipxe.AgentParams{
 			MAC: mac, TaskID: taskID, Token: token, RegionURL: r.cfg.PublicURL, RegionCertSHA256: r.cfg.RegionCertSHA256,
 			KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
-			Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs,
+			Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs, TraceParent: traceParent,
 		})
 	})
 }

@@ -155,6 +155,8 @@ func (r *Region) prepare(ctx context.Context, t *task.Task) {
 	if !r.lead.leading() {
 		return // the leader prepares it (a new leader looks for pending tasks)
 	}
+	ctx, span := task.StartTaskSpan(ctx, r.tracer, t, "region prepare")
+	defer span.End()
 	if err := r.checkBootFiles(t); err != nil {
 		r.log.Error("cannot prepare task", append(machineAttrs(t), "err", err)...)
 		r.retry(ctx, "fail unpreparable task", machineAttrs(t), func() error {

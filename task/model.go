@@ -109,6 +109,13 @@ type Metadata struct {
 	// whether it was the last one without the control plane's
 	// configuration.
 	MaxAttempts int `json:"max_attempts,omitempty"`
+	// TraceParent is the W3C trace context (a traceparent value) of the
+	// task's root span, when the service that created it traces
+	// (Config.TracerProvider): the spans of the task's later moves, in
+	// the control plane, its region and its agent's calls, join that
+	// trace. Empty with tracing off. A retry is a trace of its own, whose
+	// root links to the trace of the attempt it retries.
+	TraceParent string `json:"trace_parent,omitempty"`
 }
 
 // Approval is the operator's decision on a task's hardware.

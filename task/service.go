@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/hardware"
@@ -62,6 +63,10 @@ type Config struct {
 	// down to its retries; a task that fails on its last attempt gets a
 	// dead-letter record (DeadTask) in the transaction that fails it.
 	MaxAttempts int
+	// TracerProvider traces the tasks (see tracing.go): each task a trace
+	// whose root span Create starts, each move a span in it. Default: a
+	// no-op provider, which records nothing and stores no trace context.
+	TracerProvider trace.TracerProvider
 }
 
 // Fence guards a Service's writes (Config.Fence): its compares are added to
@@ -85,8 +90,9 @@ var ErrFenced = errors.New("task: fenced: this writer may no longer write")
 // Service runs the task lifecycle over a store. It holds no state of its
 // own: any number of Services may share one store.
 type Service struct {
-	st  store.Store
-	cfg Config
+	st     store.Store
+	cfg    Config
+	tracer trace.Tracer
 }
 
 // NewService returns a Service over st.
@@ -107,7 +113,7 @@ func NewService(st store.Store, cfg Config) *Service {
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
 	cfg.MaxAttempts = min(cfg.MaxAttempts, MaxMaxAttempts)
-	return &Service{st: st, cfg: cfg}
+	return &Service{st: st, cfg: cfg, tracer: tracerOf(cfg.TracerProvider)}
 }
 
 // txn runs a transaction of the service: with the fence's compares, and
@@ -173,7 +179,7 @@ func ExpectRevision(rev int64) MoveOption {
 // Create validates the request and creates the task in status pending, in
 // one transaction that also assigns it to its region and claims its MAC. A
 // MAC with an active task yields an *ActiveTaskError (ErrConflict).
-func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) {
+func (s *Service) Create(ctx context.Context, req CreateRequest) (_ *Task, err error) {
 	mac, err := req.normalize()
 	if err != nil {
 		return nil, err
@@ -202,6 +208,16 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (*Task, error) 
 	if err != nil {
 		return nil, err
 	}
+	// The task's root span: the caller's span, if any, is its parent.
+	parent := trace.SpanContextFromContext(ctx)
+	ctx, span := s.tracer.Start(ctx, "task "+t.ID, trace.WithAttributes(SpanAttrs(t)...))
+	defer func() { endSpan(span, err) }()
+	if sc := span.SpanContext(); sc.IsValid() && !sc.Equal(parent) {
+		// A span of its own (sampled or not: the sampling decision travels
+		// with it); a no-op tracer hands back the caller's, not the task's.
+		t.Metadata.TraceParent = FormatTraceParent(ctx)
+	}
+	statusEvent(span, "", StatusPending)
 	macKey := AgentKey(mac, AgentFieldTaskID)
 	res, err := s.txn(ctx, store.Txn{
 		If:   []store.Compare{store.Missing(macKey), store.Missing(TaskKey(t.ID, FieldMetadata))},
@@ -459,7 +475,7 @@ func unchanged(snap *snapshot) []store.Compare {
 // revision the caller expects), so of several racing moves exactly one wins;
 // a write that left the status alone (a progress or timeline update) only
 // makes it try again.
-func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts []MoveOption, build func(t *Task, now time.Time) (change, error)) (*Task, error) {
+func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts []MoveOption, build func(t *Task, now time.Time) (change, error)) (moved *Task, err error) {
 	if err := checkActor(by); err != nil {
 		return nil, err
 	}
@@ -471,7 +487,23 @@ func (s *Service) move(ctx context.Context, id string, ev Event, by string, opts
 		return nil, err
 	}
 	var firstStatusRev int64
+	// The move's span, in the task's trace, starts once the task is read.
+	var span trace.Span
+	var from Status
+	defer func() {
+		if span == nil {
+			return
+		}
+		if err == nil && moved != nil {
+			statusEvent(span, from, moved.Status)
+		}
+		endSpan(span, err)
+	}()
 	return s.update(ctx, id, string(ev)+" task", func(snap *snapshot) (*write, *Task, error) {
+		if span == nil {
+			_, span = StartTaskSpan(ctx, s.tracer, snap.task, "task "+string(ev), trace.WithAttributes(AttrEvent.String(string(ev))))
+			from = snap.task.Status
+		}
 		if o.expectRev != 0 && snap.statusRev != o.expectRev {
 			return nil, nil, fmt.Errorf("%s task %s: status changed since revision %d: %w", ev, id, o.expectRev, ErrConflict)
 		}
@@ -810,7 +842,7 @@ func (s *Service) Fail(ctx context.Context, id, by string, info ErrorInfo, opts 
 // of two retries racing, exactly one wins and the other gets
 // RetryAlreadyRetried. ExpectRevision applies to the old task. The OS is
 // checked again (Config.ValidateOS): the region may no longer offer it.
-func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) (*Task, error) {
+func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) (_ *Task, err error) {
 	if err := checkActor(by); err != nil {
 		return nil, err
 	}
@@ -818,6 +850,14 @@ func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) 
 	for _, opt := range opts {
 		opt(&o)
 	}
+	// The new task's root span, linked to the old task's trace; a plan
+	// that loses its transaction ends its span and the next starts anew.
+	var span trace.Span
+	defer func() {
+		if span != nil {
+			endSpan(span, err)
+		}
+	}()
 	return s.update(ctx, id, "retry task", func(snap *snapshot) (*write, *Task, error) {
 		old := snap.task
 		if o.expectRev != 0 && snap.statusRev != o.expectRev {
@@ -850,10 +890,25 @@ func (s *Service) Retry(ctx context.Context, id, by string, opts ...MoveOption) 
 		}
 		m.ID = "" // a new one
 		m.CreatedBy, m.RetryOf, m.Attempt, m.MaxAttempts = by, id, attempt, old.MaxAttempts()
+		m.TraceParent = "" // a trace of its own
 		nt, err := s.newTask(m, fmt.Sprintf("attempt %d of %d, retrying task %s", attempt, m.MaxAttempts, id))
 		if err != nil {
 			return nil, nil, err
 		}
+		if span != nil {
+			span.End()
+		}
+		startOpts := []trace.SpanStartOption{trace.WithAttributes(SpanAttrs(nt)...)}
+		if sc := ParseTraceParent(old.Metadata.TraceParent); sc.IsValid() {
+			startOpts = append(startOpts, trace.WithLinks(trace.Link{SpanContext: sc}))
+		}
+		parent := trace.SpanContextFromContext(ctx)
+		var tctx context.Context
+		tctx, span = s.tracer.Start(ctx, "task "+nt.ID, startOpts...)
+		if sc := span.SpanContext(); sc.IsValid() && !sc.Equal(parent) {
+			nt.Metadata.TraceParent = FormatTraceParent(tctx)
+		}
+		statusEvent(span, "", StatusPending)
 		timeline := append(slices.Clone(old.Timeline), TimelineEntry{
 			Timestamp: nt.Metadata.CreatedAt, Event: TimelineRetried, Status: old.Status, Actor: by,
 			Message: fmt.Sprintf("retried as task %s (attempt %d)", nt.ID, attempt), RetriedAs: nt.ID,
@@ -904,8 +959,10 @@ func (s *Service) ReportProgress(ctx context.Context, id, by string, p Progress)
 	if err := checkActor(by); err != nil {
 		return nil, err
 	}
-	return s.update(ctx, id, "progress for task", func(snap *snapshot) (*write, *Task, error) {
+	var from Status
+	t, err := s.update(ctx, id, "progress for task", func(snap *snapshot) (*write, *Task, error) {
 		t := snap.task
+		from = t.Status
 		p.UpdatedAt = s.now()
 		switch t.Status {
 		case StatusApproved:
@@ -936,4 +993,9 @@ func (s *Service) ReportProgress(ctx context.Context, id, by string, p Progress)
 			result: func(int64) *Task { t.Progress = &p; return t },
 		}, nil, nil
 	})
+	if err == nil {
+		// The caller's span (the region's, of the agent's call) tells.
+		statusEvent(trace.SpanFromContext(ctx), from, t.Status)
+	}
+	return t, err
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -35,4 +37,16 @@ func TestConfigFlagsOverrideCmdline(t *testing.T) {
 	assert.ErrorContains(t, err, "/nonexistent")
 	_, err = config(path, "", "zz", "", "", "", "")
 	assert.ErrorContains(t, err, "--mac")
+}
+
+// The agent runs from RAM on every machine: it propagates the task's
+// trace context as a header string and links no OpenTelemetry.
+func TestAgentLinksNoOpenTelemetry(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	require.NoError(t, err)
+	deps := strings.Fields(string(out))
+	require.Contains(t, deps, "github.com/lpmos/lpmos/agent", "go list listed the agent's dependencies")
+	for _, d := range deps {
+		assert.False(t, strings.HasPrefix(d, "go.opentelemetry.io/"), "the agent links %s", d)
+	}
 }

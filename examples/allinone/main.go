@@ -55,6 +55,7 @@ func run() error {
 	simSpeed := fs.Float64("simulate-speed", 1, "speed-up of the simulated installs (1: about 20 s each)")
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
+	otel := cmdutil.OtelFlag(fs)
 	storeFlags.Register(fs, true)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
@@ -83,6 +84,11 @@ func run() error {
 		return err
 	}
 	defer stopPprof()
+	tp, stopTracing, err := cmdutil.Tracing(context.Background(), *otel, "lpmos-allinone", os.LookupEnv, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -100,7 +106,7 @@ func run() error {
 		return cmdutil.Usage(err)
 	}
 	metrics := promreg.New()
-	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: metrics, BMCSealer: sealer}
+	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: metrics, BMCSealer: sealer, TracerProvider: tp}
 	capFlags.Apply(&cfg)
 	generated, err := authFlags.Apply(&cfg)
 	if err == nil {
@@ -118,6 +124,7 @@ func run() error {
 		return cmdutil.Usage(err)
 	}
 	rcfg.Registry = metrics
+	rcfg.Region.TracerProvider = tp
 	rcfg.Region.BMCSealer = sealer
 	rcfg.TFTPOptional = true // the demo runs without port 69 or iPXE binaries
 	if *simulate > 0 {

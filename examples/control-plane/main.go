@@ -46,6 +46,7 @@ func run() error {
 	retention := fs.Duration("retention", 0, "delete tasks that ended longer ago than this, e.g. 720h (0 keeps them forever)")
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
+	otel := cmdutil.OtelFlag(fs)
 	storeFlags.Register(fs, false)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
@@ -71,6 +72,11 @@ func run() error {
 		return err
 	}
 	defer stopPprof()
+	tp, stopTracing, err := cmdutil.Tracing(context.Background(), *otel, "lpmos-control-plane", os.LookupEnv, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	st, closeStore, err := storeFlags.Open(ctx, log)
@@ -79,7 +85,7 @@ func run() error {
 	}
 	defer closeStore()
 
-	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: promreg.New()}
+	cfg := controlplane.Config{Store: st, Logger: log, Retention: *retention, Registry: promreg.New(), TracerProvider: tp}
 	capFlags.Apply(&cfg)
 	if cfg.BMCSealer, err = bmcKey.Sealer(""); err != nil {
 		return cmdutil.Usage(err)

@@ -38,6 +38,7 @@ func run() error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
+	otel := cmdutil.OtelFlag(fs)
 	storeFlags.Register(fs, false)
 	regionFlags.Register(fs)
 	bmcKey.Register(fs, "")
@@ -63,6 +64,11 @@ func run() error {
 		return err
 	}
 	defer stopPprof()
+	tp, stopTracing, err := cmdutil.Tracing(context.Background(), *otel, "lpmos-region", os.LookupEnv, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	st, closeStore, err := storeFlags.Open(ctx, log)
@@ -76,6 +82,7 @@ func run() error {
 		return cmdutil.Usage(err)
 	}
 	cfg.Registry = promreg.New()
+	cfg.Region.TracerProvider = tp
 	if cfg.Region.BMCSealer, err = bmcKey.Sealer(""); err != nil {
 		return cmdutil.Usage(err)
 	}
