@@ -224,6 +224,14 @@ type Region struct {
 	// toPrepare queues new tasks for the preparers (see prepareLoop), so
 	// that the watch that finds them never waits on the store.
 	toPrepare chan *task.Task
+	// preparing holds the IDs of tasks queued or being prepared, so a
+	// task is queued once however many paths find it pending.
+	prepMu    sync.Mutex
+	preparing map[string]struct{}
+	// storeAttempts bounds retry's attempts (storeAttempts; tests lower
+	// it), staleAfter is stalePending (tests shorten it).
+	storeAttempts int
+	staleAfter    time.Duration
 
 	progressMu sync.Mutex
 	progress   map[string]*progressState
@@ -374,7 +382,8 @@ func New(cfg Config) (*Region, error) {
 		cfg: cfg, log: log, actor: "region:" + cfg.RegionID,
 		catalog: cat, progress: map[string]*progressState{}, endedTasks: newEndedTasks(),
 		lastSeen: map[lpmos.MAC]time.Time{}, discoveredAt: map[lpmos.MAC]time.Time{},
-		fetches: newFetchLimits(cfg.FetchLimits), inventory: newInventory(), toPrepare: make(chan *task.Task, prepareQueue),
+		fetches: newFetchLimits(cfg.FetchLimits), inventory: newInventory(), toPrepare: make(chan *task.Task, prepareQueue), preparing: map[string]struct{}{},
+		storeAttempts: storeAttempts, staleAfter: stalePending,
 	}
 	r.becameLeader, r.hbWake, r.hbStopped = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
 	r.synced = make(chan struct{})

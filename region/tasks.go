@@ -117,11 +117,29 @@ const (
 
 // queuePrepare hands t to the preparers; it waits only if the queue is
 // full.
+// A task already queued or being prepared is not queued again.
 func (r *Region) queuePrepare(ctx context.Context, t *task.Task) {
+	r.prepMu.Lock()
+	_, queued := r.preparing[t.ID]
+	if !queued {
+		r.preparing[t.ID] = struct{}{}
+	}
+	r.prepMu.Unlock()
+	if queued {
+		return
+	}
 	select {
 	case r.toPrepare <- t:
 	case <-ctx.Done():
+		r.prepared(t.ID)
 	}
+}
+
+// prepared forgets that task id is queued.
+func (r *Region) prepared(id string) {
+	r.prepMu.Lock()
+	delete(r.preparing, id)
+	r.prepMu.Unlock()
 }
 
 // prepareLoop prepares queued tasks until ctx ends.
@@ -130,8 +148,27 @@ func (r *Region) prepareLoop(ctx context.Context) {
 		select {
 		case t := <-r.toPrepare:
 			r.prepare(ctx, t)
+			r.prepared(t.ID)
 		case <-ctx.Done():
 			return
+		}
+	}
+}
+
+// stalePending is how long a task may stay pending, not queued, before
+// the leader queues it again: its preparation gave up (the store was out
+// of reach longer than the retries last, e.g. during an etcd leader
+// election on a loaded machine) or was dropped while this process briefly
+// did not count itself leader. Without this sweep such a task would wait
+// for the pending timeout (1 h) to fail it.
+const stalePending = 10 * time.Second
+
+// requeueStalePending queues the pending tasks idle for stalePending or
+// more that are not queued already.
+func (r *Region) requeueStalePending(ctx context.Context, now time.Time) {
+	for _, t := range r.tasks.Tasks() {
+		if t.Status == task.StatusPending && now.Sub(t.LastActivity()) >= r.staleAfter {
+			r.queuePrepare(ctx, t)
 		}
 	}
 }
@@ -176,6 +213,10 @@ func (r *Region) prepare(ctx context.Context, t *task.Task) {
 	}
 }
 
+// storeAttempts is how many times retry tries a store operation: with its
+// backoff, about 13 s.
+const storeAttempts = 8
+
 // retry runs a store operation with exponential backoff while it fails
 // for reasons other than the task's state or the input (those are final).
 // attrs say which machine it is about, for the log.
@@ -192,7 +233,7 @@ func (r *Region) retry(ctx context.Context, what string, attrs []any, op func() 
 			}
 			return err
 		}
-		if attempt == 8 || ctx.Err() != nil {
+		if attempt >= r.storeAttempts || ctx.Err() != nil {
 			r.log.Error(what+": giving up", append(attrs, "attempts", attempt, "err", err)...)
 			return err
 		}
@@ -222,6 +263,7 @@ func (r *Region) enforceTimeouts(ctx context.Context) error {
 			continue
 		}
 		now := r.cfg.Now()
+		r.requeueStalePending(ctx, now)
 		back := r.storeBackAt()
 		for _, t := range r.tasks.Tasks() {
 			limit, ok := r.cfg.Timeouts[t.Status]
