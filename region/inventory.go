@@ -121,7 +121,7 @@ func (r *Region) inventoryScript(req *http.Request, mac lpmos.MAC) ([]byte, erro
 	base := r.cfg.BootURL + "/boot/files/"
 	return ipxe.Agent(ipxe.AgentParams{
 		MAC: mac, Inventory: true, Token: r.inventory.issue(mac, r.bindAddr(mac, from), r.cfg.Now()),
-		RegionURL: r.cfg.PublicURL, RegionCertSHA256: r.cfg.RegionCertSHA256, KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
+		RegionURL: r.cfg.PublicURL, OtherRegionURLs: r.otherRegionURLs(), RegionCertSHA256: r.cfg.RegionCertSHA256, KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
 		Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs,
 	})
 }

@@ -232,6 +232,8 @@ type Region struct {
 	// it), staleAfter is stalePending (tests shorten it).
 	storeAttempts int
 	staleAfter    time.Duration
+	// peers are the URLs of the region's other processes (announce).
+	peers atomic.Pointer[[]string]
 
 	progressMu sync.Mutex
 	progress   map[string]*progressState
@@ -566,6 +568,7 @@ func (r *Region) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return r.heartbeat(ctx) })
+	g.Go(func() error { return r.announce(ctx) })
 	g.Go(func() error { return r.images.run(ctx) })
 	g.Go(func() error { return r.enforceTimeouts(ctx) })
 	g.Go(func() error { return r.flushProgressLoop(ctx) })

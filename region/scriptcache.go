@@ -1,6 +1,7 @@
 package region
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/lpmos/lpmos"
@@ -22,16 +23,17 @@ type agentScripts struct {
 
 type renderedAgent struct {
 	taskID, token string
-	body          []byte // shared, never written after rendering
+	peers         []string // the region's other processes it names
+	body          []byte   // shared, never written after rendering
 }
 
-// get returns mac's script for taskID and token, rendering it with render
-// when it is not cached.
-func (c *agentScripts) get(mac lpmos.MAC, taskID, token string, render func() ([]byte, error)) ([]byte, error) {
+// get returns mac's script for taskID and token naming peers, rendering
+// it with render when it is not cached.
+func (c *agentScripts) get(mac lpmos.MAC, taskID, token string, peers []string, render func() ([]byte, error)) ([]byte, error) {
 	c.mu.Lock()
 	s, ok := c.scripts[mac]
 	c.mu.Unlock()
-	if ok && s.taskID == taskID && s.token == token {
+	if ok && s.taskID == taskID && s.token == token && slices.Equal(s.peers, peers) {
 		return s.body, nil
 	}
 	body, err := render()
@@ -42,7 +44,7 @@ func (c *agentScripts) get(mac lpmos.MAC, taskID, token string, render func() ([
 	if c.scripts == nil || len(c.scripts) >= maxClearTokens {
 		c.scripts = map[lpmos.MAC]renderedAgent{}
 	}
-	c.scripts[mac] = renderedAgent{taskID: taskID, token: token, body: body}
+	c.scripts[mac] = renderedAgent{taskID: taskID, token: token, peers: peers, body: body}
 	c.mu.Unlock()
 	return body, nil
 }
@@ -59,10 +61,11 @@ func (c *agentScripts) forget(mac lpmos.MAC) {
 // The task's trace context (traceParent) is fixed for the task, so the
 // cache need not key on it.
 func (r *Region) agentScript(mac lpmos.MAC, taskID, token, traceParent string) ([]byte, error) {
-	return r.agentScripts.get(mac, taskID, token, func() ([]byte, error) {
+	peers := r.otherRegionURLs()
+	return r.agentScripts.get(mac, taskID, token, peers, func() ([]byte, error) {
 		base := r.cfg.BootURL + "/boot/files/"
 		return ipxe.Agent(ipxe.AgentParams{
-			MAC: mac, TaskID: taskID, Token: token, RegionURL: r.cfg.PublicURL, RegionCertSHA256: r.cfg.RegionCertSHA256,
+			MAC: mac, TaskID: taskID, Token: token, RegionURL: r.cfg.PublicURL, OtherRegionURLs: peers, RegionCertSHA256: r.cfg.RegionCertSHA256,
 			KernelURL: base + r.cfg.AgentKernel, InitrdURL: base + r.cfg.AgentInitrd,
 			Consoles: r.cfg.AgentConsoles, ExtraArgs: r.cfg.AgentExtraArgs, TraceParent: traceParent,
 		})

@@ -18,8 +18,8 @@ func TestAgentScriptsCachePerTaskAndToken(t *testing.T) {
 	mac, other := mustMAC(t, "52:54:00:5c:00:01"), mustMAC(t, "52:54:00:5c:00:02")
 	var c agentScripts
 	renders := 0
-	get := func(m lpmos.MAC, taskID, token string) string {
-		b, err := c.get(m, taskID, token, func() ([]byte, error) {
+	get := func(m lpmos.MAC, taskID, token string, peers []string) string {
+		b, err := c.get(m, taskID, token, peers, func() ([]byte, error) {
 			renders++
 			return []byte(m.String() + " " + taskID + " " + token), nil
 		})
@@ -30,6 +30,7 @@ func TestAgentScriptsCachePerTaskAndToken(t *testing.T) {
 		name          string
 		mac           lpmos.MAC
 		taskID, token string
+		peers         []string
 		forget        bool
 		rendered      bool
 	}{
@@ -40,13 +41,16 @@ func TestAgentScriptsCachePerTaskAndToken(t *testing.T) {
 		{name: "token replaced", mac: mac, taskID: "t1", token: "c", rendered: true},
 		{name: "new task", mac: mac, taskID: "t3", token: "c", rendered: true},
 		{name: "task ended", mac: mac, taskID: "t3", token: "c", forget: true, rendered: true},
+		{name: "a standby joined", mac: mac, taskID: "t3", token: "c", peers: []string{"http://10.0.0.2:8081"}, rendered: true},
+		{name: "same standby", mac: mac, taskID: "t3", token: "c", peers: []string{"http://10.0.0.2:8081"}},
+		{name: "the standby left", mac: mac, taskID: "t3", token: "c", rendered: true},
 	}
 	for _, s := range steps {
 		if s.forget {
 			c.forget(s.mac)
 		}
 		before := renders
-		assert.Equal(t, s.mac.String()+" "+s.taskID+" "+s.token, get(s.mac, s.taskID, s.token), s.name)
+		assert.Equal(t, s.mac.String()+" "+s.taskID+" "+s.token, get(s.mac, s.taskID, s.token, s.peers), s.name)
 		assert.Equal(t, s.rendered, renders > before, "%s: rendered", s.name)
 	}
 }
@@ -55,9 +59,9 @@ func TestAgentScriptsCachePerTaskAndToken(t *testing.T) {
 func TestAgentScriptsCacheNoFailure(t *testing.T) {
 	mac := mustMAC(t, "52:54:00:5c:00:03")
 	var c agentScripts
-	_, err := c.get(mac, "t1", "a", func() ([]byte, error) { return nil, assert.AnError })
+	_, err := c.get(mac, "t1", "a", nil, func() ([]byte, error) { return nil, assert.AnError })
 	require.ErrorIs(t, err, assert.AnError)
-	b, err := c.get(mac, "t1", "a", func() ([]byte, error) { return []byte("ok"), nil })
+	b, err := c.get(mac, "t1", "a", nil, func() ([]byte, error) { return []byte("ok"), nil })
 	require.NoError(t, err)
 	assert.Equal(t, "ok", string(b))
 }
