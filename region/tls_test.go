@@ -18,6 +18,7 @@ import (
 
 	"github.com/lpmos/lpmos"
 	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/agent/httpc"
 	"github.com/lpmos/lpmos/dhcp"
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/internal/testpki"
@@ -134,7 +135,7 @@ func TestServerServesHTTPSAndAgentsPinIt(t *testing.T) {
 	require.NotNil(t, appr.Plan)
 	assert.True(t, strings.HasPrefix(appr.Plan.ImageURL, httpsURL+"/boot/files/"), appr.Plan.ImageURL)
 	assert.True(t, strings.HasPrefix(appr.Plan.PhoneHomeURL, bootURL+"/"), "the installed system knows no pin: %s", appr.Plan.PhoneHomeURL)
-	img, err := client.HTTPClient().Get(appr.Plan.ImageURL)
+	img, err := client.HTTPClient().Do(ctx, &httpc.Request{URL: appr.Plan.ImageURL})
 	require.NoError(t, err)
 	img.Body.Close()
 	assert.Equal(t, http.StatusOK, img.StatusCode)
