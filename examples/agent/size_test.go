@@ -20,9 +20,9 @@ import (
 // Size of the agent binary as it ships (linux/amd64, static, stripped),
 // measured by TestAgentBinarySize. A build is deterministic, so the bound
 // is a regression check, not a timing: SizeLimit is the size measured when
-// it was set (6.18 MB) plus 5 %. SizeGoal is what we aim for.
+// it was set (6.10 MB) plus 5 %. SizeGoal is what we aim for.
 const (
-	SizeLimit = 6_490_000
+	SizeLimit = 6_400_000
 	SizeGoal  = 6_000_000
 )
 
