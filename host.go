@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // ErrInvalidHostname is wrapped by ValidateHostname's errors.
@@ -19,11 +20,25 @@ const MaxHostnameLen = 253
 // MaxSSHKeyLen bounds one authorized_keys line.
 const MaxSSHKeyLen = 16 << 10
 
+// lazyRE is a regular expression compiled on first use, not at init: a
+// binary that never validates these (the agent) then links no regexp
+// (about 0.1 MB).
+type lazyRE struct {
+	expr string
+	once sync.Once
+	re   *regexp.Regexp
+}
+
+func (l *lazyRE) MatchString(s string) bool {
+	l.once.Do(func() { l.re = regexp.MustCompile(l.expr) })
+	return l.re.MatchString(s)
+}
+
 var (
-	hostLabelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	hostLabelRE = &lazyRE{expr: `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`}
 	// sshKeyRE is "type base64 [comment]"; the comment is free text,
 	// checked by ValidateText.
-	sshKeyRE = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$`)
+	sshKeyRE = &lazyRE{expr: `^(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$`}
 )
 
 // ValidateHostname checks a machine's hostname as the installers write
@@ -70,15 +85,15 @@ var (
 	// ifaceRE is a Linux interface name as netplan, ifupdown and
 	// Anaconda take it: at most 15 bytes (IFNAMSIZ-1), no '/', ':',
 	// spaces or quotes.
-	ifaceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+	ifaceRE = &lazyRE{expr: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`}
 	// passwordHashREs are the crypt(3) formats installers accept:
 	// SHA-512 and SHA-256 crypt (optionally with rounds=), yescrypt and
 	// bcrypt, each with exactly its hash length.
-	passwordHashREs = []*regexp.Regexp{
-		regexp.MustCompile(`^\$6\$(rounds=[1-9][0-9]{3,8}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$`),
-		regexp.MustCompile(`^\$5\$(rounds=[1-9][0-9]{3,8}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{43}$`),
-		regexp.MustCompile(`^\$y\$[./0-9A-Za-z]{1,32}\$[./0-9A-Za-z]{1,86}\$[./0-9A-Za-z]{43}$`),
-		regexp.MustCompile(`^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./0-9A-Za-z]{53}$`),
+	passwordHashREs = []*lazyRE{
+		{expr: `^\$6\$(rounds=[1-9][0-9]{3,8}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$`},
+		{expr: `^\$5\$(rounds=[1-9][0-9]{3,8}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{43}$`},
+		{expr: `^\$y\$[./0-9A-Za-z]{1,32}\$[./0-9A-Za-z]{1,86}\$[./0-9A-Za-z]{43}$`},
+		{expr: `^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./0-9A-Za-z]{53}$`},
 	}
 )
 

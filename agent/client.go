@@ -1,18 +1,19 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/http"
+	"net/textproto"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/lpmos/lpmos/agent/httpc"
 	"github.com/lpmos/lpmos/hardware"
 )
 
@@ -47,9 +48,9 @@ func (e *APIError) Error() string {
 
 func (e *APIError) Unwrap() error {
 	switch e.StatusCode {
-	case http.StatusUnauthorized:
+	case httpc.StatusUnauthorized:
 		return ErrUnauthorized
-	case http.StatusConflict:
+	case httpc.StatusConflict:
 		return ErrConflict
 	}
 	return nil
@@ -94,7 +95,7 @@ func NewClient(cfg Config) (*Client, error) {
 // HTTPClient is the client the agent's calls use (pinned to the region's
 // certificate when the configuration has a pin): installers download the
 // region's images with it.
-func (c *Client) HTTPClient() *http.Client { return c.cfg.HTTPClient }
+func (c *Client) HTTPClient() httpc.Doer { return c.cfg.HTTPClient }
 
 // Close releases the client's idle connections (and their goroutines).
 func (c *Client) Close() { c.cfg.HTTPClient.CloseIdleConnections() }
@@ -102,7 +103,7 @@ func (c *Client) Close() { c.cfg.HTTPClient.CloseIdleConnections() }
 // Report sends the hardware report.
 func (c *Client) Report(ctx context.Context, hw hardware.Info) (ReportResponse, error) {
 	var out ReportResponse
-	err := c.do(ctx, http.MethodPost, PathReport, ReportRequest{MACAddress: c.cfg.MAC.String(), TaskID: c.cfg.TaskID, Hardware: hw}, &out, c.cfg.RequestTimeout)
+	err := c.do(ctx, "POST", PathReport, ReportRequest{MACAddress: c.cfg.MAC.String(), TaskID: c.cfg.TaskID, Hardware: hw}, &out, c.cfg.RequestTimeout)
 	return out, err
 }
 
@@ -110,14 +111,14 @@ func (c *Client) Report(ctx context.Context, hw hardware.Info) (ReportResponse, 
 // (ModeInventory).
 func (c *Client) Inventory(ctx context.Context, hw hardware.Info) (ReportResponse, error) {
 	var out ReportResponse
-	err := c.do(ctx, http.MethodPost, PathInventory, ReportRequest{MACAddress: c.cfg.MAC.String(), Hardware: hw}, &out, c.cfg.RequestTimeout)
+	err := c.do(ctx, "POST", PathInventory, ReportRequest{MACAddress: c.cfg.MAC.String(), Hardware: hw}, &out, c.cfg.RequestTimeout)
 	return out, err
 }
 
 // Progress reports install progress; stage "completed" at 100 completes
 // the task.
 func (c *Client) Progress(ctx context.Context, stage string, pct int, msg string, details map[string]any) error {
-	return c.do(ctx, http.MethodPost, PathProgress, ProgressRequest{MACAddress: c.cfg.MAC.String(), TaskID: c.cfg.TaskID,
+	return c.do(ctx, "POST", PathProgress, ProgressRequest{MACAddress: c.cfg.MAC.String(), TaskID: c.cfg.TaskID,
 		Stage: stage, Percentage: pct, Message: msg, Details: details}, nil, c.cfg.RequestTimeout)
 }
 
@@ -129,14 +130,14 @@ func (c *Client) Fail(ctx context.Context, stage, code, msg string) error {
 // Status posts an outcome; MAC and task ID are filled in.
 func (c *Client) Status(ctx context.Context, s StatusRequest) error {
 	s.MACAddress, s.TaskID = c.cfg.MAC.String(), c.cfg.TaskID
-	return c.do(ctx, http.MethodPost, PathStatus, s, nil, c.cfg.RequestTimeout)
+	return c.do(ctx, "POST", PathStatus, s, nil, c.cfg.RequestTimeout)
 }
 
 // Approval makes one long-poll of at most wait.
 func (c *Client) Approval(ctx context.Context, wait time.Duration) (ApprovalResponse, error) {
 	var out ApprovalResponse
 	path := PathApproval + c.cfg.MAC.String() + "?wait=" + strconv.Itoa(int(wait/time.Second))
-	err := c.do(ctx, http.MethodGet, path, nil, &out, wait+c.cfg.RequestTimeout)
+	err := c.do(ctx, "GET", path, nil, &out, wait+c.cfg.RequestTimeout)
 	return out, err
 }
 
@@ -167,11 +168,7 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
 	base, _ := c.base()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+PathHealth, nil)
-	if err != nil {
-		return Health{}, err
-	}
-	resp, err := c.cfg.HTTPClient.Do(req)
+	resp, err := c.cfg.HTTPClient.Do(ctx, &httpc.Request{URL: base + PathHealth})
 	if err != nil {
 		return Health{}, fmt.Errorf("region health: %w", err)
 	}
@@ -231,15 +228,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, timeo
 func (c *Client) once(ctx context.Context, method, path string, body []byte, out any, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
 	base, at := c.base()
-	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
+	req := &httpc.Request{Method: method, URL: base + path, Body: body, Header: textproto.MIMEHeader{}}
 	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
 	req.Header.Set("Accept", "application/json")
 	if c.cfg.TraceParent != "" {
@@ -248,7 +238,7 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.cfg.HTTPClient.Do(req)
+	resp, err := c.cfg.HTTPClient.Do(ctx, req)
 	if errors.Is(err, ErrCertificatePin) {
 		// Not the region we were told about: no retry can fix that.
 		return fmt.Errorf("%s %s: %w", method, path, err)
@@ -276,13 +266,13 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 		}
 		return nil
 	}
-	apiErr := &APIError{Method: method, Path: path, StatusCode: resp.StatusCode, Message: http.StatusText(resp.StatusCode)}
+	apiErr := &APIError{Method: method, Path: path, StatusCode: resp.StatusCode, Message: statusText(resp.Status)}
 	var e Error
 	if json.Unmarshal(data, &e) == nil && e.Error.Code != "" {
 		apiErr.Code, apiErr.Message = e.Error.Code, e.Error.Message
 	}
-	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
-		if resp.StatusCode == http.StatusServiceUnavailable && apiErr.Code == CodeStandby {
+	if resp.StatusCode >= 500 || resp.StatusCode == httpc.StatusTooManyRequests {
+		if resp.StatusCode == httpc.StatusServiceUnavailable && apiErr.Code == CodeStandby {
 			c.turnFrom(at, apiErr) // the leader is another process
 		}
 		var after time.Duration
@@ -292,4 +282,13 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 		return &retryableError{err: apiErr, retryAfter: after}
 	}
 	return apiErr
+}
+
+// statusText is the reason phrase of a status ("Not Found" of "404 Not
+// Found"), or the whole status when it has none.
+func statusText(status string) string {
+	if _, text, ok := strings.Cut(status, " "); ok && text != "" {
+		return text
+	}
+	return status
 }

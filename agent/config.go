@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/lpmos/lpmos"
+	"github.com/lpmos/lpmos/agent/httpc"
 )
 
 // ErrInvalidConfig is wrapped by ParseCmdline's and Config.validate's errors.
@@ -54,7 +54,7 @@ type Config struct {
 	// enforces the pin). A client given here is used as it is: it must do
 	// its own pinning. Per-call timeouts come from RequestTimeout, not from
 	// the client.
-	HTTPClient *http.Client
+	HTTPClient httpc.Doer
 	// RequestTimeout bounds one ordinary call (default 30 s); the approval
 	// long-poll gets ApprovalWait on top.
 	RequestTimeout time.Duration

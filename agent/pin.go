@@ -6,10 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
+	"net/url"
 	"strings"
-	"time"
+
+	"github.com/lpmos/lpmos/agent/httpc"
 )
 
 // ErrCertificatePin is wrapped by the error of a TLS handshake whose
@@ -62,62 +62,28 @@ func PinnedTLSConfig(pin string) *tls.Config {
 	}
 }
 
-// NewHTTPClient returns the agent's HTTP client: no proxy, dial and TLS
-// handshake timeouts, no response-header timeout (the approval long-poll
-// holds the headers back). With a pin (64 hex digits) it talks TLS only,
-// accepts only the pinned certificate and follows no redirect to plain
-// http; without one, https URLs are checked against the system's roots.
-// The agent's image downloads use the same client, so they are pinned too.
-func NewHTTPClient(pin string) *http.Client {
-	tr := &http.Transport{
-		Proxy:                 nil, // the region is on the provisioning network
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          4,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 0,
+// NewHTTPClient returns the agent's HTTP client (see package httpc): no
+// proxy, dial and TLS handshake timeouts, no response-header timeout (the
+// approval long-poll holds the headers back). With a pin (64 hex digits) it
+// talks TLS only, accepts only the pinned certificate and follows no
+// redirect to plain http; without one, https URLs are checked against the
+// system's roots. The agent's image downloads use the same client, so they
+// are pinned too.
+func NewHTTPClient(pin string) *httpc.Client {
+	c := &httpc.Client{}
+	if pin != "" {
+		c.TLSConfig = PinnedTLSConfig(pin)
+		c.CheckURL = HTTPSOnly
 	}
-	if pin == "" {
-		return &http.Client{Transport: tr}
-	}
-	c, _ := PinClient(&http.Client{Transport: tr}, pin) // an *http.Transport: no error
 	return c
 }
 
-// PinClient returns a copy of c that accepts only the certificate whose
-// SHA-256 is pin and only https, redirects included, keeping the rest of
-// c's transport (such as a dialer bound to a source address). c's
-// Transport must be an *http.Transport; nil takes NewHTTPClient's.
-func PinClient(c *http.Client, pin string) (*http.Client, error) {
-	if c == nil {
-		c = NewHTTPClient("")
+// HTTPSOnly refuses a URL (a redirect's included) that is not https, so
+// that a pinned agent never sends its token in the clear. It is
+// httpc.Client.CheckURL under a pin.
+func HTTPSOnly(u *url.URL) error {
+	if u.Scheme != "https" {
+		return fmt.Errorf("%w: refusing %s: only https is allowed under a certificate pin", ErrCertificatePin, u.Redacted())
 	}
-	var tr *http.Transport
-	switch t := c.Transport.(type) {
-	case nil:
-		tr = NewHTTPClient("").Transport.(*http.Transport)
-	case *http.Transport:
-		tr = t.Clone()
-	default:
-		return nil, fmt.Errorf("%w: cannot pin a client whose transport is %T", ErrInvalidConfig, c.Transport)
-	}
-	tr.TLSClientConfig = PinnedTLSConfig(pin)
-	pinned := *c
-	pinned.Transport = httpsOnly{tr}
-	return &pinned, nil
-}
-
-// httpsOnly refuses any request (a redirect included) that is not https,
-// so that a pinned agent never sends its token in the clear.
-type httpsOnly struct{ *http.Transport }
-
-func (t httpsOnly) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Scheme != "https" {
-		if r.Body != nil {
-			r.Body.Close()
-		}
-		return nil, fmt.Errorf("%w: refusing %s: only https is allowed under a certificate pin", ErrCertificatePin, r.URL.Redacted())
-	}
-	return t.Transport.RoundTrip(r)
+	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/agent/httpc"
 )
 
 // tlsRegion is a real TLS server with a self-signed certificate of its
@@ -136,31 +137,11 @@ func TestClientHTTPClientIsPinned(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 
-	resp, err := c.HTTPClient().Get(ts.URL + "/boot/files/image.raw")
+	ctx := context.Background()
+	resp, err := c.HTTPClient().Do(ctx, &httpc.Request{URL: ts.URL + "/boot/files/image.raw"})
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
-	_, err = c.HTTPClient().Get(other.URL + "/boot/files/image.raw") //nolint:bodyclose // it fails
+	_, err = c.HTTPClient().Do(ctx, &httpc.Request{URL: other.URL + "/boot/files/image.raw"}) //nolint:bodyclose // it fails
 	require.ErrorIs(t, err, agent.ErrCertificatePin, "another server's certificate")
-}
-
-// PinClient pins a client of the caller's (a load test's, with its own
-// source address) and refuses transports it cannot pin.
-func TestPinClient(t *testing.T) {
-	ts, _ := tlsRegion(t, okHandler())
-	base := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}).DialContext}}
-	c, err := agent.PinClient(base, agent.CertSHA256(ts.Certificate().Raw))
-	require.NoError(t, err)
-	resp, err := c.Get(ts.URL)
-	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Nil(t, base.Transport.(*http.Transport).TLSClientConfig, "the caller's client is left alone")
-
-	c, err = agent.PinClient(base, strings.Repeat("00", 32))
-	require.NoError(t, err)
-	_, err = c.Get(ts.URL) //nolint:bodyclose // it fails
-	require.ErrorIs(t, err, agent.ErrCertificatePin)
-
-	_, err = agent.PinClient(&http.Client{Transport: http.NewFileTransport(http.Dir("."))}, strings.Repeat("00", 32))
-	require.ErrorIs(t, err, agent.ErrInvalidConfig)
 }

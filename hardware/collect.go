@@ -11,8 +11,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/u-root/u-root/pkg/smbios"
-
 	"github.com/lpmos/lpmos"
 )
 
@@ -191,7 +189,7 @@ func readDIMMs(root string) (dimms []DIMM, total uint64) {
 		return nil, 0
 	}
 	for _, md := range memoryDevices(entry, table) {
-		size := md.GetSizeBytes()
+		size := md.SizeBytes()
 		if size == 0 || md.Size == 0xffff || emptySlot(md.Manufacturer) || emptySlot(md.PartNumber) {
 			continue
 		}
@@ -205,7 +203,7 @@ func readDIMMs(root string) (dimms []DIMM, total uint64) {
 		dimms = append(dimms, DIMM{
 			Slot:         clean(md.DeviceLocator),
 			SizeGB:       int(size / gib),
-			Type:         clean(md.Type.String()),
+			Type:         clean(memoryTypeName(md.Type)),
 			SpeedMHz:     int(speed),
 			Manufacturer: clean(md.Manufacturer),
 			Serial:       clean(md.SerialNumber),
@@ -218,22 +216,28 @@ func readDIMMs(root string) (dimms []DIMM, total uint64) {
 	return dimms, total
 }
 
-// memoryDevices parses the type 17 structures with u-root's smbios package.
-// The tables come from firmware, where the strangest bytes live, so a
-// structure it cannot parse is skipped and a panic in the parser only costs
-// the DIMM list, never the report.
-func memoryDevices(entry, table []byte) (mds []*smbios.MemoryDevice) {
+// memoryDevices decodes the type 17 structures (smbios.go). The tables
+// come from firmware, where the strangest bytes live, so a structure that
+// cannot be decoded is skipped and a panic in the decoder only costs the
+// DIMM list, never the report.
+func memoryDevices(entry, table []byte) (mds []*memoryDevice) {
 	defer func() {
 		if recover() != nil {
 			mds = nil
 		}
 	}()
-	si, err := smbios.ParseInfo(entry, table)
+	if checkEntryPoint(entry) != nil {
+		return nil
+	}
+	structs, err := parseSMBIOS(table)
 	if err != nil {
 		return nil
 	}
-	for _, t := range si.GetTablesByType(smbios.TableTypeMemoryDevice) {
-		if md, err := smbios.NewMemoryDevice(t); err == nil {
+	for i := range structs {
+		if structs[i].typ != 17 {
+			continue
+		}
+		if md, err := newMemoryDevice(&structs[i]); err == nil {
 			mds = append(mds, md)
 		}
 	}

@@ -125,8 +125,8 @@ func TestServerServesHTTPSAndAgentsPinIt(t *testing.T) {
 		return err == nil && got.Status == task.StatusPendingApproval
 	}, 10*time.Second, 10*time.Millisecond)
 
-	// The install plan's image comes from the https URL, through the
-	// agent's pinned client.
+	// The install plan's image comes from the https URL, under the
+	// agent's pin.
 	_, err = svc.Approve(ctx, tk.ID, "ops", "")
 	require.NoError(t, err)
 	appr, err := client.WaitApproval(ctx)
@@ -134,7 +134,8 @@ func TestServerServesHTTPSAndAgentsPinIt(t *testing.T) {
 	require.NotNil(t, appr.Plan)
 	assert.True(t, strings.HasPrefix(appr.Plan.ImageURL, httpsURL+"/boot/files/"), appr.Plan.ImageURL)
 	assert.True(t, strings.HasPrefix(appr.Plan.PhoneHomeURL, bootURL+"/"), "the installed system knows no pin: %s", appr.Plan.PhoneHomeURL)
-	img, err := client.HTTPClient().Get(appr.Plan.ImageURL)
+	pinned := &http.Client{Transport: &http.Transport{TLSClientConfig: agent.PinnedTLSConfig(pin)}}
+	img, err := pinned.Get(appr.Plan.ImageURL)
 	require.NoError(t, err)
 	img.Body.Close()
 	assert.Equal(t, http.StatusOK, img.StatusCode)

@@ -3,7 +3,6 @@ package install_test
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,7 +49,7 @@ func BenchmarkImageWrite(b *testing.B) {
 		lister := install.DiskListerFunc(func(context.Context) ([]install.Disk, error) {
 			return []install.Disk{{Path: target, SizeBytes: 1 << 40}}, nil
 		})
-		im := &install.Image{Disks: lister, HTTPClient: &http.Client{}, Logger: quiet}
+		im := &install.Image{Disks: lister, Logger: quiet}
 		var direct any
 		progress := func(stage string, _ int, _ string, d map[string]any) {
 			if stage == agent.StageCompleted {

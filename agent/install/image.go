@@ -11,7 +11,6 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/agent/httpc"
 )
 
 // Failure codes the image installer reports (agent.InstallError.Code).
@@ -59,8 +59,8 @@ const (
 // final details say "cloud_init": "seeded: ..." or "not_seeded: <why>"
 // (not a failure).
 type Image struct {
-	HTTPClient *http.Client // nil: http.DefaultClient semantics with no overall timeout
-	Disks      DiskLister   // nil: SysfsDisks{}
+	HTTPClient httpc.Doer // nil: a plain httpc.Client (TLS checked against the system's roots)
+	Disks      DiskLister // nil: SysfsDisks{}
 	// ChunkSize is the write size (default 4 MiB; rounded up to 4 KiB).
 	ChunkSize int
 	// ProgressInterval: at most one "writing" report this often (1 s).
@@ -119,7 +119,7 @@ func (im *Image) Install(ctx context.Context, plan agent.Plan, progress agent.Pr
 	progress(agent.StageDownloading, 0, "downloading "+plan.ImageURL, nil)
 	body := &resumingBody{ctx: ctx, client: im.HTTPClient, url: plan.ImageURL, resumeFor: im.ResumeFor, log: log}
 	if body.client == nil {
-		body.client = &http.Client{}
+		body.client = &httpc.Client{}
 	}
 	if body.resumeFor <= 0 {
 		body.resumeFor = 5 * time.Minute

@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lpmos/lpmos/agent/httpc"
 )
 
 // downloadError is a download that could not be carried on.
@@ -25,7 +27,7 @@ func (e *downloadError) Unwrap() error { return e.err }
 // stream. An outage is retried for at most resumeFor.
 type resumingBody struct {
 	ctx       context.Context
-	client    *http.Client
+	client    httpc.Doer
 	url       string
 	resumeFor time.Duration
 	log       *slog.Logger
@@ -45,10 +47,7 @@ func (b *resumingBody) open() error {
 }
 
 func (b *resumingBody) request() error {
-	req, err := http.NewRequestWithContext(b.ctx, http.MethodGet, b.url, nil)
-	if err != nil {
-		return &downloadError{err}
-	}
+	req := &httpc.Request{URL: b.url, Header: textproto.MIMEHeader{}}
 	req.Header.Set("Accept-Encoding", "identity") // hash the bytes as stored
 	if b.offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(b.offset, 10)+"-")
@@ -56,26 +55,26 @@ func (b *resumingBody) request() error {
 			req.Header.Set("If-Range", b.validator)
 		}
 	}
-	resp, err := b.client.Do(req)
+	resp, err := b.client.Do(b.ctx, req)
 	if err != nil {
 		return err // retryable
 	}
 	switch {
-	case b.offset == 0 && resp.StatusCode == http.StatusOK:
+	case b.offset == 0 && resp.StatusCode == httpc.StatusOK:
 		b.total = resp.ContentLength
 		b.validator = resp.Header.Get("ETag")
 		if b.validator == "" || strings.HasPrefix(b.validator, "W/") {
 			b.validator = resp.Header.Get("Last-Modified")
 		}
-	case b.offset > 0 && resp.StatusCode == http.StatusPartialContent:
+	case b.offset > 0 && resp.StatusCode == httpc.StatusPartialContent:
 		if start := contentRangeStart(resp.Header.Get("Content-Range")); start != b.offset {
 			resp.Body.Close()
 			return &downloadError{fmt.Errorf("GET %s: resumed at %d, the server answered from %d", b.url, b.offset, start)}
 		}
-	case b.offset > 0 && resp.StatusCode == http.StatusOK:
+	case b.offset > 0 && resp.StatusCode == httpc.StatusOK:
 		resp.Body.Close()
 		return &downloadError{fmt.Errorf("GET %s: cannot resume at byte %d: the image changed on the server or it does not serve ranges", b.url, b.offset)}
-	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+	case resp.StatusCode >= 500 || resp.StatusCode == httpc.StatusTooManyRequests:
 		resp.Body.Close()
 		return fmt.Errorf("GET %s: %s", b.url, resp.Status) // retryable
 	default:

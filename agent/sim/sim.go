@@ -180,15 +180,16 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 func (m *Machine) runAgent(ctx context.Context, cfg agent.Config, hw hardware.Info) error {
-	cfg.HTTPClient = m.Client
+	hc := m.Client
 	if cfg.RegionCertSHA256 != "" {
 		// Like the real agent, it talks to an HTTPS region only through
 		// the pin its script gave it.
 		var err error
-		if cfg.HTTPClient, err = agent.PinClient(m.Client, cfg.RegionCertSHA256); err != nil {
+		if hc, err = PinClient(m.Client, cfg.RegionCertSHA256); err != nil {
 			return err
 		}
 	}
+	cfg.HTTPClient = NetHTTP{hc}
 	client, err := agent.NewClient(cfg)
 	if err != nil {
 		return err

@@ -81,7 +81,7 @@ func New(t testing.TB) *NS {
 	t.Cleanup(func() { ns.destroy(t) })
 	// `ip netns exec` bind-mounts /etc/netns/{name}/* over /etc/* in the
 	// command's mount namespace: a DHCP client in the namespace (isc
-	// dhclient-script, u-root's dhclient in our agent) then writes this
+	// dhclient-script, our agent's netup) then writes this
 	// file, not the host's /etc/resolv.conf, which it would otherwise
 	// overwrite (with no nameserver at all: the host then loses DNS).
 	if err := os.MkdirAll(ns.etcDir(), 0o755); err != nil {
