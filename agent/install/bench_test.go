@@ -30,7 +30,10 @@ import (
 // side runs b.N times onto the same target. Reported: agent_MBps,
 // dd_direct_MBps, ratio (agent/dd_direct), and dd_direct_fsync_MBps
 // (oflag=direct conv=fsync: dd with the durability the agent has, as plain
-// oflag=direct does not fsync).
+// oflag=direct does not fsync), and the CPU time per byte of each
+// (agent_cpu_ns/B: the whole test process, so the loopback HTTP server's
+// share too; dd_cpu_ns/B: dd's own): on a loaded machine the agent, which
+// needs more CPU than dd, loses more of its speed to the other processes.
 //
 //	go test -run '^$' -bench ImageWrite -benchtime 3x ./agent/install/
 func BenchmarkImageWrite(b *testing.B) {
@@ -58,20 +61,21 @@ func BenchmarkImageWrite(b *testing.B) {
 			}
 		}
 		b.SetBytes(int64(len(raw)))
-		var agentTime time.Duration
+		var agentTime, agentCPU time.Duration
 		for b.Loop() {
 			if fresh {
 				_ = os.Remove(target)
 			}
-			t0 := time.Now()
+			t0, c0 := time.Now(), processCPU(b)
 			require.NoError(b, im.Install(context.Background(), plan, progress))
 			agentTime += time.Since(t0)
+			agentCPU += processCPU(b) - c0
 		}
 		b.StopTimer()
 		if direct != true {
 			b.Logf("the installer did not use O_DIRECT on %s", target)
 		}
-		dd := func(flags ...string) float64 {
+		dd := func(flags ...string) (mbps float64, cpu time.Duration) {
 			var el time.Duration
 			for range b.N {
 				if fresh {
@@ -79,17 +83,22 @@ func BenchmarkImageWrite(b *testing.B) {
 				}
 				t0 := time.Now()
 				args := append([]string{"if=" + rawPath, "of=" + target, "bs=4M", "status=none"}, flags...)
-				if out, err := exec.Command("dd", args...).CombinedOutput(); err != nil {
+				cmd := exec.Command("dd", args...)
+				if out, err := cmd.CombinedOutput(); err != nil {
 					b.Logf("dd %v: %v: %s", flags, err, out)
-					return 0
+					return 0, 0
 				}
 				el += time.Since(t0)
+				cpu += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 			}
-			return float64(len(raw)) * float64(b.N) / 1e6 / el.Seconds()
+			return float64(len(raw)) * float64(b.N) / 1e6 / el.Seconds(), cpu
 		}
+		nsPerByte := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(len(raw)) / float64(b.N) }
 		agentMBps := float64(len(raw)) * float64(b.N) / 1e6 / agentTime.Seconds()
-		ddDirect := dd("oflag=direct")
-		ddFsync := dd("oflag=direct", "conv=fsync")
+		ddDirect, ddCPU := dd("oflag=direct")
+		ddFsync, _ := dd("oflag=direct", "conv=fsync")
+		b.ReportMetric(nsPerByte(agentCPU), "agent_cpu_ns/B")
+		b.ReportMetric(nsPerByte(ddCPU), "dd_cpu_ns/B")
 		b.ReportMetric(agentMBps, "agent_MBps")
 		b.ReportMetric(ddDirect, "dd_direct_MBps")
 		b.ReportMetric(ddFsync, "dd_direct_fsync_MBps")

@@ -305,9 +305,17 @@ func formatOf(head []byte) string {
 	return "raw"
 }
 
+// zstdFastWindow: a zstd frame with a window up to this size is decoded
+// with a history of twice its window (zstd.WithDecoderLowmem(false)),
+// which moves the window down once per window of output instead of once
+// per MiB (8× the data moved for the common 8 MiB window: a third of the
+// decoder's CPU time). Larger windows (zstd --long, --ultra) keep the low
+// memory history: the agent runs in RAM.
+const zstdFastWindow = 32 << 20
+
 // openDecompressor returns a streaming reader of the raw image in r,
-// compressed in format.
-func openDecompressor(format string, r io.Reader) (io.ReadCloser, error) {
+// compressed in format; head is the image's first bytes.
+func openDecompressor(format string, r io.Reader, head []byte) (io.ReadCloser, error) {
 	switch format {
 	case "gzip":
 		zr, err := gzip.NewReader(r)
@@ -326,7 +334,9 @@ func openDecompressor(format string, r io.Reader) (io.ReadCloser, error) {
 		// the least CPU per byte (the concurrent decoder's own goroutines
 		// cost about half as much again): the pipeline already runs the
 		// fetch, both hashes and the write beside it.
-		zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+		var h zstd.Header
+		fast := h.Decode(head) == nil && !h.SingleSegment && h.WindowSize <= zstdFastWindow
+		zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(!fast))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}

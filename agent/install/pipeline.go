@@ -280,7 +280,7 @@ func startPipeline(st *stages, body io.Reader, w *chunkWriter) (p *pipeline, err
 		p.in.err = err // before decCh is closed
 		return err
 	})
-	p.src, err = openDecompressor(p.format, p.in)
+	p.src, err = openDecompressor(p.format, p.in, first.data())
 	if err != nil {
 		st.fail(err)
 		st.stop()
