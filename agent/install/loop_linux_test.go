@@ -148,3 +148,12 @@ func throttleWrites(tb testing.TB, dev string, bps int64) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
