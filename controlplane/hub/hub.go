@@ -75,7 +75,7 @@ type Config struct {
 // DefaultQueueSize is Config.QueueSize's default. A bulk approval moves up
 // to a thousand tasks within a second, and a client following "*" gets a
 // status message for each at once: the queue holds a few such bursts
-// (about 48 bytes a message, the message itself being shared), so that
+// (about 56 bytes a message, the message itself being shared), so that
 // only a client that really stopped reading is dropped.
 const DefaultQueueSize = 4096
 
@@ -138,11 +138,13 @@ const (
 	dropTooLarge    = "too_large"    // it sent a message over readLimit
 )
 
-// outMsg is one server message; data is shared by every client it goes to
-// and never modified.
+// outMsg is one server message. A message published to every interested
+// client is framed once (pm) and the frame shared by all of them; a reply
+// to one client is just its bytes (data). Neither is ever modified.
 type outMsg struct {
 	kind   msgKind
 	taskID string
+	pm     *websocket.PreparedMessage
 	data   []byte
 }
 
@@ -153,10 +155,10 @@ type outMsg struct {
 //
 // The delivery rules follow from one constraint: Publish is called by the
 // control plane's watch loop, which also feeds its list cache and its
-// webhooks, so nothing a browser does may slow it down. Publish therefore never touches the
-// network: it marshals each message once and appends the shared bytes to
-// the bounded queue of every interested client, under that client's lock
-// only. One writer goroutine per client drains its queue onto the socket
+// webhooks, so nothing a browser does may slow it down. Publish therefore
+// never touches the network: it marshals and frames each message once (a
+// PreparedMessage) and appends the shared frame to the bounded queue of
+// every interested client, under that client's lock only. One writer goroutine per client drains its queue onto the socket
 // (gorilla allows one concurrent writer); the ServeHTTP goroutine stays on
 // as the client's reader. What happens when a client cannot keep up depends
 // on what would be lost:
@@ -400,11 +402,15 @@ type (
 func (h *Hub) translate(ch task.Change, msgs []outMsg) []outMsg {
 	add := func(kind msgKind, v any) {
 		data, err := json.Marshal(v)
+		var pm *websocket.PreparedMessage
+		if err == nil {
+			pm, err = websocket.NewPreparedMessage(websocket.TextMessage, data)
+		}
 		if err != nil { // cannot happen with these types; never send half a change
 			h.log.Error("cannot marshal websocket message", "task_id", ch.TaskID, "type", kindNames[kind], "err", err)
 			return
 		}
-		msgs = append(msgs, outMsg{kind: kind, taskID: ch.TaskID, data: data})
+		msgs = append(msgs, outMsg{kind: kind, taskID: ch.TaskID, pm: pm})
 	}
 	if ch.Hardware != nil {
 		add(kindHardware, hardwareMsg{Type: "hardware", TaskID: ch.TaskID, Hardware: ch.Hardware})
@@ -523,7 +529,7 @@ type client struct {
 	head  int
 	// pending holds the latest progress of each task, waiting for the end
 	// of the client's window.
-	pending   map[string][]byte
+	pending   map[string]outMsg
 	closing   bool
 	closeCode int // 0: close the socket without a close frame
 	closeText string
@@ -579,10 +585,10 @@ func (c *client) deliver(msgs []outMsg) bool {
 			if len(c.pending) == 0 {
 				wake = true // the writer opens a window
 				if c.pending == nil {
-					c.pending = map[string][]byte{}
+					c.pending = map[string]outMsg{}
 				}
 			}
-			c.pending[m.taskID] = m.data
+			c.pending[m.taskID] = m
 			continue
 		}
 		if !c.pushLocked(m) {
@@ -611,7 +617,7 @@ func (c *client) pushLocked(m outMsg) bool {
 	}
 	if hasProgress {
 		delete(c.pending, m.taskID)
-		c.appendLocked(outMsg{kind: kindProgress, taskID: m.taskID, data: p})
+		c.appendLocked(p)
 	}
 	c.appendLocked(m)
 	return true
@@ -632,7 +638,7 @@ func (c *client) appendLocked(m outMsg) {
 func (c *client) flushProgress() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for id, data := range c.pending {
+	for id, m := range c.pending {
 		if !c.wantsLocked(id) {
 			delete(c.pending, id)
 			continue
@@ -640,7 +646,7 @@ func (c *client) flushProgress() {
 		if len(c.queue)-c.head >= c.hub.cfg.QueueSize {
 			break
 		}
-		c.appendLocked(outMsg{kind: kindProgress, taskID: id, data: data})
+		c.appendLocked(m)
 		delete(c.pending, id)
 	}
 }
@@ -748,7 +754,13 @@ func (c *client) write(m outMsg) error {
 	if err := c.conn.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
 		return err
 	}
-	if err := c.conn.WriteMessage(websocket.TextMessage, m.data); err != nil {
+	var err error
+	if m.pm != nil {
+		err = c.conn.WritePreparedMessage(m.pm)
+	} else {
+		err = c.conn.WriteMessage(websocket.TextMessage, m.data)
+	}
+	if err != nil {
 		return err
 	}
 	c.hub.metrics.sent(m.kind)

@@ -438,18 +438,11 @@ func hubBenchChild(spec string) error {
 
 	var received atomic.Int64
 	wake := make(chan struct{}, 1)
-	clients, err := hubBenchConnect(ctx, url, n)
+	// Each client reads from the start: the hub pings a client that has
+	// been connected for PingInterval and drops it if it does not answer,
+	// and connecting all of them may take longer than that.
 	var wg sync.WaitGroup
-	defer func() {
-		for _, c := range clients {
-			c.conn.Close()
-		}
-		wg.Wait()
-	}()
-	if err != nil {
-		return err
-	}
-	for _, c := range clients {
+	clients, err := hubBenchConnect(ctx, url, n, func(c *hubBenchClient) {
 		wg.Go(func() {
 			c.read(func() {
 				if received.Add(1)%int64(n) == 0 {
@@ -460,6 +453,15 @@ func hubBenchChild(spec string) error {
 				}
 			})
 		})
+	})
+	defer func() {
+		for _, c := range clients {
+			c.conn.Close()
+		}
+		wg.Wait()
+	}()
+	if err != nil {
+		return err
 	}
 	// The reporter says "recv" after each round, off the readers' path.
 	repDone := make(chan struct{})
@@ -533,9 +535,10 @@ func (c *hubBenchClient) reset() {
 	clear(c.lastPct)
 }
 
-// hubBenchConnect dials n clients, a few at a time, and subscribes each to
-// "*". It returns the clients connected so far along with any error.
-func hubBenchConnect(ctx context.Context, url string, n int) ([]*hubBenchClient, error) {
+// hubBenchConnect dials n clients, a few at a time, subscribes each to "*"
+// and starts it. It returns the clients connected so far along with any
+// error.
+func hubBenchConnect(ctx context.Context, url string, n int, start func(*hubBenchClient)) ([]*hubBenchClient, error) {
 	dialer := websocket.Dialer{
 		Subprotocols:     []string{"lpmos.v1", "bearer.bench"},
 		HandshakeTimeout: 30 * time.Second,
@@ -549,7 +552,9 @@ func hubBenchConnect(ctx context.Context, url string, n int) ([]*hubBenchClient,
 	for range 32 {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < n && ctx.Err() == nil; i = int(next.Add(1) - 1) {
-				out[i], errs[i] = hubBenchDial(ctx, dialer, url)
+				if out[i], errs[i] = hubBenchDial(ctx, dialer, url); out[i] != nil {
+					start(out[i])
+				}
 			}
 		})
 	}
