@@ -24,6 +24,7 @@
 package hub
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,7 +64,9 @@ type Config struct {
 	// client that sends nothing, not even a pong, for twice as long is
 	// disconnected.
 	PingInterval time.Duration
-	// WriteTimeout bounds every write to a client (default 10s).
+	// WriteTimeout bounds every write to a client (default 10s). The
+	// deadline is renewed once a tenth of it has passed rather than for
+	// every message, so a write may get nine tenths of it.
 	WriteTimeout time.Duration
 	// CheckOrigin accepts or refuses a handshake by its Origin header. The
 	// default accepts requests without Origin (not from a browser) and those
@@ -158,10 +161,12 @@ type outMsg struct {
 // webhooks, so nothing a browser does may slow it down. Publish therefore
 // never touches the network: it marshals and frames each message once (a
 // PreparedMessage) and appends the shared frame to the bounded queue of
-// every interested client, under that client's lock only. One writer goroutine per client drains its queue onto the socket
-// (gorilla allows one concurrent writer); the ServeHTTP goroutine stays on
-// as the client's reader. What happens when a client cannot keep up depends
-// on what would be lost:
+// every interested client, under that client's lock only. One writer
+// goroutine per client drains its queue onto the socket (gorilla allows one
+// concurrent writer), the frames of all the messages waiting at once in one
+// write (see batchConn); the ServeHTTP goroutine stays on as the client's
+// reader. What happens when a client cannot keep up depends on what would be
+// lost:
 //
 //   - Status and hardware messages (and error replies) are never dropped. A
 //     client whose queue has no room for one is disconnected with close
@@ -464,7 +469,8 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Unlock()
 	defer h.wg.Done()
 
-	conn, err := h.upgrader.Upgrade(w, r, nil) // on error, the upgrader has answered
+	hw := &hijacker{ResponseWriter: w}
+	conn, err := h.upgrader.Upgrade(hw, r, nil) // on error, the upgrader has answered
 	if err != nil {
 		h.log.Debug("websocket handshake failed", "subject", p.Subject, "remote", r.RemoteAddr, "err", err)
 		return
@@ -472,6 +478,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &client{
 		hub:     h,
 		conn:    conn,
+		batch:   hw.conn,
 		subject: p.Subject,
 		limiter: rate.NewLimiter(h.msgRate, h.msgBurst),
 		wake:    make(chan struct{}, 1),
@@ -516,10 +523,13 @@ func (h *Hub) remove(c *client, reason string) {
 type client struct {
 	hub     *Hub
 	conn    *websocket.Conn
+	batch   *batchConn // under conn, used by the writer only
 	subject string
 	limiter *rate.Limiter // used by the reader only
 	wake    chan struct{} // capacity 1: the queue or pending map changed
 	done    chan struct{} // closed by Hub.remove
+	// deadlineSet is when the writer last set the write deadline.
+	deadlineSet time.Time
 
 	mu   sync.Mutex
 	all  bool                // subscribed to "*"
@@ -651,17 +661,18 @@ func (c *client) flushProgress() {
 	}
 }
 
-// next pops the next queued message, if any, and says whether progress is
-// pending and whether the client is closing.
-func (c *client) next() (m outMsg, ok, pending, closing bool) {
+// next pops the next queued message, if any, and says whether more are
+// queued after it, whether progress is pending and whether the client is
+// closing.
+func (c *client) next() (m outMsg, ok, more, pending, closing bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
-		return outMsg{}, false, false, true
+		return outMsg{}, false, false, false, true
 	}
 	pending = len(c.pending) > 0
 	if c.head == len(c.queue) {
-		return outMsg{}, false, pending, false
+		return outMsg{}, false, false, pending, false
 	}
 	m = c.queue[c.head]
 	c.queue[c.head] = outMsg{}
@@ -672,7 +683,7 @@ func (c *client) next() (m outMsg, ok, pending, closing bool) {
 			c.queue = nil // give back what a burst grew: most clients are idle most of the time
 		}
 	}
-	return m, true, pending, false
+	return m, true, c.head < len(c.queue), pending, false
 }
 
 // writeLoop is the client's only writer: queued messages, pings, the end
@@ -699,8 +710,18 @@ func (c *client) writeLoop() {
 			h.remove(c, dropWriteFailed)
 		}
 	}
+	// The messages queued at once leave in one write: the batch is held
+	// from the first of them to the last.
+	batching := false
 	for {
-		m, ok, pending, closing := c.next()
+		m, ok, more, pending, closing := c.next()
+		if batching && (!ok || closing) {
+			batching = false
+			if err := c.batch.release(); err != nil && !closing {
+				fail(err)
+				return
+			}
+		}
 		if closing {
 			c.mu.Lock()
 			code, text := c.closeCode, c.closeText
@@ -716,6 +737,10 @@ func (c *client) writeLoop() {
 			windowOpen = true
 		}
 		if ok {
+			if more && !batching {
+				batching = true
+				c.batch.hold()
+			}
 			if err := c.write(m); err != nil {
 				fail(err)
 				return
@@ -751,8 +776,13 @@ func (c *client) writeLoop() {
 }
 
 func (c *client) write(m outMsg) error {
-	if err := c.conn.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
-		return err
+	// The deadline is renewed once a tenth of WriteTimeout has passed, not
+	// for every message: every write still has most of WriteTimeout.
+	if now := time.Now(); now.Sub(c.deadlineSet) > c.hub.cfg.WriteTimeout/10 {
+		if err := c.conn.SetWriteDeadline(now.Add(c.hub.cfg.WriteTimeout)); err != nil {
+			return err
+		}
+		c.deadlineSet = now
 	}
 	var err error
 	if m.pm != nil {
@@ -769,6 +799,121 @@ func (c *client) write(m outMsg) error {
 
 func (c *client) ping() error {
 	return c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout))
+}
+
+// hijacker hands the upgrader a batchConn around the hijacked connection.
+type hijacker struct {
+	http.ResponseWriter
+	conn *batchConn
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the response writer cannot be hijacked")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.conn = &batchConn{Conn: nc}
+	return h.conn, brw, nil
+}
+
+// batchSize is the most a batch holds before it is written out.
+const batchSize = 16 << 10
+
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, batchSize); return &b }}
+
+// batchConn is a client's connection under its websocket.Conn. Between
+// hold and release, it gathers what gorilla writes (one frame a message,
+// and the pongs its reader sends) and writes it out in one go, when
+// release is called or batchSize is reached: a burst of queued messages
+// costs one system call rather than one per message. It also applies a
+// write deadline only when it changed, since gorilla sets one before every
+// frame.
+type batchConn struct {
+	net.Conn
+
+	mu       sync.Mutex
+	holding  bool
+	buf      *[]byte // from batchPool while holding
+	deadline time.Time
+	applied  time.Time // the deadline the connection has
+}
+
+func (b *batchConn) hold() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holding = true
+}
+
+// release writes out what was held and stops holding.
+func (b *batchConn) release() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holding = false
+	err := b.flushLocked()
+	if b.buf != nil {
+		*b.buf = (*b.buf)[:0]
+		batchPool.Put(b.buf)
+		b.buf = nil
+	}
+	return err
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.holding && len(p) <= batchSize {
+		if b.buf == nil {
+			b.buf = batchPool.Get().(*[]byte)
+		}
+		if len(*b.buf)+len(p) > batchSize {
+			if err := b.flushLocked(); err != nil {
+				return 0, err
+			}
+		}
+		*b.buf = append(*b.buf, p...)
+		return len(p), nil
+	}
+	if err := b.flushLocked(); err != nil {
+		return 0, err
+	}
+	return b.writeLocked(p)
+}
+
+func (b *batchConn) flushLocked() error {
+	if b.buf == nil || len(*b.buf) == 0 {
+		return nil
+	}
+	_, err := b.writeLocked(*b.buf)
+	*b.buf = (*b.buf)[:0]
+	return err
+}
+
+func (b *batchConn) writeLocked(p []byte) (int, error) {
+	if !b.deadline.Equal(b.applied) {
+		if err := b.Conn.SetWriteDeadline(b.deadline); err != nil {
+			return 0, err
+		}
+		b.applied = b.deadline
+	}
+	return b.Conn.Write(p)
+}
+
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.deadline = t
+	return nil
+}
+
+func (b *batchConn) SetDeadline(t time.Time) error {
+	if err := b.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return b.SetWriteDeadline(t)
 }
 
 // clientMsg is what a client sends.

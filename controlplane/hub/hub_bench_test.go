@@ -586,6 +586,16 @@ func hubBenchDial(ctx context.Context, dialer websocket.Dialer, url string) (*hu
 		conn.Close()
 		return nil, fmt.Errorf("subscribing: %q, %v", data, err)
 	}
+	// gorilla's own ping handler gives the pong one second and gives up
+	// silently: on a loaded machine, a starved client would then miss two
+	// pings in a row and be dropped. A browser answers pings at once.
+	conn.SetPingHandler(func(data string) error {
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Minute))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
 	return &hubBenchClient{conn: conn, lastPct: map[string]int{}}, nil
 }
 
