@@ -661,18 +661,17 @@ func (c *client) flushProgress() {
 	}
 }
 
-// next pops the next queued message, if any, and says whether more are
-// queued after it, whether progress is pending and whether the client is
-// closing.
-func (c *client) next() (m outMsg, ok, more, pending, closing bool) {
+// next pops the next queued message, if any, and says how many are queued
+// after it, whether progress is pending and whether the client is closing.
+func (c *client) next() (m outMsg, ok bool, queued int, pending, closing bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
-		return outMsg{}, false, false, false, true
+		return outMsg{}, false, 0, false, true
 	}
 	pending = len(c.pending) > 0
 	if c.head == len(c.queue) {
-		return outMsg{}, false, false, pending, false
+		return outMsg{}, false, 0, pending, false
 	}
 	m = c.queue[c.head]
 	c.queue[c.head] = outMsg{}
@@ -683,7 +682,7 @@ func (c *client) next() (m outMsg, ok, more, pending, closing bool) {
 			c.queue = nil // give back what a burst grew: most clients are idle most of the time
 		}
 	}
-	return m, true, c.head < len(c.queue), pending, false
+	return m, true, len(c.queue) - c.head, pending, false
 }
 
 // writeLoop is the client's only writer: queued messages, pings, the end
@@ -711,12 +710,14 @@ func (c *client) writeLoop() {
 		}
 	}
 	// The messages queued at once leave in one write: the batch is held
-	// from the first of them to the last.
-	batching := false
+	// from the first of them to the last, not for those queued meanwhile,
+	// which would make the first ones wait.
+	held := 0   // messages of the held batch still to write
+	streak := 0 // messages written since the writer last waited
 	for {
-		m, ok, more, pending, closing := c.next()
-		if batching && (!ok || closing) {
-			batching = false
+		m, ok, queued, pending, closing := c.next()
+		if held > 0 && !ok { // only when closing: the writer alone pops
+			held = 0
 			if err := c.batch.release(); err != nil && !closing {
 				fail(err)
 				return
@@ -737,13 +738,26 @@ func (c *client) writeLoop() {
 			windowOpen = true
 		}
 		if ok {
-			if more && !batching {
-				batching = true
+			if held == 0 && queued > 0 {
 				c.batch.hold()
+				held = 1 + queued
 			}
 			if err := c.write(m); err != nil {
 				fail(err)
 				return
+			}
+			if held > 0 {
+				if held--; held == 0 {
+					if err := c.batch.release(); err != nil {
+						fail(err)
+						return
+					}
+				}
+			}
+			// With nothing more queued, the wait below sees to pings and
+			// windows, unless messages keep coming just in time.
+			if streak++; queued == 0 && streak < 64 {
+				continue
 			}
 			// A client that is always busy still gets its pings and its
 			// progress windows.
@@ -760,6 +774,7 @@ func (c *client) writeLoop() {
 			}
 			continue
 		}
+		streak = 0
 		select {
 		case <-c.wake:
 		case <-c.done:
