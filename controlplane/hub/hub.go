@@ -64,9 +64,10 @@ type Config struct {
 	// client that sends nothing, not even a pong, for twice as long is
 	// disconnected.
 	PingInterval time.Duration
-	// WriteTimeout bounds every write to a client (default 10s). The
-	// deadline is renewed once a tenth of it has passed rather than for
-	// every message, so a write may get nine tenths of it.
+	// WriteTimeout bounds every write to a client (default 10s): a write
+	// to the socket that cannot complete within it fails, and the client
+	// is dropped. The deadline is renewed once a tenth of it has passed
+	// rather than for every write, so a write may get nine tenths of it.
 	WriteTimeout time.Duration
 	// CheckOrigin accepts or refuses a handshake by its Origin header. The
 	// default accepts requests without Origin (not from a browser) and those
@@ -478,7 +479,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &client{
 		hub:     h,
 		conn:    conn,
-		batch:   hw.conn,
+		batch:   hw.conn.withTimeout(h.cfg.WriteTimeout),
 		subject: p.Subject,
 		limiter: rate.NewLimiter(h.msgRate, h.msgBurst),
 		wake:    make(chan struct{}, 1),
@@ -528,8 +529,6 @@ type client struct {
 	limiter *rate.Limiter // used by the reader only
 	wake    chan struct{} // capacity 1: the queue or pending map changed
 	done    chan struct{} // closed by Hub.remove
-	// deadlineSet is when the writer last set the write deadline.
-	deadlineSet time.Time
 
 	mu   sync.Mutex
 	all  bool                // subscribed to "*"
@@ -791,14 +790,8 @@ func (c *client) writeLoop() {
 }
 
 func (c *client) write(m outMsg) error {
-	// The deadline is renewed once a tenth of WriteTimeout has passed, not
-	// for every message: every write still has most of WriteTimeout.
-	if now := time.Now(); now.Sub(c.deadlineSet) > c.hub.cfg.WriteTimeout/10 {
-		if err := c.conn.SetWriteDeadline(now.Add(c.hub.cfg.WriteTimeout)); err != nil {
-			return err
-		}
-		c.deadlineSet = now
-	}
+	// No deadline is set here: batchConn bounds each write to the socket
+	// by WriteTimeout, from when it happens.
 	var err error
 	if m.pm != nil {
 		err = c.conn.WritePreparedMessage(m.pm)
@@ -844,17 +837,30 @@ var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, batchSize); ret
 // hold and release, it gathers what gorilla writes (one frame a message,
 // and the pongs its reader sends) and writes it out in one go, when
 // release is called or batchSize is reached: a burst of queued messages
-// costs one system call rather than one per message. It also applies a
-// write deadline only when it changed, since gorilla sets one before every
-// frame.
+// costs one system call rather than one per message.
+//
+// It also owns the write deadline: gorilla sets one before every frame,
+// that of the message (none: the hub sets none on the websocket.Conn) or
+// that of a control frame. Without one, a write to the socket gets timeout
+// from when it happens (not from when its message was framed, which may be
+// long before on a loaded machine), renewed only once a tenth of it has
+// passed; a control frame's deadline applies as given.
 type batchConn struct {
 	net.Conn
 
 	mu       sync.Mutex
+	timeout  time.Duration
 	holding  bool
-	buf      *[]byte // from batchPool while holding
-	deadline time.Time
-	applied  time.Time // the deadline the connection has
+	buf      *[]byte   // from batchPool while holding
+	deadline time.Time // the last one gorilla set
+	applied  time.Time // the one the connection has
+}
+
+func (b *batchConn) withTimeout(d time.Duration) *batchConn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.timeout = d
+	return b
 }
 
 func (b *batchConn) hold() {
@@ -908,11 +914,18 @@ func (b *batchConn) flushLocked() error {
 }
 
 func (b *batchConn) writeLocked(p []byte) (int, error) {
-	if !b.deadline.Equal(b.applied) {
-		if err := b.Conn.SetWriteDeadline(b.deadline); err != nil {
+	d := b.deadline
+	if d.IsZero() && b.timeout > 0 {
+		d = b.applied
+		if now := time.Now(); d.Sub(now) < b.timeout-b.timeout/10 {
+			d = now.Add(b.timeout)
+		}
+	}
+	if !d.Equal(b.applied) {
+		if err := b.Conn.SetWriteDeadline(d); err != nil {
 			return 0, err
 		}
-		b.applied = b.deadline
+		b.applied = d
 	}
 	return b.Conn.Write(p)
 }

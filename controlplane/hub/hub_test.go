@@ -875,4 +875,18 @@ func TestBatchConn(t *testing.T) {
 		require.ErrorAs(t, err, &ne)
 		assert.True(t, ne.Timeout())
 	})
+	t.Run("without a deadline, the timeout applies from the write", func(t *testing.T) {
+		server, peer := net.Pipe()
+		defer peer.Close()
+		b := (&batchConn{Conn: server}).withTimeout(time.Hour)
+		defer b.Close()
+		require.NoError(t, b.SetWriteDeadline(time.Now().Add(-time.Second)))
+		require.NoError(t, b.SetWriteDeadline(time.Time{}), "what gorilla sets before a message's frame")
+		go io.Copy(io.Discard, peer)
+		_, err := b.Write([]byte("in time"))
+		require.NoError(t, err)
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		assert.WithinDuration(t, time.Now().Add(time.Hour), b.applied, 10*time.Minute)
+	})
 }
