@@ -24,6 +24,7 @@
 package hub
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,7 +64,10 @@ type Config struct {
 	// client that sends nothing, not even a pong, for twice as long is
 	// disconnected.
 	PingInterval time.Duration
-	// WriteTimeout bounds every write to a client (default 10s).
+	// WriteTimeout bounds every write to a client (default 10s): a write
+	// to the socket that cannot complete within it fails, and the client
+	// is dropped. The deadline is renewed once a tenth of it has passed
+	// rather than for every write, so a write may get nine tenths of it.
 	WriteTimeout time.Duration
 	// CheckOrigin accepts or refuses a handshake by its Origin header. The
 	// default accepts requests without Origin (not from a browser) and those
@@ -75,7 +79,7 @@ type Config struct {
 // DefaultQueueSize is Config.QueueSize's default. A bulk approval moves up
 // to a thousand tasks within a second, and a client following "*" gets a
 // status message for each at once: the queue holds a few such bursts
-// (about 48 bytes a message, the message itself being shared), so that
+// (about 56 bytes a message, the message itself being shared), so that
 // only a client that really stopped reading is dropped.
 const DefaultQueueSize = 4096
 
@@ -138,11 +142,13 @@ const (
 	dropTooLarge    = "too_large"    // it sent a message over readLimit
 )
 
-// outMsg is one server message; data is shared by every client it goes to
-// and never modified.
+// outMsg is one server message. A message published to every interested
+// client is framed once (pm) and the frame shared by all of them; a reply
+// to one client is just its bytes (data). Neither is ever modified.
 type outMsg struct {
 	kind   msgKind
 	taskID string
+	pm     *websocket.PreparedMessage
 	data   []byte
 }
 
@@ -153,13 +159,15 @@ type outMsg struct {
 //
 // The delivery rules follow from one constraint: Publish is called by the
 // control plane's watch loop, which also feeds its list cache and its
-// webhooks, so nothing a browser does may slow it down. Publish therefore never touches the
-// network: it marshals each message once and appends the shared bytes to
-// the bounded queue of every interested client, under that client's lock
-// only. One writer goroutine per client drains its queue onto the socket
-// (gorilla allows one concurrent writer); the ServeHTTP goroutine stays on
-// as the client's reader. What happens when a client cannot keep up depends
-// on what would be lost:
+// webhooks, so nothing a browser does may slow it down. Publish therefore
+// never touches the network: it marshals and frames each message once (a
+// PreparedMessage) and appends the shared frame to the bounded queue of
+// every interested client, under that client's lock only. One writer
+// goroutine per client drains its queue onto the socket (gorilla allows one
+// concurrent writer), the frames of all the messages waiting at once in one
+// write (see batchConn); the ServeHTTP goroutine stays on as the client's
+// reader. What happens when a client cannot keep up depends on what would be
+// lost:
 //
 //   - Status and hardware messages (and error replies) are never dropped. A
 //     client whose queue has no room for one is disconnected with close
@@ -400,11 +408,15 @@ type (
 func (h *Hub) translate(ch task.Change, msgs []outMsg) []outMsg {
 	add := func(kind msgKind, v any) {
 		data, err := json.Marshal(v)
+		var pm *websocket.PreparedMessage
+		if err == nil {
+			pm, err = websocket.NewPreparedMessage(websocket.TextMessage, data)
+		}
 		if err != nil { // cannot happen with these types; never send half a change
 			h.log.Error("cannot marshal websocket message", "task_id", ch.TaskID, "type", kindNames[kind], "err", err)
 			return
 		}
-		msgs = append(msgs, outMsg{kind: kind, taskID: ch.TaskID, data: data})
+		msgs = append(msgs, outMsg{kind: kind, taskID: ch.TaskID, pm: pm})
 	}
 	if ch.Hardware != nil {
 		add(kindHardware, hardwareMsg{Type: "hardware", TaskID: ch.TaskID, Hardware: ch.Hardware})
@@ -458,7 +470,8 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Unlock()
 	defer h.wg.Done()
 
-	conn, err := h.upgrader.Upgrade(w, r, nil) // on error, the upgrader has answered
+	hw := &hijacker{ResponseWriter: w}
+	conn, err := h.upgrader.Upgrade(hw, r, nil) // on error, the upgrader has answered
 	if err != nil {
 		h.log.Debug("websocket handshake failed", "subject", p.Subject, "remote", r.RemoteAddr, "err", err)
 		return
@@ -466,6 +479,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &client{
 		hub:     h,
 		conn:    conn,
+		batch:   hw.conn.withTimeout(h.cfg.WriteTimeout),
 		subject: p.Subject,
 		limiter: rate.NewLimiter(h.msgRate, h.msgBurst),
 		wake:    make(chan struct{}, 1),
@@ -510,6 +524,7 @@ func (h *Hub) remove(c *client, reason string) {
 type client struct {
 	hub     *Hub
 	conn    *websocket.Conn
+	batch   *batchConn // under conn, used by the writer only
 	subject string
 	limiter *rate.Limiter // used by the reader only
 	wake    chan struct{} // capacity 1: the queue or pending map changed
@@ -523,7 +538,7 @@ type client struct {
 	head  int
 	// pending holds the latest progress of each task, waiting for the end
 	// of the client's window.
-	pending   map[string][]byte
+	pending   map[string]outMsg
 	closing   bool
 	closeCode int // 0: close the socket without a close frame
 	closeText string
@@ -579,10 +594,10 @@ func (c *client) deliver(msgs []outMsg) bool {
 			if len(c.pending) == 0 {
 				wake = true // the writer opens a window
 				if c.pending == nil {
-					c.pending = map[string][]byte{}
+					c.pending = map[string]outMsg{}
 				}
 			}
-			c.pending[m.taskID] = m.data
+			c.pending[m.taskID] = m
 			continue
 		}
 		if !c.pushLocked(m) {
@@ -611,7 +626,7 @@ func (c *client) pushLocked(m outMsg) bool {
 	}
 	if hasProgress {
 		delete(c.pending, m.taskID)
-		c.appendLocked(outMsg{kind: kindProgress, taskID: m.taskID, data: p})
+		c.appendLocked(p)
 	}
 	c.appendLocked(m)
 	return true
@@ -632,7 +647,7 @@ func (c *client) appendLocked(m outMsg) {
 func (c *client) flushProgress() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for id, data := range c.pending {
+	for id, m := range c.pending {
 		if !c.wantsLocked(id) {
 			delete(c.pending, id)
 			continue
@@ -640,22 +655,22 @@ func (c *client) flushProgress() {
 		if len(c.queue)-c.head >= c.hub.cfg.QueueSize {
 			break
 		}
-		c.appendLocked(outMsg{kind: kindProgress, taskID: id, data: data})
+		c.appendLocked(m)
 		delete(c.pending, id)
 	}
 }
 
-// next pops the next queued message, if any, and says whether progress is
-// pending and whether the client is closing.
-func (c *client) next() (m outMsg, ok, pending, closing bool) {
+// next pops the next queued message, if any, and says how many are queued
+// after it, whether progress is pending and whether the client is closing.
+func (c *client) next() (m outMsg, ok bool, queued int, pending, closing bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
-		return outMsg{}, false, false, true
+		return outMsg{}, false, 0, false, true
 	}
 	pending = len(c.pending) > 0
 	if c.head == len(c.queue) {
-		return outMsg{}, false, pending, false
+		return outMsg{}, false, 0, pending, false
 	}
 	m = c.queue[c.head]
 	c.queue[c.head] = outMsg{}
@@ -666,7 +681,7 @@ func (c *client) next() (m outMsg, ok, pending, closing bool) {
 			c.queue = nil // give back what a burst grew: most clients are idle most of the time
 		}
 	}
-	return m, true, pending, false
+	return m, true, len(c.queue) - c.head, pending, false
 }
 
 // writeLoop is the client's only writer: queued messages, pings, the end
@@ -693,8 +708,20 @@ func (c *client) writeLoop() {
 			h.remove(c, dropWriteFailed)
 		}
 	}
+	// The messages queued at once leave in one write: the batch is held
+	// from the first of them to the last, not for those queued meanwhile,
+	// which would make the first ones wait.
+	held := 0   // messages of the held batch still to write
+	streak := 0 // messages written since the writer last waited
 	for {
-		m, ok, pending, closing := c.next()
+		m, ok, queued, pending, closing := c.next()
+		if held > 0 && !ok { // only when closing: the writer alone pops
+			held = 0
+			if err := c.batch.release(); err != nil && !closing {
+				fail(err)
+				return
+			}
+		}
 		if closing {
 			c.mu.Lock()
 			code, text := c.closeCode, c.closeText
@@ -710,9 +737,26 @@ func (c *client) writeLoop() {
 			windowOpen = true
 		}
 		if ok {
+			if held == 0 && queued > 0 {
+				c.batch.hold()
+				held = 1 + queued
+			}
 			if err := c.write(m); err != nil {
 				fail(err)
 				return
+			}
+			if held > 0 {
+				if held--; held == 0 {
+					if err := c.batch.release(); err != nil {
+						fail(err)
+						return
+					}
+				}
+			}
+			// With nothing more queued, the wait below sees to pings and
+			// windows, unless messages keep coming just in time.
+			if streak++; queued == 0 && streak < 64 {
+				continue
 			}
 			// A client that is always busy still gets its pings and its
 			// progress windows.
@@ -729,6 +773,7 @@ func (c *client) writeLoop() {
 			}
 			continue
 		}
+		streak = 0
 		select {
 		case <-c.wake:
 		case <-c.done:
@@ -745,10 +790,15 @@ func (c *client) writeLoop() {
 }
 
 func (c *client) write(m outMsg) error {
-	if err := c.conn.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
-		return err
+	// No deadline is set here: batchConn bounds each write to the socket
+	// by WriteTimeout, from when it happens.
+	var err error
+	if m.pm != nil {
+		err = c.conn.WritePreparedMessage(m.pm)
+	} else {
+		err = c.conn.WriteMessage(websocket.TextMessage, m.data)
 	}
-	if err := c.conn.WriteMessage(websocket.TextMessage, m.data); err != nil {
+	if err != nil {
 		return err
 	}
 	c.hub.metrics.sent(m.kind)
@@ -757,6 +807,141 @@ func (c *client) write(m outMsg) error {
 
 func (c *client) ping() error {
 	return c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.hub.cfg.WriteTimeout))
+}
+
+// hijacker hands the upgrader a batchConn around the hijacked connection.
+type hijacker struct {
+	http.ResponseWriter
+	conn *batchConn
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the response writer cannot be hijacked")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.conn = &batchConn{Conn: nc}
+	return h.conn, brw, nil
+}
+
+// batchSize is the most a batch holds before it is written out.
+const batchSize = 16 << 10
+
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, batchSize); return &b }}
+
+// batchConn is a client's connection under its websocket.Conn. Between
+// hold and release, it gathers what gorilla writes (one frame a message,
+// and the pongs its reader sends) and writes it out in one go, when
+// release is called or batchSize is reached: a burst of queued messages
+// costs one system call rather than one per message.
+//
+// It also owns the write deadline: gorilla sets one before every frame,
+// that of the message (none: the hub sets none on the websocket.Conn) or
+// that of a control frame. Without one, a write to the socket gets timeout
+// from when it happens (not from when its message was framed, which may be
+// long before on a loaded machine), renewed only once a tenth of it has
+// passed; a control frame's deadline applies as given.
+type batchConn struct {
+	net.Conn
+
+	mu       sync.Mutex
+	timeout  time.Duration
+	holding  bool
+	buf      *[]byte   // from batchPool while holding
+	deadline time.Time // the last one gorilla set
+	applied  time.Time // the one the connection has
+}
+
+func (b *batchConn) withTimeout(d time.Duration) *batchConn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.timeout = d
+	return b
+}
+
+func (b *batchConn) hold() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holding = true
+}
+
+// release writes out what was held and stops holding.
+func (b *batchConn) release() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holding = false
+	err := b.flushLocked()
+	if b.buf != nil {
+		*b.buf = (*b.buf)[:0]
+		batchPool.Put(b.buf)
+		b.buf = nil
+	}
+	return err
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.holding && len(p) <= batchSize {
+		if b.buf == nil {
+			b.buf = batchPool.Get().(*[]byte)
+		}
+		if len(*b.buf)+len(p) > batchSize {
+			if err := b.flushLocked(); err != nil {
+				return 0, err
+			}
+		}
+		*b.buf = append(*b.buf, p...)
+		return len(p), nil
+	}
+	if err := b.flushLocked(); err != nil {
+		return 0, err
+	}
+	return b.writeLocked(p)
+}
+
+func (b *batchConn) flushLocked() error {
+	if b.buf == nil || len(*b.buf) == 0 {
+		return nil
+	}
+	_, err := b.writeLocked(*b.buf)
+	*b.buf = (*b.buf)[:0]
+	return err
+}
+
+func (b *batchConn) writeLocked(p []byte) (int, error) {
+	d := b.deadline
+	if d.IsZero() && b.timeout > 0 {
+		d = b.applied
+		if now := time.Now(); d.Sub(now) < b.timeout-b.timeout/10 {
+			d = now.Add(b.timeout)
+		}
+	}
+	if !d.Equal(b.applied) {
+		if err := b.Conn.SetWriteDeadline(d); err != nil {
+			return 0, err
+		}
+		b.applied = d
+	}
+	return b.Conn.Write(p)
+}
+
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.deadline = t
+	return nil
+}
+
+func (b *batchConn) SetDeadline(t time.Time) error {
+	if err := b.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return b.SetWriteDeadline(t)
 }
 
 // clientMsg is what a client sends.

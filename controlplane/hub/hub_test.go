@@ -810,3 +810,83 @@ func TestHubStatusAt(t *testing.T) {
 	require.Equal(t, "completed", m.Status)
 	assert.True(t, m.At.IsZero(), "at %v for a change without a timeline", m.At)
 }
+
+// TestBatchConn checks that what is written while a batch is held leaves
+// in one write on release, and that the write deadline is applied. Over
+// net.Pipe, a write returns only once the peer has read it, so writes that
+// return with no reader were held.
+func TestBatchConn(t *testing.T) {
+	t.Run("held writes leave together", func(t *testing.T) {
+		server, peer := net.Pipe()
+		defer peer.Close()
+		b := &batchConn{Conn: server}
+		defer b.Close()
+		b.hold()
+		for _, s := range []string{"one ", "two ", "three"} {
+			n, err := b.Write([]byte(s))
+			require.NoError(t, err)
+			assert.Equal(t, len(s), n)
+		}
+		released := make(chan error, 1)
+		go func() { released <- b.release() }()
+		buf := make([]byte, 64)
+		n, err := peer.Read(buf)
+		require.NoError(t, err)
+		assert.Equal(t, "one two three", string(buf[:n]), "one read gets the whole batch")
+		require.NoError(t, <-released)
+	})
+	t.Run("a full batch is written out", func(t *testing.T) {
+		server, peer := net.Pipe()
+		defer peer.Close()
+		b := &batchConn{Conn: server}
+		defer b.Close()
+		got := make(chan []byte, 1)
+		go func() {
+			data, _ := io.ReadAll(peer)
+			got <- data
+		}()
+		b.hold()
+		chunk := strings.Repeat("x", 1000)
+		var want strings.Builder
+		for range 3 * batchSize / len(chunk) {
+			_, err := b.Write([]byte(chunk))
+			require.NoError(t, err)
+			want.WriteString(chunk)
+		}
+		require.NoError(t, b.release())
+		require.NoError(t, b.Close())
+		assert.Equal(t, want.String(), string(<-got))
+	})
+	t.Run("the write deadline applies", func(t *testing.T) {
+		server, peer := net.Pipe()
+		defer peer.Close()
+		b := &batchConn{Conn: server}
+		defer b.Close()
+		require.NoError(t, b.SetWriteDeadline(time.Now().Add(-time.Second)))
+		_, err := b.Write([]byte("late"))
+		var ne net.Error
+		require.ErrorAs(t, err, &ne)
+		assert.True(t, ne.Timeout())
+
+		b.hold()
+		_, err = b.Write([]byte("held"))
+		require.NoError(t, err, "a held write waits for the release")
+		err = b.release()
+		require.ErrorAs(t, err, &ne)
+		assert.True(t, ne.Timeout())
+	})
+	t.Run("without a deadline, the timeout applies from the write", func(t *testing.T) {
+		server, peer := net.Pipe()
+		defer peer.Close()
+		b := (&batchConn{Conn: server}).withTimeout(time.Hour)
+		defer b.Close()
+		require.NoError(t, b.SetWriteDeadline(time.Now().Add(-time.Second)))
+		require.NoError(t, b.SetWriteDeadline(time.Time{}), "what gorilla sets before a message's frame")
+		go io.Copy(io.Discard, peer)
+		_, err := b.Write([]byte("in time"))
+		require.NoError(t, err)
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		assert.WithinDuration(t, time.Now().Add(time.Hour), b.applied, 10*time.Minute)
+	})
+}
