@@ -24,6 +24,7 @@ import (
 	"github.com/lpmos/lpmos/agent/sim"
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/cmdutil"
+	"github.com/lpmos/lpmos/internal/cmdutil/embedetcd"
 	"github.com/lpmos/lpmos/internal/promreg"
 	"github.com/lpmos/lpmos/region"
 )
@@ -55,7 +56,7 @@ func run() error {
 	simSpeed := fs.Float64("simulate-speed", 1, "speed-up of the simulated installs (1: about 20 s each)")
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
-	storeFlags.Register(fs, true)
+	storeFlags.Register(fs, embedetcd.Open)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)

@@ -46,7 +46,7 @@ func run() error {
 	retention := fs.Duration("retention", 0, "delete tasks that ended longer ago than this, e.g. 720h (0 keeps them forever)")
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
-	storeFlags.Register(fs, false)
+	storeFlags.Register(fs, nil)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)

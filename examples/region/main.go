@@ -38,7 +38,7 @@ func run() error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
-	storeFlags.Register(fs, false)
+	storeFlags.Register(fs, nil)
 	regionFlags.Register(fs)
 	bmcKey.Register(fs, "")
 	cf, err := cmdutil.Configure(fs, os.Args[1:], os.LookupEnv, cmdutil.SectionDHCP)
