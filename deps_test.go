@@ -44,6 +44,8 @@ var depRules = []depRule{
 	{pkgs: []string{"store"}, allow: []string{"."},
 		why: "store is domain-agnostic key-value; it knows nothing of tasks"},
 	{pkgs: []string{"store/etcd", "store/memory", "store/storetest"}, allow: []string{".", "store"}},
+	{pkgs: []string{"store/etcd/embedded"}, allow: []string{".", "store", "store/etcd"},
+		why: "the embedded member links etcd's server; it is a store/etcd server for the binaries that run one, and knows nothing of tasks"},
 	{pkgs: []string{"task"}, allow: []string{".", "store", "hardware"},
 		why: "task works over the store.Store interface; only binaries and tests pick an implementation"},
 	{pkgs: []string{"machine"}, allow: []string{".", "store", "hardware"},
@@ -91,8 +93,9 @@ var depRules = []depRule{
 }
 
 // testOnlyAllow is what any package's tests may import on top of its rule:
-// a store to run against, the conformance suite, and the test lab.
-var testOnlyAllow = []string{"store/memory", "store/etcd", "store/storetest", "internal/..."}
+// a store to run against (and the etcd member behind it), the conformance
+// suite, and the test lab.
+var testOnlyAllow = []string{"store/memory", "store/etcd", "store/etcd/embedded", "store/storetest", "internal/..."}
 
 // listedPackage is the part of `go list -json` output this test reads.
 type listedPackage struct {
@@ -132,6 +135,75 @@ func TestDependencyDirection(t *testing.T) {
 	for _, v := range dependencyViolations(pkgs) {
 		t.Error(v)
 	}
+}
+
+// etcdServer prefixes the packages of etcd's server: a member's raft,
+// storage and gRPC services, several megabytes of a binary.
+const etcdServer = "go.etcd.io/etcd/server/"
+
+// dialOnlyBinaries only ever dial an etcd (--etcd-endpoints) or none at all:
+// they must not link etcd's server, which only store/etcd/embedded (and
+// so internal/cmdutil/embedetcd) brings in.
+var dialOnlyBinaries = []string{"examples/region", "examples/control-plane", "examples/agent", "examples/lpmosctl"}
+
+// TestDialOnlyBinariesDoNotLinkEtcdServer lists every package each binary
+// links (`go list -deps`) and fails on any of etcd's server, naming the
+// chain of our packages that pulled it in.
+func TestDialOnlyBinariesDoNotLinkEtcdServer(t *testing.T) {
+	_, err := exec.LookPath("go")
+	require.NoError(t, err, "the go command must be on PATH for this test")
+	// The all-in-one binary embeds a member: it must link the server, or
+	// the prefix above no longer names it and the check passes vacuously.
+	bins := append([]string{"examples/allinone"}, dialOnlyBinaries...)
+	args := []string{"list", "-deps", "-json=ImportPath,Imports"}
+	for _, b := range bins {
+		args = append(args, "./"+b)
+	}
+	cmd := exec.Command("go", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "go list -deps failed:\n%s", stderr.String())
+	pkgs, err := decodeGoList(out)
+	require.NoError(t, err)
+	imports := make(map[string][]string, len(pkgs))
+	for _, p := range pkgs {
+		imports[p.ImportPath] = p.Imports
+	}
+	require.NotEmpty(t, etcdServerPath(imports, modulePath+"/examples/allinone"),
+		"examples/allinone embeds etcd: it should link a package under %s", etcdServer)
+	for _, b := range dialOnlyBinaries {
+		require.Contains(t, imports, modulePath+"/"+b, "go list did not report %s", b)
+		if path := etcdServerPath(imports, modulePath+"/"+b); path != nil {
+			t.Errorf("%s links etcd's server, through %s: binaries that only dial etcd must not import store/etcd/embedded (pass an embedder only where a member runs, as examples/allinone does with embedetcd.Open)",
+				b, strings.Join(path, " -> "))
+		}
+	}
+}
+
+// etcdServerPath returns a chain of imports from pkg to a package of
+// etcd's server, or nil if it links none.
+func etcdServerPath(imports map[string][]string, pkg string) []string {
+	prev := map[string]string{pkg: ""}
+	queue := []string{pkg}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if strings.HasPrefix(p, etcdServer) {
+			var path []string
+			for ; p != ""; p = prev[p] {
+				path = append([]string{p}, path...)
+			}
+			return path
+		}
+		for _, i := range imports[p] {
+			if _, seen := prev[i]; !seen {
+				prev[i] = p
+				queue = append(queue, i)
+			}
+		}
+	}
+	return nil
 }
 
 // TestDependencyRules checks the checker itself on made-up packages, so a
@@ -213,6 +285,11 @@ func TestDependencyRules(t *testing.T) {
 		{"store imports task", pkg("store", "task"), []string{"store imports " + mod("task")}},
 		{"store/etcd imports store", pkg("store/etcd", "store", "go.etcd.io/etcd/client/v3"), nil},
 		{"store/memory imports store/etcd", pkg("store/memory", "store/etcd"), []string{"store/memory imports " + mod("store/etcd")}},
+		{"store/etcd/embedded serves store/etcd", pkg("store/etcd/embedded", "store/etcd", "store", "go.etcd.io/etcd/server/v3/embed"), nil},
+		{"store/etcd imports its embedded member", pkg("store/etcd", "store/etcd/embedded"), []string{"store/etcd imports " + mod("store/etcd/embedded")}},
+		{"store/etcd/embedded imports task", pkg("store/etcd/embedded", "task"), []string{"store/etcd/embedded imports " + mod("task"), "etcd's server"}},
+		{"region imports the embedded member", pkg("region", "store/etcd/embedded"), []string{"region imports " + mod("store/etcd/embedded")}},
+		{"region tests run an embedded member", withTests(pkg("region"), nil, []string{"store/etcd/embedded"}), nil},
 		{"region serves through httpserve", pkg("region", "internal/httpserve"), nil},
 		{"controlplane serves through httpserve", pkg("controlplane", "internal/httpserve"), nil},
 		{"region imports other internal packages", pkg("region", "internal/cmdutil"), []string{"region imports " + mod("internal/cmdutil")}},

@@ -22,7 +22,10 @@
 //	store                 the Store interface: a revisioned key-value store with
 //	                      Get, List by prefix, compare-and-swap transactions,
 //	                      prefix watches that resume from a revision, and leases
-//	store/etcd            Store over etcd, optionally starting an embedded etcd
+//	store/etcd            Store over etcd: the client, which dials a cluster
+//	store/etcd/embedded   an etcd member in-process (the single-machine
+//	                      default), its certificates and snapshot restore;
+//	                      the only package that links etcd's server
 //	store/memory          Store in memory that behaves like etcd (revisions,
 //	                      watch replay, lease expiry), for tests and demos
 //	store/storetest       the conformance suite both implementations must pass
@@ -90,6 +93,7 @@
 //	task                     store, hardware
 //	store/etcd, store/memory,
 //	store/storetest          store
+//	store/etcd/embedded      store, store/etcd
 //	hardware, store, dhcp,   only lpmos
 //	pxe, ipxe
 //	lpmos                    the standard library only
@@ -97,7 +101,8 @@
 // Every package may import lpmos; lpmos imports nothing of ours. task, region
 // and controlplane depend on the store interface, never on store/etcd or
 // store/memory; only binaries and tests pick an implementation. Tests may
-// also use store/memory, store/etcd and internal/... freely. deps_test.go in
+// also use store/memory, store/etcd, store/etcd/embedded and internal/...
+// freely. deps_test.go in
 // this directory enforces the table, so adding a package is a conscious
 // decision.
 //

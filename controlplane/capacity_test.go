@@ -13,7 +13,7 @@ import (
 
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/etcdtest"
-	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 )
 
 func caps(total, perRegion int) cpOption {
@@ -128,7 +128,7 @@ func TestActiveTaskCaps(t *testing.T) {
 // member's quota, for an alert before the quota stops every write.
 func TestStoreQuotaMetrics(t *testing.T) {
 	const quota = 256 << 20
-	st := etcdtest.NewStore(t, func(c *etcd.EmbeddedConfig) { c.QuotaBackendBytes = quota })
+	st := etcdtest.NewStore(t, func(c *embedded.Config) { c.QuotaBackendBytes = quota })
 	used, q, err := st.DBSize(context.Background())
 	require.NoError(t, err)
 	assert.Positive(t, used)

@@ -27,6 +27,7 @@ import (
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/region/journal"
 	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 	"github.com/lpmos/lpmos/task"
 )
 
@@ -52,7 +53,7 @@ func runEtcdChild(spec string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	m, err := etcd.StartEmbedded(sctx, etcd.EmbeddedConfig{
+	m, err := embedded.Start(sctx, embedded.Config{
 		Dir: f[0], Name: "solo", ClientURL: f[1], PeerURL: f[2], Insecure: true,
 		HeartbeatInterval: 50 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
 		StartTimeout: time.Minute,

@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 )
 
 // dbSize is a member's database size (the file) and the part in use, from
@@ -57,7 +58,7 @@ func runRole() (code int, isMember bool) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
+	m, err := embedded.Start(ctx, embedded.Config{
 		Dir: mc.Dir, Name: mc.Name, ClientURL: mc.ClientURL, PeerURL: mc.PeerURL,
 		InitialCluster: mc.InitialCluster, ClusterToken: "lpmos-fleet",
 		// Plain HTTP on loopback, in a throwaway directory: the fleet

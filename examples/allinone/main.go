@@ -24,6 +24,7 @@ import (
 	"github.com/lpmos/lpmos/agent/sim"
 	"github.com/lpmos/lpmos/controlplane"
 	"github.com/lpmos/lpmos/internal/cmdutil"
+	"github.com/lpmos/lpmos/internal/cmdutil/embedetcd"
 	"github.com/lpmos/lpmos/internal/promreg"
 	"github.com/lpmos/lpmos/region"
 )
@@ -56,7 +57,7 @@ func run() error {
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
 	otel := cmdutil.OtelFlag(fs)
-	storeFlags.Register(fs, true)
+	storeFlags.Register(fs, embedetcd.Open)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)

@@ -47,7 +47,7 @@ func run() error {
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
 	otel := cmdutil.OtelFlag(fs)
-	storeFlags.Register(fs, false)
+	storeFlags.Register(fs, nil)
 	authFlags.Register(fs)
 	webhookFlags.Register(fs)
 	capFlags.Register(fs)

@@ -22,7 +22,7 @@ import (
 
 	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/store"
-	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 	"github.com/lpmos/lpmos/store/memory"
 	"github.com/lpmos/lpmos/task"
 )
@@ -50,7 +50,7 @@ func openStore(ctx context.Context, kind, dataDir, clientURL, peerURL string) (s
 		s := memory.New()
 		return s, func() { s.Close() }, nil
 	case "etcd":
-		m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
+		m, err := embedded.Start(ctx, embedded.Config{
 			Dir: filepath.Join(dataDir, "etcd"), PKIDir: filepath.Join(dataDir, "etcd-pki"),
 			ClientURL: clientURL, PeerURL: peerURL,
 		})

@@ -39,7 +39,7 @@ func run() error {
 	version := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := cmdutil.PprofFlag(fs)
 	otel := cmdutil.OtelFlag(fs)
-	storeFlags.Register(fs, false)
+	storeFlags.Register(fs, nil)
 	regionFlags.Register(fs)
 	bmcKey.Register(fs, "")
 	cf, err := cmdutil.Configure(fs, os.Args[1:], os.LookupEnv, cmdutil.SectionDHCP)

@@ -47,12 +47,23 @@ type StoreFlags struct {
 	SnapshotInterval time.Duration
 	SnapshotKeep     int
 	RestoreFrom      string
+	// Embed starts the embedded etcd when no --etcd-endpoints are given;
+	// nil for binaries that only connect.
+	Embed EmbedFunc
 }
 
-// Register adds the store flags (README.md lists them). embedded says whether the
-// binary can run an embedded etcd (allinone) or only connect (others).
-func (f *StoreFlags) Register(fs *flag.FlagSet, embedded bool) {
-	if embedded {
+// EmbedFunc starts the embedded etcd member f describes (its data in
+// <DataDir>/etcd) and returns a store on it and the function that closes
+// both. Binaries that run one pass embedetcd.Open, from a package of its
+// own so that the others do not link etcd's server.
+type EmbedFunc func(ctx context.Context, f *StoreFlags, log *slog.Logger) (st store.Store, closeFn func(), err error)
+
+// Register adds the store flags (README.md lists them). embed, if not nil,
+// lets the binary run an embedded etcd (allinone); without it the binary
+// only connects (the others).
+func (f *StoreFlags) Register(fs *flag.FlagSet, embed EmbedFunc) {
+	f.Embed = embed
+	if embed != nil {
 		fs.StringVar(&f.Kind, "store", "etcd", "etcd (embedded unless --etcd-endpoints is set) or memory (throwaway)")
 		fs.StringVar(&f.DataDir, "data-dir", "./lpmos-data", "embedded etcd data and region state")
 		fs.StringVar(&f.ClientURL, "etcd-client-url", "https://127.0.0.1:2379", "where the embedded etcd serves clients (etcdctl), with client certificates from <data-dir>/etcd-pki")
@@ -72,7 +83,7 @@ func (f *StoreFlags) Register(fs *flag.FlagSet, embedded bool) {
 }
 
 // Open opens the chosen store; close releases it (and stops an embedded
-// etcd).
+// etcd, which f.Embed starts).
 func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store, closeFn func(), err error) {
 	switch {
 	case f.Kind == "memory":
@@ -94,43 +105,10 @@ func (f *StoreFlags) Open(ctx context.Context, log *slog.Logger) (st store.Store
 		}
 		log.Info("connected to etcd", "endpoints", cfg.Endpoints)
 		return s, func() { s.Close() }, nil
-	case f.DataDir == "":
+	case f.Embed == nil:
 		return nil, nil, errors.New("--etcd-endpoints is required (this binary does not embed etcd)")
 	}
-	dir := filepath.Join(f.DataDir, "etcd")
-	if f.RestoreFrom != "" {
-		if err := etcd.RestoreSnapshot(f.RestoreFrom, dir, "", f.PeerURL); err != nil {
-			return nil, nil, err
-		}
-		log.Info("restored the embedded etcd from a snapshot", "snapshot", f.RestoreFrom, "dir", dir)
-	}
-	m, err := etcd.StartEmbedded(ctx, etcd.EmbeddedConfig{
-		Dir: dir, PKIDir: filepath.Join(f.DataDir, "etcd-pki"),
-		ClientURL: f.ClientURL, PeerURL: f.PeerURL, Verbose: f.EtcdVerbose,
-		Logger: log.With("component", "etcd"),
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := m.Store(ctx)
-	if err != nil {
-		m.Close()
-		return nil, nil, err
-	}
-	pki, _ := m.PKI()
-	log.Info("embedded etcd started", "dir", filepath.Join(f.DataDir, "etcd"), "client_url", m.ClientURL(),
-		"ca", pki.CAFile, "client_cert", pki.ClientCertFile, "client_key", pki.ClientKeyFile)
-	stopSnapshots := func() {}
-	if f.SnapshotDir != "" {
-		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		done := make(chan struct{})
-		go func() { // owned: stopped by the returned close
-			defer close(done)
-			_ = s.RunSnapshots(sctx, etcd.SnapshotConfig{Dir: f.SnapshotDir, Interval: f.SnapshotInterval, Keep: f.SnapshotKeep, Logger: log})
-		}()
-		stopSnapshots = func() { cancel(); <-done }
-	}
-	return s, func() { stopSnapshots(); s.Close(); m.Close() }, nil
+	return f.Embed(ctx, f, log)
 }
 
 // AuthFlags configure how callers sign in to the control plane.

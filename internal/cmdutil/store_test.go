@@ -2,6 +2,7 @@ package cmdutil_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,7 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/internal/cmdutil"
-	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/internal/cmdutil/embedetcd"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 )
 
 func freePort(t *testing.T) int {
@@ -35,7 +37,7 @@ func TestStoreFlagsEmbeddedRequiresClientCertificate(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	data := t.TempDir()
 	port := freePort(t)
-	f := cmdutil.StoreFlags{Kind: "etcd", DataDir: data,
+	f := cmdutil.StoreFlags{Kind: "etcd", DataDir: data, Embed: embedetcd.Open,
 		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", port), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
 	st, closeFn, err := f.Open(ctx, log)
 	require.NoError(t, err)
@@ -73,8 +75,29 @@ func TestStoreFlagsEmbeddedRequiresClientCertificate(t *testing.T) {
 
 func TestStoreFlagsRefusePlainClientURLOffLoopback(t *testing.T) {
 	data := t.TempDir()
-	f := cmdutil.StoreFlags{Kind: "etcd", DataDir: data, ClientURL: "http://192.0.2.1:2379", PeerURL: "http://127.0.0.1:2380"}
+	f := cmdutil.StoreFlags{Kind: "etcd", DataDir: data, Embed: embedetcd.Open, ClientURL: "http://192.0.2.1:2379", PeerURL: "http://127.0.0.1:2380"}
 	_, _, err := f.Open(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	require.ErrorIs(t, err, etcd.ErrInsecureURL)
+	require.ErrorIs(t, err, embedded.ErrInsecureURL)
 	require.ErrorContains(t, err, "use https://192.0.2.1:2379")
+}
+
+// A binary registered without an embedder (region, control-plane) only
+// connects: without --etcd-endpoints it says so instead of starting a
+// member, and its flag set has no embedded-member flags.
+func TestStoreFlagsWithoutEmbedderNeedEndpoints(t *testing.T) {
+	var f cmdutil.StoreFlags
+	fs := flag.NewFlagSet("region", flag.ContinueOnError)
+	f.Register(fs, nil)
+	require.Nil(t, fs.Lookup("data-dir"))
+	require.Nil(t, fs.Lookup("etcd-restore"))
+	require.NotNil(t, fs.Lookup("etcd-endpoints"))
+	f.DataDir = t.TempDir()
+	_, _, err := f.Open(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	require.ErrorContains(t, err, "--etcd-endpoints is required")
+
+	var withEmbed cmdutil.StoreFlags
+	fs = flag.NewFlagSet("allinone", flag.ContinueOnError)
+	withEmbed.Register(fs, embedetcd.Open)
+	require.NotNil(t, fs.Lookup("data-dir"))
+	require.NotNil(t, withEmbed.Embed)
 }

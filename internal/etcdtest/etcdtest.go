@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 )
 
 // freePort asks the kernel for an unused loopback port.
@@ -30,8 +31,8 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func memberConfig(t testing.TB, name string) etcd.EmbeddedConfig {
-	return etcd.EmbeddedConfig{
+func memberConfig(t testing.TB, name string) embedded.Config {
+	return embedded.Config{
 		Dir:       t.TempDir(),
 		Name:      name,
 		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
@@ -47,11 +48,11 @@ func memberConfig(t testing.TB, name string) etcd.EmbeddedConfig {
 }
 
 // Option adjusts a test member.
-type Option func(*etcd.EmbeddedConfig)
+type Option func(*embedded.Config)
 
 // Durable makes the member fsync like a production etcd (tests skip fsync
 // by default; benchmarks that report write rates should not).
-func Durable() Option { return func(c *etcd.EmbeddedConfig) { c.UnsafeNoFsync = false } }
+func Durable() Option { return func(c *embedded.Config) { c.UnsafeNoFsync = false } }
 
 // NewStore starts a single-member etcd and returns a store connected to it.
 func NewStore(t testing.TB, opts ...Option) *etcd.Store {
@@ -66,7 +67,7 @@ func NewStore(t testing.TB, opts ...Option) *etcd.Store {
 }
 
 // StartMember starts a single-member etcd.
-func StartMember(t testing.TB, opts ...Option) *etcd.Embedded {
+func StartMember(t testing.TB, opts ...Option) *embedded.Member {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -75,7 +76,7 @@ func StartMember(t testing.TB, opts ...Option) *etcd.Embedded {
 		for _, o := range opts {
 			o(&cfg)
 		}
-		m, err := etcd.StartEmbedded(ctx, cfg)
+		m, err := embedded.Start(ctx, cfg)
 		if portTaken(err) && attempt < startAttempts {
 			continue
 		}
@@ -99,7 +100,7 @@ func portTaken(err error) bool {
 
 // Cluster is a running multi-member etcd cluster.
 type Cluster struct {
-	Members []*etcd.Embedded
+	Members []*embedded.Member
 }
 
 // Endpoints lists the client URLs of all members.
@@ -129,13 +130,13 @@ func StartCluster(t testing.TB, n int) *Cluster {
 
 func startCluster(t testing.TB, n, attempt int) *Cluster {
 	t.Helper()
-	cfgs := make([]etcd.EmbeddedConfig, n)
+	cfgs := make([]embedded.Config, n)
 	peers := make([]string, n)
 	for i := range cfgs {
 		cfgs[i] = memberConfig(t, fmt.Sprintf("m%d", i))
 		peers[i] = cfgs[i].Name + "=" + cfgs[i].PeerURL
 	}
-	c := &Cluster{Members: make([]*etcd.Embedded, n)}
+	c := &Cluster{Members: make([]*embedded.Member, n)}
 	errs := make(chan error, n)
 	token := fmt.Sprintf("test-%d", freePort(t))
 	for i := range cfgs {
@@ -146,7 +147,7 @@ func startCluster(t testing.TB, n, attempt int) *Cluster {
 			// concurrently.
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			m, err := etcd.StartEmbedded(ctx, cfgs[i])
+			m, err := embedded.Start(ctx, cfgs[i])
 			c.Members[i] = m
 			errs <- err
 		}(i)

@@ -1,10 +1,9 @@
 // Package etcd implements store.Store on a real etcd cluster, LPMOS's
-// default and production store, and can start that etcd embedded in the
-// process (a single member with its data in a directory) for set-ups that do
-// not run an external cluster. The embedded member requires client
-// certificates it generates next to its data (EnsurePKI), because the store
-// holds agent token hashes and task state that no other local process may
-// read or forge.
+// default and production store: the client side only (dialing, mutual TLS,
+// snapshots taken from a serving member, etcd's logs into slog). It links
+// etcd's client, not its server, so a binary that dials an external cluster
+// stays small; package store/etcd/embedded runs a member inside the process
+// for set-ups without an external cluster.
 //
 // It translates between LPMOS's store contract and the etcd v3 client and
 // nothing more: no retries beyond what the etcd client does itself, no
@@ -24,6 +23,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -73,7 +73,7 @@ func Dial(ctx context.Context, cfg Config) (*Store, error) {
 		// client fails over to another endpoint.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
-		Logger:               nopLogger(),
+		Logger:               zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, err)

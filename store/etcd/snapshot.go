@@ -11,12 +11,11 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 )
 
 // Backups of the store are etcd snapshots: a consistent copy of the whole
-// database taken from a member while it serves, restored into a new data
+// database taken from a member while it serves, restored (by package
+// store/etcd/embedded, which links etcd's server code) into a new data
 // directory from which a member starts with every key (and a fresh cluster
 // identity).
 
@@ -132,32 +131,4 @@ func (s *Store) RunSnapshots(ctx context.Context, cfg SnapshotConfig) error {
 		case <-t.C:
 		}
 	}
-}
-
-// RestoreSnapshot restores a snapshot into dataDir, which must not exist
-// yet, for a member that StartEmbedded then starts with the same Dir,
-// Name and PeerURL (defaults as StartEmbedded's): a new single-member
-// cluster holding every key of the snapshot.
-func RestoreSnapshot(snapshotPath, dataDir, name, peerURL string) error {
-	if name == "" {
-		name = "lpmos"
-	}
-	if peerURL == "" {
-		peerURL = "http://127.0.0.1:2380"
-	}
-	if _, err := os.Stat(dataDir); err == nil {
-		return fmt.Errorf("restore: %s exists: restore into a new directory", dataDir)
-	}
-	err := snapshot.NewV3(nopLogger()).Restore(snapshot.RestoreConfig{
-		SnapshotPath:        snapshotPath,
-		Name:                name,
-		OutputDataDir:       dataDir,
-		PeerURLs:            []string{peerURL},
-		InitialCluster:      name + "=" + peerURL,
-		InitialClusterToken: "lpmos",
-	})
-	if err != nil {
-		return fmt.Errorf("restore %s: %w", snapshotPath, err)
-	}
-	return nil
 }

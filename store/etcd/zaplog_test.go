@@ -2,7 +2,6 @@ package etcd_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
-	"github.com/lpmos/lpmos/internal/syncbuf"
 	"github.com/lpmos/lpmos/store/etcd"
 )
 
@@ -54,38 +52,4 @@ func TestSlogLogger(t *testing.T) {
 	assert.NotEmpty(t, lines[0]["took"])
 	assert.Equal(t, "ERROR", lines[1]["level"])
 	assert.Equal(t, "timeout", lines[1]["error"])
-}
-
-// An embedded member with a Logger logs through it: with Verbose its
-// start-up at info level shows in our JSON log, as etcd's own messages;
-// without, only its warnings and errors do.
-func TestEmbeddedLogsToSlog(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts etcd members")
-	}
-	for _, verbose := range []bool{true, false} {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		var buf syncbuf.Buffer
-		cfg := secureConfig(t, "https")
-		cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		cfg.Verbose = verbose
-		m, err := etcd.StartEmbedded(ctx, cfg)
-		require.NoError(t, err)
-		m.Close()
-		cancel()
-		lines := jsonLines(t, buf.String())
-		if !verbose {
-			for _, l := range lines {
-				assert.Contains(t, []any{"WARN", "ERROR"}, l["level"], "%v", l)
-			}
-			continue
-		}
-		var sawEtcd bool
-		for _, l := range lines {
-			if l["level"] == "INFO" && l["msg"] != nil && (l["member-id"] != nil || l["name"] != nil || l["logger"] != nil) {
-				sawEtcd = true
-			}
-		}
-		assert.True(t, sawEtcd, "no etcd message with its fields in:\n%s", buf.String())
-	}
 }

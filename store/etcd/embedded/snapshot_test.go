@@ -1,4 +1,4 @@
-package etcd_test
+package embedded_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 )
 
 // A snapshot of a serving member, restored into a new data directory,
@@ -21,7 +22,7 @@ func TestSnapshotRestore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cfg := secureConfig(t, "https")
-	m, err := etcd.StartEmbedded(ctx, cfg)
+	m, err := embedded.Start(ctx, cfg)
 	require.NoError(t, err)
 	st, err := m.Store(ctx)
 	require.NoError(t, err)
@@ -59,16 +60,16 @@ func TestSnapshotRestore(t *testing.T) {
 	st.Close()
 	m.Close()
 
-	restored := etcd.EmbeddedConfig{
+	restored := embedded.Config{
 		Dir: filepath.Join(t.TempDir(), "restored"), ClientURL: cfg.ClientURL, PeerURL: cfg.PeerURL,
 		HeartbeatInterval: cfg.HeartbeatInterval, ElectionTimeout: cfg.ElectionTimeout, UnsafeNoFsync: true,
 	}
-	require.NoError(t, etcd.RestoreSnapshot(latest, restored.Dir, "", restored.PeerURL))
-	err = etcd.RestoreSnapshot(latest, restored.Dir, "", restored.PeerURL)
+	require.NoError(t, embedded.RestoreSnapshot(latest, restored.Dir, "", restored.PeerURL))
+	err = embedded.RestoreSnapshot(latest, restored.Dir, "", restored.PeerURL)
 	require.Error(t, err, "never over an existing directory")
 	assert.Contains(t, err.Error(), "exists")
 
-	m2, err := etcd.StartEmbedded(ctx, restored)
+	m2, err := embedded.Start(ctx, restored)
 	require.NoError(t, err)
 	defer m2.Close()
 	st2, err := m2.Store(ctx)

@@ -1,4 +1,19 @@
-package etcd
+// Package embedded runs an etcd member inside the process: LPMOS's
+// single-machine default (the all-in-one binary keeps its store here, with
+// its data in a directory) and the member the tests start. A Member serves
+// clients like any etcd, and Member.Store dials it with package
+// store/etcd's client.
+//
+// The member requires client certificates it generates next to its data
+// (EnsurePKI), because the store holds agent token hashes and task state
+// that no other local process may read or forge. RestoreSnapshot turns a
+// snapshot taken with store/etcd's Store.SaveSnapshot into a data
+// directory a member starts from.
+//
+// This package links etcd's server. Binaries that only dial an external
+// cluster import store/etcd alone and stay without it (deps_test.go checks
+// that the region, control-plane, agent and lpmosctl binaries do).
+package embedded
 
 import (
 	"context"
@@ -14,13 +29,13 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/lpmos/lpmos/store/etcd"
 )
 
-func nopLogger() *zap.Logger { return zap.NewNop() }
-
-// EmbeddedConfig configures an etcd member started inside this process.
+// Config configures an etcd member started inside this process.
 // The zero value of every field but Dir is a sensible single-node default.
-type EmbeddedConfig struct {
+type Config struct {
 	// Dir holds the member's data (required). Restarting on the same Dir
 	// resumes with all data.
 	Dir string
@@ -82,12 +97,12 @@ type EmbeddedConfig struct {
 	StartTimeout time.Duration
 }
 
-// Embedded is a running in-process etcd member.
-type Embedded struct {
-	cfg       EmbeddedConfig
+// Member is a running in-process etcd member.
+type Member struct {
+	cfg       Config
 	e         *embed.Etcd
 	clientURL string
-	pki       *PKI // nil when Insecure
+	pki       *etcd.PKI // nil when Insecure
 	closeOnce sync.Once
 }
 
@@ -95,9 +110,9 @@ type Embedded struct {
 // member to the network without TLS.
 var ErrInsecureURL = errors.New("embedded etcd: URL not on loopback needs TLS")
 
-// StartEmbedded starts an etcd member and waits until it serves clients.
+// Start starts an etcd member and waits until it serves clients.
 // Close it to stop the member.
-func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
+func Start(ctx context.Context, cfg Config) (*Member, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("embedded etcd: data directory is required")
 	}
@@ -142,7 +157,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	if purl.Scheme != "http" || !isLoopback(purl.Hostname()) {
 		return nil, fmt.Errorf("%w: peer URL %q: the embedded member's peer traffic is plain HTTP and must stay on a loopback address", ErrInsecureURL, cfg.PeerURL)
 	}
-	var pki *PKI
+	var pki *etcd.PKI
 	switch {
 	case curl.Scheme != "http" && curl.Scheme != "https":
 		return nil, fmt.Errorf("embedded etcd: client URL %q: scheme must be https (or http on loopback)", cfg.ClientURL)
@@ -195,7 +210,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		if cfg.Verbose {
 			min = slog.LevelInfo
 		}
-		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(SlogLogger(cfg.Logger, min))
+		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcd.SlogLogger(cfg.Logger, min))
 	case cfg.Verbose:
 		ec.LogLevel = "info"
 		ec.LogOutputs = []string{"stderr"}
@@ -211,7 +226,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	defer t.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Embedded{cfg: cfg, e: e, clientURL: cfg.ClientURL, pki: pki}, nil
+		return &Member{cfg: cfg, e: e, clientURL: cfg.ClientURL, pki: pki}, nil
 	case err := <-e.Err():
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd in %s: %w", cfg.Dir, err)
@@ -226,37 +241,37 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 
 // Config returns the configuration the member runs with (defaults filled
 // in): start it again on the same Dir to restart the member.
-func (m *Embedded) Config() EmbeddedConfig { return m.cfg }
+func (m *Member) Config() Config { return m.cfg }
 
 // ClientURL is where the member serves clients.
-func (m *Embedded) ClientURL() string { return m.clientURL }
+func (m *Member) ClientURL() string { return m.clientURL }
 
 // IsLeader reports whether this member is the raft leader.
-func (m *Embedded) IsLeader() bool { return m.e.Server.Leader() == m.e.Server.MemberID() }
+func (m *Member) IsLeader() bool { return m.e.Server.Leader() == m.e.Server.MemberID() }
 
 // Err delivers a fatal error of the running member.
-func (m *Embedded) Err() <-chan error { return m.e.Err() }
+func (m *Member) Err() <-chan error { return m.e.Err() }
 
 // PKI returns the certificate files clients of the member need, and false
 // for an Insecure member.
-func (m *Embedded) PKI() (PKI, bool) {
+func (m *Member) PKI() (etcd.PKI, bool) {
 	if m.pki == nil {
-		return PKI{}, false
+		return etcd.PKI{}, false
 	}
 	return *m.pki, true
 }
 
 // Store connects a client to this member, with the member's client
 // certificate, and returns a Store that owns it.
-func (m *Embedded) Store(ctx context.Context) (*Store, error) {
-	cfg := Config{Endpoints: []string{m.clientURL}}
+func (m *Member) Store(ctx context.Context) (*etcd.Store, error) {
+	cfg := etcd.Config{Endpoints: []string{m.clientURL}}
 	if m.pki != nil {
 		var err error
 		if cfg.TLS, err = m.pki.ClientTLS(); err != nil {
 			return nil, err
 		}
 	}
-	return Dial(ctx, cfg)
+	return etcd.Dial(ctx, cfg)
 }
 
 // isLoopback reports whether host (a URL's host name) only ever reaches
@@ -271,4 +286,4 @@ func isLoopback(host string) bool {
 
 // Close stops the member, waiting for it to shut down.
 // It is safe to call more than once.
-func (m *Embedded) Close() { m.closeOnce.Do(m.e.Close) }
+func (m *Member) Close() { m.closeOnce.Do(m.e.Close) }

@@ -1,4 +1,4 @@
-package etcd_test
+package embedded_test
 
 import (
 	"context"
@@ -16,7 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/lpmos/lpmos/store/etcd"
+	"github.com/lpmos/lpmos/internal/etcdtest"
+	"github.com/lpmos/lpmos/store/etcd/embedded"
 )
 
 func freePort(t *testing.T) int {
@@ -29,9 +30,9 @@ func freePort(t *testing.T) int {
 
 // secureConfig is an embedded member as the binaries run it: no Insecure,
 // certificates generated next to the data.
-func secureConfig(t *testing.T, scheme string) etcd.EmbeddedConfig {
+func secureConfig(t *testing.T, scheme string) embedded.Config {
 	dir := t.TempDir()
-	return etcd.EmbeddedConfig{
+	return embedded.Config{
 		Dir:               filepath.Join(dir, "etcd"),
 		ClientURL:         fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t)),
 		PeerURL:           fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
@@ -69,7 +70,7 @@ func rawGet(t *testing.T, endpoint string, tlsCfg *tls.Config, key string) (stri
 func TestEmbeddedRequiresClientCertificate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m, err := etcd.StartEmbedded(ctx, secureConfig(t, "https"))
+	m, err := embedded.Start(ctx, secureConfig(t, "https"))
 	require.NoError(t, err)
 	defer m.Close()
 	s, err := m.Store(ctx)
@@ -88,7 +89,7 @@ func TestEmbeddedRequiresClientCertificate(t *testing.T) {
 	require.NoError(t, err)
 	roots := x509.NewCertPool()
 	require.True(t, roots.AppendCertsFromPEM(caPEM))
-	foreign, err := etcd.EnsurePKI(filepath.Join(t.TempDir(), "other"), "127.0.0.1")
+	foreign, err := embedded.EnsurePKI(filepath.Join(t.TempDir(), "other"), "127.0.0.1")
 	require.NoError(t, err)
 	foreignCert, err := tls.LoadX509KeyPair(foreign.ClientCertFile, foreign.ClientKeyFile)
 	require.NoError(t, err)
@@ -125,7 +126,7 @@ func TestEmbeddedPKIPersistsAcrossRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cfg := secureConfig(t, "http")
-	m, err := etcd.StartEmbedded(ctx, cfg)
+	m, err := embedded.Start(ctx, cfg)
 	require.NoError(t, err)
 	require.Equal(t, "https://"+strings.TrimPrefix(cfg.ClientURL, "http://"), m.ClientURL())
 	pki, ok := m.PKI()
@@ -159,7 +160,7 @@ func TestEmbeddedPKIPersistsAcrossRestart(t *testing.T) {
 	s.Close()
 	m.Close()
 
-	m2, err := etcd.StartEmbedded(ctx, m.Config())
+	m2, err := embedded.Start(ctx, m.Config())
 	require.NoError(t, err)
 	defer m2.Close()
 	require.Equal(t, ca, read(pki.CAFile))
@@ -176,7 +177,7 @@ func TestEmbeddedPKIPersistsAcrossRestart(t *testing.T) {
 // replaced; the CA and the client certificate stay.
 func TestEnsurePKIRenewsServerCertificateForNewHost(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pki")
-	p, err := etcd.EnsurePKI(dir, "127.0.0.1")
+	p, err := embedded.EnsurePKI(dir, "127.0.0.1")
 	require.NoError(t, err)
 	read := func(name string) []byte {
 		b, err := os.ReadFile(name)
@@ -185,11 +186,11 @@ func TestEnsurePKIRenewsServerCertificateForNewHost(t *testing.T) {
 	}
 	ca, client, server := read(p.CAFile), read(p.ClientCertFile), read(p.ServerCertFile)
 
-	_, err = etcd.EnsurePKI(dir, "127.0.0.1")
+	_, err = embedded.EnsurePKI(dir, "127.0.0.1")
 	require.NoError(t, err)
 	require.Equal(t, server, read(p.ServerCertFile), "unchanged host keeps the certificate")
 
-	_, err = etcd.EnsurePKI(dir, "etcd.example.net")
+	_, err = embedded.EnsurePKI(dir, "etcd.example.net")
 	require.NoError(t, err)
 	require.Equal(t, ca, read(p.CAFile))
 	require.Equal(t, client, read(p.ClientCertFile))
@@ -221,13 +222,39 @@ func TestEmbeddedRefusesInsecureURLs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			_, err := etcd.StartEmbedded(context.Background(), etcd.EmbeddedConfig{
+			_, err := embedded.Start(context.Background(), embedded.Config{
 				Dir: filepath.Join(dir, "etcd"), ClientURL: tc.client, PeerURL: tc.peer, Insecure: tc.insecure,
 			})
-			require.ErrorIs(t, err, etcd.ErrInsecureURL)
+			require.ErrorIs(t, err, embedded.ErrInsecureURL)
 			require.ErrorContains(t, err, tc.errSubstr)
 			_, statErr := os.Stat(filepath.Join(dir, "etcd"))
 			require.ErrorIs(t, statErr, os.ErrNotExist, "nothing started")
 		})
 	}
+}
+
+// Restarting an embedded member on the same directory keeps the data: the
+// all-in-one binary's default store survives a restart.
+func TestEmbeddedRestartKeepsData(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m := etcdtest.StartMember(t)
+	s, err := m.Store(ctx)
+	require.NoError(t, err)
+	rev, err := s.Put(ctx, "/lpmos/test/persist", []byte("kept"))
+	require.NoError(t, err)
+	s.Close()
+	cfg := m.Config()
+	m.Close()
+
+	m2, err := embedded.Start(ctx, cfg)
+	require.NoError(t, err)
+	defer m2.Close()
+	s2, err := m2.Store(ctx)
+	require.NoError(t, err)
+	defer s2.Close()
+	kv, err := s2.Get(ctx, "/lpmos/test/persist")
+	require.NoError(t, err)
+	require.Equal(t, "kept", string(kv.Value))
+	require.Equal(t, rev, kv.ModRevision)
 }
