@@ -177,7 +177,11 @@ func (p *browserPage) fail(name string, err error) {
 func (p *browserPage) waitJS(name, expr string) {
 	p.t.Helper()
 	p.step(name, func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
-		_, err := chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(browserStepWait), chromedp.WithPollingInterval(50*time.Millisecond))(ctx, tg)
+		// An expression that throws (an element not rendered yet, read
+		// before the check for it) is "not yet", not a failure: the page
+		// renders asynchronously.
+		guarded := "(() => { try { return !!(" + expr + "); } catch (e) { return false; } })()"
+		_, err := chromedp.Poll[chromedp.Void](guarded, chromedp.WithPollingTimeout(browserStepWait), chromedp.WithPollingInterval(50*time.Millisecond))(ctx, tg)
 		if errors.Is(err, chromedp.ErrPollingTimeout) {
 			err = fmt.Errorf("still false after %s: %s", browserStepWait, expr)
 		}
