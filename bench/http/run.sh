@@ -2,7 +2,8 @@
 # Small HTTP requests on loopback: wrk against nginx serving a small static
 # file, against our region's iPXE script for a machine with a task (served
 # from the region's view and token cache), and against a static file of the
-# same size from our region's boot directory; req/s and p99 side by side,
+# same size from our region's boot directory, and against an agent API call
+# (the approval poll, with the agent's token); req/s and p99 side by side,
 # the same run, the cells alternating.
 #
 #   bench/http/run.sh           # from the module root
@@ -99,6 +100,12 @@ for u in "$NGINX_URL" "$SCRIPT_URL" "$FILE_URL" "$FLOOR_URL"; do
 	cmp -s "$W/out/check" "$W/out/script.ipxe" || { echo "$u answers other bytes than the script" >&2; exit 1; }
 done
 size=$(stat -c %s "$W/out/script.ipxe")
+# An agent API call: the approval poll of the machine's agent (its task
+# awaits approval; ?wait=0 answers at once), with the agent's token.
+AGENT_URL="http://$OURS/api/v1/agent/approval/$MAC?wait=0"
+AGENT_AUTH="Authorization: Bearer $(cat "$W/out/token")"
+curl -sf -H "$AGENT_AUTH" -o "$W/out/approval.json" "$AGENT_URL" || { echo "no answer from $AGENT_URL" >&2; cat "$W"/*.log >&2; exit 1; }
+grep -q '"approved":false' "$W/out/approval.json" || { echo "unexpected approval answer: $(cat "$W/out/approval.json")" >&2; exit 1; }
 
 # ticks PID...: CPU clock ticks (user + system) the processes used so far.
 ticks() {
@@ -112,7 +119,8 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-# cell URL PID...: one wrk run against URL served by the processes PID...;
+# cell URL PID...: one wrk run against URL served by the processes PID...
+# (with the header $HDR when set);
 # prints "req/s p99 cpu" (p99 latency in ms; cpu: the server's CPU time
 # per request in µs, which the other jobs on the machine disturb less than
 # req/s), or "fail", with " (N non-2xx)" when some answers were not 2xx.
@@ -120,7 +128,7 @@ cell() {
 	local url=$1 out t0 t1
 	shift
 	t0=$(ticks "$@")
-	out=$(timeout $((SECS + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$url" 2>&1) || { echo "fail"; return; }
+	out=$(timeout $((SECS + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency ${HDR:+-H "$HDR"} "$url" 2>&1) || { echo "fail"; return; }
 	t1=$(ticks "$@")
 	awk -v cpu=$((t1 - t0)) -v hz="$HZ" '
 		function ms(v) {
@@ -145,15 +153,16 @@ echo
 echo "== $CONNS connections, $THREADS wrk threads, ${SECS}s per cell, $size-byte body (the script's size)"
 echo "   each cell: req/s, p99 latency ms, server CPU µs per request; the floor is a bare net/http"
 echo "   handler writing the same bytes from memory (no routing, metrics or trace): Go's HTTP server alone"
-printf "%-4s %-18s %-22s %-22s %-20s %s\n" "run" "nginx static file" "lpmos script (view)" "lpmos boot file" "Go net/http floor" "script/nginx req/s, CPU"
+printf "%-4s %-18s %-22s %-22s %-20s %-22s %s\n" "run" "nginx static file" "lpmos script (view)" "lpmos boot file" "Go net/http floor" "lpmos agent call" "script/nginx req/s, CPU"
 for run in $(seq "$RUNS"); do
 	n=$(cell "$NGINX_URL" $(nginx_pids))
 	s=$(cell "$SCRIPT_URL" "$region_pid")
 	f=$(cell "$FILE_URL" "$region_pid")
 	b=$(cell "$FLOOR_URL" "$region_pid")
+	a=$(HDR=$AGENT_AUTH cell "$AGENT_URL" "$region_pid")
 	ratio=$(awk -v s="$s" -v n="$n" 'BEGIN { split(s, a, " "); split(n, b, " ")
 		if (b[1] > 0 && a[3] > 0) printf "%.2f, %.2f", a[1] / b[1], b[3] / a[3]; else print "-" }')
-	printf "%-4s %-18s %-22s %-22s %-20s %s\n" "$run" "$n" "$s" "$f" "$b" "$ratio"
+	printf "%-4s %-18s %-22s %-22s %-20s %-22s %s\n" "$run" "$n" "$s" "$f" "$b" "$a" "$ratio"
 done
 
 if [[ -n $PROFILE ]]; then

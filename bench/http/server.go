@@ -23,6 +23,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,12 +36,15 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lpmos/lpmos/agent"
+	"github.com/lpmos/lpmos/hardware"
 	"github.com/lpmos/lpmos/region"
 	"github.com/lpmos/lpmos/store/memory"
 	"github.com/lpmos/lpmos/task"
@@ -206,8 +210,41 @@ func prepare(ctx context.Context, st *memory.Store, reg *region.Region, base, ma
 			return nil, err
 		}
 	}
+	// The agent's hardware report puts the task in pending_approval, where
+	// run.sh polls its approval (GET .../approval/{mac}?wait=0) with the
+	// agent's token: an agent API call on the hot path (token check, view
+	// read, last-seen), answered at once.
+	m := tokenRe.FindSubmatch(body)
+	if m == nil {
+		return nil, fmt.Errorf("task %s: no token in the agent script", tk.ID)
+	}
+	token := string(m[1])
+	report, err := json.Marshal(agent.ReportRequest{MACAddress: mac, TaskID: tk.ID, Hardware: hardware.Info{CPU: hardware.CPU{Cores: 1}}})
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+agent.PathReport, bytes.NewReader(report))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("task %s: hardware report answered %d: %s", tk.ID, resp.StatusCode, answer)
+	}
+	if err := os.WriteFile(filepath.Join(out, "token"), []byte(token), 0o600); err != nil {
+		return nil, err
+	}
 	return body, os.WriteFile(filepath.Join(out, "ready"), []byte(tk.ID+"\n"), 0o644)
 }
+
+var tokenRe = regexp.MustCompile(`lpmos\.token=([0-9A-Za-z._~+/=-]+)`)
 
 func get(ctx context.Context, url string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
