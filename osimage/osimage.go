@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +27,12 @@ import (
 
 // Prefix is where the catalogue lives, one key per image.
 const Prefix = "/lpmos/images/"
+
+// GuardKey is written with every image registered (the count of images
+// then): Create's transaction compares it, so two registrations racing
+// cannot both pass the checks against the catalogue they read (the same
+// OS in overlapping regions, the cap of MaxImages).
+const GuardKey = "/lpmos/config/images_guard"
 
 // MaxImages bounds the catalogue.
 const MaxImages = 256
@@ -232,33 +239,49 @@ func (s *Service) Create(ctx context.Context, m Image, actor string) (*Image, er
 	if err != nil {
 		return nil, err
 	}
-	all, err := s.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, o := range all {
-		if o.ID == m.ID {
-			return nil, fmt.Errorf("%w: image %s is already registered", ErrConflict, m.ID)
+	for range maxCASRetries {
+		// The guard before the list: a registration that commits after
+		// this read changes the guard, so checks against a list read
+		// before it cannot pass the compare below.
+		var guardRev int64
+		if g, err := s.st.Get(ctx, GuardKey); err == nil {
+			guardRev = g.ModRevision
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
 		}
-		if o.OSType == m.OSType && o.OSVersion == m.OSVersion && (o.Region == "" || m.Region == "" || o.Region == m.Region) {
-			return nil, fmt.Errorf("%w: image %s already offers %s %s there", ErrConflict, o.ID, m.OSType, m.OSVersion)
+		all, err := s.List(ctx)
+		if err != nil {
+			return nil, err
 		}
+		for _, o := range all {
+			if o.ID == m.ID {
+				return nil, fmt.Errorf("%w: image %s is already registered", ErrConflict, m.ID)
+			}
+			if o.OSType == m.OSType && o.OSVersion == m.OSVersion && (o.Region == "" || m.Region == "" || o.Region == m.Region) {
+				return nil, fmt.Errorf("%w: image %s already offers %s %s there", ErrConflict, o.ID, m.OSType, m.OSVersion)
+			}
+		}
+		if len(all) >= MaxImages {
+			return nil, fmt.Errorf("%w: %d images already, at most %d", ErrConflict, len(all), MaxImages)
+		}
+		res, err := s.st.Txn(ctx, store.Txn{
+			If:   []store.Compare{store.Missing(Prefix + m.ID), store.ModRevisionIs(GuardKey, guardRev)},
+			Then: []store.Op{store.OpPut(Prefix+m.ID, b), store.OpPut(GuardKey, []byte(strconv.Itoa(len(all)+1)))},
+		})
+		if err != nil {
+			return nil, err
+		}
+		if res.Succeeded {
+			return &m, nil
+		}
+		// The ID was taken or another registration came between: read
+		// again and check again.
 	}
-	if len(all) >= MaxImages {
-		return nil, fmt.Errorf("%w: %d images already, at most %d", ErrConflict, len(all), MaxImages)
-	}
-	res, err := s.st.Txn(ctx, store.Txn{
-		If:   []store.Compare{store.Missing(Prefix + m.ID)},
-		Then: []store.Op{store.OpPut(Prefix+m.ID, b)},
-	})
-	if err != nil {
-		return nil, err
-	}
-	if !res.Succeeded {
-		return nil, fmt.Errorf("%w: image %s is already registered", ErrConflict, m.ID)
-	}
-	return &m, nil
+	return nil, fmt.Errorf("%w: the catalogue kept changing; try again", ErrConflict)
 }
+
+// maxCASRetries bounds Create's compare-and-swap attempts.
+const maxCASRetries = 8
 
 // Get returns an image.
 func (s *Service) Get(ctx context.Context, id string) (*Image, error) {

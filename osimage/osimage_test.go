@@ -3,6 +3,7 @@ package osimage_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/osimage"
 	"github.com/lpmos/lpmos/store"
 	"github.com/lpmos/lpmos/store/memory"
@@ -135,4 +137,42 @@ func TestServiceConflictsAndFollow(t *testing.T) {
 	assert.True(t, errors.Is(err, osimage.ErrNotFound), "%v", err)
 	_, err = svc.Get(ctx, "u-dc1")
 	assert.ErrorIs(t, err, osimage.ErrNotFound)
+}
+
+// Registrations racing for the same OS under different IDs: exactly one
+// wins, the others are conflicts, whatever the interleaving of their
+// reads and writes (the guard key is in every transaction).
+func TestRacingRegistrationsOfOneOS(t *testing.T) {
+	for name, st := range map[string]store.Store{"memory": memory.New(), "etcd": etcdtest.NewStore(t)} {
+		t.Run(name, func(t *testing.T) {
+			t.Cleanup(func() { st.Close() })
+			svc := osimage.NewService(st, nil)
+			const n = 8
+			errs := make(chan error, n)
+			var start sync.WaitGroup
+			start.Add(1)
+			for i := range n {
+				go func() {
+					start.Wait()
+					m := valid()
+					m.ID, m.Region = fmt.Sprintf("race-%d", i), ""
+					_, err := svc.Create(context.Background(), m, "token:ada")
+					errs <- err
+				}()
+			}
+			start.Done()
+			won := 0
+			for range n {
+				if err := <-errs; err == nil {
+					won++
+				} else {
+					assert.ErrorIs(t, err, osimage.ErrConflict)
+				}
+			}
+			assert.Equal(t, 1, won, "one registration of the OS wins")
+			res, err := st.List(context.Background(), osimage.Prefix, store.ListOptions{})
+			require.NoError(t, err)
+			assert.Len(t, res.KVs, 1, "one image registered")
+		})
+	}
 }
