@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/lpmos/lpmos/client"
+	"github.com/lpmos/lpmos/trace"
 )
 
 func TestExitCode(t *testing.T) {
@@ -109,3 +111,28 @@ func TestFlagsOverEnvironment(t *testing.T) {
 type discard struct{}
 
 func (*discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// --follow prints each event once: a late region's older event and a
+// folded repeat are new, an event read again is not.
+func TestNewTraceEvents(t *testing.T) {
+	at := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	discover := trace.Event{Time: at, Region: "dc1", Kind: trace.KindDHCP, Outcome: trace.OutcomeOK, Message: "DISCOVER → OFFER"}
+	script := trace.Event{Time: at.Add(2 * time.Second), Region: "dc1", Kind: trace.KindScript, Outcome: trace.OutcomeOK, Message: "agent script"}
+	late := trace.Event{Time: at.Add(time.Second), Region: "dc2", Kind: trace.KindDHCP, Outcome: trace.OutcomeIgnored, Message: "DISCOVER ignored"}
+	folded := discover
+	folded.Time, folded.Count = at.Add(3*time.Second), 2
+	var n newEvents
+	steps := []struct {
+		name string
+		read []trace.Event
+		want []trace.Event
+	}{
+		{"first read", []trace.Event{discover, script}, []trace.Event{discover, script}},
+		{"the same again", []trace.Event{discover, script}, nil},
+		{"another region's older event", []trace.Event{discover, late, script}, []trace.Event{late}},
+		{"a repeat folded in", []trace.Event{late, script, folded}, []trace.Event{folded}},
+	}
+	for _, s := range steps {
+		assert.Equal(t, s.want, n.of(s.read), s.name)
+	}
+}

@@ -642,18 +642,11 @@ func machinesTrace(fs *flag.FlagSet) runner {
 			fmt.Fprintf(a.stdout, "no region has heard from %s (check its cabling, VLAN and DHCP relay)\n", tr.MAC)
 			return nil
 		}
-		// An event is printed once: the trace is read again whole, and an
-		// event is new if it is later than the last printed, or the last
-		// one folded a repeat into itself (its count went up).
-		var last trace.Event
+		var fresh newEvents
 		header := []string{"TIME", "REGION", "KIND", "OUTCOME", "WHAT", "WHY"}
 		printNew := func(events []trace.Event) error {
 			var rows [][]string
-			for _, e := range events {
-				if !e.Time.After(last.Time) && !(e.Time.Equal(last.Time) && e.Count > last.Count && e.Message == last.Message) {
-					continue
-				}
-				last = e
+			for _, e := range fresh.of(events) {
 				if a.g.output == "json" {
 					if err := a.json(e); err != nil {
 						return err
@@ -693,6 +686,27 @@ func machinesTrace(fs *flag.FlagSet) runner {
 			}
 		}
 	}
+}
+
+// newEvents picks the events of a trace read again whole that the last
+// read did not have. Regions flush their events at their own pace, so a
+// region's event may arrive older than another's already printed; a
+// repeat a region folded into an event (its count and time changed) is
+// new again. Only the last read's events are remembered.
+type newEvents struct{ seen map[string]bool }
+
+func (n *newEvents) of(events []trace.Event) []trace.Event {
+	var out []trace.Event
+	read := make(map[string]bool, len(events))
+	for _, e := range events {
+		k := fmt.Sprintf("%s|%s|%s|%s|%d|%d", e.Region, e.Kind, e.Outcome, e.Message, e.Time.UnixNano(), e.Count)
+		read[k] = true
+		if !n.seen[k] {
+			out = append(out, e)
+		}
+	}
+	n.seen = read
+	return out
 }
 
 // traceRow is one boot event as a table row; a repeated event says how
