@@ -3,14 +3,12 @@ package main_test
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,57 +19,19 @@ import (
 	"github.com/lpmos/lpmos/agent"
 	"github.com/lpmos/lpmos/internal/etcdtest"
 	"github.com/lpmos/lpmos/internal/netns"
+	"github.com/lpmos/lpmos/internal/relay"
 	"github.com/lpmos/lpmos/region"
 )
 
 // forwardInto makes target (an address in the test's own network
 // namespace, e.g. the etcd member on 127.0.0.1) reachable from inside ns
 // at the returned address on ns's loopback: processes in a namespace
-// cannot reach the root namespace's loopback. The forwarder's goroutines
-// end with the test.
+// cannot reach the root namespace's loopback.
 func forwardInto(t *testing.T, ns *netns.NS, target string) string {
 	t.Helper()
 	ln, err := ns.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			track(in)
-			track(out)
-			wg.Add(2)
-			go func() { defer wg.Done(); _, _ = io.Copy(out, in); out.Close() }()
-			go func() { defer wg.Done(); _, _ = io.Copy(in, out); in.Close() }()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	relay.Serve(t, ln, func() (net.Conn, error) { return net.Dial("tcp", target) })
 	return ln.Addr().String()
 }
 

@@ -40,20 +40,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lpmos/lpmos/internal/netns"
+	"github.com/lpmos/lpmos/internal/relay"
 )
 
 // Binary is the simulator ipmi_sim, found on PATH.
@@ -241,59 +240,16 @@ func (s *Sim) relay(t testing.TB, path string) {
 	if err != nil {
 		t.Fatalf("ipmisim: serial socket: %v", err)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				var up net.Conn
-				if err := s.do(func() (err error) {
-					up, err = net.DialTimeout("tcp", net.JoinHostPort(s.Host, strconv.Itoa(s.SerialPort)), 5*time.Second)
-					return err
-				}); err != nil {
-					return
-				}
-				track(up)
-				s.relayed.Add(1)
-				defer up.Close()
-				done := make(chan struct{})
-				go func() {
-					defer close(done)
-					_, _ = io.Copy(up, c)
-					up.Close()
-				}()
-				_, _ = io.Copy(c, up)
-				c.Close()
-				<-done
-			}()
+	relay.Serve(t, l, func() (net.Conn, error) {
+		var up net.Conn
+		err := s.do(func() (err error) {
+			up, err = net.DialTimeout("tcp", net.JoinHostPort(s.Host, strconv.Itoa(s.SerialPort)), 5*time.Second)
+			return err
+		})
+		if err == nil {
+			s.relayed.Add(1)
 		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		return up, err
 	})
 }
 
