@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -60,7 +61,16 @@ func TestRetryAndDLQ(t *testing.T) {
 			_, err = op.Retry(ctx, first.TaskID)
 			require.ErrorIs(t, err, client.ErrAlreadyRetried)
 
-			page, err := viewer.List(ctx, client.ListOptions{MAC: "52:54:00:78:00:01"})
+			// Lists come from the control plane's watch-fed view, which
+			// applies a revision's changes task by task: the retry's new
+			// task may be listed a moment before the first attempt's
+			// retried_as, written in the same transaction.
+			var page *client.Page
+			require.Eventually(t, func() bool {
+				page, err = viewer.List(ctx, client.ListOptions{MAC: "52:54:00:78:00:01"})
+				return err == nil && len(page.Tasks) == 2 &&
+					slices.ContainsFunc(page.Tasks, func(tk *task.Task) bool { return tk.ID == first.TaskID && tk.RetriedAs() != "" })
+			}, 10*time.Second, 10*time.Millisecond, "the list never showed the retry")
 			require.NoError(t, err)
 			require.Len(t, page.Tasks, 2)
 			for _, tk := range page.Tasks {
