@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -26,7 +27,9 @@ type proc struct {
 	err  error         // its exit, once done is closed
 
 	// usage as last sampled while it ran (a process's /proc entry is gone
-	// once it has been reaped).
+	// once it has been reaped). The sampler loop and the leader kill
+	// sample concurrently: mu guards it.
+	mu    sync.Mutex
 	usage procUsage
 }
 
@@ -73,6 +76,8 @@ func (p *proc) exited() bool {
 
 // sample reads the process's memory and CPU from /proc while it runs.
 func (p *proc) sample() procUsage {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.exited() {
 		return p.usage
 	}
